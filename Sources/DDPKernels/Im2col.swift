@@ -1,0 +1,102 @@
+/// Geometry of a 2-D convolution or pooling window over one channel plane.
+public struct ConvGeometry: Equatable, Sendable {
+    public var channels: Int
+    public var height: Int
+    public var width: Int
+    public var kernelH: Int
+    public var kernelW: Int
+    public var strideH: Int
+    public var strideW: Int
+    public var padH: Int
+    public var padW: Int
+
+    public init(channels: Int, height: Int, width: Int, kernelH: Int, kernelW: Int,
+                strideH: Int = 1, strideW: Int = 1, padH: Int = 0, padW: Int = 0) {
+        self.channels = channels; self.height = height; self.width = width
+        self.kernelH = kernelH; self.kernelW = kernelW
+        self.strideH = strideH; self.strideW = strideW; self.padH = padH; self.padW = padW
+    }
+
+    public var outHeight: Int { (height + 2 * padH - kernelH) / strideH + 1 }
+    public var outWidth: Int { (width + 2 * padW - kernelW) / strideW + 1 }
+    /// Rows of the column matrix: one per (channel, kernel row, kernel column).
+    public var patchSize: Int { channels * kernelH * kernelW }
+    public var outSpatial: Int { outHeight * outWidth }
+}
+
+/// Unfolds a batch of images [n, C, H, W] into columns [C*KH*KW, n*OH*OW] (row-major), so
+/// that a convolution of the whole batch is one GEMM: W[OC, C*KH*KW] x columns.
+public func im2col(_ input: UnsafePointer<Float>, batch n: Int, _ g: ConvGeometry, into columns: UnsafeMutablePointer<Float>) {
+    let oh = g.outHeight, ow = g.outWidth
+    let pixels = n * oh * ow
+    let plane = g.height * g.width
+    for c in 0..<g.channels {
+        for ky in 0..<g.kernelH {
+            for kx in 0..<g.kernelW {
+                let row = columns + ((c * g.kernelH + ky) * g.kernelW + kx) * pixels
+                for s in 0..<n {
+                    let image = input + (s * g.channels + c) * plane
+                    let out = row + s * oh * ow
+                    for oy in 0..<oh {
+                        let iy = oy * g.strideH - g.padH + ky
+                        let line = out + oy * ow
+                        if iy < 0 || iy >= g.height {
+                            line.update(repeating: 0, count: ow)
+                            continue
+                        }
+                        let src = image + iy * g.width
+                        if g.strideW == 1 {
+                            // Contiguous interior; zero only the padded ends.
+                            let shift = kx - g.padW
+                            let lo = min(max(0, -shift), ow), hi = max(lo, min(ow, g.width - shift))
+                            if lo > 0 { line.update(repeating: 0, count: lo) }
+                            if hi > lo { (line + lo).update(from: src + lo + shift, count: hi - lo) }
+                            if hi < ow { (line + hi).update(repeating: 0, count: ow - hi) }
+                        } else {
+                            for ox in 0..<ow {
+                                let ix = ox * g.strideW - g.padW + kx
+                                line[ox] = (ix >= 0 && ix < g.width) ? src[ix] : 0
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of `im2col`: adds columns [C*KH*KW, n*OH*OW] back into images [n, C, H, W].
+/// `output` must be zeroed by the caller (it accumulates).
+public func col2im(_ columns: UnsafePointer<Float>, batch n: Int, _ g: ConvGeometry, into output: UnsafeMutablePointer<Float>) {
+    let oh = g.outHeight, ow = g.outWidth
+    let pixels = n * oh * ow
+    let plane = g.height * g.width
+    for c in 0..<g.channels {
+        for ky in 0..<g.kernelH {
+            for kx in 0..<g.kernelW {
+                let row = columns + ((c * g.kernelH + ky) * g.kernelW + kx) * pixels
+                for s in 0..<n {
+                    let image = output + (s * g.channels + c) * plane
+                    let col = row + s * oh * ow
+                    for oy in 0..<oh {
+                        let iy = oy * g.strideH - g.padH + ky
+                        if iy < 0 || iy >= g.height { continue }
+                        let dst = image + iy * g.width
+                        let line = col + oy * ow
+                        if g.strideW == 1 {
+                            let shift = kx - g.padW
+                            let lo = min(max(0, -shift), ow), hi = max(lo, min(ow, g.width - shift))
+                            var ox = lo
+                            while ox < hi { dst[ox + shift] += line[ox]; ox += 1 }
+                        } else {
+                            for ox in 0..<ow {
+                                let ix = ox * g.strideW - g.padW + kx
+                                if ix >= 0 && ix < g.width { dst[ix] += line[ox] }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

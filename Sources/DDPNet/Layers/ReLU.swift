@@ -1,0 +1,34 @@
+import DDPKernels
+
+/// max(0, x). The gradient at exactly 0 is taken as 0, as in PyTorch.
+public final class ReLU: Layer {
+    public var needsInputGradient = true
+    private var output: FloatBuffer!
+    private var inputGrad: FloatBuffer!
+    private var lastOutput: Tensor?
+
+    public init() {}
+    public var summary: String { "ReLU()" }
+    public func outputShape(for input: Shape) throws -> Shape { input }
+
+    public func configure(input: Shape, maxBatch: Int, index: Int) throws {
+        output = FloatBuffer(capacity: maxBatch * input.perSample)
+        inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
+    }
+
+    public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
+        let y = output.tensor(x.shape)
+        let src = x.data, dst = y.data
+        for i in 0..<x.count { dst[i] = max(src[i], 0) }
+        lastOutput = y
+        return y
+    }
+
+    public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
+        guard let y = lastOutput else { throw LayerError("ReLU.backward called before forward") }
+        let dx = inputGrad.tensor(dy.shape)
+        let g = dy.data, out = y.data, d = dx.data
+        for i in 0..<dy.count { d[i] = out[i] > 0 ? g[i] : 0 }
+        return dx
+    }
+}

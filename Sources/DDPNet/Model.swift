@@ -1,0 +1,138 @@
+import DDPKernels
+
+/// A named view of one parameter inside the flat parameter buffer.
+public struct ParameterView: Sendable {
+    /// PyTorch state-dict name: "<layer index>.<name>", e.g. "0.weight".
+    public var name: String
+    public var layerIndex: Int
+    public var spec: ParameterSpec
+    /// Offset in elements into `Model.parameters` (and `Model.gradients`).
+    public var offset: Int
+    public var count: Int { spec.count }
+    public var shape: [Int] { spec.shape }
+    public var role: ParameterRole { spec.role }
+}
+
+/// A named view of one buffer: Float32 in `Model.buffers`, or Int64 in `Model.counters`.
+public struct BufferView: Sendable {
+    public var name: String
+    public var layerIndex: Int
+    public var spec: BufferSpec
+    public var offset: Int
+    public var count: Int { spec.count }
+    public var shape: [Int] { spec.shape }
+    public var isCounter: Bool { spec.isCounter }
+}
+
+/// A sequence of layers over one flat parameter buffer, one flat gradient buffer, and flat
+/// buffer storage, so that broadcast, allreduce, clipping, the optimizer and checkpoints
+/// each make one pass over one buffer (DESIGN: memory layout).
+public final class Model {
+    public let layers: [Layer]
+    /// Per-sample input shape (n = 1).
+    public let inputShape: Shape
+    public let outputShape: Shape
+    public let maxBatch: Int
+    public let parameterViews: [ParameterView]
+    public let bufferViews: [BufferView]
+    public let parameterCount: Int
+    public let parameters: FloatBuffer
+    /// Gradients in the same layout as `parameters`, followed by `Model.tailCount` slots that
+    /// ride along in the gradient allreduce: loss sum, correct count, sample count.
+    public let gradients: FloatBuffer
+    public let buffers: FloatBuffer
+    public let counters: UnsafeMutablePointer<Int64>
+    public let counterCount: Int
+    /// Per-layer output shapes (n = 1), for summaries.
+    public let layerOutputShapes: [Shape]
+
+    public static let tailCount = 3
+    public var lossSlot: Int { parameterCount }
+    public var correctSlot: Int { parameterCount + 1 }
+    public var samplesSlot: Int { parameterCount + 2 }
+
+    public init(layers: [Layer], inputShape: Shape, maxBatch: Int) throws {
+        guard !layers.isEmpty else { throw LayerError("a model needs at least one layer") }
+        guard maxBatch >= 1 else { throw LayerError("the largest batch must be at least 1, got \(maxBatch)") }
+        self.layers = layers
+        self.inputShape = inputShape.withBatch(1)
+        self.maxBatch = maxBatch
+
+        var shape = inputShape.withBatch(1)
+        var shapes: [Shape] = []
+        var params: [ParameterView] = []
+        var bufs: [BufferView] = []
+        var paramOffset = 0, bufferOffset = 0, counterOffset = 0
+        for (index, layer) in layers.enumerated() {
+            do {
+                try layer.configure(input: shape, maxBatch: maxBatch, index: index)
+                shape = try layer.outputShape(for: shape)
+            } catch let error as LayerError {
+                throw LayerError("layer \(index) (\(layer.summary)): \(error.message)")
+            }
+            shapes.append(shape)
+            for spec in layer.parameterSpecs {
+                params.append(ParameterView(name: "\(index).\(spec.name)", layerIndex: index, spec: spec, offset: paramOffset))
+                paramOffset += spec.count
+            }
+            for spec in layer.bufferSpecs {
+                let offset = spec.isCounter ? counterOffset : bufferOffset
+                bufs.append(BufferView(name: "\(index).\(spec.name)", layerIndex: index, spec: spec, offset: offset))
+                if spec.isCounter { counterOffset += spec.count } else { bufferOffset += spec.count }
+            }
+        }
+        layers[0].needsInputGradient = false
+        outputShape = shape
+        layerOutputShapes = shapes
+        parameterViews = params
+        bufferViews = bufs
+        parameterCount = paramOffset
+        parameters = FloatBuffer(capacity: paramOffset)
+        gradients = FloatBuffer(capacity: paramOffset + Model.tailCount)
+        buffers = FloatBuffer(capacity: bufferOffset)
+        counterCount = counterOffset
+        counters = UnsafeMutablePointer<Int64>.allocate(capacity: max(counterOffset, 1))
+        counters.initialize(repeating: 0, count: max(counterOffset, 1))
+
+        for (index, layer) in layers.enumerated() {
+            var storage = LayerStorage()
+            for view in params where view.layerIndex == index {
+                storage.parameters.append(parameters.pointer + view.offset)
+                storage.gradients.append(gradients.pointer + view.offset)
+            }
+            for view in bufs where view.layerIndex == index {
+                if view.isCounter {
+                    storage.counters.append(counters + view.offset)
+                } else {
+                    storage.buffers.append(buffers.pointer + view.offset)
+                    (buffers.pointer + view.offset).update(repeating: view.spec.initialValue, count: view.count)
+                }
+            }
+            layer.bind(storage)
+        }
+    }
+
+    deinit { counters.deallocate() }
+
+    /// Logits for a batch of at most `maxBatch` samples.
+    public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
+        var h = x
+        for layer in layers { h = try layer.forward(h, context) }
+        return h
+    }
+
+    /// Backpropagates the gradient of the loss with respect to the logits; fills
+    /// `gradients` (parameter part) for the batch of the last `forward`.
+    public func backward(_ dLogits: Tensor, _ context: ForwardContext) throws {
+        var g = dLogits
+        for layer in layers.reversed() { g = try layer.backward(g, context) }
+    }
+
+    public func parameter(named name: String) -> ParameterView? { parameterViews.first { $0.name == name } }
+    public func buffer(named name: String) -> BufferView? { bufferViews.first { $0.name == name } }
+
+    /// The parameters as a buffer pointer (without the gradient tail).
+    public var parameterBuffer: UnsafeMutableBufferPointer<Float> {
+        UnsafeMutableBufferPointer(start: parameters.pointer, count: parameterCount)
+    }
+}

@@ -1,0 +1,83 @@
+import Foundation
+import XCTest
+
+/// Runs the real `ddptrain` binary under mpirun and captures what it did.
+struct MPIRun {
+    struct Result {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+        var seconds: Double
+        var timedOut: Bool
+    }
+
+    static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    static var binary: String {
+        if let path = ProcessInfo.processInfo.environment["DDPTRAIN_BIN"] { return path }
+        return repoRoot.appendingPathComponent(".build/release/ddptrain").path
+    }
+
+    /// `mpirun -n ranks ddptrain args...`, killed after `timeout` seconds.
+    static func run(ranks: Int, _ args: [String], timeout: Double = 120, environment: [String: String] = [:]) throws -> Result {
+        guard FileManager.default.isExecutableFile(atPath: binary) else {
+            throw XCTSkip("no release binary at \(binary): run launch/test (or swift build -c release)")
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        var mpiArgs = ["mpirun", "-n", String(ranks), "--oversubscribe", "--bind-to", "none", "-x", "OPENBLAS_NUM_THREADS"]
+        for key in environment.keys.sorted() { mpiArgs += ["-x", key] }
+        process.arguments = mpiArgs + [binary] + args
+        var env = ProcessInfo.processInfo.environment
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        for (key, value) in environment { env[key] = value }
+        process.environment = env
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        let outData = DataCollector(out.fileHandleForReading)
+        let errData = DataCollector(err.fileHandleForReading)
+        let start = Date()
+        try process.run()
+        var timedOut = false
+        while process.isRunning {
+            if Date().timeIntervalSince(start) > timeout {
+                timedOut = true
+                process.terminate()
+                Thread.sleep(forTimeInterval: 1)
+                if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+                break
+            }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        process.waitUntilExit()
+        return Result(status: process.terminationStatus, stdout: outData.finish(), stderr: errData.finish(),
+                      seconds: Date().timeIntervalSince(start), timedOut: timedOut)
+    }
+}
+
+/// Reads a pipe on a background thread so a chatty child never blocks on a full pipe.
+final class DataCollector: @unchecked Sendable {
+    private var data = Data()
+    private let lock = NSLock()
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ handle: FileHandle) {
+        Thread.detachNewThread { [self] in
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty { break }
+                lock.lock(); data.append(chunk); lock.unlock()
+            }
+            done.signal()
+        }
+    }
+
+    func finish() -> String {
+        done.wait()
+        lock.lock(); defer { lock.unlock() }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
