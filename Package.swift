@@ -23,9 +23,10 @@ let package = Package(
                 swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]),
         .target(name: "DDPData", dependencies: ["DDPKernels", "CZlib"]),
         .target(name: "DDPComm", dependencies: ["CMPI"]),
-        .target(name: "DDPTrain", dependencies: ["DDPNet", "DDPData", "DDPComm", "Yams"]),
+        .target(name: "SafeTensors", dependencies: ["CZlib"]),
+        .target(name: "DDPTrain", dependencies: ["DDPNet", "DDPData", "DDPComm", "SafeTensors", "Yams"]),
         .executableTarget(name: "ddptrain", dependencies: [
-            "DDPTrain", "DDPComm", "DDPNet", "DDPData", "DDPKernels",
+            "DDPTrain", "DDPComm", "DDPNet", "DDPData", "DDPKernels", "SafeTensors",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -33,6 +34,7 @@ let package = Package(
         .testTarget(name: "DDPNetTests", dependencies: ["DDPNet"]),
         .testTarget(name: "DDPDataTests", dependencies: ["DDPData"]),
         .testTarget(name: "DDPCommTests", dependencies: ["DDPComm"]),
+        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
         .testTarget(name: "DDPTrainTests", dependencies: ["DDPTrain"]),
         // Runs the real binary under mpirun; needs `swift build -c release` first.
         .testTarget(name: "MultiRankTests", dependencies: []),
