@@ -102,7 +102,7 @@ public final class Dataset: @unchecked Sendable {  // immutable after init
     public let height: Int
     public let width: Int
     public let classes: Int
-    /// count x samplePixels bytes.
+    /// count x samplePixels bytes; like `labels`, valid while the dataset lives.
     public let pixels: UnsafePointer<UInt8>
     public let labels: UnsafePointer<Int32>
     public let cacheStatus: CacheStatus

@@ -112,7 +112,7 @@ final class Storage {
         let fd = mkstemp(&template)
         let temporary = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         guard fd >= 0 else { throw DataError(temporary, "cannot create cache file: \(errorText())") }
-        fchmod(fd, 0o644)  // mkstemp makes it private; the cache is as readable as its sources
+        fchmod(fd, 0o644)  // mkstemp makes it owner-only; a cache is fine for anyone to read
         var written = 0
         while written < layout.byteCount {
             let n = write(fd, base + written, layout.byteCount - written)
