@@ -1,0 +1,82 @@
+import DDPKernels
+
+/// Which samples each rank trains on (DESIGN step 1, I2, I3). One global permutation per
+/// (seed, epoch), computed identically on every rank without communication; global batch k
+/// is a fixed slice of it whatever the world size; rank r takes its own contiguous part of
+/// that slice. So the union over ranks of a step's samples, in rank order, is the same
+/// global batch for any world size.
+///
+/// An epoch has ceil(N / B) steps: the last global batch holds the N mod B samples left over
+/// (if any), so every sample is seen once per epoch. With `dropLast` it has floor(N / B)
+/// steps and the leftover samples (a different set each shuffled epoch) are skipped.
+public struct Sampler: Equatable, Sendable {
+    public let datasetSize: Int
+    public let globalBatch: Int
+    public let worldSize: Int
+    public let rank: Int
+    public let seed: UInt64
+    public let shuffle: Bool
+    public let dropLast: Bool
+
+    public init(datasetSize: Int, globalBatch: Int, worldSize: Int, rank: Int, seed: UInt64,
+                shuffle: Bool = true, dropLast: Bool = false) {
+        precondition(datasetSize >= 0 && datasetSize <= Int(Int32.max), "dataset size \(datasetSize) out of range")
+        precondition(globalBatch >= 1, "global batch must be at least 1")
+        precondition(worldSize >= 1 && (0..<worldSize).contains(rank), "rank \(rank) outside world of \(worldSize)")
+        self.datasetSize = datasetSize
+        self.globalBatch = globalBatch
+        self.worldSize = worldSize
+        self.rank = rank
+        self.seed = seed
+        self.shuffle = shuffle
+        self.dropLast = dropLast
+    }
+
+    public var stepsPerEpoch: Int {
+        dropLast ? datasetSize / globalBatch : (datasetSize + globalBatch - 1) / globalBatch
+    }
+
+    /// The sample order of `epoch`: a permutation of 0..<N, or 0, 1, ... without shuffle.
+    /// Fisher-Yates where the swap partner of position i is Philox word i of stream `epoch`,
+    /// so the order depends only on (seed, epoch).
+    public func epochOrder(_ epoch: Int) -> [Int32] {
+        var order = (0..<Int32(datasetSize)).map { $0 }
+        guard shuffle, datasetSize > 1 else { return order }
+        let random = Philox(seed: seed, purpose: .shuffle)
+        let stream = UInt32(truncatingIfNeeded: epoch)
+        order.withUnsafeMutableBufferPointer { order in
+            for i in stride(from: datasetSize - 1, to: 0, by: -1) {
+                order.swapAt(i, random.below(i + 1, index: UInt64(i), stream: stream))
+            }
+        }
+        return order
+    }
+
+    /// Positions in the epoch order of global batch k.
+    public func globalBatchRange(_ k: Int) -> Range<Int> {
+        precondition(k >= 0 && k < stepsPerEpoch, "batch \(k) outside 0..<\(stepsPerEpoch)")
+        return k * globalBatch ..< min((k + 1) * globalBatch, datasetSize)
+    }
+
+    /// Positions in the epoch order of this rank's part of global batch k: with m samples in
+    /// the batch, rank r gets m / P of them, plus one if r < m % P, in rank order. A part is
+    /// empty when m < P; that rank still joins every collective (I3).
+    public func localSlice(ofBatch k: Int) -> Range<Int> {
+        Sampler.part(globalBatchRange(k), parts: worldSize, index: rank)
+    }
+
+    /// This rank's share of `count` evaluation samples: contiguous, sizes differ by at most
+    /// one, every sample on exactly one rank, no padding.
+    public static func evaluationSlice(count: Int, worldSize: Int, rank: Int) -> Range<Int> {
+        part(0..<count, parts: worldSize, index: rank)
+    }
+
+    /// Part `index` of `range` cut into `parts` contiguous pieces, the first `count % parts`
+    /// of them one longer.
+    static func part(_ range: Range<Int>, parts: Int, index: Int) -> Range<Int> {
+        precondition(parts >= 1 && (0..<parts).contains(index), "part \(index) of \(parts)")
+        let size = range.count / parts, extra = range.count % parts
+        let start = range.lowerBound + index * size + min(index, extra)
+        return start ..< start + size + (index < extra ? 1 : 0)
+    }
+}

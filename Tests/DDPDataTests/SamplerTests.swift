@@ -1,0 +1,91 @@
+import DDPData
+import XCTest
+
+final class SamplerTests: XCTestCase {
+    func sampler(_ n: Int, batch: Int, world: Int = 1, rank: Int = 0, seed: UInt64 = 1, shuffle: Bool = true) -> Sampler {
+        Sampler(datasetSize: n, globalBatch: batch, worldSize: world, rank: rank, seed: seed, shuffle: shuffle)
+    }
+
+    func testEpochOrderIsAPermutation() {
+        for n in [0, 1, 2, 1000] {
+            XCTAssertEqual(sampler(n, batch: 7).epochOrder(3).sorted(), (0..<Int32(n)).map { $0 })
+        }
+    }
+
+    func testOrderDependsOnlyOnSeedAndEpoch() {
+        let order = sampler(1000, batch: 10).epochOrder(0)
+        XCTAssertEqual(sampler(1000, batch: 33, world: 4, rank: 3).epochOrder(0), order)
+        XCTAssertNotEqual(sampler(1000, batch: 10).epochOrder(1), order)
+        XCTAssertNotEqual(sampler(1000, batch: 10, seed: 2).epochOrder(0), order)
+        XCTAssertNotEqual(order, (0..<1000).map { $0 })
+    }
+
+    /// Pins the permutation (checked against a Python Philox4x32-10 with the same keying):
+    /// changing it would break resuming runs started by older builds.
+    func testKnownOrder() {
+        XCTAssertEqual(sampler(10, batch: 4, seed: 42).epochOrder(0), [0, 2, 7, 1, 5, 4, 6, 3, 8, 9])
+    }
+
+    func testWithoutShuffleTheOrderIsIdentity() {
+        let s = sampler(23, batch: 10, shuffle: false)
+        XCTAssertEqual(s.epochOrder(5), (0..<23).map { $0 })
+        XCTAssertEqual(s.globalBatchRange(1), 10..<20)
+    }
+
+    func testStepsPerEpochKeepOrDropTheLastPartialBatch() {
+        let keep = sampler(23, batch: 10)
+        XCTAssertEqual(keep.stepsPerEpoch, 3)
+        XCTAssertEqual((0..<3).map(keep.globalBatchRange), [0..<10, 10..<20, 20..<23])
+        let drop = Sampler(datasetSize: 23, globalBatch: 10, worldSize: 1, rank: 0, seed: 1, dropLast: true)
+        XCTAssertEqual(drop.stepsPerEpoch, 2)
+        XCTAssertEqual(sampler(20, batch: 10).stepsPerEpoch, 2)
+    }
+
+    /// Rank slices of batch k, in rank order, are the global batch: contiguous, sizes m / P
+    /// (+1 for the first m % P ranks), some empty when the batch is smaller than the world.
+    func testRankSlicesPartitionEachGlobalBatch() {
+        for (n, batch) in [(23, 10), (7, 5), (100, 7), (3, 3)] {
+            for world in 1...4 {
+                let ranks = (0..<world).map { sampler(n, batch: batch, world: world, rank: $0) }
+                for k in 0..<ranks[0].stepsPerEpoch {
+                    let global = ranks[0].globalBatchRange(k)
+                    let slices = ranks.map { $0.localSlice(ofBatch: k) }
+                    XCTAssertEqual(slices.first?.lowerBound, global.lowerBound)
+                    XCTAssertEqual(slices.last?.upperBound, global.upperBound)
+                    for r in 1..<world { XCTAssertEqual(slices[r - 1].upperBound, slices[r].lowerBound) }
+                    for (r, slice) in slices.enumerated() {
+                        XCTAssertEqual(slice.count, global.count / world + (r < global.count % world ? 1 : 0))
+                    }
+                }
+            }
+        }
+        // 7 samples in batches of 5: the last batch has 2 samples, so ranks 2 and 3 of 4 get none.
+        XCTAssertEqual((0..<4).map { sampler(7, batch: 5, world: 4, rank: $0).localSlice(ofBatch: 1).count }, [1, 1, 0, 0])
+    }
+
+    /// The samples of a step, gathered over all ranks, do not depend on the world size (I2).
+    func testWorldSizeInvariance() {
+        let n = 103, batch = 10, epoch = 2
+        let single = sampler(n, batch: batch)
+        let order = single.epochOrder(epoch)
+        for world in 1...4 {
+            let ranks = (0..<world).map { sampler(n, batch: batch, world: world, rank: $0) }
+            XCTAssertEqual(ranks[0].stepsPerEpoch, single.stepsPerEpoch)
+            for k in 0..<single.stepsPerEpoch {
+                let gathered = ranks.flatMap { rank in rank.epochOrder(epoch)[rank.localSlice(ofBatch: k)] }
+                XCTAssertEqual(gathered, Array(order[single.globalBatchRange(k)]))
+            }
+        }
+    }
+
+    func testEvaluationSlicesCoverEverySampleOnce() {
+        for count in [0, 1, 5, 10000, 10001] {
+            for world in 1...5 {
+                let slices = (0..<world).map { Sampler.evaluationSlice(count: count, worldSize: world, rank: $0) }
+                XCTAssertEqual(slices.flatMap { Array($0) }, Array(0..<count))
+                let sizes = slices.map(\.count)
+                XCTAssertLessThanOrEqual(sizes.max()! - sizes.min()!, 1)
+            }
+        }
+    }
+}
