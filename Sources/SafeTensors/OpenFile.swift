@@ -20,12 +20,12 @@ final class OpenFile {
     }
 
     deinit {
-        if let descriptor { _ = Glibc.close(descriptor) }
+        if let descriptor { _ = closeDescriptor(descriptor) }
     }
 
     static func open(_ path: String, flags: Int32, mode: mode_t = 0,
                      reportedPath: String) throws(SafeTensorsError) -> OpenFile {
-        let descriptor = retryingOnInterrupt { Glibc.open(path, flags | O_CLOEXEC, mode) }
+        let descriptor = retryingOnInterrupt { openDescriptor(path, flags | O_CLOEXEC, mode) }
         guard descriptor >= 0 else {
             throw .systemCall("open", path: reportedPath, operand: path)
         }
@@ -36,14 +36,21 @@ final class OpenFile {
         .systemCall(call, path: reportedPath, operand: path)
     }
 
+    /// A write that returned `result` <= 0: -1 sets errno; 0 (no progress) does not.
+    private func failure(_ call: String, result: Int) -> SafeTensorsError {
+        guard result == 0 else { return failure(call) }
+        return SafeTensorsError(path: reportedPath, kind: .systemCall(call: call, errno: 0),
+                                problem: "\(call)(\(path)) wrote nothing")
+    }
+
     /// Writes all of `bytes` at the current position, continuing after short writes.
     func writeAll(_ bytes: UnsafeRawBufferPointer) throws(SafeTensorsError) {
         var written = 0
         while written < bytes.count {
             let result = retryingOnInterrupt {
-                Glibc.write(descriptor!, bytes.baseAddress! + written, bytes.count - written)
+                write(descriptor!, bytes.baseAddress! + written, bytes.count - written)
             }
-            guard result > 0 else { throw failure("write") }
+            guard result > 0 else { throw failure("write", result: result) }
             written += result
         }
     }
@@ -53,10 +60,10 @@ final class OpenFile {
         var written = 0
         while written < bytes.count {
             let result = retryingOnInterrupt {
-                Glibc.pwrite(descriptor!, bytes.baseAddress! + written, bytes.count - written,
+                pwrite(descriptor!, bytes.baseAddress! + written, bytes.count - written,
                              off_t(offset + written))
             }
-            guard result > 0 else { throw failure("pwrite") }
+            guard result > 0 else { throw failure("pwrite", result: result) }
             written += result
         }
     }
@@ -70,7 +77,7 @@ final class OpenFile {
         let bytes = [UInt8](unsafeUninitializedCapacity: Int(status.st_size)) { buffer, count in
             while count < buffer.count {
                 let result = retryingOnInterrupt {
-                    Glibc.read(descriptor!, buffer.baseAddress! + count, buffer.count - count)
+                    read(descriptor!, buffer.baseAddress! + count, buffer.count - count)
                 }
                 if result < 0 { readError = failure("read") }
                 if result <= 0 { return }
@@ -87,7 +94,7 @@ final class OpenFile {
 
     /// Closes the descriptor; a failing close can mean lost writes (NFS), so it is an error.
     func close() throws(SafeTensorsError) {
-        let result = Glibc.close(descriptor!)
+        let result = closeDescriptor(descriptor!)
         descriptor = nil
         guard result == 0 else { throw failure("close") }
     }
@@ -100,3 +107,7 @@ private func retryingOnInterrupt<Result: BinaryInteger>(_ call: () -> Result) ->
         if result >= 0 || errno != EINTR { return result }
     }
 }
+
+// The C calls whose names OpenFile's own methods shadow.
+private func openDescriptor(_ path: String, _ flags: Int32, _ mode: mode_t) -> Int32 { open(path, flags, mode) }
+private func closeDescriptor(_ descriptor: Int32) -> Int32 { close(descriptor) }
