@@ -1,0 +1,44 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A failure to write or read a safetensors file. The description names the file first,
+/// then the problem, so that it can be logged as is.
+public struct SafeTensorsError: Error, CustomStringConvertible, Sendable, Equatable {
+    public enum Kind: Sendable, Equatable {
+        /// A C call failed; `call` is its name, `errno` its error number.
+        case systemCall(call: String, errno: Int32)
+        /// The file breaks the format or fails its checksum.
+        case damaged
+        /// The caller asked for something impossible: bad input to the writer, an unknown
+        /// tensor, the wrong element type or shape.
+        case invalidRequest
+    }
+
+    /// The file the error is about (for the writer: the final name, not the temporary one).
+    public let path: String
+    public let kind: Kind
+    public let problem: String
+
+    public var description: String { "\(path): \(problem)" }
+
+    static func damaged(_ path: String, _ problem: String) -> SafeTensorsError {
+        SafeTensorsError(path: path, kind: .damaged, problem: problem)
+    }
+
+    static func invalidRequest(_ path: String, _ problem: String) -> SafeTensorsError {
+        SafeTensorsError(path: path, kind: .invalidRequest, problem: problem)
+    }
+
+    /// The error for a C call that just failed, read from `errno`. `operand` is the file the
+    /// call acted on, shown when it differs from `path` (the writer's temporary file).
+    static func systemCall(_ call: String, path: String, operand: String) -> SafeTensorsError {
+        let code = errno
+        let target = operand == path ? "" : "(\(operand))"
+        let reason = String(cString: strerror(code))
+        return SafeTensorsError(path: path, kind: .systemCall(call: call, errno: code),
+                                problem: "\(call)\(target) failed: \(reason) (errno \(code))")
+    }
+}
