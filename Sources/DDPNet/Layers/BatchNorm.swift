@@ -113,19 +113,13 @@ public final class BatchNorm: Layer {
         // Two passes (mean, then centred squares): exact even when mean >> std.
         for s in 0..<n {
             for c in 0..<features {
-                let src = x.data + (s * features + c) * area
-                var sum = 0.0
-                for i in 0..<area { sum += Double(src[i]) }
-                mu[c] += sum
+                mu[c] += sum(x.data + (s * features + c) * area, count: area)
             }
         }
         if count > 0 { for c in 0..<features { mu[c] /= count } }
         for s in 0..<n {
             for c in 0..<features {
-                let src = x.data + (s * features + c) * area, m = mu[c]
-                var sum = 0.0
-                for i in 0..<area { let d = Double(src[i]) - m; sum += d * d }
-                sq[c] += sum
+                sq[c] += sumOfSquaredDeviations(x.data + (s * features + c) * area, count: area, mean: mu[c])
             }
         }
         // Every rank calls the reducer, an empty one too, so that collectives match.
@@ -153,16 +147,9 @@ public final class BatchNorm: Layer {
         for s in 0..<n {
             for c in 0..<features {
                 let offset = (s * features + c) * area
-                let src = x.data + offset, grad = dy.data + offset
-                let mu = mean.pointer[c], inv = invStd.pointer[c]
-                var a = 0.0, b = 0.0
-                for i in 0..<area {
-                    let g = Double(grad[i])
-                    a += g
-                    b += g * (Double(src[i]) - mu) * inv
-                }
+                let (a, b) = gradientSums(dy.data + offset, x.data + offset, count: area, mean: mean.pointer[c])
                 sumDy[c] += a
-                sumDyXhat[c] += b
+                sumDyXhat[c] += b * invStd.pointer[c]
             }
         }
         // Local sums: the trainer all-reduces parameter gradients with the others.

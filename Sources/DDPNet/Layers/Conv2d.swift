@@ -148,10 +148,7 @@ public final class Conv2d: Layer {
         sgemm(transB: true, m: oc, n: ckk, k: pixels, a: dyp, lda: pixels, b: cols, ldb: pixels, c: weightGrad, ldc: ckk)
         if let biasGrad {
             for o in 0..<oc {
-                let row = dyp + o * pixels
-                var sum: Float = 0
-                for i in 0..<pixels { sum += row[i] }
-                biasGrad[o] = sum
+                biasGrad[o] = sumFloat(dyp + o * pixels, count: pixels)
             }
         }
         if needsInputGradient {
@@ -176,10 +173,7 @@ public final class Conv2d: Layer {
         grad.update(repeating: 0, count: outChannels)
         for s in 0..<n {
             for o in 0..<outChannels {
-                let row = dy + (s * outChannels + o) * p
-                var sum: Float = 0
-                for i in 0..<p { sum += row[i] }
-                grad[o] += sum
+                grad[o] += sumFloat(dy + (s * outChannels + o) * p, count: p)
             }
         }
     }

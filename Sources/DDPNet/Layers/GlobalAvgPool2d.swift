@@ -26,12 +26,7 @@ public final class GlobalAvgPool2d: Layer {
         let planes = x.shape.n * x.shape.c, area = x.shape.spatial
         let y = output.tensor(Shape(n: x.shape.n, features: x.shape.c))
         let scale = 1 / Float(area)
-        for i in 0..<planes {
-            let src = x.data + i * area
-            var sum: Float = 0
-            for j in 0..<area { sum += src[j] }
-            y.data[i] = sum * scale
-        }
+        for i in 0..<planes { y.data[i] = sumFloat(x.data + i * area, count: area) * scale }
         inputShape = x.shape
         return y
     }
