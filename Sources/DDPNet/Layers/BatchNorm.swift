@@ -1,0 +1,188 @@
+import DDPKernels
+
+/// Batch normalization over the features of a 2-D input (PyTorch's BatchNorm1d) or the
+/// channels of a 4-D input (BatchNorm2d), decided by the input rank in `configure`.
+///
+/// Training normalizes with the batch statistics, which the context's reducer makes global
+/// in sync mode (DESIGN step 2); evaluation uses the running statistics. Statistics are
+/// accumulated in Float64 and every element is centred in Float64 before it is scaled, so
+/// inputs whose mean is large against their spread still normalize exactly.
+public final class BatchNorm: Layer {
+    public let features: Int
+    public let eps: Float
+    public let momentum: Float
+    public var needsInputGradient = true
+
+    private var isSpatial: Bool?
+    private var gamma: UnsafeMutablePointer<Float>!
+    private var beta: UnsafeMutablePointer<Float>!
+    private var gammaGrad: UnsafeMutablePointer<Float>!
+    private var betaGrad: UnsafeMutablePointer<Float>!
+    private var runningMean: UnsafeMutablePointer<Float>!
+    private var runningVar: UnsafeMutablePointer<Float>!
+    private var batchesTracked: UnsafeMutablePointer<Int64>!
+    private var output: FloatBuffer!
+    private var inputGrad: FloatBuffer!
+    /// Per channel: the mean and 1/sqrt(var + eps) the last forward normalized with.
+    private var mean: DoubleBuffer!
+    private var invStd: DoubleBuffer!
+    private var m2: DoubleBuffer!
+    /// Σdy and Σdy·x̂ per channel, side by side so that one reducer call sums both.
+    private var sums: DoubleBuffer!
+    private var input: Tensor?
+    private var trainedForward = false
+    /// Samples per channel of the last training forward, over all ranks.
+    private var globalCount = 0.0
+
+    public init(features: Int, eps: Float = 1e-5, momentum: Float = 0.1) {
+        self.features = features; self.eps = eps; self.momentum = momentum
+    }
+
+    public var summary: String {
+        let name = isSpatial.map { $0 ? "BatchNorm2d" : "BatchNorm1d" } ?? "BatchNorm"
+        return "\(name)(\(features), eps=\(eps), momentum=\(momentum), affine=True, track_running_stats=True)"
+    }
+
+    public func outputShape(for input: Shape) throws -> Shape {
+        guard input.c == features else {
+            throw LayerError("BatchNorm expects \(features) features (channels), got input \(input.sampleDims)")
+        }
+        return input
+    }
+
+    public func configure(input: Shape, maxBatch: Int, index: Int) throws {
+        _ = try outputShape(for: input)
+        isSpatial = input.rank == 4
+        output = FloatBuffer(capacity: maxBatch * input.perSample)
+        inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
+        mean = DoubleBuffer(capacity: features)
+        invStd = DoubleBuffer(capacity: features)
+        m2 = DoubleBuffer(capacity: features)
+        sums = DoubleBuffer(capacity: 2 * features)
+    }
+
+    public var parameterSpecs: [ParameterSpec] {
+        [ParameterSpec(name: "weight", shape: [features], role: .normWeight, fanIn: features, fanOut: features),
+         ParameterSpec(name: "bias", shape: [features], role: .normBias, fanIn: features, fanOut: features)]
+    }
+
+    public var bufferSpecs: [BufferSpec] {
+        [BufferSpec(name: "running_mean", shape: [features], initialValue: 0),
+         BufferSpec(name: "running_var", shape: [features], initialValue: 1),
+         BufferSpec(name: "num_batches_tracked", shape: [], isCounter: true)]
+    }
+
+    public func bind(_ storage: LayerStorage) {
+        gamma = storage.parameters[0]; beta = storage.parameters[1]
+        gammaGrad = storage.gradients[0]; betaGrad = storage.gradients[1]
+        runningMean = storage.buffers[0]; runningVar = storage.buffers[1]
+        batchesTracked = storage.counters[0]
+    }
+
+    public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
+        input = x
+        trainedForward = context.training
+        if context.training {
+            try batchStatistics(x, context)
+        } else {
+            for c in 0..<features {
+                mean.pointer[c] = Double(runningMean[c])
+                invStd.pointer[c] = 1 / (Double(runningVar[c]) + Double(eps)).squareRoot()
+            }
+        }
+        let y = output.tensor(x.shape)
+        let area = x.shape.spatial
+        for s in 0..<x.shape.n {
+            for c in 0..<features {
+                let offset = (s * features + c) * area
+                let src = x.data + offset, dst = y.data + offset
+                let mu = mean.pointer[c], scale = Float(invStd.pointer[c]) * gamma[c], shift = beta[c]
+                for i in 0..<area { dst[i] = Float(Double(src[i]) - mu) * scale + shift }
+            }
+        }
+        return y
+    }
+
+    /// Fills `mean` and `invStd` with the global batch statistics and updates the running ones.
+    private func batchStatistics(_ x: Tensor, _ context: ForwardContext) throws {
+        let n = x.shape.n, area = x.shape.spatial
+        let mu = mean.pointer, sq = m2.pointer
+        mu.update(repeating: 0, count: features)
+        sq.update(repeating: 0, count: features)
+        var count = Double(n * area)
+        // Two passes (mean, then centred squares): exact even when mean >> std.
+        for s in 0..<n {
+            for c in 0..<features {
+                mu[c] += sum(x.data + (s * features + c) * area, count: area)
+            }
+        }
+        if count > 0 { for c in 0..<features { mu[c] /= count } }
+        for s in 0..<n {
+            for c in 0..<features {
+                sq[c] += sumOfSquaredDeviations(x.data + (s * features + c) * area, count: area, mean: mu[c])
+            }
+        }
+        // Every rank calls the reducer, an empty one too, so that collectives match.
+        try context.statistics.combineMoments(count: &count, mean: mu, m2: sq, channels: features)
+        globalCount = count
+        batchesTracked.pointee += 1
+        guard count > 1 else {
+            // Nothing to normalize on an empty slice; elsewhere it is PyTorch's error.
+            if n == 0 { return }
+            throw LayerError("Expected more than 1 value per channel when training, got input size \(x.shape.dims)")
+        }
+        let m = Double(momentum)
+        for c in 0..<features {
+            invStd.pointer[c] = 1 / (sq[c] / count + Double(eps)).squareRoot()
+            runningMean[c] = Float((1 - m) * Double(runningMean[c]) + m * mu[c])
+            runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * sq[c] / (count - 1))
+        }
+    }
+
+    public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
+        guard let x = input else { throw LayerError("BatchNorm.backward called before forward") }
+        let n = x.shape.n, area = x.shape.spatial
+        let sumDy = sums.pointer, sumDyXhat = sums.pointer + features
+        sums.zero()
+        for s in 0..<n {
+            for c in 0..<features {
+                let offset = (s * features + c) * area
+                let (a, b) = gradientSums(dy.data + offset, x.data + offset, count: area, mean: mean.pointer[c])
+                sumDy[c] += a
+                sumDyXhat[c] += b * invStd.pointer[c]
+            }
+        }
+        // Local sums: the trainer all-reduces parameter gradients with the others.
+        for c in 0..<features {
+            gammaGrad[c] = Float(sumDyXhat[c])
+            betaGrad[c] = Float(sumDy[c])
+        }
+        let dx = inputGrad.tensor(x.shape)
+        guard needsInputGradient else { return dx }
+        if trainedForward {
+            // x̂ depends on every sample through the batch statistics: the sums must be global.
+            try context.statistics.sum(sums.pointer, count: 2 * features)
+        }
+        for s in 0..<n {
+            for c in 0..<features {
+                let offset = (s * features + c) * area
+                let src = x.data + offset, grad = dy.data + offset, d = dx.data + offset
+                let mu = mean.pointer[c], inv = invStd.pointer[c]
+                let k = Float(Double(gamma[c]) * inv)
+                guard trainedForward else {
+                    for i in 0..<area { d[i] = k * grad[i] }
+                    continue
+                }
+                // dx = γ·invstd·(dy - Σdy/N - x̂·Σ(dy·x̂)/N), with x̂ = (x - μ)·invstd
+                let meanDy = Float(sumDy[c] / globalCount)
+                let slope = Float(sumDyXhat[c] / globalCount)
+                let invF = Float(inv)
+                for i in 0..<area {
+                    let xhat = Float(Double(src[i]) - mu) * invF
+                    d[i] = k * (grad[i] - meanDy - xhat * slope)
+                }
+            }
+        }
+        return dx
+    }
+}

@@ -1,0 +1,180 @@
+import DDPKernels
+
+/// 2-D convolution over NCHW input, weight [out, in, k, k] as in PyTorch.
+///
+/// The whole local batch is one GEMM: im2col unfolds it into columns [C*k*k, n*OH*OW],
+/// W [OC, C*k*k] x columns gives [OC, n*OH*OW], which is then permuted to NCHW. A 1x1,
+/// stride-1, unpadded convolution needs no unfolding: each sample [C, H*W] already is its
+/// own column matrix, so it runs one GEMM per sample straight into NCHW.
+public final class Conv2d: Layer {
+    public let inChannels: Int
+    public let outChannels: Int
+    public let kernel: Int
+    public let stride: Int
+    public let padding: Int
+    public let hasBias: Bool
+    public var needsInputGradient = true
+
+    private var geometry: ConvGeometry!
+    private var isPointwise: Bool { kernel == 1 && stride == 1 && padding == 0 }
+    private var weight: UnsafeMutablePointer<Float>!
+    private var bias: UnsafeMutablePointer<Float>?
+    private var weightGrad: UnsafeMutablePointer<Float>!
+    private var biasGrad: UnsafeMutablePointer<Float>?
+    /// Columns [C*k*k, n*P]; backward overwrites them with their gradient once dW is done.
+    private var columns: FloatBuffer?
+    /// [OC, n*P]: the GEMM result in forward, the permuted output gradient in backward.
+    private var product: FloatBuffer?
+    private var output: FloatBuffer!
+    private var inputGrad: FloatBuffer!
+    private var input: Tensor?
+
+    public init(inChannels: Int, outChannels: Int, kernel: Int, stride: Int = 1, padding: Int = 0, bias: Bool = true) {
+        self.inChannels = inChannels; self.outChannels = outChannels; self.kernel = kernel
+        self.stride = stride; self.padding = padding; self.hasBias = bias
+    }
+
+    public var summary: String {
+        var s = "Conv2d(\(inChannels), \(outChannels), kernel_size=(\(kernel), \(kernel)), stride=(\(stride), \(stride))"
+        if padding != 0 { s += ", padding=(\(padding), \(padding))" }
+        if !hasBias { s += ", bias=False" }
+        return s + ")"
+    }
+
+    private func geometry(for input: Shape) throws -> ConvGeometry {
+        guard kernel >= 1, stride >= 1, padding >= 0 else {
+            throw LayerError("Conv2d needs kernel >= 1, stride >= 1 and padding >= 0, got \(kernel), \(stride), \(padding)")
+        }
+        guard input.rank == 4, input.c == inChannels else {
+            throw LayerError("Conv2d expects input [n, \(inChannels), h, w], got \(input.sampleDims)")
+        }
+        let g = ConvGeometry(channels: inChannels, height: input.h, width: input.w, kernelH: kernel, kernelW: kernel,
+                             strideH: stride, strideW: stride, padH: padding, padW: padding)
+        guard input.h + 2 * padding >= kernel, input.w + 2 * padding >= kernel else {
+            throw LayerError("Conv2d kernel \(kernel) is larger than the padded input \(input.sampleDims)")
+        }
+        return g
+    }
+
+    public func outputShape(for input: Shape) throws -> Shape {
+        let g = try geometry(for: input)
+        return Shape(n: input.n, c: outChannels, h: g.outHeight, w: g.outWidth)
+    }
+
+    public func configure(input: Shape, maxBatch: Int, index: Int) throws {
+        let g = try geometry(for: input)
+        geometry = g
+        output = FloatBuffer(capacity: maxBatch * outChannels * g.outSpatial)
+        inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
+        if !isPointwise {
+            columns = FloatBuffer(capacity: g.patchSize * maxBatch * g.outSpatial)
+            product = FloatBuffer(capacity: outChannels * maxBatch * g.outSpatial)
+        }
+    }
+
+    public var parameterSpecs: [ParameterSpec] {
+        let fanIn = inChannels * kernel * kernel, fanOut = outChannels * kernel * kernel
+        var specs = [ParameterSpec(name: "weight", shape: [outChannels, inChannels, kernel, kernel], role: .weight,
+                                   fanIn: fanIn, fanOut: fanOut)]
+        if hasBias { specs.append(ParameterSpec(name: "bias", shape: [outChannels], role: .bias, fanIn: fanIn, fanOut: fanOut)) }
+        return specs
+    }
+
+    public func bind(_ storage: LayerStorage) {
+        weight = storage.parameters[0]; weightGrad = storage.gradients[0]
+        if hasBias { bias = storage.parameters[1]; biasGrad = storage.gradients[1] }
+    }
+
+    public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
+        let g = geometry!
+        let n = x.shape.n, oc = outChannels, p = g.outSpatial
+        input = x
+        let y = output.tensor(Shape(n: n, c: oc, h: g.outHeight, w: g.outWidth))
+        if isPointwise {
+            for s in 0..<n {
+                sgemm(m: oc, n: p, k: inChannels, a: weight, lda: inChannels,
+                      b: x.data + s * inChannels * p, ldb: p, c: y.data + s * oc * p, ldc: p)
+            }
+            if let bias { addBias(bias, to: y.data, samples: n, spatial: p) }
+            return y
+        }
+        let cols = columns!.pointer, prod = product!.pointer
+        let pixels = n * p
+        im2col(x.data, batch: n, g, into: cols)
+        sgemm(m: oc, n: pixels, k: g.patchSize, a: weight, lda: g.patchSize, b: cols, ldb: pixels, c: prod, ldc: pixels)
+        // [OC, n, P] -> [n, OC, P], adding the bias on the way.
+        for o in 0..<oc {
+            let b = bias?[o] ?? 0
+            for s in 0..<n {
+                let src = prod + o * pixels + s * p, dst = y.data + (s * oc + o) * p
+                for i in 0..<p { dst[i] = src[i] + b }
+            }
+        }
+        return y
+    }
+
+    public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
+        guard let x = input else { throw LayerError("Conv2d.backward called before forward") }
+        let g = geometry!
+        let n = dy.shape.n, oc = outChannels, p = g.outSpatial, ckk = g.patchSize
+        let dx = inputGrad.tensor(x.shape)
+        if isPointwise {
+            let c = inChannels
+            if n == 0 { weightGrad.update(repeating: 0, count: oc * c) }
+            for s in 0..<n {
+                // dW += dy_s [OC, P] x x_sᵀ [P, C]
+                sgemm(transB: true, m: oc, n: c, k: p, a: dy.data + s * oc * p, lda: p,
+                      b: x.data + s * c * p, ldb: p, beta: s == 0 ? 0 : 1, c: weightGrad, ldc: c)
+            }
+            if let biasGrad { sumBias(dy.data, into: biasGrad, samples: n, spatial: p) }
+            if needsInputGradient {
+                for s in 0..<n {
+                    // dx_s = Wᵀ [C, OC] x dy_s [OC, P]
+                    sgemm(transA: true, m: c, n: p, k: oc, a: weight, lda: c,
+                          b: dy.data + s * oc * p, ldb: p, c: dx.data + s * c * p, ldc: p)
+                }
+            }
+            return dx
+        }
+        let cols = columns!.pointer, dyp = product!.pointer
+        let pixels = n * p
+        // [n, OC, P] -> [OC, n, P]
+        for o in 0..<oc {
+            for s in 0..<n {
+                (dyp + o * pixels + s * p).update(from: dy.data + (s * oc + o) * p, count: p)
+            }
+        }
+        // dW = dy' [OC, nP] x colsᵀ [nP, CKK]
+        sgemm(transB: true, m: oc, n: ckk, k: pixels, a: dyp, lda: pixels, b: cols, ldb: pixels, c: weightGrad, ldc: ckk)
+        if let biasGrad {
+            for o in 0..<oc {
+                biasGrad[o] = sumFloat(dyp + o * pixels, count: pixels)
+            }
+        }
+        if needsInputGradient {
+            // dcols = Wᵀ [CKK, OC] x dy' [OC, nP], written over the columns (no longer needed).
+            sgemm(transA: true, m: ckk, n: pixels, k: oc, a: weight, lda: ckk, b: dyp, ldb: pixels, c: cols, ldc: pixels)
+            dx.data.update(repeating: 0, count: dx.count)
+            col2im(cols, batch: n, g, into: dx.data)
+        }
+        return dx
+    }
+
+    private func addBias(_ bias: UnsafeMutablePointer<Float>, to y: UnsafeMutablePointer<Float>, samples n: Int, spatial p: Int) {
+        for s in 0..<n {
+            for o in 0..<outChannels {
+                let row = y + (s * outChannels + o) * p, b = bias[o]
+                for i in 0..<p { row[i] += b }
+            }
+        }
+    }
+
+    private func sumBias(_ dy: UnsafeMutablePointer<Float>, into grad: UnsafeMutablePointer<Float>, samples n: Int, spatial p: Int) {
+        grad.update(repeating: 0, count: outChannels)
+        for s in 0..<n {
+            for o in 0..<outChannels {
+                grad[o] += sumFloat(dy + (s * outChannels + o) * p, count: p)
+            }
+        }
+    }
+}

@@ -1,0 +1,45 @@
+import DDPKernels
+
+/// [n, c, h, w] -> [n, c], the mean of each channel plane: PyTorch's
+/// AdaptiveAvgPool2d(1) followed by flattening.
+public final class GlobalAvgPool2d: Layer {
+    public var needsInputGradient = true
+    private var output: FloatBuffer!
+    private var inputGrad: FloatBuffer!
+    private var inputShape: Shape?
+
+    public init() {}
+    public var summary: String { "AdaptiveAvgPool2d(output_size=1)" }
+
+    public func outputShape(for input: Shape) throws -> Shape {
+        guard input.rank == 4 else { throw LayerError("GlobalAvgPool2d expects input [n, c, h, w], got \(input.sampleDims)") }
+        return Shape(n: input.n, features: input.c)
+    }
+
+    public func configure(input: Shape, maxBatch: Int, index: Int) throws {
+        _ = try outputShape(for: input)
+        output = FloatBuffer(capacity: maxBatch * input.c)
+        inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
+    }
+
+    public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
+        let planes = x.shape.n * x.shape.c, area = x.shape.spatial
+        let y = output.tensor(Shape(n: x.shape.n, features: x.shape.c))
+        let scale = 1 / Float(area)
+        for i in 0..<planes { y.data[i] = sumFloat(x.data + i * area, count: area) * scale }
+        inputShape = x.shape
+        return y
+    }
+
+    public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
+        guard let shape = inputShape else { throw LayerError("GlobalAvgPool2d.backward called before forward") }
+        let dx = inputGrad.tensor(shape)
+        guard needsInputGradient else { return dx }
+        let area = shape.spatial, scale = 1 / Float(area)
+        for i in 0..<(shape.n * shape.c) {
+            let d = dx.data + i * area, share = dy.data[i] * scale
+            for j in 0..<area { d[j] = share }
+        }
+        return dx
+    }
+}

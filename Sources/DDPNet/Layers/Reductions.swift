@@ -1,0 +1,71 @@
+import DDPKernels
+
+// Sums over contiguous Float32 runs. A plain `sum += x[i]` loop is one long dependency
+// chain the compiler may not reorder (floating-point addition is not associative), so it
+// runs at one add per FP-latency; independent vector accumulators run several times faster.
+
+/// Σ x[i], accumulated in Float64.
+@inline(__always)
+func sum(_ x: UnsafePointer<Float>, count: Int) -> Double {
+    var a = SIMD4<Double>(), b = SIMD4<Double>()
+    var i = 0
+    while i + 8 <= count {
+        a += SIMD4<Double>(Double(x[i]), Double(x[i + 1]), Double(x[i + 2]), Double(x[i + 3]))
+        b += SIMD4<Double>(Double(x[i + 4]), Double(x[i + 5]), Double(x[i + 6]), Double(x[i + 7]))
+        i += 8
+    }
+    var total = (a + b).sum()
+    while i < count { total += Double(x[i]); i += 1 }
+    return total
+}
+
+/// Σ (x[i] - mean)², accumulated in Float64.
+@inline(__always)
+func sumOfSquaredDeviations(_ x: UnsafePointer<Float>, count: Int, mean: Double) -> Double {
+    var a = SIMD4<Double>(), b = SIMD4<Double>()
+    let m = SIMD4<Double>(repeating: mean)
+    var i = 0
+    while i + 8 <= count {
+        let u = SIMD4<Double>(Double(x[i]), Double(x[i + 1]), Double(x[i + 2]), Double(x[i + 3])) - m
+        let v = SIMD4<Double>(Double(x[i + 4]), Double(x[i + 5]), Double(x[i + 6]), Double(x[i + 7])) - m
+        a += u * u
+        b += v * v
+        i += 8
+    }
+    var total = (a + b).sum()
+    while i < count { let d = Double(x[i]) - mean; total += d * d; i += 1 }
+    return total
+}
+
+/// (Σ g[i], Σ g[i]·(x[i] - mean)), accumulated in Float64.
+@inline(__always)
+func gradientSums(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, count: Int, mean: Double) -> (Double, Double) {
+    var sg = SIMD4<Double>(), sgx = SIMD4<Double>()
+    let m = SIMD4<Double>(repeating: mean)
+    var i = 0
+    while i + 4 <= count {
+        let gv = SIMD4<Double>(Double(g[i]), Double(g[i + 1]), Double(g[i + 2]), Double(g[i + 3]))
+        let xv = SIMD4<Double>(Double(x[i]), Double(x[i + 1]), Double(x[i + 2]), Double(x[i + 3])) - m
+        sg += gv
+        sgx += gv * xv
+        i += 4
+    }
+    var totalG = sg.sum(), totalGX = sgx.sum()
+    while i < count { let gi = Double(g[i]); totalG += gi; totalGX += gi * (Double(x[i]) - mean); i += 1 }
+    return (totalG, totalGX)
+}
+
+/// Σ x[i] in Float32 (for gradients, where Float32 is what the result is stored in).
+@inline(__always)
+func sumFloat(_ x: UnsafePointer<Float>, count: Int) -> Float {
+    var a = SIMD8<Float>(), b = SIMD8<Float>()
+    var i = 0
+    while i + 16 <= count {
+        a += UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+        b += UnsafeRawPointer(x + i + 8).loadUnaligned(as: SIMD8<Float>.self)
+        i += 16
+    }
+    var total = (a + b).sum()
+    while i < count { total += x[i]; i += 1 }
+    return total
+}

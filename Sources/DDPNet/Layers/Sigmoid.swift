@@ -1,0 +1,31 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import DDPKernels
+
+/// 1 / (1 + exp(-x)); the gradient y·(1 - y) is taken from the output.
+public final class Sigmoid: Layer {
+    public var needsInputGradient = true
+    private var buffers = ActivationBuffers()
+
+    public init() {}
+    public var summary: String { "Sigmoid()" }
+    public func outputShape(for input: Shape) throws -> Shape { input }
+    public func configure(input: Shape, maxBatch: Int, index: Int) throws { buffers.configure(input, maxBatch: maxBatch) }
+
+    public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
+        let y = buffers.forward(x)
+        let src = x.data, dst = y.data
+        // exp(-x) overflows to +inf for very negative x, which correctly gives 0.
+        for i in 0..<x.count { dst[i] = 1 / (1 + expf(-src[i])) }
+        return y
+    }
+
+    public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
+        let (_, y, dx) = try buffers.backward(dy, layer: "Sigmoid")
+        guard needsInputGradient else { return dx }
+        let out = y.data, g = dy.data, d = dx.data
+        for i in 0..<dy.count { d[i] = g[i] * out[i] * (1 - out[i]) }
+        return dx
+    }
+}

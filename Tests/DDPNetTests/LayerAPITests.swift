@@ -1,0 +1,71 @@
+import DDPKernels
+import DDPNet
+import XCTest
+
+/// Shapes, PyTorch summaries, state-dict names and configuration errors.
+final class LayerAPITests: XCTestCase {
+    func testSummaries() {
+        XCTAssertEqual(MaxPool2d(kernel: 2).summary, "MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)")
+        XCTAssertEqual(AvgPool2d(kernel: 3, stride: 2, padding: 1).summary, "AvgPool2d(kernel_size=3, stride=2, padding=1)")
+        XCTAssertEqual(GlobalAvgPool2d().summary, "AdaptiveAvgPool2d(output_size=1)")
+        XCTAssertEqual(LeakyReLU().summary, "LeakyReLU(negative_slope=0.01)")
+        XCTAssertEqual(ELU().summary, "ELU(alpha=1.0)")
+        XCTAssertEqual(SELU().summary, "SELU()")
+        XCTAssertEqual(GELU().summary, "GELU(approximate='none')")
+        XCTAssertEqual(Tanh().summary, "Tanh()")
+        XCTAssertEqual(Sigmoid().summary, "Sigmoid()")
+        XCTAssertEqual(ResidualBlock(inChannels: 32, outChannels: 64, stride: 2).summary, "BasicBlock(32, 64, stride=2)")
+    }
+
+    func testPoolingShapes() throws {
+        // Floor mode, as PyTorch.
+        XCTAssertEqual(try MaxPool2d(kernel: 2).outputShape(for: Shape(n: 3, c: 4, h: 7, w: 6)), Shape(n: 3, c: 4, h: 3, w: 3))
+        XCTAssertEqual(try MaxPool2d(kernel: 3, stride: 2, padding: 1).outputShape(for: Shape(n: 1, c: 1, h: 8, w: 7)), Shape(n: 1, c: 1, h: 4, w: 4))
+        XCTAssertEqual(try AvgPool2d(kernel: 2, stride: 1).outputShape(for: Shape(n: 1, c: 2, h: 3, w: 5)), Shape(n: 1, c: 2, h: 2, w: 4))
+        XCTAssertEqual(try GlobalAvgPool2d().outputShape(for: Shape(n: 5, c: 6, h: 3, w: 3)), Shape(n: 5, features: 6))
+        XCTAssertThrowsError(try MaxPool2d(kernel: 2, padding: 2).outputShape(for: Shape(n: 1, c: 1, h: 8, w: 8)))
+        XCTAssertThrowsError(try AvgPool2d(kernel: 2).outputShape(for: Shape(n: 1, features: 8)))
+    }
+
+    func testPoolingValues() throws {
+        // One 4x4 plane; AvgPool with padding divides by k*k (count_include_pad=True).
+        let x = FloatBuffer(capacity: 16)
+        for i in 0..<16 { x.pointer[i] = Float(i) }
+        let shape = Shape(n: 1, c: 1, h: 4, w: 4)
+        let maxModel = try Model(layers: [MaxPool2d(kernel: 2)], inputShape: shape, maxBatch: 1)
+        XCTAssertEqual(Array(try maxModel.forward(x.tensor(shape), ForwardContext(training: false)).buffer), [5, 7, 13, 15])
+        let avgModel = try Model(layers: [AvgPool2d(kernel: 3, stride: 2, padding: 1)], inputShape: shape, maxBatch: 1)
+        let y = Array(try avgModel.forward(x.tensor(shape), ForwardContext(training: false)).buffer)
+        let windowSums: [Float] = [0 + 1 + 4 + 5, 1 + 2 + 3 + 5 + 6 + 7, 4 + 5 + 8 + 9 + 12 + 13, 5 + 6 + 7 + 9 + 10 + 11 + 13 + 14 + 15]
+        for (value, sum) in zip(y, windowSums) { XCTAssertEqual(value, sum / 9, accuracy: 1e-5) }
+
+        // Ties: the gradient goes to the first maximum in window order.
+        x.pointer.update(repeating: 1, count: 16)
+        let tied = try Model(layers: [MaxPool2d(kernel: 2)], inputShape: shape, maxBatch: 1)
+        tied.layers[0].needsInputGradient = true
+        let context = ForwardContext(training: true)
+        let out = try tied.forward(x.tensor(shape), context)
+        let dy = FloatBuffer(capacity: 4)
+        dy.pointer.update(repeating: 1, count: 4)
+        let dx = try tied.layers[0].backward(dy.tensor(out.shape), context)
+        XCTAssertEqual(Array(dx.buffer), [1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0])
+    }
+
+    func testResidualBlockStateDictNames() throws {
+        let projection = try Model(layers: [ResidualBlock(inChannels: 3, outChannels: 8, stride: 2)],
+                                   inputShape: Shape(n: 1, c: 3, h: 8, w: 8), maxBatch: 2)
+        XCTAssertEqual(projection.outputShape, Shape(n: 1, c: 8, h: 4, w: 4))
+        XCTAssertEqual(projection.parameterViews.map(\.name), [
+            "0.conv1.weight", "0.bn1.weight", "0.bn1.bias", "0.conv2.weight", "0.bn2.weight", "0.bn2.bias",
+            "0.downsample.0.weight", "0.downsample.1.weight", "0.downsample.1.bias",
+        ])
+        XCTAssertEqual(projection.parameterViews.map(\.shape), [[8, 3, 3, 3], [8], [8], [8, 8, 3, 3], [8], [8], [8, 3, 1, 1], [8], [8]])
+        XCTAssertEqual(projection.bufferViews.map(\.name), ["bn1", "bn2", "downsample.1"].flatMap { p in
+            ["running_mean", "running_var", "num_batches_tracked"].map { "0.\(p).\($0)" }
+        })
+        let identity = try Model(layers: [ResidualBlock(inChannels: 4, outChannels: 4)],
+                                 inputShape: Shape(n: 1, c: 4, h: 5, w: 5), maxBatch: 2)
+        XCTAssertEqual(identity.parameterViews.count, 6)
+        XCTAssertEqual(identity.outputShape, Shape(n: 1, c: 4, h: 5, w: 5))
+    }
+}
