@@ -39,16 +39,28 @@ final class LayerAPITests: XCTestCase {
         let windowSums: [Float] = [0 + 1 + 4 + 5, 1 + 2 + 3 + 5 + 6 + 7, 4 + 5 + 8 + 9 + 12 + 13, 5 + 6 + 7 + 9 + 10 + 11 + 13 + 14 + 15]
         for (value, sum) in zip(y, windowSums) { XCTAssertEqual(value, sum / 9, accuracy: 1e-5) }
 
-        // Ties: the gradient goes to the first maximum in window order.
-        x.pointer.update(repeating: 1, count: 16)
-        let tied = try Model(layers: [MaxPool2d(kernel: 2)], inputShape: shape, maxBatch: 1)
-        tied.layers[0].needsInputGradient = true
-        let context = ForwardContext(training: true)
-        let out = try tied.forward(x.tensor(shape), context)
-        let dy = FloatBuffer(capacity: 4)
-        dy.pointer.update(repeating: 1, count: 4)
-        let dx = try tied.layers[0].backward(dy.tensor(out.shape), context)
-        XCTAssertEqual(Array(dx.buffer), [1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0])
+    }
+
+    func testMaxPoolTiesGoToTheFirstMaximum() throws {
+        // Width 18 has 9 windows per row: eight through the vector loop, one scalar.
+        for pool in [MaxPool2d(kernel: 2), MaxPool2d(kernel: 3, stride: 3)] {
+            let shape = Shape(n: 1, c: 1, h: 6, w: 18)
+            let x = FloatBuffer(capacity: shape.count)
+            x.pointer.update(repeating: 1, count: shape.count)
+            let model = try Model(layers: [pool], inputShape: shape, maxBatch: 1)
+            pool.needsInputGradient = true
+            let context = ForwardContext(training: true)
+            let out = try model.forward(x.tensor(shape), context)
+            let dy = FloatBuffer(capacity: out.count)
+            dy.pointer.update(repeating: 1, count: out.count)
+            let dx = try pool.backward(dy.tensor(out.shape), context)
+            for iy in 0..<shape.h {
+                for ix in 0..<shape.w {
+                    let first = iy % pool.kernel == 0 && ix % pool.kernel == 0
+                    XCTAssertEqual(dx[iy * shape.w + ix], first ? 1 : 0, "\(pool.summary) at (\(iy), \(ix))")
+                }
+            }
+        }
     }
 
     func testResidualBlockStateDictNames() throws {

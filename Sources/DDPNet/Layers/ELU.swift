@@ -26,7 +26,7 @@ public final class ELU: Layer {
         guard needsInputGradient else { return dx }
         let src = x.data, out = y.data, g = dy.data, d = dx.data, a = alpha
         // For x <= 0, d/dx alpha·(exp(x) - 1) = alpha·exp(x) = y + alpha.
-        for i in 0..<dy.count { d[i] = src[i] > 0 ? g[i] : g[i] * (out[i] + a) }
+        for i in 0..<dy.count { let gi = g[i], yi = out[i]; d[i] = src[i] > 0 ? gi : gi * (yi + a) }
         return dx
     }
 }

@@ -28,7 +28,7 @@ public final class SELU: Layer {
         let src = x.data, out = y.data, g = dy.data, d = dx.data
         let scale = SELU.scale, scaledAlpha = SELU.scale * SELU.alpha
         // For x <= 0 the derivative scale·alpha·exp(x) equals y + scale·alpha.
-        for i in 0..<dy.count { d[i] = src[i] > 0 ? scale * g[i] : g[i] * (out[i] + scaledAlpha) }
+        for i in 0..<dy.count { let gi = g[i], yi = out[i]; d[i] = src[i] > 0 ? scale * gi : gi * (yi + scaledAlpha) }
         return dx
     }
 }
