@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import DDPKernels
 
 /// scale·ELU(x, alpha) with the self-normalizing constants of Klambauer et al. (2017).
@@ -18,7 +15,7 @@ public final class SELU: Layer {
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
         let y = buffers.forward(x)
         let src = x.data, dst = y.data, scale = SELU.scale, scaledAlpha = SELU.scale * SELU.alpha
-        for i in 0..<x.count { dst[i] = src[i] > 0 ? scale * src[i] : scaledAlpha * expm1f(src[i]) }
+        for i in 0..<x.count { let v = src[i], e = scaledAlpha * vexpm1(min(v, 0)); dst[i] = v > 0 ? scale * v : e }
         return y
     }
 
