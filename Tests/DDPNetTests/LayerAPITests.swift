@@ -80,4 +80,34 @@ final class LayerAPITests: XCTestCase {
         XCTAssertEqual(identity.parameterViews.count, 6)
         XCTAssertEqual(identity.outputShape, Shape(n: 1, c: 4, h: 5, w: 5))
     }
+
+    /// The first layer skips its input gradient (Model sets needsInputGradient = false);
+    /// its parameter gradients must not change.
+    func testSkippingTheInputGradientKeepsParameterGradients() throws {
+        let cases: [(make: () -> Layer, shape: Shape)] = [
+            ({ Conv2d(inChannels: 3, outChannels: 4, kernel: 3, stride: 2, padding: 1) }, Shape(n: 2, c: 3, h: 6, w: 5)),
+            ({ Conv2d(inChannels: 3, outChannels: 4, kernel: 1) }, Shape(n: 2, c: 3, h: 3, w: 3)),
+            ({ BatchNorm(features: 3) }, Shape(n: 2, c: 3, h: 2, w: 2)),
+            ({ ResidualBlock(inChannels: 3, outChannels: 4, stride: 2) }, Shape(n: 2, c: 3, h: 5, w: 5)),
+            ({ Linear(12, 5) }, Shape(n: 3, c: 3, h: 2, w: 2)),
+        ]
+        for t in cases {
+            var gradients: [[Float]] = []
+            for needsInputGradient in [true, false] {
+                let layer = t.make()
+                let model = try Model(layers: [layer], inputShape: t.shape.withBatch(1), maxBatch: t.shape.n)
+                layer.needsInputGradient = needsInputGradient
+                randomize(model, seed: 5)
+                let x = FloatBuffer(capacity: t.shape.count)
+                for (i, v) in TestData.uniform(t.shape.count, seed: 5, stream: 1).enumerated() { x.pointer[i] = v }
+                let context = ForwardContext(training: true)
+                let y = try model.forward(x.tensor(t.shape), context)
+                let dy = FloatBuffer(capacity: y.count)
+                for (i, v) in TestData.uniform(y.count, seed: 5, stream: 2).enumerated() { dy.pointer[i] = v }
+                try model.backward(dy.tensor(y.shape), context)
+                gradients.append(Array(model.gradients.buffer.prefix(model.parameterCount)))
+            }
+            XCTAssertEqual(gradients[0], gradients[1], t.make().summary)
+        }
+    }
 }
