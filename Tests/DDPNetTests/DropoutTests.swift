@@ -24,6 +24,22 @@ final class DropoutTests: XCTestCase {
         XCTAssertNotEqual(a, try dropout(p: 0.5, x, features: 50, ids: ids, step: 2))
     }
 
+    /// The contract of DESIGN I7: element j of sample `id` is kept when word j % 4 of
+    /// Philox(seed, .dropout).block(j / 4, layer index, step, id) maps to a unit >= p.
+    func testMaskIsTheDocumentedPhiloxWord() throws {
+        let features = 45, ids: [Int32] = [3, 1_000_000], p: Float = 0.5
+        let x = [Float](repeating: 1, count: ids.count * features)
+        let y = try dropout(p: p, x, features: features, ids: ids, step: 7)
+        let g = Philox(seed: 11, purpose: .dropout)
+        for (s, id) in ids.enumerated() {
+            for j in 0..<features {
+                let r = g.block(UInt32(j / 4), 0, 7, UInt32(id))
+                let word = [r.0, r.1, r.2, r.3][j % 4]
+                XCTAssertEqual(y[s * features + j] != 0, Philox.unit(word) >= p, "sample \(id), element \(j)")
+            }
+        }
+    }
+
     func testRateAndScale() throws {
         let features = 1000, ids = (0..<Int32(64)).map { $0 }, p: Float = 0.25
         let x = TestData.uniform(ids.count * features, seed: 2, stream: 1, 0.5, 1.5)

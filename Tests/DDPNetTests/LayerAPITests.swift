@@ -39,16 +39,28 @@ final class LayerAPITests: XCTestCase {
         let windowSums: [Float] = [0 + 1 + 4 + 5, 1 + 2 + 3 + 5 + 6 + 7, 4 + 5 + 8 + 9 + 12 + 13, 5 + 6 + 7 + 9 + 10 + 11 + 13 + 14 + 15]
         for (value, sum) in zip(y, windowSums) { XCTAssertEqual(value, sum / 9, accuracy: 1e-5) }
 
-        // Ties: the gradient goes to the first maximum in window order.
-        x.pointer.update(repeating: 1, count: 16)
-        let tied = try Model(layers: [MaxPool2d(kernel: 2)], inputShape: shape, maxBatch: 1)
-        tied.layers[0].needsInputGradient = true
-        let context = ForwardContext(training: true)
-        let out = try tied.forward(x.tensor(shape), context)
-        let dy = FloatBuffer(capacity: 4)
-        dy.pointer.update(repeating: 1, count: 4)
-        let dx = try tied.layers[0].backward(dy.tensor(out.shape), context)
-        XCTAssertEqual(Array(dx.buffer), [1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0])
+    }
+
+    func testMaxPoolTiesGoToTheFirstMaximum() throws {
+        // Width 18 has 9 windows per row: eight through the vector loop, one scalar.
+        for pool in [MaxPool2d(kernel: 2), MaxPool2d(kernel: 3, stride: 3)] {
+            let shape = Shape(n: 1, c: 1, h: 6, w: 18)
+            let x = FloatBuffer(capacity: shape.count)
+            x.pointer.update(repeating: 1, count: shape.count)
+            let model = try Model(layers: [pool], inputShape: shape, maxBatch: 1)
+            pool.needsInputGradient = true
+            let context = ForwardContext(training: true)
+            let out = try model.forward(x.tensor(shape), context)
+            let dy = FloatBuffer(capacity: out.count)
+            dy.pointer.update(repeating: 1, count: out.count)
+            let dx = try pool.backward(dy.tensor(out.shape), context)
+            for iy in 0..<shape.h {
+                for ix in 0..<shape.w {
+                    let first = iy % pool.kernel == 0 && ix % pool.kernel == 0
+                    XCTAssertEqual(dx[iy * shape.w + ix], first ? 1 : 0, "\(pool.summary) at (\(iy), \(ix))")
+                }
+            }
+        }
     }
 
     func testResidualBlockStateDictNames() throws {
@@ -67,5 +79,35 @@ final class LayerAPITests: XCTestCase {
                                  inputShape: Shape(n: 1, c: 4, h: 5, w: 5), maxBatch: 2)
         XCTAssertEqual(identity.parameterViews.count, 6)
         XCTAssertEqual(identity.outputShape, Shape(n: 1, c: 4, h: 5, w: 5))
+    }
+
+    /// The first layer skips its input gradient (Model sets needsInputGradient = false);
+    /// its parameter gradients must not change.
+    func testSkippingTheInputGradientKeepsParameterGradients() throws {
+        let cases: [(make: () -> Layer, shape: Shape)] = [
+            ({ Conv2d(inChannels: 3, outChannels: 4, kernel: 3, stride: 2, padding: 1) }, Shape(n: 2, c: 3, h: 6, w: 5)),
+            ({ Conv2d(inChannels: 3, outChannels: 4, kernel: 1) }, Shape(n: 2, c: 3, h: 3, w: 3)),
+            ({ BatchNorm(features: 3) }, Shape(n: 2, c: 3, h: 2, w: 2)),
+            ({ ResidualBlock(inChannels: 3, outChannels: 4, stride: 2) }, Shape(n: 2, c: 3, h: 5, w: 5)),
+            ({ Linear(12, 5) }, Shape(n: 3, c: 3, h: 2, w: 2)),
+        ]
+        for t in cases {
+            var gradients: [[Float]] = []
+            for needsInputGradient in [true, false] {
+                let layer = t.make()
+                let model = try Model(layers: [layer], inputShape: t.shape.withBatch(1), maxBatch: t.shape.n)
+                layer.needsInputGradient = needsInputGradient
+                randomize(model, seed: 5)
+                let x = FloatBuffer(capacity: t.shape.count)
+                for (i, v) in TestData.uniform(t.shape.count, seed: 5, stream: 1).enumerated() { x.pointer[i] = v }
+                let context = ForwardContext(training: true)
+                let y = try model.forward(x.tensor(t.shape), context)
+                let dy = FloatBuffer(capacity: y.count)
+                for (i, v) in TestData.uniform(y.count, seed: 5, stream: 2).enumerated() { dy.pointer[i] = v }
+                try model.backward(dy.tensor(y.shape), context)
+                gradients.append(Array(model.gradients.buffer.prefix(model.parameterCount)))
+            }
+            XCTAssertEqual(gradients[0], gradients[1], t.make().summary)
+        }
     }
 }

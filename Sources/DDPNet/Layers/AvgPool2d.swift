@@ -11,6 +11,7 @@ public final class AvgPool2d: Layer {
     private var geometry: ConvGeometry!
     private var output: FloatBuffer!
     private var inputGrad: FloatBuffer!
+    private var windows: PoolWindows!
     private var inputShape: Shape?
 
     public init(kernel: Int, stride: Int? = nil, padding: Int = 0) {
@@ -26,6 +27,7 @@ public final class AvgPool2d: Layer {
     public func configure(input: Shape, maxBatch: Int, index: Int) throws {
         let g = try poolGeometry("AvgPool2d", kernel: kernel, stride: stride, padding: padding, input: input)
         geometry = g
+        windows = PoolWindows(g)
         output = FloatBuffer(capacity: maxBatch * g.channels * g.outSpatial)
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
     }
@@ -34,13 +36,13 @@ public final class AvgPool2d: Layer {
         let g = geometry!
         let y = output.tensor(g.outputShape(batch: x.shape.n))
         let oh = g.outHeight, ow = g.outWidth, plane = g.height * g.width
-        let scale = 1 / Float(kernel * kernel)
+        let scale = 1 / Float(kernel * kernel), windows = windows!
         for planeIndex in 0..<(x.shape.n * g.channels) {
             let src = x.data + planeIndex * plane, dst = y.data + planeIndex * oh * ow
             for oy in 0..<oh {
-                let rows = g.clipped(oy * stride - padding, size: g.height, kernel: kernel)
+                let rows = windows.rows(oy)
                 for ox in 0..<ow {
-                    let cols = g.clipped(ox * stride - padding, size: g.width, kernel: kernel)
+                    let cols = windows.columns(ox)
                     var sum: Float = 0
                     for iy in rows { for ix in cols { sum += src[iy * g.width + ix] } }
                     dst[oy * ow + ox] = sum * scale
@@ -57,14 +59,14 @@ public final class AvgPool2d: Layer {
         guard needsInputGradient else { return dx }
         let g = geometry!
         let oh = g.outHeight, ow = g.outWidth, plane = g.height * g.width
-        let scale = 1 / Float(kernel * kernel)
+        let scale = 1 / Float(kernel * kernel), windows = windows!
         dx.data.update(repeating: 0, count: dx.count)
         for planeIndex in 0..<(shape.n * g.channels) {
             let d = dx.data + planeIndex * plane, grad = dy.data + planeIndex * oh * ow
             for oy in 0..<oh {
-                let rows = g.clipped(oy * stride - padding, size: g.height, kernel: kernel)
+                let rows = windows.rows(oy)
                 for ox in 0..<ow {
-                    let cols = g.clipped(ox * stride - padding, size: g.width, kernel: kernel)
+                    let cols = windows.columns(ox)
                     let share = grad[oy * ow + ox] * scale
                     for iy in rows { for ix in cols { d[iy * g.width + ix] += share } }
                 }

@@ -29,6 +29,8 @@ public final class BatchNorm: Layer {
     private var m2: DoubleBuffer!
     /// Σdy and Σdy·x̂ per channel, side by side so that one reducer call sums both.
     private var sums: DoubleBuffer!
+    /// Per-channel Float32 factors of the element loops (up to four per channel).
+    private var coefficients: FloatBuffer!
     private var input: Tensor?
     private var trainedForward = false
     /// Samples per channel of the last training forward, over all ranks.
@@ -59,6 +61,7 @@ public final class BatchNorm: Layer {
         invStd = DoubleBuffer(capacity: features)
         m2 = DoubleBuffer(capacity: features)
         sums = DoubleBuffer(capacity: 2 * features)
+        coefficients = FloatBuffer(capacity: 4 * features)
     }
 
     public var parameterSpecs: [ParameterSpec] {
@@ -91,13 +94,22 @@ public final class BatchNorm: Layer {
             }
         }
         let y = output.tensor(x.shape)
-        let area = x.shape.spatial
-        for s in 0..<x.shape.n {
-            for c in 0..<features {
-                let offset = (s * features + c) * area
-                let src = x.data + offset, dst = y.data + offset
-                let mu = mean.pointer[c], scale = Float(invStd.pointer[c]) * gamma[c], shift = beta[c]
-                for i in 0..<area { dst[i] = Float(Double(src[i]) - mu) * scale + shift }
+        let n = x.shape.n, area = x.shape.spatial, mu = mean.pointer, scale = coefficients.pointer
+        for c in 0..<features { scale[c] = Float(invStd.pointer[c]) * gamma[c] }
+        // Centre in Float64 (x may be far from 0 against its spread), then scale in Float32.
+        if area == 1 {
+            for s in 0..<n {
+                let src = x.data + s * features, dst = y.data + s * features
+                for c in 0..<features { dst[c] = Float(Double(src[c]) - mu[c]) * scale[c] + beta[c] }
+            }
+        } else {
+            for s in 0..<n {
+                for c in 0..<features {
+                    let offset = (s * features + c) * area
+                    let src = x.data + offset, dst = y.data + offset
+                    let m = mu[c], k = scale[c], shift = beta[c]
+                    for i in 0..<area { dst[i] = Float(Double(src[i]) - m) * k + shift }
+                }
             }
         }
         return y
@@ -110,16 +122,29 @@ public final class BatchNorm: Layer {
         mu.update(repeating: 0, count: features)
         sq.update(repeating: 0, count: features)
         var count = Double(n * area)
-        // Two passes (mean, then centred squares): exact even when mean >> std.
-        for s in 0..<n {
-            for c in 0..<features {
-                mu[c] += sum(x.data + (s * features + c) * area, count: area)
+        // Two passes (mean, then centred squares): exact even when mean >> std. A 2-D input
+        // runs along the rows, across channels, so that the loops vectorize.
+        if area == 1 {
+            for s in 0..<n {
+                let row = x.data + s * features
+                for c in 0..<features { mu[c] += Double(row[c]) }
+            }
+        } else {
+            for s in 0..<n {
+                for c in 0..<features { mu[c] += sum(x.data + (s * features + c) * area, count: area) }
             }
         }
         if count > 0 { for c in 0..<features { mu[c] /= count } }
-        for s in 0..<n {
-            for c in 0..<features {
-                sq[c] += sumOfSquaredDeviations(x.data + (s * features + c) * area, count: area, mean: mu[c])
+        if area == 1 {
+            for s in 0..<n {
+                let row = x.data + s * features
+                for c in 0..<features { let d = Double(row[c]) - mu[c]; sq[c] += d * d }
+            }
+        } else {
+            for s in 0..<n {
+                for c in 0..<features {
+                    sq[c] += sumOfSquaredDeviations(x.data + (s * features + c) * area, count: area, mean: mu[c])
+                }
             }
         }
         // Every rank calls the reducer, an empty one too, so that collectives match.
@@ -141,45 +166,66 @@ public final class BatchNorm: Layer {
 
     public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
         guard let x = input else { throw LayerError("BatchNorm.backward called before forward") }
-        let n = x.shape.n, area = x.shape.spatial
+        let n = x.shape.n, area = x.shape.spatial, mu = mean.pointer, inv = invStd.pointer
         let sumDy = sums.pointer, sumDyXhat = sums.pointer + features
         sums.zero()
-        for s in 0..<n {
-            for c in 0..<features {
-                let offset = (s * features + c) * area
-                let (a, b) = gradientSums(dy.data + offset, x.data + offset, count: area, mean: mean.pointer[c])
-                sumDy[c] += a
-                sumDyXhat[c] += b * invStd.pointer[c]
+        // Σdy and Σdy·(x - μ) per channel; times invstd below gives Σdy·x̂.
+        if area == 1 {
+            for s in 0..<n {
+                let src = x.data + s * features, grad = dy.data + s * features
+                for c in 0..<features {
+                    let g = Double(grad[c])
+                    sumDy[c] += g
+                    sumDyXhat[c] += g * (Double(src[c]) - mu[c])
+                }
+            }
+        } else {
+            for s in 0..<n {
+                for c in 0..<features {
+                    let offset = (s * features + c) * area
+                    let (a, b) = gradientSums(dy.data + offset, x.data + offset, count: area, mean: mu[c])
+                    sumDy[c] += a
+                    sumDyXhat[c] += b
+                }
             }
         }
         // Local sums: the trainer all-reduces parameter gradients with the others.
         for c in 0..<features {
+            sumDyXhat[c] *= inv[c]
             gammaGrad[c] = Float(sumDyXhat[c])
             betaGrad[c] = Float(sumDy[c])
         }
         let dx = inputGrad.tensor(x.shape)
         guard needsInputGradient else { return dx }
-        if trainedForward {
-            // x̂ depends on every sample through the batch statistics: the sums must be global.
-            try context.statistics.sum(sums.pointer, count: 2 * features)
+        // dx = k·(dy - a - x̂·b) with k = γ·invstd; in training a = Σdy/N and b = Σ(dy·x̂)/N
+        // over the global batch (x̂ depends on every sample through the batch statistics);
+        // in evaluation the statistics are constants and a = b = 0.
+        let k = coefficients.pointer, invF = k + features, a = k + 2 * features, b = k + 3 * features
+        if trainedForward { try context.statistics.sum(sums.pointer, count: 2 * features) }
+        for c in 0..<features {
+            k[c] = Float(Double(gamma[c]) * inv[c])
+            invF[c] = Float(inv[c])
+            a[c] = trainedForward ? Float(sumDy[c] / globalCount) : 0
+            b[c] = trainedForward ? Float(sumDyXhat[c] / globalCount) : 0
         }
-        for s in 0..<n {
-            for c in 0..<features {
-                let offset = (s * features + c) * area
-                let src = x.data + offset, grad = dy.data + offset, d = dx.data + offset
-                let mu = mean.pointer[c], inv = invStd.pointer[c]
-                let k = Float(Double(gamma[c]) * inv)
-                guard trainedForward else {
-                    for i in 0..<area { d[i] = k * grad[i] }
-                    continue
+        if area == 1 {
+            for s in 0..<n {
+                let src = x.data + s * features, grad = dy.data + s * features, d = dx.data + s * features
+                for c in 0..<features {
+                    let xhat = Float(Double(src[c]) - mu[c]) * invF[c]
+                    d[c] = k[c] * (grad[c] - a[c] - xhat * b[c])
                 }
-                // dx = γ·invstd·(dy - Σdy/N - x̂·Σ(dy·x̂)/N), with x̂ = (x - μ)·invstd
-                let meanDy = Float(sumDy[c] / globalCount)
-                let slope = Float(sumDyXhat[c] / globalCount)
-                let invF = Float(inv)
-                for i in 0..<area {
-                    let xhat = Float(Double(src[i]) - mu) * invF
-                    d[i] = k * (grad[i] - meanDy - xhat * slope)
+            }
+        } else {
+            for s in 0..<n {
+                for c in 0..<features {
+                    let offset = (s * features + c) * area
+                    let src = x.data + offset, grad = dy.data + offset, d = dx.data + offset
+                    let m = mu[c], kc = k[c], invC = invF[c], ac = a[c], bc = b[c]
+                    for i in 0..<area {
+                        let xhat = Float(Double(src[i]) - m) * invC
+                        d[i] = kc * (grad[i] - ac - xhat * bc)
+                    }
                 }
             }
         }

@@ -42,18 +42,32 @@ public final class Dropout: Layer {
         masked = context.training && p > 0
         guard masked else { return x }
         let generator = Philox(seed: context.seed, purpose: .dropout)
-        let perSample = x.shape.perSample, drop = p, scale = 1 / (1 - p)
+        let perSample = x.shape.perSample, scale = 1 / (1 - p)
+        // unit(w) >= p, i.e. (w >> 8)·2^-24 >= p, is (w >> 8) >= ceil(p·2^24), exactly.
+        let threshold = UInt32((p * 16_777_216).rounded(.up))
         let layer = UInt32(truncatingIfNeeded: layerIndex), step = UInt32(truncatingIfNeeded: context.step)
         for s in 0..<x.shape.n {
             let sample = UInt32(truncatingIfNeeded: context.sampleID(s))
             let m = mask.pointer + s * perSample
             var j = 0
+            // 32 elements (eight blocks) at a time in vector registers, then block by block.
+            while j + 32 <= perSample {
+                let w = Dropout.blocks(generator, UInt32(truncatingIfNeeded: j >> 2), layer, step, sample)
+                for lane in 0..<8 {
+                    let e = m + j + 4 * lane
+                    e[0] = w.0[lane] >> 8 >= threshold ? scale : 0
+                    e[1] = w.1[lane] >> 8 >= threshold ? scale : 0
+                    e[2] = w.2[lane] >> 8 >= threshold ? scale : 0
+                    e[3] = w.3[lane] >> 8 >= threshold ? scale : 0
+                }
+                j += 32
+            }
             while j < perSample {
                 let r = generator.block(UInt32(truncatingIfNeeded: j >> 2), layer, step, sample)
-                m[j] = Philox.unit(r.0) >= drop ? scale : 0
-                if j + 1 < perSample { m[j + 1] = Philox.unit(r.1) >= drop ? scale : 0 }
-                if j + 2 < perSample { m[j + 2] = Philox.unit(r.2) >= drop ? scale : 0 }
-                if j + 3 < perSample { m[j + 3] = Philox.unit(r.3) >= drop ? scale : 0 }
+                m[j] = r.0 >> 8 >= threshold ? scale : 0
+                if j + 1 < perSample { m[j + 1] = r.1 >> 8 >= threshold ? scale : 0 }
+                if j + 2 < perSample { m[j + 2] = r.2 >> 8 >= threshold ? scale : 0 }
+                if j + 3 < perSample { m[j + 3] = r.3 >> 8 >= threshold ? scale : 0 }
                 j += 4
             }
         }
@@ -61,6 +75,26 @@ public final class Dropout: Layer {
         let src = x.data, dst = y.data, m = mask.pointer
         for i in 0..<x.count { dst[i] = src[i] * m[i] }
         return y
+    }
+
+    /// `Philox.block` for the eight counters (c0 + 0...7, c1, c2, c3), lane by lane.
+    @inline(__always)
+    private static func blocks(_ g: Philox, _ c0: UInt32, _ c1: UInt32, _ c2: UInt32, _ c3: UInt32)
+        -> (SIMD8<UInt32>, SIMD8<UInt32>, SIMD8<UInt32>, SIMD8<UInt32>) {
+        var x0 = SIMD8<UInt32>(0, 1, 2, 3, 4, 5, 6, 7) &+ c0
+        var x1 = SIMD8<UInt32>(repeating: c1), x2 = SIMD8<UInt32>(repeating: c2), x3 = SIMD8<UInt32>(repeating: c3)
+        var k0 = g.key0, k1 = g.key1
+        for _ in 0..<10 {
+            let p0 = SIMD8<UInt64>(truncatingIfNeeded: x0) &* 0xD251_1F53
+            let p1 = SIMD8<UInt64>(truncatingIfNeeded: x2) &* 0xCD9E_8D57
+            x0 = SIMD8<UInt32>(truncatingIfNeeded: p1 &>> 32) ^ x1 ^ k0
+            x1 = SIMD8<UInt32>(truncatingIfNeeded: p1)
+            x2 = SIMD8<UInt32>(truncatingIfNeeded: p0 &>> 32) ^ x3 ^ k1
+            x3 = SIMD8<UInt32>(truncatingIfNeeded: p0)
+            k0 = k0 &+ 0x9E37_79B9
+            k1 = k1 &+ 0xBB67_AE85
+        }
+        return (x0, x1, x2, x3)
     }
 
     public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import DDPKernels
 
 /// x for x > 0, alpha·(exp(x) - 1) otherwise.
@@ -17,7 +14,7 @@ public final class ELU: Layer {
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
         let y = buffers.forward(x)
         let src = x.data, dst = y.data, a = alpha
-        for i in 0..<x.count { dst[i] = src[i] > 0 ? src[i] : a * expm1f(src[i]) }
+        for i in 0..<x.count { let v = src[i], e = a * vexpm1(min(v, 0)); dst[i] = v > 0 ? v : e }
         return y
     }
 
@@ -26,7 +23,7 @@ public final class ELU: Layer {
         guard needsInputGradient else { return dx }
         let src = x.data, out = y.data, g = dy.data, d = dx.data, a = alpha
         // For x <= 0, d/dx alpha·(exp(x) - 1) = alpha·exp(x) = y + alpha.
-        for i in 0..<dy.count { d[i] = src[i] > 0 ? g[i] : g[i] * (out[i] + a) }
+        for i in 0..<dy.count { let gi = g[i], yi = out[i]; d[i] = src[i] > 0 ? gi : gi * (yi + a) }
         return dx
     }
 }

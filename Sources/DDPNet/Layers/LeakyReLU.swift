@@ -22,7 +22,7 @@ public final class LeakyReLU: Layer {
         let (x, _, dx) = try buffers.backward(dy, layer: "LeakyReLU")
         guard needsInputGradient else { return dx }
         let src = x.data, g = dy.data, d = dx.data, slope = negativeSlope
-        for i in 0..<dy.count { d[i] = src[i] > 0 ? g[i] : g[i] * slope }
+        for i in 0..<dy.count { let gi = g[i]; d[i] = src[i] > 0 ? gi : gi * slope }
         return dx
     }
 }

@@ -20,17 +20,40 @@ func poolGeometry(_ name: String, kernel: Int, stride: Int, padding: Int, input:
 
 extension ConvGeometry {
     func outputShape(batch n: Int) -> Shape { Shape(n: n, c: channels, h: outHeight, w: outWidth) }
-    /// The input rows (or columns) a window starting at `start` covers: clipped to [0, size).
-    @inline(__always)
-    func clipped(_ start: Int, size: Int, kernel: Int) -> Range<Int> { max(start, 0)..<min(start + kernel, size) }
 }
 
-/// An owned Int32 buffer of fixed capacity (max-pool argmax indices).
-final class IndexBuffer {
-    let pointer: UnsafeMutablePointer<Int32>
-    init(capacity: Int) {
+/// An owned buffer of fixed capacity (max-pool argmax indices, window bounds).
+final class OwnedBuffer<Element> {
+    let pointer: UnsafeMutablePointer<Element>
+    init(capacity: Int, repeating value: Element) {
         pointer = .allocate(capacity: max(capacity, 1))
-        pointer.initialize(repeating: 0, count: max(capacity, 1))
+        pointer.initialize(repeating: value, count: max(capacity, 1))
     }
     deinit { pointer.deallocate() }
+}
+
+/// The input rows and columns each pooling window covers, clipped to the input: computed
+/// once in `configure` so that the window loops do no bounds arithmetic.
+struct PoolWindows {
+    /// Per output row: first and one-past-last input row, then the same per output column.
+    private let bounds: OwnedBuffer<Int>
+    private let outHeight: Int
+
+    init(_ g: ConvGeometry) {
+        outHeight = g.outHeight
+        bounds = OwnedBuffer(capacity: 2 * (g.outHeight + g.outWidth), repeating: 0)
+        for (offset, count, size, stride, pad, kernel) in [(0, g.outHeight, g.height, g.strideH, g.padH, g.kernelH),
+                                                          (2 * g.outHeight, g.outWidth, g.width, g.strideW, g.padW, g.kernelW)] {
+            for o in 0..<count {
+                let start = o * stride - pad
+                bounds.pointer[offset + 2 * o] = max(start, 0)
+                bounds.pointer[offset + 2 * o + 1] = min(start + kernel, size)
+            }
+        }
+    }
+
+    @inline(__always) func rows(_ oy: Int) -> Range<Int> { bounds.pointer[2 * oy]..<bounds.pointer[2 * oy + 1] }
+    @inline(__always) func columns(_ ox: Int) -> Range<Int> {
+        bounds.pointer[2 * (outHeight + ox)]..<bounds.pointer[2 * (outHeight + ox) + 1]
+    }
 }

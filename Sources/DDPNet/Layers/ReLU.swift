@@ -28,7 +28,8 @@ public final class ReLU: Layer {
         guard let y = lastOutput else { throw LayerError("ReLU.backward called before forward") }
         let dx = inputGrad.tensor(dy.shape)
         let g = dy.data, out = y.data, d = dx.data
-        for i in 0..<dy.count { d[i] = out[i] > 0 ? g[i] : 0 }
+        // Both operands loaded unconditionally: a select, not a data-dependent branch.
+        for i in 0..<dy.count { let gi = g[i]; d[i] = out[i] > 0 ? gi : 0 }
         return dx
     }
 }

@@ -115,7 +115,7 @@ public final class ResidualBlock: Layer {
         // Through the final ReLU; both branches receive the same gradient.
         let g = sumGrad.tensor(dy.shape)
         let out = y.data, src = dy.data, dst = g.data
-        for i in 0..<g.count { dst[i] = out[i] > 0 ? src[i] : 0 }
+        for i in 0..<g.count { let gi = src[i]; dst[i] = out[i] > 0 ? gi : 0 }
 
         var h = try bn2.backward(g, context)
         h = try conv2.backward(h, context)

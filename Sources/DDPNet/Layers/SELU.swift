@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import DDPKernels
 
 /// scale·ELU(x, alpha) with the self-normalizing constants of Klambauer et al. (2017).
@@ -18,7 +15,7 @@ public final class SELU: Layer {
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
         let y = buffers.forward(x)
         let src = x.data, dst = y.data, scale = SELU.scale, scaledAlpha = SELU.scale * SELU.alpha
-        for i in 0..<x.count { dst[i] = src[i] > 0 ? scale * src[i] : scaledAlpha * expm1f(src[i]) }
+        for i in 0..<x.count { let v = src[i], e = scaledAlpha * vexpm1(min(v, 0)); dst[i] = v > 0 ? scale * v : e }
         return y
     }
 
@@ -28,7 +25,7 @@ public final class SELU: Layer {
         let src = x.data, out = y.data, g = dy.data, d = dx.data
         let scale = SELU.scale, scaledAlpha = SELU.scale * SELU.alpha
         // For x <= 0 the derivative scale·alpha·exp(x) equals y + scale·alpha.
-        for i in 0..<dy.count { d[i] = src[i] > 0 ? scale * g[i] : g[i] * (out[i] + scaledAlpha) }
+        for i in 0..<dy.count { let gi = g[i], yi = out[i]; d[i] = src[i] > 0 ? scale * gi : gi * (yi + scaledAlpha) }
         return dx
     }
 }

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import DDPKernels
 
 /// 1 / (1 + exp(-x)); the gradient y·(1 - y) is taken from the output.
@@ -16,8 +13,7 @@ public final class Sigmoid: Layer {
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
         let y = buffers.forward(x)
         let src = x.data, dst = y.data
-        // exp(-x) overflows to +inf for very negative x, which correctly gives 0.
-        for i in 0..<x.count { dst[i] = 1 / (1 + expf(-src[i])) }
+        for i in 0..<x.count { dst[i] = 1 / (1 + vexp(-src[i])) }
         return y
     }
 

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import DDPKernels
 
 /// tanh(x); the gradient 1 - y² is taken from the output.
@@ -16,7 +13,11 @@ public final class Tanh: Layer {
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
         let y = buffers.forward(x)
         let src = x.data, dst = y.data
-        for i in 0..<x.count { dst[i] = tanhf(src[i]) }
+        // tanh|x| = e/(e + 2) with e = expm1(2|x|): accurate near 0, saturates to 1.
+        for i in 0..<x.count {
+            let v = src[i], e = vexpm1(2 * abs(v)), t = e / (e + 2)
+            dst[i] = v < 0 ? -t : t
+        }
         return y
     }
 
