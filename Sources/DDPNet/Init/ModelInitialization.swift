@@ -1,8 +1,10 @@
 import DDPKernels
 
 extension Model {
-    /// Fills `parameters` from `seed`: parameter view k draws from
-    /// Philox(seed, .initialization) on stream k, so the result depends on nothing else.
+    /// Fills `parameters` from `seed`: each parameter draws from Philox(seed, .initialization)
+    /// on a stream named by a hash of its state-dict name ("4.weight"), so a parameter gets
+    /// the same values whatever other layers the model has (e.g. with `--bn none`, where
+    /// batch norm becomes an identity and every other name stays).
     /// `perLayer` overrides the scheme for the layers it names (by layer index).
     ///
     /// Returns warnings for the caller to log: a constant initialization of a hidden
@@ -19,10 +21,10 @@ extension Model {
         let generator = Philox(seed: seed, purpose: .initialization)
         let lastWeighted = parameterViews.last { $0.role == .weight }?.layerIndex
         var warnings: [String] = []
-        for (index, view) in parameterViews.enumerated() {
+        for view in parameterViews {
             let chosen = perLayer[view.layerIndex] ?? scheme
             do {
-                try chosen.fill(parameters.pointer + view.offset, spec: view.spec, generator: generator, stream: UInt32(index))
+                try chosen.fill(parameters.pointer + view.offset, spec: view.spec, generator: generator, stream: Model.stream(named: view.name))
             } catch let error as InitializerError {
                 throw InitializerError("\(view.name): \(error.message)")
             }
@@ -32,5 +34,12 @@ extension Model {
             }
         }
         return warnings
+    }
+
+    /// FNV-1a of a parameter's name: its initialization stream.
+    static func stream(named name: String) -> UInt32 {
+        var hash: UInt32 = 0x811c_9dc5
+        for byte in name.utf8 { hash = (hash ^ UInt32(byte)) &* 0x0100_0193 }
+        return hash
     }
 }

@@ -12,6 +12,8 @@ public final class Linear: Layer {
     private var weightGrad: UnsafeMutablePointer<Float>!
     private var biasGrad: UnsafeMutablePointer<Float>?
     private var output: FloatBuffer!
+    /// yᵀ, [out, batch]: see `forward`.
+    private var transposed: FloatBuffer!
     private var inputGrad: FloatBuffer!
     private var input: Tensor?
 
@@ -33,6 +35,7 @@ public final class Linear: Layer {
     public func configure(input: Shape, maxBatch: Int, index: Int) throws {
         _ = try outputShape(for: input)
         output = FloatBuffer(capacity: maxBatch * outFeatures)
+        transposed = FloatBuffer(capacity: maxBatch * outFeatures)
         inputGrad = FloatBuffer(capacity: maxBatch * inFeatures)
     }
 
@@ -51,11 +54,22 @@ public final class Linear: Layer {
         let n = x.shape.n
         input = x
         let y = output.tensor(Shape(n: n, features: outFeatures))
-        if let bias {
-            for i in 0..<n { (y.data + i * outFeatures).update(from: bias, count: outFeatures) }
+        // yᵀ = W xᵀ puts the batch in GEMM's column dimension, as convolution does: a
+        // sample's outputs then do not depend on how many samples share the call, so 4
+        // ranks x 8 compute the same activations as 1 rank x 32 (I2). With the batch as
+        // GEMM's row dimension OpenBLAS picks kernels by row count, and the rounding of
+        // one sample's outputs changed with the batch size.
+        let t = transposed.pointer
+        sgemm(transB: true, m: outFeatures, n: n, k: inFeatures, a: weight, lda: inFeatures,
+              b: x.data, ldb: inFeatures, c: t, ldc: n)
+        for i in 0..<n {
+            let row = y.data + i * outFeatures
+            if let bias {
+                for j in 0..<outFeatures { row[j] = t[j * n + i] + bias[j] }
+            } else {
+                for j in 0..<outFeatures { row[j] = t[j * n + i] }
+            }
         }
-        sgemm(transB: true, m: n, n: outFeatures, k: inFeatures, a: x.data, lda: inFeatures,
-              b: weight, ldb: inFeatures, beta: bias == nil ? 0 : 1, c: y.data, ldc: outFeatures)
         return y
     }
 

@@ -1,0 +1,328 @@
+import DDPKernels
+import Foundation
+import Yams
+
+/// One entry of a model description: a layer kind, its settings, and an optional
+/// per-layer initializer name. Input sizes (in_features, in_channels) are inferred from
+/// the shape flowing through the model, so a description only says what is new.
+public struct LayerSpec: Equatable, Sendable {
+    public enum Kind: String, CaseIterable, Sendable {
+        case linear, conv2d, maxpool2d, avgpool2d, globalavgpool2d, flatten, batchnorm
+        case relu, leakyrelu, elu, selu, gelu, tanh, sigmoid, dropout, residual, identity
+    }
+
+    public var kind: Kind
+    public var out: Int?
+    public var kernel: Int?
+    public var stride: Int?
+    public var padding: Int?
+    public var bias: Bool?
+    public var p: Float?
+    public var slope: Float?
+    public var alpha: Float?
+    public var eps: Float?
+    public var momentum: Float?
+    /// Initializer for this layer's weights, e.g. "he-normal"; nil: the model-wide one.
+    public var initializer: String?
+
+    public init(_ kind: Kind, out: Int? = nil, kernel: Int? = nil, stride: Int? = nil, padding: Int? = nil,
+                bias: Bool? = nil, p: Float? = nil, initializer: String? = nil) {
+        self.kind = kind; self.out = out; self.kernel = kernel; self.stride = stride
+        self.padding = padding; self.bias = bias; self.p = p; self.initializer = initializer
+    }
+}
+
+public struct ModelSpecError: Error, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// A model: a name and its layer list, from a preset or a YAML/JSON file.
+public struct ModelSpec: Sendable {
+    public var name: String
+    public var layers: [LayerSpec]
+
+    public init(name: String, layers: [LayerSpec]) {
+        self.name = name
+        self.layers = layers
+    }
+
+    public static let presetNames = ["mlp", "fmnist-cnn", "lenet5", "resnet8"]
+
+    /// A preset by name, or else a YAML or JSON file at that path.
+    public static func named(_ nameOrPath: String) throws -> ModelSpec {
+        if let preset = preset(nameOrPath) { return preset }
+        guard FileManager.default.fileExists(atPath: nameOrPath) else {
+            throw ModelSpecError("model '\(nameOrPath)' is neither a preset (\(presetNames.joined(separator: ", "))) nor an existing file")
+        }
+        let text: String
+        do { text = try String(contentsOfFile: nameOrPath, encoding: .utf8) } catch {
+            throw ModelSpecError("\(nameOrPath): cannot read: \(error.localizedDescription)")
+        }
+        return try parse(text, source: nameOrPath)
+    }
+
+    public static func preset(_ name: String, classes: Int = 10) -> ModelSpec? {
+        switch name {
+        case "mlp":
+            // 784-256-BN-ReLU-Dropout-128-BN-ReLU-10; no bias before batch norm (BN's beta does its work).
+            return ModelSpec(name: name, layers: [
+                LayerSpec(.flatten),
+                LayerSpec(.linear, out: 256, bias: false), LayerSpec(.batchnorm), LayerSpec(.relu), LayerSpec(.dropout, p: 0.2),
+                LayerSpec(.linear, out: 128, bias: false), LayerSpec(.batchnorm), LayerSpec(.relu),
+                LayerSpec(.linear, out: classes),
+            ])
+        case "fmnist-cnn":
+            // Exactly the layer list of the PyTorch peer (shared/peers/torch_fmnist.py).
+            return ModelSpec(name: name, layers: [
+                LayerSpec(.conv2d, out: 32, kernel: 3, padding: 1, bias: false), LayerSpec(.batchnorm), LayerSpec(.relu), LayerSpec(.maxpool2d, kernel: 2),
+                LayerSpec(.conv2d, out: 64, kernel: 3, padding: 1, bias: false), LayerSpec(.batchnorm), LayerSpec(.relu), LayerSpec(.maxpool2d, kernel: 2),
+                LayerSpec(.flatten),
+                LayerSpec(.linear, out: 128, bias: false), LayerSpec(.batchnorm), LayerSpec(.relu), LayerSpec(.dropout, p: 0.25),
+                LayerSpec(.linear, out: classes),
+            ])
+        case "lenet5":
+            // LeCun et al. 1998 as usually rebuilt: tanh and average pooling; padding 2 lets
+            // 28x28 input reach the original 32x32 geometry.
+            return ModelSpec(name: name, layers: [
+                LayerSpec(.conv2d, out: 6, kernel: 5, padding: 2), LayerSpec(.tanh), LayerSpec(.avgpool2d, kernel: 2),
+                LayerSpec(.conv2d, out: 16, kernel: 5), LayerSpec(.tanh), LayerSpec(.avgpool2d, kernel: 2),
+                LayerSpec(.flatten),
+                LayerSpec(.linear, out: 120), LayerSpec(.tanh),
+                LayerSpec(.linear, out: 84), LayerSpec(.tanh),
+                LayerSpec(.linear, out: classes),
+            ])
+        case "resnet8":
+            // A stem and three basic blocks (16, 32, 64 channels), as in He et al.'s CIFAR
+            // ResNets with n = 1: 1 + 3*2 + 1 = 8 weight layers. Works for 28x28 and 32x32.
+            return ModelSpec(name: name, layers: [
+                LayerSpec(.conv2d, out: 16, kernel: 3, padding: 1, bias: false), LayerSpec(.batchnorm), LayerSpec(.relu),
+                LayerSpec(.residual, out: 16, stride: 1),
+                LayerSpec(.residual, out: 32, stride: 2),
+                LayerSpec(.residual, out: 64, stride: 2),
+                LayerSpec(.globalavgpool2d),
+                LayerSpec(.linear, out: classes),
+            ])
+        default:
+            return nil
+        }
+    }
+
+    /// Parses a description in YAML or JSON (JSON is YAML):
+    ///
+    ///     name: small-cnn
+    ///     layers:
+    ///       - {type: conv2d, out: 16, kernel: 3, padding: 1, init: he-normal}
+    ///       - batchnorm
+    ///       - relu
+    ///       - {type: maxpool2d, kernel: 2}
+    ///       - flatten
+    ///       - {type: linear, out: 10}
+    ///
+    /// An entry is a layer name, or a map with `type` and its settings. A top-level list is
+    /// accepted as the layer list.
+    public static func parse(_ text: String, source: String) throws -> ModelSpec {
+        let document: Any?
+        do { document = try Yams.load(yaml: text) } catch {
+            throw ModelSpecError("\(source): not valid YAML or JSON: \(error)")
+        }
+        var name = URL(fileURLWithPath: source).deletingPathExtension().lastPathComponent
+        let entries: [Any]
+        if let list = document as? [Any] {
+            entries = list
+        } else if let map = document as? [String: Any] {
+            if let n = map["name"] as? String { name = n }
+            guard let list = map["layers"] as? [Any] else { throw ModelSpecError("\(source): needs a 'layers' list") }
+            let unknown = Set(map.keys).subtracting(["name", "layers"])
+            if !unknown.isEmpty { throw ModelSpecError("\(source): unknown key(s) \(unknown.sorted().joined(separator: ", ")); expected name, layers") }
+            entries = list
+        } else {
+            throw ModelSpecError("\(source): expected a map with 'layers' or a list of layers")
+        }
+        guard !entries.isEmpty else { throw ModelSpecError("\(source): the layer list is empty") }
+        return ModelSpec(name: name, layers: try entries.enumerated().map { try parseLayer($1, index: $0, source: source) })
+    }
+
+    private static func parseLayer(_ entry: Any, index: Int, source: String) throws -> LayerSpec {
+        let place = "\(source): layer \(index)"
+        var settings: [String: Any] = [:]
+        let typeName: String
+        if let name = entry as? String {
+            typeName = name
+        } else if let map = entry as? [String: Any] {
+            if let t = map["type"] as? String {
+                typeName = t
+                settings = map.filter { $0.key != "type" }
+            } else if map.count == 1, let (key, value) = map.first {
+                // `- conv2d: {out: 16, kernel: 3}`
+                typeName = key
+                if let inner = value as? [String: Any] { settings = inner } else if !(value is NSNull) {
+                    throw ModelSpecError("\(place): settings of '\(key)' must be a map")
+                }
+            } else {
+                throw ModelSpecError("\(place): a layer map needs a 'type'")
+            }
+        } else {
+            throw ModelSpecError("\(place): expected a layer name or a map")
+        }
+        let aliases = ["batchnorm1d": "batchnorm", "batchnorm2d": "batchnorm", "bn": "batchnorm", "conv": "conv2d",
+                       "maxpool": "maxpool2d", "avgpool": "avgpool2d", "globalavgpool": "globalavgpool2d",
+                       "dense": "linear", "basicblock": "residual"]
+        let lowered = typeName.lowercased()
+        guard let kind = LayerSpec.Kind(rawValue: aliases[lowered] ?? lowered) else {
+            throw ModelSpecError("\(place): unknown layer type '\(typeName)'; known: \(LayerSpec.Kind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        var spec = LayerSpec(kind)
+        func int(_ key: String) throws -> Int? {
+            guard let v = settings[key] else { return nil }
+            guard let i = v as? Int, i >= 0 else { throw ModelSpecError("\(place) (\(kind.rawValue)): '\(key)' must be a non-negative integer, got \(v)") }
+            return i
+        }
+        func float(_ key: String) throws -> Float? {
+            guard let v = settings[key] else { return nil }
+            if let d = v as? Double { return Float(d) }
+            if let i = v as? Int { return Float(i) }
+            throw ModelSpecError("\(place) (\(kind.rawValue)): '\(key)' must be a number, got \(v)")
+        }
+        let allowed: Set<String>
+        switch kind {
+        case .linear: allowed = ["out", "bias", "init"]
+        case .conv2d: allowed = ["out", "kernel", "stride", "padding", "bias", "init"]
+        case .maxpool2d, .avgpool2d: allowed = ["kernel", "stride", "padding"]
+        case .batchnorm: allowed = ["eps", "momentum"]
+        case .dropout: allowed = ["p"]
+        case .leakyrelu: allowed = ["slope"]
+        case .elu: allowed = ["alpha"]
+        case .residual: allowed = ["out", "stride", "init"]
+        default: allowed = []
+        }
+        let unknown = Set(settings.keys).subtracting(allowed)
+        if !unknown.isEmpty {
+            throw ModelSpecError("\(place) (\(kind.rawValue)): unknown setting(s) \(unknown.sorted().joined(separator: ", "))"
+                                 + (allowed.isEmpty ? "; it takes none" : "; it takes \(allowed.sorted().joined(separator: ", "))"))
+        }
+        spec.out = try int("out")
+        spec.kernel = try int("kernel")
+        spec.stride = try int("stride")
+        spec.padding = try int("padding")
+        if let b = settings["bias"] {
+            guard let flag = b as? Bool else { throw ModelSpecError("\(place) (\(kind.rawValue)): 'bias' must be true or false, got \(b)") }
+            spec.bias = flag
+        }
+        spec.p = try float("p")
+        spec.slope = try float("slope")
+        spec.alpha = try float("alpha")
+        spec.eps = try float("eps")
+        spec.momentum = try float("momentum")
+        if let i = settings["init"] {
+            guard let s = i as? String else { throw ModelSpecError("\(place): 'init' must be a name like he-normal, got \(i)") }
+            spec.initializer = s
+        }
+        switch kind {
+        case .linear, .residual:
+            guard let out = spec.out, out > 0 else { throw ModelSpecError("\(place) (\(kind.rawValue)): needs 'out' > 0") }
+        case .conv2d:
+            guard let out = spec.out, out > 0 else { throw ModelSpecError("\(place) (conv2d): needs 'out' > 0") }
+            guard let k = spec.kernel, k > 0 else { throw ModelSpecError("\(place) (conv2d): needs 'kernel' > 0") }
+        case .maxpool2d, .avgpool2d:
+            guard let k = spec.kernel, k > 0 else { throw ModelSpecError("\(place) (\(kind.rawValue)): needs 'kernel' > 0") }
+        case .dropout:
+            if let p = spec.p, !(p >= 0 && p < 1) { throw ModelSpecError("\(place) (dropout): 'p' must be in [0, 1), got \(p)") }
+        default: break
+        }
+        if spec.stride == 0 { throw ModelSpecError("\(place) (\(kind.rawValue)): 'stride' must be at least 1") }
+        return spec
+    }
+
+    /// The layers, with sizes inferred from `inputShape` (per sample).
+    public func makeLayers(inputShape: Shape) throws -> [Layer] {
+        var shape = inputShape.withBatch(1)
+        var layers: [Layer] = []
+        for (index, spec) in self.layers.enumerated() {
+            let layer: Layer
+            let needs4D = { (what: String) throws in
+                guard shape.rank == 4 else { throw ModelSpecError("layer \(index) (\(what)) needs [c, h, w] input, got \(shape.sampleDims)") }
+            }
+            switch spec.kind {
+            case .linear: layer = Linear(shape.perSample, spec.out!, bias: spec.bias ?? true)
+            case .conv2d:
+                try needs4D("conv2d")
+                layer = Conv2d(inChannels: shape.c, outChannels: spec.out!, kernel: spec.kernel!, stride: spec.stride ?? 1,
+                               padding: spec.padding ?? 0, bias: spec.bias ?? true)
+            case .maxpool2d:
+                try needs4D("maxpool2d")
+                layer = MaxPool2d(kernel: spec.kernel!, stride: spec.stride, padding: spec.padding ?? 0)
+            case .avgpool2d:
+                try needs4D("avgpool2d")
+                layer = AvgPool2d(kernel: spec.kernel!, stride: spec.stride, padding: spec.padding ?? 0)
+            case .globalavgpool2d:
+                try needs4D("globalavgpool2d")
+                layer = GlobalAvgPool2d()
+            case .flatten: layer = Flatten()
+            case .identity: layer = Identity()
+            case .batchnorm: layer = BatchNorm(features: shape.c, eps: spec.eps ?? 1e-5, momentum: spec.momentum ?? 0.1)
+            case .relu: layer = ReLU()
+            case .leakyrelu: layer = LeakyReLU(negativeSlope: spec.slope ?? 0.01)
+            case .elu: layer = ELU(alpha: spec.alpha ?? 1)
+            case .selu: layer = SELU()
+            case .gelu: layer = GELU()
+            case .tanh: layer = Tanh()
+            case .sigmoid: layer = Sigmoid()
+            case .dropout: layer = Dropout(p: spec.p ?? 0.5)
+            case .residual:
+                try needs4D("residual")
+                layer = ResidualBlock(inChannels: shape.c, outChannels: spec.out!, stride: spec.stride ?? 1)
+            }
+            do {
+                shape = try layer.outputShape(for: shape)
+            } catch {
+                throw ModelSpecError("layer \(index) (\(layer.summary)) does not fit input \(shape.sampleDims): \(error)")
+            }
+            layers.append(layer)
+        }
+        return layers
+    }
+
+    /// Builds the model over flat storage for batches of up to `maxBatch` samples.
+    public func build(inputShape: Shape, maxBatch: Int) throws -> Model {
+        try Model(layers: makeLayers(inputShape: inputShape), inputShape: inputShape, maxBatch: maxBatch)
+    }
+
+    /// The same model with every batch-norm layer replaced by an identity (`--bn none`).
+    /// Residual blocks keep theirs: their batch norm is part of the block.
+    public var withoutBatchNorm: ModelSpec {
+        ModelSpec(name: name, layers: layers.map { $0.kind == .batchnorm ? LayerSpec(.identity) : $0 })
+    }
+
+    /// Per-layer initializer names, by layer index.
+    public var layerInitializers: [Int: String] {
+        var map: [Int: String] = [:]
+        for (i, spec) in layers.enumerated() { if let name = spec.initializer { map[i] = name } }
+        return map
+    }
+}
+
+extension Model {
+    /// A table of layers with output shapes and parameter counts, and the totals.
+    public func summaryTable(name: String) -> String {
+        var rows: [(String, String, String, String)] = [("#", "layer", "output", "parameters")]
+        rows.append(("", "input", "\(inputShape.sampleDims)", ""))
+        for (i, layer) in layers.enumerated() {
+            let count = parameterViews.filter { $0.layerIndex == i }.reduce(0) { $0 + $1.count }
+            rows.append(("\(i)", layer.summary, "\(layerOutputShapes[i].sampleDims)", count == 0 ? "-" : "\(count)"))
+        }
+        let widths = (0..<4).map { c in rows.map { [$0.0, $0.1, $0.2, $0.3][c].count }.max()! }
+        func pad(_ s: String, _ w: Int, right: Bool = false) -> String {
+            right ? String(repeating: " ", count: w - s.count) + s : s + String(repeating: " ", count: w - s.count)
+        }
+        var text = "model \(name)\n"
+        for r in rows {
+            text += pad(r.0, widths[0], right: true) + "  " + pad(r.1, widths[1]) + "  " + pad(r.2, widths[2]) + "  " + pad(r.3, widths[3], right: true) + "\n"
+        }
+        let trainable = parameterCount
+        let bufferCount = bufferViews.filter { !$0.isCounter }.reduce(0) { $0 + $1.count }
+        text += "total parameters: \(trainable) (\(String(format: "%.2f", Double(trainable) * 4 / 1_048_576)) MiB as Float32); buffers: \(bufferCount)\n"
+        return text
+    }
+}
