@@ -37,6 +37,6 @@ let package = Package(
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
         .testTarget(name: "DDPTrainTests", dependencies: ["DDPTrain"]),
         // Runs the real binary under mpirun; needs `swift build -c release` first.
-        .testTarget(name: "MultiRankTests", dependencies: []),
+        .testTarget(name: "MultiRankTests", dependencies: ["SafeTensors"]),
     ]
 )

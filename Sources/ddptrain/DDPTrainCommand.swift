@@ -1,5 +1,6 @@
 import ArgumentParser
 import DDPComm
+import DDPTrain
 import Foundation
 
 @main
@@ -8,7 +9,7 @@ struct DDPTrainCommand: ParsableCommand {
         commandName: "ddptrain",
         abstract: "Data-parallel training of MLPs and small CNNs on CPUs, over MPI.",
         discussion: "Run under mpirun: every rank holds a replica and trains on its own slice of each global batch.",
-        subcommands: [Doctor.self])
+        subcommands: [Train.self, Compare.self, Eval.self, Inspect.self, Summary.self, Init.self, Doctor.self])
 
     /// Argument errors happen before MPI starts, identically on every rank: only the rank
     /// that mpirun numbered 0 prints them, the others exit with the same code quietly.
@@ -44,6 +45,10 @@ func withWorld(_ body: (Communicator) throws -> Void) throws {
     }
     do {
         try body(world)
+    } catch let failure as CollectiveFailure {
+        // Every rank knows; rank 0 reports once, and all leave together.
+        if world.rank == 0 { FileHandle.standardError.write("ddptrain: error on \(failure.message)\n") }
+        throw ExitCode.failure
     } catch let exit as ExitCode {
         if world.size > 1 && exit != .success { world.abort(exitCode: exit.rawValue) }
         throw exit

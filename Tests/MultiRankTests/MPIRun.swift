@@ -25,13 +25,19 @@ struct MPIRun {
         }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        var mpiArgs = ["mpirun", "-n", String(ranks), "--oversubscribe", "--bind-to", "none", "-x", "OPENBLAS_NUM_THREADS"]
+        var mpiArgs = ["mpirun", "-n", String(ranks), "--oversubscribe", "--bind-to", "none", "-x", "OPENBLAS_NUM_THREADS",
+                       "-x", "DDPTRAIN_PROGRESS"]
         for key in environment.keys.sorted() { mpiArgs += ["-x", key] }
         process.arguments = mpiArgs + [binary] + args
-        var env = ProcessInfo.processInfo.environment
+        // The in-process MPI tests initialize MPI in this test process, which leaves Open MPI
+        // and PMIx variables behind; a child mpirun that inherits them fails at once.
+        var env = ProcessInfo.processInfo.environment.filter { key, _ in
+            !(key.hasPrefix("OMPI_") || key.hasPrefix("PMIX_") || key.hasPrefix("OPAL_") || key.hasPrefix("ORTE_") || key.hasPrefix("PMI_"))
+        }
         env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
         env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
         env["OPENBLAS_NUM_THREADS"] = "1"
+        env["DDPTRAIN_PROGRESS"] = "lines"
         for (key, value) in environment { env[key] = value }
         process.environment = env
         let out = Pipe(), err = Pipe()

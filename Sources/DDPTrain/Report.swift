@@ -1,0 +1,111 @@
+import Foundation
+
+/// A line chart as standalone SVG: axes with ticks, labels, a legend, one polyline per
+/// series (`class="series"`, `data-variant` naming it), so that a test can count them.
+public struct LineChart {
+    public struct Series {
+        public var name: String
+        public var points: [(x: Double, y: Double)]
+        public init(name: String, points: [(x: Double, y: Double)]) { self.name = name; self.points = points }
+    }
+
+    public var title: String
+    public var xLabel: String
+    public var yLabel: String
+    public var series: [Series]
+    public var logY = false
+
+    public init(title: String, xLabel: String, yLabel: String, series: [Series], logY: Bool = false) {
+        self.title = title; self.xLabel = xLabel; self.yLabel = yLabel; self.series = series; self.logY = logY
+    }
+
+    static let palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+    public func svg(width: Int = 760, height: Int = 440) -> String {
+        let left = 70.0, right = 220.0, top = 40.0, bottom = 56.0
+        let plotW = Double(width) - left - right, plotH = Double(height) - top - bottom
+        let all = series.flatMap(\.points).filter { $0.x.isFinite && $0.y.isFinite && (!logY || $0.y > 0) }
+        let fy: (Double) -> Double = { logY ? log10($0) : $0 }
+        var (x0, x1) = (all.map(\.x).min() ?? 0, all.map(\.x).max() ?? 1)
+        var (y0, y1) = (all.map { fy($0.y) }.min() ?? 0, all.map { fy($0.y) }.max() ?? 1)
+        if x1 <= x0 { x1 = x0 + 1 }
+        if y1 <= y0 { y1 = y0 + (logY ? 1 : max(abs(y0) * 0.1, 1e-3)) }
+        let xTicks = niceTicks(x0, x1), yTicks = logY ? Array(Int(floor(y0))...Int(ceil(y1))).map(Double.init) : niceTicks(y0, y1)
+        (x0, x1) = (min(x0, xTicks.first!), max(x1, xTicks.last!))
+        (y0, y1) = (min(y0, yTicks.first!), max(y1, yTicks.last!))
+        let px = { (x: Double) in left + (x - x0) / (x1 - x0) * plotW }
+        let py = { (y: Double) in top + plotH - (fy(y) - y0) / (y1 - y0) * plotH }
+        let pyRaw = { (v: Double) in top + plotH - (v - y0) / (y1 - y0) * plotH }
+
+        var s = """
+        <svg xmlns="http://www.w3.org/2000/svg" width="\(width)" height="\(height)" viewBox="0 0 \(width) \(height)" font-family="Helvetica, Arial, sans-serif" font-size="12">
+        <rect width="100%" height="100%" fill="white"/>
+        <text x="\(left + plotW / 2)" y="22" text-anchor="middle" font-size="15" font-weight="bold">\(escapeHTML(title))</text>
+
+        """
+        for t in xTicks {
+            s += "<line x1=\"\(f(px(t)))\" y1=\"\(f(top))\" x2=\"\(f(px(t)))\" y2=\"\(f(top + plotH))\" stroke=\"#e6e6e6\"/>"
+            s += "<text x=\"\(f(px(t)))\" y=\"\(f(top + plotH + 16))\" text-anchor=\"middle\">\(label(t))</text>\n"
+        }
+        for t in yTicks {
+            s += "<line x1=\"\(f(left))\" y1=\"\(f(pyRaw(t)))\" x2=\"\(f(left + plotW))\" y2=\"\(f(pyRaw(t)))\" stroke=\"#e6e6e6\"/>"
+            s += "<text x=\"\(f(left - 6))\" y=\"\(f(pyRaw(t) + 4))\" text-anchor=\"end\">\(logY ? label(pow(10, t)) : label(t))</text>\n"
+        }
+        s += "<rect x=\"\(f(left))\" y=\"\(f(top))\" width=\"\(f(plotW))\" height=\"\(f(plotH))\" fill=\"none\" stroke=\"#333\"/>\n"
+        s += "<text x=\"\(f(left + plotW / 2))\" y=\"\(f(Double(height) - 14))\" text-anchor=\"middle\">\(escapeHTML(xLabel))</text>\n"
+        s += "<text transform=\"translate(18 \(f(top + plotH / 2))) rotate(-90)\" text-anchor=\"middle\">\(escapeHTML(yLabel))</text>\n"
+        for (i, series) in series.enumerated() {
+            let color = Self.palette[i % Self.palette.count]
+            let dash = i >= Self.palette.count ? " stroke-dasharray=\"6 3\"" : ""
+            let points = series.points.filter { $0.x.isFinite && $0.y.isFinite && (!logY || $0.y > 0) }
+                .map { "\(f(px($0.x))),\(f(py($0.y)))" }.joined(separator: " ")
+            s += "<polyline class=\"series\" data-variant=\"\(escapeHTML(series.name))\" data-points=\"\(series.points.count)\" fill=\"none\" stroke=\"\(color)\" stroke-width=\"1.8\"\(dash) points=\"\(points)\"/>\n"
+            if series.points.count == 1, let p = series.points.first {
+                s += "<circle cx=\"\(f(px(p.x)))\" cy=\"\(f(py(p.y)))\" r=\"3\" fill=\"\(color)\"/>\n"
+            }
+            let ly = top + 10 + Double(i) * 18
+            s += "<line x1=\"\(f(left + plotW + 14))\" y1=\"\(f(ly))\" x2=\"\(f(left + plotW + 38))\" y2=\"\(f(ly))\" stroke=\"\(color)\" stroke-width=\"2.5\"\(dash)/>"
+            s += "<text x=\"\(f(left + plotW + 44))\" y=\"\(f(ly + 4))\">\(escapeHTML(series.name))</text>\n"
+        }
+        return s + "</svg>\n"
+    }
+
+    private func f(_ v: Double) -> String { String(format: "%.1f", v) }
+    private func label(_ v: Double) -> String {
+        if v == v.rounded() && abs(v) < 1e6 { return String(Int(v)) }
+        return String(format: abs(v) < 0.01 ? "%.2g" : "%.3g", v)
+    }
+}
+
+/// About five round tick values covering [a, b].
+func niceTicks(_ a: Double, _ b: Double) -> [Double] {
+    let span = b - a
+    let raw = span / 5
+    let magnitude = pow(10, floor(log10(raw)))
+    let step = [1.0, 2, 2.5, 5, 10].map { $0 * magnitude }.first { $0 >= raw } ?? 10 * magnitude
+    var ticks: [Double] = []
+    var t = floor(a / step) * step
+    while t <= b + step * 0.5 && ticks.count < 20 {
+        ticks.append(t)
+        if t >= b { break }
+        t += step
+    }
+    return ticks
+}
+
+public func escapeHTML(_ text: String) -> String {
+    text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
+        .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
+}
+
+/// Training loss per step, averaged over windows so that a series has at most
+/// `maxPoints` points: window w = ceil(steps / maxPoints), point i at the window's last step.
+public func windowedLoss(_ losses: [(step: Int, loss: Double)], maxPoints: Int = 400) -> [(x: Double, y: Double)] {
+    let finite = losses.filter { $0.loss.isFinite }
+    guard !finite.isEmpty else { return [] }
+    let window = max(1, (finite.count + maxPoints - 1) / maxPoints)
+    return stride(from: 0, to: finite.count, by: window).map { start in
+        let chunk = finite[start..<min(start + window, finite.count)]
+        return (Double(chunk.last!.step), chunk.map(\.loss).reduce(0, +) / Double(chunk.count))
+    }
+}

@@ -1,0 +1,180 @@
+import DDPComm
+import Foundation
+
+/// One line of metrics.jsonl.
+public struct StepRecord: Codable, Sendable {
+    public var step: Int
+    public var epoch: Int
+    public var loss: Double
+    public var accuracy: Double
+    public var lr: Double
+    public var gradNorm: Double
+    public var clipped: Bool
+    public var skipped: Bool
+    public var samples: Int
+    public var dataSeconds: Double
+    public var computeSeconds: Double
+    public var communicationSeconds: Double
+    public var optimizerSeconds: Double
+
+    enum CodingKeys: String, CodingKey {
+        case step, epoch, loss, accuracy, lr, clipped, skipped, samples
+        case gradNorm = "grad_norm", dataSeconds = "data_s", computeSeconds = "compute_s"
+        case communicationSeconds = "comm_s", optimizerSeconds = "optimizer_s"
+    }
+}
+
+/// Everything a run says, on rank 0 only: a progress bar on a terminal or plain periodic
+/// lines otherwise; metrics.jsonl in the run dir; the summary. Other ranks stay quiet
+/// unless they fail. With `--json` the human-readable text goes to stderr, so stdout
+/// carries only the JSON summary.
+public final class RunLog {
+    let isRoot: Bool
+    let logEvery: Int
+    let jsonOutput: Bool
+    let quiet: Bool
+    private var metrics: UnsafeMutablePointer<FILE>?
+    private let interactive: Bool
+    private var windowStart = 0.0
+    private var windowSamples = 0
+    private var runStart = 0.0
+    private var rateSamples = 0
+    private var rateSeconds = 0.0
+    private var lastLoss = Double.nan
+    private var lastAccuracy = Double.nan
+    private let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        return e
+    }()
+
+    /// `metricsPath` nil: no metrics file (evaluation, tests).
+    public init(rank: Int, logEvery: Int, json: Bool, metricsPath: String?, quiet: Bool = false) throws {
+        isRoot = rank == 0
+        self.logEvery = logEvery
+        self.jsonOutput = json
+        self.quiet = quiet
+        // Open MPI gives each rank a pseudo-terminal for stdout whatever mpirun's own stdout
+        // is, so isatty cannot tell; launch/mpirun passes DDPTRAIN_PROGRESS=bar or lines.
+        switch ProcessInfo.processInfo.environment["DDPTRAIN_PROGRESS"] {
+        case "bar": interactive = true
+        case "lines": interactive = false
+        default: interactive = isatty(json ? 2 : 1) != 0
+        }
+        if isRoot, let metricsPath {
+            guard let file = fopen(metricsPath, "a") else {
+                throw TrainingError("\(metricsPath): cannot open for writing: \(String(cString: strerror(errno)))")
+            }
+            metrics = file
+        }
+    }
+
+    deinit { if let metrics { fclose(metrics) } }
+
+    private func say(_ text: String) {
+        guard isRoot, !quiet else { return }
+        if jsonOutput { FileHandle.standardError.write(Data((text + "\n").utf8)) } else { print(text); fflush(nil) }
+    }
+
+    public func warn(_ text: String) {
+        guard isRoot else { return }
+        if interactive { clearBar() }
+        FileHandle.standardError.write(Data("warning: \(text)\n".utf8))
+    }
+
+    public func info(_ text: String) {
+        if interactive { clearBar() }
+        say(text)
+    }
+
+    func start(trainer: Trainer) {
+        runStart = Communicator.wallTime()
+        windowStart = runStart
+        let c = trainer.config
+        let batch = trainer.world.size > 1 ? "global batch \(trainer.globalBatch) (\(trainer.world.size) ranks x ~\(trainer.globalBatch / trainer.world.size))" : "batch \(trainer.globalBatch)"
+        say("train: \(c.model) on \(c.dataset), \(batch), bn \(c.bn.rawValue), \(trainer.totalSteps) steps, "
+            + "\(c.optimizer) lr \(c.lr) \(c.schedule), \(trainer.model.parameterCount) parameters")
+    }
+
+    func step(_ record: StepRecord, totalSteps: Int, stepsPerEpoch: Int) {
+        guard isRoot else { return }
+        if let metrics, let line = try? encoder.encode(record) {
+            line.withUnsafeBytes { _ = fwrite($0.baseAddress, 1, $0.count, metrics) }
+            fputc(10, metrics)
+            if record.step % logEvery == 0 || record.step == totalSteps { fflush(metrics) }
+        }
+        if !record.skipped { lastLoss = record.loss; lastAccuracy = record.accuracy }
+        windowSamples += record.samples
+        rateSamples += record.samples
+        rateSeconds += record.dataSeconds + record.computeSeconds + record.communicationSeconds + record.optimizerSeconds
+        guard !quiet else { return }
+        let now = Communicator.wallTime()
+        if interactive {
+            if now - windowStart < 0.2 && record.step != totalSteps { return }
+            let rate = Double(windowSamples) / max(now - windowStart, 1e-9)
+            let eta = Double(totalSteps - record.step) * (now - runStart) / Double(record.step)
+            let epoch = Double(record.step) / Double(stepsPerEpoch)
+            let width = 24
+            let filled = Int(Double(width) * Double(record.step) / Double(totalSteps))
+            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+            let text = String(format: "\r[%@] epoch %.2f step %d/%d loss %.4f acc %.1f%% %.0f samples/s ETA %@",
+                              bar, epoch, record.step, totalSteps, lastLoss, lastAccuracy * 100, rate, formatDuration(eta))
+            emit(text + "\u{1B}[K")
+            barShown = true
+            windowStart = now
+            windowSamples = 0
+        } else if record.step % logEvery == 0 || record.step == totalSteps {
+            let rate = Double(windowSamples) / max(now - windowStart, 1e-9)
+            say(String(format: "step %d/%d epoch %d loss %.4f acc %.2f%% lr %.4g grad-norm %.3f %.0f samples/s",
+                       record.step, totalSteps, record.epoch + 1, lastLoss, lastAccuracy * 100, record.lr, record.gradNorm, rate))
+            windowStart = now
+            windowSamples = 0
+        }
+    }
+
+    private var barShown = false
+
+    /// Unbuffered text on the progress stream (stderr with --json, else stdout).
+    private func emit(_ text: String) {
+        if jsonOutput {
+            FileHandle.standardError.write(Data(text.utf8))
+        } else {
+            print(text, terminator: "")
+            fflush(nil)
+        }
+    }
+    private func clearBar() {
+        guard barShown else { return }
+        emit("\n")
+        barShown = false
+    }
+
+    func evaluation(epoch: Int, loss: Double, accuracy: Double) {
+        info(String(format: "epoch %d: test loss %.4f, test accuracy %.2f%%", epoch, loss, accuracy * 100))
+    }
+
+    func finish(_ summary: TrainSummary) {
+        guard isRoot else { return }
+        if let metrics { fflush(metrics) }
+        if interactive { clearBar() }
+        var text = String(format: "done: %d steps (%.2f epochs) in %@, %.0f samples/s, %.1f%% of step time communicating",
+                          summary.steps, summary.epochs, formatDuration(summary.wallSeconds), summary.samplesPerSecond,
+                          summary.communicationShare * 100)
+        if let acc = summary.testAccuracy, let l = summary.testLoss {
+            text += String(format: "\ntest accuracy %.2f%%, test loss %.4f", acc * 100, l)
+        }
+        if summary.skippedSteps > 0 { text += "\nskipped steps (non-finite gradients): \(summary.skippedSteps)" }
+        say(text)
+        if jsonOutput, let data = try? encoder.encode(summary) {
+            print(String(decoding: data, as: UTF8.self))
+            fflush(nil)
+        }
+    }
+}
+
+func formatDuration(_ seconds: Double) -> String {
+    guard seconds.isFinite else { return "?" }
+    let s = Int(seconds.rounded())
+    return s >= 3600 ? String(format: "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60) : String(format: "%d:%02d", s / 60, s % 60)
+}

@@ -1,0 +1,455 @@
+import DDPComm
+import DDPData
+import DDPKernels
+import DDPNet
+import Foundation
+
+/// What a finished run reports.
+public struct TrainSummary: Codable, Sendable {
+    public var worldSize: Int
+    public var globalBatch: Int
+    public var steps: Int
+    public var epochs: Double
+    public var skippedSteps: Int
+    public var finalTrainLoss: Double
+    public var testLoss: Double?
+    public var testAccuracy: Double?
+    public var bestTestAccuracy: Double?
+    public var bestEpoch: Int?
+    public var wallSeconds: Double
+    public var samplesPerSecond: Double
+    public var communicationShare: Double
+    public var parameterHashes: [String]
+    public var accuracyPerEpoch: [Double]
+}
+
+/// Per-step timings in seconds.
+struct StepTimes {
+    var data = 0.0
+    var compute = 0.0
+    var communication = 0.0
+    var optimizer = 0.0
+    var total: Double { data + compute + communication + optimizer }
+}
+
+/// One data-parallel training run on this rank. Reads top to bottom as DESIGN's "one
+/// training step": shard, forward, loss, backward, one allreduce of gradients with loss,
+/// correct and sample counts at the tail, divide by the global count, non-finite check,
+/// clip, optimizer step.
+public final class Trainer {
+    public let config: TrainConfig
+    public let world: Communicator
+    public let model: Model
+    let spec: ModelSpec
+    let data: TrainingData
+    let sampler: Sampler
+    let loss: SoftmaxCrossEntropy
+    let optimizer: Optimizer
+    let schedule: LearningRatePlan
+    let statistics: BatchStatisticsReducer
+    let syncStatistics: SyncBatchStatistics?
+    var log: RunLog
+    /// Said once the run starts (e.g. a hidden layer initialized to a constant).
+    var warnings: [String] = []
+    public let globalBatch: Int
+    public let totalSteps: Int
+    let localCapacity: Int
+    let evalBatch: Int
+
+    // Step buffers, sized once.
+    let x: FloatBuffer
+    let labels: UnsafeMutablePointer<Int32>
+    let sampleIDs: UnsafeMutablePointer<Int32>
+
+    public private(set) var step = 0
+    /// The checkpoint this run resumed from, if any.
+    public private(set) var resumedFrom: String?
+    var checkpoints: CheckpointStore?
+    var consecutiveSkips = 0
+    var skippedSteps = 0
+
+    /// Loads and checks data, model and options on every rank, and initializes the
+    /// replicas; writes nothing.
+    public init(config: TrainConfig, world: Communicator) throws {
+        try config.validate()
+        self.config = config
+        self.world = world
+        self.log = try RunLog(rank: world.rank, logEvery: config.logEvery, json: false, metricsPath: nil, quiet: true)
+        let globalBatch = config.resolvedGlobalBatch(worldSize: world.size)
+        self.globalBatch = globalBatch
+
+        // Data and model are validated on every rank before any training collective.
+        let data = try TrainingData.load(config: config, world: world, withTest: config.evalEvery > 0)
+        let spec = try agreeOnSuccess(world) { () throws -> ModelSpec in
+            let spec = try ModelSpec.named(config.model)
+            return config.bn == .disabled ? spec.withoutBatchNorm : spec
+        }
+        self.data = data
+        self.spec = spec
+        if globalBatch > data.train.count {
+            throw ConfigError("the global batch (\(globalBatch)) is larger than the training set (\(data.train.count) samples)")
+        }
+
+        sampler = Sampler(datasetSize: data.train.count, globalBatch: globalBatch, worldSize: world.size,
+                          rank: world.rank, seed: config.seed, shuffle: config.shuffle)
+        let totalSteps = config.steps ?? config.epochs * sampler.stepsPerEpoch
+        let localCapacity = (globalBatch + world.size - 1) / world.size
+        let evalBatch = max(localCapacity, 256)
+        self.totalSteps = totalSteps
+        self.localCapacity = localCapacity
+        self.evalBatch = evalBatch
+
+        let model = try agreeOnSuccess(world) { () throws -> Model in
+            let model = try spec.build(inputShape: data.sampleShape, maxBatch: evalBatch)
+            guard model.outputShape.perSample == data.train.classes else {
+                throw ConfigError("model '\(config.model)' outputs \(model.outputShape.perSample) values but \(config.dataset) has \(data.train.classes) classes")
+            }
+            if let p = config.dropout {
+                for case let dropout as Dropout in model.layers { dropout.p = Float(p) }
+            }
+            return model
+        }
+        self.model = model
+        loss = SoftmaxCrossEntropy(classes: data.train.classes, maxBatch: evalBatch, labelSmoothing: Float(config.labelSmoothing))
+
+        if config.bn == .sync && world.size > 1 {
+            let sync = SyncBatchStatistics(world: world)
+            // The widest batch norm, residual blocks' own included: its gamma has one value per channel.
+            sync.reserve(channels: model.parameterViews.filter { $0.role == .normWeight }.map(\.count).max() ?? 1)
+            syncStatistics = sync
+            statistics = sync
+        } else {
+            syncStatistics = nil
+            statistics = LocalStatistics()
+        }
+
+        (optimizer, schedule) = try agreeOnSuccess(world) {
+            try makeOptimizerAndSchedule(config: config, model: model, totalSteps: totalSteps)
+        }
+
+        x = FloatBuffer(capacity: evalBatch * data.sampleShape.perSample)
+        labels = .allocate(capacity: evalBatch)
+        sampleIDs = .allocate(capacity: evalBatch)
+
+        try initializeWeights()
+        if let resume = config.resume { try resumeFrom(resume) }
+    }
+
+    /// Restores parameters, buffers, optimizer state and the step from a checkpoint that
+    /// rank 0 picks and validates; every rank receives the same bits. `auto` takes the
+    /// newest checkpoint in the run dir that validates, skipping damaged ones with a
+    /// warning, or starts fresh when there is none; a named file must be valid.
+    func resumeFrom(_ resume: String) throws {
+        let store = CheckpointStore(directory: RunDirectory(path: config.runDir).checkpointsPath, keep: config.keep)
+        let found = try agreeOnSuccess(world) { () throws -> (path: String, step: Int64, optimizerSteps: Int64)? in
+            guard world.rank == 0 else { return nil }
+            let candidates = resume == "auto" ? store.files() : [resume]
+            for path in candidates {
+                // A damaged file (unreadable, failed checksum, tensors missing or reshaped) is
+                // skipped under auto; a sound checkpoint of another configuration is an error
+                // either way: this run dir belongs to another run.
+                let reader: CheckpointReader
+                do {
+                    reader = try CheckpointReader(path: path)
+                    try StateDict.check(reader.file, fits: model, optimizer: optimizer)
+                } catch {
+                    if resume != "auto" { throw error }
+                    warnings.append("skipping damaged or unusable checkpoint: \(error)")
+                    continue
+                }
+                try reader.checkCompatible(with: config, datasetName: data.name, normalization: data.normalization,
+                                           globalBatch: globalBatch, allowBatchChange: config.allowBatchChange)
+                try StateDict.load(reader.file, into: model)
+                try StateDict.loadOptimizer(reader.file, into: optimizer, model: model)
+                return (path, Int64(reader.step), reader.optimizerSteps)
+            }
+            return nil
+        }
+        // Rank 0 knows what it found; everyone learns it, then receives the state.
+        var header: [Int64] = [found == nil ? 0 : 1, found?.step ?? 0, found?.optimizerSteps ?? 0]
+        try world.broadcast(&header, root: 0)
+        let path = try world.broadcast(string: found?.path ?? "", root: 0)
+        guard header[0] == 1 else {
+            warnings.append("--resume auto: no valid checkpoint in \(store.directory); starting fresh")
+            return
+        }
+        try world.broadcast(model.parameters.pointer, count: model.parameterCount, root: 0)
+        try world.broadcast(model.buffers.pointer, count: model.buffers.capacity, root: 0)
+        try world.broadcast(model.counters, count: model.counterCount, root: 0)
+        try world.broadcast(optimizer.state.pointer, count: optimizer.state.capacity, root: 0)
+        step = Int(header[1])
+        optimizer.stepCount = header[2]
+        resumedFrom = path
+        if step > totalSteps {
+            throw CollectiveFailure(message: "rank 0: \(path) is at step \(step), past this run's \(totalSteps) steps")
+        }
+    }
+
+    /// Rank 0 writes a checkpoint; every rank learns whether it worked, so a failed write
+    /// (disk full, no permission) stops the whole job cleanly and leaves earlier files intact.
+    func saveCheckpoint() throws {
+        guard let checkpoints else { return }
+        try averageLocalStatistics()
+        try agreeOnSuccess(world) {
+            guard world.rank == 0 else { return }
+            let metadata = CheckpointStore.metadata(
+                config: config, position: TrainingPosition(step: step, optimizerSteps: optimizer.stepCount),
+                stepsPerEpoch: sampler.stepsPerEpoch, worldSize: world.size, globalBatch: globalBatch,
+                normalization: data.normalization, datasetName: data.name)
+            try checkpoints.save(model: model, optimizer: optimizer, metadata: metadata, step: step)
+        }
+    }
+
+    deinit {
+        labels.deallocate()
+        sampleIDs.deallocate()
+    }
+
+    /// Rank 0 initializes from the seed (or loads --init-from) and broadcasts, so every
+    /// replica starts from the same bits (I1).
+    func initializeWeights() throws {
+        let warnings = try agreeOnSuccess(world) { () throws -> [String] in
+            guard world.rank == 0 else { return [] }
+            if let path = config.initFrom {
+                try loadStateDict(path: path, into: model)
+                return []
+            }
+            let perLayer = try spec.layerInitializers.mapValues { try Initializer(parsing: $0) }
+            return try model.initialize(try Initializer(parsing: config.initializer), perLayer: perLayer, seed: config.seed)
+        }
+        self.warnings = warnings
+        try world.broadcast(model.parameters.pointer, count: model.parameterCount, root: 0)
+        try world.broadcast(model.buffers.pointer, count: model.buffers.capacity, root: 0)
+        try world.broadcast(model.counters, count: model.counterCount, root: 0)
+    }
+
+    // MARK: The loop
+
+    /// Trains to the end. `checkpointDirectory` nil: no checkpoints.
+    public func run(log: RunLog, checkpointDirectory: String?) throws -> TrainSummary {
+        self.log = log
+        checkpoints = checkpointDirectory.map { CheckpointStore(directory: $0, keep: config.keep) }
+        if let resumedFrom { log.info("resumed from \(resumedFrom) at step \(step)") }
+        let firstStep = step
+        let start = Communicator.wallTime()
+        log.start(trainer: self)
+        for warning in warnings { log.warn(warning) }
+        var order: [Int32] = []
+        var orderEpoch = -1
+        var totals = StepTimes()
+        var lastLoss = Double.nan
+        var accuracyPerEpoch: [Double] = []
+        var lastEval: Evaluation?
+        var best: (accuracy: Double, epoch: Int)?
+        let stepsPerEpoch = sampler.stepsPerEpoch
+        let p = model.parameterCount
+        let g = model.gradients.pointer
+
+        while step < totalSteps {
+            let epoch = step / stepsPerEpoch
+            let batchInEpoch = step % stepsPerEpoch
+            var times = StepTimes()
+            var t = Communicator.wallTime()
+
+            // 1. This rank's part of global batch k.
+            if epoch != orderEpoch { order = sampler.epochOrder(epoch); orderEpoch = epoch }
+            let slice = sampler.localSlice(ofBatch: batchInEpoch)
+            let n = slice.count
+            for (i, j) in slice.enumerated() { sampleIDs[i] = order[j] }
+            data.gather(data.train, indices: sampleIDs, count: n, into: x.pointer, labels: labels)
+            times.data = lap(&t)
+
+            // 2-4. Forward, loss summed over the local slice, backward.
+            let context = ForwardContext(training: true, seed: config.seed, step: step, sampleIDs: sampleIDs, statistics: statistics)
+            let logits = try model.forward(x.tensor(data.sampleShape.withBatch(n)), context)
+            let result = loss(logits, labels: labels)
+            try model.backward(result.gradient, context)
+            try FaultInjection.check(rank: world.rank, step: step)
+            if FaultInjection.poisons(rank: world.rank, step: step) { g[0] = .nan }
+            g[model.lossSlot] = Float(result.lossSum)
+            g[model.correctSlot] = Float(result.correct)
+            g[model.samplesSlot] = Float(n)
+            times.compute = lap(&t)
+
+            // 5. One allreduce moves gradients and the three counts.
+            try world.allreduce(g, count: p + Model.tailCount)
+            // Sync-BN's collectives ran inside forward and backward: count them as communication.
+            let bnSeconds = syncStatistics?.takeSeconds() ?? 0
+            times.communication = lap(&t) + bnSeconds
+            times.compute -= bnSeconds
+
+            // 6. Exact mean over the global batch, whatever the slice sizes.
+            let globalCount = g[model.samplesSlot]
+            let scale = 1 / globalCount
+            for i in 0..<p { g[i] *= scale }
+            let stepLoss = Double(g[model.lossSlot]) / Double(globalCount)
+            let stepAccuracy = Double(g[model.correctSlot]) / Double(globalCount)
+
+            // 7. Every rank sees the same reduced numbers, so every rank makes the same call.
+            var norm = Double.nan
+            var clipped = false
+            let skipped = !isFinite(g, count: p) || !stepLoss.isFinite
+            let lr = Double(schedule.learningRate(base: Float(config.lr), step: step))
+            if skipped {
+                consecutiveSkips += 1
+                skippedSteps += 1
+                log.warn("step \(step): non-finite gradient or loss; step skipped (\(consecutiveSkips) in a row)")
+                if consecutiveSkips >= config.maxSkippedSteps {
+                    throw TrainingError("stopping at step \(step): \(consecutiveSkips) consecutive steps had non-finite gradients (--max-skipped-steps \(config.maxSkippedSteps))")
+                }
+            } else {
+                consecutiveSkips = 0
+                // 8. Clip the global gradient, then step.
+                if let maxNorm = config.clipNorm {
+                    let r = clipGradNorm(g, count: p, maxNorm: Float(maxNorm))
+                    norm = r.normBeforeClip
+                    clipped = r.clipped
+                } else {
+                    norm = globalNorm(g, count: p)
+                }
+                if let limit = config.clipValue {
+                    clipped = clipGradValue(g, count: p, limit: Float(limit)) || clipped
+                }
+                optimizer.step(parameters: model.parameters.pointer, gradients: g, learningRate: Float(lr))
+                lastLoss = stepLoss
+            }
+            times.optimizer = lap(&t)
+            step += 1
+            totals.data += times.data; totals.compute += times.compute
+            totals.communication += times.communication; totals.optimizer += times.optimizer
+
+            log.step(StepRecord(step: step, epoch: epoch, loss: stepLoss, accuracy: stepAccuracy, lr: lr,
+                                gradNorm: norm, clipped: clipped, skipped: skipped, samples: Int(globalCount),
+                                dataSeconds: times.data, computeSeconds: times.compute,
+                                communicationSeconds: times.communication, optimizerSeconds: times.optimizer),
+                     totalSteps: totalSteps, stepsPerEpoch: stepsPerEpoch)
+
+            var checkpointDue = config.checkpointEvery > 0 && step % config.checkpointEvery == 0
+            if config.checkReplicas > 0 && step % config.checkReplicas == 0 {
+                try checkReplicas(model, world: world, step: step, includeBuffers: config.bn == .sync)
+            }
+
+            // Epoch end: evaluation.
+            let epochDone = step % stepsPerEpoch == 0 || step == totalSteps
+            if epochDone {
+                let finishedEpoch = (step - 1) / stepsPerEpoch + 1
+                try averageLocalStatistics()
+                if config.evalEvery > 0 && (finishedEpoch % config.evalEvery == 0 || step == totalSteps), data.test != nil {
+                    let e = try evaluate()
+                    lastEval = e
+                    accuracyPerEpoch.append(e.accuracy)
+                    if best == nil || e.accuracy > best!.accuracy { best = (e.accuracy, finishedEpoch) }
+                    log.evaluation(epoch: finishedEpoch, loss: e.loss, accuracy: e.accuracy)
+                }
+                checkpointDue = true
+            }
+            if checkpointDue { try saveCheckpoint() }
+        }
+
+        let hashes = try checkReplicas(model, world: world, step: step, includeBuffers: true)
+        let wall = Communicator.wallTime() - start
+        var commShare = [totals.communication / max(totals.total, 1e-12)]
+        try world.allreduce(&commShare, op: .max)
+        let summary = TrainSummary(
+            worldSize: world.size, globalBatch: globalBatch, steps: step,
+            epochs: Double(step) / Double(stepsPerEpoch), skippedSteps: skippedSteps, finalTrainLoss: lastLoss,
+            testLoss: lastEval?.loss, testAccuracy: lastEval?.accuracy, bestTestAccuracy: best?.accuracy, bestEpoch: best?.epoch,
+            wallSeconds: wall, samplesPerSecond: Double((step - firstStep) * globalBatch) / max(totals.total, 1e-12),
+            communicationShare: commShare[0], parameterHashes: hashes.map { String($0, radix: 16) },
+            accuracyPerEpoch: accuracyPerEpoch)
+        log.finish(summary)
+        return summary
+    }
+
+    /// With local batch norm the running statistics drift apart per rank; they are averaged
+    /// before evaluation and checkpoints so that every replica evaluates the same model.
+    func averageLocalStatistics() throws {
+        guard config.bn == .local, world.size > 1, model.buffers.capacity > 0 else { return }
+        try world.allreduce(model.buffers.pointer, count: model.buffers.capacity)
+        let inv = 1 / Float(world.size)
+        for i in 0..<model.buffers.capacity { model.buffers.pointer[i] *= inv }
+    }
+
+    /// Distributed, exact evaluation on the test set: every sample counted once, no padding.
+    public func evaluate() throws -> Evaluation {
+        guard let test = data.test else { throw TrainingError("no test set to evaluate on") }
+        return try evaluateModel(model, on: test, normalization: data.normalization, world: world, loss: loss,
+                                 x: x, labels: labels, ids: sampleIDs, batch: evalBatch)
+    }
+
+    @inline(__always)
+    private func lap(_ t: inout Double) -> Double {
+        let now = Communicator.wallTime()
+        defer { t = now }
+        return now - t
+    }
+}
+
+/// Evaluation of `model` on `dataset`, sharded over the world: rank r takes a contiguous
+/// part; loss sum, correct and sample counts are summed in Float64 by one allreduce.
+public func evaluateModel(_ model: Model, on dataset: Dataset, normalization: Normalization, world: Communicator, loss: SoftmaxCrossEntropy,
+                          x: FloatBuffer, labels: UnsafeMutablePointer<Int32>, ids: UnsafeMutablePointer<Int32>,
+                          batch: Int) throws -> Evaluation {
+    let slice = Sampler.evaluationSlice(count: dataset.count, worldSize: world.size, rank: world.rank)
+    var sums = [0.0, 0.0, 0.0]
+    var start = slice.lowerBound
+    let context = ForwardContext(training: false)
+    while start < slice.upperBound {
+        let n = min(batch, slice.upperBound - start)
+        for i in 0..<n { ids[i] = Int32(start + i) }
+        dataset.gather(indices: UnsafeBufferPointer(start: ids, count: n), normalization: normalization, into: x.pointer, labels: labels)
+        let logits = try model.forward(x.tensor(dataset.shape(batch: n)), context)
+        let r = loss(logits, labels: labels)
+        sums[0] += r.lossSum
+        sums[1] += Double(r.correct)
+        sums[2] += Double(n)
+        start += n
+    }
+    try world.allreduce(&sums)
+    return Evaluation(loss: sums[0] / sums[2], accuracy: sums[1] / sums[2], correct: Int(sums[1]), samples: Int(sums[2]))
+}
+
+public struct Evaluation: Codable, Sendable {
+    public var loss: Double
+    public var accuracy: Double
+    public var correct: Int
+    public var samples: Int
+}
+
+public struct TrainingError: Error, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// For the I5 tests: DDPTRAIN_INJECT_FAULT="rank:step" makes that rank fail at that step,
+/// after its forward and backward, just before the gradient allreduce the others wait in.
+/// DDPTRAIN_INJECT_NAN="rank:step" (or "rank:step+" for every step from then on) puts a
+/// NaN into that rank's local gradient, to test that all ranks skip the same steps.
+enum FaultInjection {
+    struct Target { var rank: Int; var step: Int; var onwards: Bool }
+
+    static func parse(_ variable: String) -> Target? {
+        guard var text = ProcessInfo.processInfo.environment[variable] else { return nil }
+        let onwards = text.hasSuffix("+")
+        if onwards { text.removeLast() }
+        let parts = text.split(separator: ":").compactMap { Int($0) }
+        return parts.count == 2 ? Target(rank: parts[0], step: parts[1], onwards: onwards) : nil
+    }
+
+    static let fault = parse("DDPTRAIN_INJECT_FAULT")
+    static let nan = parse("DDPTRAIN_INJECT_NAN")
+
+    static func hits(_ target: Target?, rank: Int, step: Int) -> Bool {
+        guard let target, target.rank == rank else { return false }
+        return target.onwards ? step >= target.step : step == target.step
+    }
+
+    static func check(rank: Int, step: Int) throws {
+        if hits(fault, rank: rank, step: step) {
+            throw TrainingError("injected fault at step \(step) (DDPTRAIN_INJECT_FAULT)")
+        }
+    }
+
+    static func poisons(rank: Int, step: Int) -> Bool { hits(nan, rank: rank, step: step) }
+}

@@ -1,0 +1,74 @@
+import ArgumentParser
+import DDPComm
+import DDPTrain
+import Foundation
+
+struct Compare: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train every combination of --vary values in one job and report them side by side.",
+        discussion: """
+        Each variant starts from the same seed (the same initial weights where the model is the same) and sees the \
+        same data order. Results go to RUN_DIR/report.md, RUN_DIR/report.html, loss.svg and accuracy.svg; each \
+        variant keeps its checkpoints and metrics in RUN_DIR/variants/<name>. With --resume auto a stopped compare \
+        continues, keeping the variants already finished. Without --vary it compares bn=sync,local.
+        """)
+
+    @OptionGroup var options: TrainOptions
+
+    @Option(help: "KEY=V1,V2,... (keys: \(Variation.keys.joined(separator: ", "))); repeat for a grid.")
+    var vary: [String] = []
+
+    @Option(help: "Title of the report.")
+    var title = "ddptrain compare"
+
+    func validate() throws {
+        do {
+            _ = try makeVariants(base: try options.resolve(), variations: try variations())
+        } catch let error as ConfigError {
+            throw ValidationError(error.message)
+        }
+    }
+
+    func variations() throws -> [Variation] {
+        try (vary.isEmpty ? ["bn=sync,local"] : vary).map { try Variation(parsing: $0) }
+    }
+
+    func run() throws {
+        let base = try options.resolve()
+        let variants = try makeVariants(base: base, variations: try variations())
+        let command = "ddptrain " + CommandLine.arguments.dropFirst().joined(separator: " ")
+        let decoder = JSONDecoder()
+        decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        try withWorld { world in
+            var results: [VariantResult] = []
+            for (i, variant) in variants.enumerated() {
+                let summaryPath = variant.config.runDir + "/summary.json"
+                if base.resume != nil, let data = FileManager.default.contents(atPath: summaryPath),
+                   let done = try? decoder.decode(VariantResult.self, from: data) {
+                    if world.rank == 0 { print("compare: [\(i + 1)/\(variants.count)] \(variant.name): finished earlier, kept") }
+                    results.append(done)
+                    continue
+                }
+                if world.rank == 0 { print("compare: [\(i + 1)/\(variants.count)] \(variant.name)") }
+                let trainer = try Trainer(config: variant.config, world: world)
+                let run = try RunDirectory.prepare(config: variant.config, world: world, freshMetrics: trainer.resumedFrom == nil)
+                let log = try RunLog(rank: world.rank, logEvery: variant.config.logEvery, json: false, metricsPath: run.metricsPath)
+                let summary = try trainer.run(log: log, checkpointDirectory: run.checkpointsPath)
+                let result = VariantResult(name: variant.name, summary: summary, losses: VariantResult.losses(metricsPath: run.metricsPath))
+                if world.rank == 0 {
+                    let encoder = JSONEncoder()
+                    encoder.outputFormatting = [.sortedKeys]
+                    encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+                    try writeAtomically(String(decoding: try encoder.encode(result), as: UTF8.self), to: summaryPath)
+                }
+                results.append(result)
+            }
+            let report = ComparisonReport(title: title, command: command, results: results, worldSize: world.size)
+            try agreeOnSuccess(world) { if world.rank == 0 { try report.write(to: base.runDir) } }
+            if world.rank == 0 {
+                print("\n" + report.textTable, terminator: "")
+                print("report: \(base.runDir)/report.md, \(base.runDir)/report.html")
+            }
+        }
+    }
+}

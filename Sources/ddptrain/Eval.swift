@@ -1,0 +1,66 @@
+import ArgumentParser
+import DDPComm
+import DDPData
+import DDPKernels
+import DDPNet
+import DDPTrain
+import Foundation
+
+struct Eval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Evaluate a checkpoint on the test set, sharded over the ranks (every sample counted once).")
+
+    @Option(help: "The checkpoint (.safetensors) to evaluate.")
+    var checkpoint: String
+    @Option(help: "Dataset (default: the checkpoint's).")
+    var dataset: String?
+    @Option(help: "Folder with the data files (default: the checkpoint's).")
+    var dataDir: String?
+    @Flag(help: "Print the result as one JSON line.")
+    var json = false
+
+    func run() throws {
+        try withWorld { world in
+            // Rank 0 reads and validates the checkpoint; every rank gets its configuration.
+            var configJSON = ""
+            var reader: CheckpointReader?
+            try agreeOnSuccess(world) {
+                guard world.rank == 0 else { return }
+                reader = try CheckpointReader(path: checkpoint)
+                configJSON = reader!.config.json
+            }
+            configJSON = try world.broadcast(string: configJSON, root: 0)
+            var config = try JSONDecoder().decode(TrainConfig.self, from: Data(configJSON.utf8))
+            if let dataset { config.dataset = dataset }
+            if let dataDir { config.dataDir = dataDir }
+            config.trainSamples = nil
+
+            let data = try TrainingData.load(config: config, world: world)
+            guard let test = data.test else { throw TrainingError("no test set for \(config.dataset)") }
+            let batch = 256
+            let model = try agreeOnSuccess(world) { try ModelSpec.named(config.model).build(inputShape: data.sampleShape, maxBatch: batch) }
+            try agreeOnSuccess(world) {
+                if let reader { try StateDict.load(reader.file, into: model) }
+            }
+            try world.broadcast(model.parameters.pointer, count: model.parameterCount, root: 0)
+            try world.broadcast(model.buffers.pointer, count: model.buffers.capacity, root: 0)
+
+            let x = FloatBuffer(capacity: batch * data.sampleShape.perSample)
+            let labels = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
+            let ids = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
+            defer { labels.deallocate(); ids.deallocate() }
+            let loss = SoftmaxCrossEntropy(classes: test.classes, maxBatch: batch)
+            let result = try evaluateModel(model, on: test, normalization: data.normalization, world: world, loss: loss,
+                                           x: x, labels: labels, ids: ids, batch: batch)
+            guard world.rank == 0 else { return }
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                print(String(decoding: try encoder.encode(result), as: UTF8.self))
+            } else {
+                print(String(format: "%@ on %@ test (%d samples, %d ranks): accuracy %.2f%% (%d correct), loss %.4f",
+                             checkpoint, config.dataset, result.samples, world.size, result.accuracy * 100, result.correct, result.loss))
+            }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+import ArgumentParser
+import DDPKernels
+import DDPNet
+import DDPTrain
+
+struct Init: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a model's initial weights to a safetensors file (PyTorch state-dict names), for --init-from.")
+
+    @Option(help: "A preset or a YAML/JSON model file.")
+    var model = "fmnist-cnn"
+    @Option(name: .customLong("init"), help: "Weight initializer (default: PyTorch's per layer).")
+    var initializer = "default"
+    @Option(help: "Seed.")
+    var seed: UInt64 = 0
+    @Option(help: "Input shape of one sample, C,H,W.")
+    var input = "1,28,28"
+    @Option(help: "Output file (.safetensors).")
+    var out: String
+
+    func validate() throws {
+        guard out.hasSuffix(".safetensors") else { throw ValidationError("--out must end in .safetensors, got '\(out)'") }
+        do { _ = try Initializer(parsing: initializer) } catch { throw ValidationError("--init: \(error)") }
+    }
+
+    func run() throws {
+        let dims = input.split(separator: ",").compactMap { Int($0) }
+        guard dims.count == 3, dims.allSatisfy({ $0 > 0 }) else { throw ValidationError("--input takes C,H,W, got '\(input)'") }
+        do {
+            let spec = try ModelSpec.named(model)
+            let built = try spec.build(inputShape: Shape(n: 1, c: dims[0], h: dims[1], w: dims[2]), maxBatch: 1)
+            let perLayer = try spec.layerInitializers.mapValues { try Initializer(parsing: $0) }
+            for warning in try built.initialize(try Initializer(parsing: initializer), perLayer: perLayer, seed: seed) {
+                print("warning: \(warning)")
+            }
+            try StateDict.write(model: built, optimizer: nil,
+                                metadata: ["format": "ddptrain-init", "model": model, "init": initializer, "seed": String(seed)], to: out)
+            print("wrote \(out): \(built.parameterCount) parameters of \(spec.name)")
+        } catch let error as ModelSpecError {
+            throw ValidationError(error.message)
+        }
+    }
+}

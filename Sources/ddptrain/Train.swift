@@ -1,0 +1,24 @@
+import ArgumentParser
+import DDPTrain
+import Foundation
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train a model data-parallel: run under `mpirun -n N`.")
+
+    @OptionGroup var options: TrainOptions
+
+    @Flag(help: "Print a machine-readable summary on stdout (human-readable output goes to stderr).")
+    var json = false
+
+    func run() throws {
+        let config = try options.resolve()
+        try withWorld { world in
+            // Data, model and options are checked on every rank before anything is written.
+            let trainer = try Trainer(config: config, world: world)
+            let run = try RunDirectory.prepare(config: config, world: world, freshMetrics: trainer.resumedFrom == nil)
+            let log = try RunLog(rank: world.rank, logEvery: config.logEvery, json: json, metricsPath: run.metricsPath)
+            _ = try trainer.run(log: log, checkpointDirectory: run.checkpointsPath)
+        }
+    }
+}

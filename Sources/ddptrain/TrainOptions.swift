@@ -1,0 +1,132 @@
+import ArgumentParser
+import DDPTrain
+
+/// The training options, shared by `train` and `compare`. Every option is optional here:
+/// unset flags take the `--config` file's value, then the default (TrainConfig).
+struct TrainOptions: ParsableArguments {
+    @Option(help: "YAML or JSON file with the same keys as these options; flags override it.")
+    var config: String?
+
+    @Option(help: "fashion-mnist, mnist, cifar10 or synthetic (default fashion-mnist).")
+    var dataset: String?
+    @Option(help: "Folder with the data files (default for fashion-mnist: /usr/share/datasets/fashion-mnist).")
+    var dataDir: String?
+    @Option(help: "Use only the first N training samples.")
+    var trainSamples: Int?
+    @Option(help: "Samples of the synthetic dataset (default 2048).")
+    var syntheticSamples: Int?
+    @Option(help: "A preset (mlp, fmnist-cnn, lenet5, resnet8) or a YAML/JSON model file (default fmnist-cnn).")
+    var model: String?
+
+    @Option(help: "Epochs to train (default 10).")
+    var epochs: Int?
+    @Option(help: "Steps to train; overrides --epochs.")
+    var steps: Int?
+    @Option(help: "Samples per rank per step (default 32).")
+    var perRankBatch: Int?
+    @Option(help: "Samples per step over all ranks; slices differ by at most one when it does not divide.")
+    var globalBatch: Int?
+
+    @Option(help: "Batch-norm statistics: sync (across ranks), local (per rank), or none (no batch norm) (default sync).")
+    var bn: TrainConfig.BNMode?
+    @Option(name: .customLong("init"), help: "Weight initializer for the whole model (default: PyTorch's per layer).")
+    var initializer: String?
+    @Option(help: "sgd, adam or adamw (default sgd).")
+    var optimizer: String?
+    @Option(help: "Base learning rate (default 0.1).")
+    var lr: Double?
+    @Option(help: "SGD momentum (default 0.9).")
+    var momentum: Double?
+    @Flag(help: "Nesterov momentum (SGD).")
+    var nesterov = false
+    @Option(help: "L2 weight decay on weights, never biases or batch-norm parameters (default 5e-4).")
+    var weightDecay: Double?
+    @Option(help: "constant, step:EVERY:GAMMA or cosine (default cosine).")
+    var schedule: String?
+    @Option(help: "Linear warm-up steps (default 200).")
+    var warmupSteps: Int?
+    @Option(help: "Clip the global gradient L2 norm to X (default 5).")
+    var clipNorm: Double?
+    @Flag(help: "Turn off clipping by norm.")
+    var noClipNorm = false
+    @Option(help: "Clamp every gradient element to [-X, X].")
+    var clipValue: Double?
+    @Option(help: "Dropout rate for every dropout layer (overrides the model's).")
+    var dropout: Double?
+    @Option(help: "Label smoothing of the cross-entropy (default 0).")
+    var labelSmoothing: Double?
+    @Option(help: "Seed of initialization, shuffling and dropout (default 0).")
+    var seed: UInt64?
+    @Flag(help: "Global batch k is samples kB to kB+B-1.")
+    var noShuffle = false
+
+    @Option(help: "Folder for config, metrics and checkpoints (default runs/latest).")
+    var runDir: String?
+    @Option(help: "Evaluate every N epochs; 0 turns evaluation off (default 1).")
+    var evalEvery: Int?
+    @Option(help: "Print a line every N steps when not on a terminal (default 50).")
+    var logEvery: Int?
+    @Option(help: "Start from these weights (safetensors; a PyTorch state_dict of the same nn.Sequential loads).")
+    var initFrom: String?
+    @Option(help: "Compare a parameter hash across ranks every K steps; stop on divergence (default 0: off).")
+    var checkReplicas: Int?
+    @Option(help: "Stop after this many consecutive steps with non-finite gradients (default 10).")
+    var maxSkippedSteps: Int?
+    @Option(help: "Write a checkpoint every K steps; 0: only at epoch ends and at the end (default 0).")
+    var checkpointEvery: Int?
+    @Option(help: "Keep the newest N checkpoints (default 3).")
+    var keep: Int?
+    @Option(help: "auto (newest valid checkpoint in the run dir, or a fresh start) or a checkpoint file.")
+    var resume: String?
+    @Flag(help: "Allow resuming with another global batch than the checkpoint's.")
+    var allowBatchChange = false
+
+    /// Defaults, then the config file, then the flags given.
+    func resolve() throws -> TrainConfig {
+        var c = try config.map { try TrainConfig.load(file: $0) } ?? TrainConfig()
+        if let v = dataset { c.dataset = v }
+        if let v = dataDir { c.dataDir = v }
+        if let v = trainSamples { c.trainSamples = v }
+        if let v = syntheticSamples { c.syntheticSamples = v }
+        if let v = model { c.model = v }
+        if let v = epochs { c.epochs = v }
+        if let v = steps { c.steps = v }
+        if let v = perRankBatch { c.perRankBatch = v; c.globalBatch = nil }
+        if let v = globalBatch { c.globalBatch = v; c.perRankBatch = perRankBatch }
+        if let v = bn { c.bn = v }
+        if let v = initializer { c.initializer = v }
+        if let v = optimizer { c.optimizer = v }
+        if let v = lr { c.lr = v }
+        if let v = momentum { c.momentum = v }
+        if nesterov { c.nesterov = true }
+        if let v = weightDecay { c.weightDecay = v }
+        if let v = schedule { c.schedule = v }
+        if let v = warmupSteps { c.warmupSteps = v }
+        if let v = clipNorm { c.clipNorm = v }
+        if noClipNorm { c.clipNorm = nil }
+        if let v = clipValue { c.clipValue = v }
+        if let v = dropout { c.dropout = v }
+        if let v = labelSmoothing { c.labelSmoothing = v }
+        if let v = seed { c.seed = v }
+        if noShuffle { c.shuffle = false }
+        if let v = runDir { c.runDir = v }
+        if let v = evalEvery { c.evalEvery = v }
+        if let v = logEvery { c.logEvery = v }
+        if let v = initFrom { c.initFrom = v }
+        if let v = checkReplicas { c.checkReplicas = v }
+        if let v = maxSkippedSteps { c.maxSkippedSteps = v }
+        if let v = checkpointEvery { c.checkpointEvery = v }
+        if let v = keep { c.keep = v }
+        if let v = resume { c.resume = v }
+        if allowBatchChange { c.allowBatchChange = true }
+        try c.validate()
+        return c
+    }
+
+    func validate() throws {
+        if clipNorm != nil && noClipNorm { throw ValidationError("give --clip-norm or --no-clip-norm, not both") }
+        do { _ = try resolve() } catch let error as ConfigError { throw ValidationError(error.message) }
+    }
+}
+
+extension TrainConfig.BNMode: ExpressibleByArgument {}

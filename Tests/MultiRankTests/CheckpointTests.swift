@@ -1,0 +1,229 @@
+import Foundation
+import SafeTensors
+import XCTest
+
+/// Checkpoints and resume (I4, I6), through the real binary.
+final class CheckpointTests: XCTestCase {
+    var scratch: URL!
+
+    override func setUpWithError() throws {
+        scratch = FileManager.default.temporaryDirectory.appendingPathComponent("ddptrain-ckpt-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: scratch)
+    }
+
+    func runDir(_ name: String) -> String { scratch.appendingPathComponent(name).path }
+
+    /// 512 training samples, per-rank batch 32 on 2 ranks: 8 steps per epoch.
+    func train(ranks: Int = 2, _ extra: [String], run: String, environment: [String: String] = [:]) throws -> MPIRun.Result {
+        let args = ["train", "--model", "mlp", "--train-samples", "512", "--eval-every", "0", "--log-every", "4",
+                    "--run-dir", runDir(run)] + extra
+        let r = try MPIRun.run(ranks: ranks, args, timeout: 120, environment: environment)
+        XCTAssertFalse(r.timedOut, r.stderr)
+        return r
+    }
+
+    func checkpoints(_ run: String) -> [String] {
+        let dir = runDir(run) + "/checkpoints"
+        return ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix(".safetensors") }.sorted()
+    }
+
+    /// Every tensor's raw bytes from a checkpoint.
+    func tensorBytes(_ path: String) throws -> [String: [UInt8]] {
+        let file = try SafeTensorsFile(path: path)
+        var out: [String: [UInt8]] = [:]
+        for t in file.tensors {
+            switch t.dtype {
+            case .f32: out[t.name] = try file.values(of: t.name, as: Float.self).withUnsafeBytes { Array($0) }
+            case .i64: out[t.name] = try file.values(of: t.name, as: Int64.self).withUnsafeBytes { Array($0) }
+            default: XCTFail("unexpected dtype \(t.dtype) for \(t.name)")
+            }
+        }
+        return out
+    }
+
+    func lastCheckpoint(_ run: String) throws -> String {
+        runDir(run) + "/checkpoints/" + (try XCTUnwrap(checkpoints(run).last, "no checkpoint in \(run)"))
+    }
+
+    func testNamingKeepAndContents() throws {
+        let r = try train(["--steps", "20", "--per-rank-batch", "16", "--checkpoint-every", "4", "--keep", "2"], run: "keep")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        // 16 steps per epoch: checkpoints at 4, 8, 12, 16 (also epoch end), 20 (end); the newest 2 stay.
+        XCTAssertEqual(checkpoints("keep"), ["step-00000016.safetensors", "step-00000020.safetensors"])
+        let file = try SafeTensorsFile(path: try lastCheckpoint("keep"))
+        XCTAssertEqual(file.checksumVerified, true)
+        let m = file.metadata
+        XCTAssertEqual(m["step"], "20")
+        XCTAssertEqual(m["epoch"], "1")
+        XCTAssertEqual(m["position_in_epoch"], "4")
+        XCTAssertEqual(m["world_size"], "2")
+        XCTAssertEqual(m["global_batch"], "32")
+        XCTAssertEqual(m["normalize.mean"], "0.286")
+        XCTAssertEqual(m["normalize.std"], "0.353")
+        XCTAssertNotNil(m["config"])
+        // PyTorch's nn.Sequential names for the mlp preset, with optimizer state apart.
+        let names = Set(file.tensors.map(\.name))
+        let model: Set<String> = ["1.weight", "2.weight", "2.bias", "2.running_mean", "2.running_var", "2.num_batches_tracked",
+                                  "5.weight", "6.weight", "6.bias", "6.running_mean", "6.running_var", "6.num_batches_tracked",
+                                  "8.weight", "8.bias"]
+        XCTAssertEqual(names.filter { !$0.hasPrefix("optim.") }, model)
+        XCTAssertTrue(names.contains("optim.1.weight.momentum_buffer"))
+        XCTAssertEqual(file.tensor(named: "2.num_batches_tracked")?.dtype, .i64)
+        XCTAssertEqual(try file.values(of: "2.num_batches_tracked", as: Int64.self), [20])
+        XCTAssertEqual(file.tensor(named: "1.weight")?.shape, [256, 784])
+    }
+
+    /// I4: an interrupted run resumed from its checkpoint ends with the same bytes as an
+    /// uninterrupted one: at an epoch boundary and in the middle of an epoch.
+    func testBitwiseResume() throws {
+        let common = ["--epochs", "2", "--per-rank-batch", "32", "--checkpoint-every", "3", "--bn", "sync"]
+        XCTAssertEqual(try train(common, run: "straight").status, 0)
+        let reference = try tensorBytes(try lastCheckpoint("straight"))
+        for (name, crashStep) in [("epoch-boundary", 8), ("mid-epoch", 7)] {
+            // The crash at step k (0-based) leaves the checkpoint written after the last multiple of 3 or the epoch end.
+            let crashed = try train(common, run: name, environment: ["DDPTRAIN_INJECT_FAULT": "1:\(crashStep)"])
+            XCTAssertNotEqual(crashed.status, 0)
+            let resumed = try train(common + ["--resume", "auto"], run: name)
+            XCTAssertEqual(resumed.status, 0, resumed.stderr)
+            XCTAssertTrue(resumed.stdout.contains("resumed from"), resumed.stdout)
+            XCTAssertEqual(try tensorBytes(try lastCheckpoint(name)), reference, "\(name): resumed run differs")
+        }
+    }
+
+    /// Another world size with the same global batch continues the same trajectory (sync-BN).
+    func testResumeOnAnotherWorldSize() throws {
+        let common = ["--steps", "30", "--global-batch", "32", "--checkpoint-every", "10", "--dropout", "0.2",
+                      "--lr", "0.05", "--schedule", "constant", "--warmup-steps", "0"]
+        XCTAssertEqual(try train(ranks: 2, common, run: "ref").status, 0)
+        XCTAssertNotEqual(try train(ranks: 2, common, run: "moved", environment: ["DDPTRAIN_INJECT_FAULT": "0:10"]).status, 0)
+        let resumed = try train(ranks: 4, common + ["--resume", "auto"], run: "moved")
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        let a = try SafeTensorsFile(path: try lastCheckpoint("ref")), b = try SafeTensorsFile(path: try lastCheckpoint("moved"))
+        var worst = 0.0
+        for t in a.tensors where t.dtype == .f32 && !t.name.hasPrefix("optim.") {
+            let x = try a.values(of: t.name, as: Float.self), y = try b.values(of: t.name, as: Float.self)
+            let scale = Double(x.map { abs($0) }.max() ?? 1)
+            worst = max(worst, Double(zip(x, y).map { abs($0 - $1) }.max() ?? 0) / max(scale, 1e-12))
+        }
+        XCTAssertLessThan(worst, 1e-4)
+        // Another global batch is refused unless allowed.
+        let refused = try train(ranks: 2, common + ["--global-batch", "64", "--resume", "auto"], run: "moved")
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.stderr.contains("global batch 32, this run uses 64; pass --allow-batch-change"), refused.stderr)
+    }
+
+    /// I6: every kind of damage is detected, named, and never loaded.
+    func testDamagedCheckpointsAreDetected() throws {
+        let common = ["--steps", "8", "--per-rank-batch", "16", "--checkpoint-every", "4"]
+        XCTAssertEqual(try train(common, run: "base").status, 0)
+        let good = try lastCheckpoint("base")
+        let original = try Data(contentsOf: URL(fileURLWithPath: good))
+        let headerLength = Int(original.prefix(8).withUnsafeBytes { $0.load(as: UInt64.self) })
+
+        func damaged(_ name: String, _ transform: (inout Data) -> Void) throws -> String {
+            var data = original
+            transform(&data)
+            let path = scratch.appendingPathComponent("\(name).safetensors").path
+            try data.write(to: URL(fileURLWithPath: path))
+            return path
+        }
+        let cases: [(String, String, (inout Data) -> Void)] = [
+            ("truncated", "truncated", { $0 = $0.prefix($0.count - 1000) }),
+            ("flipped", "checksum", { $0[8 + headerLength + 100] ^= 0x10 }),
+            ("notjson", "JSON", { $0[8] = UInt8(ascii: "#") }),
+        ]
+        for (name, mention, transform) in cases {
+            let path = try damaged(name, transform)
+            let r = try train(common + ["--resume", path], run: "base")
+            XCTAssertNotEqual(r.status, 0, name)
+            XCTAssertTrue(r.stderr.contains(path) && r.stderr.contains(mention), "\(name): \(r.stderr)")
+        }
+        // Another dataset, another normalization, another model.
+        let otherData = try train(common + ["--resume", good, "--dataset", "synthetic"], run: "base")
+        XCTAssertTrue(otherData.stderr.contains("\(good): was trained on dataset 'fashion-mnist'"), otherData.stderr)
+        let renormalized = try rewriteMetadata(of: good, key: "normalize.std", value: "0.5",
+                                               to: scratch.appendingPathComponent("renormalized.safetensors").path)
+        let otherNorm = try train(common + ["--resume", renormalized], run: "base")
+        XCTAssertTrue(otherNorm.stderr.contains("\(renormalized): normalization mean 0.286, std 0.5 differs"), otherNorm.stderr)
+        let modelFile = scratch.appendingPathComponent("model.yaml")
+        try "layers: [flatten, {type: linear, out: 10}]".write(to: modelFile, atomically: true, encoding: .utf8)
+        XCTAssertEqual(try train(["--steps", "2", "--per-rank-batch", "16", "--model", modelFile.path], run: "filemodel").status, 0)
+        try "layers: [flatten, {type: linear, out: 20}, {type: linear, out: 10}]".write(to: modelFile, atomically: true, encoding: .utf8)
+        let changed = try train(["--steps", "4", "--per-rank-batch", "16", "--model", modelFile.path, "--resume", "auto"], run: "filemodel")
+        XCTAssertTrue(changed.stderr.contains("skipping damaged or unusable checkpoint") && changed.stderr.contains("shape"), changed.stderr)
+
+        // --resume auto skips a damaged newest file and takes the one before.
+        let files = checkpoints("base")
+        XCTAssertEqual(files, ["step-00000004.safetensors", "step-00000008.safetensors"])
+        var newest = original
+        newest[8 + headerLength + 5] ^= 0xFF
+        try newest.write(to: URL(fileURLWithPath: good))
+        let auto = try train(["--steps", "10", "--per-rank-batch", "16", "--checkpoint-every", "4", "--resume", "auto"], run: "base")
+        XCTAssertEqual(auto.status, 0, auto.stderr)
+        XCTAssertTrue(auto.stderr.contains("skipping damaged or unusable checkpoint: \(good)"), auto.stderr)
+        XCTAssertTrue(auto.stdout.contains("resumed from \(runDir("base"))/checkpoints/step-00000004.safetensors at step 4"), auto.stdout)
+    }
+
+    /// A failed write (disk full) stops the job with a clear message and keeps earlier files.
+    func testDiskFullKeepsEarlierCheckpoints() throws {
+        let mountPoint = scratch.appendingPathComponent("small")
+        try FileManager.default.createDirectory(at: mountPoint, withIntermediateDirectories: true)
+        let mount = Process()
+        mount.executableURL = URL(fileURLWithPath: "/bin/mount")
+        mount.arguments = ["-t", "tmpfs", "-o", "size=5m", "tmpfs", mountPoint.path]
+        try mount.run()
+        mount.waitUntilExit()
+        guard mount.terminationStatus == 0 else { throw XCTSkip("cannot mount a small tmpfs here (needs root)") }
+        defer {
+            let umount = Process()
+            umount.executableURL = URL(fileURLWithPath: "/bin/umount")
+            umount.arguments = [mountPoint.path]
+            try? umount.run()
+            umount.waitUntilExit()
+        }
+        // Each mlp checkpoint (parameters and momentum) is about 1.9 MB: two fit, the third does not.
+        let run = mountPoint.appendingPathComponent("run").path
+        let r = try MPIRun.run(ranks: 2, ["train", "--model", "mlp", "--train-samples", "512", "--eval-every", "0", "--steps", "12",
+                                          "--per-rank-batch", "16", "--checkpoint-every", "2", "--keep", "5", "--run-dir", run], timeout: 60)
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("step-00000006.safetensors") && r.stderr.contains("No space left on device"), r.stderr)
+        let left = try FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints").sorted()
+        XCTAssertEqual(left, ["step-00000002.safetensors", "step-00000004.safetensors"])
+        for name in left { XCTAssertEqual(try SafeTensorsFile(path: run + "/checkpoints/" + name).checksumVerified, true) }
+    }
+
+    func testInspect() throws {
+        XCTAssertEqual(try train(["--steps", "2", "--per-rank-batch", "16"], run: "inspect").status, 0)
+        let path = try lastCheckpoint("inspect")
+        let text = try MPIRun.run(ranks: 1, ["inspect", path])
+        XCTAssertEqual(text.status, 0, text.stderr)
+        XCTAssertTrue(text.stdout.contains("checksum: ok"), text.stdout)
+        XCTAssertTrue(text.stdout.contains("1.weight") && text.stdout.contains("[256, 784]") && text.stdout.contains("F32"), text.stdout)
+        let json = try MPIRun.run(ranks: 1, ["inspect", path, "--json"])
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any])
+        XCTAssertEqual(object["checksum_ok"] as? Bool, true)
+        XCTAssertEqual((object["metadata"] as? [String: String])?["step"], "2")
+    }
+
+    /// A copy of a safetensors file with one metadata value changed (the data checksum still holds).
+    func rewriteMetadata(of path: String, key: String, value: String, to output: String) throws -> String {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        let length = Int(data.prefix(8).withUnsafeBytes { $0.load(as: UInt64.self) })
+        var header = try XCTUnwrap(try JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + length))) as? [String: Any])
+        var metadata = try XCTUnwrap(header["__metadata__"] as? [String: String])
+        metadata[key] = value
+        header["__metadata__"] = metadata
+        var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+        while json.count % 8 != 0 { json.append(UInt8(ascii: " ")) }
+        var out = Data()
+        withUnsafeBytes(of: UInt64(json.count).littleEndian) { out.append(contentsOf: $0) }
+        out.append(json)
+        out.append(data.subdata(in: (8 + length)..<data.count))
+        try out.write(to: URL(fileURLWithPath: output))
+        return output
+    }
+}

@@ -1,0 +1,152 @@
+import Foundation
+import SafeTensors
+import XCTest
+
+/// The distributed invariants, checked by running the real binary under mpirun.
+final class TrainTests: XCTestCase {
+    var scratch: URL!
+
+    override func setUpWithError() throws {
+        scratch = FileManager.default.temporaryDirectory.appendingPathComponent("ddptrain-train-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: scratch)
+    }
+
+    /// A short real run on a slice of Fashion-MNIST.
+    func train(ranks: Int, _ extra: [String], run: String, timeout: Double = 120, environment: [String: String] = [:]) throws -> (MPIRun.Result, [String: Any]) {
+        let args = ["train", "--train-samples", "512", "--eval-every", "0", "--json", "--log-every", "5",
+                    "--run-dir", scratch.appendingPathComponent(run).path] + extra
+        let r = try MPIRun.run(ranks: ranks, args, timeout: timeout, environment: environment)
+        XCTAssertFalse(r.timedOut, "train timed out: \(r.stderr)")
+        let line = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
+        let json = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] ?? [:]
+        return (r, json)
+    }
+
+    /// Final parameters and buffers from the run's last checkpoint.
+    func finalTensors(run: String) throws -> [String: [Float]] {
+        let dir = scratch.appendingPathComponent(run).appendingPathComponent("checkpoints")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".safetensors") }.sorted()
+        let last = try XCTUnwrap(files.last, "no checkpoint in \(dir.path)")
+        let file = try SafeTensorsFile(path: dir.appendingPathComponent(last).path)
+        var out: [String: [Float]] = [:]
+        for t in file.tensors where t.dtype == .f32 && !t.name.hasPrefix("optim.") {
+            out[t.name] = try file.values(of: t.name, as: Float.self)
+        }
+        return out
+    }
+
+    /// Largest over tensors of max |a - b| / max |a|.
+    func relativeDifference(_ a: [String: [Float]], _ b: [String: [Float]]) -> Double {
+        XCTAssertEqual(Set(a.keys), Set(b.keys))
+        var worst = 0.0
+        for (name, x) in a {
+            guard let y = b[name], x.count == y.count else { XCTFail("tensor \(name) differs in size"); continue }
+            let scale = Double(x.map { abs($0) }.max() ?? 0)
+            let diff = zip(x, y).map { Double(abs($0 - $1)) }.max() ?? 0
+            worst = max(worst, scale > 0 ? diff / scale : diff)
+        }
+        return worst
+    }
+
+    // I1: replicas are bitwise identical at the end, on 2 and 4 ranks, with both BN modes.
+    func testReplicasAgreeBitwise() throws {
+        for (ranks, bn) in [(2, "sync"), (4, "local")] {
+            let (r, json) = try train(ranks: ranks, ["--model", "mlp", "--steps", "12", "--per-rank-batch", "16", "--bn", bn,
+                                                     "--check-replicas", "4"], run: "i1-\(ranks)")
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let hashes = try XCTUnwrap(json["parameterHashes"] as? [String], r.stdout)
+            XCTAssertEqual(hashes.count, ranks)
+            XCTAssertEqual(Set(hashes).count, 1, "replicas differ: \(hashes)")
+        }
+    }
+
+    // I2: with sync-BN and dropout, 4 ranks x 8 follow 1 rank x 32; local BN does not.
+    // The MLP runs 20 steps. The CNN runs 3: with max pooling, rounding-level differences
+    // (the gradient sums are associated differently) eventually flip a near-tie in some
+    // pooling window, after which trajectories drift apart chaotically; docs/INVARIANCE.md
+    // has the measurements.
+    func testWorldSizeInvarianceWithSyncBN() throws {
+        for (model, steps) in [("mlp", 20), ("fmnist-cnn", 3)] {
+            let initFile = scratch.appendingPathComponent("init-\(model).safetensors").path
+            let made = try MPIRun.run(ranks: 1, ["init", "--model", model, "--seed", "7", "--out", initFile])
+            XCTAssertEqual(made.status, 0, made.stderr)
+            let common = ["--model", model, "--steps", String(steps), "--init-from", initFile, "--dropout", "0.25",
+                          "--lr", "0.05", "--schedule", "constant", "--warmup-steps", "0", "--seed", "11"]
+            let (one, _) = try train(ranks: 1, common + ["--global-batch", "32", "--bn", "sync"], run: "\(model)-one")
+            XCTAssertEqual(one.status, 0, one.stderr)
+            let (four, _) = try train(ranks: 4, common + ["--per-rank-batch", "8", "--bn", "sync"], run: "\(model)-four")
+            XCTAssertEqual(four.status, 0, four.stderr)
+            let (local, _) = try train(ranks: 4, common + ["--per-rank-batch", "8", "--bn", "local"], run: "\(model)-local")
+            XCTAssertEqual(local.status, 0, local.stderr)
+            let reference = try finalTensors(run: "\(model)-one")
+            let sync = relativeDifference(reference, try finalTensors(run: "\(model)-four"))
+            let unsynced = relativeDifference(reference, try finalTensors(run: "\(model)-local"))
+            XCTAssertLessThan(sync, 1e-4, "\(model): sync-BN on 4 ranks drifted from 1 rank")
+            XCTAssertGreaterThan(unsynced, 1e-2, "\(model): local BN should differ clearly from the 1-rank run")
+        }
+    }
+
+    // I3: uneven slices give the exact global-batch gradient; an empty slice contributes
+    // nothing at all (4 ranks with one empty slice equal 3 ranks bit for bit).
+    func testUnevenAndEmptySlicesMatchOneRank() throws {
+        func common(_ batch: Int, _ steps: Int) -> [String] {
+            ["--model", "mlp", "--steps", String(steps), "--global-batch", String(batch), "--dropout", "0",
+             "--lr", "0.05", "--schedule", "constant", "--warmup-steps", "0", "--no-shuffle"]
+        }
+        // Global batch 10 on 4 ranks: slices of 3, 3, 2, 2.
+        XCTAssertEqual(try train(ranks: 1, common(10, 8), run: "uneven-1").0.status, 0)
+        let (uneven, json) = try train(ranks: 4, common(10, 8), run: "uneven-4")
+        XCTAssertEqual(uneven.status, 0, uneven.stderr)
+        XCTAssertEqual(json["steps"] as? Int, 8)
+        XCTAssertLessThan(relativeDifference(try finalTensors(run: "uneven-1"), try finalTensors(run: "uneven-4")), 1e-5)
+        // Global batch 3 on 4 ranks: slices of 1, 1, 1, 0. Batch norm over 3 samples amplifies
+        // rounding quickly, so the 1-rank comparison runs 2 steps.
+        for ranks in [1, 3, 4] { XCTAssertEqual(try train(ranks: ranks, common(3, 2), run: "empty-\(ranks)").0.status, 0) }
+        XCTAssertLessThan(relativeDifference(try finalTensors(run: "empty-1"), try finalTensors(run: "empty-4")), 1e-5)
+        XCTAssertEqual(try finalTensors(run: "empty-3"), try finalTensors(run: "empty-4"))
+    }
+
+    // Non-finite gradients: every rank skips the same step and the replicas stay equal.
+    func testNonFiniteGradientIsSkippedOnEveryRank() throws {
+        let (r, json) = try train(ranks: 2, ["--model", "mlp", "--steps", "6", "--per-rank-batch", "8"], run: "nan",
+                                  environment: ["DDPTRAIN_INJECT_NAN": "1:2"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(json["skippedSteps"] as? Int, 1)
+        XCTAssertTrue(r.stderr.contains("step 2: non-finite gradient or loss; step skipped"), r.stderr)
+        XCTAssertEqual(Set(json["parameterHashes"] as? [String] ?? []).count, 1)
+        let metrics = try String(contentsOf: scratch.appendingPathComponent("nan/metrics.jsonl"), encoding: .utf8)
+        XCTAssertEqual(metrics.split(separator: "\n").filter { $0.contains("\"skipped\":true") }.count, 1, metrics)
+    }
+
+    func testConsecutiveNonFiniteStepsStopTheJob() throws {
+        let (r, _) = try train(ranks: 2, ["--model", "mlp", "--steps", "20", "--per-rank-batch", "8", "--max-skipped-steps", "3"],
+                               run: "nan-stop", environment: ["DDPTRAIN_INJECT_NAN": "0:4+"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("stopping at step 6: 3 consecutive steps had non-finite gradients"), r.stderr)
+        XCTAssertLessThan(r.seconds, 30)
+    }
+
+    // Evaluation is exact and independent of the world size.
+    func testEvaluationEqualsOneRankEvaluation() throws {
+        let (trained, _) = try train(ranks: 2, ["--model", "mlp", "--steps", "5", "--per-rank-batch", "16"], run: "eval")
+        XCTAssertEqual(trained.status, 0, trained.stderr)
+        let dir = scratch.appendingPathComponent("eval/checkpoints")
+        let last = try XCTUnwrap(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted().last)
+        var results: [[String: Any]] = []
+        for ranks in [1, 3, 4] {
+            let r = try MPIRun.run(ranks: ranks, ["eval", "--checkpoint", dir.appendingPathComponent(last).path, "--json"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let line = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
+            results.append(try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], r.stdout))
+        }
+        for r in results {
+            XCTAssertEqual(r["samples"] as? Int, 10000)
+            XCTAssertEqual(r["correct"] as? Int, results[0]["correct"] as? Int)
+            XCTAssertEqual(try XCTUnwrap(r["loss"] as? Double), try XCTUnwrap(results[0]["loss"] as? Double), accuracy: 1e-6)
+        }
+    }
+}
