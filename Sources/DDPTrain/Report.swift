@@ -14,6 +14,8 @@ public struct LineChart {
     public var yLabel: String
     public var series: [Series]
     public var logY = false
+    /// Steps and epochs: ticks on whole numbers only.
+    public var integerX = true
 
     public init(title: String, xLabel: String, yLabel: String, series: [Series], logY: Bool = false) {
         self.title = title; self.xLabel = xLabel; self.yLabel = yLabel; self.series = series; self.logY = logY
@@ -30,7 +32,7 @@ public struct LineChart {
         var (y0, y1) = (all.map { fy($0.y) }.min() ?? 0, all.map { fy($0.y) }.max() ?? 1)
         if x1 <= x0 { x1 = x0 + 1 }
         if y1 <= y0 { y1 = y0 + (logY ? 1 : max(abs(y0) * 0.1, 1e-3)) }
-        let xTicks = niceTicks(x0, x1), yTicks = logY ? Array(Int(floor(y0))...Int(ceil(y1))).map(Double.init) : niceTicks(y0, y1)
+        let xTicks = niceTicks(x0, x1, minimumStep: integerX ? 1 : 0), yTicks = logY ? Array(Int(floor(y0))...Int(ceil(y1))).map(Double.init) : niceTicks(y0, y1)
         (x0, x1) = (min(x0, xTicks.first!), max(x1, xTicks.last!))
         (y0, y1) = (min(y0, yTicks.first!), max(y1, yTicks.last!))
         let px = { (x: Double) in left + (x - x0) / (x1 - x0) * plotW }
@@ -78,11 +80,12 @@ public struct LineChart {
 }
 
 /// About five round tick values covering [a, b].
-func niceTicks(_ a: Double, _ b: Double) -> [Double] {
+func niceTicks(_ a: Double, _ b: Double, minimumStep: Double = 0) -> [Double] {
     let span = b - a
     let raw = span / 5
     let magnitude = pow(10, floor(log10(raw)))
-    let step = [1.0, 2, 2.5, 5, 10].map { $0 * magnitude }.first { $0 >= raw } ?? 10 * magnitude
+    let nice = [1.0, 2, 2.5, 5, 10].map { $0 * magnitude }.first { $0 >= raw } ?? 10 * magnitude
+    let step = max(nice, minimumStep)
     var ticks: [Double] = []
     var t = floor(a / step) * step
     while t <= b + step * 0.5 && ticks.count < 20 {

@@ -226,4 +226,51 @@ final class CheckpointTests: XCTestCase {
         try out.write(to: URL(fileURLWithPath: output))
         return output
     }
+
+    /// PyTorch loads a checkpoint into the equivalent nn.Sequential with strict=True and,
+    /// evaluating the test set itself, counts the same correct samples as `ddptrain eval`.
+    func testPyTorchLoadsCheckpointAndAgrees() throws {
+        let python = ProcessInfo.processInfo.environment["DDPTRAIN_TORCH_PYTHON"] ?? "/opt/ddptrain-peers/bin/python"
+        guard FileManager.default.isExecutableFile(atPath: python) else {
+            throw XCTSkip("no PyTorch at \(python) (bash ../shared/peers/setup.sh installs it; or set DDPTRAIN_TORCH_PYTHON)")
+        }
+        XCTAssertEqual(try train(["--steps", "6", "--per-rank-batch", "16"], run: "torch").status, 0)
+        let path = try lastCheckpoint("torch")
+        let script = """
+        import gzip, json, sys
+        import numpy as np, torch, torch.nn as nn
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+        state = {k: v for k, v in load_file(sys.argv[1]).items() if not k.startswith("optim.")}
+        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 256, bias=False), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.2),
+                              nn.Linear(256, 128, bias=False), nn.BatchNorm1d(128), nn.ReLU(), nn.Linear(128, 10))
+        model.load_state_dict(state, strict=True)
+        model.eval()
+        with safe_open(sys.argv[1], "np") as f:
+            meta = f.metadata()
+        d = "/usr/share/datasets/fashion-mnist"
+        x = np.frombuffer(gzip.open(d + "/t10k-images-idx3-ubyte.gz").read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
+        y = np.frombuffer(gzip.open(d + "/t10k-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)
+        x = (torch.tensor(x, dtype=torch.float32) / 255 - float(meta["normalize.mean"])) / float(meta["normalize.std"])
+        with torch.no_grad():
+            logits = model(x)
+        loss = nn.functional.cross_entropy(logits, torch.tensor(y, dtype=torch.long)).item()
+        print(json.dumps({"correct": int((logits.argmax(1).numpy() == y).sum()), "loss": loss}))
+        """
+        let scriptPath = scratch.appendingPathComponent("load.py")
+        try script.write(to: scriptPath, atomically: true, encoding: .utf8)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: python)
+        p.arguments = [scriptPath.path, path]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        let torch = try XCTUnwrap(try JSONSerialization.jsonObject(with: out.fileHandleForReading.readDataToEndOfFile()) as? [String: Any])
+        let ours = try MPIRun.run(ranks: 2, ["eval", "--checkpoint", path, "--json"])
+        let eval = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(ours.stdout.utf8)) as? [String: Any], ours.stderr)
+        XCTAssertEqual(torch["correct"] as? Int, eval["correct"] as? Int)
+        XCTAssertEqual(try XCTUnwrap(torch["loss"] as? Double), try XCTUnwrap(eval["loss"] as? Double), accuracy: 1e-5)
+    }
 }

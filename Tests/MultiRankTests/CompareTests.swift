@@ -1,0 +1,75 @@
+import Foundation
+import XCTest
+
+/// `ddptrain compare`: every variant trained, the report written, the charts right.
+final class CompareTests: XCTestCase {
+    var scratch: URL!
+
+    override func setUpWithError() throws {
+        scratch = FileManager.default.temporaryDirectory.appendingPathComponent("ddptrain-compare-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: scratch)
+    }
+
+    /// 2 values of bn x 2 of lr on a slice of Fashion-MNIST: 2 epochs of 4 steps each.
+    func testShortCompareWritesReportAndCharts() throws {
+        let run = scratch.appendingPathComponent("cmp").path
+        let args = ["compare", "--model", "mlp", "--train-samples", "256", "--per-rank-batch", "32", "--epochs", "2",
+                    "--vary", "bn=sync,local", "--vary", "lr=0.1,0.05", "--run-dir", run, "--title", "test compare"]
+        let r = try MPIRun.run(ranks: 2, args, timeout: 120)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        for file in ["report.md", "report.html", "loss.svg", "accuracy.svg"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: "\(run)/\(file)"), "\(file) missing")
+        }
+        let names = ["bn=sync lr=0.1", "bn=sync lr=0.05", "bn=local lr=0.1", "bn=local lr=0.05"]
+        // The table is printed at the end and is in the markdown, one row per variant.
+        let markdown = try String(contentsOfFile: "\(run)/report.md", encoding: .utf8)
+        for name in names {
+            XCTAssertTrue(r.stdout.contains(name), r.stdout)
+            XCTAssertEqual(markdown.components(separatedBy: "| \(name) |").count, 2, markdown)
+        }
+        // One series per variant; 8 steps of loss and 2 epochs of accuracy each.
+        let loss = try String(contentsOfFile: "\(run)/loss.svg", encoding: .utf8)
+        let accuracy = try String(contentsOfFile: "\(run)/accuracy.svg", encoding: .utf8)
+        for (svg, points) in [(loss, 8), (accuracy, 2)] {
+            XCTAssertEqual(svg.components(separatedBy: "<polyline class=\"series\"").count - 1, 4)
+            for name in names {
+                XCTAssertTrue(svg.contains("data-variant=\"\(name)\" data-points=\"\(points)\""), "\(name) in \(svg.prefix(300))")
+            }
+            XCTAssertTrue(svg.hasPrefix("<svg") && svg.contains("</svg>"))
+        }
+        let html = try String(contentsOfFile: "\(run)/report.html", encoding: .utf8)
+        XCTAssertEqual(html.components(separatedBy: "<svg").count - 1, 2, "both charts inline")
+        XCTAssertFalse(html.contains("http://") && !html.contains("http://www.w3.org/2000/svg"), "no network references")
+        XCTAssertFalse(html.contains("<script src") || html.contains("<link"), "self-contained")
+
+        // A stopped compare resumes: finished variants are kept, not trained again.
+        let again = try MPIRun.run(ranks: 2, args + ["--resume", "auto"], timeout: 120)
+        XCTAssertEqual(again.status, 0, again.stderr)
+        XCTAssertEqual(again.stdout.components(separatedBy: "finished earlier, kept").count - 1, 4, again.stdout)
+
+        try renderInChromium(html: "\(run)/report.html")
+    }
+
+    /// The HTML renders to a non-empty PNG in headless Chromium (Debian's `chromium`).
+    func renderInChromium(html: String) throws {
+        guard let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first(where: FileManager.default.isExecutableFile) else {
+            throw XCTSkip("Chromium is not installed (apt-get install chromium); launch/render-report does this check by hand")
+        }
+        let png = scratch.appendingPathComponent("report.png").path
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: chromium)
+        p.arguments = ["--headless", "--no-sandbox", "--disable-gpu", "--screenshot=\(png)", "--window-size=1200,1400", "file://\(html)"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        let data = try Data(contentsOf: URL(fileURLWithPath: png))
+        XCTAssertEqual(Array(data.prefix(8)), [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A], "not a PNG")
+        XCTAssertGreaterThan(data.count, 20_000, "the screenshot looks empty")
+    }
+}
