@@ -94,7 +94,7 @@ public final class RunLog {
         let c = trainer.config
         let batch = trainer.world.size > 1 ? "global batch \(trainer.globalBatch) (\(trainer.world.size) ranks x ~\(trainer.globalBatch / trainer.world.size))" : "batch \(trainer.globalBatch)"
         say("train: \(c.model) on \(c.dataset), \(batch), bn \(c.bn.rawValue), \(trainer.totalSteps) steps, "
-            + "\(c.optimizer) lr \(c.lr) \(c.schedule), \(trainer.model.parameterCount) parameters")
+            + "\(c.optimizer) lr \(trainer.baseLearningRate) \(c.schedule), \(trainer.model.parameterCount) parameters")
     }
 
     func step(_ record: StepRecord, totalSteps: Int, stepsPerEpoch: Int) {

@@ -17,6 +17,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var initializer = "default"
     public var optimizer = "sgd"
     public var lr = 0.1
+    /// When set, the learning rate is lr x global batch / this (the linear scaling rule).
+    public var lrReferenceBatch: Int?
     public var momentum = 0.9
     public var nesterov = false
     public var weightDecay = 5e-4
@@ -52,7 +54,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case dataset, dataDir = "data-dir", trainSamples = "train-samples", model, epochs, steps
         case perRankBatch = "per-rank-batch", globalBatch = "global-batch", bn, initializer = "init"
-        case optimizer, lr, momentum, nesterov, weightDecay = "weight-decay", schedule
+        case optimizer, lr, lrReferenceBatch = "lr-reference-batch", momentum, nesterov, weightDecay = "weight-decay", schedule
         case warmupSteps = "warmup-steps", clipNorm = "clip-norm", clipValue = "clip-value", dropout
         case labelSmoothing = "label-smoothing", seed, shuffle, runDir = "run-dir", evalEvery = "eval-every"
         case logEvery = "log-every", initFrom = "init-from", checkReplicas = "check-replicas"
@@ -76,6 +78,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         initializer = try c.decodeIfPresent(String.self, forKey: .initializer) ?? d.initializer
         optimizer = try c.decodeIfPresent(String.self, forKey: .optimizer) ?? d.optimizer
         lr = try c.decodeIfPresent(Double.self, forKey: .lr) ?? d.lr
+        lrReferenceBatch = try c.decodeIfPresent(Int.self, forKey: .lrReferenceBatch)
         momentum = try c.decodeIfPresent(Double.self, forKey: .momentum) ?? d.momentum
         nesterov = try c.decodeIfPresent(Bool.self, forKey: .nesterov) ?? d.nesterov
         weightDecay = try c.decodeIfPresent(Double.self, forKey: .weightDecay) ?? d.weightDecay
@@ -148,6 +151,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         if epochs < 1 && steps == nil { try fail("--epochs must be at least 1, got \(epochs)") }
         if let s = steps, s < 1 { try fail("--steps must be at least 1, got \(s)") }
         if !(lr > 0 && lr.isFinite) { try fail("--lr must be a positive number, got \(lr)") }
+        if let b = lrReferenceBatch, b < 1 { try fail("--lr-reference-batch must be at least 1, got \(b)") }
         if !(momentum >= 0 && momentum < 1) { try fail("--momentum must be in [0, 1), got \(momentum)") }
         if !(weightDecay >= 0) { try fail("--weight-decay must be at least 0, got \(weightDecay)") }
         if let c = clipNorm, !(c > 0) { try fail("--clip-norm must be positive, got \(c)") }
@@ -174,6 +178,13 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     /// The global batch for a world of `worldSize` ranks.
     public func resolvedGlobalBatch(worldSize: Int) -> Int {
         globalBatch ?? (perRankBatch ?? 32) * worldSize
+    }
+
+    /// The base learning rate for a world of `worldSize` ranks, scaled by the global batch
+    /// when --lr-reference-batch is given.
+    public func baseLearningRate(worldSize: Int) -> Double {
+        guard let reference = lrReferenceBatch else { return lr }
+        return lr * Double(resolvedGlobalBatch(worldSize: worldSize)) / Double(reference)
     }
 
     public var json: String {

@@ -52,6 +52,8 @@ public final class Trainer {
     /// Said once the run starts (e.g. a hidden layer initialized to a constant).
     var warnings: [String] = []
     public let globalBatch: Int
+    /// --lr, scaled to the global batch when --lr-reference-batch is given.
+    public let baseLearningRate: Double
     public let totalSteps: Int
     let localCapacity: Int
     let evalBatch: Int
@@ -77,6 +79,7 @@ public final class Trainer {
         self.log = try RunLog(rank: world.rank, logEvery: config.logEvery, json: false, metricsPath: nil, quiet: true)
         let globalBatch = config.resolvedGlobalBatch(worldSize: world.size)
         self.globalBatch = globalBatch
+        baseLearningRate = config.baseLearningRate(worldSize: world.size)
 
         // Data and model are validated on every rank before any training collective.
         let data = try TrainingData.load(config: config, world: world, withTest: config.evalEvery > 0)
@@ -289,7 +292,7 @@ public final class Trainer {
             var norm = Double.nan
             var clipped = false
             let skipped = !isFinite(g, count: p) || !stepLoss.isFinite
-            let lr = Double(schedule.learningRate(base: Float(config.lr), step: step))
+            let lr = Double(schedule.learningRate(base: Float(baseLearningRate), step: step))
             if skipped {
                 consecutiveSkips += 1
                 skippedSteps += 1

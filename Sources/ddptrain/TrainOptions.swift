@@ -35,6 +35,8 @@ struct TrainOptions: ParsableArguments {
     var optimizer: String?
     @Option(help: "Base learning rate (default 0.1).")
     var lr: Double?
+    @Option(help: "Scale the learning rate to the global batch: lr x global batch / B (the linear scaling rule).")
+    var lrReferenceBatch: Int?
     @Option(help: "SGD momentum (default 0.9).")
     var momentum: Double?
     @Flag(help: "Nesterov momentum (SGD).")
@@ -97,6 +99,7 @@ struct TrainOptions: ParsableArguments {
         if let v = initializer { c.initializer = v }
         if let v = optimizer { c.optimizer = v }
         if let v = lr { c.lr = v }
+        if let v = lrReferenceBatch { c.lrReferenceBatch = v }
         if let v = momentum { c.momentum = v }
         if nesterov { c.nesterov = true }
         if let v = weightDecay { c.weightDecay = v }
