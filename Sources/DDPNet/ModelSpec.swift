@@ -101,7 +101,7 @@ public struct ModelSpec: Sendable {
                 LayerSpec(.residual, out: 16, stride: 1),
                 LayerSpec(.residual, out: 32, stride: 2),
                 LayerSpec(.residual, out: 64, stride: 2),
-                LayerSpec(.globalavgpool2d),
+                LayerSpec(.globalavgpool2d), LayerSpec(.flatten),
                 LayerSpec(.linear, out: classes),
             ])
         default:

@@ -22,7 +22,7 @@ final class LayerAPITests: XCTestCase {
         XCTAssertEqual(try MaxPool2d(kernel: 2).outputShape(for: Shape(n: 3, c: 4, h: 7, w: 6)), Shape(n: 3, c: 4, h: 3, w: 3))
         XCTAssertEqual(try MaxPool2d(kernel: 3, stride: 2, padding: 1).outputShape(for: Shape(n: 1, c: 1, h: 8, w: 7)), Shape(n: 1, c: 1, h: 4, w: 4))
         XCTAssertEqual(try AvgPool2d(kernel: 2, stride: 1).outputShape(for: Shape(n: 1, c: 2, h: 3, w: 5)), Shape(n: 1, c: 2, h: 2, w: 4))
-        XCTAssertEqual(try GlobalAvgPool2d().outputShape(for: Shape(n: 5, c: 6, h: 3, w: 3)), Shape(n: 5, features: 6))
+        XCTAssertEqual(try GlobalAvgPool2d().outputShape(for: Shape(n: 5, c: 6, h: 3, w: 3)), Shape(n: 5, c: 6, h: 1, w: 1))
         XCTAssertThrowsError(try MaxPool2d(kernel: 2, padding: 2).outputShape(for: Shape(n: 1, c: 1, h: 8, w: 8)))
         XCTAssertThrowsError(try AvgPool2d(kernel: 2).outputShape(for: Shape(n: 1, features: 8)))
     }

@@ -1,7 +1,8 @@
 import DDPKernels
 
-/// [n, c, h, w] -> [n, c], the mean of each channel plane: PyTorch's
-/// AdaptiveAvgPool2d(1) followed by flattening.
+/// [n, c, h, w] -> [n, c, 1, 1], the mean of each channel plane: PyTorch's
+/// AdaptiveAvgPool2d(1). Like it, it is followed by a Flatten in a model, which keeps layer
+/// indices (and so state-dict names) the same as in the PyTorch nn.Sequential.
 public final class GlobalAvgPool2d: Layer {
     public var needsInputGradient = true
     private var output: FloatBuffer!
@@ -13,7 +14,7 @@ public final class GlobalAvgPool2d: Layer {
 
     public func outputShape(for input: Shape) throws -> Shape {
         guard input.rank == 4 else { throw LayerError("GlobalAvgPool2d expects input [n, c, h, w], got \(input.sampleDims)") }
-        return Shape(n: input.n, features: input.c)
+        return Shape(n: input.n, c: input.c, h: 1, w: 1)
     }
 
     public func configure(input: Shape, maxBatch: Int, index: Int) throws {
@@ -24,7 +25,7 @@ public final class GlobalAvgPool2d: Layer {
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
         let planes = x.shape.n * x.shape.c, area = x.shape.spatial
-        let y = output.tensor(Shape(n: x.shape.n, features: x.shape.c))
+        let y = output.tensor(Shape(n: x.shape.n, c: x.shape.c, h: 1, w: 1))
         let scale = 1 / Float(area)
         for i in 0..<planes { y.data[i] = sumFloat(x.data + i * area, count: area) * scale }
         inputShape = x.shape

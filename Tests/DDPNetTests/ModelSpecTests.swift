@@ -1,0 +1,100 @@
+import DDPKernels
+import DDPNet
+import Foundation
+import XCTest
+
+final class ModelSpecTests: XCTestCase {
+    /// Every name and shape of PyTorch's state_dict for the equivalent nn.Sequential of each
+    /// preset (printed by PyTorch 2.x from the layer lists in the README and peers/), so that
+    /// a checkpoint loads with load_state_dict(strict=True).
+    static let pytorchStateDicts: [String: [String: [Int]]] = [
+        "mlp": ["1.weight": [256, 784], "2.weight": [256], "2.bias": [256], "2.running_mean": [256], "2.running_var": [256], "2.num_batches_tracked": [], "5.weight": [128, 256], "6.weight": [128], "6.bias": [128], "6.running_mean": [128], "6.running_var": [128], "6.num_batches_tracked": [], "8.weight": [10, 128], "8.bias": [10]],
+        "fmnist-cnn": ["0.weight": [32, 1, 3, 3], "1.weight": [32], "1.bias": [32], "1.running_mean": [32], "1.running_var": [32], "1.num_batches_tracked": [], "4.weight": [64, 32, 3, 3], "5.weight": [64], "5.bias": [64], "5.running_mean": [64], "5.running_var": [64], "5.num_batches_tracked": [], "9.weight": [128, 3136], "10.weight": [128], "10.bias": [128], "10.running_mean": [128], "10.running_var": [128], "10.num_batches_tracked": [], "13.weight": [10, 128], "13.bias": [10]],
+        "lenet5": ["0.weight": [6, 1, 5, 5], "0.bias": [6], "3.weight": [16, 6, 5, 5], "3.bias": [16], "7.weight": [120, 400], "7.bias": [120], "9.weight": [84, 120], "9.bias": [84], "11.weight": [10, 84], "11.bias": [10]],
+        "resnet8": ["0.weight": [16, 1, 3, 3], "1.weight": [16], "1.bias": [16], "1.running_mean": [16], "1.running_var": [16], "1.num_batches_tracked": [], "3.conv1.weight": [16, 16, 3, 3], "3.bn1.weight": [16], "3.bn1.bias": [16], "3.bn1.running_mean": [16], "3.bn1.running_var": [16], "3.bn1.num_batches_tracked": [], "3.conv2.weight": [16, 16, 3, 3], "3.bn2.weight": [16], "3.bn2.bias": [16], "3.bn2.running_mean": [16], "3.bn2.running_var": [16], "3.bn2.num_batches_tracked": [], "4.conv1.weight": [32, 16, 3, 3], "4.bn1.weight": [32], "4.bn1.bias": [32], "4.bn1.running_mean": [32], "4.bn1.running_var": [32], "4.bn1.num_batches_tracked": [], "4.conv2.weight": [32, 32, 3, 3], "4.bn2.weight": [32], "4.bn2.bias": [32], "4.bn2.running_mean": [32], "4.bn2.running_var": [32], "4.bn2.num_batches_tracked": [], "4.downsample.0.weight": [32, 16, 1, 1], "4.downsample.1.weight": [32], "4.downsample.1.bias": [32], "4.downsample.1.running_mean": [32], "4.downsample.1.running_var": [32], "4.downsample.1.num_batches_tracked": [], "5.conv1.weight": [64, 32, 3, 3], "5.bn1.weight": [64], "5.bn1.bias": [64], "5.bn1.running_mean": [64], "5.bn1.running_var": [64], "5.bn1.num_batches_tracked": [], "5.conv2.weight": [64, 64, 3, 3], "5.bn2.weight": [64], "5.bn2.bias": [64], "5.bn2.running_mean": [64], "5.bn2.running_var": [64], "5.bn2.num_batches_tracked": [], "5.downsample.0.weight": [64, 32, 1, 1], "5.downsample.1.weight": [64], "5.downsample.1.bias": [64], "5.downsample.1.running_mean": [64], "5.downsample.1.running_var": [64], "5.downsample.1.num_batches_tracked": [], "8.weight": [10, 64], "8.bias": [10]],
+    ]
+    static let pytorchParameterCounts = ["mlp": 235_530, "fmnist-cnn": 421_866, "lenet5": 61_706, "resnet8": 77_754]
+
+    func testPresetsMatchPyTorchStateDicts() throws {
+        for name in ModelSpec.presetNames {
+            let model = try ModelSpec.named(name).build(inputShape: Shape(n: 1, c: 1, h: 28, w: 28), maxBatch: 2)
+            var ours: [String: [Int]] = [:]
+            for v in model.parameterViews { ours[v.name] = v.shape }
+            for v in model.bufferViews { ours[v.name] = v.shape }
+            XCTAssertEqual(ours, Self.pytorchStateDicts[name], name)
+            XCTAssertEqual(model.parameterCount, Self.pytorchParameterCounts[name], name)
+            XCTAssertEqual(model.outputShape.perSample, 10)
+        }
+        // resnet8 also takes 32x32 colour input (CIFAR-10).
+        let cifar = try ModelSpec.named("resnet8").build(inputShape: Shape(n: 1, c: 3, h: 32, w: 32), maxBatch: 2)
+        XCTAssertEqual(cifar.outputShape.perSample, 10)
+        XCTAssertEqual(cifar.parameter(named: "0.weight")?.shape, [16, 3, 3, 3])
+    }
+
+    func testModelFileInYAMLAndJSONWithInferredSizesAndPerLayerInit() throws {
+        let yaml = """
+        name: small
+        layers:
+          - {type: conv2d, out: 4, kernel: 3, padding: 1, bias: false, init: he-normal}
+          - batchnorm
+          - relu
+          - maxpool2d: {kernel: 2}
+          - flatten
+          - {type: dropout, p: 0.3}
+          - {type: linear, out: 10, init: "xavier-uniform"}
+        """
+        let spec = try ModelSpec.parse(yaml, source: "small.yaml")
+        XCTAssertEqual(spec.name, "small")
+        XCTAssertEqual(spec.layerInitializers, [0: "he-normal", 6: "xavier-uniform"])
+        let model = try spec.build(inputShape: Shape(n: 1, c: 1, h: 28, w: 28), maxBatch: 4)
+        XCTAssertEqual(model.parameter(named: "6.weight")?.shape, [10, 4 * 14 * 14])
+        XCTAssertEqual((model.layers[5] as? Dropout)?.p, 0.3)
+        let json = #"[{"type": "linear", "out": 5}, {"type": "relu"}, {"type": "linear", "out": 10}]"#
+        let fromJSON = try ModelSpec.parse(json, source: "m.json").build(inputShape: Shape(n: 1, features: 7), maxBatch: 1)
+        XCTAssertEqual(fromJSON.parameter(named: "0.weight")?.shape, [5, 7])
+        XCTAssertEqual(fromJSON.parameterCount, 5 * 7 + 5 + 10 * 5 + 10)
+        XCTAssertTrue(fromJSON.summaryTable(name: "m").contains("total parameters: 100"))
+    }
+
+    func testBadModelFilesNameFileLayerAndProblem() {
+        let cases: [(String, String)] = [
+            ("layers: [{type: convolution, out: 3}]", "m.yaml: layer 0: unknown layer type 'convolution'"),
+            ("layers: [{type: linear}]", "m.yaml: layer 0 (linear): needs 'out' > 0"),
+            ("layers: [flatten, {type: linear, out: 4, colour: red}]", "m.yaml: layer 1 (linear): unknown setting(s) colour"),
+            ("layers: [{type: dropout, p: 1.5}]", "m.yaml: layer 0 (dropout): 'p' must be in [0, 1), got 1.5"),
+            ("layers: []", "m.yaml: the layer list is empty"),
+            ("name: x", "m.yaml: needs a 'layers' list"),
+            ("layers: [{type: linear, out: 4}", "m.yaml: not valid YAML or JSON"),
+        ]
+        for (text, message) in cases {
+            XCTAssertThrowsError(try ModelSpec.parse(text, source: "m.yaml"), text) { error in
+                XCTAssertTrue("\(error)".hasPrefix(message), "\(error)")
+            }
+        }
+        // A layer that does not fit its input says which.
+        XCTAssertThrowsError(try ModelSpec.parse("layers: [{type: conv2d, out: 4, kernel: 3}]", source: "c.yaml")
+            .build(inputShape: Shape(n: 1, features: 10), maxBatch: 1)) { error in
+            XCTAssertTrue("\(error)".contains("layer 0 (conv2d) needs [c, h, w] input, got [10]"), "\(error)")
+        }
+        XCTAssertThrowsError(try ModelSpec.named("no-such-model")) { error in
+            XCTAssertTrue("\(error)".contains("neither a preset (mlp, fmnist-cnn, lenet5, resnet8) nor an existing file"))
+        }
+    }
+
+    /// --bn none keeps every layer index and the other layers' initial weights.
+    func testWithoutBatchNormKeepsIndicesAndInitialWeights() throws {
+        let spec = try ModelSpec.named("fmnist-cnn")
+        let shape = Shape(n: 1, c: 1, h: 28, w: 28)
+        let with = try spec.build(inputShape: shape, maxBatch: 1), without = try spec.withoutBatchNorm.build(inputShape: shape, maxBatch: 1)
+        _ = try with.initialize(.default, seed: 4)
+        _ = try without.initialize(.default, seed: 4)
+        XCTAssertEqual(without.layers.count, with.layers.count)
+        XCTAssertTrue(without.layers[1] is Identity)
+        XCTAssertTrue(without.bufferViews.isEmpty)
+        for v in without.parameterViews {
+            let w = try XCTUnwrap(with.parameter(named: v.name))
+            XCTAssertEqual(Array(UnsafeBufferPointer(start: without.parameters.pointer + v.offset, count: v.count)),
+                           Array(UnsafeBufferPointer(start: with.parameters.pointer + w.offset, count: w.count)), v.name)
+        }
+    }
+}
