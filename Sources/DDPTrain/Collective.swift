@@ -1,7 +1,7 @@
 import DDPComm
 
-/// An error that every rank already knows about and that has been reported once: ranks
-/// leave together with a non-zero exit, no MPI_Abort needed.
+/// An error that every rank knows about, to be reported once (by rank 0): ranks leave
+/// together with a non-zero exit, no MPI_Abort needed.
 public struct CollectiveFailure: Error, CustomStringConvertible {
     public var message: String
     public var description: String { message }
@@ -22,7 +22,7 @@ public func agreeOnSuccess<T>(_ world: Communicator, _ body: () throws -> T) thr
         if let i = byMessage.firstIndex(where: { $0.0 == text }) { byMessage[i].1.append(rank) } else { byMessage.append((text, [rank])) }
     }
     let report = byMessage.map { text, ranks in
-        (ranks.count == 1 ? "rank \(ranks[0])" : "ranks \(ranks.map(String.init).joined(separator: ","))") + ": " + text
+        "error on " + (ranks.count == 1 ? "rank \(ranks[0])" : "ranks \(ranks.map(String.init).joined(separator: ","))") + ": " + text
     }.joined(separator: "\n")
     throw CollectiveFailure(message: report)
 }

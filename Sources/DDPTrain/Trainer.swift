@@ -184,7 +184,7 @@ public final class Trainer {
         optimizer.stepCount = header[2]
         resumedFrom = path
         if step > totalSteps {
-            throw CollectiveFailure(message: "rank 0: \(path) is at step \(step), past this run's \(totalSteps) steps")
+            throw CollectiveFailure(message: "\(path) is at step \(step), past this run's \(totalSteps) steps")
         }
     }
 
@@ -314,6 +314,7 @@ public final class Trainer {
                     clipped = clipGradValue(g, count: p, limit: Float(limit)) || clipped
                 }
                 optimizer.step(parameters: model.parameters.pointer, gradients: g, learningRate: Float(lr))
+                if FaultInjection.hits(FaultInjection.divergence, rank: world.rank, step: step) { model.parameters.pointer[0] += 1e-3 }
                 lastLoss = stepLoss
             }
             times.optimizer = lap(&t)
@@ -329,7 +330,12 @@ public final class Trainer {
 
             var checkpointDue = config.checkpointEvery > 0 && step % config.checkpointEvery == 0
             if config.checkReplicas > 0 && step % config.checkReplicas == 0 {
-                try checkReplicas(model, world: world, step: step, includeBuffers: config.bn == .sync)
+                do {
+                    try checkReplicas(model, world: world, step: step, includeBuffers: config.bn == .sync)
+                } catch let divergence as ReplicaDivergence {
+                    // Every rank saw the same hashes: leave together, reported once.
+                    throw CollectiveFailure(message: "stopping: \(divergence)")
+                }
             }
 
             // Epoch end: evaluation.
@@ -442,6 +448,8 @@ enum FaultInjection {
 
     static let fault = parse("DDPTRAIN_INJECT_FAULT")
     static let nan = parse("DDPTRAIN_INJECT_NAN")
+    /// DDPTRAIN_INJECT_DIVERGENCE="rank:step": that rank nudges a parameter after that step.
+    static let divergence = parse("DDPTRAIN_INJECT_DIVERGENCE")
 
     static func hits(_ target: Target?, rank: Int, step: Int) -> Bool {
         guard let target, target.rank == rank else { return false }

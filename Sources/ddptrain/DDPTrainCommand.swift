@@ -47,7 +47,7 @@ func withWorld(_ body: (Communicator) throws -> Void) throws {
         try body(world)
     } catch let failure as CollectiveFailure {
         // Every rank knows; rank 0 reports once, and all leave together.
-        if world.rank == 0 { FileHandle.standardError.write("ddptrain: error on \(failure.message)\n") }
+        if world.rank == 0 { FileHandle.standardError.write("ddptrain: \(failure.message)\n") }
         throw ExitCode.failure
     } catch let exit as ExitCode {
         if world.size > 1 && exit != .success { world.abort(exitCode: exit.rawValue) }

@@ -149,4 +149,35 @@ final class TrainTests: XCTestCase {
             XCTAssertEqual(try XCTUnwrap(r["loss"] as? Double), try XCTUnwrap(results[0]["loss"] as? Double), accuracy: 1e-6)
         }
     }
+
+    // I1's watchdog: --check-replicas stops the job when a replica drifts.
+    func testCheckReplicasStopsOnDivergence() throws {
+        let (r, _) = try train(ranks: 4, ["--model", "mlp", "--steps", "12", "--per-rank-batch", "8", "--check-replicas", "4"],
+                               run: "diverge", environment: ["DDPTRAIN_INJECT_DIVERGENCE": "2:5"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("stopping: replicas diverged at step 8: parameter hashes differ"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("ranks 2: "), r.stderr)
+        XCTAssertEqual(r.stderr.components(separatedBy: "replicas diverged").count, 2, "reported once: \(r.stderr)")
+    }
+
+    /// CIFAR-10's binary format end to end: a few records per file, resnet8 on 3x32x32.
+    func testTrainsOnCIFAR10BinaryFiles() throws {
+        let dir = scratch.appendingPathComponent("cifar-10-batches-bin")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        for (i, name) in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"].enumerated() {
+            var data = Data()
+            for record in 0..<12 {
+                data.append(UInt8((record + i) % 10))
+                data.append(contentsOf: (0..<3072).map { UInt8(truncatingIfNeeded: $0 &* (record + 3) &+ i) })
+            }
+            try data.write(to: dir.appendingPathComponent("\(name).bin"))
+        }
+        let (r, json) = try train(ranks: 2, ["--dataset", "cifar10", "--data-dir", scratch.path, "--train-samples", "60", "--model", "resnet8", "--steps", "3",
+                                             "--per-rank-batch", "4", "--eval-every", "1"], run: "cifar")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(json["steps"] as? Int, 3)
+        XCTAssertNotNil(json["testAccuracy"] as? Double)
+        let config = try String(contentsOf: scratch.appendingPathComponent("cifar/config.json"), encoding: .utf8)
+        XCTAssertTrue(config.contains("\"dataset\":\"cifar10\""), config)
+    }
 }
