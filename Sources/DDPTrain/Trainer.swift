@@ -190,7 +190,7 @@ public final class Trainer {
     func saveCheckpoint() throws {
         guard let checkpoints else { return }
         try averageLocalStatistics()
-        try agreeOnSuccess(world) {
+        try agreeOnSuccess(world, exitCode: ExitStatus.checkpointWriteFailed) {
             guard world.rank == 0 else { return }
             let metadata = CheckpointStore.metadata(
                 config: config, position: TrainingPosition(step: step, optimizerSteps: optimizer.stepCount),
@@ -295,7 +295,8 @@ public final class Trainer {
                 skippedSteps += 1
                 log.warn("step \(step): non-finite gradient or loss; step skipped (\(consecutiveSkips) in a row)")
                 if consecutiveSkips >= config.maxSkippedSteps {
-                    throw TrainingError("stopping at step \(step): \(consecutiveSkips) consecutive steps had non-finite gradients (--max-skipped-steps \(config.maxSkippedSteps))")
+                    throw TrainingError("stopping at step \(step): \(consecutiveSkips) consecutive steps had non-finite gradients (--max-skipped-steps \(config.maxSkippedSteps))",
+                                        exitCode: ExitStatus.diverged)
                 }
             } else {
                 consecutiveSkips = 0
@@ -418,7 +419,12 @@ public struct Evaluation: Codable, Sendable {
 
 public struct TrainingError: Error, CustomStringConvertible {
     public var message: String
-    public init(_ message: String) { self.message = message }
+    /// The process's exit status when this ends the run (ExitStatus).
+    public var exitCode: Int32
+    public init(_ message: String, exitCode: Int32 = ExitStatus.runtimeFailure) {
+        self.message = message
+        self.exitCode = exitCode
+    }
     public var description: String { message }
 }
 
