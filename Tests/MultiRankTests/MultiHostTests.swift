@@ -50,9 +50,10 @@ final class MultiHostTests: XCTestCase {
     func ns(_ i: Int) -> String { "\(prefix)-h\(i)" }
 
     /// launch/train started inside the first host, with the hosts' mpirun options.
-    func launchAcrossHosts(_ trainArgs: [String], maxRestarts: Int = 0) throws -> Background {
+    func launchAcrossHosts(_ trainArgs: [String], maxRestarts: Int = 0, startTimeout: Int = 60) throws -> Background {
         try Background("/usr/bin/env", ["ip", "netns", "exec", ns(0), launcher, "-n", String(hosts), "--max-restarts", String(maxRestarts),
-                                        "--restart-delay", "0"] + mpirunArgs + ["--"] + trainArgs, environment: environment)
+                                        "--restart-delay", "0", "--start-timeout", String(startTimeout)] + mpirunArgs + ["--"] + trainArgs,
+                       environment: environment)
     }
 
     func testTrainingAcrossHostsMatchesOneHost() throws {
@@ -80,10 +81,12 @@ final class MultiHostTests: XCTestCase {
 
     /// A host whose link goes down mid-run (a cable pulled: packets silently dropped) ends
     /// the job in bounded time, through the TCP keepalive launch/mpirun sets on Open MPI's
-    /// control connections, and the launcher names the lost host.
+    /// control connections, and the launcher names the lost host. Its restart cannot start
+    /// a daemon on the lost host: --start-timeout ends that attempt too.
     func testLostHostEndsTheJobInBoundedTime() throws {
         let job = try launchAcrossHosts(["--model", "mlp", "--train-samples", "480", "--eval-every", "0", "--global-batch", "48",
-                                         "--steps", "20000", "--log-every", "100", "--checkpoint-every", "10", "--run-dir", runDir("lost")])
+                                         "--steps", "20000", "--log-every", "100", "--checkpoint-every", "10", "--run-dir", runDir("lost")],
+                                        maxRestarts: 1, startTimeout: 15)
         XCTAssertTrue(Background.waitUntil(timeout: 60) { Checkpoints.count(runDir: runDir("lost")) > 0 }, "no checkpoint appeared: \(job.err.snapshot())")
         let lost = hosts - 1
         let down = try Self.command("/usr/bin/env", ["ip", "-n", "\(prefix)-sw", "link", "set", "p\(lost)", "down"])
@@ -91,12 +94,14 @@ final class MultiHostTests: XCTestCase {
         let cut = Date()
         let ended = Background.waitUntil(timeout: 90) { job.err.snapshot().contains("launch/train: attempt 1 failed") }
         let seconds = Date().timeIntervalSince(cut)
-        let r = job.wait(timeout: 30)
+        let r = job.wait(timeout: 60)
         XCTAssertTrue(ended, "the job did not end within 90 s of the link going down: \(r.stderr)")
         XCTAssertLessThan(seconds, 45, "the job took \(seconds) s to end")
+        XCTAssertFalse(r.timedOut, "the restart hung: \(r.stderr)")
         XCTAssertNotEqual(r.status, 0)
         XCTAssertTrue(r.stderr.contains("Open MPI lost a host:") && r.stderr.contains("on node 10.77.0.\(10 + lost)"), r.stderr)
-        XCTAssertTrue(r.stderr.contains("giving up after 0 restart(s)"), r.stderr)
-        print("link of host \(lost) down: job ended in \(String(format: "%.1f", seconds)) s")
+        XCTAssertTrue(r.stderr.contains("launch/train: attempt 2 has not started training after 15 s (--start-timeout)"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("giving up after 1 restart(s)"), r.stderr)
+        print("link of host \(lost) down: job ended in \(String(format: "%.1f", seconds)) s; launcher done after \(String(format: "%.1f", r.seconds)) s in all")
     }
 }
