@@ -244,8 +244,11 @@ public final class Trainer {
         let stepsPerEpoch = sampler.stepsPerEpoch
         let p = model.parameterCount
         let g = model.gradients.pointer
+        let watchdog = config.collectiveTimeout > 0 ? StepWatchdog(seconds: config.collectiveTimeout, rank: world.rank) : nil
+        defer { watchdog?.stop() }
 
         while step < totalSteps {
+            watchdog?.begin(step: step)
             let epoch = step / stepsPerEpoch
             let batchInEpoch = step % stepsPerEpoch
             var times = StepTimes()

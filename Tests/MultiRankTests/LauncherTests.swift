@@ -67,10 +67,35 @@ final class LauncherTests: XCTestCase {
         print("kill -9 of rank \(victimRank): job ended in \(String(format: "%.1f", secondsToEnd)) s; restarted run total \(String(format: "%.1f", r.seconds)) s")
     }
 
+    /// --collective-timeout: a rank that stops making progress (SIGSTOP: alive, silent, its
+    /// connections open, which no transport notices) ends the job once a step has taken
+    /// longer than the timeout, with a restartable status that says so.
+    func testStuckRankEndsTheJobAfterTheCollectiveTimeout() throws {
+        let job = try Background(launcher, ["-n", "2", "--max-restarts", "0", "--"] + common
+                                    + ["--steps", "100000", "--collective-timeout", "3", "--run-dir", runDir("stuck")], environment: environment)
+        XCTAssertTrue(Background.waitUntil(timeout: 60) { Checkpoints.count(runDir: runDir("stuck")) > 0 }, "no checkpoint appeared")
+        let mpirun = try XCTUnwrap(Processes.children(of: job.pid, named: "mpirun").first, "no mpirun under the launcher")
+        let victim = try XCTUnwrap(Processes.children(of: mpirun, named: "ddptrain").randomElement())
+        XCTAssertEqual(kill(victim, SIGSTOP), 0)
+        let stopped = Date()
+        let ended = Background.waitUntil(timeout: 60) { job.err.snapshot().contains("launch/train: attempt 1 failed") }
+        let seconds = Date().timeIntervalSince(stopped)
+        let r = job.wait(timeout: 30)
+        kill(victim, SIGKILL)  // in case it outlived the job
+        XCTAssertTrue(ended, "the job did not end: \(r.stderr)")
+        XCTAssertLessThan(seconds, 20, "the job took \(seconds) s to end with a 3 s timeout")
+        XCTAssertEqual(r.status, 75, r.stderr)
+        XCTAssertTrue(r.stderr.contains("more than --collective-timeout 3 s: a rank or host is probably lost or stuck; ending the job"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("launch/train: attempt 1 failed") && r.stderr.contains("exit status 75"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("giving up after 0 restart(s)"), r.stderr)
+        print("SIGSTOP of a rank with --collective-timeout 3: job ended in \(String(format: "%.1f", seconds)) s")
+    }
+
     func testInputErrorsAreNotRestarted() throws {
         for (args, status, mention) in [
             (["--data-dir", scratch.appendingPathComponent("nowhere").path], Int32(65), "not found"),
             (["--lr=-1"], Int32(64), "--lr must be a positive number"),
+            (["--collective-timeout=-1"], Int32(64), "--collective-timeout must be 0 (off) or a number of seconds"),
         ] {
             let job = try Background(launcher, ["-n", "2", "--max-restarts", "3", "--restart-delay", "0", "--", "--model", "mlp",
                                                 "--steps", "4", "--run-dir", runDir("bad")] + args, environment: environment)
