@@ -1,9 +1,11 @@
 import DDPComm
 
 /// An error that every rank knows about, to be reported once (by rank 0): ranks leave
-/// together with a non-zero exit, no MPI_Abort needed.
+/// together with a non-zero exit, no MPI_Abort needed. Such errors are found the same way
+/// on every rank, so by default they would repeat (ExitStatus.inputError).
 public struct CollectiveFailure: Error, CustomStringConvertible {
     public var message: String
+    public var exitCode: Int32 = ExitStatus.inputError
     public var description: String { message }
 }
 
@@ -11,7 +13,8 @@ public struct CollectiveFailure: Error, CustomStringConvertible {
 /// prints each distinct error once with the ranks it happened on, and every rank throws
 /// `CollectiveFailure`. Used before training starts (I5: validate before the first
 /// collective of the step loop, so a bad file never leaves ranks waiting for each other).
-public func agreeOnSuccess<T>(_ world: Communicator, _ body: () throws -> T) throws -> T {
+/// `exitCode` is the status the process ends with when it fails (ExitStatus).
+public func agreeOnSuccess<T>(_ world: Communicator, exitCode: Int32 = ExitStatus.inputError, _ body: () throws -> T) throws -> T {
     var result: T?
     var message = ""
     do { result = try body() } catch { message = "\(error)" }
@@ -24,5 +27,5 @@ public func agreeOnSuccess<T>(_ world: Communicator, _ body: () throws -> T) thr
     let report = byMessage.map { text, ranks in
         "error on " + (ranks.count == 1 ? "rank \(ranks[0])" : "ranks \(ranks.map(String.init).joined(separator: ","))") + ": " + text
     }.joined(separator: "\n")
-    throw CollectiveFailure(message: report)
+    throw CollectiveFailure(message: report, exitCode: exitCode)
 }

@@ -193,7 +193,7 @@ public final class Trainer {
     func saveCheckpoint() throws {
         guard let checkpoints else { return }
         try averageLocalStatistics()
-        try agreeOnSuccess(world) {
+        try agreeOnSuccess(world, exitCode: ExitStatus.checkpointWriteFailed) {
             guard world.rank == 0 else { return }
             let metadata = CheckpointStore.metadata(
                 config: config, position: TrainingPosition(step: step, optimizerSteps: optimizer.stepCount),
@@ -247,8 +247,11 @@ public final class Trainer {
         let stepsPerEpoch = sampler.stepsPerEpoch
         let p = model.parameterCount
         let g = model.gradients.pointer
+        let watchdog = config.collectiveTimeout > 0 ? StepWatchdog(seconds: config.collectiveTimeout, rank: world.rank) : nil
+        defer { watchdog?.stop() }
 
         while step < totalSteps {
+            watchdog?.begin(step: step)
             let epoch = step / stepsPerEpoch
             let batchInEpoch = step % stepsPerEpoch
             var times = StepTimes()
@@ -298,7 +301,8 @@ public final class Trainer {
                 skippedSteps += 1
                 log.warn("step \(step): non-finite gradient or loss; step skipped (\(consecutiveSkips) in a row)")
                 if consecutiveSkips >= config.maxSkippedSteps {
-                    throw TrainingError("stopping at step \(step): \(consecutiveSkips) consecutive steps had non-finite gradients (--max-skipped-steps \(config.maxSkippedSteps))")
+                    throw TrainingError("stopping at step \(step): \(consecutiveSkips) consecutive steps had non-finite gradients (--max-skipped-steps \(config.maxSkippedSteps))",
+                                        exitCode: ExitStatus.diverged)
                 }
             } else {
                 consecutiveSkips = 0
@@ -334,7 +338,8 @@ public final class Trainer {
                     try checkReplicas(model, world: world, step: step, includeBuffers: config.bn == .sync)
                 } catch let divergence as ReplicaDivergence {
                     // Every rank saw the same hashes: leave together, reported once.
-                    throw CollectiveFailure(message: "stopping: \(divergence)")
+                    // A restart from the last checkpoint may cure it (a bit flip), so it is a runtime failure.
+                    throw CollectiveFailure(message: "stopping: \(divergence)", exitCode: ExitStatus.runtimeFailure)
                 }
             }
 
@@ -427,7 +432,12 @@ public struct Evaluation: Codable, Sendable {
 
 public struct TrainingError: Error, CustomStringConvertible {
     public var message: String
-    public init(_ message: String) { self.message = message }
+    /// The process's exit status when this ends the run (ExitStatus).
+    public var exitCode: Int32
+    public init(_ message: String, exitCode: Int32 = ExitStatus.runtimeFailure) {
+        self.message = message
+        self.exitCode = exitCode
+    }
     public var description: String { message }
 }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import DDPComm
+import DDPData
 import DDPTrain
 import Foundation
 
@@ -35,27 +36,56 @@ let launchRank: Int = {
 
 /// Runs `body` with the world communicator. An error on any rank is printed with the rank
 /// and ends the whole job (MPI_Abort), so ranks waiting in a collective do not hang (I5).
+/// The exit status says whether running again could help (ExitStatus, docs/FAILURES.md).
 func withWorld(_ body: (Communicator) throws -> Void) throws {
     let world: Communicator
     do {
         world = try Communicator.world()
     } catch {
         FileHandle.standardError.write("ddptrain: \(error)\n")
-        throw ExitCode(3)
+        throw ExitCode(ExitStatus.mpiStartFailure)
     }
     do {
         try body(world)
     } catch let failure as CollectiveFailure {
         // Every rank knows; rank 0 reports once, and all leave together.
         if world.rank == 0 { FileHandle.standardError.write("ddptrain: \(failure.message)\n") }
-        throw ExitCode.failure
+        throw ExitCode(failure.exitCode)
     } catch let exit as ExitCode {
         if world.size > 1 && exit != .success { world.abort(exitCode: exit.rawValue) }
         throw exit
     } catch {
         FileHandle.standardError.write("ddptrain: error on rank \(world.rank) of \(world.size): \(error)\n")
-        if world.size > 1 { world.abort(exitCode: 1) }
-        throw ExitCode.failure
+        let code = exitStatus(for: error)
+        if world.size > 1 { world.abort(exitCode: code) }
+        throw ExitCode(code)
+    }
+}
+
+/// Errors in the input or configuration would repeat on a restart; anything else (an MPI
+/// error, a failed rank) might not.
+func exitStatus(for error: Error) -> Int32 {
+    switch error {
+    case let error as TrainingError: return error.exitCode
+    case let error as CollectiveFailure: return error.exitCode
+    case is ConfigError, is DataError, is CheckpointError: return ExitStatus.inputError
+    default: return ExitStatus.runtimeFailure
+    }
+}
+
+/// Runs the set-up part of a command (reading data, model, checkpoint; preparing the run
+/// dir): a failure there is an input error that a restart would repeat, unless MPI itself failed.
+func inputPhase<T>(_ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let error as MPIError {
+        throw error
+    } catch let error as CollectiveFailure {
+        throw error
+    } catch let error as TrainingError where error.exitCode != ExitStatus.runtimeFailure {
+        throw error
+    } catch {
+        throw TrainingError("\(error)", exitCode: ExitStatus.inputError)
     }
 }
 

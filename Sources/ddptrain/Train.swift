@@ -14,10 +14,14 @@ struct Train: ParsableCommand {
     func run() throws {
         let config = try options.resolve()
         try withWorld { world in
-            // Data, model and options are checked on every rank before anything is written.
-            let trainer = try Trainer(config: config, world: world)
-            let run = try RunDirectory.prepare(config: config, world: world, freshMetrics: trainer.resumedFrom == nil)
-            let log = try RunLog(rank: world.rank, logEvery: config.logEvery, json: json, metricsPath: run.metricsPath)
+            // Data, model and options are checked on every rank before anything is written;
+            // a failure there is an input error (exit 65) that a restart would repeat.
+            let (trainer, run, log) = try inputPhase {
+                let trainer = try Trainer(config: config, world: world)
+                let run = try RunDirectory.prepare(config: config, world: world, freshMetrics: trainer.resumedFrom == nil)
+                let log = try RunLog(rank: world.rank, logEvery: config.logEvery, json: json, metricsPath: run.metricsPath)
+                return (trainer, run, log)
+            }
             _ = try trainer.run(log: log, checkpointDirectory: run.checkpointsPath)
         }
     }

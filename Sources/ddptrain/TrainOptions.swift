@@ -82,6 +82,8 @@ struct TrainOptions: ParsableArguments {
     var resume: String?
     @Flag(help: "Allow resuming with another global batch than the checkpoint's.")
     var allowBatchChange = false
+    @Option(help: "End the job when one training step takes longer than this many seconds: a rank or host is lost or stuck (default 0: no limit). Allow for evaluation and checkpoints.")
+    var collectiveTimeout: Double?
 
     /// Defaults, then the config file, then the flags given.
     func resolve() throws -> TrainConfig {
@@ -122,6 +124,7 @@ struct TrainOptions: ParsableArguments {
         if let v = keep { c.keep = v }
         if let v = resume { c.resume = v }
         if allowBatchChange { c.allowBatchChange = true }
+        if let v = collectiveTimeout { c.collectiveTimeout = v }
         try c.validate()
         return c
     }

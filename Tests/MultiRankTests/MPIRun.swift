@@ -29,11 +29,7 @@ struct MPIRun {
                        "-x", "DDPTRAIN_PROGRESS"]
         for key in environment.keys.sorted() { mpiArgs += ["-x", key] }
         process.arguments = mpiArgs + [binary] + args
-        // The in-process MPI tests initialize MPI in this test process, which leaves Open MPI
-        // and PMIx variables behind; a child mpirun that inherits them fails at once.
-        var env = ProcessInfo.processInfo.environment.filter { key, _ in
-            !(key.hasPrefix("OMPI_") || key.hasPrefix("PMIX_") || key.hasPrefix("OPAL_") || key.hasPrefix("ORTE_") || key.hasPrefix("PMI_"))
-        }
+        var env = childEnvironment()
         env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
         env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
         env["OPENBLAS_NUM_THREADS"] = "1"
@@ -64,6 +60,17 @@ struct MPIRun {
     }
 }
 
+extension MPIRun {
+    /// This process's environment for a child that runs mpirun. The in-process MPI tests
+    /// initialize MPI in this test process, which leaves Open MPI and PMIx variables behind;
+    /// a child mpirun that inherits them fails at once.
+    static func childEnvironment() -> [String: String] {
+        ProcessInfo.processInfo.environment.filter { key, _ in
+            !(key.hasPrefix("OMPI_") || key.hasPrefix("PMIX_") || key.hasPrefix("OPAL_") || key.hasPrefix("ORTE_") || key.hasPrefix("PMI_"))
+        }
+    }
+}
+
 /// Reads a pipe on a background thread so a chatty child never blocks on a full pipe.
 final class DataCollector: @unchecked Sendable {
     private var data = Data()
@@ -79,6 +86,12 @@ final class DataCollector: @unchecked Sendable {
             }
             done.signal()
         }
+    }
+
+    /// What has arrived so far.
+    func snapshot() -> String {
+        lock.lock(); defer { lock.unlock() }
+        return String(decoding: data, as: UTF8.self)
     }
 
     func finish() -> String {

@@ -1,0 +1,124 @@
+import Foundation
+import XCTest
+
+/// launch/train: a killed rank ends the job quickly with a message naming it, the launcher
+/// restarts with --resume auto and ends bitwise where an uninterrupted run ends (I4, I5);
+/// failures that would repeat are not retried; the restart budget is respected.
+final class LauncherTests: XCTestCase {
+    var scratch: URL!
+    let launcher = MPIRun.repoRoot.appendingPathComponent("launch/train").path
+    let environment = ["DDPTRAIN_BIN": MPIRun.binary, "OPENBLAS_NUM_THREADS": "1", "DDPTRAIN_PROGRESS": "lines"]
+
+    override func setUpWithError() throws {
+        scratch = FileManager.default.temporaryDirectory.appendingPathComponent("ddptrain-launch-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+        guard FileManager.default.isExecutableFile(atPath: MPIRun.binary) else {
+            throw XCTSkip("no release binary at \(MPIRun.binary): run launch/test (or swift build -c release)")
+        }
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: scratch)
+    }
+
+    func runDir(_ name: String) -> String { scratch.appendingPathComponent(name).path }
+
+    /// 512 samples, 2 ranks x 16: 16 steps per epoch; a run of a few seconds.
+    let common = ["--model", "mlp", "--train-samples", "512", "--eval-every", "0", "--per-rank-batch", "16",
+                  "--log-every", "100", "--steps", "600", "--checkpoint-every", "25"]
+
+    func testKilledRankIsNamedAndTheRestartEndsBitwiseLikeAnUninterruptedRun() throws {
+        let reference = try MPIRun.run(ranks: 2, ["train"] + common + ["--run-dir", runDir("straight")], timeout: 180)
+        XCTAssertEqual(reference.status, 0, reference.stderr)
+
+        let job = try Background(launcher, ["-n", "2", "--max-restarts", "2", "--restart-delay", "0", "--"] + common
+                                    + ["--run-dir", runDir("killed")], environment: environment)
+        // Once a checkpoint exists, kill -9 a random rank at a random moment (so a random step).
+        XCTAssertTrue(Background.waitUntil(timeout: 60) { Checkpoints.count(runDir: runDir("killed")) > 0 }, "no checkpoint appeared")
+        Thread.sleep(forTimeInterval: Double.random(in: 0...0.6))
+        let mpirun = try XCTUnwrap(Processes.children(of: job.pid, named: "mpirun").first, "no mpirun under the launcher")
+        let ranks = Processes.children(of: mpirun, named: "ddptrain")
+        XCTAssertEqual(ranks.count, 2, "the ranks under mpirun: \(ranks)")
+        let victim = try XCTUnwrap(ranks.randomElement())
+        let victimRank = try XCTUnwrap(Processes.mpiRank(of: victim))
+        XCTAssertEqual(kill(victim, SIGKILL), 0)
+        let killed = Date()
+        let noticed = Background.waitUntil(timeout: 60) { job.err.snapshot().contains("launch/train: attempt 1 failed") }
+        let secondsToEnd = Date().timeIntervalSince(killed)
+        let r = job.wait(timeout: 180)
+
+        XCTAssertTrue(noticed, "the job did not end after the kill: \(r.stderr)")
+        XCTAssertLessThan(secondsToEnd, 30, "the job took \(secondsToEnd) s to end after kill -9")
+        XCTAssertFalse(r.timedOut, r.stderr)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        // Open MPI names the lost rank, and the launcher's log line carries it.
+        XCTAssertTrue(r.stderr.contains("launch/train: attempt 1 failed after") &&
+                      r.stderr.contains("Open MPI: process rank \(victimRank) on node") &&
+                      r.stderr.contains("exited on signal 9"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("restart 1 of 2") && r.stderr.contains("attempt 2 finished"), r.stderr)
+        XCTAssertTrue(r.stdout.contains("resumed from \(runDir("killed"))/checkpoints/step-"), r.stdout)
+        let log = try String(contentsOfFile: runDir("killed") + "/launch.log", encoding: .utf8)
+        XCTAssertTrue(log.contains("exited on signal 9"), log)
+
+        let straight = try Checkpoints.newest(runDir: runDir("straight")), resumed = try Checkpoints.newest(runDir: runDir("killed"))
+        XCTAssertTrue(straight.hasSuffix("step-00000600.safetensors") && resumed.hasSuffix("step-00000600.safetensors"))
+        XCTAssertEqual(try Checkpoints.tensorBytes(resumed), try Checkpoints.tensorBytes(straight),
+                       "the restarted run's final tensors differ from the uninterrupted run's")
+        print("kill -9 of rank \(victimRank): job ended in \(String(format: "%.1f", secondsToEnd)) s; restarted run total \(String(format: "%.1f", r.seconds)) s")
+    }
+
+    /// --collective-timeout: a rank that stops making progress (SIGSTOP: alive, silent, its
+    /// connections open, which no transport notices) ends the job once a step has taken
+    /// longer than the timeout, with a restartable status that says so.
+    func testStuckRankEndsTheJobAfterTheCollectiveTimeout() throws {
+        let job = try Background(launcher, ["-n", "2", "--max-restarts", "0", "--"] + common
+                                    + ["--steps", "100000", "--collective-timeout", "3", "--run-dir", runDir("stuck")], environment: environment)
+        XCTAssertTrue(Background.waitUntil(timeout: 60) { Checkpoints.count(runDir: runDir("stuck")) > 0 }, "no checkpoint appeared")
+        let mpirun = try XCTUnwrap(Processes.children(of: job.pid, named: "mpirun").first, "no mpirun under the launcher")
+        let victim = try XCTUnwrap(Processes.children(of: mpirun, named: "ddptrain").randomElement())
+        XCTAssertEqual(kill(victim, SIGSTOP), 0)
+        let stopped = Date()
+        let ended = Background.waitUntil(timeout: 60) { job.err.snapshot().contains("launch/train: attempt 1 failed") }
+        let seconds = Date().timeIntervalSince(stopped)
+        let r = job.wait(timeout: 30)
+        kill(victim, SIGKILL)  // in case it outlived the job
+        XCTAssertTrue(ended, "the job did not end: \(r.stderr)")
+        XCTAssertLessThan(seconds, 20, "the job took \(seconds) s to end with a 3 s timeout")
+        XCTAssertEqual(r.status, 75, r.stderr)
+        XCTAssertTrue(r.stderr.contains("more than --collective-timeout 3 s: a rank or host is probably lost or stuck; ending the job"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("launch/train: attempt 1 failed") && r.stderr.contains("exit status 75"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("giving up after 0 restart(s)"), r.stderr)
+        print("SIGSTOP of a rank with --collective-timeout 3: job ended in \(String(format: "%.1f", seconds)) s")
+    }
+
+    func testInputErrorsAreNotRestarted() throws {
+        for (args, status, mention) in [
+            (["--data-dir", scratch.appendingPathComponent("nowhere").path], Int32(65), "not found"),
+            (["--lr=-1"], Int32(64), "--lr must be a positive number"),
+            (["--collective-timeout=-1"], Int32(64), "--collective-timeout must be 0 (off) or a number of seconds"),
+        ] {
+            let job = try Background(launcher, ["-n", "2", "--max-restarts", "3", "--restart-delay", "0", "--", "--model", "mlp",
+                                                "--steps", "4", "--run-dir", runDir("bad")] + args, environment: environment)
+            let r = job.wait(timeout: 60)
+            XCTAssertEqual(r.status, status, r.stderr)
+            XCTAssertTrue(r.stderr.contains(mention), r.stderr)
+            XCTAssertTrue(r.stderr.contains("launch/train: not restarting: exit status \(status) is a failure that would repeat"), r.stderr)
+            XCTAssertEqual(r.stderr.components(separatedBy: "launch/train: attempt ").count - 1, 2, "one attempt, started and failed: \(r.stderr)")
+        }
+    }
+
+    func testRestartBudgetIsRespected() throws {
+        // The fault hits step 5 again after every resume from the checkpoint at step 4.
+        let job = try Background(launcher, ["-n", "2", "--max-restarts", "2", "--restart-delay", "0", "-x", "DDPTRAIN_INJECT_FAULT", "--",
+                                            "--model", "mlp", "--train-samples", "512", "--eval-every", "0", "--steps", "10",
+                                            "--per-rank-batch", "16", "--checkpoint-every", "4", "--run-dir", runDir("budget")],
+                                 environment: environment.merging(["DDPTRAIN_INJECT_FAULT": "1:5"]) { $1 })
+        let r = job.wait(timeout: 120)
+        XCTAssertEqual(r.status, 1, r.stderr)
+        for attempt in 1...3 { XCTAssertTrue(r.stderr.contains("launch/train: attempt \(attempt) failed"), r.stderr) }
+        XCTAssertTrue(r.stderr.contains("error on rank 1 of 2: injected fault at step 5"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("rank 1 called MPI_Abort"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("launch/train: giving up after 2 restart(s)"), r.stderr)
+        XCTAssertFalse(r.stderr.contains("attempt 4"), r.stderr)
+    }
+}

@@ -1,0 +1,107 @@
+import Foundation
+import XCTest
+
+/// Several "hosts" on one machine: cluster/netns/up builds network namespaces behind a
+/// bridge (10.77.0.0/24, only inside them), Open MPI starts a daemon in each through an rsh
+/// agent that runs `ip netns exec`, and the ranks talk over TCP. Needs root; skipped otherwise.
+final class MultiHostTests: XCTestCase {
+    let hosts = 3
+    var prefix = ""
+    var dir = ""
+    var scratch: URL!
+    var mpirunArgs: [String] = []
+    let launcher = MPIRun.repoRoot.appendingPathComponent("launch/train").path
+    let environment = ["DDPTRAIN_BIN": MPIRun.binary, "OPENBLAS_NUM_THREADS": "1", "DDPTRAIN_PROGRESS": "lines"]
+
+    static func command(_ path: String, _ args: [String], timeout: Double = 30) throws -> MPIRun.Result {
+        try Background(path, args).wait(timeout: timeout)
+    }
+
+    override func setUpWithError() throws {
+        guard getuid() == 0 else { throw XCTSkip("multi-host tests build network namespaces (ip netns add): they need root") }
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") || FileManager.default.isExecutableFile(atPath: "/sbin/ip") else {
+            throw XCTSkip("multi-host tests need the 'ip' command (apt-get install iproute2)")
+        }
+        guard FileManager.default.isExecutableFile(atPath: MPIRun.binary) else {
+            throw XCTSkip("no release binary at \(MPIRun.binary): run launch/test (or swift build -c release)")
+        }
+        prefix = "dt\(getpid() % 100_000)"
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("ddptrain-netns-\(prefix)").path
+        scratch = FileManager.default.temporaryDirectory.appendingPathComponent("ddptrain-hosts-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+        let up = try Self.command(script("up"), ["--prefix", prefix, "--dir", dir, String(hosts)])
+        guard up.status == 0 else {
+            _ = try? Self.command(script("down"), ["--prefix", prefix, "--dir", dir])
+            throw XCTSkip("cannot build network namespaces here (ip netns add / veth / bridge): \(up.stderr)")
+        }
+        mpirunArgs = try String(contentsOfFile: dir + "/mpirun.args", encoding: .utf8).split(separator: "\n").map(String.init)
+    }
+
+    override func tearDownWithError() throws {
+        if !prefix.isEmpty {
+            let down = try Self.command(script("down"), ["--prefix", prefix, "--dir", dir])
+            XCTAssertEqual(down.status, 0, "cluster/netns/down: \(down.stderr)")
+        }
+        if let scratch { try? FileManager.default.removeItem(at: scratch) }
+    }
+
+    func script(_ name: String) -> String { MPIRun.repoRoot.appendingPathComponent("cluster/netns/\(name)").path }
+    func runDir(_ name: String) -> String { scratch.appendingPathComponent(name).path }
+    func ns(_ i: Int) -> String { "\(prefix)-h\(i)" }
+
+    /// launch/train started inside the first host, with the hosts' mpirun options.
+    func launchAcrossHosts(_ trainArgs: [String], maxRestarts: Int = 0, startTimeout: Int = 60) throws -> Background {
+        try Background("/usr/bin/env", ["ip", "netns", "exec", ns(0), launcher, "-n", String(hosts), "--max-restarts", String(maxRestarts),
+                                        "--restart-delay", "0", "--start-timeout", String(startTimeout)] + mpirunArgs + ["--"] + trainArgs,
+                       environment: environment)
+    }
+
+    func testTrainingAcrossHostsMatchesOneHost() throws {
+        // Each rank really is in its own namespace.
+        let where_ = try Background("/usr/bin/env", ["ip", "netns", "exec", ns(0), "mpirun", "-n", String(hosts)] + mpirunArgs + ["ip", "netns", "identify"],
+                                    environment: ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]).wait(timeout: 30)
+        XCTAssertEqual(where_.status, 0, where_.stderr)
+        XCTAssertEqual(Set(where_.stdout.split(separator: "\n").map(String.init)), Set((0..<hosts).map(ns)), where_.stdout)
+
+        let common = ["--model", "mlp", "--train-samples", "480", "--eval-every", "0", "--global-batch", "48", "--steps", "30",
+                      "--log-every", "10", "--bn", "sync", "--dropout", "0.2"]
+        let one = try MPIRun.run(ranks: hosts, ["train"] + common + ["--run-dir", runDir("one-host")], timeout: 120)
+        XCTAssertEqual(one.status, 0, one.stderr)
+        let r = try launchAcrossHosts(common + ["--run-dir", runDir("hosts")]).wait(timeout: 120)
+        XCTAssertFalse(r.timedOut, r.stderr)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("(\(hosts) ranks x ~16)"), r.stdout)
+        let a = try Checkpoints.newest(runDir: runDir("one-host")), b = try Checkpoints.newest(runDir: runDir("hosts"))
+        XCTAssertTrue(a.hasSuffix("step-00000030.safetensors") && b.hasSuffix("step-00000030.safetensors"), "\(a) \(b)")
+        let difference = try Checkpoints.relativeDifference(a, b)
+        XCTAssertLessThanOrEqual(difference, 1e-5)
+        let bitwise = try Checkpoints.tensorBytes(a) == Checkpoints.tensorBytes(b)
+        print("\(hosts) hosts over TCP vs one host: largest relative difference \(difference), bitwise equal: \(bitwise); \(String(format: "%.1f", r.seconds)) s")
+    }
+
+    /// A host whose link goes down mid-run (a cable pulled: packets silently dropped) ends
+    /// the job in bounded time, through the TCP keepalive launch/mpirun sets on Open MPI's
+    /// control connections, and the launcher names the lost host. Its restart cannot start
+    /// a daemon on the lost host: --start-timeout ends that attempt too.
+    func testLostHostEndsTheJobInBoundedTime() throws {
+        let job = try launchAcrossHosts(["--model", "mlp", "--train-samples", "480", "--eval-every", "0", "--global-batch", "48",
+                                         "--steps", "20000", "--log-every", "100", "--checkpoint-every", "10", "--run-dir", runDir("lost")],
+                                        maxRestarts: 1, startTimeout: 15)
+        XCTAssertTrue(Background.waitUntil(timeout: 60) { Checkpoints.count(runDir: runDir("lost")) > 0 }, "no checkpoint appeared: \(job.err.snapshot())")
+        let lost = hosts - 1
+        let down = try Self.command("/usr/bin/env", ["ip", "-n", "\(prefix)-sw", "link", "set", "p\(lost)", "down"])
+        XCTAssertEqual(down.status, 0, down.stderr)
+        let cut = Date()
+        let ended = Background.waitUntil(timeout: 90) { job.err.snapshot().contains("launch/train: attempt 1 failed") }
+        let seconds = Date().timeIntervalSince(cut)
+        let r = job.wait(timeout: 60)
+        XCTAssertTrue(ended, "the job did not end within 90 s of the link going down: \(r.stderr)")
+        XCTAssertLessThan(seconds, 45, "the job took \(seconds) s to end")
+        XCTAssertFalse(r.timedOut, "the restart hung: \(r.stderr)")
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("Open MPI lost a host:") && r.stderr.contains("on node 10.77.0.\(10 + lost)"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("launch/train: attempt 2 has not started training after 15 s (--start-timeout)"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("giving up after 1 restart(s)"), r.stderr)
+        print("link of host \(lost) down: job ended in \(String(format: "%.1f", seconds)) s; launcher done after \(String(format: "%.1f", r.seconds)) s in all")
+    }
+}
