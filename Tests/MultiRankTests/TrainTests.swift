@@ -180,4 +180,36 @@ final class TrainTests: XCTestCase {
         let config = try String(contentsOf: scratch.appendingPathComponent("cifar/config.json"), encoding: .utf8)
         XCTAssertTrue(config.contains("\"dataset\":\"cifar10\""), config)
     }
+
+    /// Rank 0 alone speaks: plain lines when not on a terminal, a progress bar on one, the
+    /// summary once; metrics.jsonl has every step with every field.
+    func testOutputComesFromRankZeroOnly() throws {
+        let args = ["train", "--model", "mlp", "--train-samples", "512", "--steps", "12", "--per-rank-batch", "8", "--log-every", "4",
+                    "--eval-every", "1"]
+        let plain = try MPIRun.run(ranks: 4, args + ["--run-dir", scratch.appendingPathComponent("plain").path])
+        XCTAssertEqual(plain.status, 0, plain.stderr)
+        XCTAssertEqual(plain.stdout.components(separatedBy: "train: mlp on fashion-mnist").count - 1, 1, plain.stdout)
+        XCTAssertEqual(plain.stdout.components(separatedBy: "\nstep ").count - 1, 3, "steps 4, 8, 12: \(plain.stdout)")
+        XCTAssertEqual(plain.stdout.components(separatedBy: "done: 12 steps").count - 1, 1, plain.stdout)
+        XCTAssertEqual(plain.stdout.components(separatedBy: "test accuracy").count - 1, 2, "one evaluation line and the summary")
+        XCTAssertFalse(plain.stdout.contains("\r"), "no progress bar when not on a terminal")
+        XCTAssertEqual(plain.stderr, "", "other ranks stay quiet")
+
+        let bar = try MPIRun.run(ranks: 2, args + ["--run-dir", scratch.appendingPathComponent("bar").path],
+                                 environment: ["DDPTRAIN_PROGRESS": "bar"])
+        XCTAssertEqual(bar.status, 0, bar.stderr)
+        XCTAssertTrue(bar.stdout.contains("\r[") && bar.stdout.contains("ETA") && bar.stdout.contains("samples/s"), bar.stdout)
+
+        let metrics = try String(contentsOf: scratch.appendingPathComponent("plain/metrics.jsonl"), encoding: .utf8)
+        let lines = metrics.split(separator: "\n")
+        XCTAssertEqual(lines.count, 12)
+        for (i, line) in lines.enumerated() {
+            let record = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            XCTAssertEqual(record["step"] as? Int, i + 1)
+            for key in ["loss", "accuracy", "lr", "grad_norm", "clipped", "skipped", "samples", "data_s", "compute_s", "comm_s", "optimizer_s"] {
+                XCTAssertNotNil(record[key], "\(key) missing in \(line)")
+            }
+            XCTAssertEqual(record["samples"] as? Int, 32)
+        }
+    }
 }
