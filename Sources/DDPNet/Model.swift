@@ -81,7 +81,12 @@ public final class Model {
                 if spec.isCounter { counterOffset += spec.count } else { bufferOffset += spec.count }
             }
         }
-        layers[0].needsInputGradient = false
+        // Nothing uses the input gradient of the layers up to and including the first one
+        // with parameters (e.g. Flatten then Linear), so they do not compute it.
+        for layer in layers {
+            layer.needsInputGradient = false
+            if !layer.parameterSpecs.isEmpty { break }
+        }
         outputShape = shape
         layerOutputShapes = shapes
         parameterViews = params

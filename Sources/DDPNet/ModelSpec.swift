@@ -232,6 +232,11 @@ public struct ModelSpec: Sendable {
         default: break
         }
         if spec.stride == 0 { throw ModelSpecError("\(place) (\(kind.rawValue)): 'stride' must be at least 1") }
+        if let eps = spec.eps, !(eps > 0 && eps.isFinite) { throw ModelSpecError("\(place) (batchnorm): 'eps' must be a positive number, got \(eps)") }
+        if let m = spec.momentum, !(m >= 0 && m <= 1) { throw ModelSpecError("\(place) (batchnorm): 'momentum' must be in [0, 1], got \(m)") }
+        for (key, value, limit) in [("out", spec.out, 65_536), ("kernel", spec.kernel, 64), ("padding", spec.padding, 64), ("stride", spec.stride, 64)] {
+            if let value, value > limit { throw ModelSpecError("\(place) (\(kind.rawValue)): '\(key)' \(value) is larger than \(limit)") }
+        }
         return spec
     }
 
@@ -289,10 +294,14 @@ public struct ModelSpec: Sendable {
         try Model(layers: makeLayers(inputShape: inputShape), inputShape: inputShape, maxBatch: maxBatch)
     }
 
-    /// The same model with every batch-norm layer replaced by an identity (`--bn none`).
-    /// Residual blocks keep theirs: their batch norm is part of the block.
-    public var withoutBatchNorm: ModelSpec {
-        ModelSpec(name: name, layers: layers.map { $0.kind == .batchnorm ? LayerSpec(.identity) : $0 })
+    /// The same model with every batch-norm layer replaced by an identity (`--bn none`),
+    /// keeping every layer index. A residual block's batch norms are part of the block and
+    /// cannot be taken out, so such a model is refused.
+    public func withoutBatchNorm() throws -> ModelSpec {
+        if layers.contains(where: { $0.kind == .residual }) {
+            throw ModelSpecError("--bn none: model \(name) has batch norm inside its residual blocks, which cannot be removed")
+        }
+        return ModelSpec(name: name, layers: layers.map { $0.kind == .batchnorm ? LayerSpec(.identity) : $0 })
     }
 
     /// Per-layer initializer names, by layer index.

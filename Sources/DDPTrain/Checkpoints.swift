@@ -8,8 +8,12 @@ import SafeTensors
 public struct TrainingPosition: Sendable, Equatable {
     /// Steps completed.
     public var step: Int
-    /// Optimizer's own step count (Adam's bias correction).
+    /// Optimizer's own step count (Adam's bias correction): steps not skipped.
     public var optimizerSteps: Int64
+    /// Steps skipped for non-finite gradients, in all and in a row at the end, so that a
+    /// resumed run stops where an uninterrupted one would (--max-skipped-steps).
+    public var skippedSteps: Int
+    public var consecutiveSkips: Int
 }
 
 /// The checkpoints of a run: RUN_DIR/checkpoints/step-<8 digits>.safetensors, written by
@@ -47,6 +51,8 @@ public struct CheckpointStore: Sendable {
             "position_in_epoch": String(position.step % stepsPerEpoch),
             "steps_per_epoch": String(stepsPerEpoch),
             "optimizer_steps": String(position.optimizerSteps),
+            "skipped_steps": String(position.skippedSteps),
+            "consecutive_skipped_steps": String(position.consecutiveSkips),
             "world_size": String(worldSize),
             "global_batch": String(globalBatch),
             "seed": String(config.seed),
@@ -58,10 +64,13 @@ public struct CheckpointStore: Sendable {
         ]
     }
 
-    /// Writes, then removes all but the newest `keep` files.
+    /// Writes, then keeps the newest `keep` files at or before `step`. Files of later steps
+    /// are left alone (a damaged one that resume skipped is overwritten when the run gets
+    /// there), so pruning never deletes the file just written.
     public func save(model: Model, optimizer: Optimizer, metadata: [String: String], step: Int) throws {
         try StateDict.write(model: model, optimizer: optimizer, metadata: metadata, to: path(step: step))
-        for old in files().dropFirst(keep) { unlink(old) }
+        let current = path(step: step)
+        for old in files().filter({ $0 <= current }).dropFirst(keep) { unlink(old) }
     }
 }
 
@@ -70,6 +79,11 @@ public struct CheckpointStore: Sendable {
 public struct CheckpointReader {
     public let file: SafeTensorsFile
     public let step: Int
+    public let epoch: Int
+    public let positionInEpoch: Int
+    public let stepsPerEpoch: Int
+    public let globalBatch: Int
+    public let position: TrainingPosition
     public let config: TrainConfig
 
     public init(path: String) throws {
@@ -84,10 +98,26 @@ public struct CheckpointReader {
         guard file.checksumVerified == true else {
             throw CheckpointError(path, "no data checksum in the header; refusing to trust it")
         }
-        guard let stepText = m["step"], let step = Int(stepText), step >= 0 else {
-            throw CheckpointError(path, "metadata 'step' is missing or not a number")
+        func number(_ key: String, atLeast minimum: Int = 0) throws -> Int {
+            guard let text = m[key], let value = Int(text), value >= minimum else {
+                throw CheckpointError(path, "metadata '\(key)' is missing or not a whole number of at least \(minimum): \(m[key].map { "'\($0)'" } ?? "absent")")
+            }
+            return value
         }
-        self.step = step
+        step = try number("step")
+        epoch = try number("epoch")
+        positionInEpoch = try number("position_in_epoch")
+        stepsPerEpoch = try number("steps_per_epoch", atLeast: 1)
+        globalBatch = try number("global_batch", atLeast: 1)
+        let optimizerSteps = try number("optimizer_steps")
+        let skipped = try number("skipped_steps"), consecutive = try number("consecutive_skipped_steps")
+        // The data section's CRC does not cover the header: cross-check what can be checked.
+        guard step == epoch * stepsPerEpoch + positionInEpoch, positionInEpoch < stepsPerEpoch,
+              optimizerSteps <= step, consecutive <= skipped, skipped <= step else {
+            throw CheckpointError(path, "metadata is inconsistent: step \(step), epoch \(epoch), position \(positionInEpoch) of \(stepsPerEpoch), "
+                                  + "optimizer steps \(optimizerSteps), skipped \(skipped) (\(consecutive) in a row)")
+        }
+        position = TrainingPosition(step: step, optimizerSteps: Int64(optimizerSteps), skippedSteps: skipped, consecutiveSkips: consecutive)
         guard let json = m["config"], let config = try? JSONDecoder().decode(TrainConfig.self, from: Data(json.utf8)) else {
             throw CheckpointError(path, "metadata 'config' is missing or not a valid configuration")
         }
@@ -110,10 +140,22 @@ public struct CheckpointReader {
         if m["model"] != config.model {
             throw CheckpointError(path, "holds model '\(m["model"] ?? "?")', this run uses '\(config.model)'")
         }
-        if !allowBatchChange, let saved = m["global_batch"], saved != String(globalBatch) {
-            throw CheckpointError(path, "was trained with global batch \(saved), this run uses \(globalBatch); pass --allow-batch-change to continue anyway")
+        // Whatever decides the weights' shapes, the optimizer state and the data order.
+        let saved = self.config
+        func same(_ option: String, _ before: String, _ now: String) throws {
+            if before != now {
+                throw CheckpointError(path, "was trained with \(option) \(before), this run uses \(now); use another --run-dir for another configuration")
+            }
+        }
+        func layers(_ mode: TrainConfig.BNMode) -> String { mode == .disabled ? "none" : "batch norm" }
+        func samples(_ n: Int?) -> String { n.map(String.init) ?? "all" }
+        try same("--bn", layers(saved.bn), layers(config.bn))
+        try same("--optimizer", saved.optimizer, config.optimizer)
+        try same("--seed", String(saved.seed), String(config.seed))
+        try same("--no-shuffle", String(!saved.shuffle), String(!config.shuffle))
+        try same("--train-samples", samples(saved.trainSamples), samples(config.trainSamples))
+        if !allowBatchChange, self.globalBatch != globalBatch {
+            throw CheckpointError(path, "was trained with global batch \(self.globalBatch), this run uses \(globalBatch); pass --allow-batch-change to continue anyway")
         }
     }
-
-    public var optimizerSteps: Int64 { Int64(metadata["optimizer_steps"] ?? "") ?? Int64(step) }
 }

@@ -9,16 +9,24 @@ public struct RunDirectory: Sendable {
     public var configPath: String { path + "/config.json" }
     public var checkpointsPath: String { path + "/checkpoints" }
 
-    public static func prepare(config: TrainConfig, world: Communicator, freshMetrics: Bool = true) throws -> RunDirectory {
+    /// `resumedAtStep` nil: a fresh run, which refuses a run dir that holds checkpoints
+    /// already (they belong to another run, and `--resume auto` would later mix them up
+    /// with this one's). Otherwise metrics.jsonl keeps the steps up to the resumed one.
+    public static func prepare(config: TrainConfig, world: Communicator, resumedAtStep: Int?) throws -> RunDirectory {
         let run = RunDirectory(path: config.runDir)
         try agreeOnSuccess(world) {
             guard world.rank == 0 else { return }
-            try run.create(config: config, freshMetrics: freshMetrics)
+            if resumedAtStep == nil, config.resume == nil,
+               let existing = CheckpointStore(directory: run.checkpointsPath, keep: config.keep).files().first {
+                throw CollectiveFailure(message: "run dir \(run.path) already holds checkpoints (\(existing)); continue that run "
+                                        + "with --resume auto, or start this one in another --run-dir")
+            }
+            try run.create(config: config, keepMetricsUpTo: resumedAtStep)
         }
         return run
     }
 
-    func create(config: TrainConfig, freshMetrics: Bool) throws {
+    func create(config: TrainConfig, keepMetricsUpTo resumedStep: Int?) throws {
         let fm = FileManager.default
         var isDirectory: ObjCBool = false
         if fm.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue {
@@ -33,12 +41,17 @@ public struct RunDirectory: Sendable {
             throw TrainingError("run dir \(path) is not writable: \(String(cString: strerror(errno)))")
         }
         try writeAtomically(config.json + "\n", to: configPath)
-        if freshMetrics {
-            guard let f = fopen(metricsPath, "w") else {
-                throw TrainingError("\(metricsPath): cannot create: \(String(cString: strerror(errno)))")
+        // A resumed run repeats the steps after its checkpoint: drop their old lines.
+        var kept = ""
+        if let resumedStep, let old = try? String(contentsOfFile: metricsPath, encoding: .utf8) {
+            for line in old.split(separator: "\n") {
+                guard let data = line.data(using: .utf8),
+                      let record = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                      let step = record["step"] as? Int, step <= resumedStep else { continue }
+                kept += line + "\n"
             }
-            fclose(f)
         }
+        try writeAtomically(kept, to: metricsPath)
     }
 }
 

@@ -158,8 +158,12 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         if let b = lrReferenceBatch, b < 1 { try fail("--lr-reference-batch must be at least 1, got \(b)") }
         if !(momentum >= 0 && momentum < 1) { try fail("--momentum must be in [0, 1), got \(momentum)") }
         if !(weightDecay >= 0) { try fail("--weight-decay must be at least 0, got \(weightDecay)") }
-        if let c = clipNorm, !(c > 0) { try fail("--clip-norm must be positive, got \(c)") }
-        if let c = clipValue, !(c > 0) { try fail("--clip-value must be positive, got \(c)") }
+        if let c = clipNorm, !(c > 0 && c.isFinite) { try fail("--clip-norm must be a positive number, got \(c)") }
+        if let c = clipValue, !(c > 0 && c.isFinite) { try fail("--clip-value must be a positive number, got \(c)") }
+        if !weightDecay.isFinite { try fail("--weight-decay must be a finite number, got \(weightDecay)") }
+        if !collectiveTimeout.isFinite { try fail("--collective-timeout must be a finite number, got \(collectiveTimeout)") }
+        if dataset == "synthetic" && dataDir != nil { try fail("--data-dir does not apply to --dataset synthetic") }
+        if initFrom != nil && initializer != "default" { try fail("--init \(initializer) does not apply with --init-from: the weights come from the file") }
         if let p = dropout, !(p >= 0 && p < 1) { try fail("--dropout must be in [0, 1), got \(p)") }
         if !(labelSmoothing >= 0 && labelSmoothing < 1) { try fail("--label-smoothing must be in [0, 1), got \(labelSmoothing)") }
         if warmupSteps < 0 { try fail("--warmup-steps must be at least 0, got \(warmupSteps)") }
@@ -195,7 +199,10 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var json: String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        return String(decoding: try! encoder.encode(self), as: UTF8.self)
+        // validate() admits only finite numbers; the strategy keeps this total anyway.
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        return (try? encoder.encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+
     }
 }
 

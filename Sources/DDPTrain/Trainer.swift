@@ -85,7 +85,7 @@ public final class Trainer {
         let data = try TrainingData.load(config: config, world: world, withTest: config.evalEvery > 0)
         let spec = try agreeOnSuccess(world) { () throws -> ModelSpec in
             let spec = try ModelSpec.named(config.model)
-            return config.bn == .disabled ? spec.withoutBatchNorm : spec
+            return config.bn == .disabled ? try spec.withoutBatchNorm() : spec
         }
         self.data = data
         self.spec = spec
@@ -134,46 +134,96 @@ public final class Trainer {
         labels = .allocate(capacity: evalBatch)
         sampleIDs = .allocate(capacity: evalBatch)
 
+        try agreeOnSuccess(world) { try checkBatchNormCounts() }
+        if config.optimizer != "sgd" && config.momentum != TrainConfig().momentum {
+            warnings.append("--momentum applies to --optimizer sgd only; \(config.optimizer) uses its betas")
+        }
+        if config.dropout != nil && !model.layers.contains(where: { $0 is Dropout }) {
+            warnings.append("--dropout: model \(config.model) has no dropout layer")
+        }
         try initializeWeights()
         if let resume = config.resume { try resumeFrom(resume) }
     }
 
-    /// Restores parameters, buffers, optimizer state and the step from a checkpoint that
-    /// rank 0 picks and validates; every rank receives the same bits. `auto` takes the
-    /// newest checkpoint in the run dir that validates, skipping damaged ones with a
-    /// warning, or starts fresh when there is none; a named file must be valid.
+    /// Batch norm in training needs more than one value per channel (PyTorch refuses it
+    /// too). A batch that gives it one (the leftover last batch of an epoch, or a rank's
+    /// slice of 1 with local statistics) is found here rather than an epoch into the run.
+    func checkBatchNormCounts() throws {
+        var spatial: [(index: Int, values: Int)] = []
+        for (i, layer) in model.layers.enumerated() {
+            let input = i == 0 ? model.inputShape : model.layerOutputShapes[i - 1]
+            if layer is BatchNorm { spatial.append((i, input.spatial)) }
+            if layer is ResidualBlock { spatial.append((i, model.layerOutputShapes[i].spatial)) }
+        }
+        guard let smallest = spatial.min(by: { $0.values < $1.values }), config.bn != .disabled else { return }
+        let lastBatch = sampler.stepsPerEpoch - 1
+        let batches = totalSteps > lastBatch ? [0, lastBatch] : [0]
+        for k in batches {
+            let globalSize = sampler.globalBatchRange(k).count
+            var samples = globalSize
+            var who = "the global batch"
+            if config.bn == .local {
+                let slices = (0..<world.size).map {
+                    Sampler(datasetSize: sampler.datasetSize, globalBatch: globalBatch, worldSize: world.size, rank: $0,
+                            seed: config.seed, shuffle: config.shuffle).localSlice(ofBatch: k).count
+                }
+                samples = slices.filter { $0 > 0 }.min() ?? 0
+                who = "a rank's slice (--bn local)"
+            }
+            if samples * smallest.values < 2 {
+                let which = k == 0 ? "every batch" : "the last batch of each epoch (\(sampler.datasetSize) samples, global batch \(globalBatch): \(globalSize) left over)"
+                throw ConfigError("batch norm in layer \(smallest.index) (\(model.layers[smallest.index].summary)) would see 1 value per channel "
+                                  + "in \(who) for \(which); change --global-batch, --per-rank-batch or --train-samples")
+            }
+        }
+    }
+
+    /// Restores parameters, buffers, optimizer state, the step and the skip counters from a
+    /// checkpoint that rank 0 picks and validates; every rank receives the same bits.
+    /// `auto` takes the newest checkpoint in the run dir that is intact, skipping damaged
+    /// files (unreadable, truncated, failed checksum, inconsistent metadata) with a warning,
+    /// or starts fresh when there is none; a named file must be intact. A sound checkpoint
+    /// of another configuration (dataset, normalization, model, optimizer, seed, data order,
+    /// global batch) is refused either way: that run dir belongs to another run.
     func resumeFrom(_ resume: String) throws {
         let store = CheckpointStore(directory: RunDirectory(path: config.runDir).checkpointsPath, keep: config.keep)
-        let found = try agreeOnSuccess(world) { () throws -> (path: String, step: Int64, optimizerSteps: Int64)? in
+        let found = try agreeOnSuccess(world) { () throws -> (path: String, position: TrainingPosition)? in
             guard world.rank == 0 else { return nil }
             let candidates = resume == "auto" ? store.files() : [resume]
             for path in candidates {
-                // A damaged file (unreadable, failed checksum, tensors missing or reshaped) is
-                // skipped under auto; a sound checkpoint of another configuration is an error
-                // either way: this run dir belongs to another run.
                 let reader: CheckpointReader
                 do {
                     reader = try CheckpointReader(path: path)
-                    try StateDict.check(reader.file, fits: model, optimizer: optimizer)
                 } catch {
                     if resume != "auto" { throw error }
-                    warnings.append("skipping damaged or unusable checkpoint: \(error)")
+                    warnings.append("skipping damaged checkpoint: \(error)")
                     continue
                 }
                 try reader.checkCompatible(with: config, datasetName: data.name, normalization: data.normalization,
                                            globalBatch: globalBatch, allowBatchChange: config.allowBatchChange)
+                try StateDict.check(reader.file, fits: model, optimizer: optimizer)
                 try StateDict.load(reader.file, into: model)
                 try StateDict.loadOptimizer(reader.file, into: optimizer, model: model)
-                return (path, Int64(reader.step), reader.optimizerSteps)
+                var position = reader.position
+                if reader.globalBatch != globalBatch {
+                    // --allow-batch-change: continue after the same number of samples seen.
+                    let seen = reader.positionInEpoch * reader.globalBatch
+                    let newStep = reader.epoch * sampler.stepsPerEpoch + (seen + globalBatch - 1) / globalBatch
+                    warnings.append("global batch \(reader.globalBatch) -> \(globalBatch): step \(position.step) (epoch \(reader.epoch + 1), "
+                                    + "\(seen) samples into it) continues as step \(newStep)")
+                    position.step = newStep
+                }
+                return (path, position)
             }
             return nil
         }
         // Rank 0 knows what it found; everyone learns it, then receives the state.
-        var header: [Int64] = [found == nil ? 0 : 1, found?.step ?? 0, found?.optimizerSteps ?? 0]
+        var header: [Int64] = [found == nil ? 0 : 1, Int64(found?.position.step ?? 0), found?.position.optimizerSteps ?? 0,
+                               Int64(found?.position.skippedSteps ?? 0), Int64(found?.position.consecutiveSkips ?? 0)]
         try world.broadcast(&header, root: 0)
         let path = try world.broadcast(string: found?.path ?? "", root: 0)
         guard header[0] == 1 else {
-            warnings.append("--resume auto: no valid checkpoint in \(store.directory); starting fresh")
+            warnings.append("--resume auto: no intact checkpoint in \(store.directory); starting fresh")
             return
         }
         try world.broadcast(model.parameters.pointer, count: model.parameterCount, root: 0)
@@ -182,6 +232,8 @@ public final class Trainer {
         try world.broadcast(optimizer.state.pointer, count: optimizer.state.capacity, root: 0)
         step = Int(header[1])
         optimizer.stepCount = header[2]
+        skippedSteps = Int(header[3])
+        consecutiveSkips = Int(header[4])
         resumedFrom = path
         if step > totalSteps {
             throw CollectiveFailure(message: "\(path) is at step \(step), past this run's \(totalSteps) steps")
@@ -196,7 +248,8 @@ public final class Trainer {
         try agreeOnSuccess(world, exitCode: ExitStatus.checkpointWriteFailed) {
             guard world.rank == 0 else { return }
             let metadata = CheckpointStore.metadata(
-                config: config, position: TrainingPosition(step: step, optimizerSteps: optimizer.stepCount),
+                config: config, position: TrainingPosition(step: step, optimizerSteps: optimizer.stepCount,
+                                                           skippedSteps: skippedSteps, consecutiveSkips: consecutiveSkips),
                 stepsPerEpoch: sampler.stepsPerEpoch, worldSize: world.size, globalBatch: globalBatch,
                 normalization: data.normalization, datasetName: data.name)
             try checkpoints.save(model: model, optimizer: optimizer, metadata: metadata, step: step)
@@ -380,8 +433,8 @@ public final class Trainer {
     func averageLocalStatistics() throws {
         guard config.bn == .local, world.size > 1, model.buffers.capacity > 0 else { return }
         try world.allreduce(model.buffers.pointer, count: model.buffers.capacity)
-        let inv = 1 / Float(world.size)
-        for i in 0..<model.buffers.capacity { model.buffers.pointer[i] *= inv }
+        let size = Float(world.size)
+        for i in 0..<model.buffers.capacity { model.buffers.pointer[i] /= size }
     }
 
     /// Distributed, exact evaluation on the test set: every sample counted once, no padding.

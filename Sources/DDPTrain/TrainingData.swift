@@ -31,7 +31,29 @@ public struct TrainingData {
         var data: TrainingData?
         try agreeOnSuccess(world) { if world.rank == 0 { data = try loadHere(config: config, withTest: withTest) } }
         try agreeOnSuccess(world) { if world.rank != 0 { data = try loadHere(config: config, withTest: withTest) } }
+        // Each rank read its own files (other nodes may hold other copies): they must agree,
+        // or the ranks would run different numbers of steps and their collectives mismatch.
+        let prints = try world.allgather(string: data!.fingerprint)
+        if Set(prints).count > 1 {
+            let lines = prints.enumerated().filter { $0.element != prints[0] }.map { "rank \($0.offset): \($0.element)" }
+            throw CollectiveFailure(message: "ranks loaded different data for --dataset \(config.dataset): rank 0: \(prints[0]); "
+                                    + lines.joined(separator: "; "))
+        }
         return data!
+    }
+
+    /// Sizes, classes, normalization and a hash of labels and a sample of pixels.
+    var fingerprint: String {
+        func digest(_ d: Dataset) -> String {
+            var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+            func mix(_ byte: UInt8) { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+            for i in 0..<d.count { withUnsafeBytes(of: d.labels[i]) { $0.forEach(mix) } }
+            let pixels = d.count * d.samplePixels
+            var i = 0
+            while i < pixels { mix(d.pixels[i]); i += 997 }
+            return "\(d.count) samples of \(d.shape(batch: 1).sampleDims), \(d.classes) classes, hash \(String(hash, radix: 16))"
+        }
+        return "train \(digest(train)); test \(test.map(digest) ?? "none"); normalization \(normalization.mean), \(normalization.std)"
     }
 
     static func loadHere(config: TrainConfig, withTest: Bool) throws -> TrainingData {
@@ -40,8 +62,12 @@ public struct TrainingData {
         switch config.dataset {
         case "synthetic":
             // 1x28x28 so that every preset applies.
-            train = Dataset.synthetic(count: config.syntheticSamples, channels: 1, height: 28, width: 28, classes: 10,
-                                      seed: config.seed, split: .train)
+            // Sample i is a pure function of (seed, i): the first N of a larger set are a set of N.
+            if let n = config.trainSamples, n > config.syntheticSamples {
+                throw ConfigError("--train-samples \(n) is more than the \(config.syntheticSamples) synthetic samples (--synthetic-samples)")
+            }
+            train = Dataset.synthetic(count: config.trainSamples ?? config.syntheticSamples, channels: 1, height: 28, width: 28,
+                                      classes: 10, seed: config.seed, split: .train)
             test = withTest ? Dataset.synthetic(count: max(config.syntheticSamples / 4, 1), channels: 1, height: 28, width: 28,
                                                 classes: 10, seed: config.seed, split: .test) : nil
         case "cifar10":

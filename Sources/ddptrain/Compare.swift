@@ -22,6 +22,9 @@ struct Compare: ParsableCommand {
     var title = "ddptrain compare"
 
     func validate() throws {
+        if let resume = options.resume, resume != "auto" {
+            throw ValidationError("compare takes --resume auto (each variant resumes from its own folder), not a file: '\(resume)'")
+        }
         do {
             _ = try makeVariants(base: try options.resolve(), variations: try variations())
         } catch let error as ConfigError {
@@ -43,15 +46,22 @@ struct Compare: ParsableCommand {
             var results: [VariantResult] = []
             for (i, variant) in variants.enumerated() {
                 let summaryPath = variant.config.runDir + "/summary.json"
-                if base.resume != nil, let data = FileManager.default.contents(atPath: summaryPath),
-                   let done = try? decoder.decode(VariantResult.self, from: data) {
+                // Rank 0 decides whether the variant is finished, and everyone follows it:
+                // ranks that looked for themselves might see a shared folder differently.
+                var finished = ""
+                if base.resume != nil, world.rank == 0, let data = FileManager.default.contents(atPath: summaryPath),
+                   (try? decoder.decode(VariantResult.self, from: data)) != nil {
+                    finished = String(decoding: data, as: UTF8.self)
+                }
+                finished = try world.broadcast(string: finished, root: 0)
+                if !finished.isEmpty, let done = try? decoder.decode(VariantResult.self, from: Data(finished.utf8)) {
                     if world.rank == 0 { print("compare: [\(i + 1)/\(variants.count)] \(variant.name): finished earlier, kept") }
                     results.append(done)
                     continue
                 }
                 if world.rank == 0 { print("compare: [\(i + 1)/\(variants.count)] \(variant.name)") }
                 let trainer = try Trainer(config: variant.config, world: world)
-                let run = try RunDirectory.prepare(config: variant.config, world: world, freshMetrics: trainer.resumedFrom == nil)
+                let run = try RunDirectory.prepare(config: variant.config, world: world, resumedAtStep: trainer.resumedFrom == nil ? nil : trainer.step)
                 let log = try RunLog(rank: world.rank, logEvery: variant.config.logEvery, json: false, metricsPath: run.metricsPath)
                 let summary = try trainer.run(log: log, checkpointDirectory: run.checkpointsPath)
                 let result = VariantResult(name: variant.name, summary: summary, losses: VariantResult.losses(metricsPath: run.metricsPath))

@@ -13,14 +13,17 @@ struct DDPTrainCommand: ParsableCommand {
         subcommands: [Train.self, Compare.self, Eval.self, Inspect.self, Summary.self, Init.self, Doctor.self, Microbench.self])
 
     /// Argument errors happen before MPI starts, identically on every rank: only the rank
-    /// that mpirun numbered 0 prints them, the others exit with the same code quietly.
+    /// that the launcher numbered 0 prints them and exits with their status; the others
+    /// exit quietly with 0 (see below).
     static func main() {
         do {
             var command = try parseAsRoot()
             try command.run()
         } catch {
             if launchRank == 0 { exit(withError: error) }
-            Foundation.exit(exitCode(for: error).rawValue)
+            // Rank 0 reports and carries the status. Were this rank to exit non-zero first,
+            // mpirun could end rank 0 before it printed the message.
+            Foundation.exit(0)
         }
     }
 }

@@ -24,12 +24,21 @@ struct Eval: ParsableCommand {
             // Rank 0 reads and validates the checkpoint; every rank gets its configuration.
             var configJSON = ""
             var reader: CheckpointReader?
+            // The normalization the model was trained with, from the checkpoint.
+            var normalization = [0.0, 1.0]
             try agreeOnSuccess(world) {
                 guard world.rank == 0 else { return }
-                reader = try CheckpointReader(path: checkpoint)
-                configJSON = reader!.config.json
+                let opened = try CheckpointReader(path: checkpoint)
+                guard let mean = opened.metadata["normalize.mean"].flatMap(Double.init),
+                      let std = opened.metadata["normalize.std"].flatMap(Double.init), std > 0 else {
+                    throw CheckpointError(checkpoint, "metadata normalize.mean or normalize.std is missing or not a number")
+                }
+                reader = opened
+                configJSON = opened.config.json
+                normalization = [mean, std]
             }
             configJSON = try world.broadcast(string: configJSON, root: 0)
+            try world.broadcast(&normalization, root: 0)
             var config = try JSONDecoder().decode(TrainConfig.self, from: Data(configJSON.utf8))
             if let dataset { config.dataset = dataset }
             if let dataDir { config.dataDir = dataDir }
@@ -38,7 +47,10 @@ struct Eval: ParsableCommand {
             let data = try TrainingData.load(config: config, world: world)
             guard let test = data.test else { throw TrainingError("no test set for \(config.dataset)") }
             let batch = 256
-            let model = try agreeOnSuccess(world) { try ModelSpec.named(config.model).build(inputShape: data.sampleShape, maxBatch: batch) }
+            let model = try agreeOnSuccess(world) { () throws -> Model in
+                let spec = try ModelSpec.named(config.model)
+                return try (config.bn == .disabled ? try spec.withoutBatchNorm() : spec).build(inputShape: data.sampleShape, maxBatch: batch)
+            }
             try agreeOnSuccess(world) {
                 if let reader { try StateDict.load(reader.file, into: model) }
             }
@@ -50,7 +62,8 @@ struct Eval: ParsableCommand {
             let ids = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
             defer { labels.deallocate(); ids.deallocate() }
             let loss = SoftmaxCrossEntropy(classes: test.classes, maxBatch: batch)
-            let result = try evaluateModel(model, on: test, normalization: data.normalization, world: world, loss: loss,
+            let result = try evaluateModel(model, on: test, normalization: Normalization(mean: normalization[0], std: normalization[1]),
+                                           world: world, loss: loss,
                                            x: x, labels: labels, ids: ids, batch: batch)
             guard world.rank == 0 else { return }
             if json {

@@ -85,12 +85,15 @@ final class ModelSpecTests: XCTestCase {
     func testWithoutBatchNormKeepsIndicesAndInitialWeights() throws {
         let spec = try ModelSpec.named("fmnist-cnn")
         let shape = Shape(n: 1, c: 1, h: 28, w: 28)
-        let with = try spec.build(inputShape: shape, maxBatch: 1), without = try spec.withoutBatchNorm.build(inputShape: shape, maxBatch: 1)
+        let with = try spec.build(inputShape: shape, maxBatch: 1), without = try spec.withoutBatchNorm().build(inputShape: shape, maxBatch: 1)
         _ = try with.initialize(.default, seed: 4)
         _ = try without.initialize(.default, seed: 4)
         XCTAssertEqual(without.layers.count, with.layers.count)
         XCTAssertTrue(without.layers[1] is Identity)
         XCTAssertTrue(without.bufferViews.isEmpty)
+        XCTAssertThrowsError(try ModelSpec.named("resnet8").withoutBatchNorm()) { error in
+            XCTAssertTrue("\(error)".contains("batch norm inside its residual blocks"), "\(error)")
+        }
         for v in without.parameterViews {
             let w = try XCTUnwrap(with.parameter(named: v.name))
             XCTAssertEqual(Array(UnsafeBufferPointer(start: without.parameters.pointer + v.offset, count: v.count)),

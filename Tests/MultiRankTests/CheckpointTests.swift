@@ -65,6 +65,10 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual(m["normalize.mean"], "0.286")
         XCTAssertEqual(m["normalize.std"], "0.353")
         XCTAssertNotNil(m["config"])
+        XCTAssertEqual(m["steps_per_epoch"], "16")
+        XCTAssertEqual(m["optimizer_steps"], "20")
+        XCTAssertEqual(m["skipped_steps"], "0")
+        XCTAssertEqual(m["consecutive_skipped_steps"], "0")
         // PyTorch's nn.Sequential names for the mlp preset, with optimizer state apart.
         let names = Set(file.tensors.map(\.name))
         let model: Set<String> = ["1.weight", "2.weight", "2.bias", "2.running_mean", "2.running_var", "2.num_batches_tracked",
@@ -153,8 +157,11 @@ final class CheckpointTests: XCTestCase {
         try "layers: [flatten, {type: linear, out: 10}]".write(to: modelFile, atomically: true, encoding: .utf8)
         XCTAssertEqual(try train(["--steps", "2", "--per-rank-batch", "16", "--model", modelFile.path], run: "filemodel").status, 0)
         try "layers: [flatten, {type: linear, out: 20}, {type: linear, out: 10}]".write(to: modelFile, atomically: true, encoding: .utf8)
+        // The model file changed under the same name: a sound checkpoint of another model is
+        // refused (not skipped as damage, which would start over in a run dir of another run).
         let changed = try train(["--steps", "4", "--per-rank-batch", "16", "--model", modelFile.path, "--resume", "auto"], run: "filemodel")
-        XCTAssertTrue(changed.stderr.contains("skipping damaged or unusable checkpoint") && changed.stderr.contains("shape"), changed.stderr)
+        XCTAssertNotEqual(changed.status, 0)
+        XCTAssertTrue(changed.stderr.contains("step-00000002.safetensors: tensor 1.weight has shape [10, 784], the model needs [20, 784]"), changed.stderr)
 
         // --resume auto skips a damaged newest file and takes the one before.
         let files = checkpoints("base")
@@ -164,7 +171,7 @@ final class CheckpointTests: XCTestCase {
         try newest.write(to: URL(fileURLWithPath: good))
         let auto = try train(["--steps", "10", "--per-rank-batch", "16", "--checkpoint-every", "4", "--resume", "auto"], run: "base")
         XCTAssertEqual(auto.status, 0, auto.stderr)
-        XCTAssertTrue(auto.stderr.contains("skipping damaged or unusable checkpoint: \(good)"), auto.stderr)
+        XCTAssertTrue(auto.stderr.contains("skipping damaged checkpoint: \(good)"), auto.stderr)
         XCTAssertTrue(auto.stdout.contains("resumed from \(runDir("base"))/checkpoints/step-00000004.safetensors at step 4"), auto.stdout)
     }
 
@@ -272,5 +279,36 @@ final class CheckpointTests: XCTestCase {
         let eval = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(ours.stdout.utf8)) as? [String: Any], ours.stderr)
         XCTAssertEqual(torch["correct"] as? Int, eval["correct"] as? Int)
         XCTAssertEqual(try XCTUnwrap(torch["loss"] as? Double), try XCTUnwrap(eval["loss"] as? Double), accuracy: 1e-5)
+    }
+
+    /// A fresh run refuses a run dir that holds another run's checkpoints.
+    func testFreshRunRefusesARunDirWithCheckpoints() throws {
+        XCTAssertEqual(try train(["--steps", "2", "--per-rank-batch", "16"], run: "used").status, 0)
+        let again = try train(["--steps", "3", "--per-rank-batch", "16", "--lr", "0.01"], run: "used")
+        XCTAssertNotEqual(again.status, 0)
+        XCTAssertTrue(again.stderr.contains("run dir \(runDir("used")) already holds checkpoints") && again.stderr.contains("--resume auto"), again.stderr)
+        XCTAssertEqual(checkpoints("used"), ["step-00000002.safetensors"], "the old run's files are untouched")
+        // Another seed (another data order) is another run too.
+        let reseeded = try train(["--steps", "3", "--per-rank-batch", "16", "--seed", "5", "--resume", "auto"], run: "used")
+        XCTAssertTrue(reseeded.stderr.contains("was trained with --seed 0, this run uses 5"), reseeded.stderr)
+    }
+
+    /// --allow-batch-change continues after the same number of samples seen.
+    func testBatchChangeContinuesAfterTheSamplesSeen() throws {
+        // 512 samples, global batch 32: 16 steps per epoch; one epoch, then batch 64 for the second.
+        XCTAssertEqual(try train(["--epochs", "1", "--global-batch", "32"], run: "batch").status, 0)
+        let r = try train(["--epochs", "2", "--global-batch", "64", "--resume", "auto", "--allow-batch-change", "--json"], run: "batch")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("global batch 32 -> 64: step 16 (epoch 2, 0 samples into it) continues as step 8"), r.stderr)
+        let summary = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data((r.stdout.split(separator: "\n").last ?? "").utf8)) as? [String: Any])
+        XCTAssertEqual(summary["steps"] as? Int, 16)
+    }
+
+    /// A model trained without batch norm (--bn none) evaluates with the same layer list.
+    func testEvalOfABatchNormFreeCheckpoint() throws {
+        XCTAssertEqual(try train(["--steps", "3", "--per-rank-batch", "16", "--bn", "none"], run: "nobn").status, 0)
+        let r = try MPIRun.run(ranks: 2, ["eval", "--checkpoint", try lastCheckpoint("nobn"), "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("\"samples\":10000"), r.stdout)
     }
 }

@@ -99,4 +99,18 @@ final class FailureTests: XCTestCase {
         try expectFailure(["--data-dir", try makeData().path], mentions: ["error on rank 1 of 4", "injected fault at step 2"],
                           environment: ["DDPTRAIN_INJECT_FAULT": "1:2"])
     }
+
+    /// A leftover last batch of one sample would reach batch norm with one value per channel:
+    /// refused before training, not an epoch in.
+    func testBatchNormSingleSampleBatchIsRefusedUpFront() throws {
+        let r = try MPIRun.run(ranks: 2, ["train", "--model", "mlp", "--train-samples", "33", "--global-batch", "32", "--epochs", "1",
+                                          "--eval-every", "0", "--run-dir", scratch.appendingPathComponent("lastbatch").path], timeout: 30)
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertLessThan(r.seconds, 10)
+        XCTAssertTrue(r.stderr.contains("would see 1 value per channel in the global batch for the last batch of each epoch (33 samples, global batch 32: 1 left over)"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: scratch.appendingPathComponent("lastbatch").path), "nothing written")
+        try expectFailure(["--bn", "local", "--per-rank-batch", "1"], mentions: ["a rank's slice (--bn local)"])
+        try expectFailure(["--clip-norm", "inf"], mentions: ["--clip-norm must be a positive number, got inf"])
+        try expectFailure(["--model", "resnet8", "--bn", "none"], mentions: ["batch norm inside its residual blocks"])
+    }
 }
