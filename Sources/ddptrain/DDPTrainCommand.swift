@@ -9,7 +9,7 @@ struct DDPTrainCommand: ParsableCommand {
         commandName: "ddptrain",
         abstract: "Data-parallel training of MLPs and small CNNs on CPUs, over MPI.",
         discussion: "Run under mpirun: every rank holds a replica and trains on its own slice of each global batch.",
-        subcommands: [Train.self, Compare.self, Eval.self, Inspect.self, Summary.self, Init.self, Doctor.self])
+        subcommands: [Train.self, Compare.self, Eval.self, Inspect.self, Summary.self, Init.self, Doctor.self, Bench.self])
 
     /// Argument errors happen before MPI starts, identically on every rank: only the rank
     /// that mpirun numbered 0 prints them, the others exit with the same code quietly.

@@ -75,7 +75,7 @@ struct Doctor: ParsableCommand {
             report.line("broadcast check", failures.contains { $0.hasPrefix("broadcast") } ? "FAILED" : "exact")
 
             if !noBench {
-                let gflops = measureSgemm()
+                let gflops = measureSgemmGFLOPS()
                 let all = try world.allgather([gflops])
                 report.line("sgemm 1 thread", String(format: "%.1f GFLOP/s on rank 0 (min over ranks %.1f)", gflops, all.min() ?? 0))
                 for (bytes, busBandwidth) in try measureAllreduce(world) {
@@ -122,23 +122,6 @@ struct Doctor: ParsableCommand {
         return try world.allreduce(Int64(ok ? 0 : 1), op: .max) == 0
     }
 
-    /// Single-thread sgemm on 512x512 matrices, best of several runs.
-    private func measureSgemm() -> Double {
-        let saved = BLASThreads.current
-        BLASThreads.set(1)
-        defer { BLASThreads.set(saved) }
-        let m = 512
-        let a = FloatBuffer(capacity: m * m), b = FloatBuffer(capacity: m * m), c = FloatBuffer(capacity: m * m)
-        for i in 0..<(m * m) { a.pointer[i] = Float(i % 13) * 0.01; b.pointer[i] = Float(i % 7) * 0.02 }
-        var best = Double.infinity
-        for _ in 0..<6 {
-            let start = Communicator.wallTime()
-            sgemm(m: m, n: m, k: m, a: a.pointer, lda: m, b: b.pointer, ldb: m, c: c.pointer, ldc: m)
-            best = min(best, Communicator.wallTime() - start)
-        }
-        return 2.0 * Double(m * m * m) / best / 1e9
-    }
-
     /// Bus bandwidth (NCCL's convention: algorithm bandwidth x 2(p-1)/p) per message size.
     private func measureAllreduce(_ world: Communicator) throws -> [(Int, Double)] {
         var results: [(Int, Double)] = []
@@ -157,6 +140,24 @@ struct Doctor: ParsableCommand {
         }
         return results
     }
+}
+
+/// This core's sgemm rate in GFLOP/s: one BLAS thread, 512x512 matrices, best of several
+/// runs. `doctor` and `bench` (the share of peak a model reaches) both use it.
+func measureSgemmGFLOPS() -> Double {
+    let saved = BLASThreads.current
+    BLASThreads.set(1)
+    defer { BLASThreads.set(saved) }
+    let m = 512
+    let a = FloatBuffer(capacity: m * m), b = FloatBuffer(capacity: m * m), c = FloatBuffer(capacity: m * m)
+    for i in 0..<(m * m) { a.pointer[i] = Float(i % 13) * 0.01; b.pointer[i] = Float(i % 7) * 0.02 }
+    var best = Double.infinity
+    for _ in 0..<6 {
+        let start = Communicator.wallTime()
+        sgemm(m: m, n: m, k: m, a: a.pointer, lda: m, b: b.pointer, ldb: m, c: c.pointer, ldc: m)
+        best = min(best, Communicator.wallTime() - start)
+    }
+    return 2.0 * Double(m * m * m) / best / 1e9
 }
 
 /// Aligned "name: value" lines.
