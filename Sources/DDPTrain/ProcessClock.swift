@@ -28,6 +28,13 @@ public enum ProcessClock {
         return Double(now.tv_sec) + Double(now.tv_nsec) * 1e-9
     }
 
+    /// User plus system CPU seconds of this process, all threads.
+    public static func cpuSeconds() -> Double {
+        var usage = rusage()
+        getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+        return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) * 1e-6
+    }
+
     /// This process's peak resident set size in bytes (getrusage ru_maxrss, KiB on Linux).
     public static func peakRSSBytes() -> Int {
         var usage = rusage()

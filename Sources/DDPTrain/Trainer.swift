@@ -90,6 +90,8 @@ public final class Trainer {
     public private(set) var timedSteps = 0
     /// Wall-clock seconds from the end of the warm-up to the end of the last step, on this rank.
     public private(set) var timedWallSeconds = 0.0
+    /// CPU seconds (user + system, all threads) of this process over the same window.
+    public private(set) var timedCPUSeconds = 0.0
     /// Seconds from process start to the start of this rank's first step in `run`.
     public private(set) var secondsToFirstStep: Double?
     public private(set) var firstStepUnixTime: Double?
@@ -273,6 +275,7 @@ public final class Trainer {
         timed = StepTimes()
         timedSteps = 0
         var timedStart = Communicator.wallTime()
+        var timedCPUStart = ProcessClock.cpuSeconds()
 
         while step < totalSteps {
             let epoch = step / stepsPerEpoch
@@ -352,10 +355,12 @@ public final class Trainer {
             totals += times
             if step - firstStep == timingWarmup {
                 timedStart = t
+                if timingWarmup > 0 { timedCPUStart = ProcessClock.cpuSeconds() }
             } else if step - firstStep > timingWarmup {
                 timed += times
                 timedSteps += 1
                 timedWallSeconds = t - timedStart
+                if step == totalSteps { timedCPUSeconds = ProcessClock.cpuSeconds() - timedCPUStart }
             }
 
             log.step(StepRecord(step: step, epoch: epoch, loss: stepLoss, accuracy: stepAccuracy, lr: lr,

@@ -53,7 +53,8 @@ struct Bench: ParsableCommand {
             let rss = Double(ProcessClock.peakRSSBytes())
             let sgemm = measureSgemmGFLOPS()
             let mine = [t.data / steps, t.forward / steps, t.backward / steps, t.communication / steps, t.optimizer / steps,
-                        trainer.timedWallSeconds, rss, sgemm, Double(BLASThreads.current)]
+                        trainer.timedWallSeconds, rss, sgemm, Double(BLASThreads.current),
+                        trainer.timedCPUSeconds / steps]
             let all = try world.allgather(mine)
             guard world.rank == 0 else { return }
 
@@ -85,6 +86,7 @@ struct Bench: ParsableCommand {
                 achievedGFLOPS: achieved, coresUsed: coresUsed, shareOfPeak: achieved / max(peak, 1e-12),
                 machine: BenchResult.Machine(cores: cores, cpu: cpuModel(), openBLAS: BLASThreads.configuration,
                                              mpi: Communicator.libraryVersion()),
+                cpuMillisecondsPerStepPerRank: column(9).map { $0 * 1e3 },
                 finalTrainLoss: summary.finalTrainLoss)
             if json {
                 let encoder = JSONEncoder()
@@ -140,6 +142,9 @@ struct BenchResult: Codable {
     var coresUsed: Int
     var shareOfPeak: Double
     var machine: Machine
+    /// CPU time (user + system, all threads) per step: with other load on the machine this
+    /// stays close to the unloaded step time where the wall-clock figures do not.
+    var cpuMillisecondsPerStepPerRank: [Double]
     var finalTrainLoss: Double
 
     enum CodingKeys: String, CodingKey {
@@ -152,7 +157,7 @@ struct BenchResult: Codable {
         case firstStepUnixTime = "first_step_unix_time", sgemmGFLOPSOneCore = "sgemm_gflops_one_core"
         case sgemmGFLOPSOneCorePerRank = "sgemm_gflops_one_core_per_rank", flopsPerSample = "flops_per_sample"
         case achievedGFLOPS = "achieved_gflops", coresUsed = "cores_used", shareOfPeak = "share_of_peak"
-        case finalTrainLoss = "final_train_loss"
+        case finalTrainLoss = "final_train_loss", cpuMillisecondsPerStepPerRank = "cpu_ms_per_step_per_rank"
     }
 
     var text: String {
@@ -162,6 +167,7 @@ struct BenchResult: Codable {
         out += String(format: "samples/s            %.1f\n", samplesPerSecond)
         out += String(format: "step (ms, mean)      %.2f = data %.2f + forward %.2f + backward %.2f + communication %.2f + optimizer %.2f\n",
                       s.total, s.data, s.forward, s.backward, s.communication, s.optimizer)
+        out += "CPU ms per step      " + cpuMillisecondsPerStepPerRank.map { String(format: "%.2f", $0) }.joined(separator: ", ") + " (per rank)\n"
         out += String(format: "communication share  %.1f%% (largest over ranks)\n", communicationShare * 100)
         out += "peak RSS per rank    " + peakRSSMiBPerRank.map { String(format: "%.1f MiB", $0) }.joined(separator: ", ") + "\n"
         if let first = secondsToFirstStep { out += String(format: "process start to first step  %.3f s (largest over ranks)\n", first) }
