@@ -22,6 +22,9 @@ struct Bench: ParsableCommand {
     @Option(help: "Steps timed.")
     var timedSteps = 100
 
+    @Flag(help: "Evaluate on the test set once after the timed steps (not timed), as the PyTorch peer does, so that peak RSS includes evaluation.")
+    var evaluate = false
+
     @Flag(help: "Print one JSON object.")
     var json = false
 
@@ -34,7 +37,8 @@ struct Bench: ParsableCommand {
     func config() throws -> TrainConfig {
         var config = try options.resolve()
         config.steps = untimedSteps + timedSteps
-        config.evalEvery = 0
+        // --evaluate: one evaluation, after the last (timed) step; no epoch-end evaluations.
+        config.evalEvery = evaluate ? Int(Int32.max) : 0
         config.checkReplicas = 0
         config.resume = nil
         try config.validate()
@@ -87,7 +91,7 @@ struct Bench: ParsableCommand {
                 machine: BenchResult.Machine(cores: cores, cpu: cpuModel(), openBLAS: BLASThreads.configuration,
                                              mpi: Communicator.libraryVersion()),
                 cpuMillisecondsPerStepPerRank: column(9).map { $0 * 1e3 },
-                finalTrainLoss: summary.finalTrainLoss)
+                finalTrainLoss: summary.finalTrainLoss, testAccuracy: summary.testAccuracy)
             if json {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.sortedKeys]
@@ -146,6 +150,7 @@ struct BenchResult: Codable {
     /// stays close to the unloaded step time where the wall-clock figures do not.
     var cpuMillisecondsPerStepPerRank: [Double]
     var finalTrainLoss: Double
+    var testAccuracy: Double?
 
     enum CodingKeys: String, CodingKey {
         case model, dataset, machine
@@ -157,7 +162,7 @@ struct BenchResult: Codable {
         case firstStepUnixTime = "first_step_unix_time", sgemmGFLOPSOneCore = "sgemm_gflops_one_core"
         case sgemmGFLOPSOneCorePerRank = "sgemm_gflops_one_core_per_rank", flopsPerSample = "flops_per_sample"
         case achievedGFLOPS = "achieved_gflops", coresUsed = "cores_used", shareOfPeak = "share_of_peak"
-        case finalTrainLoss = "final_train_loss", cpuMillisecondsPerStepPerRank = "cpu_ms_per_step_per_rank"
+        case finalTrainLoss = "final_train_loss", testAccuracy = "test_accuracy", cpuMillisecondsPerStepPerRank = "cpu_ms_per_step_per_rank"
     }
 
     var text: String {
