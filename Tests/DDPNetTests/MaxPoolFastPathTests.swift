@@ -1,5 +1,5 @@
 import DDPKernels
-@testable import DDPNet
+import DDPNet
 import XCTest
 
 /// The two-pass 2x2 max-pool path against a window-at-a-time reference: values, and where
