@@ -103,7 +103,9 @@ public final class MaxPool2d: Layer {
         let pairCount = planes * g.height * ow
         for p in 0..<pairCount {
             let a = x[2 * p], b = x[2 * p + 1]
-            let take = b > a || b != b
+            // "b > a or b is NaN"; the two never hold together, so != is their or, without
+            // the short circuit that would make it a branch.
+            let take = (b > a) != (b != b)
             hv[p] = take ? b : a
             hr[p] = take ? 1 : 0
         }
@@ -115,8 +117,9 @@ public final class MaxPool2d: Layer {
             let out = y + r * ow, index = arg + r * ow
             let rowStart = Int32(truncatingIfNeeded: 2 * (r % oh) * w)
             for ox in 0..<ow {
-                let take = bottom[ox] > top[ox] || bottom[ox] != bottom[ox]
-                out[ox] = take ? bottom[ox] : top[ox]
+                let t = top[ox], b = bottom[ox]
+                let take = (b > t) != (b != b)
+                out[ox] = take ? b : t
                 index[ox] = rowStart + (take ? Int32(truncatingIfNeeded: w) : 0) + Int32(truncatingIfNeeded: 2 * ox)
                     + (take ? bottomSide[ox] : topSide[ox])
             }
