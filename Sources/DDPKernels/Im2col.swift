@@ -140,3 +140,44 @@ public func col2im(_ columns: UnsafePointer<Float>, batch n: Int, _ g: ConvGeome
         }
     }
 }
+
+/// `col2im` for a caller that no longer needs the columns: it may overwrite them. For stride
+/// 1 and ow == width it zeroes the elements that stand for padding (they wrap around a row
+/// edge) and then adds each column row's valid rows as one contiguous block, where `col2im`
+/// adds row by row. Every pixel receives the same additions in the same order, plus some
+/// additions of +0, which change no value (a -0 sum becomes +0).
+public func col2imOverwriting(_ columns: UnsafeMutablePointer<Float>, batch n: Int, _ g: ConvGeometry, into output: UnsafeMutablePointer<Float>) {
+    let oh = g.outHeight, ow = g.outWidth, w = g.width
+    guard g.strideH == 1 && g.strideW == 1 && ow == w else {
+        col2im(columns, batch: n, g, into: output)
+        return
+    }
+    let pixels = n * oh * ow
+    let plane = g.height * w
+    for c in 0..<g.channels {
+        for ky in 0..<g.kernelH {
+            for kx in 0..<g.kernelW {
+                let row = columns + ((c * g.kernelH + ky) * g.kernelW + kx) * pixels
+                let shift = kx - g.padW
+                let first = min(max(0, g.padH - ky), oh), last = max(first, min(oh, g.height + g.padH - ky))
+                guard last > first, abs(shift) < w else { continue }
+                for s in 0..<n {
+                    let col = row + s * oh * ow + first * w
+                    let dst = output + (s * g.channels + c) * plane + (first - g.padH + ky) * w + shift
+                    for r in 0..<(last - first) {
+                        let line = col + r * w
+                        if shift < 0 {
+                            for ox in 0..<(-shift) { line[ox] = 0 }
+                        } else if shift > 0 {
+                            for ox in (w - shift)..<w { line[ox] = 0 }
+                        }
+                    }
+                    let count = (last - first) * w
+                    let lo = max(0, -shift), hi = count - max(0, shift)
+                    var j = lo
+                    while j < hi { dst[j] += col[j]; j += 1 }
+                }
+            }
+        }
+    }
+}

@@ -53,8 +53,24 @@ struct Bench: ParsableCommand {
             let log = try RunLog(rank: world.rank, logEvery: Int.max, json: false, metricsPath: nil, quiet: true)
             let summary = try trainer.run(log: log, checkpointDirectory: nil)
 
-            let t = trainer.timed, steps = Double(max(trainer.timedSteps, 1))
+            // Peak memory of training (and evaluation), before the measurements below allocate.
             let rss = Double(ProcessClock.peakRSSBytes())
+            // The gradient allreduce alone, ranks lined up by a barrier first: what moving the
+            // buffer costs, as against the step's communication time, which also holds the
+            // wait for the slowest rank.
+            let gradientFloats = trainer.model.parameterCount + Model.tailCount
+            let scratch = FloatBuffer(capacity: gradientFloats)
+            var allreduceSeconds = Double.infinity
+            for _ in 0..<10 {
+                try world.barrier()
+                let start = Communicator.wallTime()
+                try world.allreduce(scratch.pointer, count: gradientFloats)
+                allreduceSeconds = min(allreduceSeconds, Communicator.wallTime() - start)
+            }
+            var slowest = [allreduceSeconds]
+            try world.allreduce(&slowest, op: .max)
+
+            let t = trainer.timed, steps = Double(max(trainer.timedSteps, 1))
             let sgemm = measureSgemmGFLOPS()
             let mine = [t.data / steps, t.forward / steps, t.backward / steps, t.communication / steps, t.optimizer / steps,
                         trainer.timedWallSeconds, rss, sgemm, Double(BLASThreads.current),
@@ -91,6 +107,7 @@ struct Bench: ParsableCommand {
                 machine: BenchResult.Machine(cores: cores, cpu: cpuModel(), openBLAS: BLASThreads.configuration,
                                              mpi: Communicator.libraryVersion()),
                 cpuMillisecondsPerStepPerRank: column(9).map { $0 * 1e3 },
+                gradientAllreduceMilliseconds: ranks > 1 ? slowest[0] * 1e3 : 0, gradientBytes: gradientFloats * 4,
                 finalTrainLoss: summary.finalTrainLoss, testAccuracy: summary.testAccuracy)
             if json {
                 let encoder = JSONEncoder()
@@ -149,6 +166,9 @@ struct BenchResult: Codable {
     /// CPU time (user + system, all threads) per step: with other load on the machine this
     /// stays close to the unloaded step time where the wall-clock figures do not.
     var cpuMillisecondsPerStepPerRank: [Double]
+    /// One allreduce of the gradient buffer alone (ranks lined up first; best of 10).
+    var gradientAllreduceMilliseconds: Double
+    var gradientBytes: Int
     var finalTrainLoss: Double
     var testAccuracy: Double?
 
@@ -162,7 +182,8 @@ struct BenchResult: Codable {
         case firstStepUnixTime = "first_step_unix_time", sgemmGFLOPSOneCore = "sgemm_gflops_one_core"
         case sgemmGFLOPSOneCorePerRank = "sgemm_gflops_one_core_per_rank", flopsPerSample = "flops_per_sample"
         case achievedGFLOPS = "achieved_gflops", coresUsed = "cores_used", shareOfPeak = "share_of_peak"
-        case finalTrainLoss = "final_train_loss", testAccuracy = "test_accuracy", cpuMillisecondsPerStepPerRank = "cpu_ms_per_step_per_rank"
+        case finalTrainLoss = "final_train_loss", testAccuracy = "test_accuracy",
+        gradientAllreduceMilliseconds = "gradient_allreduce_ms", gradientBytes = "gradient_bytes", cpuMillisecondsPerStepPerRank = "cpu_ms_per_step_per_rank"
     }
 
     var text: String {
@@ -174,6 +195,10 @@ struct BenchResult: Codable {
                       s.total, s.data, s.forward, s.backward, s.communication, s.optimizer)
         out += "CPU ms per step      " + cpuMillisecondsPerStepPerRank.map { String(format: "%.2f", $0) }.joined(separator: ", ") + " (per rank)\n"
         out += String(format: "communication share  %.1f%% (largest over ranks)\n", communicationShare * 100)
+        if worldSize > 1 {
+            out += String(format: "gradient allreduce   %.2f ms alone for %.2f MB (ranks lined up first)\n",
+                          gradientAllreduceMilliseconds, Double(gradientBytes) / 1e6)
+        }
         out += "peak RSS per rank    " + peakRSSMiBPerRank.map { String(format: "%.1f MiB", $0) }.joined(separator: ", ") + "\n"
         if let first = secondsToFirstStep { out += String(format: "process start to first step  %.3f s (largest over ranks)\n", first) }
         out += String(format: "model                %.2f MFLOP per sample (forward + backward)\n", flopsPerSample / 1e6)

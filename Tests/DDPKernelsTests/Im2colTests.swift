@@ -30,3 +30,29 @@ final class Im2colTests: XCTestCase {
         }
     }
 }
+
+extension Im2colTests {
+    /// The block-wise col2im that may overwrite its columns adds exactly what col2im adds.
+    func testCol2imOverwritingMatchesCol2im() {
+        let cases: [(c: Int, h: Int, w: Int, k: Int, stride: Int, pad: Int)] = [
+            (2, 7, 6, 3, 1, 1), (1, 5, 5, 5, 1, 2), (3, 6, 5, 3, 1, 0), (2, 7, 7, 3, 2, 1), (2, 3, 3, 7, 1, 3), (1, 6, 4, 3, 1, 1),
+        ]
+        for t in cases {
+            let n = 2
+            let g = ConvGeometry(channels: t.c, height: t.h, width: t.w, kernelH: t.k, kernelW: t.k,
+                                 strideH: t.stride, strideW: t.stride, padH: t.pad, padW: t.pad)
+            let count = g.patchSize * n * g.outSpatial
+            let columns = (0..<count).map { Float(($0 * 37) % 101) * 0.25 - 12 }
+            var expected = [Float](repeating: 0, count: n * t.c * t.h * t.w)
+            var actual = expected
+            columns.withUnsafeBufferPointer { cols in
+                expected.withUnsafeMutableBufferPointer { col2im(cols.baseAddress!, batch: n, g, into: $0.baseAddress!) }
+            }
+            var scratch = columns
+            scratch.withUnsafeMutableBufferPointer { cols in
+                actual.withUnsafeMutableBufferPointer { col2imOverwriting(cols.baseAddress!, batch: n, g, into: $0.baseAddress!) }
+            }
+            XCTAssertEqual(actual, expected, "case \(t)")
+        }
+    }
+}

@@ -162,7 +162,7 @@ public final class Conv2d: Layer {
             dx.data.update(repeating: 0, count: dx.count)
             for s in 0..<n {
                 sgemm(transA: true, m: ckk, n: p, k: oc, a: weight, lda: ckk, b: dy.data + s * oc * p, ldb: p, c: dcols, ldc: p)
-                col2im(dcols, batch: 1, g, into: dx.data + s * plane)
+                col2imOverwriting(dcols, batch: 1, g, into: dx.data + s * plane)
             }
         }
         return dx
