@@ -42,7 +42,8 @@ extension String {
     }
 }
 
-/// sgemm GFLOP/s on 512x512x512 matrices with `threads` BLAS threads, best of several runs.
+/// sgemm GFLOP/s on 512x512x512 matrices with `threads` BLAS threads, best of several runs:
+/// the peak that doctor, bench and microbench compare against.
 public func sgemmPeakGFLOPS(threads: Int = 1) -> Double {
     let saved = BLASThreads.current
     BLASThreads.set(threads)

@@ -30,6 +30,10 @@ public func im2col(_ input: UnsafePointer<Float>, batch n: Int, _ g: ConvGeometr
     let oh = g.outHeight, ow = g.outWidth
     let pixels = n * oh * ow
     let plane = g.height * g.width
+    // Stride 1 with "same" width (ow == width): a column row of one sample is the image
+    // shifted by whole rows and `kx - padW` elements, so the valid rows are one copy, and
+    // only the elements that wrapped around a row edge need zeroing afterwards.
+    let sameWidth = g.strideH == 1 && g.strideW == 1 && ow == g.width
     for c in 0..<g.channels {
         for ky in 0..<g.kernelH {
             for kx in 0..<g.kernelW {
@@ -37,6 +41,10 @@ public func im2col(_ input: UnsafePointer<Float>, batch n: Int, _ g: ConvGeometr
                 for s in 0..<n {
                     let image = input + (s * g.channels + c) * plane
                     let out = row + s * oh * ow
+                    if sameWidth {
+                        im2colSameWidthRow(image, g, ky: ky, kx: kx, into: out)
+                        continue
+                    }
                     for oy in 0..<oh {
                         let iy = oy * g.strideH - g.padH + ky
                         let line = out + oy * ow
@@ -61,6 +69,38 @@ public func im2col(_ input: UnsafePointer<Float>, batch n: Int, _ g: ConvGeometr
                     }
                 }
             }
+        }
+    }
+}
+
+/// One sample's column row (ky, kx) for stride 1 and ow == width: element (oy, ox) is
+/// image[(oy - padH + ky) * width + ox + kx - padW], or 0 outside the image.
+@inline(__always)
+private func im2colSameWidthRow(_ image: UnsafePointer<Float>, _ g: ConvGeometry, ky: Int, kx: Int,
+                                into out: UnsafeMutablePointer<Float>) {
+    let w = g.width, oh = g.outHeight
+    let shift = kx - g.padW
+    // Output rows whose input row exists.
+    let first = min(max(0, g.padH - ky), oh), last = max(first, min(oh, g.height + g.padH - ky))
+    if first > 0 { out.update(repeating: 0, count: first * w) }
+    if last < oh { (out + last * w).update(repeating: 0, count: (oh - last) * w) }
+    guard last > first, abs(shift) < w else {
+        (out + first * w).update(repeating: 0, count: (last - first) * w)
+        return
+    }
+    let dst = out + first * w
+    let src = image + (first - g.padH + ky) * w + shift
+    let count = (last - first) * w
+    // Copy the block, leaving out what would be read before the image's first or after its
+    // last element; those positions are among the wrapped ones zeroed below.
+    let lo = max(0, -shift), hi = count - max(0, shift)
+    (dst + lo).update(from: src + lo, count: hi - lo)
+    for r in 0..<(last - first) {
+        let line = dst + r * w
+        if shift < 0 {
+            for ox in 0..<(-shift) { line[ox] = 0 }
+        } else if shift > 0 {
+            for ox in (w - shift)..<w { line[ox] = 0 }
         }
     }
 }
@@ -95,6 +135,47 @@ public func col2im(_ columns: UnsafePointer<Float>, batch n: Int, _ g: ConvGeome
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// `col2im` for a caller that no longer needs the columns: it may overwrite them. For stride
+/// 1 and ow == width it zeroes the elements that stand for padding (they wrap around a row
+/// edge) and then adds each column row's valid rows as one contiguous block, where `col2im`
+/// adds row by row. Every pixel receives the same additions in the same order, plus some
+/// additions of +0, which change no value (a -0 sum becomes +0).
+public func col2imOverwriting(_ columns: UnsafeMutablePointer<Float>, batch n: Int, _ g: ConvGeometry, into output: UnsafeMutablePointer<Float>) {
+    let oh = g.outHeight, ow = g.outWidth, w = g.width
+    guard g.strideH == 1 && g.strideW == 1 && ow == w else {
+        col2im(columns, batch: n, g, into: output)
+        return
+    }
+    let pixels = n * oh * ow
+    let plane = g.height * w
+    for c in 0..<g.channels {
+        for ky in 0..<g.kernelH {
+            for kx in 0..<g.kernelW {
+                let row = columns + ((c * g.kernelH + ky) * g.kernelW + kx) * pixels
+                let shift = kx - g.padW
+                let first = min(max(0, g.padH - ky), oh), last = max(first, min(oh, g.height + g.padH - ky))
+                guard last > first, abs(shift) < w else { continue }
+                for s in 0..<n {
+                    let col = row + s * oh * ow + first * w
+                    let dst = output + (s * g.channels + c) * plane + (first - g.padH + ky) * w + shift
+                    for r in 0..<(last - first) {
+                        let line = col + r * w
+                        if shift < 0 {
+                            for ox in 0..<(-shift) { line[ox] = 0 }
+                        } else if shift > 0 {
+                            for ox in (w - shift)..<w { line[ox] = 0 }
+                        }
+                    }
+                    let count = (last - first) * w
+                    let lo = max(0, -shift), hi = count - max(0, shift)
+                    var j = lo
+                    while j < hi { dst[j] += col[j]; j += 1 }
                 }
             }
         }

@@ -51,18 +51,41 @@ public struct Tensor {
 }
 
 /// An owned, zero-initialized, 64-byte aligned Float32 buffer of fixed capacity.
+///
+/// Large buffers (64 KiB and up) are anonymous memory maps: the kernel hands out zero pages
+/// on first touch, so a buffer sized for the largest batch costs resident memory only for
+/// the part a step actually uses (a layer sized for evaluation batches of 256 that trains on
+/// 64 keeps three quarters of its pages untouched until an evaluation runs).
 public final class FloatBuffer {
     public let pointer: UnsafeMutablePointer<Float>
     public let capacity: Int
+    private let mappedBytes: Int
+
+    private static let mapThreshold = 64 << 10
 
     public init(capacity: Int) {
         self.capacity = capacity
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(capacity, 1) * 4, alignment: 64)
-        pointer = raw.bindMemory(to: Float.self, capacity: max(capacity, 1))
-        pointer.initialize(repeating: 0, count: max(capacity, 1))
+        let bytes = max(capacity, 1) * 4
+        if bytes >= FloatBuffer.mapThreshold,
+           let raw = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), raw != MAP_FAILED {
+            // Page-aligned and already zero.
+            mappedBytes = bytes
+            pointer = raw.bindMemory(to: Float.self, capacity: max(capacity, 1))
+        } else {
+            mappedBytes = 0
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+            pointer = raw.bindMemory(to: Float.self, capacity: max(capacity, 1))
+            pointer.initialize(repeating: 0, count: max(capacity, 1))
+        }
     }
 
-    deinit { UnsafeMutableRawPointer(pointer).deallocate() }
+    deinit {
+        if mappedBytes > 0 {
+            munmap(UnsafeMutableRawPointer(pointer), mappedBytes)
+        } else {
+            UnsafeMutableRawPointer(pointer).deallocate()
+        }
+    }
 
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: pointer, count: capacity) }
     public func tensor(_ shape: Shape) -> Tensor {
@@ -86,3 +109,9 @@ public final class DoubleBuffer {
     deinit { pointer.deallocate() }
     public func zero() { pointer.update(repeating: 0, count: capacity) }
 }
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif

@@ -13,13 +13,27 @@ public struct StepRecord: Codable, Sendable {
     public var skipped: Bool
     public var samples: Int
     public var dataSeconds: Double
+    /// Forward (with the loss) plus backward: `forwardSeconds + backwardSeconds`.
     public var computeSeconds: Double
+    public var forwardSeconds: Double
+    public var backwardSeconds: Double
     public var communicationSeconds: Double
     public var optimizerSeconds: Double
+
+    public init(step: Int, epoch: Int, loss: Double, accuracy: Double, lr: Double, gradNorm: Double, clipped: Bool,
+                skipped: Bool, samples: Int, dataSeconds: Double, forwardSeconds: Double, backwardSeconds: Double,
+                communicationSeconds: Double, optimizerSeconds: Double) {
+        self.step = step; self.epoch = epoch; self.loss = loss; self.accuracy = accuracy; self.lr = lr
+        self.gradNorm = gradNorm; self.clipped = clipped; self.skipped = skipped; self.samples = samples
+        self.dataSeconds = dataSeconds; self.computeSeconds = forwardSeconds + backwardSeconds
+        self.forwardSeconds = forwardSeconds; self.backwardSeconds = backwardSeconds
+        self.communicationSeconds = communicationSeconds; self.optimizerSeconds = optimizerSeconds
+    }
 
     enum CodingKeys: String, CodingKey {
         case step, epoch, loss, accuracy, lr, clipped, skipped, samples
         case gradNorm = "grad_norm", dataSeconds = "data_s", computeSeconds = "compute_s"
+        case forwardSeconds = "forward_s", backwardSeconds = "backward_s"
         case communicationSeconds = "comm_s", optimizerSeconds = "optimizer_s"
     }
 }

@@ -21,15 +21,30 @@ public struct TrainSummary: Codable, Sendable {
     public var communicationShare: Double
     public var parameterHashes: [String]
     public var accuracyPerEpoch: [Double]
+    /// Seconds from process start (the kernel's start time of the process) to the start of
+    /// the first training step, the largest over ranks; nil when no step ran.
+    public var secondsToFirstStep: Double?
+    /// Unix time (seconds) at which the last rank started its first training step, so that a
+    /// launcher can measure launch to first step on its own clock; nil when no step ran.
+    public var firstStepUnixTime: Double?
 }
 
-/// Per-step timings in seconds.
-struct StepTimes {
-    var data = 0.0
-    var compute = 0.0
-    var communication = 0.0
-    var optimizer = 0.0
-    var total: Double { data + compute + communication + optimizer }
+/// Per-step timings in seconds. Forward includes the loss; sync-BN's collectives inside
+/// forward and backward are counted as communication, not as forward or backward.
+public struct StepTimes: Codable, Sendable {
+    public var data = 0.0
+    public var forward = 0.0
+    public var backward = 0.0
+    public var communication = 0.0
+    public var optimizer = 0.0
+    public init() {}
+    public var compute: Double { forward + backward }
+    public var total: Double { data + forward + backward + communication + optimizer }
+
+    public static func += (a: inout StepTimes, b: StepTimes) {
+        a.data += b.data; a.forward += b.forward; a.backward += b.backward
+        a.communication += b.communication; a.optimizer += b.optimizer
+    }
 }
 
 /// One data-parallel training run on this rank. Reads top to bottom as DESIGN's "one
@@ -70,6 +85,19 @@ public final class Trainer {
     var consecutiveSkips = 0
     var skippedSteps = 0
 
+    /// For benchmarks: the first `timingWarmup` steps of `run` are left out of `timed`.
+    public var timingWarmup = 0
+    /// Step-time split summed over the steps after the warm-up, on this rank.
+    public private(set) var timed = StepTimes()
+    public private(set) var timedSteps = 0
+    /// Wall-clock seconds from the end of the warm-up to the end of the last step, on this rank.
+    public private(set) var timedWallSeconds = 0.0
+    /// CPU seconds (user + system, all threads) of this process over the same window.
+    public private(set) var timedCPUSeconds = 0.0
+    /// Seconds from process start to the start of this rank's first step in `run`.
+    public private(set) var secondsToFirstStep: Double?
+    public private(set) var firstStepUnixTime: Double?
+
     /// Loads and checks data, model and options on every rank, and initializes the
     /// replicas; writes nothing.
     public init(config: TrainConfig, world: Communicator) throws {
@@ -97,7 +125,11 @@ public final class Trainer {
                           rank: world.rank, seed: config.seed, shuffle: config.shuffle)
         let totalSteps = config.steps ?? config.epochs * sampler.stepsPerEpoch
         let localCapacity = (globalBatch + world.size - 1) / world.size
-        let evalBatch = max(localCapacity, 256)
+        // Every layer's buffers are sized for the largest batch, so evaluation batches larger
+        // than training's cost memory (at per-rank batch 64, batches of 256 took fmnist-cnn
+        // from 200 to 358 MiB per rank) for little speed: a sample's outputs do not depend on
+        // the batch it is in, so the results are the same.
+        let evalBatch = max(localCapacity, 64)
         self.totalSteps = totalSteps
         self.localCapacity = localCapacity
         self.evalBatch = evalBatch
@@ -302,6 +334,10 @@ public final class Trainer {
         let g = model.gradients.pointer
         let watchdog = config.collectiveTimeout > 0 ? StepWatchdog(seconds: config.collectiveTimeout, rank: world.rank) : nil
         defer { watchdog?.stop() }
+        timed = StepTimes()
+        timedSteps = 0
+        var timedStart = Communicator.wallTime()
+        var timedCPUStart = ProcessClock.cpuSeconds()
 
         while step < totalSteps {
             watchdog?.begin(step: step)
@@ -309,6 +345,10 @@ public final class Trainer {
             let batchInEpoch = step % stepsPerEpoch
             var times = StepTimes()
             var t = Communicator.wallTime()
+            if secondsToFirstStep == nil {
+                secondsToFirstStep = ProcessClock.secondsSinceProcessStart()
+                firstStepUnixTime = ProcessClock.unixTime()
+            }
 
             // 1. This rank's part of global batch k.
             if epoch != orderEpoch { order = sampler.epochOrder(epoch); orderEpoch = epoch }
@@ -322,20 +362,21 @@ public final class Trainer {
             let context = ForwardContext(training: true, seed: config.seed, step: step, sampleIDs: sampleIDs, statistics: statistics)
             let logits = try model.forward(x.tensor(data.sampleShape.withBatch(n)), context)
             let result = loss(logits, labels: labels)
+            // Sync-BN's collectives ran inside forward and backward: count them as communication.
+            let forwardBN = syncStatistics?.takeSeconds() ?? 0
+            times.forward = lap(&t) - forwardBN
             try model.backward(result.gradient, context)
             try FaultInjection.check(rank: world.rank, step: step)
             if FaultInjection.poisons(rank: world.rank, step: step) { g[0] = .nan }
             g[model.lossSlot] = Float(result.lossSum)
             g[model.correctSlot] = Float(result.correct)
             g[model.samplesSlot] = Float(n)
-            times.compute = lap(&t)
+            let backwardBN = syncStatistics?.takeSeconds() ?? 0
+            times.backward = lap(&t) - backwardBN
 
             // 5. One allreduce moves gradients and the three counts.
             try world.allreduce(g, count: p + Model.tailCount)
-            // Sync-BN's collectives ran inside forward and backward: count them as communication.
-            let bnSeconds = syncStatistics?.takeSeconds() ?? 0
-            times.communication = lap(&t) + bnSeconds
-            times.compute -= bnSeconds
+            times.communication = lap(&t) + forwardBN + backwardBN
 
             // 6. Exact mean over the global batch, whatever the slice sizes.
             let globalCount = g[model.samplesSlot]
@@ -376,12 +417,20 @@ public final class Trainer {
             }
             times.optimizer = lap(&t)
             step += 1
-            totals.data += times.data; totals.compute += times.compute
-            totals.communication += times.communication; totals.optimizer += times.optimizer
+            totals += times
+            if step - firstStep == timingWarmup {
+                timedStart = t
+                if timingWarmup > 0 { timedCPUStart = ProcessClock.cpuSeconds() }
+            } else if step - firstStep > timingWarmup {
+                timed += times
+                timedSteps += 1
+                timedWallSeconds = t - timedStart
+                if step == totalSteps { timedCPUSeconds = ProcessClock.cpuSeconds() - timedCPUStart }
+            }
 
             log.step(StepRecord(step: step, epoch: epoch, loss: stepLoss, accuracy: stepAccuracy, lr: lr,
                                 gradNorm: norm, clipped: clipped, skipped: skipped, samples: Int(globalCount),
-                                dataSeconds: times.data, computeSeconds: times.compute,
+                                dataSeconds: times.data, forwardSeconds: times.forward, backwardSeconds: times.backward,
                                 communicationSeconds: times.communication, optimizerSeconds: times.optimizer),
                      totalSteps: totalSteps, stepsPerEpoch: stepsPerEpoch)
 
@@ -415,7 +464,8 @@ public final class Trainer {
 
         let hashes = try checkReplicas(model, world: world, step: step, includeBuffers: true)
         let wall = Communicator.wallTime() - start
-        var commShare = [totals.communication / max(totals.total, 1e-12)]
+        // Communication share, time to the first step and its Unix time: the largest over ranks.
+        var commShare = [totals.communication / max(totals.total, 1e-12), secondsToFirstStep ?? -1, firstStepUnixTime ?? -1]
         try world.allreduce(&commShare, op: .max)
         let summary = TrainSummary(
             worldSize: world.size, globalBatch: globalBatch, steps: step,
@@ -423,7 +473,8 @@ public final class Trainer {
             testLoss: lastEval?.loss, testAccuracy: lastEval?.accuracy, bestTestAccuracy: best?.accuracy, bestEpoch: best?.epoch,
             wallSeconds: wall, samplesPerSecond: Double((step - firstStep) * globalBatch) / max(totals.total, 1e-12),
             communicationShare: commShare[0], parameterHashes: hashes.map { String($0, radix: 16) },
-            accuracyPerEpoch: accuracyPerEpoch)
+            accuracyPerEpoch: accuracyPerEpoch,
+            secondsToFirstStep: step > firstStep ? commShare[1] : nil, firstStepUnixTime: step > firstStep ? commShare[2] : nil)
         log.finish(summary)
         return summary
     }

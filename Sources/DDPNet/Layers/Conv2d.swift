@@ -2,10 +2,15 @@ import DDPKernels
 
 /// 2-D convolution over NCHW input, weight [out, in, k, k] as in PyTorch.
 ///
-/// The whole local batch is one GEMM: im2col unfolds it into columns [C*k*k, n*OH*OW],
-/// W [OC, C*k*k] x columns gives [OC, n*OH*OW], which is then permuted to NCHW. A 1x1,
-/// stride-1, unpadded convolution needs no unfolding: each sample [C, H*W] already is its
-/// own column matrix, so it runs one GEMM per sample straight into NCHW.
+/// im2col unfolds the whole local batch into columns [C*k*k, n*OH*OW]; forward is then
+/// W [OC, C*k*k] x columns, one GEMM per sample over its block of columns, written straight
+/// into NCHW (each output element is the same K-long dot product as in one GEMM over the
+/// whole batch: the batch only changes GEMM's column count). The weight gradient is one
+/// GEMM over the whole batch. The input gradient goes sample by sample: Wᵀ x dy_s into a
+/// one-sample column buffer that stays in cache, folded back by col2im at once, instead of
+/// a batch-sized column gradient making a round trip through memory. A 1x1, stride-1,
+/// unpadded convolution needs no unfolding: each sample [C, H*W] already is its own column
+/// matrix, so it runs one GEMM per sample straight into NCHW.
 public final class Conv2d: Layer {
     public let inChannels: Int
     public let outChannels: Int
@@ -21,10 +26,12 @@ public final class Conv2d: Layer {
     private var bias: UnsafeMutablePointer<Float>?
     private var weightGrad: UnsafeMutablePointer<Float>!
     private var biasGrad: UnsafeMutablePointer<Float>?
-    /// Columns [C*k*k, n*P]; backward overwrites them with their gradient once dW is done.
+    /// Columns [C*k*k, n*P], kept from forward for the weight gradient.
     private var columns: FloatBuffer?
-    /// [OC, n*P]: the GEMM result in forward, the permuted output gradient in backward.
+    /// [OC, n*P]: the output gradient permuted for the weight-gradient GEMM.
     private var product: FloatBuffer?
+    /// [C*k*k, P]: one sample's column gradient.
+    private var sampleColumns: FloatBuffer?
     private var output: FloatBuffer!
     private var inputGrad: FloatBuffer!
     private var input: Tensor?
@@ -69,6 +76,7 @@ public final class Conv2d: Layer {
         if !isPointwise {
             columns = FloatBuffer(capacity: g.patchSize * maxBatch * g.outSpatial)
             product = FloatBuffer(capacity: outChannels * maxBatch * g.outSpatial)
+            sampleColumns = FloatBuffer(capacity: g.patchSize * g.outSpatial)
         }
     }
 
@@ -98,18 +106,15 @@ public final class Conv2d: Layer {
             if let bias { addBias(bias, to: y.data, samples: n, spatial: p) }
             return y
         }
-        let cols = columns!.pointer, prod = product!.pointer
+        let cols = columns!.pointer
         let pixels = n * p
         im2col(x.data, batch: n, g, into: cols)
-        sgemm(m: oc, n: pixels, k: g.patchSize, a: weight, lda: g.patchSize, b: cols, ldb: pixels, c: prod, ldc: pixels)
-        // [OC, n, P] -> [n, OC, P], adding the bias on the way.
-        for o in 0..<oc {
-            let b = bias?[o] ?? 0
-            for s in 0..<n {
-                let src = prod + o * pixels + s * p, dst = y.data + (s * oc + o) * p
-                for i in 0..<p { dst[i] = src[i] + b }
-            }
+        // y_s [OC, P] = W [OC, CKK] x columns_s [CKK, P], straight into NCHW.
+        for s in 0..<n {
+            sgemm(m: oc, n: p, k: g.patchSize, a: weight, lda: g.patchSize, b: cols + s * p, ldb: pixels,
+                  c: y.data + s * oc * p, ldc: p)
         }
+        if let bias { addBias(bias, to: y.data, samples: n, spatial: p) }
         return y
     }
 
@@ -152,10 +157,13 @@ public final class Conv2d: Layer {
             }
         }
         if needsInputGradient {
-            // dcols = Wᵀ [CKK, OC] x dy' [OC, nP], written over the columns (no longer needed).
-            sgemm(transA: true, m: ckk, n: pixels, k: oc, a: weight, lda: ckk, b: dyp, ldb: pixels, c: cols, ldc: pixels)
+            // Per sample: dcols_s = Wᵀ [CKK, OC] x dy_s [OC, P], folded into dx_s while in cache.
+            let dcols = sampleColumns!.pointer, plane = x.shape.perSample
             dx.data.update(repeating: 0, count: dx.count)
-            col2im(cols, batch: n, g, into: dx.data)
+            for s in 0..<n {
+                sgemm(transA: true, m: ckk, n: p, k: oc, a: weight, lda: ckk, b: dy.data + s * oc * p, ldb: p, c: dcols, ldc: p)
+                col2imOverwriting(dcols, batch: 1, g, into: dx.data + s * plane)
+            }
         }
         return dx
     }

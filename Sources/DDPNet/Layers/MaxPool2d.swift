@@ -14,7 +14,15 @@ public final class MaxPool2d: Layer {
     private var inputGrad: FloatBuffer!
     private var argmax: OwnedBuffer<Int32>!
     private var windows: PoolWindows!
+    /// 2x2 fast path: the larger of each horizontal pair, and which of the two it was.
+    private var pairs: FloatBuffer!
+    private var pairSide: OwnedBuffer<Int32>!
     private var inputShape: Shape?
+
+    /// A 2x2, stride-2 window over an even-sized input: the two-pass fast path.
+    private var isEvenTwoByTwo: Bool {
+        kernel == 2 && stride == 2 && padding == 0 && geometry.width % 2 == 0 && geometry.height % 2 == 0
+    }
 
     public init(kernel: Int, stride: Int? = nil, padding: Int = 0) {
         self.kernel = kernel; self.stride = stride ?? kernel; self.padding = padding
@@ -35,6 +43,10 @@ public final class MaxPool2d: Layer {
         output = FloatBuffer(capacity: outCount)
         argmax = OwnedBuffer(capacity: outCount, repeating: 0)
         windows = PoolWindows(g)
+        if isEvenTwoByTwo {
+            pairs = FloatBuffer(capacity: maxBatch * g.channels * g.height * g.outWidth)
+            pairSide = OwnedBuffer(capacity: maxBatch * g.channels * g.height * g.outWidth, repeating: 0)
+        }
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
     }
 
@@ -43,7 +55,7 @@ public final class MaxPool2d: Layer {
         let y = output.tensor(g.outputShape(batch: x.shape.n))
         let oh = g.outHeight, ow = g.outWidth, plane = g.height * g.width
         let indices = argmax.pointer, windows = windows!
-        if kernel == 2 && stride == 2 && padding == 0 {
+        if isEvenTwoByTwo {
             forward2x2(x.data, y.data, planes: x.shape.n * g.channels)
             inputShape = x.shape
             return y
@@ -76,49 +88,40 @@ public final class MaxPool2d: Layer {
         return y
     }
 
-    /// The common 2x2, stride-2 window, always inside the input: eight outputs at a time
-    /// as vector compares and blends (random data would mispredict scalar branches).
+    /// The common 2x2, stride-2 window, always inside the input, in two passes that the
+    /// compiler vectorizes (rows here are 14 or 7 outputs long, too short to vectorize a
+    /// window at a time). Pass 1 runs over the whole batch as one contiguous array of
+    /// horizontal pairs, keeping the larger of each and which one it was; pass 2 combines
+    /// the pairs of the two rows of each window. First maximum in window order wins, NaN
+    /// propagates (the last NaN in window order), exactly as a window at a time would:
+    /// "a later one wins only if larger or NaN" is associative over the two row pairs.
     private func forward2x2(_ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, planes: Int) {
         let g = geometry!
-        let w = g.width, oh = g.outHeight, ow = g.outWidth, plane = g.height * w
-        let lanes = SIMD8<Int32>(0, 2, 4, 6, 8, 10, 12, 14)
-        for planeIndex in 0..<planes {
-            let src = x + planeIndex * plane, dst = y + planeIndex * oh * ow, arg = argmax.pointer + planeIndex * oh * ow
-            for oy in 0..<oh {
-                let top = 2 * oy * w
-                var ox = 0
-                while ox + 8 <= ow {
-                    let k = top + 2 * ox
-                    let upper = UnsafeRawPointer(src + k).loadUnaligned(as: SIMD16<Float>.self)
-                    let lower = UnsafeRawPointer(src + k + w).loadUnaligned(as: SIMD16<Float>.self)
-                    var bestValue = upper.evenHalf
-                    var best = lanes &+ Int32(k)
-                    // Window order: (0,0), (0,1), (1,0), (1,1); later ones win only if larger or NaN.
-                    @inline(__always) func consider(_ candidate: SIMD8<Float>, at offset: Int) {
-                        let take = (candidate .> bestValue) .| (candidate .!= candidate)
-                        bestValue.replace(with: candidate, where: take)
-                        best.replace(with: lanes &+ Int32(k + offset), where: take)
-                    }
-                    consider(upper.oddHalf, at: 1)
-                    consider(lower.evenHalf, at: w)
-                    consider(lower.oddHalf, at: w + 1)
-                    UnsafeMutableRawPointer(dst + oy * ow + ox).storeBytes(of: bestValue, as: SIMD8<Float>.self)
-                    UnsafeMutableRawPointer(arg + oy * ow + ox).storeBytes(of: best, as: SIMD8<Int32>.self)
-                    ox += 8
-                }
-                while ox < ow {
-                    let k = top + 2 * ox
-                    var best = k, bestValue = src[k]
-                    @inline(__always) func consider(_ candidate: Int) {
-                        if src[candidate] > bestValue || src[candidate].isNaN { best = candidate; bestValue = src[candidate] }
-                    }
-                    consider(k + 1)
-                    consider(k + w)
-                    consider(k + w + 1)
-                    dst[oy * ow + ox] = bestValue
-                    arg[oy * ow + ox] = Int32(best)
-                    ox += 1
-                }
+        let w = g.width, oh = g.outHeight, ow = g.outWidth
+        let hv = pairs.pointer, hr = pairSide.pointer
+        // Pass 1: pairs (x[2p], x[2p + 1]) over every row of every plane (widths are even here).
+        let pairCount = planes * g.height * ow
+        for p in 0..<pairCount {
+            let a = x[2 * p], b = x[2 * p + 1]
+            // "b > a or b is NaN"; the two never hold together, so != is their or, without
+            // the short circuit that would make it a branch.
+            let take = (b > a) != (b != b)
+            hv[p] = take ? b : a
+            hr[p] = take ? 1 : 0
+        }
+        // Pass 2: the window's top pair (row 2oy) against its bottom pair (row 2oy + 1).
+        let arg = argmax.pointer
+        for r in 0..<(planes * oh) {
+            let top = hv + 2 * r * ow, bottom = top + ow
+            let topSide = hr + 2 * r * ow, bottomSide = topSide + ow
+            let out = y + r * ow, index = arg + r * ow
+            let rowStart = Int32(truncatingIfNeeded: 2 * (r % oh) * w)
+            for ox in 0..<ow {
+                let t = top[ox], b = bottom[ox]
+                let take = (b > t) != (b != b)
+                out[ox] = take ? b : t
+                index[ox] = rowStart + (take ? Int32(truncatingIfNeeded: w) : 0) + Int32(truncatingIfNeeded: 2 * ox)
+                    + (take ? bottomSide[ox] : topSide[ox])
             }
         }
     }

@@ -1,0 +1,210 @@
+import ArgumentParser
+import DDPComm
+import DDPKernels
+import DDPNet
+import DDPTrain
+import Foundation
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure training speed: samples/s, the step split, peak memory per rank, and the share of sgemm peak.",
+        discussion: """
+        Runs the real trainer (the same step as `train`) for --untimed-steps, then times --timed-steps. Writes nothing: \
+        no run directory, no metrics, no checkpoints; evaluation is off. Use real data (the default, fashion-mnist) or \
+        --dataset synthetic (same shape). Under mpirun, every rank's figures are gathered to rank 0, which prints them.
+        """)
+
+    @OptionGroup var options: TrainOptions
+
+    @Option(help: "Steps run before timing starts (warm-up: page faults, BLAS buffers, caches).")
+    var untimedSteps = 10
+
+    @Option(help: "Steps timed.")
+    var timedSteps = 100
+
+    @Flag(help: "Evaluate on the test set once after the timed steps (not timed), as the PyTorch peer does, so that peak RSS includes evaluation.")
+    var evaluate = false
+
+    @Flag(help: "Print one JSON object.")
+    var json = false
+
+    func validate() throws {
+        guard untimedSteps >= 0 else { throw ValidationError("--untimed-steps must be at least 0") }
+        guard timedSteps >= 1 else { throw ValidationError("--timed-steps must be at least 1") }
+        if options.resume != nil { throw ValidationError("bench does not resume: it starts from the seed's weights") }
+    }
+
+    func config() throws -> TrainConfig {
+        var config = try options.resolve()
+        config.steps = untimedSteps + timedSteps
+        // --evaluate: one evaluation, after the last (timed) step; no epoch-end evaluations.
+        config.evalEvery = evaluate ? Int(Int32.max) : 0
+        config.checkReplicas = 0
+        config.resume = nil
+        try config.validate()
+        return config
+    }
+
+    func run() throws {
+        let config = try config()
+        try withWorld { world in
+            let trainer = try Trainer(config: config, world: world)
+            trainer.timingWarmup = untimedSteps
+            let log = try RunLog(rank: world.rank, logEvery: Int.max, json: false, metricsPath: nil, quiet: true)
+            let summary = try trainer.run(log: log, checkpointDirectory: nil)
+
+            // Peak memory of training (and evaluation), before the measurements below allocate.
+            let rss = Double(ProcessClock.peakRSSBytes())
+            // The gradient allreduce alone, ranks lined up by a barrier first: what moving the
+            // buffer costs, as against the step's communication time, which also holds the
+            // wait for the slowest rank.
+            let gradientFloats = trainer.model.parameterCount + Model.tailCount
+            let scratch = FloatBuffer(capacity: gradientFloats)
+            var allreduceSeconds = Double.infinity
+            for _ in 0..<10 {
+                try world.barrier()
+                let start = Communicator.wallTime()
+                try world.allreduce(scratch.pointer, count: gradientFloats)
+                allreduceSeconds = min(allreduceSeconds, Communicator.wallTime() - start)
+            }
+            var slowest = [allreduceSeconds]
+            try world.allreduce(&slowest, op: .max)
+
+            let t = trainer.timed, steps = Double(max(trainer.timedSteps, 1))
+            let sgemm = sgemmPeakGFLOPS(threads: 1)
+            let mine = [t.data / steps, t.forward / steps, t.backward / steps, t.communication / steps, t.optimizer / steps,
+                        trainer.timedWallSeconds, rss, sgemm, Double(BLASThreads.current),
+                        trainer.timedCPUSeconds / steps]
+            let all = try world.allgather(mine)
+            guard world.rank == 0 else { return }
+
+            let fields = mine.count, ranks = world.size
+            func column(_ i: Int) -> [Double] { (0..<ranks).map { all[$0 * fields + i] } }
+            func mean(_ xs: [Double]) -> Double { xs.reduce(0, +) / Double(xs.count) }
+            let split = (0..<5).map { mean(column($0)) }
+            let stepSeconds = split.reduce(0, +)
+            let commShares = (0..<ranks).map { r in all[r * fields + 3] / max((0..<5).reduce(0.0) { $0 + all[r * fields + $1] }, 1e-12) }
+            let wall = column(5).max() ?? 0
+            let samplesPerSecond = Double(trainer.globalBatch * trainer.timedSteps) / max(wall, 1e-12)
+            let flops = trainer.model.flopsPerSample
+            let threads = Int(column(8).max() ?? 1)
+            let cores = ProcessInfo.processInfo.activeProcessorCount
+            let coresUsed = min(ranks * threads, cores)
+            let peak = sgemm * Double(coresUsed)
+            let achieved = samplesPerSecond * flops / 1e9
+
+            let result = BenchResult(
+                model: config.model, dataset: config.dataset, worldSize: ranks, perRankBatch: trainer.globalBatch / ranks,
+                globalBatch: trainer.globalBatch, blasThreadsPerRank: threads, untimedSteps: untimedSteps,
+                timedSteps: trainer.timedSteps, samplesPerSecond: samplesPerSecond,
+                stepMilliseconds: BenchResult.Split(data: split[0] * 1e3, forward: split[1] * 1e3, backward: split[2] * 1e3,
+                                                    communication: split[3] * 1e3, optimizer: split[4] * 1e3, total: stepSeconds * 1e3),
+                communicationShare: commShares.max() ?? 0, communicationSharePerRank: commShares,
+                peakRSSMiBPerRank: column(6).map { $0 / 1_048_576 },
+                secondsToFirstStep: summary.secondsToFirstStep, firstStepUnixTime: summary.firstStepUnixTime,
+                sgemmGFLOPSOneCore: sgemm, sgemmGFLOPSOneCorePerRank: column(7), flopsPerSample: flops,
+                achievedGFLOPS: achieved, coresUsed: coresUsed, shareOfPeak: achieved / max(peak, 1e-12),
+                machine: BenchResult.Machine(cores: cores, cpu: cpuModel(), openBLAS: BLASThreads.configuration,
+                                             mpi: Communicator.libraryVersion()),
+                cpuMillisecondsPerStepPerRank: column(9).map { $0 * 1e3 },
+                gradientAllreduceMilliseconds: ranks > 1 ? slowest[0] * 1e3 : 0, gradientBytes: gradientFloats * 4,
+                finalTrainLoss: summary.finalTrainLoss, testAccuracy: summary.testAccuracy)
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+                print(String(decoding: try encoder.encode(result), as: UTF8.self))
+            } else {
+                print(result.text, terminator: "")
+            }
+        }
+    }
+
+    private func cpuModel() -> String {
+        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "unknown" }
+        for line in text.split(separator: "\n") where line.hasPrefix("model name") {
+            return line.split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) } ?? "unknown"
+        }
+        return "unknown"
+    }
+}
+
+struct BenchResult: Codable {
+    struct Split: Codable {
+        var data, forward, backward, communication, optimizer, total: Double
+    }
+    struct Machine: Codable {
+        var cores: Int
+        var cpu: String
+        var openBLAS: String
+        var mpi: String
+        enum CodingKeys: String, CodingKey { case cores, cpu, openBLAS = "openblas", mpi }
+    }
+    var model: String
+    var dataset: String
+    var worldSize: Int
+    var perRankBatch: Int
+    var globalBatch: Int
+    var blasThreadsPerRank: Int
+    var untimedSteps: Int
+    var timedSteps: Int
+    var samplesPerSecond: Double
+    /// Mean per step over the timed steps and over ranks.
+    var stepMilliseconds: Split
+    var communicationShare: Double
+    var communicationSharePerRank: [Double]
+    var peakRSSMiBPerRank: [Double]
+    var secondsToFirstStep: Double?
+    var firstStepUnixTime: Double?
+    var sgemmGFLOPSOneCore: Double
+    var sgemmGFLOPSOneCorePerRank: [Double]
+    var flopsPerSample: Double
+    var achievedGFLOPS: Double
+    var coresUsed: Int
+    var shareOfPeak: Double
+    var machine: Machine
+    /// CPU time (user + system, all threads) per step: with other load on the machine this
+    /// stays close to the unloaded step time where the wall-clock figures do not.
+    var cpuMillisecondsPerStepPerRank: [Double]
+    /// One allreduce of the gradient buffer alone (ranks lined up first; best of 10).
+    var gradientAllreduceMilliseconds: Double
+    var gradientBytes: Int
+    var finalTrainLoss: Double
+    var testAccuracy: Double?
+
+    enum CodingKeys: String, CodingKey {
+        case model, dataset, machine
+        case worldSize = "world_size", perRankBatch = "per_rank_batch", globalBatch = "global_batch"
+        case blasThreadsPerRank = "blas_threads_per_rank", untimedSteps = "untimed_steps", timedSteps = "timed_steps"
+        case samplesPerSecond = "samples_per_s", stepMilliseconds = "step_ms"
+        case communicationShare = "communication_share", communicationSharePerRank = "communication_share_per_rank"
+        case peakRSSMiBPerRank = "peak_rss_mib_per_rank", secondsToFirstStep = "seconds_to_first_step"
+        case firstStepUnixTime = "first_step_unix_time", sgemmGFLOPSOneCore = "sgemm_gflops_one_core"
+        case sgemmGFLOPSOneCorePerRank = "sgemm_gflops_one_core_per_rank", flopsPerSample = "flops_per_sample"
+        case achievedGFLOPS = "achieved_gflops", coresUsed = "cores_used", shareOfPeak = "share_of_peak"
+        case finalTrainLoss = "final_train_loss", testAccuracy = "test_accuracy",
+        gradientAllreduceMilliseconds = "gradient_allreduce_ms", gradientBytes = "gradient_bytes", cpuMillisecondsPerStepPerRank = "cpu_ms_per_step_per_rank"
+    }
+
+    var text: String {
+        let s = stepMilliseconds
+        var out = "bench: \(model) on \(dataset), \(worldSize) rank(s) x \(blasThreadsPerRank) BLAS thread(s), per-rank batch \(perRankBatch), "
+            + "\(timedSteps) timed steps after \(untimedSteps)\n"
+        out += String(format: "samples/s            %.1f\n", samplesPerSecond)
+        out += String(format: "step (ms, mean)      %.2f = data %.2f + forward %.2f + backward %.2f + communication %.2f + optimizer %.2f\n",
+                      s.total, s.data, s.forward, s.backward, s.communication, s.optimizer)
+        out += "CPU ms per step      " + cpuMillisecondsPerStepPerRank.map { String(format: "%.2f", $0) }.joined(separator: ", ") + " (per rank)\n"
+        out += String(format: "communication share  %.1f%% (largest over ranks)\n", communicationShare * 100)
+        if worldSize > 1 {
+            out += String(format: "gradient allreduce   %.2f ms alone for %.2f MB (ranks lined up first)\n",
+                          gradientAllreduceMilliseconds, Double(gradientBytes) / 1e6)
+        }
+        out += "peak RSS per rank    " + peakRSSMiBPerRank.map { String(format: "%.1f MiB", $0) }.joined(separator: ", ") + "\n"
+        if let first = secondsToFirstStep { out += String(format: "process start to first step  %.3f s (largest over ranks)\n", first) }
+        out += String(format: "model                %.2f MFLOP per sample (forward + backward)\n", flopsPerSample / 1e6)
+        out += String(format: "sgemm one core       %.1f GFLOP/s; reached %.1f GFLOP/s = %.1f%% of %d core(s)\n",
+                      sgemmGFLOPSOneCore, achievedGFLOPS, shareOfPeak * 100, coresUsed)
+        out += "machine              \(machine.cores) cores, \(machine.cpu), \(machine.openBLAS)\n"
+        return out
+    }
+}
