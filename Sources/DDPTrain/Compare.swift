@@ -135,7 +135,9 @@ public struct ComparisonReport {
 
     public var accuracyChart: LineChart {
         LineChart(title: "Test accuracy", xLabel: "epoch", yLabel: "test accuracy (%)",
-                  series: results.map { r in .init(name: r.name, points: r.summary.accuracyPerEpoch.enumerated().map { (Double($0 + 1), $1 * 100) }) })
+                  series: results.map { r in
+                      .init(name: r.name, points: zip(r.summary.evaluatedEpochs, r.summary.accuracyPerEpoch).map { (Double($0), $1 * 100) })
+                  })
     }
 
     public var header: [String] {

@@ -20,7 +20,10 @@ public struct TrainSummary: Codable, Sendable {
     public var samplesPerSecond: Double
     public var communicationShare: Double
     public var parameterHashes: [String]
+    /// Test accuracy at each evaluation, and the epoch it followed (--eval-every may skip
+    /// epochs; a resumed run reports the epochs it ran).
     public var accuracyPerEpoch: [Double]
+    public var evaluatedEpochs: [Int]
     /// Seconds from process start (the kernel's start time of the process) to the start of
     /// the first training step, the largest over ranks; nil when no step ran.
     public var secondsToFirstStep: Double?
@@ -327,6 +330,7 @@ public final class Trainer {
         var totals = StepTimes()
         var lastLoss = Double.nan
         var accuracyPerEpoch: [Double] = []
+        var evaluatedEpochs: [Int] = []
         var lastEval: Evaluation?
         var best: (accuracy: Double, epoch: Int)?
         let stepsPerEpoch = sampler.stepsPerEpoch
@@ -454,6 +458,7 @@ public final class Trainer {
                     let e = try evaluate()
                     lastEval = e
                     accuracyPerEpoch.append(e.accuracy)
+                    evaluatedEpochs.append(finishedEpoch)
                     if best == nil || e.accuracy > best!.accuracy { best = (e.accuracy, finishedEpoch) }
                     log.evaluation(epoch: finishedEpoch, loss: e.loss, accuracy: e.accuracy)
                 }
@@ -473,7 +478,7 @@ public final class Trainer {
             testLoss: lastEval?.loss, testAccuracy: lastEval?.accuracy, bestTestAccuracy: best?.accuracy, bestEpoch: best?.epoch,
             wallSeconds: wall, samplesPerSecond: Double((step - firstStep) * globalBatch) / max(totals.total, 1e-12),
             communicationShare: commShare[0], parameterHashes: hashes.map { String($0, radix: 16) },
-            accuracyPerEpoch: accuracyPerEpoch,
+            accuracyPerEpoch: accuracyPerEpoch, evaluatedEpochs: evaluatedEpochs,
             secondsToFirstStep: step > firstStep ? commShare[1] : nil, firstStepUnixTime: step > firstStep ? commShare[2] : nil)
         log.finish(summary)
         return summary
