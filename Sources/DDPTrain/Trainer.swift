@@ -347,12 +347,13 @@ public final class Trainer {
             watchdog?.begin(step: step)
             let epoch = step / stepsPerEpoch
             let batchInEpoch = step % stepsPerEpoch
-            var times = StepTimes()
-            var t = Communicator.wallTime()
             if secondsToFirstStep == nil {
+                // Once, before the first step's clock starts (it reads /proc).
                 secondsToFirstStep = ProcessClock.secondsSinceProcessStart()
                 firstStepUnixTime = ProcessClock.unixTime()
             }
+            var times = StepTimes()
+            var t = Communicator.wallTime()
 
             // 1. This rank's part of global batch k.
             if epoch != orderEpoch { order = sampler.epochOrder(epoch); orderEpoch = epoch }

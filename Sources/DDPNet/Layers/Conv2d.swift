@@ -109,6 +109,20 @@ public final class Conv2d: Layer {
         let cols = columns!.pointer
         let pixels = n * p
         im2col(x.data, batch: n, g, into: cols)
+        if BLASThreads.current > 1 {
+            // Several BLAS threads split one large GEMM well and small ones badly: one GEMM
+            // over the batch into [OC, n, P], then permuted to NCHW (same dot products).
+            let prod = product!.pointer
+            sgemm(m: oc, n: pixels, k: g.patchSize, a: weight, lda: g.patchSize, b: cols, ldb: pixels, c: prod, ldc: pixels)
+            for o in 0..<oc {
+                let b = bias?[o] ?? 0
+                for s in 0..<n {
+                    let src = prod + o * pixels + s * p, dst = y.data + (s * oc + o) * p
+                    for i in 0..<p { dst[i] = src[i] + b }
+                }
+            }
+            return y
+        }
         // y_s [OC, P] = W [OC, CKK] x columns_s [CKK, P], straight into NCHW.
         for s in 0..<n {
             sgemm(m: oc, n: p, k: g.patchSize, a: weight, lda: g.patchSize, b: cols + s * p, ldb: pixels,
@@ -156,7 +170,13 @@ public final class Conv2d: Layer {
                 biasGrad[o] = sumFloat(dyp + o * pixels, count: pixels)
             }
         }
-        if needsInputGradient {
+        if needsInputGradient && BLASThreads.current > 1 {
+            // One large GEMM for several BLAS threads: dcols = Wᵀ x dy' over the batch,
+            // written over the columns (no longer needed), then folded back.
+            sgemm(transA: true, m: ckk, n: pixels, k: oc, a: weight, lda: ckk, b: dyp, ldb: pixels, c: cols, ldc: pixels)
+            dx.data.update(repeating: 0, count: dx.count)
+            col2imOverwriting(cols, batch: n, g, into: dx.data)
+        } else if needsInputGradient {
             // Per sample: dcols_s = Wᵀ [CKK, OC] x dy_s [OC, P], folded into dx_s while in cache.
             let dcols = sampleColumns!.pointer, plane = x.shape.perSample
             dx.data.update(repeating: 0, count: dx.count)
