@@ -15,9 +15,6 @@ static inline MPI_Op ddp_mpi_max(void) { return MPI_MAX; }
 static inline MPI_Op ddp_mpi_min(void) { return MPI_MIN; }
 static inline void *ddp_mpi_in_place(void) { return MPI_IN_PLACE; }
 static inline MPI_Errhandler ddp_mpi_errors_return(void) { return MPI_ERRORS_RETURN; }
-static inline MPI_Request ddp_mpi_request_null(void) { return MPI_REQUEST_NULL; }
-static inline MPI_Status *ddp_mpi_status_ignore(void) { return MPI_STATUS_IGNORE; }
-static inline MPI_Status *ddp_mpi_statuses_ignore(void) { return MPI_STATUSES_IGNORE; }
 static inline int ddp_mpi_max_error_string(void) { return MPI_MAX_ERROR_STRING; }
 static inline int ddp_mpi_max_processor_name(void) { return MPI_MAX_PROCESSOR_NAME; }
 static inline int ddp_mpi_max_library_version_string(void) { return MPI_MAX_LIBRARY_VERSION_STRING; }

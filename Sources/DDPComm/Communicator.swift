@@ -120,18 +120,6 @@ public final class Communicator: @unchecked Sendable {
         try allreduce(&dummy, op: op)
     }
 
-    /// Nonblocking in-place allreduce; finish it with `wait`.
-    public func startAllreduce<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, op: ReduceOp = .sum) throws(MPIError) -> MPIRequest {
-        var request: MPI_Request? = ddp_mpi_request_null()
-        try check(MPI_Iallreduce(ddp_mpi_in_place(), buffer, Int32(count), T.mpiDatatype, op.handle, comm, &request),
-                  "MPI_Iallreduce", rank: rank)
-        return MPIRequest(handle: request)
-    }
-
-    public func wait(_ request: inout MPIRequest) throws(MPIError) {
-        try check(MPI_Wait(&request.handle, ddp_mpi_status_ignore()), "MPI_Wait", rank: rank)
-    }
-
     /// Broadcast of `count` elements from `root`.
     public func broadcast<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, root: Int) throws(MPIError) {
         try check(MPI_Bcast(buffer, Int32(count), T.mpiDatatype, Int32(root), comm), "MPI_Bcast", rank: rank)
@@ -206,11 +194,6 @@ public final class Communicator: @unchecked Sendable {
 
     /// Seconds on MPI's wall clock.
     public static func wallTime() -> Double { MPI_Wtime() }
-}
-
-/// A pending nonblocking operation.
-public struct MPIRequest {
-    var handle: MPI_Request?
 }
 
 /// Process-wide holder of the one world communicator.

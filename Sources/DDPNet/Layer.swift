@@ -58,8 +58,6 @@ public struct LayerStorage {
 /// Where batch norm gets its batch statistics from. Batch norm knows nothing of MPI: it is
 /// handed a local reducer (statistics of this rank's slice) or a cross-rank one (sync-BN).
 public protocol BatchStatisticsReducer: AnyObject {
-    /// True when statistics are combined across ranks.
-    var synchronizes: Bool { get }
     /// On entry: this rank's sample count per channel (the same for all channels), and per
     /// channel the mean and the centred sum of squares (M2). On exit: the same over all
     /// ranks. Combining means and M2 (Chan et al.) rather than raw sums keeps the variance
@@ -72,7 +70,6 @@ public protocol BatchStatisticsReducer: AnyObject {
 /// Statistics of this rank's own slice only.
 public final class LocalStatistics: BatchStatisticsReducer {
     public init() {}
-    public var synchronizes: Bool { false }
     public func combineMoments(count: inout Double, mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePointer<Double>, channels: Int) throws {}
     public func sum(_ values: UnsafeMutablePointer<Double>, count: Int) throws {}
 }

@@ -15,8 +15,6 @@ public final class SyncBatchStatistics: BatchStatisticsReducer {
 
     public init(world: Communicator) { self.world = world }
 
-    public var synchronizes: Bool { true }
-
     /// Sizes the exchange buffers once for the widest layer, so steps allocate nothing.
     public func reserve(channels: Int) {
         let record = 1 + 2 * channels

@@ -8,7 +8,6 @@ final class BatchNormTests: XCTestCase {
     final class RecordingStatistics: BatchStatisticsReducer {
         var counts: [Double] = []
         var sums = 0
-        var synchronizes: Bool { false }
         func combineMoments(count: inout Double, mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePointer<Double>, channels: Int) throws {
             counts.append(count)
         }

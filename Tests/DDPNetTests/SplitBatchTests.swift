@@ -40,7 +40,6 @@ final class PairStatistics: BatchStatisticsReducer {
     let rank: Int
     let exchange: PairExchange
     init(rank: Int, exchange: PairExchange) { self.rank = rank; self.exchange = exchange }
-    var synchronizes: Bool { true }
 
     func combineMoments(count: inout Double, mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePointer<Double>, channels: Int) throws {
         let mine = [count] + (0..<channels).map { mean[$0] } + (0..<channels).map { m2[$0] }
