@@ -1,3 +1,4 @@
+import DDPNet
 import Foundation
 import Yams
 
@@ -182,6 +183,13 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         if !["sgd", "adam", "adamw"].contains(optimizer) { try fail("--optimizer must be sgd, adam or adamw; got '\(optimizer)'") }
         if nesterov && optimizer != "sgd" { try fail("--nesterov applies to --optimizer sgd only") }
         if nesterov && momentum == 0 { try fail("--nesterov needs --momentum > 0") }
+    }
+
+    /// The model this configuration trains: the preset or file, with every batch norm
+    /// replaced by an identity under `--bn none`.
+    public func modelSpec() throws -> ModelSpec {
+        let spec = try ModelSpec.named(model)
+        return bn == .disabled ? try spec.withoutBatchNorm() : spec
     }
 
     /// The global batch for a world of `worldSize` ranks.

@@ -73,7 +73,6 @@ public final class Trainer {
     /// --lr, scaled to the global batch when --lr-reference-batch is given.
     public let baseLearningRate: Double
     public let totalSteps: Int
-    let localCapacity: Int
     let evalBatch: Int
 
     // Step buffers, sized once.
@@ -114,10 +113,7 @@ public final class Trainer {
 
         // Data and model are validated on every rank before any training collective.
         let data = try TrainingData.load(config: config, world: world, withTest: config.evalEvery > 0)
-        let spec = try agreeOnSuccess(world) { () throws -> ModelSpec in
-            let spec = try ModelSpec.named(config.model)
-            return config.bn == .disabled ? try spec.withoutBatchNorm() : spec
-        }
+        let spec = try agreeOnSuccess(world) { try config.modelSpec() }
         self.data = data
         self.spec = spec
         if globalBatch > data.train.count {
@@ -134,7 +130,6 @@ public final class Trainer {
         // the batch it is in, so the results are the same.
         let evalBatch = max(localCapacity, 64)
         self.totalSteps = totalSteps
-        self.localCapacity = localCapacity
         self.evalBatch = evalBatch
 
         let model = try agreeOnSuccess(world) { () throws -> Model in
@@ -261,9 +256,7 @@ public final class Trainer {
             warnings.append("--resume auto: no intact checkpoint in \(store.directory); starting fresh")
             return
         }
-        try world.broadcast(model.parameters.pointer, count: model.parameterCount, root: 0)
-        try world.broadcast(model.buffers.pointer, count: model.buffers.capacity, root: 0)
-        try world.broadcast(model.counters, count: model.counterCount, root: 0)
+        try broadcastModelState(model, world: world)
         try world.broadcast(optimizer.state.pointer, count: optimizer.state.capacity, root: 0)
         step = Int(header[1])
         optimizer.stepCount = header[2]
@@ -309,9 +302,7 @@ public final class Trainer {
             return try model.initialize(try Initializer(parsing: config.initializer), perLayer: perLayer, seed: config.seed)
         }
         self.warnings = warnings
-        try world.broadcast(model.parameters.pointer, count: model.parameterCount, root: 0)
-        try world.broadcast(model.buffers.pointer, count: model.buffers.capacity, root: 0)
-        try world.broadcast(model.counters, count: model.counterCount, root: 0)
+        try broadcastModelState(model, world: world)
     }
 
     // MARK: The loop
@@ -538,6 +529,13 @@ public struct Evaluation: Codable, Sendable {
     public var accuracy: Double
     public var correct: Int
     public var samples: Int
+}
+
+/// Rank 0's parameters, batch-norm buffers and counters, on every rank.
+public func broadcastModelState(_ model: Model, world: Communicator) throws {
+    try world.broadcast(model.parameters.pointer, count: model.parameterCount, root: 0)
+    try world.broadcast(model.buffers.pointer, count: model.buffers.capacity, root: 0)
+    try world.broadcast(model.counters, count: model.counterCount, root: 0)
 }
 
 public struct TrainingError: Error, CustomStringConvertible {

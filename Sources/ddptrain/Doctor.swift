@@ -28,7 +28,7 @@ struct Doctor: ParsableCommand {
     func run() throws {
         try withWorld { world in
             var failures: [String] = []
-            let report = DoctorReport(world: world)
+            let report = DoctorReport()
 
             if injectFault != nil && world.rank == faultRank {
                 // For the fault test: a broadcast from a root that does not exist.
@@ -145,7 +145,6 @@ struct Doctor: ParsableCommand {
 /// Aligned "name: value" lines.
 final class DoctorReport {
     private var lines: [(String, String)] = []
-    init(world: Communicator) {}
     func line(_ name: String, _ value: String) { lines.append((name, value)) }
     var text: String {
         let width = (lines.map { $0.0.count }.max() ?? 0) + 2

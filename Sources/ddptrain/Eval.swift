@@ -47,15 +47,11 @@ struct Eval: ParsableCommand {
             let data = try TrainingData.load(config: config, world: world)
             guard let test = data.test else { throw TrainingError("no test set for \(config.dataset)") }
             let batch = 256
-            let model = try agreeOnSuccess(world) { () throws -> Model in
-                let spec = try ModelSpec.named(config.model)
-                return try (config.bn == .disabled ? try spec.withoutBatchNorm() : spec).build(inputShape: data.sampleShape, maxBatch: batch)
-            }
+            let model = try agreeOnSuccess(world) { try config.modelSpec().build(inputShape: data.sampleShape, maxBatch: batch) }
             try agreeOnSuccess(world) {
                 if let reader { try StateDict.load(reader.file, into: model) }
             }
-            try world.broadcast(model.parameters.pointer, count: model.parameterCount, root: 0)
-            try world.broadcast(model.buffers.pointer, count: model.buffers.capacity, root: 0)
+            try broadcastModelState(model, world: world)
 
             let x = FloatBuffer(capacity: batch * data.sampleShape.perSample)
             let labels = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
