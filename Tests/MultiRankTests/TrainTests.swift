@@ -212,4 +212,60 @@ final class TrainTests: XCTestCase {
             XCTAssertEqual(record["samples"] as? Int, 32)
         }
     }
+
+    /// --config: the file's keys, and flags override them.
+    func testConfigFileWithFlagsOverriding() throws {
+        let file = scratch.appendingPathComponent("run.yaml")
+        try "model: mlp\nsteps: 3\nper-rank-batch: 8\nlr: 0.02\nbn: local\n".write(to: file, atomically: true, encoding: .utf8)
+        let (r, json) = try train(ranks: 2, ["--config", file.path, "--steps", "5"], run: "config")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(json["steps"] as? Int, 5, "the flag wins over the file")
+        XCTAssertEqual(json["globalBatch"] as? Int, 16)
+        let config = try String(contentsOf: scratch.appendingPathComponent("config/config.json"), encoding: .utf8)
+        XCTAssertTrue(config.contains("\"bn\":\"local\"") && config.contains("\"lr\":0.02") && config.contains("\"steps\":5"), config)
+    }
+
+    /// --init-from a state_dict that PyTorch saved with safetensors.torch.save_file: it loads,
+    /// and the first step's loss (from the loaded weights, before any update) is PyTorch's
+    /// training-mode loss on the same 32 samples.
+    func testInitFromAPyTorchStateDict() throws {
+        let python = ProcessInfo.processInfo.environment["DDPTRAIN_TORCH_PYTHON"] ?? "/opt/ddptrain-peers/bin/python"
+        guard FileManager.default.isExecutableFile(atPath: python) else {
+            throw XCTSkip("no PyTorch at \(python) (bash ../shared/peers/setup.sh installs it; or set DDPTRAIN_TORCH_PYTHON)")
+        }
+        let weights = scratch.appendingPathComponent("torch.safetensors").path
+        let script = """
+        import gzip, sys, numpy as np, torch, torch.nn as nn
+        from safetensors.torch import save_file
+        torch.manual_seed(3)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 256, bias=False), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.2),
+                              nn.Linear(256, 128, bias=False), nn.BatchNorm1d(128), nn.ReLU(), nn.Linear(128, 10))
+        save_file(model.state_dict(), sys.argv[1])
+        d = "/usr/share/datasets/fashion-mnist"
+        x = np.frombuffer(gzip.open(d + "/train-images-idx3-ubyte.gz").read(), np.uint8, offset=16)[:32 * 784].reshape(32, 1, 28, 28)
+        y = np.frombuffer(gzip.open(d + "/train-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)[:32]
+        x = (torch.tensor(x, dtype=torch.float32) / 255 - 0.2860) / 0.3530
+        model[4].p = 0.0
+        model.train()
+        print(nn.functional.cross_entropy(model(x), torch.tensor(y, dtype=torch.long)).item())
+        """
+        let scriptPath = scratch.appendingPathComponent("save.py")
+        try script.write(to: scriptPath, atomically: true, encoding: .utf8)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: python)
+        p.arguments = [scriptPath.path, weights]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        let torchLoss = try XCTUnwrap(Double(String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            .trimmingCharacters(in: .whitespacesAndNewlines)))
+        let (r, _) = try train(ranks: 2, ["--model", "mlp", "--init-from", weights, "--steps", "1", "--global-batch", "32",
+                                          "--no-shuffle", "--dropout", "0"], run: "torchinit")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let metrics = try String(contentsOf: scratch.appendingPathComponent("torchinit/metrics.jsonl"), encoding: .utf8)
+        let first = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data((metrics.split(separator: "\n").first ?? "").utf8)) as? [String: Any])
+        XCTAssertEqual(try XCTUnwrap(first["loss"] as? Double), torchLoss, accuracy: 1e-5)
+    }
 }
