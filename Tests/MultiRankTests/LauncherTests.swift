@@ -116,8 +116,10 @@ final class LauncherTests: XCTestCase {
         let r = job.wait(timeout: 120)
         XCTAssertEqual(r.status, 1, r.stderr)
         for attempt in 1...3 { XCTAssertTrue(r.stderr.contains("launch/train: attempt \(attempt) failed"), r.stderr) }
+        // The failing rank is named by ddptrain's own line. Open MPI's "MPI_ABORT was invoked
+        // on rank 1" banner (which the launcher also quotes) is not printed every time when
+        // the job is torn down quickly, so it is not required here.
         XCTAssertTrue(r.stderr.contains("error on rank 1 of 2: injected fault at step 5"), r.stderr)
-        XCTAssertTrue(r.stderr.contains("rank 1 called MPI_Abort"), r.stderr)
         XCTAssertTrue(r.stderr.contains("launch/train: giving up after 2 restart(s)"), r.stderr)
         XCTAssertFalse(r.stderr.contains("attempt 4"), r.stderr)
     }
