@@ -51,7 +51,10 @@ public final class Model {
     public var correctSlot: Int { parameterCount + 1 }
     public var samplesSlot: Int { parameterCount + 2 }
 
-    public init(layers: [Layer], inputShape: Shape, maxBatch: Int) throws {
+    /// `sharingParametersOf`: a replica of that model (same layers) that reads its
+    /// parameters from the same buffer and has its own gradients, buffers and activations;
+    /// one per compute thread of a rank.
+    public init(layers: [Layer], inputShape: Shape, maxBatch: Int, sharingParametersOf shared: Model? = nil) throws {
         guard !layers.isEmpty else { throw LayerError("a model needs at least one layer") }
         guard maxBatch >= 1 else { throw LayerError("the largest batch must be at least 1, got \(maxBatch)") }
         self.layers = layers
@@ -92,7 +95,15 @@ public final class Model {
         parameterViews = params
         bufferViews = bufs
         parameterCount = paramOffset
-        parameters = FloatBuffer(capacity: paramOffset)
+        if let shared {
+            guard shared.parameterViews.map(\.name) == params.map(\.name), shared.parameterViews.map(\.shape) == params.map(\.shape),
+                  shared.bufferViews.map(\.name) == bufs.map(\.name) else {
+                throw LayerError("a replica must have the same parameters and buffers as the model it shares them with")
+            }
+            parameters = shared.parameters
+        } else {
+            parameters = FloatBuffer(capacity: paramOffset)
+        }
         gradients = FloatBuffer(capacity: paramOffset + Model.tailCount)
         buffers = FloatBuffer(capacity: bufferOffset)
         counterCount = counterOffset
@@ -131,6 +142,13 @@ public final class Model {
     public func backward(_ dLogits: Tensor, _ context: ForwardContext) throws {
         var g = dLogits
         for layer in layers.reversed() { g = try layer.backward(g, context) }
+    }
+
+    /// Batch-norm running statistics and counters from the model this replica shares
+    /// parameters with (or any model of the same layers).
+    public func copyBuffers(from other: Model) {
+        buffers.pointer.update(from: other.buffers.pointer, count: buffers.capacity)
+        counters.update(from: other.counters, count: counterCount)
     }
 
     public func parameter(named name: String) -> ParameterView? { parameterViews.first { $0.name == name } }

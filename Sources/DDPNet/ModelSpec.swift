@@ -290,8 +290,9 @@ public struct ModelSpec: Sendable {
     }
 
     /// Builds the model over flat storage for batches of up to `maxBatch` samples.
-    public func build(inputShape: Shape, maxBatch: Int) throws -> Model {
-        try Model(layers: makeLayers(inputShape: inputShape), inputShape: inputShape, maxBatch: maxBatch)
+    /// `sharingParametersOf`: a replica reading that model's parameters (see `Model.init`).
+    public func build(inputShape: Shape, maxBatch: Int, sharingParametersOf shared: Model? = nil) throws -> Model {
+        try Model(layers: makeLayers(inputShape: inputShape), inputShape: inputShape, maxBatch: maxBatch, sharingParametersOf: shared)
     }
 
     /// The same model with every batch-norm layer replaced by an identity (`--bn none`),

@@ -44,6 +44,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var allowBatchChange = false
     /// Seconds one training step may take before this rank ends the job (0: no limit).
     public var collectiveTimeout = 0.0
+    /// Compute threads per rank; nil: ComputeReplicas.defaultThreads().
+    public var threads: Int?
 
     /// Batch-norm statistics across ranks (sync), per rank (local), or no batch norm at
     /// all (none: each batch-norm layer becomes an identity).
@@ -63,7 +65,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         case logEvery = "log-every", initFrom = "init-from", checkReplicas = "check-replicas"
         case maxSkippedSteps = "max-skipped-steps", syntheticSamples = "synthetic-samples"
         case checkpointEvery = "checkpoint-every", keep, resume, allowBatchChange = "allow-batch-change"
-        case collectiveTimeout = "collective-timeout"
+        case collectiveTimeout = "collective-timeout", threads
     }
 
     /// Missing keys keep their defaults, so a config file names only what it changes.
@@ -106,6 +108,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         resume = try c.decodeIfPresent(String.self, forKey: .resume)
         allowBatchChange = try c.decodeIfPresent(Bool.self, forKey: .allowBatchChange) ?? d.allowBatchChange
         collectiveTimeout = try c.decodeIfPresent(Double.self, forKey: .collectiveTimeout) ?? d.collectiveTimeout
+        threads = try c.decodeIfPresent(Int.self, forKey: .threads)
     }
 
     /// Reads a YAML or JSON config file; unknown keys and wrong types are errors that name
@@ -176,6 +179,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         if checkpointEvery < 0 { try fail("--checkpoint-every must be at least 0, got \(checkpointEvery)") }
         if keep < 1 { try fail("--keep must be at least 1, got \(keep)") }
         if !(collectiveTimeout >= 0 && collectiveTimeout.isFinite) { try fail("--collective-timeout must be 0 (off) or a number of seconds, got \(collectiveTimeout)") }
+        if let t = threads, !(1...256).contains(t) { try fail("--threads must be between 1 and 256, got \(t)") }
         if syntheticSamples < 1 { try fail("--synthetic-samples must be at least 1, got \(syntheticSamples)") }
         if !["fashion-mnist", "mnist", "cifar10", "synthetic"].contains(dataset) {
             try fail("--dataset must be one of fashion-mnist, mnist, cifar10, synthetic; got '\(dataset)'")

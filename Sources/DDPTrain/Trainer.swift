@@ -58,10 +58,11 @@ public final class Trainer {
     public let config: TrainConfig
     public let world: Communicator
     public let model: Model
+    /// The model once per compute thread; `model` is the first.
+    public let replicas: ComputeReplicas
     let spec: ModelSpec
     let data: TrainingData
     let sampler: Sampler
-    let loss: SoftmaxCrossEntropy
     let optimizer: Optimizer
     let schedule: LearningRatePlan
     let statistics: BatchStatisticsReducer
@@ -132,29 +133,30 @@ public final class Trainer {
         self.totalSteps = totalSteps
         self.evalBatch = evalBatch
 
-        let model = try agreeOnSuccess(world) { () throws -> Model in
-            let model = try spec.build(inputShape: data.sampleShape, maxBatch: evalBatch)
-            guard model.outputShape.perSample == data.train.classes else {
-                throw ConfigError("model '\(config.model)' outputs \(model.outputShape.perSample) values but \(config.dataset) has \(data.train.classes) classes")
-            }
-            if let p = config.dropout {
-                for case let dropout as Dropout in model.layers { dropout.p = Float(p) }
-            }
-            return model
-        }
-        self.model = model
-        loss = SoftmaxCrossEntropy(classes: data.train.classes, maxBatch: evalBatch, labelSmoothing: Float(config.labelSmoothing))
-
         if config.bn == .sync && world.size > 1 {
             let sync = SyncBatchStatistics(world: world)
-            // The widest batch norm, residual blocks' own included: its gamma has one value per channel.
-            sync.reserve(channels: model.parameterViews.filter { $0.role == .normWeight }.map(\.count).max() ?? 1)
             syncStatistics = sync
             statistics = sync
         } else {
             syncStatistics = nil
             statistics = LocalStatistics()
         }
+        let threads = config.threads ?? ComputeReplicas.defaultThreads()
+        let statistics = self.statistics
+        let replicas = try agreeOnSuccess(world) { () throws -> ComputeReplicas in
+            let replicas = try ComputeReplicas(spec: spec, inputShape: data.sampleShape, maxBatch: evalBatch, threads: threads,
+                                               classes: data.train.classes, labelSmoothing: Float(config.labelSmoothing),
+                                               rankStatistics: statistics, dropout: config.dropout)
+            guard replicas.main.outputShape.perSample == data.train.classes else {
+                throw ConfigError("model '\(config.model)' outputs \(replicas.main.outputShape.perSample) values but \(config.dataset) has \(data.train.classes) classes")
+            }
+            return replicas
+        }
+        self.replicas = replicas
+        let model = replicas.main
+        self.model = model
+        // The widest batch norm, residual blocks' own included: its gamma has one value per channel.
+        syncStatistics?.reserve(channels: model.parameterViews.filter { $0.role == .normWeight }.map(\.count).max() ?? 1)
 
         (optimizer, schedule) = try agreeOnSuccess(world) {
             try makeOptimizerAndSchedule(config: config, model: model, totalSteps: totalSteps)
@@ -165,6 +167,7 @@ public final class Trainer {
         sampleIDs = .allocate(capacity: evalBatch)
 
         try agreeOnSuccess(world) { try checkBatchNormCounts() }
+        if let warning = ComputeReplicas.oversubscriptionWarning(threads: threads) { warnings.append(warning) }
         if config.optimizer != "sgd" && config.momentum != TrainConfig().momentum {
             warnings.append("--momentum applies to --optimizer sgd only; \(config.optimizer) uses its betas")
         }
@@ -354,25 +357,25 @@ public final class Trainer {
             data.gather(data.train, indices: sampleIDs, count: n, into: x.pointer, labels: labels)
             times.data = lap(&t)
 
-            // 2-4. Forward, loss summed over the local slice, backward.
-            let context = ForwardContext(training: true, seed: config.seed, step: step, sampleIDs: sampleIDs, statistics: statistics)
-            let logits = try model.forward(x.tensor(data.sampleShape.withBatch(n)), context)
-            let result = loss(logits, labels: labels)
-            // Sync-BN's collectives ran inside forward and backward: count them as communication.
-            let forwardBN = syncStatistics?.takeSeconds() ?? 0
-            times.forward = lap(&t) - forwardBN
-            try model.backward(result.gradient, context)
+            // 2-4. Forward, loss summed over the local slice, backward; with several compute
+            // threads, each on its part of the slice, gradients summed into `g`.
+            let result = try replicas.trainingPass(x: x.pointer, sampleShape: data.sampleShape, labels: labels, ids: sampleIDs,
+                                                   count: n, seed: config.seed, step: step,
+                                                   communicationSeconds: { self.syncStatistics?.takeSeconds() ?? 0 })
             try FaultInjection.check(rank: world.rank, step: step)
             if FaultInjection.poisons(rank: world.rank, step: step) { g[0] = .nan }
             g[model.lossSlot] = Float(result.lossSum)
             g[model.correctSlot] = Float(result.correct)
             g[model.samplesSlot] = Float(n)
-            let backwardBN = syncStatistics?.takeSeconds() ?? 0
-            times.backward = lap(&t) - backwardBN
+            // Sync-BN's collectives ran inside forward and backward: count them as communication.
+            let syncBN = result.forwardCommunicationSeconds + (syncStatistics?.takeSeconds() ?? 0)
+            let pass = lap(&t)
+            times.forward = result.forwardSeconds
+            times.backward = pass - result.forwardSeconds - syncBN
 
             // 5. One allreduce moves gradients and the three counts.
             try world.allreduce(g, count: p + Model.tailCount)
-            times.communication = lap(&t) + forwardBN + backwardBN
+            times.communication = lap(&t) + syncBN
 
             // 6. Exact mean over the global batch, whatever the slice sizes.
             let globalCount = g[model.samplesSlot]
@@ -488,7 +491,7 @@ public final class Trainer {
     /// Distributed, exact evaluation on the test set: every sample counted once, no padding.
     public func evaluate() throws -> Evaluation {
         guard let test = data.test else { throw TrainingError("no test set to evaluate on") }
-        return try evaluateModel(model, on: test, normalization: data.normalization, world: world, loss: loss,
+        return try evaluateModel(replicas, on: test, normalization: data.normalization, world: world,
                                  x: x, labels: labels, ids: sampleIDs, batch: evalBatch)
     }
 
@@ -500,21 +503,20 @@ public final class Trainer {
     }
 }
 
-/// Evaluation of `model` on `dataset`, sharded over the world: rank r takes a contiguous
-/// part; loss sum, correct and sample counts are summed in Float64 by one allreduce.
-public func evaluateModel(_ model: Model, on dataset: Dataset, normalization: Normalization, world: Communicator, loss: SoftmaxCrossEntropy,
+/// Evaluation of the model on `dataset`, sharded over the world: rank r takes a contiguous
+/// part (and its compute threads parts of each batch); loss sum, correct and sample counts
+/// are summed in Float64 by one allreduce.
+public func evaluateModel(_ replicas: ComputeReplicas, on dataset: Dataset, normalization: Normalization, world: Communicator,
                           x: FloatBuffer, labels: UnsafeMutablePointer<Int32>, ids: UnsafeMutablePointer<Int32>,
                           batch: Int) throws -> Evaluation {
     let slice = Sampler.evaluationSlice(count: dataset.count, worldSize: world.size, rank: world.rank)
     var sums = [0.0, 0.0, 0.0]
     var start = slice.lowerBound
-    let context = ForwardContext(training: false)
     while start < slice.upperBound {
         let n = min(batch, slice.upperBound - start)
         for i in 0..<n { ids[i] = Int32(start + i) }
         dataset.gather(indices: UnsafeBufferPointer(start: ids, count: n), normalization: normalization, into: x.pointer, labels: labels)
-        let logits = try model.forward(x.tensor(dataset.shape(batch: n)), context)
-        let r = loss(logits, labels: labels)
+        let r = try replicas.evaluationPass(x: x.pointer, sampleShape: dataset.shape(batch: 1), labels: labels, count: n)
         sums[0] += r.lossSum
         sums[1] += Double(r.correct)
         sums[2] += Double(n)

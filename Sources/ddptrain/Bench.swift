@@ -73,7 +73,7 @@ struct Bench: ParsableCommand {
             let t = trainer.timed, steps = Double(max(trainer.timedSteps, 1))
             let sgemm = sgemmPeakGFLOPS(threads: 1)
             let mine = [t.data / steps, t.forward / steps, t.backward / steps, t.communication / steps, t.optimizer / steps,
-                        trainer.timedWallSeconds, rss, sgemm, Double(BLASThreads.current),
+                        trainer.timedWallSeconds, rss, sgemm, Double(trainer.replicas.threads),
                         trainer.timedCPUSeconds / steps]
             let all = try world.allgather(mine)
             guard world.rank == 0 else { return }
@@ -95,7 +95,7 @@ struct Bench: ParsableCommand {
 
             let result = BenchResult(
                 model: config.model, dataset: config.dataset, worldSize: ranks, perRankBatch: trainer.globalBatch / ranks,
-                globalBatch: trainer.globalBatch, blasThreadsPerRank: threads, untimedSteps: untimedSteps,
+                globalBatch: trainer.globalBatch, threadsPerRank: threads, untimedSteps: untimedSteps,
                 timedSteps: trainer.timedSteps, samplesPerSecond: samplesPerSecond,
                 stepMilliseconds: BenchResult.Split(data: split[0] * 1e3, forward: split[1] * 1e3, backward: split[2] * 1e3,
                                                     communication: split[3] * 1e3, optimizer: split[4] * 1e3, total: stepSeconds * 1e3),
@@ -145,7 +145,7 @@ struct BenchResult: Codable {
     var worldSize: Int
     var perRankBatch: Int
     var globalBatch: Int
-    var blasThreadsPerRank: Int
+    var threadsPerRank: Int
     var untimedSteps: Int
     var timedSteps: Int
     var samplesPerSecond: Double
@@ -175,7 +175,7 @@ struct BenchResult: Codable {
     enum CodingKeys: String, CodingKey {
         case model, dataset, machine
         case worldSize = "world_size", perRankBatch = "per_rank_batch", globalBatch = "global_batch"
-        case blasThreadsPerRank = "blas_threads_per_rank", untimedSteps = "untimed_steps", timedSteps = "timed_steps"
+        case threadsPerRank = "threads_per_rank", untimedSteps = "untimed_steps", timedSteps = "timed_steps"
         case samplesPerSecond = "samples_per_s", stepMilliseconds = "step_ms"
         case communicationShare = "communication_share", communicationSharePerRank = "communication_share_per_rank"
         case peakRSSMiBPerRank = "peak_rss_mib_per_rank", secondsToFirstStep = "seconds_to_first_step"
@@ -188,7 +188,7 @@ struct BenchResult: Codable {
 
     var text: String {
         let s = stepMilliseconds
-        var out = "bench: \(model) on \(dataset), \(worldSize) rank(s) x \(blasThreadsPerRank) BLAS thread(s), per-rank batch \(perRankBatch), "
+        var out = "bench: \(model) on \(dataset), \(worldSize) rank(s) x \(threadsPerRank) compute thread(s), per-rank batch \(perRankBatch), "
             + "\(timedSteps) timed steps after \(untimedSteps)\n"
         out += String(format: "samples/s            %.1f\n", samplesPerSecond)
         out += String(format: "step (ms, mean)      %.2f = data %.2f + forward %.2f + backward %.2f + communication %.2f + optimizer %.2f\n",

@@ -16,8 +16,14 @@ struct Eval: ParsableCommand {
     var dataset: String?
     @Option(help: "Folder with the data files (default: the checkpoint's).")
     var dataDir: String?
+    @Option(help: "Compute threads per rank (default: as for train).")
+    var threads: Int?
     @Flag(help: "Print the result as one JSON line.")
     var json = false
+
+    func validate() throws {
+        if let threads, !(1...256).contains(threads) { throw ValidationError("--threads must be between 1 and 256, got \(threads)") }
+    }
 
     func run() throws {
         try withWorld { world in
@@ -47,20 +53,22 @@ struct Eval: ParsableCommand {
             let data = try TrainingData.load(config: config, world: world)
             guard let test = data.test else { throw TrainingError("no test set for \(config.dataset)") }
             let batch = 256
-            let model = try agreeOnSuccess(world) { try config.modelSpec().build(inputShape: data.sampleShape, maxBatch: batch) }
-            try agreeOnSuccess(world) {
-                if let reader { try StateDict.load(reader.file, into: model) }
+            let replicas = try agreeOnSuccess(world) {
+                try ComputeReplicas(spec: config.modelSpec(), inputShape: data.sampleShape, maxBatch: batch,
+                                    threads: threads ?? ComputeReplicas.defaultThreads(), classes: test.classes,
+                                    labelSmoothing: Float(config.labelSmoothing), rankStatistics: LocalStatistics(), dropout: nil)
             }
-            try broadcastModelState(model, world: world)
+            try agreeOnSuccess(world) {
+                if let reader { try StateDict.load(reader.file, into: replicas.main) }
+            }
+            try broadcastModelState(replicas.main, world: world)
 
             let x = FloatBuffer(capacity: batch * data.sampleShape.perSample)
             let labels = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
             let ids = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
             defer { labels.deallocate(); ids.deallocate() }
-            let loss = SoftmaxCrossEntropy(classes: test.classes, maxBatch: batch)
-            let result = try evaluateModel(model, on: test, normalization: Normalization(mean: normalization[0], std: normalization[1]),
-                                           world: world, loss: loss,
-                                           x: x, labels: labels, ids: ids, batch: batch)
+            let result = try evaluateModel(replicas, on: test, normalization: Normalization(mean: normalization[0], std: normalization[1]),
+                                           world: world, x: x, labels: labels, ids: ids, batch: batch)
             guard world.rank == 0 else { return }
             if json {
                 let encoder = JSONEncoder()

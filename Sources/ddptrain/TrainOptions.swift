@@ -84,6 +84,8 @@ struct TrainOptions: ParsableArguments {
     var allowBatchChange = false
     @Option(help: "End the job when one training step takes longer than this many seconds: a rank or host is lost or stuck (default 0: no limit). Allow for evaluation and checkpoints.")
     var collectiveTimeout: Double?
+    @Option(help: "Compute threads per rank, each training its own part of the rank's slice (default: OPENBLAS_NUM_THREADS or OMP_NUM_THREADS if set, else the node's cores divided among its ranks).")
+    var threads: Int?
 
     /// Defaults, then the config file, then the flags given.
     func resolve() throws -> TrainConfig {
@@ -125,6 +127,7 @@ struct TrainOptions: ParsableArguments {
         if let v = resume { c.resume = v }
         if allowBatchChange { c.allowBatchChange = true }
         if let v = collectiveTimeout { c.collectiveTimeout = v }
+        if let v = threads { c.threads = v }
         try c.validate()
         return c
     }

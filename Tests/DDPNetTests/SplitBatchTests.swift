@@ -73,14 +73,17 @@ final class SplitBatchTests: XCTestCase {
     let input = Shape(n: 8, c: 3, h: 6, w: 6)
 
     func makeModel(maxBatch: Int) throws -> Model {
-        let layers: [Layer] = [
+        let model = try Model(layers: makeLayers(), inputShape: input.withBatch(1), maxBatch: maxBatch)
+        randomize(model, seed: 21)
+        return model
+    }
+
+    func makeLayers() -> [Layer] {
+        [
             Conv2d(inChannels: 3, outChannels: 4, kernel: 3, padding: 1), BatchNorm(features: 4), ReLU(),
             Dropout(p: 0.2), ResidualBlock(inChannels: 4, outChannels: 6, stride: 2),
             GlobalAvgPool2d(), Linear(6, 5), BatchNorm(features: 5),
         ]
-        let model = try Model(layers: layers, inputShape: input.withBatch(1), maxBatch: maxBatch)
-        randomize(model, seed: 21)
-        return model
     }
 
     struct Outcome {
@@ -145,6 +148,45 @@ final class SplitBatchTests: XCTestCase {
             assertClose(rank0.buffers, whole.buffers, "running statistics, split \(split)")
             XCTAssertEqual(rank0.counters, whole.counters)
             XCTAssertEqual(rank1.counters, whole.counters)
+        }
+    }
+
+    /// The same at the level of one rank's compute threads: replicas sharing one parameter
+    /// buffer, each on its part of the batch, batch norm combining the parts through
+    /// TeamStatistics, equal the whole batch on one replica (DESIGN I2 inside a rank).
+    func testThreadPartsEqualTheWholeBatch() throws {
+        let x = TestData.uniform(input.count, seed: 23, stream: 1)
+        let r = TestData.uniform(input.n * 5, seed: 23, stream: 2)
+        let ids = (0..<Int32(input.n)).map { 7 + 5 * $0 }
+        let whole = try step(try makeModel(maxBatch: input.n), 0..<input.n, x: x, r: r, ids: ids, statistics: LocalStatistics())
+
+        for size in [2, 3, 9] {  // 9 members for 8 samples: one member has none
+            let team = try ThreadTeam(size: size)
+            let first = try makeModel(maxBatch: input.n)
+            var models = [first]
+            // Only the first model is randomized: the replicas see those weights only through
+            // the shared buffer.
+            for _ in 1..<size {
+                models.append(try Model(layers: makeLayers(), inputShape: input.withBatch(1), maxBatch: input.n,
+                                        sharingParametersOf: first))
+            }
+            for model in models.dropFirst() { model.copyBuffers(from: first) }
+            let members = TeamStatistics(team: team, rankReducer: LocalStatistics(), channels: 6).members
+            let outcomes = (0..<size).map { _ in Unchecked<SplitBatchTests.Outcome?>(nil) }
+            try team.run { member in
+                outcomes[member].value = try step(models[member], team.part(member, of: input.n), x: x, r: r, ids: ids,
+                                                        statistics: members[member])
+            }
+            let parts = outcomes.map { $0.value! }
+            assertClose(parts.flatMap(\.output), whole.output, "outputs, \(size) members")
+            var gradients = parts[0].gradients
+            for part in parts.dropFirst() { for i in gradients.indices { gradients[i] += part.gradients[i] } }
+            assertClose(gradients, whole.gradients, "gradient sum, \(size) members")
+            for part in parts {
+                XCTAssertEqual(part.buffers, parts[0].buffers, "running statistics agree bitwise across members")
+                XCTAssertEqual(part.counters, whole.counters)
+            }
+            assertClose(parts[0].buffers, whole.buffers, "running statistics, \(size) members")
         }
     }
 }

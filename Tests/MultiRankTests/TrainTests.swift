@@ -90,6 +90,27 @@ final class TrainTests: XCTestCase {
         }
     }
 
+    // I2 inside a rank: compute threads (--threads) split each rank's slice; with sync-BN
+    // 2 ranks x 2 threads match 1 rank x 1 thread as 4 ranks do, the replicas stay bitwise
+    // equal across ranks (I1), and a rerun with the same ranks and threads is bitwise equal.
+    func testComputeThreadsMatchOneThread() throws {
+        for (model, steps) in [("mlp", 20), ("fmnist-cnn", 3)] {
+            let common = ["--model", model, "--steps", String(steps), "--dropout", "0.25", "--lr", "0.05",
+                          "--schedule", "constant", "--warmup-steps", "0", "--seed", "13", "--bn", "sync"]
+            let (one, _) = try train(ranks: 1, common + ["--global-batch", "32", "--threads", "1"], run: "\(model)-t1")
+            XCTAssertEqual(one.status, 0, one.stderr)
+            for run in ["\(model)-t2", "\(model)-t2-again"] {
+                let (threaded, json) = try train(ranks: 2, common + ["--per-rank-batch", "16", "--threads", "2"], run: run)
+                XCTAssertEqual(threaded.status, 0, threaded.stderr)
+                XCTAssertEqual(Set(json["parameterHashes"] as? [String] ?? []).count, 1, "\(model): replicas differ across ranks")
+            }
+            let reference = try finalTensors(run: "\(model)-t1")
+            let threaded = try finalTensors(run: "\(model)-t2")
+            XCTAssertLessThan(relativeDifference(reference, threaded), 1e-4, "\(model): 2 ranks x 2 threads drifted from 1 x 1")
+            XCTAssertEqual(threaded, try finalTensors(run: "\(model)-t2-again"), "\(model): the same ranks and threads must repeat bitwise")
+        }
+    }
+
     // I3: uneven slices give the exact global-batch gradient; an empty slice contributes
     // nothing at all (4 ranks with one empty slice equal 3 ranks bit for bit).
     func testUnevenAndEmptySlicesMatchOneRank() throws {

@@ -1,0 +1,128 @@
+import DDPKernels
+import DDPNet
+import DDPTrain
+import Foundation
+import XCTest
+
+/// Compute threads inside a rank (`--threads`): the slice split over replicas gives the
+/// gradient, loss and accuracy of the whole slice on one thread, up to the order of sums.
+final class ComputeReplicasTests: XCTestCase {
+    let shape = Shape(n: 1, c: 1, h: 28, w: 28)
+    let classes = 10
+
+    struct Batch {
+        var x: FloatBuffer
+        var labels: [Int32]
+        var ids: [Int32]
+    }
+
+    func batch(_ n: Int, seed: UInt64) -> Batch {
+        var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+        func next() -> UInt64 { state ^= state << 13; state ^= state >> 7; state ^= state << 17; return state }
+        let x = FloatBuffer(capacity: n * shape.perSample)
+        for i in 0..<(n * shape.perSample) { x.pointer[i] = Float(next() % 10_000) / 5_000 - 1 }
+        return Batch(x: x, labels: (0..<n).map { _ in Int32(next() % UInt64(classes)) }, ids: (0..<n).map { Int32(3 * $0 + 1) })
+    }
+
+    func replicas(_ model: String, threads: Int, maxBatch: Int) throws -> ComputeReplicas {
+        let r = try ComputeReplicas(spec: try ModelSpec.named(model), inputShape: shape, maxBatch: maxBatch, threads: threads,
+                                    classes: classes, labelSmoothing: 0.1, rankStatistics: LocalStatistics(), dropout: 0.3)
+        _ = try r.main.initialize(Initializer(parsing: "default"), perLayer: [:], seed: 5)
+        return r
+    }
+
+    struct Pass {
+        var gradients: [Float]
+        var lossSum: Double
+        var correct: Int
+        var buffers: [Float]
+    }
+
+    func trainingPass(_ r: ComputeReplicas, _ b: Batch, count: Int) throws -> Pass {
+        let result = try b.labels.withUnsafeBufferPointer { labels in
+            try b.ids.withUnsafeBufferPointer { ids in
+                try r.trainingPass(x: b.x.pointer, sampleShape: shape, labels: labels.baseAddress!, ids: ids.baseAddress!,
+                                   count: count, seed: 9, step: 4)
+            }
+        }
+        return Pass(gradients: Array(r.main.gradients.buffer.prefix(r.main.parameterCount)), lossSum: result.lossSum,
+                    correct: result.correct, buffers: Array(r.main.buffers.buffer))
+    }
+
+    func worstRelative(_ a: [Float], _ b: [Float]) -> Double {
+        let scale = Double(b.map { abs($0) }.max() ?? 1)
+        return (zip(a, b).map { Double(abs($0 - $1)) }.max() ?? 0) / max(scale, 1e-30)
+    }
+
+    func testThreadsGiveTheOneThreadGradient() throws {
+        for model in ["mlp", "fmnist-cnn"] {
+            let n = 13  // parts of 7 and 6, or 5, 4 and 4
+            let b = batch(n, seed: 1)
+            let one = try trainingPass(try replicas(model, threads: 1, maxBatch: 16), b, count: n)
+            XCTAssertGreaterThan(one.gradients.map(abs).max() ?? 0, 0)
+            for threads in [2, 3] {
+                let r = try replicas(model, threads: threads, maxBatch: 16)
+                let split = try trainingPass(r, b, count: n)
+                XCTAssertLessThan(worstRelative(split.gradients, one.gradients), 1e-5, "\(model), \(threads) threads")
+                XCTAssertEqual(split.lossSum, one.lossSum, accuracy: 1e-6 * abs(one.lossSum), "\(model), \(threads) threads")
+                XCTAssertEqual(split.correct, one.correct)
+                XCTAssertLessThan(worstRelative(split.buffers, one.buffers), 1e-6, "running statistics, \(model), \(threads) threads")
+                // A second pass on the same replicas (gradients are overwritten, not accumulated).
+                let again = try trainingPass(r, b, count: n)
+                XCTAssertEqual(again.gradients, split.gradients, "\(model), \(threads) threads: a pass is reproducible")
+            }
+        }
+    }
+
+    func testEvaluationCountsTheSameAcrossThreads() throws {
+        let n = 29
+        let b = batch(n, seed: 2)
+        var results: [(Double, Int)] = []
+        for threads in [1, 2, 4] {
+            let r = try replicas("fmnist-cnn", threads: threads, maxBatch: 32)
+            _ = try trainingPass(r, b, count: n)  // running statistics away from their start
+            r.main.buffers.pointer[0] = 0.25       // evaluation must read the first replica's buffers
+            let e = try b.labels.withUnsafeBufferPointer {
+                try r.evaluationPass(x: b.x.pointer, sampleShape: shape, labels: $0.baseAddress!, count: n)
+            }
+            results.append((e.lossSum, e.correct))
+        }
+        for (lossSum, correct) in results.dropFirst() {
+            XCTAssertEqual(correct, results[0].1)
+            XCTAssertEqual(lossSum, results[0].0, accuracy: 1e-6 * abs(results[0].0))
+        }
+    }
+
+    /// Batch norm over a slice of one sample is an error on one thread; with two threads
+    /// (one with the sample, one with none) it must be the same error, not a hang.
+    func testAnErrorOnOneMemberEndsThePass() throws {
+        let b = batch(1, seed: 3)
+        for threads in [1, 2] {
+            let r = try replicas("mlp", threads: threads, maxBatch: 4)
+            XCTAssertThrowsError(try trainingPass(r, b, count: 1)) { error in
+                XCTAssertTrue("\(error)".contains("Expected more than 1 value per channel"), "\(threads) threads: \(error)")
+            }
+            XCTAssertNoThrow(try trainingPass(r, batch(4, seed: 4), count: 4), "the replicas work after a failed pass")
+        }
+    }
+
+    func testDefaultThreads() {
+        XCTAssertEqual(ComputeReplicas.defaultThreads(environment: ["OPENBLAS_NUM_THREADS": "3", "OMP_NUM_THREADS": "5"], cores: 8), 3)
+        XCTAssertEqual(ComputeReplicas.defaultThreads(environment: ["OMP_NUM_THREADS": "5"], cores: 8), 5)
+        XCTAssertEqual(ComputeReplicas.defaultThreads(environment: [:], cores: 8), 8)
+        XCTAssertEqual(ComputeReplicas.defaultThreads(environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "2"], cores: 8), 4)
+        XCTAssertEqual(ComputeReplicas.defaultThreads(environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "4"], cores: 2), 1)
+        XCTAssertEqual(ComputeReplicas.defaultThreads(environment: ["OPENBLAS_NUM_THREADS": "zero"], cores: 2), 2)
+        XCTAssertNil(ComputeReplicas.oversubscriptionWarning(threads: 1, environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "2"], cores: 2))
+        let warning = ComputeReplicas.oversubscriptionWarning(threads: 2, environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "2"], cores: 2)
+        XCTAssertEqual(warning?.contains("use --threads 1"), true, warning ?? "no warning")
+    }
+
+    func testThreadsOptionIsValidated() throws {
+        var config = TrainConfig()
+        config.threads = 0
+        XCTAssertThrowsError(try config.validate()) { XCTAssertTrue("\($0)".contains("--threads must be between 1 and 256, got 0"), "\($0)") }
+        config.threads = 2
+        XCTAssertNoThrow(try config.validate())
+    }
+}
