@@ -93,6 +93,10 @@ public final class Trainer {
     /// Step-time split summed over the steps after the warm-up, on this rank.
     public private(set) var timed = StepTimes()
     public private(set) var timedSteps = 0
+    /// For benchmarks: keep every timed step's split in `timedStepLog` (room is made before
+    /// the first step, so recording allocates nothing in the loop).
+    public var recordStepTimes = false
+    public private(set) var timedStepLog: [StepTimes] = []
     /// Wall-clock seconds from the end of the warm-up to the end of the last step, on this rank.
     public private(set) var timedWallSeconds = 0.0
     /// CPU seconds (user + system, all threads) of this process over the same window.
@@ -334,6 +338,8 @@ public final class Trainer {
         defer { watchdog?.stop() }
         timed = StepTimes()
         timedSteps = 0
+        timedStepLog = []
+        if recordStepTimes { timedStepLog.reserveCapacity(max(totalSteps - step - timingWarmup, 0)) }
         var timedStart = Communicator.wallTime()
         var timedCPUStart = ProcessClock.cpuSeconds()
 
@@ -423,6 +429,7 @@ public final class Trainer {
             } else if step - firstStep > timingWarmup {
                 timed += times
                 timedSteps += 1
+                if recordStepTimes { timedStepLog.append(times) }
                 timedWallSeconds = t - timedStart
                 if step == totalSteps { timedCPUSeconds = ProcessClock.cpuSeconds() - timedCPUStart }
             }

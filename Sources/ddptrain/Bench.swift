@@ -28,6 +28,9 @@ struct Bench: ParsableCommand {
     @Flag(help: "Print one JSON object.")
     var json = false
 
+    @Option(help: "Write every timed step's split, for every rank, to this file (JSON lines: step, rank, data, forward, backward, communication, optimizer in ms).")
+    var stepLog: String?
+
     func validate() throws {
         guard untimedSteps >= 0 else { throw ValidationError("--untimed-steps must be at least 0") }
         guard timedSteps >= 1 else { throw ValidationError("--timed-steps must be at least 1") }
@@ -50,6 +53,7 @@ struct Bench: ParsableCommand {
         try withWorld { world in
             let trainer = try Trainer(config: config, world: world)
             trainer.timingWarmup = untimedSteps
+            trainer.recordStepTimes = true
             let log = try RunLog(rank: world.rank, logEvery: Int.max, json: false, metricsPath: nil, quiet: true)
             let summary = try trainer.run(log: log, checkpointDirectory: nil)
 
@@ -76,6 +80,27 @@ struct Bench: ParsableCommand {
                         trainer.timedWallSeconds, rss, sgemm, Double(trainer.replicas.threads),
                         trainer.timedCPUSeconds / steps]
             let all = try world.allgather(mine)
+            // Each step's work before the gradient allreduce (the previous step's optimizer,
+            // then data, forward, backward), every rank's series side by side: how long a
+            // rank would wait for the slowest if moving the gradients took no time.
+            let stepLog = trainer.timedStepLog
+            let ahead = (0..<stepLog.count).map { k in
+                (k > 0 ? stepLog[k - 1].optimizer : 0) + stepLog[k].data + stepLog[k].forward + stepLog[k].backward
+            }
+            let series = try world.allgather(ahead)
+            let splits = try world.allgather(stepLog.flatMap { [$0.data, $0.forward, $0.backward, $0.communication, $0.optimizer] })
+            if world.rank == 0, let path = self.stepLog {
+                var lines = ""
+                for k in 0..<stepLog.count {
+                    for r in 0..<world.size {
+                        let v = (0..<5).map { String(format: "%.3f", splits[(r * stepLog.count + k) * 5 + $0] * 1e3) }
+                        lines += "{\"step\":\(k),\"rank\":\(r),\"data\":\(v[0]),\"forward\":\(v[1]),\"backward\":\(v[2]),\"communication\":\(v[3]),\"optimizer\":\(v[4])}\n"
+                    }
+                }
+                guard FileManager.default.createFile(atPath: path, contents: Data(lines.utf8)) else {
+                    throw ValidationError("--step-log: cannot write \(path)")
+                }
+            }
             guard world.rank == 0 else { return }
 
             let fields = mine.count, ranks = world.size
@@ -83,6 +108,16 @@ struct Bench: ParsableCommand {
             func mean(_ xs: [Double]) -> Double { xs.reduce(0, +) / Double(xs.count) }
             let split = (0..<5).map { mean(column($0)) }
             let stepSeconds = split.reduce(0, +)
+            let logged = ahead.count
+            func work(_ rank: Int) -> [Double] { Array(series[(rank * logged)..<((rank + 1) * logged)]) }
+            func percentile(_ xs: [Double], _ p: Double) -> Double {
+                let sorted = xs.sorted()
+                return sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int((p * Double(sorted.count - 1)).rounded()))]
+            }
+            let slowestWork = (0..<logged).map { k in (0..<ranks).map { series[$0 * logged + k] }.max() ?? 0 }
+            let imbalance = logged == 0 ? 0 : (0..<ranks).map { r in
+                zip(slowestWork, work(r)).map { $0 - $1 }.reduce(0, +) / Double(logged)
+            }.reduce(0, +) / Double(ranks)
             let commShares = (0..<ranks).map { r in all[r * fields + 3] / max((0..<5).reduce(0.0) { $0 + all[r * fields + $1] }, 1e-12) }
             let wall = column(5).max() ?? 0
             let samplesPerSecond = Double(trainer.globalBatch * trainer.timedSteps) / max(wall, 1e-12)
@@ -107,6 +142,9 @@ struct Bench: ParsableCommand {
                 machine: BenchResult.Machine(cores: cores, cpu: cpuModel(), openBLAS: BLASThreads.configuration,
                                              mpi: Communicator.libraryVersion()),
                 cpuMillisecondsPerStepPerRank: column(9).map { $0 * 1e3 },
+                workMillisecondsP50PerRank: (0..<ranks).map { percentile(work($0), 0.5) * 1e3 },
+                workMillisecondsP90PerRank: (0..<ranks).map { percentile(work($0), 0.9) * 1e3 },
+                imbalanceMilliseconds: imbalance * 1e3,
                 gradientAllreduceMilliseconds: ranks > 1 ? slowest[0] * 1e3 : 0, gradientBytes: gradientFloats * 4,
                 finalTrainLoss: summary.finalTrainLoss, testAccuracy: summary.testAccuracy)
             if json {
@@ -166,6 +204,13 @@ struct BenchResult: Codable {
     /// CPU time (user + system, all threads) per step: with other load on the machine this
     /// stays close to the unloaded step time where the wall-clock figures do not.
     var cpuMillisecondsPerStepPerRank: [Double]
+    /// Work before the gradient allreduce per step (previous optimizer, data, forward,
+    /// backward): median and 90th percentile over the timed steps, per rank.
+    var workMillisecondsP50PerRank: [Double]
+    var workMillisecondsP90PerRank: [Double]
+    /// Mean over steps and ranks of (the slowest rank's work − this rank's): the wait for
+    /// the slowest rank that the step-to-step variation alone explains.
+    var imbalanceMilliseconds: Double
     /// One allreduce of the gradient buffer alone (ranks lined up first; best of 10).
     var gradientAllreduceMilliseconds: Double
     var gradientBytes: Int
@@ -184,6 +229,8 @@ struct BenchResult: Codable {
         case achievedGFLOPS = "achieved_gflops", coresUsed = "cores_used", shareOfPeak = "share_of_peak"
         case finalTrainLoss = "final_train_loss", testAccuracy = "test_accuracy",
         gradientAllreduceMilliseconds = "gradient_allreduce_ms", gradientBytes = "gradient_bytes", cpuMillisecondsPerStepPerRank = "cpu_ms_per_step_per_rank"
+        case workMillisecondsP50PerRank = "work_ms_p50_per_rank", workMillisecondsP90PerRank = "work_ms_p90_per_rank"
+        case imbalanceMilliseconds = "imbalance_ms"
     }
 
     var text: String {
@@ -195,7 +242,10 @@ struct BenchResult: Codable {
                       s.total, s.data, s.forward, s.backward, s.communication, s.optimizer)
         out += "CPU ms per step      " + cpuMillisecondsPerStepPerRank.map { String(format: "%.2f", $0) }.joined(separator: ", ") + " (per rank)\n"
         out += String(format: "communication share  %.1f%% (largest over ranks)\n", communicationShare * 100)
+        out += "work before allreduce  " + zip(workMillisecondsP50PerRank, workMillisecondsP90PerRank)
+            .map { String(format: "%.2f / %.2f", $0, $1) }.joined(separator: ", ") + " ms median / p90 (per rank)\n"
         if worldSize > 1 {
+            out += String(format: "imbalance            %.2f ms per step: the slowest rank's work minus a rank's own, mean\n", imbalanceMilliseconds)
             out += String(format: "gradient allreduce   %.2f ms alone for %.2f MB (ranks lined up first)\n",
                           gradientAllreduceMilliseconds, Double(gradientBytes) / 1e6)
         }
