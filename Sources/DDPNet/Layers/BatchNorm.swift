@@ -12,6 +12,11 @@ public final class BatchNorm: Layer {
     public let eps: Float
     public let momentum: Float
     public var needsInputGradient = true
+    /// Set by `Model` when a ReLU follows: the output is ReLU(BN(x)), and backward takes the
+    /// gradient with respect to that and masks it where BN(x) ≤ 0, which it recomputes
+    /// exactly as forward computed it. The ReLU then hands tensors through, saving one pass
+    /// over the activations each way; every value is bitwise what the two layers give.
+    public internal(set) var fusesReLU = false
 
     private var isSpatial: Bool?
     private var gamma: UnsafeMutablePointer<Float>!
@@ -31,6 +36,8 @@ public final class BatchNorm: Layer {
     private var sums: DoubleBuffer!
     /// Per-channel Float32 factors of the element loops (up to four per channel).
     private var coefficients: FloatBuffer!
+    /// Per channel, the γ·invstd forward scaled with (backward recomputes forward's output).
+    private var forwardScale: FloatBuffer!
     private var input: Tensor?
     private var trainedForward = false
     /// Samples per channel of the last training forward, over all ranks.
@@ -62,6 +69,7 @@ public final class BatchNorm: Layer {
         m2 = DoubleBuffer(capacity: features)
         sums = DoubleBuffer(capacity: 2 * features)
         coefficients = FloatBuffer(capacity: 4 * features)
+        forwardScale = FloatBuffer(capacity: features)
     }
 
     public var parameterSpecs: [ParameterSpec] {
@@ -94,13 +102,18 @@ public final class BatchNorm: Layer {
             }
         }
         let y = output.tensor(x.shape)
-        let n = x.shape.n, area = x.shape.spatial, mu = mean.pointer, scale = coefficients.pointer
+        let n = x.shape.n, area = x.shape.spatial, mu = mean.pointer, scale = forwardScale.pointer
         for c in 0..<features { scale[c] = Float(invStd.pointer[c]) * gamma[c] }
         // Centre in Float64 (x may be far from 0 against its spread), then scale in Float32.
+        // The fused ReLU is ReLU's own max(z, 0), which keeps NaN.
         if area == 1 {
             for s in 0..<n {
                 let src = x.data + s * features, dst = y.data + s * features
-                for c in 0..<features { dst[c] = Float(Double(src[c]) - mu[c]) * scale[c] + beta[c] }
+                if fusesReLU {
+                    for c in 0..<features { dst[c] = max(Float(Double(src[c]) - mu[c]) * scale[c] + beta[c], 0) }
+                } else {
+                    for c in 0..<features { dst[c] = Float(Double(src[c]) - mu[c]) * scale[c] + beta[c] }
+                }
             }
         } else {
             for s in 0..<n {
@@ -108,7 +121,11 @@ public final class BatchNorm: Layer {
                     let offset = (s * features + c) * area
                     let src = x.data + offset, dst = y.data + offset
                     let m = mu[c], k = scale[c], shift = beta[c]
-                    for i in 0..<area { dst[i] = Float(Double(src[i]) - m) * k + shift }
+                    if fusesReLU {
+                        for i in 0..<area { dst[i] = max(Float(Double(src[i]) - m) * k + shift, 0) }
+                    } else {
+                        for i in 0..<area { dst[i] = Float(Double(src[i]) - m) * k + shift }
+                    }
                 }
             }
         }
@@ -168,13 +185,18 @@ public final class BatchNorm: Layer {
         guard let x = input else { throw LayerError("BatchNorm.backward called before forward") }
         let n = x.shape.n, area = x.shape.spatial, mu = mean.pointer, inv = invStd.pointer
         let sumDy = sums.pointer, sumDyXhat = sums.pointer + features
+        let scale = forwardScale.pointer, fused = fusesReLU
         sums.zero()
+        // With the ReLU fused, dy is the gradient of ReLU(z): it reaches z only where z > 0.
+        @inline(__always) func masked(_ g: Float, _ x: Float, _ c: Int) -> Float {
+            !fused || Float(Double(x) - mu[c]) * scale[c] + beta[c] > 0 ? g : 0
+        }
         // Σdy and Σdy·(x - μ) per channel; times invstd below gives Σdy·x̂.
         if area == 1 {
             for s in 0..<n {
                 let src = x.data + s * features, grad = dy.data + s * features
                 for c in 0..<features {
-                    let g = Double(grad[c])
+                    let g = Double(masked(grad[c], src[c], c))
                     sumDy[c] += g
                     sumDyXhat[c] += g * (Double(src[c]) - mu[c])
                 }
@@ -183,7 +205,9 @@ public final class BatchNorm: Layer {
             for s in 0..<n {
                 for c in 0..<features {
                     let offset = (s * features + c) * area
-                    let (a, b) = gradientSums(dy.data + offset, x.data + offset, count: area, mean: mu[c])
+                    let (a, b) = fused
+                        ? reluMaskedGradientSums(dy.data + offset, x.data + offset, count: area, mean: mu[c], scale: scale[c], shift: beta[c])
+                        : gradientSums(dy.data + offset, x.data + offset, count: area, mean: mu[c])
                     sumDy[c] += a
                     sumDyXhat[c] += b
                 }
@@ -213,7 +237,7 @@ public final class BatchNorm: Layer {
                 let src = x.data + s * features, grad = dy.data + s * features, d = dx.data + s * features
                 for c in 0..<features {
                     let xhat = Float(Double(src[c]) - mu[c]) * invF[c]
-                    d[c] = k[c] * (grad[c] - a[c] - xhat * b[c])
+                    d[c] = k[c] * (masked(grad[c], src[c], c) - a[c] - xhat * b[c])
                 }
             }
         } else {
@@ -222,9 +246,14 @@ public final class BatchNorm: Layer {
                     let offset = (s * features + c) * area
                     let src = x.data + offset, grad = dy.data + offset, d = dx.data + offset
                     let m = mu[c], kc = k[c], invC = invF[c], ac = a[c], bc = b[c]
-                    for i in 0..<area {
-                        let xhat = Float(Double(src[i]) - m) * invC
-                        d[i] = kc * (grad[i] - ac - xhat * bc)
+                    if fused {
+                        reluMaskedInputGradient(d, grad, src, count: area, mean: m, scale: scale[c], shift: beta[c],
+                                                k: kc, a: ac, b: bc, invStd: invC)
+                    } else {
+                        for i in 0..<area {
+                            let xhat = Float(Double(src[i]) - m) * invC
+                            d[i] = kc * (grad[i] - ac - xhat * bc)
+                        }
                     }
                 }
             }

@@ -3,6 +3,9 @@ import DDPKernels
 /// max(0, x). The gradient at exactly 0 is taken as 0, as in PyTorch.
 public final class ReLU: Layer {
     public var needsInputGradient = true
+    /// Set by `Model` when the batch norm before it applies the ReLU itself (`fusesReLU`):
+    /// tensors then pass through unchanged both ways.
+    public internal(set) var passesThrough = false
     private var output: FloatBuffer!
     private var inputGrad: FloatBuffer!
     private var lastOutput: Tensor?
@@ -17,6 +20,7 @@ public final class ReLU: Layer {
     }
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
+        if passesThrough { return x }
         let y = output.tensor(x.shape)
         let src = x.data, dst = y.data
         for i in 0..<x.count { dst[i] = max(src[i], 0) }
@@ -25,6 +29,7 @@ public final class ReLU: Layer {
     }
 
     public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
+        if passesThrough { return dy }
         guard let y = lastOutput else { throw LayerError("ReLU.backward called before forward") }
         let dx = inputGrad.tensor(dy.shape)
         let g = dy.data, out = y.data, d = dx.data

@@ -55,6 +55,64 @@ func gradientSums(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, count: I
     return (totalG, totalGX)
 }
 
+/// `gradientSums` of a batch norm whose output went through a ReLU: g[i] counts only where
+/// the pre-ReLU output z = Float(x[i] - mean)·scale + shift, computed as the forward pass
+/// computed it, was positive. Same accumulation order as `gradientSums` over the masked g,
+/// so the same bits.
+@inline(__always)
+func reluMaskedGradientSums(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, count: Int, mean: Double,
+                            scale: Float, shift: Float) -> (Double, Double) {
+    var sg = SIMD4<Double>(), sgx = SIMD4<Double>()
+    let m = SIMD4<Double>(repeating: mean)
+    let k = SIMD4<Float>(repeating: scale), b = SIMD4<Float>(repeating: shift)
+    var i = 0
+    while i + 4 <= count {
+        let xv = SIMD4<Double>(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD4<Float>.self)) - m
+        let z = SIMD4<Float>(xv) * k + b
+        let gf = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD4<Float>.self)
+        let gv = SIMD4<Double>(gf.replacing(with: 0, where: .!(z .> 0)))
+        sg += gv
+        sgx += gv * xv
+        i += 4
+    }
+    var totalG = sg.sum(), totalGX = sgx.sum()
+    while i < count {
+        let centred = Double(x[i]) - mean
+        let gi = Float(centred) * scale + shift > 0 ? Double(g[i]) : 0
+        totalG += gi
+        totalGX += gi * centred
+        i += 1
+    }
+    return (totalG, totalGX)
+}
+
+/// dx[i] = k·(g[i] - a - x̂[i]·b) with x̂ = Float(x - mean)·invStd, where g is the incoming
+/// gradient masked by a fused ReLU as in `reluMaskedGradientSums`.
+@inline(__always)
+func reluMaskedInputGradient(_ dx: UnsafeMutablePointer<Float>, _ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
+                             count: Int, mean: Double, scale: Float, shift: Float,
+                             k: Float, a: Float, b: Float, invStd: Float) {
+    let m = SIMD8<Double>(repeating: mean)
+    let ks = SIMD8<Float>(repeating: scale), sh = SIMD8<Float>(repeating: shift)
+    let kv = SIMD8<Float>(repeating: k), av = SIMD8<Float>(repeating: a), bv = SIMD8<Float>(repeating: b)
+    let inv = SIMD8<Float>(repeating: invStd)
+    var i = 0
+    while i + 8 <= count {
+        let centred = SIMD8<Float>(SIMD8<Double>(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)) - m)
+        let gf = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD8<Float>.self)
+        let gm = gf.replacing(with: 0, where: .!(centred * ks + sh .> 0))
+        let d = kv * (gm - av - centred * inv * bv)
+        UnsafeMutableRawPointer(dx + i).storeBytes(of: d, as: SIMD8<Float>.self)
+        i += 8
+    }
+    while i < count {
+        let centred = Float(Double(x[i]) - mean)
+        let gi = centred * scale + shift > 0 ? g[i] : 0
+        dx[i] = k * (gi - a - centred * invStd * b)
+        i += 1
+    }
+}
+
 /// Σ x[i] in Float32 (for gradients, where Float32 is what the result is stored in).
 @inline(__always)
 func sumFloat(_ x: UnsafePointer<Float>, count: Int) -> Float {

@@ -1,0 +1,52 @@
+import DDPKernels
+import DDPNet
+import XCTest
+
+/// Batch norm followed by ReLU runs fused (BatchNorm.fusesReLU): outputs, parameter
+/// gradients and running statistics must be bitwise those of the two layers apart, in
+/// training and in evaluation, for 2-D and 4-D inputs.
+final class FusionTests: XCTestCase {
+    let input = Shape(n: 6, c: 2, h: 8, w: 8)
+
+    func layers() -> [Layer] {
+        [Conv2d(inChannels: 2, outChannels: 5, kernel: 3, padding: 1), BatchNorm(features: 5), ReLU(), MaxPool2d(kernel: 2),
+         Flatten(), Linear(5 * 16, 12), BatchNorm(features: 12), ReLU(), Dropout(p: 0.3), Linear(12, 4)]
+    }
+
+    func run(fused: Bool, training: Bool) throws -> (output: [Float], gradients: [Float], buffers: [Float]) {
+        let model = try Model(layers: layers(), inputShape: input.withBatch(1), maxBatch: input.n, fuseLayers: fused)
+        XCTAssertEqual(model.layers.compactMap { $0 as? BatchNorm }.map(\.fusesReLU), [fused, fused])
+        randomize(model, seed: 31)
+        // Put some pre-activations exactly at 0: beta equal to minus a channel's mean would
+        // be luck; a large negative beta makes most of a channel ≤ 0 instead.
+        if let beta = model.parameter(named: "1.bias") { model.parameters.pointer[beta.offset] = -2 }
+        let x = FloatBuffer(capacity: input.count)
+        for (i, v) in TestData.uniform(input.count, seed: 32, stream: 1).enumerated() { x.pointer[i] = v }
+        let ids: [Int32] = (0..<Int32(input.n)).map { $0 * 7 }
+        return try ids.withUnsafeBufferPointer { idPointer in
+            let context = ForwardContext(training: training, seed: 3, step: 2, sampleIDs: idPointer.baseAddress)
+            if !training { _ = try model.forward(x.tensor(input), ForwardContext(training: true, seed: 3, step: 1, sampleIDs: idPointer.baseAddress)) }
+            let y = try model.forward(x.tensor(input), context)
+            let output = Array(y.buffer)
+            let dy = FloatBuffer(capacity: y.count)
+            for (i, v) in TestData.uniform(y.count, seed: 33, stream: 2).enumerated() { dy.pointer[i] = v }
+            try model.backward(dy.tensor(y.shape), context)
+            return (output, Array(model.gradients.buffer.prefix(model.parameterCount)), Array(model.buffers.buffer))
+        }
+    }
+
+    func testFusedBatchNormReLUGivesTheSameBits() throws {
+        for training in [true, false] {
+            let apart = try run(fused: false, training: training)
+            let fused = try run(fused: true, training: training)
+            func differing(_ a: [Float], _ b: [Float]) -> Int {
+                a.count == b.count ? zip(a, b).filter { $0.bitPattern != $1.bitPattern }.count : max(a.count, b.count)
+            }
+            XCTAssertEqual(differing(fused.output, apart.output), 0, "outputs that differ, training \(training)")
+            XCTAssertEqual(differing(fused.gradients, apart.gradients), 0, "gradients that differ, training \(training)")
+            XCTAssertEqual(differing(fused.buffers, apart.buffers), 0, "running statistics that differ, training \(training)")
+            XCTAssertTrue(apart.output.contains { $0 != 0 })
+            XCTAssertTrue(apart.gradients.contains { $0 != 0 })
+        }
+    }
+}
