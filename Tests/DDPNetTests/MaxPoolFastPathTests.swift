@@ -2,7 +2,7 @@ import DDPKernels
 import DDPNet
 import XCTest
 
-/// The two-pass 2x2 max-pool path against a window-at-a-time reference: values, and where
+/// The 2x2 max-pool fast path against a window-at-a-time reference: values, and where
 /// the gradient goes (first maximum in window order; NaN wins, the last one in window order).
 final class MaxPoolFastPathTests: XCTestCase {
     func testTwoByTwoMatchesWindowReference() throws {
@@ -42,6 +42,10 @@ final class MaxPoolFastPathTests: XCTestCase {
                         XCTAssertEqual(y.data[o], best, "plane \(plane) window (\(oy), \(ox))")
                     }
                     XCTAssertEqual(dx.data[plane * shape.h * shape.w + at], dy.pointer[o], "plane \(plane) window (\(oy), \(ox))")
+                    for (dyy, dxx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        let k = (2 * oy + dyy) * shape.w + 2 * ox + dxx
+                        if k != at { XCTAssertEqual(dx.data[plane * shape.h * shape.w + k], 0, "plane \(plane) window (\(oy), \(ox)): gradient off the maximum") }
+                    }
                 }
             }
         }

@@ -14,9 +14,6 @@ public final class MaxPool2d: Layer {
     private var inputGrad: FloatBuffer!
     private var argmax: OwnedBuffer<Int32>!
     private var windows: PoolWindows!
-    /// 2x2 fast path: the larger of each horizontal pair, and which of the two it was.
-    private var pairs: FloatBuffer!
-    private var pairSide: OwnedBuffer<Int32>!
     private var inputShape: Shape?
 
     /// A 2x2, stride-2 window over an even-sized input: the two-pass fast path.
@@ -43,10 +40,6 @@ public final class MaxPool2d: Layer {
         output = FloatBuffer(capacity: outCount)
         argmax = OwnedBuffer(capacity: outCount, repeating: 0)
         windows = PoolWindows(g)
-        if isEvenTwoByTwo {
-            pairs = FloatBuffer(capacity: maxBatch * g.channels * g.height * g.outWidth)
-            pairSide = OwnedBuffer(capacity: maxBatch * g.channels * g.height * g.outWidth, repeating: 0)
-        }
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
     }
 
@@ -88,40 +81,32 @@ public final class MaxPool2d: Layer {
         return y
     }
 
-    /// The common 2x2, stride-2 window, always inside the input, in two passes that the
-    /// compiler vectorizes (rows here are 14 or 7 outputs long, too short to vectorize a
-    /// window at a time). Pass 1 runs over the whole batch as one contiguous array of
-    /// horizontal pairs, keeping the larger of each and which one it was; pass 2 combines
-    /// the pairs of the two rows of each window. First maximum in window order wins, NaN
-    /// propagates (the last NaN in window order), exactly as a window at a time would:
-    /// "a later one wins only if larger or NaN" is associative over the two row pairs.
+    /// The common 2x2, stride-2 window, always inside the input: one pass over each pair of
+    /// input rows, straight to the output and the argmax, with no intermediate arrays. Each
+    /// row's horizontal pairs keep the larger element, then the bottom pair is compared with
+    /// the top one. First maximum in window order wins, NaN propagates (the last NaN in
+    /// window order), exactly as a window at a time would: "a later one wins only if larger
+    /// or NaN" is associative over the two row pairs.
     private func forward2x2(_ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, planes: Int) {
         let g = geometry!
         let w = g.width, oh = g.outHeight, ow = g.outWidth
-        let hv = pairs.pointer, hr = pairSide.pointer
-        // Pass 1: pairs (x[2p], x[2p + 1]) over every row of every plane (widths are even here).
-        let pairCount = planes * g.height * ow
-        for p in 0..<pairCount {
-            let a = x[2 * p], b = x[2 * p + 1]
-            // "b > a or b is NaN"; the two never hold together, so != is their or, without
-            // the short circuit that would make it a branch.
-            let take = (b > a) != (b != b)
-            hv[p] = take ? b : a
-            hr[p] = take ? 1 : 0
-        }
-        // Pass 2: the window's top pair (row 2oy) against its bottom pair (row 2oy + 1).
         let arg = argmax.pointer
+        let width = Int32(truncatingIfNeeded: w)
+        // "b > a or b is NaN"; the two never hold together, so != is their or, without the
+        // short circuit that would make it a branch.
+        @inline(__always) func later(_ b: Float, beats a: Float) -> Bool { (b > a) != (b != b) }
         for r in 0..<(planes * oh) {
-            let top = hv + 2 * r * ow, bottom = top + ow
-            let topSide = hr + 2 * r * ow, bottomSide = topSide + ow
+            let top = x + 2 * r * w, bottom = top + w
             let out = y + r * ow, index = arg + r * ow
             let rowStart = Int32(truncatingIfNeeded: 2 * (r % oh) * w)
             for ox in 0..<ow {
-                let t = top[ox], b = bottom[ox]
-                let take = (b > t) != (b != b)
-                out[ox] = take ? b : t
-                index[ox] = rowStart + (take ? Int32(truncatingIfNeeded: w) : 0) + Int32(truncatingIfNeeded: 2 * ox)
-                    + (take ? bottomSide[ox] : topSide[ox])
+                let a = top[2 * ox], b = top[2 * ox + 1], c = bottom[2 * ox], d = bottom[2 * ox + 1]
+                let right = later(b, beats: a), bottomRight = later(d, beats: c)
+                let t = right ? b : a, u = bottomRight ? d : c
+                let down = later(u, beats: t)
+                out[ox] = down ? u : t
+                let side: Int32 = down ? (bottomRight ? 1 : 0) : (right ? 1 : 0)
+                index[ox] = rowStart + (down ? width : 0) + Int32(truncatingIfNeeded: 2 * ox) + side
             }
         }
     }
