@@ -158,8 +158,10 @@ final class TrainTests: XCTestCase {
         let dir = scratch.appendingPathComponent("eval/checkpoints")
         let last = try XCTUnwrap(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted().last)
         var results: [[String: Any]] = []
-        for ranks in [1, 3, 4] {
-            let r = try MPIRun.run(ranks: ranks, ["eval", "--checkpoint", dir.appendingPathComponent(last).path, "--json"])
+        // Ranks, and compute threads per rank: each thread takes its part of every batch.
+        for (ranks, threads) in [(1, 1), (3, 1), (4, 1), (2, 3)] {
+            let r = try MPIRun.run(ranks: ranks, ["eval", "--checkpoint", dir.appendingPathComponent(last).path, "--json",
+                                                  "--threads", String(threads)])
             XCTAssertEqual(r.status, 0, r.stderr)
             let line = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
             results.append(try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], r.stdout))
