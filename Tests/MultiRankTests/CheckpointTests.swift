@@ -98,6 +98,20 @@ final class CheckpointTests: XCTestCase {
         }
     }
 
+    /// I4 with compute threads: 2 ranks of 2 threads, local batch norm (whose running
+    /// statistics are averaged at checkpoints and copied into every replica), crash
+    /// mid-epoch, resume: the same bytes as the uninterrupted run.
+    func testBitwiseResumeWithComputeThreads() throws {
+        let common = ["--epochs", "1", "--per-rank-batch", "32", "--checkpoint-every", "3", "--bn", "local", "--threads", "2"]
+        XCTAssertEqual(try train(common, run: "threads-straight").status, 0)
+        let crashed = try train(common, run: "threads-crash", environment: ["DDPTRAIN_INJECT_FAULT": "0:5"])
+        XCTAssertNotEqual(crashed.status, 0)
+        let resumed = try train(common + ["--resume", "auto"], run: "threads-crash")
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertTrue(resumed.stdout.contains("resumed from"), resumed.stdout)
+        XCTAssertEqual(try tensorBytes(try lastCheckpoint("threads-crash")), try tensorBytes(try lastCheckpoint("threads-straight")))
+    }
+
     /// Another world size with the same global batch continues the same trajectory (sync-BN).
     func testResumeOnAnotherWorldSize() throws {
         let common = ["--steps", "30", "--global-batch", "32", "--checkpoint-every", "10", "--dropout", "0.2",
