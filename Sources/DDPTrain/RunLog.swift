@@ -107,7 +107,8 @@ public final class RunLog {
         windowStart = runStart
         let c = trainer.config
         let batch = trainer.world.size > 1 ? "global batch \(trainer.globalBatch) (\(trainer.world.size) ranks x ~\(trainer.globalBatch / trainer.world.size))" : "batch \(trainer.globalBatch)"
-        say("train: \(c.model) on \(c.dataset), \(batch), bn \(c.bn.rawValue), \(trainer.totalSteps) steps, "
+        let threads = trainer.replicas.threads > 1 ? ", \(trainer.replicas.threads) compute threads per rank" : ""
+        say("train: \(c.model) on \(c.dataset), \(batch)\(threads), bn \(c.bn.rawValue), \(trainer.totalSteps) steps, "
             + "\(c.optimizer) lr \(trainer.baseLearningRate) \(c.schedule), \(trainer.model.parameterCount) parameters")
     }
 
