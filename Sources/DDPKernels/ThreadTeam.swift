@@ -32,14 +32,37 @@ public final class ThreadTeam: @unchecked Sendable {
         let inner: TeamBarrier
         /// The current job, valid between `start` and `finish`.
         var job: ((Int) throws -> Void)?
-        var errors: [Error?]
+        /// One slot per member, each written only by its member: members that fail together
+        /// must not write one shared array.
+        let errors: UnsafeMutablePointer<Error?>
+        let size: Int
         var shuttingDown = false
 
         init(size: Int, spinIterations: Int) {
             start = TeamBarrier(parties: size, spinIterations: spinIterations)
             finish = TeamBarrier(parties: size, spinIterations: spinIterations)
             inner = TeamBarrier(parties: size, spinIterations: spinIterations)
-            errors = Array(repeating: nil, count: size)
+            self.size = size
+            errors = .allocate(capacity: size)
+            errors.initialize(repeating: nil, count: size)
+        }
+
+        deinit {
+            errors.deinitialize(count: size)
+            errors.deallocate()
+        }
+
+        /// The first real failure (by member), clearing every slot; nil when none failed.
+        func takeFailure() -> Error? {
+            var failure: Error?
+            var aborted = false
+            for m in 0..<size {
+                if let error = errors[m] {
+                    if error is Aborted { aborted = true } else if failure == nil { failure = error }
+                }
+                errors[m] = nil
+            }
+            return failure ?? (aborted ? Aborted() : nil)
         }
 
         func serve(member: Int) {
@@ -82,9 +105,11 @@ public final class ThreadTeam: @unchecked Sendable {
             }, context.toOpaque())
             guard code == 0 else {
                 context.release()
-                // The threads started so far wait at `start` for members that will never come.
+                // The threads started so far wait (or are about to wait) at `start` for a
+                // round of `size`: arrive for the caller and every member never started, so
+                // that the round ends whenever they get there; they then see the shutdown.
                 core.shuttingDown = true
-                core.start.releaseAll()
+                core.start.arrive(count: size - threads.count)
                 for thread in threads { pthread_join(thread, nil) }
                 threads = []
                 throw ThreadTeamError(call: "pthread_create", code: code, member: member)
@@ -112,9 +137,7 @@ public final class ThreadTeam: @unchecked Sendable {
             core.finish.wait()
             core.job = nil
         }
-        guard core.errors.contains(where: { $0 != nil }) else { return }
-        let failure = core.errors.compactMap { $0 }.first { !($0 is Aborted) } ?? Aborted()
-        core.errors = Array(repeating: nil, count: size)
+        guard let failure = core.takeFailure() else { return }
         core.inner.reset()
         throw failure
     }
@@ -206,13 +229,16 @@ final class TeamBarrier: @unchecked Sendable {
         pthread_mutex_unlock(mutex)
     }
 
-    /// Ends the current round without waiting for the missing parties.
-    func releaseAll() {
-        pthread_mutex_lock(mutex)
-        arrived.store(0, ordering: .relaxed)
-        phase.add(1, ordering: .releasing)
-        pthread_cond_broadcast(condition)
-        pthread_mutex_unlock(mutex)
+    /// `count` arrivals that do not wait (for parties that will never come); the round ends
+    /// when the others arrive, or here if they already have.
+    func arrive(count: Int) {
+        if arrived.add(count, ordering: .acquiringAndReleasing).newValue == parties {
+            arrived.store(0, ordering: .relaxed)
+            pthread_mutex_lock(mutex)
+            phase.add(1, ordering: .releasing)
+            pthread_cond_broadcast(condition)
+            pthread_mutex_unlock(mutex)
+        }
     }
 
     /// After an aborted job, when no member is waiting: ready for the next one.

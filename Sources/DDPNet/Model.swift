@@ -87,12 +87,10 @@ public final class Model {
                 if spec.isCounter { counterOffset += spec.count } else { bufferOffset += spec.count }
             }
         }
-        if fuseLayers {
-            for (layer, next) in zip(layers, layers.dropFirst()) {
-                if let norm = layer as? BatchNorm, let relu = next as? ReLU {
-                    norm.fusesReLU = true
-                    relu.passesThrough = true
-                }
+        for (layer, next) in zip(layers, layers.dropFirst()) {
+            if let norm = layer as? BatchNorm, let relu = next as? ReLU {
+                norm.fusesReLU = fuseLayers
+                relu.passesThrough = fuseLayers
             }
         }
         // Nothing uses the input gradient of the layers up to and including the first one

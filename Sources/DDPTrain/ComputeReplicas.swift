@@ -135,31 +135,58 @@ public final class ComputeReplicas {
 }
 
 extension ComputeReplicas {
+    /// Cores on this node, and those this process may run on (its CPU affinity mask, which
+    /// mpirun narrows when it binds ranks to cores).
+    public static func cores() -> (node: Int, usable: Int) {
+        let node = ProcessInfo.processInfo.activeProcessorCount
+        // The kernel's own account of the mask ("Cpus_allowed:\tff,ffffffff"): Glibc's
+        // sched_getaffinity needs _GNU_SOURCE, which Swift's Glibc module does not set.
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed:") }) else { return (node, node) }
+        let usable = line.dropFirst("Cpus_allowed:".count).reduce(0) { count, digit in
+            count + (digit.hexDigitValue?.nonzeroBitCount ?? 0)
+        }
+        return (node, max(1, min(usable, node)))
+    }
+
     /// Compute threads per rank when --threads is not given: OPENBLAS_NUM_THREADS or else
     /// OMP_NUM_THREADS when set (the usual ways to say "threads per process";
-    /// launch/mpirun sets the first to the cores per rank), otherwise this node's cores
-    /// shared among this node's ranks (Open MPI's OMPI_COMM_WORLD_LOCAL_SIZE).
+    /// launch/mpirun sets the first to the cores per rank); otherwise, for a rank bound to
+    /// some of the node's cores, those cores; otherwise the node's cores shared among the
+    /// node's ranks (Open MPI's OMPI_COMM_WORLD_LOCAL_SIZE). A variable that is set must
+    /// hold a count from 1 to 256.
     public static func defaultThreads(environment: [String: String] = ProcessInfo.processInfo.environment,
-                                      cores: Int = ProcessInfo.processInfo.activeProcessorCount) -> Int {
+                                      cores: (node: Int, usable: Int) = cores()) throws -> Int {
         for name in ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"] {
-            if let value = environment[name].flatMap({ Int($0.trimmingCharacters(in: .whitespaces)) }), value >= 1 {
-                return value
+            guard let raw = environment[name] else { continue }
+            // OMP_NUM_THREADS may list one count per nesting level; the first is ours.
+            let first = raw.split(separator: ",", omittingEmptySubsequences: false).first.map(String.init) ?? raw
+            guard let value = Int(first.trimmingCharacters(in: .whitespaces)), (1...256).contains(value) else {
+                throw ConfigError("\(name)=\(raw) is not a thread count from 1 to 256 (ddptrain takes it as --threads); fix it or pass --threads")
             }
+            return value
         }
-        return max(1, cores / localRanks(environment))
+        if cores.usable < cores.node { return cores.usable }
+        return max(1, cores.node / localRanks(environment))
     }
 
     static func localRanks(_ environment: [String: String]) -> Int {
         max(1, environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap { Int($0) } ?? 1)
     }
 
-    /// Said when this node's ranks times threads outnumber its cores: every step then
-    /// waits for threads that are off their core.
+    /// Said when threads outnumber the cores they have: this rank's (when it is bound to
+    /// some cores), or the node's shared by its ranks. Every step then waits for threads
+    /// that are off their core.
     public static func oversubscriptionWarning(threads: Int, environment: [String: String] = ProcessInfo.processInfo.environment,
-                                               cores: Int = ProcessInfo.processInfo.activeProcessorCount) -> String? {
+                                               cores: (node: Int, usable: Int) = cores()) -> String? {
+        if cores.usable < cores.node {
+            guard threads > cores.usable else { return nil }
+            return "\(threads) compute threads on the \(cores.usable) core(s) this rank is bound to: threads will wait for each other; "
+                + "use --threads \(cores.usable), or bind ranks to more cores"
+        }
         let ranks = localRanks(environment)
-        guard ranks * threads > cores else { return nil }
-        return "\(ranks) rank(s) x \(threads) compute thread(s) on this node's \(cores) core(s): threads will wait for each other; "
-            + "use --threads \(max(1, cores / ranks))"
+        guard ranks * threads > cores.node else { return nil }
+        return "\(ranks) rank(s) x \(threads) compute thread(s) on this node's \(cores.node) core(s): threads will wait for each other; "
+            + "use --threads \(max(1, cores.node / ranks))"
     }
 }

@@ -107,7 +107,7 @@ public final class RunLog {
         windowStart = runStart
         let c = trainer.config
         let batch = trainer.world.size > 1 ? "global batch \(trainer.globalBatch) (\(trainer.world.size) ranks x ~\(trainer.globalBatch / trainer.world.size))" : "batch \(trainer.globalBatch)"
-        let threads = trainer.replicas.threads > 1 ? ", \(trainer.replicas.threads) compute threads per rank" : ""
+        let threads = ", \(trainer.replicas.threads) compute thread\(trainer.replicas.threads == 1 ? "" : "s") per rank"
         say("train: \(c.model) on \(c.dataset), \(batch)\(threads), bn \(c.bn.rawValue), \(trainer.totalSteps) steps, "
             + "\(c.optimizer) lr \(trainer.baseLearningRate) \(c.schedule), \(trainer.model.parameterCount) parameters")
     }

@@ -109,6 +109,10 @@ public final class Trainer {
     /// replicas; writes nothing.
     public init(config: TrainConfig, world: Communicator) throws {
         try config.validate()
+        // The thread count is part of what a run computes (it orders some sums), so the
+        // resolved count is what the run dir and the checkpoints record.
+        var config = config
+        config.threads = try agreeOnSuccess(world) { try config.threads ?? ComputeReplicas.defaultThreads() }
         self.config = config
         self.world = world
         self.log = try RunLog(rank: world.rank, logEvery: config.logEvery, json: false, metricsPath: nil, quiet: true)
@@ -145,7 +149,7 @@ public final class Trainer {
             syncStatistics = nil
             statistics = LocalStatistics()
         }
-        let threads = config.threads ?? ComputeReplicas.defaultThreads()
+        let threads = config.threads ?? 1
         let statistics = self.statistics
         let replicas = try agreeOnSuccess(world) { () throws -> ComputeReplicas in
             let replicas = try ComputeReplicas(spec: spec, inputShape: data.sampleShape, maxBatch: evalBatch, threads: threads,
@@ -239,6 +243,10 @@ public final class Trainer {
                 try reader.checkCompatible(with: config, datasetName: data.name, normalization: data.normalization,
                                            globalBatch: globalBatch, allowBatchChange: config.allowBatchChange)
                 try StateDict.check(reader.file, fits: model, optimizer: optimizer)
+                if let saved = reader.config.threads, saved != config.threads {
+                    warnings.append("\(path) was trained with \(saved) compute thread(s) per rank, this run uses \(config.threads ?? 1): "
+                                    + "it continues the same run up to the rounding of some sums, not bit for bit")
+                }
                 try StateDict.load(reader.file, into: model)
                 try StateDict.loadOptimizer(reader.file, into: optimizer, model: model)
                 var position = reader.position
@@ -308,7 +316,7 @@ public final class Trainer {
             let perLayer = try spec.layerInitializers.mapValues { try Initializer(parsing: $0) }
             return try model.initialize(try Initializer(parsing: config.initializer), perLayer: perLayer, seed: config.seed)
         }
-        self.warnings = warnings
+        self.warnings += warnings
         try broadcastModelState(model, world: world)
     }
 

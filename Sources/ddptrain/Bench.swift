@@ -32,6 +32,10 @@ struct Bench: ParsableCommand {
     var stepLog: String?
 
     func validate() throws {
+        if let stepLog {
+            let folder = URL(fileURLWithPath: stepLog).deletingLastPathComponent().path
+            guard access(folder, W_OK) == 0 else { throw ValidationError("--step-log \(stepLog): cannot write into \(folder)") }
+        }
         guard untimedSteps >= 0 else { throw ValidationError("--untimed-steps must be at least 0") }
         guard timedSteps >= 1 else { throw ValidationError("--timed-steps must be at least 1") }
         if options.resume != nil { throw ValidationError("bench does not resume: it starts from the seed's weights") }

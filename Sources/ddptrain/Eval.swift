@@ -55,7 +55,7 @@ struct Eval: ParsableCommand {
             let batch = 256
             let replicas = try agreeOnSuccess(world) {
                 try ComputeReplicas(spec: config.modelSpec(), inputShape: data.sampleShape, maxBatch: batch,
-                                    threads: threads ?? ComputeReplicas.defaultThreads(), classes: test.classes,
+                                    threads: try threads ?? ComputeReplicas.defaultThreads(), classes: test.classes,
                                     labelSmoothing: Float(config.labelSmoothing), rankStatistics: LocalStatistics(), dropout: nil)
             }
             try agreeOnSuccess(world) {

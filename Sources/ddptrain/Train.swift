@@ -18,7 +18,7 @@ struct Train: ParsableCommand {
             // a failure there is an input error (exit 65) that a restart would repeat.
             let (trainer, run, log) = try inputPhase {
                 let trainer = try Trainer(config: config, world: world)
-                let run = try RunDirectory.prepare(config: config, world: world, resumedAtStep: trainer.resumedFrom == nil ? nil : trainer.step)
+                let run = try RunDirectory.prepare(config: trainer.config, world: world, resumedAtStep: trainer.resumedFrom == nil ? nil : trainer.step)
                 let log = try RunLog(rank: world.rank, logEvery: config.logEvery, json: json, metricsPath: run.metricsPath)
                 return (trainer, run, log)
             }

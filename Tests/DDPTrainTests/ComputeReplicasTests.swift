@@ -106,16 +106,26 @@ final class ComputeReplicasTests: XCTestCase {
         }
     }
 
-    func testDefaultThreads() {
-        XCTAssertEqual(ComputeReplicas.defaultThreads(environment: ["OPENBLAS_NUM_THREADS": "3", "OMP_NUM_THREADS": "5"], cores: 8), 3)
-        XCTAssertEqual(ComputeReplicas.defaultThreads(environment: ["OMP_NUM_THREADS": "5"], cores: 8), 5)
-        XCTAssertEqual(ComputeReplicas.defaultThreads(environment: [:], cores: 8), 8)
-        XCTAssertEqual(ComputeReplicas.defaultThreads(environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "2"], cores: 8), 4)
-        XCTAssertEqual(ComputeReplicas.defaultThreads(environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "4"], cores: 2), 1)
-        XCTAssertEqual(ComputeReplicas.defaultThreads(environment: ["OPENBLAS_NUM_THREADS": "zero"], cores: 2), 2)
-        XCTAssertNil(ComputeReplicas.oversubscriptionWarning(threads: 1, environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "2"], cores: 2))
-        let warning = ComputeReplicas.oversubscriptionWarning(threads: 2, environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "2"], cores: 2)
-        XCTAssertEqual(warning?.contains("use --threads 1"), true, warning ?? "no warning")
+    func testDefaultThreads() throws {
+        let free = (node: 8, usable: 8)
+        XCTAssertEqual(try ComputeReplicas.defaultThreads(environment: ["OPENBLAS_NUM_THREADS": "3", "OMP_NUM_THREADS": "5"], cores: free), 3)
+        XCTAssertEqual(try ComputeReplicas.defaultThreads(environment: ["OMP_NUM_THREADS": "5,2"], cores: free), 5)
+        XCTAssertEqual(try ComputeReplicas.defaultThreads(environment: [:], cores: free), 8)
+        XCTAssertEqual(try ComputeReplicas.defaultThreads(environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "2"], cores: free), 4)
+        XCTAssertEqual(try ComputeReplicas.defaultThreads(environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "4"], cores: (2, 2)), 1)
+        // A rank bound to 3 of 16 cores gets 3 threads, whatever the rank count.
+        XCTAssertEqual(try ComputeReplicas.defaultThreads(environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "2"], cores: (16, 3)), 3)
+        for bad in ["zero", "0", "1000", ""] {
+            XCTAssertThrowsError(try ComputeReplicas.defaultThreads(environment: ["OPENBLAS_NUM_THREADS": bad], cores: free)) { error in
+                XCTAssertTrue("\(error)".contains("OPENBLAS_NUM_THREADS=\(bad) is not a thread count from 1 to 256"), "\(error)")
+            }
+        }
+        XCTAssertNil(ComputeReplicas.oversubscriptionWarning(threads: 1, environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "2"], cores: (2, 2)))
+        let shared = ComputeReplicas.oversubscriptionWarning(threads: 2, environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "2"], cores: (2, 2))
+        XCTAssertEqual(shared?.contains("use --threads 1"), true, shared ?? "no warning")
+        let bound = ComputeReplicas.oversubscriptionWarning(threads: 2, environment: [:], cores: (16, 1))
+        XCTAssertEqual(bound?.contains("2 compute threads on the 1 core(s) this rank is bound to"), true, bound ?? "no warning")
+        XCTAssertGreaterThanOrEqual(ComputeReplicas.cores().usable, 1)
     }
 
     func testThreadsOptionIsValidated() throws {

@@ -53,5 +53,8 @@ final class BenchTests: XCTestCase {
         let t = try MPIRun.run(ranks: 1, ["bench", "--threads", "0"], timeout: 30)
         XCTAssertNotEqual(t.status, 0)
         XCTAssertTrue(t.stderr.contains("--threads must be between 1 and 256, got 0"), t.stderr)
+        let l = try MPIRun.run(ranks: 1, ["bench", "--step-log", "/nonexistent/steps.jsonl"], timeout: 30)
+        XCTAssertNotEqual(l.status, 0)
+        XCTAssertTrue(l.stderr.contains("--step-log /nonexistent/steps.jsonl: cannot write into /nonexistent"), l.stderr)
     }
 }

@@ -111,6 +111,19 @@ final class TrainTests: XCTestCase {
         }
     }
 
+    /// Warnings found while setting up are said once, by rank 0, before training: options that
+    /// do not apply, and more threads than the node has cores.
+    func testSetupWarningsAreSaid() throws {
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let (r, _) = try train(ranks: 2, ["--model", "lenet5", "--steps", "2", "--per-rank-batch", "8", "--dropout", "0.1",
+                                          "--optimizer", "adam", "--momentum", "0.5", "--threads", String(cores)], run: "warnings")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        for expected in ["--dropout: model lenet5 has no dropout layer", "--momentum applies to --optimizer sgd only",
+                         "2 rank(s) x \(cores) compute thread(s) on this node's \(cores) core(s)"] {
+            XCTAssertEqual(r.stderr.components(separatedBy: expected).count - 1, 1, "'\(expected)' once in: \(r.stderr)")
+        }
+    }
+
     // I3: uneven slices give the exact global-batch gradient; an empty slice contributes
     // nothing at all (4 ranks with one empty slice equal 3 ranks bit for bit).
     func testUnevenAndEmptySlicesMatchOneRank() throws {

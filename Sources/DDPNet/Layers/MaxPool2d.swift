@@ -16,7 +16,7 @@ public final class MaxPool2d: Layer {
     private var windows: PoolWindows!
     private var inputShape: Shape?
 
-    /// A 2x2, stride-2 window over an even-sized input: the two-pass fast path.
+    /// A 2x2, stride-2 window over an even-sized input: the one-pass fast path.
     private var isEvenTwoByTwo: Bool {
         kernel == 2 && stride == 2 && padding == 0 && geometry.width % 2 == 0 && geometry.height % 2 == 0
     }
