@@ -174,11 +174,13 @@ extension ComputeReplicas {
         max(1, environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap { Int($0) } ?? 1)
     }
 
-    /// Said when threads outnumber the cores they have: this rank's (when it is bound to
-    /// some cores), or the node's shared by its ranks. Every step then waits for threads
+    /// Said when a rank's threads (more than one) outnumber the cores they have: this rank's
+    /// (when it is bound to some cores), or the node's shared by its ranks. Every step then waits for threads
     /// that are off their core.
     public static func oversubscriptionWarning(threads: Int, environment: [String: String] = ProcessInfo.processInfo.environment,
                                                cores: (node: Int, usable: Int) = cores()) -> String? {
+        // One thread per rank is the least there is: more ranks than cores is mpirun's matter.
+        guard threads > 1 else { return nil }
         if cores.usable < cores.node {
             guard threads > cores.usable else { return nil }
             return "\(threads) compute threads on the \(cores.usable) core(s) this rank is bound to: threads will wait for each other; "

@@ -121,6 +121,8 @@ final class ComputeReplicasTests: XCTestCase {
             }
         }
         XCTAssertNil(ComputeReplicas.oversubscriptionWarning(threads: 1, environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "2"], cores: (2, 2)))
+        XCTAssertNil(ComputeReplicas.oversubscriptionWarning(threads: 1, environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "4"], cores: (2, 2)),
+                     "4 ranks of 1 thread on 2 cores: nothing --threads could change")
         let shared = ComputeReplicas.oversubscriptionWarning(threads: 2, environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "2"], cores: (2, 2))
         XCTAssertEqual(shared?.contains("use --threads 1"), true, shared ?? "no warning")
         let bound = ComputeReplicas.oversubscriptionWarning(threads: 2, environment: [:], cores: (16, 1))
