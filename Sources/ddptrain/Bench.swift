@@ -84,20 +84,16 @@ struct Bench: ParsableCommand {
                         trainer.timedWallSeconds, rss, sgemm, Double(trainer.replicas.threads),
                         trainer.timedCPUSeconds / steps]
             let all = try world.allgather(mine)
-            // Each step's work before the gradient allreduce (the previous step's optimizer,
-            // then data, forward, backward), every rank's series side by side: how long a
-            // rank would wait for the slowest if moving the gradients took no time.
-            let stepLog = trainer.timedStepLog
-            let ahead = (0..<stepLog.count).map { k in
-                (k > 0 ? stepLog[k - 1].optimizer : 0) + stepLog[k].data + stepLog[k].forward + stepLog[k].backward
-            }
-            let series = try world.allgather(ahead)
-            let splits = try world.allgather(stepLog.flatMap { [$0.data, $0.forward, $0.backward, $0.communication, $0.optimizer] })
+            // Every timed step's split (data, forward, backward, communication, optimizer) of
+            // every rank, rank after rank.
+            let logged = trainer.timedStepLog.count
+            let splits = try world.allgather(trainer.timedStepLog.flatMap { [$0.data, $0.forward, $0.backward, $0.communication, $0.optimizer] })
+            func stepPart(_ rank: Int, _ step: Int, _ part: Int) -> Double { splits[(rank * logged + step) * 5 + part] }
             if world.rank == 0, let path = self.stepLog {
                 var lines = ""
-                for k in 0..<stepLog.count {
+                for k in 0..<logged {
                     for r in 0..<world.size {
-                        let v = (0..<5).map { String(format: "%.3f", splits[(r * stepLog.count + k) * 5 + $0] * 1e3) }
+                        let v = (0..<5).map { String(format: "%.3f", stepPart(r, k, $0) * 1e3) }
                         lines += "{\"step\":\(k),\"rank\":\(r),\"data\":\(v[0]),\"forward\":\(v[1]),\"backward\":\(v[2]),\"communication\":\(v[3]),\"optimizer\":\(v[4])}\n"
                     }
                 }
@@ -112,15 +108,23 @@ struct Bench: ParsableCommand {
             func mean(_ xs: [Double]) -> Double { xs.reduce(0, +) / Double(xs.count) }
             let split = (0..<5).map { mean(column($0)) }
             let stepSeconds = split.reduce(0, +)
-            let logged = ahead.count
-            func work(_ rank: Int) -> [Double] { Array(series[(rank * logged)..<((rank + 1) * logged)]) }
+            // Each step's work before the gradient allreduce (the previous step's optimizer,
+            // then data, forward, backward): how long a rank would wait for the slowest if
+            // moving the gradients took no time.
+            func work(_ rank: Int) -> [Double] {
+                (0..<logged).map { (k: Int) -> Double in
+                    let previousOptimizer: Double = k > 0 ? stepPart(rank, k - 1, 4) : 0
+                    return previousOptimizer + stepPart(rank, k, 0) + stepPart(rank, k, 1) + stepPart(rank, k, 2)
+                }
+            }
+            let works = (0..<ranks).map(work)
             func percentile(_ xs: [Double], _ p: Double) -> Double {
                 let sorted = xs.sorted()
                 return sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int((p * Double(sorted.count - 1)).rounded()))]
             }
-            let slowestWork = (0..<logged).map { k in (0..<ranks).map { series[$0 * logged + k] }.max() ?? 0 }
-            let imbalance = logged == 0 ? 0 : (0..<ranks).map { r in
-                zip(slowestWork, work(r)).map { $0 - $1 }.reduce(0, +) / Double(logged)
+            let slowestWork = (0..<logged).map { k in works.map { $0[k] }.max() ?? 0 }
+            let imbalance = logged == 0 ? 0 : works.map { w in
+                zip(slowestWork, w).map { $0 - $1 }.reduce(0, +) / Double(logged)
             }.reduce(0, +) / Double(ranks)
             let commShares = (0..<ranks).map { r in all[r * fields + 3] / max((0..<5).reduce(0.0) { $0 + all[r * fields + $1] }, 1e-12) }
             let wall = column(5).max() ?? 0
@@ -146,8 +150,8 @@ struct Bench: ParsableCommand {
                 machine: BenchResult.Machine(cores: cores, cpu: cpuModel(), openBLAS: BLASThreads.configuration,
                                              mpi: Communicator.libraryVersion()),
                 cpuMillisecondsPerStepPerRank: column(9).map { $0 * 1e3 },
-                workMillisecondsP50PerRank: (0..<ranks).map { percentile(work($0), 0.5) * 1e3 },
-                workMillisecondsP90PerRank: (0..<ranks).map { percentile(work($0), 0.9) * 1e3 },
+                workMillisecondsP50PerRank: works.map { percentile($0, 0.5) * 1e3 },
+                workMillisecondsP90PerRank: works.map { percentile($0, 0.9) * 1e3 },
                 imbalanceMilliseconds: imbalance * 1e3,
                 gradientAllreduceMilliseconds: ranks > 1 ? slowest[0] * 1e3 : 0, gradientBytes: gradientFloats * 4,
                 finalTrainLoss: summary.finalTrainLoss, testAccuracy: summary.testAccuracy)
