@@ -62,21 +62,12 @@ public struct Sampler: Equatable, Sendable {
     /// the batch, rank r gets m / P of them, plus one if r < m % P, in rank order. A part is
     /// empty when m < P; that rank still joins every collective (I3).
     public func localSlice(ofBatch k: Int) -> Range<Int> {
-        Sampler.part(globalBatchRange(k), parts: worldSize, index: rank)
+        contiguousPart(globalBatchRange(k), parts: worldSize, index: rank)
     }
 
     /// This rank's share of `count` evaluation samples: contiguous, sizes differ by at most
     /// one, every sample on exactly one rank, no padding.
     public static func evaluationSlice(count: Int, worldSize: Int, rank: Int) -> Range<Int> {
-        part(0..<count, parts: worldSize, index: rank)
-    }
-
-    /// Part `index` of `range` cut into `parts` contiguous pieces, the first `count % parts`
-    /// of them one longer.
-    static func part(_ range: Range<Int>, parts: Int, index: Int) -> Range<Int> {
-        precondition(parts >= 1 && (0..<parts).contains(index), "part \(index) of \(parts)")
-        let size = range.count / parts, extra = range.count % parts
-        let start = range.lowerBound + index * size + min(index, extra)
-        return start ..< start + size + (index < extra ? 1 : 0)
+        contiguousPart(0..<count, parts: worldSize, index: rank)
     }
 }

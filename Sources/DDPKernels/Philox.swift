@@ -51,18 +51,6 @@ public struct Philox: Sendable {
         return (x0, x1, x2, x3)
     }
 
-    /// Word `index` of the stream named by (a, b, c): stream element i is word i % 4 of block i / 4.
-    @inline(__always)
-    public func word(_ index: UInt64, _ a: UInt32, _ b: UInt32) -> UInt32 {
-        let r = block(UInt32(truncatingIfNeeded: index >> 2), a, b, UInt32(truncatingIfNeeded: index >> 34))
-        switch index & 3 {
-        case 0: return r.0
-        case 1: return r.1
-        case 2: return r.2
-        default: return r.3
-        }
-    }
-
     /// A float uniform in [0, 1) from a 32-bit word (24 random bits, exactly representable).
     @inline(__always)
     public static func unit(_ word: UInt32) -> Float { Float(word >> 8) * (1.0 / 16_777_216.0) }
@@ -103,8 +91,9 @@ public struct Philox: Sendable {
         }
     }
 
+    /// Two independent standard normals from two 32-bit words (Box-Muller).
     @inline(__always)
-    static func boxMuller(_ u: UInt32, _ v: UInt32) -> (Double, Double) {
+    public static func boxMuller(_ u: UInt32, _ v: UInt32) -> (Double, Double) {
         let radius = (-2.0 * log(openUnit(u))).squareRoot()
         let angle = 2.0 * Double.pi * openUnit(v)
         return (radius * cos(angle), radius * sin(angle))

@@ -149,13 +149,20 @@ public final class ThreadTeam: @unchecked Sendable {
         try core.inner.wait(abortable: true)
     }
 
-    /// `[0, count)` cut into `size` contiguous parts whose lengths differ by at most one,
-    /// the longer ones first; part `member`.
+    /// `[0, count)` cut into `size` contiguous parts, as ranks cut a batch; part `member`.
     public func part(_ member: Int, of count: Int) -> Range<Int> {
-        let base = count / size, extra = count % size
-        let lower = member * base + min(member, extra)
-        return lower..<(lower + base + (member < extra ? 1 : 0))
+        contiguousPart(0..<count, parts: size, index: member)
     }
+}
+
+/// Part `index` of `range` cut into `parts` contiguous pieces whose lengths differ by at
+/// most one, the first `count % parts` of them one longer: how a global batch is shared
+/// among ranks, and a rank's slice among its compute threads.
+public func contiguousPart(_ range: Range<Int>, parts: Int, index: Int) -> Range<Int> {
+    precondition(parts >= 1 && (0..<parts).contains(index), "part \(index) of \(parts)")
+    let size = range.count / parts, extra = range.count % parts
+    let start = range.lowerBound + index * size + min(index, extra)
+    return start ..< start + size + (index < extra ? 1 : 0)
 }
 
 public struct ThreadTeamError: Error, CustomStringConvertible {

@@ -29,7 +29,8 @@ func forwardFlops(of layer: Layer, input: Shape, output: Shape) -> Double {
     case let linear as Linear:
         return 2 * Double(linear.inFeatures * linear.outFeatures)
     case let block as ResidualBlock:
-        return block.forwardFlopsPerSample(input: input, output: output)
+        // Every convolution of the block produces the block's output size.
+        return block.convolutions.reduce(0) { $0 + forwardFlops(of: $1, input: input, output: output) }
     default:
         return 0
     }

@@ -67,8 +67,24 @@ public protocol BatchStatisticsReducer: AnyObject {
     func sum(_ values: UnsafeMutablePointer<Double>, count: Int) throws
 }
 
+/// Chan et al.'s pairwise merge, per channel: folds a part's count, means and M2s into the
+/// running (n, mean, m2) of the parts before it. Sync-BN merges ranks with it, a rank's
+/// compute threads their parts.
+@inline(__always)
+public func mergeMoments(mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePointer<Double>, count n: Double,
+                         partMean: UnsafePointer<Double>, partM2: UnsafePointer<Double>, partCount nb: Double, channels: Int) {
+    let total = n + nb
+    for c in 0..<channels {
+        let delta = partMean[c] - mean[c]
+        mean[c] += delta * nb / total
+        m2[c] += partM2[c] + delta * delta * n * nb / total
+    }
+}
+
 /// Statistics of this rank's own slice only.
-public final class LocalStatistics: BatchStatisticsReducer {
+public final class LocalStatistics: BatchStatisticsReducer, Sendable {
+    /// It holds nothing, so one instance serves every context.
+    public static let shared = LocalStatistics()
     public init() {}
     public func combineMoments(count: inout Double, mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePointer<Double>, channels: Int) throws {}
     public func sum(_ values: UnsafeMutablePointer<Double>, count: Int) throws {}
@@ -87,7 +103,7 @@ public struct ForwardContext {
     public var statistics: BatchStatisticsReducer
 
     public init(training: Bool, seed: UInt64 = 0, step: Int = 0, sampleIDs: UnsafePointer<Int32>? = nil,
-                statistics: BatchStatisticsReducer = LocalStatistics()) {
+                statistics: BatchStatisticsReducer = LocalStatistics.shared) {
         self.training = training; self.seed = seed; self.step = step
         self.sampleIDs = sampleIDs; self.statistics = statistics
     }

@@ -160,6 +160,12 @@ public final class Model {
         counters.update(from: other.counters, count: counterCount)
     }
 
+    /// Channels of the widest batch norm, residual blocks' own included (its gamma has one
+    /// value per channel); 1 when there is none. Statistics exchanges are sized for it.
+    public var widestBatchNorm: Int {
+        parameterViews.filter { $0.role == .normWeight }.map(\.count).max() ?? 1
+    }
+
     public func parameter(named name: String) -> ParameterView? { parameterViews.first { $0.name == name } }
     public func buffer(named name: String) -> BufferView? { bufferViews.first { $0.name == name } }
 

@@ -66,12 +66,7 @@ public final class TeamStatistics: @unchecked Sendable {
                     mu.update(from: part, count: channels)
                     sq.update(from: part + channels, count: channels)
                 } else {
-                    let total = n + nb
-                    for c in 0..<channels {
-                        let delta = part[c] - mu[c]
-                        mu[c] += delta * nb / total
-                        sq[c] += part[channels + c] + delta * delta * n * nb / total
-                    }
+                    mergeMoments(mean: mu, m2: sq, count: n, partMean: part, partM2: part + channels, partCount: nb, channels: channels)
                 }
                 n += nb
             }

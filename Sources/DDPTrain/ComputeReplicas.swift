@@ -49,8 +49,7 @@ public final class ComputeReplicas {
         if threads == 1 {
             statistics = [rankStatistics]
         } else {
-            let widest = first.parameterViews.filter { $0.role == .normWeight }.map(\.count).max() ?? 1
-            statistics = TeamStatistics(team: team, rankReducer: rankStatistics, channels: widest).members
+            statistics = TeamStatistics(team: team, rankReducer: rankStatistics, channels: first.widestBatchNorm).members
         }
         lossSums = .allocate(capacity: threads)
         corrects = .allocate(capacity: threads)
@@ -161,7 +160,7 @@ extension ComputeReplicas {
             guard let raw = environment[name] else { continue }
             // OMP_NUM_THREADS may list one count per nesting level; the first is ours.
             let first = raw.split(separator: ",", omittingEmptySubsequences: false).first.map(String.init) ?? raw
-            guard let value = Int(first.trimmingCharacters(in: .whitespaces)), (1...256).contains(value) else {
+            guard let value = Int(first.trimmingCharacters(in: .whitespaces)), TrainConfig.threadRange.contains(value) else {
                 throw ConfigError("\(name)=\(raw) is not a thread count from 1 to 256 (ddptrain takes it as --threads); fix it or pass --threads")
             }
             return value

@@ -56,12 +56,7 @@ public final class RunLog {
     private var rateSeconds = 0.0
     private var lastLoss = Double.nan
     private var lastAccuracy = Double.nan
-    private let encoder: JSONEncoder = {
-        let e = JSONEncoder()
-        e.outputFormatting = [.sortedKeys]
-        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        return e
-    }()
+    private let encoder = JSONEncoder.ddptrain()
 
     /// `metricsPath` nil: no metrics file (evaluation, tests).
     public init(rank: Int, logEvery: Int, json: Bool, metricsPath: String?, quiet: Bool = false) throws {

@@ -39,18 +39,14 @@ public final class SyncBatchStatistics: BatchStatisticsReducer {
         // Chan's merge of (nA, meanA, M2A) with (nB, meanB, M2B), in rank order.
         var n = 0.0
         for c in 0..<channels { mean[c] = 0; m2[c] = 0 }
-        for r in 0..<world.size {
-            let base = r * record
-            let nb = gathered[base]
-            if nb == 0 { continue }
-            let total = n + nb
-            for c in 0..<channels {
-                let mb = gathered[base + 1 + c]
-                let delta = mb - mean[c]
-                mean[c] += delta * nb / total
-                m2[c] += gathered[base + 1 + channels + c] + delta * delta * n * nb / total
+        gathered.withUnsafeBufferPointer { g in
+            for r in 0..<world.size {
+                let part = g.baseAddress! + r * record
+                let nb = part[0]
+                if nb == 0 { continue }
+                mergeMoments(mean: mean, m2: m2, count: n, partMean: part + 1, partM2: part + 1 + channels, partCount: nb, channels: channels)
+                n += nb
             }
-            n = total
         }
         count = n
     }

@@ -179,7 +179,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         if checkpointEvery < 0 { try fail("--checkpoint-every must be at least 0, got \(checkpointEvery)") }
         if keep < 1 { try fail("--keep must be at least 1, got \(keep)") }
         if !(collectiveTimeout >= 0 && collectiveTimeout.isFinite) { try fail("--collective-timeout must be 0 (off) or a number of seconds, got \(collectiveTimeout)") }
-        if let t = threads, !(1...256).contains(t) { try fail("--threads must be between 1 and 256, got \(t)") }
+        if let t = threads { try TrainConfig.checkThreads(t) }
         if syntheticSamples < 1 { try fail("--synthetic-samples must be at least 1, got \(syntheticSamples)") }
         if !["fashion-mnist", "mnist", "cifar10", "synthetic"].contains(dataset) {
             try fail("--dataset must be one of fashion-mnist, mnist, cifar10, synthetic; got '\(dataset)'")
@@ -187,6 +187,15 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         if !["sgd", "adam", "adamw"].contains(optimizer) { try fail("--optimizer must be sgd, adam or adamw; got '\(optimizer)'") }
         if nesterov && optimizer != "sgd" { try fail("--nesterov applies to --optimizer sgd only") }
         if nesterov && momentum == 0 { try fail("--nesterov needs --momentum > 0") }
+    }
+
+    /// Compute threads per rank that ddptrain accepts, from --threads or the environment.
+    public static let threadRange = 1...256
+
+    public static func checkThreads(_ threads: Int) throws {
+        guard threadRange.contains(threads) else {
+            throw ConfigError("--threads must be between \(threadRange.lowerBound) and \(threadRange.upperBound), got \(threads)")
+        }
     }
 
     /// The model this configuration trains: the preset or file, with every batch norm
@@ -209,12 +218,8 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     }
 
     public var json: String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        // validate() admits only finite numbers; the strategy keeps this total anyway.
-        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        return (try? encoder.encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
-
+        // validate() admits only finite numbers; the encoder's strategy keeps this total anyway.
+        (try? JSONEncoder.ddptrain().encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
     }
 }
 

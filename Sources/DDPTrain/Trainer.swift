@@ -65,7 +65,6 @@ public final class Trainer {
     let sampler: Sampler
     let optimizer: Optimizer
     let schedule: LearningRatePlan
-    let statistics: BatchStatisticsReducer
     let syncStatistics: SyncBatchStatistics?
     var log: RunLog
     /// Said once the run starts (e.g. a hidden layer initialized to a constant).
@@ -141,16 +140,10 @@ public final class Trainer {
         self.totalSteps = totalSteps
         self.evalBatch = evalBatch
 
-        if config.bn == .sync && world.size > 1 {
-            let sync = SyncBatchStatistics(world: world)
-            syncStatistics = sync
-            statistics = sync
-        } else {
-            syncStatistics = nil
-            statistics = LocalStatistics()
-        }
+        let syncStatistics = config.bn == .sync && world.size > 1 ? SyncBatchStatistics(world: world) : nil
+        self.syncStatistics = syncStatistics
+        let statistics: BatchStatisticsReducer = syncStatistics ?? LocalStatistics.shared
         let threads = config.threads ?? 1
-        let statistics = self.statistics
         let replicas = try agreeOnSuccess(world) { () throws -> ComputeReplicas in
             let replicas = try ComputeReplicas(spec: spec, inputShape: data.sampleShape, maxBatch: evalBatch, threads: threads,
                                                classes: data.train.classes, labelSmoothing: Float(config.labelSmoothing),
@@ -163,8 +156,7 @@ public final class Trainer {
         self.replicas = replicas
         let model = replicas.main
         self.model = model
-        // The widest batch norm, residual blocks' own included: its gamma has one value per channel.
-        syncStatistics?.reserve(channels: model.parameterViews.filter { $0.role == .normWeight }.map(\.count).max() ?? 1)
+        syncStatistics?.reserve(channels: model.widestBatchNorm)
 
         (optimizer, schedule) = try agreeOnSuccess(world) {
             try makeOptimizerAndSchedule(config: config, model: model, totalSteps: totalSteps)

@@ -156,10 +156,7 @@ struct Bench: ParsableCommand {
                 gradientAllreduceMilliseconds: ranks > 1 ? slowest[0] * 1e3 : 0, gradientBytes: gradientFloats * 4,
                 finalTrainLoss: summary.finalTrainLoss, testAccuracy: summary.testAccuracy)
             if json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.sortedKeys]
-                encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-                print(String(decoding: try encoder.encode(result), as: UTF8.self))
+                print(String(decoding: try JSONEncoder.ddptrain().encode(result), as: UTF8.self))
             } else {
                 print(result.text, terminator: "")
             }

@@ -66,10 +66,7 @@ struct Compare: ParsableCommand {
                 let summary = try trainer.run(log: log, checkpointDirectory: run.checkpointsPath)
                 let result = VariantResult(name: variant.name, summary: summary, losses: VariantResult.losses(metricsPath: run.metricsPath))
                 if world.rank == 0 {
-                    let encoder = JSONEncoder()
-                    encoder.outputFormatting = [.sortedKeys]
-                    encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-                    try writeAtomically(String(decoding: try encoder.encode(result), as: UTF8.self), to: summaryPath)
+                    try writeAtomically(String(decoding: try JSONEncoder.ddptrain().encode(result), as: UTF8.self), to: summaryPath)
                 }
                 results.append(result)
             }

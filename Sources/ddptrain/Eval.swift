@@ -22,7 +22,7 @@ struct Eval: ParsableCommand {
     var json = false
 
     func validate() throws {
-        if let threads, !(1...256).contains(threads) { throw ValidationError("--threads must be between 1 and 256, got \(threads)") }
+        do { try threads.map(TrainConfig.checkThreads) } catch let error as ConfigError { throw ValidationError(error.message) }
     }
 
     func run() throws {

@@ -95,16 +95,17 @@ enum Processes {
 
 /// Checkpoint contents for comparisons.
 enum Checkpoints {
-    /// The newest checkpoint file of a run dir.
-    static func newest(runDir: String) throws -> String {
-        let dir = runDir + "/checkpoints"
-        let files = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix(".safetensors") }.sorted()
-        return dir + "/" + (try XCTUnwrap(files.last, "no checkpoint in \(dir)"))
+    /// The checkpoint file names of a run dir, oldest first.
+    static func names(runDir: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: runDir + "/checkpoints")) ?? []).filter { $0.hasSuffix(".safetensors") }.sorted()
     }
 
-    static func count(runDir: String) -> Int {
-        ((try? FileManager.default.contentsOfDirectory(atPath: runDir + "/checkpoints")) ?? []).filter { $0.hasSuffix(".safetensors") }.count
+    /// The newest checkpoint file of a run dir.
+    static func newest(runDir: String) throws -> String {
+        runDir + "/checkpoints/" + (try XCTUnwrap(names(runDir: runDir).last, "no checkpoint in \(runDir)/checkpoints"))
     }
+
+    static func count(runDir: String) -> Int { names(runDir: runDir).count }
 
     /// Every tensor's raw bytes (parameters, buffers, optimizer state), metadata left out.
     static func tensorBytes(_ path: String) throws -> [String: [UInt8]] {

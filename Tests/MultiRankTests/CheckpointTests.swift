@@ -26,28 +26,9 @@ final class CheckpointTests: XCTestCase {
         return r
     }
 
-    func checkpoints(_ run: String) -> [String] {
-        let dir = runDir(run) + "/checkpoints"
-        return ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix(".safetensors") }.sorted()
-    }
-
-    /// Every tensor's raw bytes from a checkpoint.
-    func tensorBytes(_ path: String) throws -> [String: [UInt8]] {
-        let file = try SafeTensorsFile(path: path)
-        var out: [String: [UInt8]] = [:]
-        for t in file.tensors {
-            switch t.dtype {
-            case .f32: out[t.name] = try file.values(of: t.name, as: Float.self).withUnsafeBytes { Array($0) }
-            case .i64: out[t.name] = try file.values(of: t.name, as: Int64.self).withUnsafeBytes { Array($0) }
-            default: XCTFail("unexpected dtype \(t.dtype) for \(t.name)")
-            }
-        }
-        return out
-    }
-
-    func lastCheckpoint(_ run: String) throws -> String {
-        runDir(run) + "/checkpoints/" + (try XCTUnwrap(checkpoints(run).last, "no checkpoint in \(run)"))
-    }
+    func checkpoints(_ run: String) -> [String] { Checkpoints.names(runDir: runDir(run)) }
+    func tensorBytes(_ path: String) throws -> [String: [UInt8]] { try Checkpoints.tensorBytes(path) }
+    func lastCheckpoint(_ run: String) throws -> String { try Checkpoints.newest(runDir: runDir(run)) }
 
     func testNamingKeepAndContents() throws {
         let r = try train(["--steps", "20", "--per-rank-batch", "16", "--checkpoint-every", "4", "--keep", "2"], run: "keep")

@@ -26,12 +26,14 @@ final class TrainTests: XCTestCase {
         return (r, json)
     }
 
-    /// Final parameters and buffers from the run's last checkpoint.
+    /// The run's last checkpoint.
+    func finalCheckpoint(run: String) throws -> String {
+        try Checkpoints.newest(runDir: scratch.appendingPathComponent(run).path)
+    }
+
+    /// Final parameters and buffers (Float32, optimizer state left out), for exact comparison.
     func finalTensors(run: String) throws -> [String: [Float]] {
-        let dir = scratch.appendingPathComponent(run).appendingPathComponent("checkpoints")
-        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".safetensors") }.sorted()
-        let last = try XCTUnwrap(files.last, "no checkpoint in \(dir.path)")
-        let file = try SafeTensorsFile(path: dir.appendingPathComponent(last).path)
+        let file = try SafeTensorsFile(path: try finalCheckpoint(run: run))
         var out: [String: [Float]] = [:]
         for t in file.tensors where t.dtype == .f32 && !t.name.hasPrefix("optim.") {
             out[t.name] = try file.values(of: t.name, as: Float.self)
@@ -39,17 +41,9 @@ final class TrainTests: XCTestCase {
         return out
     }
 
-    /// Largest over tensors of max |a - b| / max |a|.
-    func relativeDifference(_ a: [String: [Float]], _ b: [String: [Float]]) -> Double {
-        XCTAssertEqual(Set(a.keys), Set(b.keys))
-        var worst = 0.0
-        for (name, x) in a {
-            guard let y = b[name], x.count == y.count else { XCTFail("tensor \(name) differs in size"); continue }
-            let scale = Double(x.map { abs($0) }.max() ?? 0)
-            let diff = zip(x, y).map { Double(abs($0 - $1)) }.max() ?? 0
-            worst = max(worst, scale > 0 ? diff / scale : diff)
-        }
-        return worst
+    /// Checkpoints.relativeDifference of two runs' last checkpoints.
+    func relativeDifference(_ a: String, _ b: String) throws -> Double {
+        try Checkpoints.relativeDifference(try finalCheckpoint(run: a), try finalCheckpoint(run: b))
     }
 
     // I1: replicas are bitwise identical at the end, on 2 and 4 ranks, with both BN modes.
@@ -82,9 +76,8 @@ final class TrainTests: XCTestCase {
             XCTAssertEqual(four.status, 0, four.stderr)
             let (local, _) = try train(ranks: 4, common + ["--per-rank-batch", "8", "--bn", "local"], run: "\(model)-local")
             XCTAssertEqual(local.status, 0, local.stderr)
-            let reference = try finalTensors(run: "\(model)-one")
-            let sync = relativeDifference(reference, try finalTensors(run: "\(model)-four"))
-            let unsynced = relativeDifference(reference, try finalTensors(run: "\(model)-local"))
+            let sync = try relativeDifference("\(model)-one", "\(model)-four")
+            let unsynced = try relativeDifference("\(model)-one", "\(model)-local")
             XCTAssertLessThan(sync, 1e-4, "\(model): sync-BN on 4 ranks drifted from 1 rank")
             XCTAssertGreaterThan(unsynced, 1e-2, "\(model): local BN should differ clearly from the 1-rank run")
         }
@@ -104,10 +97,8 @@ final class TrainTests: XCTestCase {
                 XCTAssertEqual(threaded.status, 0, threaded.stderr)
                 XCTAssertEqual(Set(json["parameterHashes"] as? [String] ?? []).count, 1, "\(model): replicas differ across ranks")
             }
-            let reference = try finalTensors(run: "\(model)-t1")
-            let threaded = try finalTensors(run: "\(model)-t2")
-            XCTAssertLessThan(relativeDifference(reference, threaded), 1e-4, "\(model): 2 ranks x 2 threads drifted from 1 x 1")
-            XCTAssertEqual(threaded, try finalTensors(run: "\(model)-t2-again"), "\(model): the same ranks and threads must repeat bitwise")
+            XCTAssertLessThan(try relativeDifference("\(model)-t1", "\(model)-t2"), 1e-4, "\(model): 2 ranks x 2 threads drifted from 1 x 1")
+            XCTAssertEqual(try finalTensors(run: "\(model)-t2"), try finalTensors(run: "\(model)-t2-again"), "\(model): the same ranks and threads must repeat bitwise")
         }
     }
 
@@ -136,11 +127,11 @@ final class TrainTests: XCTestCase {
         let (uneven, json) = try train(ranks: 4, common(10, 8), run: "uneven-4")
         XCTAssertEqual(uneven.status, 0, uneven.stderr)
         XCTAssertEqual(json["steps"] as? Int, 8)
-        XCTAssertLessThan(relativeDifference(try finalTensors(run: "uneven-1"), try finalTensors(run: "uneven-4")), 1e-5)
+        XCTAssertLessThan(try relativeDifference("uneven-1", "uneven-4"), 1e-5)
         // Global batch 3 on 4 ranks: slices of 1, 1, 1, 0. Batch norm over 3 samples amplifies
         // rounding quickly, so the 1-rank comparison runs 2 steps.
         for ranks in [1, 3, 4] { XCTAssertEqual(try train(ranks: ranks, common(3, 2), run: "empty-\(ranks)").0.status, 0) }
-        XCTAssertLessThan(relativeDifference(try finalTensors(run: "empty-1"), try finalTensors(run: "empty-4")), 1e-5)
+        XCTAssertLessThan(try relativeDifference("empty-1", "empty-4"), 1e-5)
         XCTAssertEqual(try finalTensors(run: "empty-3"), try finalTensors(run: "empty-4"))
     }
 

@@ -238,9 +238,7 @@ private func fillTruncatedNormal(_ p: UnsafeMutablePointer<Float>, _ n: Int, _ m
         var z = 0.0
         while true {
             let r = generator.block(UInt32(truncatingIfNeeded: i), stream, attempt, UInt32(truncatingIfNeeded: i >> 32))
-            let radius = (-2 * log(Philox.openUnit(r.0))).squareRoot()
-            let angle = 2 * Double.pi * Philox.openUnit(r.1)
-            let (z0, z1) = (radius * cos(angle), radius * sin(angle))
+            let (z0, z1) = Philox.boxMuller(r.0, r.1)
             if abs(z0) <= 2 { z = z0; break }
             if abs(z1) <= 2 { z = z1; break }
             attempt += 1

@@ -39,7 +39,8 @@ public final class SoftmaxCrossEntropy {
             var maxLogit = row[0]
             for j in 1..<k where row[j] > maxLogit { maxLogit = row[j]; best = j }
             var sumExp = 0.0
-            for j in 0..<k { sumExp += Double(expf(row[j] - maxLogit)) }
+            // exp(z_j - max) kept in the gradient row until the probabilities replace it.
+            for j in 0..<k { let e = expf(row[j] - maxLogit); g[j] = e; sumExp += Double(e) }
             let logSumExp = Double(maxLogit) + log(sumExp)
             let label = Int(labels[i])
             if best == label { correct += 1 }
@@ -53,7 +54,7 @@ public final class SoftmaxCrossEntropy {
             lossSum += loss
             let inv = 1.0 / sumExp
             for j in 0..<k {
-                let p = Double(expf(row[j] - maxLogit)) * inv
+                let p = Double(g[j]) * inv
                 let target = (j == label ? 1 - smooth : 0) + smooth / Double(k)
                 g[j] = Float(p - target)
             }

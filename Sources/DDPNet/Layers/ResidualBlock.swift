@@ -134,10 +134,6 @@ public final class ResidualBlock: Layer {
 }
 
 extension ResidualBlock {
-    /// Forward FLOPs of one sample: both 3x3 convolutions and the 1x1 downsample, if any.
-    func forwardFlopsPerSample(input: Shape, output: Shape) -> Double {
-        var convs = [conv1, conv2]
-        if let downsample { convs.append(downsample.conv) }
-        return convs.reduce(0) { $0 + 2 * Double($1.kernel * $1.kernel * $1.inChannels * $1.outChannels * output.spatial) }
-    }
+    /// Both 3x3 convolutions and the 1x1 downsample, if any (for FLOP counts).
+    var convolutions: [Conv2d] { [conv1, conv2] + (downsample.map { [$0.conv] } ?? []) }
 }
