@@ -85,6 +85,8 @@ public final class Trainer {
     public private(set) var resumedFrom: String?
     var checkpoints: CheckpointStore?
     var consecutiveSkips = 0
+    /// The step after which the local batch-norm statistics were last averaged.
+    var buffersAveragedAtStep = -1
     var skippedSteps = 0
 
     /// For benchmarks: the first `timingWarmup` steps of `run` are left out of `timed`.
@@ -487,9 +489,12 @@ public final class Trainer {
     }
 
     /// With local batch norm the running statistics drift apart per rank; they are averaged
-    /// before evaluation and checkpoints so that every replica evaluates the same model.
+    /// before evaluation and checkpoints so that every replica evaluates the same model; once
+    /// per step (an epoch end evaluates and then checkpoints): averaging equal copies again
+    /// is a wasted allreduce, and not exact in Float32 when the world size is not a power of 2.
     func averageLocalStatistics() throws {
-        guard config.bn == .local, world.size > 1, model.buffers.capacity > 0 else { return }
+        guard config.bn == .local, world.size > 1, model.buffers.capacity > 0, buffersAveragedAtStep != step else { return }
+        buffersAveragedAtStep = step
         try world.allreduce(model.buffers.pointer, count: model.buffers.capacity)
         let size = Float(world.size)
         for i in 0..<model.buffers.capacity { model.buffers.pointer[i] /= size }
