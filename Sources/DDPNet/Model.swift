@@ -87,12 +87,7 @@ public final class Model {
                 if spec.isCounter { counterOffset += spec.count } else { bufferOffset += spec.count }
             }
         }
-        for (layer, next) in zip(layers, layers.dropFirst()) {
-            if let norm = layer as? BatchNorm, let relu = next as? ReLU {
-                norm.fusesReLU = fuseLayers
-                relu.passesThrough = fuseLayers
-            }
-        }
+        fuseBatchNormReLU(in: layers, enabled: fuseLayers)
         // Nothing uses the input gradient of the layers up to and including the first one
         // with parameters (e.g. Flatten then Linear), so they do not compute it.
         for layer in layers {
@@ -173,4 +168,16 @@ public final class Model {
     public var parameterBuffer: UnsafeMutableBufferPointer<Float> {
         UnsafeMutableBufferPointer(start: parameters.pointer, count: parameterCount)
     }
+}
+
+/// Fuses every batch norm directly followed by a ReLU in a sequence of layers
+/// (`BatchNorm.fusesReLU`, same bits), and asks each layer to do so with its own sequence.
+func fuseBatchNormReLU(in layers: [Layer], enabled: Bool) {
+    for (layer, next) in zip(layers, layers.dropFirst()) {
+        if let norm = layer as? BatchNorm, let relu = next as? ReLU {
+            norm.fusesReLU = enabled
+            relu.passesThrough = enabled
+        }
+    }
+    for layer in layers { layer.fuseInnerLayers(enabled) }
 }

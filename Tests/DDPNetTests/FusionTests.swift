@@ -49,4 +49,27 @@ final class FusionTests: XCTestCase {
             XCTAssertTrue(apart.gradients.contains { $0 != 0 })
         }
     }
+
+    /// The batch norm and ReLU inside a residual block fuse too.
+    func testResidualBlockFusesItsBatchNormReLU() throws {
+        let shape = Shape(n: 4, c: 3, h: 6, w: 6)
+        func run(fused: Bool) throws -> (output: [Float], gradients: [Float]) {
+            let model = try Model(layers: [ResidualBlock(inChannels: 3, outChannels: 4, stride: 2), GlobalAvgPool2d(), Linear(4, 3)],
+                                  inputShape: shape.withBatch(1), maxBatch: shape.n, fuseLayers: fused)
+            randomize(model, seed: 41)
+            let x = FloatBuffer(capacity: shape.count)
+            for (i, v) in TestData.uniform(shape.count, seed: 42, stream: 1).enumerated() { x.pointer[i] = v }
+            let context = ForwardContext(training: true)
+            let y = try model.forward(x.tensor(shape), context)
+            let output = Array(y.buffer)
+            let dy = FloatBuffer(capacity: y.count)
+            for (i, v) in TestData.uniform(y.count, seed: 43, stream: 2).enumerated() { dy.pointer[i] = v }
+            try model.backward(dy.tensor(y.shape), context)
+            return (output, Array(model.gradients.buffer.prefix(model.parameterCount)))
+        }
+        let apart = try run(fused: false), fused = try run(fused: true)
+        XCTAssertEqual(fused.output.map(\.bitPattern), apart.output.map(\.bitPattern))
+        XCTAssertEqual(fused.gradients.map(\.bitPattern), apart.gradients.map(\.bitPattern))
+        XCTAssertTrue(apart.gradients.contains { $0 != 0 })
+    }
 }
