@@ -23,40 +23,12 @@ struct MPIRun {
         guard FileManager.default.isExecutableFile(atPath: binary) else {
             throw XCTSkip("no release binary at \(binary): run launch/test (or swift build -c release)")
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         var mpiArgs = ["mpirun", "-n", String(ranks), "--oversubscribe", "--bind-to", "none", "-x", "OPENBLAS_NUM_THREADS",
                        "-x", "DDPTRAIN_PROGRESS"]
         for key in environment.keys.sorted() { mpiArgs += ["-x", key] }
-        process.arguments = mpiArgs + [binary] + args
-        var env = childEnvironment()
-        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
-        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-        env["OPENBLAS_NUM_THREADS"] = "1"
-        env["DDPTRAIN_PROGRESS"] = "lines"
+        var env = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OPENBLAS_NUM_THREADS": "1", "DDPTRAIN_PROGRESS": "lines"]
         for (key, value) in environment { env[key] = value }
-        process.environment = env
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        let outData = DataCollector(out.fileHandleForReading)
-        let errData = DataCollector(err.fileHandleForReading)
-        let start = Date()
-        try process.run()
-        var timedOut = false
-        while process.isRunning {
-            if Date().timeIntervalSince(start) > timeout {
-                timedOut = true
-                process.terminate()
-                Thread.sleep(forTimeInterval: 1)
-                if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-                break
-            }
-            Thread.sleep(forTimeInterval: 0.05)
-        }
-        process.waitUntilExit()
-        return Result(status: process.terminationStatus, stdout: outData.finish(), stderr: errData.finish(),
-                      seconds: Date().timeIntervalSince(start), timedOut: timedOut)
+        return try Background("/usr/bin/env", mpiArgs + [binary] + args, environment: env).wait(timeout: timeout)
     }
 }
 
