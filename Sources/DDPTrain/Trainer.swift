@@ -370,7 +370,7 @@ public final class Trainer {
             let result = try replicas.trainingPass(x: x.pointer, sampleShape: data.sampleShape, labels: labels, ids: sampleIDs,
                                                    count: n, seed: config.seed, step: step,
                                                    communicationSeconds: { self.syncStatistics?.takeSeconds() ?? 0 })
-            try FaultInjection.check(rank: world.rank, step: step)
+            try FaultInjection.check(rank: world.rank, step: step, resumed: resumedFrom != nil)
             if FaultInjection.poisons(rank: world.rank, step: step) { g[0] = .nan }
             g[model.lossSlot] = Float(result.lossSum)
             g[model.correctSlot] = Float(result.correct)
@@ -567,6 +567,9 @@ public struct TrainingError: Error, CustomStringConvertible {
 /// after its forward and backward, just before the gradient allreduce the others wait in.
 /// DDPTRAIN_INJECT_NAN="rank:step" (or "rank:step+" for every step from then on) puts a
 /// NaN into that rank's local gradient, to test that all ranks skip the same steps.
+/// DDPTRAIN_INJECT_STOP="rank:step" makes that rank stop itself (SIGSTOP) at that step, in
+/// a run that did not resume, so that a test can act on a job at a known step however fast
+/// the machine is (a restart resumes past the stop and is not stopped again).
 enum FaultInjection {
     struct Target { var rank: Int; var step: Int; var onwards: Bool }
 
@@ -588,7 +591,10 @@ enum FaultInjection {
         return target.onwards ? step >= target.step : step == target.step
     }
 
-    static func check(rank: Int, step: Int) throws {
+    static let stop = parse("DDPTRAIN_INJECT_STOP")
+
+    static func check(rank: Int, step: Int, resumed: Bool) throws {
+        if !resumed, hits(stop, rank: rank, step: step) { raise(SIGSTOP) }
         if hits(fault, rank: rank, step: step) {
             throw TrainingError("injected fault at step \(step) (DDPTRAIN_INJECT_FAULT)")
         }
