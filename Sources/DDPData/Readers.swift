@@ -194,6 +194,7 @@ enum IDX {
         let (count, rows, cols) = (imageDims[0], imageDims[1], imageDims[2])
         let imagesSay = "\(count) images of \(rows)x\(cols)"
         guard rows > 0, cols > 0 else { throw DataError(images, "image size \(rows)x\(cols) is empty") }
+        guard count > 0 else { throw DataError(images, "header says 0 images: the dataset is empty") }
         guard let pixelBytes = Layout.product([count, rows, cols]) else { throw DataError(images, "header says \(imagesSay), too large") }
         try imageFile.checkHolds(headerBytes: imageHeader, dataBytes: pixelBytes, says: imagesSay)
 

@@ -146,6 +146,13 @@ final class HostileInputTests: XCTestCase {
         assertDataError(underAFile, "stat() failed: Not a directory (errno \(ENOTDIR))") { _ = try loadIDX(underAFile, labels) }
     }
 
+    /// No samples: nothing to train on, and statistics would divide by zero.
+    func testEmptyIDXIsRefused() throws {
+        let images = folder.write("images", idxImages(count: 0, rows: 28, cols: 28) { _ in 0 })
+        let labels = folder.write("labels", idxLabels([]))
+        assertDataError(images, "header says 0 images: the dataset is empty") { _ = try loadIDX(images, labels) }
+    }
+
     func testClassesOutOfRangeAreRefused() throws {
         let images = folder.write("images", idxImages(count: 1, rows: 1, cols: 1) { _ in 0 })
         let labels = folder.write("labels", idxLabels([0]))
