@@ -26,8 +26,10 @@ struct Compare: ParsableCommand {
             throw ValidationError("compare takes --resume auto (each variant resumes from its own folder), not a file: '\(resume)'")
         }
         do {
-            // The config file is read once MPI runs (run()); the flags alone are checked here.
-            if options.config == nil { _ = try makeVariants(base: try options.resolve(), variations: try variations()) }
+            let variations = try variations()
+            // A config file is read once MPI runs (run()); without one the flags are the
+            // whole configuration, and every variant can be checked here.
+            if options.config == nil { _ = try makeVariants(base: try options.resolve(), variations: variations) }
         } catch let error as ConfigError {
             throw ValidationError(error.message)
         }
