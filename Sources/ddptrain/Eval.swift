@@ -49,6 +49,9 @@ struct Eval: ParsableCommand {
             if let dataset { config.dataset = dataset }
             if let dataDir { config.dataDir = dataDir }
             config.trainSamples = nil
+            // The checkpoint's values and this command's, each on its own (a damaged or
+            // foreign checkpoint, or --dataset with a typo).
+            try agreeOnSuccess(world) { try config.validateValues() }
 
             let data = try TrainingData.load(config: config, world: world)
             guard let test = data.test else { throw TrainingError("no test set for \(config.dataset)") }
