@@ -7,7 +7,9 @@ import Yams
 /// `maxBytes`, and parsed only after a pass over libyaml's events has bounded their
 /// nesting and refused anchors and aliases: Yams builds nodes recursively (deep nesting
 /// overflows the stack) and expands aliases when it builds values (a "billion laughs"
-/// exhausts memory), and neither kind of file has any use for them.
+/// exhausts memory), and neither kind of file has any use for them. The events come from
+/// CYaml, Yams' own copy of libyaml (imported through Yams' dependency), so the check reads
+/// the text exactly as Yams then parses it.
 public enum SpecFile {
     /// The largest config or model file read: the presets are a few hundred bytes.
     public static let maxBytes = 1 << 20
