@@ -109,7 +109,7 @@ public final class Trainer {
     /// Loads and checks data, model and options on every rank, and initializes the
     /// replicas; writes nothing.
     public init(config: TrainConfig, world: Communicator) throws {
-        try config.validate()
+        try config.validate(worldSize: world.size)
         // The thread count is part of what a run computes (it orders some sums), so the
         // resolved count is what the run dir and the checkpoints record.
         var config = config
@@ -147,6 +147,7 @@ public final class Trainer {
         let statistics: BatchStatisticsReducer = syncStatistics ?? LocalStatistics.shared
         let threads = config.threads ?? 1
         let replicas = try agreeOnSuccess(world) { () throws -> ComputeReplicas in
+            try config.checkMemory(spec: spec, inputShape: data.sampleShape, batch: localCapacity, threads: threads)
             let replicas = try ComputeReplicas(spec: spec, inputShape: data.sampleShape, maxBatch: evalBatch, threads: threads,
                                                classes: data.train.classes, labelSmoothing: Float(config.labelSmoothing),
                                                rankStatistics: statistics, dropout: config.dropout)
