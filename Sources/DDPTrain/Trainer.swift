@@ -217,10 +217,12 @@ public final class Trainer {
     /// Restores parameters, buffers, optimizer state, the step and the skip counters from a
     /// checkpoint that rank 0 picks and validates; every rank receives the same bits.
     /// `auto` takes the newest checkpoint in the run dir that is intact, skipping damaged
-    /// files (unreadable, truncated, failed checksum, inconsistent metadata) with a warning,
-    /// or starts fresh when there is none; a named file must be intact. A sound checkpoint
-    /// of another configuration (dataset, normalization, model, optimizer, seed, data order,
-    /// global batch) is refused either way: that run dir belongs to another run.
+    /// files (truncated, failed checksum, bad metadata, non-finite values) with a warning,
+    /// or starts fresh when there is none; a named file must be intact. A file that cannot
+    /// be read (permissions, I/O error, not a regular file) stops the run either way with
+    /// the reason: skipping it would start over and later prune the good files. So is a
+    /// sound checkpoint of another configuration (dataset, normalization, model, optimizer,
+    /// seed, data order, batch-norm mode, global batch): that run dir belongs to another run.
     func resumeFrom(_ resume: String) throws {
         let store = CheckpointStore(directory: RunDirectory(path: config.runDir).checkpointsPath, keep: config.keep)
         let found = try agreeOnSuccess(world) { () throws -> (path: String, position: TrainingPosition)? in
@@ -230,14 +232,13 @@ public final class Trainer {
                 let reader: CheckpointReader
                 do {
                     reader = try CheckpointReader(path: path)
-                } catch {
-                    if resume != "auto" { throw error }
+                    try reader.checkCompatible(with: config, datasetName: data.name, normalization: data.normalization,
+                                               globalBatch: globalBatch, allowBatchChange: config.allowBatchChange)
+                    try StateDict.check(reader.file, fits: model, optimizer: optimizer)
+                } catch where resume == "auto" && isCheckpointDamage(error) {
                     warnings.append("skipping damaged checkpoint: \(error)")
                     continue
                 }
-                try reader.checkCompatible(with: config, datasetName: data.name, normalization: data.normalization,
-                                           globalBatch: globalBatch, allowBatchChange: config.allowBatchChange)
-                try StateDict.check(reader.file, fits: model, optimizer: optimizer)
                 if let saved = reader.config.threads, saved != config.threads {
                     warnings.append("\(path) was trained with \(saved) compute thread(s) per rank, this run uses \(config.threads ?? 1): "
                                     + "it continues the same run up to the rounding of some sums, not bit for bit")
@@ -247,8 +248,7 @@ public final class Trainer {
                 var position = reader.position
                 if reader.globalBatch != globalBatch {
                     // --allow-batch-change: continue after the same number of samples seen.
-                    let seen = reader.positionInEpoch * reader.globalBatch
-                    let newStep = reader.epoch * sampler.stepsPerEpoch + (seen + globalBatch - 1) / globalBatch
+                    let (newStep, seen) = try reader.step(continuingWithGlobalBatch: globalBatch, stepsPerEpoch: sampler.stepsPerEpoch)
                     warnings.append("global batch \(reader.globalBatch) -> \(globalBatch): step \(position.step) (epoch \(reader.epoch + 1), "
                                     + "\(seen) samples into it) continues as step \(newStep)")
                     position.step = newStep
