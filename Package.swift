@@ -61,7 +61,7 @@ let package = Package(
         .testTarget(name: "DDPDataTests", dependencies: ["DDPData"]),
         .testTarget(name: "DDPCommTests", dependencies: ["DDPComm"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
-        .testTarget(name: "DDPTrainTests", dependencies: ["DDPTrain", "DDPNet", "DDPKernels"]),
+        .testTarget(name: "DDPTrainTests", dependencies: ["DDPTrain", "DDPNet", "DDPKernels", "DDPData", "SafeTensors"]),
         // Runs the real binary under mpirun; needs `swift build -c release` first.
         .testTarget(name: "MultiRankTests", dependencies: ["SafeTensors"]),
     ]
