@@ -9,7 +9,10 @@ import Foundation
 // with AVX2 dies with SIGILL on a CPU without it: build where you run (launch/setup does).
 // DDPTRAIN_TARGET_CPU overrides: a CPU name for -target-cpu, or "baseline".
 let numericFlags: [String] = {
-    var flags = ["-Ounchecked", "-Xcc", "-fno-math-errno"]
+    // -O, not -Ounchecked: preconditions and bounds stay checked (a wrong batch traps with
+    // a message rather than writing past a buffer); entry points check once per call and
+    // the inner loops run over unsafe pointers, so the checks cost next to nothing.
+    var flags = ["-O", "-Xcc", "-fno-math-errno"]
     let requested = ProcessInfo.processInfo.environment["DDPTRAIN_TARGET_CPU"]
     if let cpu = requested, !cpu.isEmpty {
         if cpu != "baseline" { flags += ["-target-cpu", cpu] }

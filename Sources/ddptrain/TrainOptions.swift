@@ -73,7 +73,7 @@ struct TrainOptions: ParsableArguments {
     var logEvery: Int?
     @Option(help: "Start from these weights (safetensors; a PyTorch state_dict of the same nn.Sequential loads).")
     var initFrom: String?
-    @Option(parsing: .unconditional, help: "Compare a parameter hash across ranks every K steps; stop on divergence (default 0: off).")
+    @Option(parsing: .unconditional, help: "Also compare a parameter hash across ranks every K steps, besides before each checkpoint and at the end; stop on divergence (default 0: no extra checks).")
     var checkReplicas: Int?
     @Option(parsing: .unconditional, help: "Stop after this many consecutive steps with non-finite gradients (default 10).")
     var maxSkippedSteps: Int?
