@@ -1,0 +1,47 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The readers under test take paths, so each input is written to a file in a directory of
+/// this process's own (removed at exit). A few microseconds per input: libFuzzer's speed
+/// here is bounded by the parsers, not by this.
+enum ScratchFiles {
+    /// `$TMPDIR` (or /tmp) without a trailing slash.
+    static var temporaryDirectory: String {
+        var path = NSTemporaryDirectory()
+        while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
+        return path
+    }
+
+    static let directory: String = {
+        var template = Array((temporaryDirectory + "/ddptrain-fuzz.XXXXXX").utf8CString)
+        guard mkdtemp(&template) != nil else { fatalError("fuzz harness: mkdtemp failed: \(String(cString: strerror(errno)))") }
+        let path = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        atexit { try? FileManager.default.removeItem(atPath: ScratchFiles.directory) }
+        return path
+    }()
+
+    /// Writes `bytes` to the file `name` in the scratch directory, replacing what was there.
+    @discardableResult
+    static func store(_ bytes: UnsafeRawBufferPointer, as name: String) -> String {
+        let path = directory + "/" + name
+        store(bytes, atPath: path)
+        return path
+    }
+
+    static func store(_ bytes: UnsafeRawBufferPointer, atPath path: String) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { fatalError("fuzz harness: cannot create \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var written = 0
+        while written < bytes.count {
+            let n = write(fd, bytes.baseAddress! + written, bytes.count - written)
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { fatalError("fuzz harness: cannot write \(path): \(String(cString: strerror(errno)))") }
+            written += n
+        }
+    }
+}
