@@ -35,7 +35,7 @@ final class FuzzRegressionTests: XCTestCase {
     private static let targetVariable = "DDPTRAIN_FUZZ_REPLAY_TARGET"
     private static let fileVariable = "DDPTRAIN_FUZZ_REPLAY_FILE"
     /// Far above what any input takes (milliseconds); only a hang reaches it.
-    private static let childTimeLimit = 120.0
+    private static let childTimeLimit = 30.0
 
     private static let fuzzDirectory = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
