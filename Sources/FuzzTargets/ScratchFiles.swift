@@ -16,15 +16,27 @@ enum ScratchFiles {
     }
 
     /// In memory where Linux offers it: the cache target's rebuilds fsync, which is free
-    /// there and costs milliseconds on a disk.
+    /// there and costs milliseconds on a disk. Named after the process: a fuzzer that
+    /// crashes never reaches its atexit, so each new one removes the folders of the dead.
     static let directory: String = {
         let base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : temporaryDirectory
-        var template = Array((base + "/ddptrain-fuzz.XXXXXX").utf8CString)
+        removeFoldersOfEndedProcesses(in: base)
+        var template = Array((base + "/\(prefix)\(getpid()).XXXXXX").utf8CString)
         guard mkdtemp(&template) != nil else { fatalError("fuzz harness: mkdtemp failed: \(String(cString: strerror(errno)))") }
         let path = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         atexit { try? FileManager.default.removeItem(atPath: ScratchFiles.directory) }
         return path
     }()
+
+    private static let prefix = "ddptrain-fuzz-"
+
+    private static func removeFoldersOfEndedProcesses(in base: String) {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: base)) ?? [] where name.hasPrefix(prefix) {
+            guard let pid = Int32(name.dropFirst(prefix.count).prefix { $0 != "." }),
+                  kill(pid, 0) != 0 && errno == ESRCH else { continue }
+            try? FileManager.default.removeItem(atPath: base + "/" + name)
+        }
+    }
 
     /// Writes `bytes` to the file `name` in the scratch directory, replacing what was there.
     @discardableResult
