@@ -36,6 +36,8 @@ let package = Package(
     name: "ddptrain",
     products: [
         .executable(name: "ddptrain", targets: ["ddptrain"]),
+        // For the libFuzzer package in Fuzz/ (docs/FUZZING.md).
+        .library(name: "FuzzTargets", targets: ["FuzzTargets"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -58,6 +60,8 @@ let package = Package(
             "DDPTrain", "DDPComm", "DDPNet", "DDPData", "DDPKernels", "SafeTensors",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // One function per reader of untrusted files, shared by the fuzzers and FuzzRegressionTests.
+        .target(name: "FuzzTargets", dependencies: ["DDPTrain", "DDPNet", "DDPData", "DDPKernels", "SafeTensors", "CZlib"]),
 
         .testTarget(name: "DDPKernelsTests", dependencies: ["DDPKernels"]),
         .testTarget(name: "DDPNetTests", dependencies: ["DDPNet"]),
@@ -67,5 +71,7 @@ let package = Package(
         .testTarget(name: "DDPTrainTests", dependencies: ["DDPTrain", "DDPNet", "DDPKernels", "DDPData", "SafeTensors"]),
         // Runs the real binary under mpirun; needs `swift build -c release` first.
         .testTarget(name: "MultiRankTests", dependencies: ["SafeTensors"]),
+        // Replays Fuzz/corpus and Fuzz/regressions through FuzzTargets, without the fuzzer.
+        .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets"]),
     ]
 )
