@@ -63,6 +63,10 @@ public enum SpecFile {
         try utf8.withUnsafeMutableBufferPointer { input in
             yaml_parser_set_input_string(&parser, input.baseAddress, input.count)
             var depth = 0
+            // Per open collection: for a map, whether its next node is a key (nil for a list).
+            // Yams force-unwraps a key as a string, so a list or map used as a key would crash
+            // it (found by fuzzing).
+            var nextIsKey: [Bool?] = []
             while true {
                 var event = yaml_event_t()
                 guard yaml_parser_parse(&parser, &event) == 1 else {
@@ -93,6 +97,19 @@ public enum SpecFile {
                 }
                 if anchor != nil {
                     throw SpecFileError(source, "line \(line): aliases (*name) and anchors (&name) are not supported")
+                }
+                let startsNode = [YAML_SCALAR_EVENT, YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT].contains(event.type)
+                if startsNode, let inMap = nextIsKey.last, let isKey = inMap {
+                    if isKey && event.type != YAML_SCALAR_EVENT {
+                        throw SpecFileError(source, "line \(line): a key must be a plain name, not a list or a map")
+                    }
+                    nextIsKey[nextIsKey.count - 1] = !isKey
+                }
+                switch event.type {
+                case YAML_MAPPING_START_EVENT: nextIsKey.append(true)
+                case YAML_SEQUENCE_START_EVENT: nextIsKey.append(nil)
+                case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT: _ = nextIsKey.popLast()
+                default: break
                 }
                 if depth > maxDepth {
                     throw SpecFileError(source, "line \(line): lists and maps are nested more than \(maxDepth) levels deep")
