@@ -22,6 +22,9 @@ public struct RunDirectory: Sendable {
     public static let lockName = ".lock"
     /// What `compare` writes into its own run dir, next to variants/ (for folders made before the marker).
     static let comparisonEntries: Set<String> = ["variants", "report.md", "report.html", "loss.svg", "accuracy.svg"]
+    /// launch/train appends its log to the run dir before ddptrain starts: a folder that holds
+    /// only that is as good as empty.
+    static let launcherLog = "launch.log"
 
     public init(path: String) { self.path = path }
 
@@ -121,8 +124,9 @@ public struct RunDirectory: Sendable {
         } catch {
             throw TrainingError("run dir \(path): cannot list it: \(describe(error))", exitCode: ExitStatus.inputError)
         }
-        if entries.isEmpty || entries.contains(RunDirectory.markerName) || isOldRunDir
-            || (acceptingOldComparison && isOldComparison(entries)) { return }
+        let ours = entries.filter { $0 != RunDirectory.launcherLog }
+        if ours.isEmpty || entries.contains(RunDirectory.markerName) || isOldRunDir
+            || (acceptingOldComparison && isOldComparison(ours)) { return }
         let shown = entries.prefix(6).joined(separator: ", ") + (entries.count > 6 ? " and \(entries.count - 6) more" : "")
         throw TrainingError("run dir \(path) is not empty and is not a ddptrain run dir (it holds \(shown), and no "
                             + "\(RunDirectory.markerName) marker): ddptrain does not overwrite files it did not create; "

@@ -128,8 +128,10 @@ final class RunDirectoryUnitTests: XCTestCase {
         XCTAssertEqual(try bytes(foreign + "/config.json"), Array("{\"name\": \"my app\"}\n".utf8))
         XCTAssertEqual(try bytes(foreign + "/metrics.jsonl"), Array("hello\n".utf8))
 
+        // Empty, or holding only the log launch/train appends to before ddptrain starts.
         let empty = path("empty")
         try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
+        try Data("attempt 1\n".utf8).write(to: URL(fileURLWithPath: empty + "/launch.log"))
         _ = try RunDirectory(path: empty).create(config: config(empty), keepMetricsUpTo: nil)
         XCTAssertTrue(FileManager.default.fileExists(atPath: empty + "/" + RunDirectory.markerName))
 

@@ -145,6 +145,36 @@ final class RunDirectoryTests: XCTestCase {
         XCTAssertEqual(try bytes(target), Array("precious\n".utf8))
     }
 
+    /// A full disk while logging a step stops the job with exit 74 (as for a checkpoint) and a
+    /// clear message; metrics.jsonl ends with a whole line, so a resume continues it.
+    func testFullDiskWhileLoggingStopsWithExit74() throws {
+        let mountPoint = runDir("small")
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        func tool(_ path: String, _ arguments: [String]) -> Int32 {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: path)
+            process.arguments = arguments
+            guard (try? process.run()) != nil else { return -1 }
+            process.waitUntilExit()
+            return process.terminationStatus
+        }
+        // 64 KiB: room for the run dir's small files and about 150 lines of metrics.
+        guard tool("/bin/mount", ["-t", "tmpfs", "-o", "size=64k", "tmpfs", mountPoint]) == 0 else {
+            throw XCTSkip("cannot mount a small tmpfs here (needs root)")
+        }
+        defer { _ = tool("/bin/umount", [mountPoint]) }
+        let run = mountPoint + "/run"
+        // 512 steps per epoch: no checkpoint is due before the metrics fill the disk.
+        let r = try MPIRun.run(ranks: 2, ["train", "--model", "mlp", "--train-samples", "8192", "--per-rank-batch", "8", "--steps", "400",
+                                          "--eval-every", "0", "--run-dir", run], timeout: 60)
+        XCTAssertEqual(r.status, 74, r.stderr)
+        XCTAssertTrue(r.stderr.contains("cannot log step") && r.stderr.contains("\(run)/metrics.jsonl: cannot write: No space left on device (errno 28)"),
+                      r.stderr)
+        let metrics = try bytes(run + "/metrics.jsonl")
+        XCTAssertEqual(metrics.last, 10)
+        XCTAssertEqual(lines(metrics).compactMap(step), Array(1...lines(metrics).count), "whole records only")
+    }
+
     /// compare locks its own run dir and each variant's apart: it never waits for itself, and resumes.
     func testCompareDoesNotBlockOnItsOwnLocks() throws {
         let run = runDir("cmp")
