@@ -76,9 +76,9 @@ public struct RunDirectory: Sendable {
             try writeAtomically("", to: metricsPath)
         }
         do {
-            try FileManager.default.createDirectory(atPath: checkpointsPath, withIntermediateDirectories: true)
-        } catch {
-            throw TrainingError("run dir \(path): cannot create checkpoints/: \(describe(error))", exitCode: ExitStatus.inputError)
+            try makeDirectories(checkpointsPath)
+        } catch let error as TrainingError {
+            throw TrainingError("run dir \(path): \(error.message)", exitCode: ExitStatus.inputError)
         }
         try writeAtomically(config.json + "\n", to: configPath)
         return warnings
@@ -89,9 +89,9 @@ public struct RunDirectory: Sendable {
     func claim(acceptingOldComparison: Bool) throws -> [String] {
         try checkOwnership(acceptingOldComparison: acceptingOldComparison)
         do {
-            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        } catch {
-            throw TrainingError("run dir \(path): cannot create it: \(describe(error))", exitCode: ExitStatus.inputError)
+            try makeDirectories(path)
+        } catch let error as TrainingError {
+            throw TrainingError("run dir \(path): \(error.message)", exitCode: ExitStatus.inputError)
         }
         guard access(path, W_OK) == 0 else {
             throw TrainingError("run dir \(path) is not writable: \(errnoDescription(errno))", exitCode: ExitStatus.inputError)

@@ -209,3 +209,18 @@ func describeType(_ type: mode_t) -> String {
 
 /// "No space left on device (errno 28)".
 func errnoDescription(_ code: Int32) -> String { "\(String(cString: strerror(code))) (errno \(code))" }
+
+/// `mkdir -p`, with the failing call's reason (errno) rather than Foundation's paraphrase.
+func makeDirectories(_ path: String) throws {
+    var prefix = path.hasPrefix("/") ? "" : "."
+    for component in path.split(separator: "/") {
+        prefix += "/" + component
+        if mkdir(prefix, 0o755) != 0 {
+            let code = errno
+            guard code == EEXIST, fileType(prefix, following: true) == S_IFDIR else {
+                throw TrainingError("cannot create \(prefix): \(errnoDescription(code == EEXIST ? ENOTDIR : code))",
+                                    exitCode: ExitStatus.inputError)
+            }
+        }
+    }
+}

@@ -233,6 +233,33 @@ final class RunDirectoryUnitTests: XCTestCase {
         XCTAssertTrue(text.isEmpty || text.last == 10, "ends with a whole line")
     }
 
+    /// A run dir on a read-only file system is an error that names it and the reason; nothing changes.
+    func testReadOnlyFileSystem() throws {
+        let mountPoint = path("readonly")
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        guard run("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mountPoint]) == 0 else {
+            throw XCTSkip("cannot mount a tmpfs here (needs root)")
+        }
+        defer { _ = run("/bin/umount", [mountPoint]) }
+        let written = try stoppedRun("readonly/run", metrics: record(1))
+        // A read-only view of it (this process keeps the lock file open for writing, so the
+        // file system itself cannot be remounted read-only).
+        let view = path("view")
+        try FileManager.default.createDirectory(atPath: view, withIntermediateDirectories: true)
+        guard run("/bin/mount", ["--bind", "-o", "ro", mountPoint, view]) == 0 else { throw XCTSkip("cannot bind-mount here") }
+        defer { _ = run("/bin/umount", [view]) }
+        _ = run("/bin/mount", ["-o", "remount,ro,bind", view])
+        let existing = RunDirectory(path: view + "/run")
+        XCTAssertThrowsError(try existing.create(config: config(existing.path), keepMetricsUpTo: 1)) { error in
+            XCTAssertTrue("\(error)".contains("run dir \(existing.path) is not writable: Read-only file system (errno 30)"), "\(error)")
+        }
+        XCTAssertEqual(try bytes(written.metricsPath), record(1))
+        let new = view + "/new"
+        XCTAssertThrowsError(try RunDirectory(path: new).create(config: config(new), keepMetricsUpTo: nil)) { error in
+            XCTAssertTrue("\(error)".contains("run dir \(new): cannot create \(new): Read-only file system (errno 30)"), "\(error)")
+        }
+    }
+
     /// compare's charts read metrics.jsonl line by line and leave out what is not a step record.
     func testLossesLeaveOutLinesThatAreNotRecords() throws {
         let file = path("losses.jsonl")
