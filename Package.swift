@@ -9,7 +9,10 @@ import Foundation
 // with AVX2 dies with SIGILL on a CPU without it: build where you run (launch/setup does).
 // DDPTRAIN_TARGET_CPU overrides: a CPU name for -target-cpu, or "baseline".
 let numericFlags: [String] = {
-    var flags = ["-Ounchecked", "-Xcc", "-fno-math-errno"]
+    // -O, not -Ounchecked: preconditions and bounds stay checked (a wrong batch traps with
+    // a message rather than writing past a buffer); entry points check once per call and
+    // the inner loops run over unsafe pointers, so the checks cost next to nothing.
+    var flags = ["-O", "-Xcc", "-fno-math-errno"]
     let requested = ProcessInfo.processInfo.environment["DDPTRAIN_TARGET_CPU"]
     if let cpu = requested, !cpu.isEmpty {
         if cpu != "baseline" { flags += ["-target-cpu", cpu] }
@@ -33,6 +36,8 @@ let package = Package(
     name: "ddptrain",
     products: [
         .executable(name: "ddptrain", targets: ["ddptrain"]),
+        // For the libFuzzer package in Fuzz/ (docs/FUZZING.md).
+        .library(name: "FuzzTargets", targets: ["FuzzTargets"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -55,14 +60,18 @@ let package = Package(
             "DDPTrain", "DDPComm", "DDPNet", "DDPData", "DDPKernels", "SafeTensors",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // One function per reader of untrusted files, shared by the fuzzers and FuzzRegressionTests.
+        .target(name: "FuzzTargets", dependencies: ["DDPTrain", "DDPNet", "DDPData", "DDPKernels", "SafeTensors", "CZlib"]),
 
         .testTarget(name: "DDPKernelsTests", dependencies: ["DDPKernels"]),
         .testTarget(name: "DDPNetTests", dependencies: ["DDPNet"]),
         .testTarget(name: "DDPDataTests", dependencies: ["DDPData"]),
         .testTarget(name: "DDPCommTests", dependencies: ["DDPComm"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
-        .testTarget(name: "DDPTrainTests", dependencies: ["DDPTrain", "DDPNet", "DDPKernels"]),
+        .testTarget(name: "DDPTrainTests", dependencies: ["DDPTrain", "DDPNet", "DDPKernels", "DDPData", "SafeTensors"]),
         // Runs the real binary under mpirun; needs `swift build -c release` first.
         .testTarget(name: "MultiRankTests", dependencies: ["SafeTensors"]),
+        // Replays Fuzz/corpus and Fuzz/regressions through FuzzTargets, without the fuzzer.
+        .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets"]),
     ]
 )

@@ -18,5 +18,8 @@ static inline MPI_Errhandler ddp_mpi_errors_return(void) { return MPI_ERRORS_RET
 static inline int ddp_mpi_max_error_string(void) { return MPI_MAX_ERROR_STRING; }
 static inline int ddp_mpi_max_processor_name(void) { return MPI_MAX_PROCESSOR_NAME; }
 static inline int ddp_mpi_max_library_version_string(void) { return MPI_MAX_LIBRARY_VERSION_STRING; }
+static inline int ddp_mpi_thread_single(void) { return MPI_THREAD_SINGLE; }
 static inline int ddp_mpi_thread_funneled(void) { return MPI_THREAD_FUNNELED; }
+static inline int ddp_mpi_thread_serialized(void) { return MPI_THREAD_SERIALIZED; }
+static inline int ddp_mpi_thread_multiple(void) { return MPI_THREAD_MULTIPLE; }
 #endif

@@ -36,11 +36,15 @@ public final class Communicator: @unchecked Sendable {
         if let existing = shared.communicator { return existing }
         var initialized: Int32 = 0
         MPI_Initialized(&initialized)
+        var provided: Int32 = 0
         if initialized == 0 {
-            var provided: Int32 = 0
-            let code = MPI_Init_thread(nil, nil, ddp_mpi_thread_funneled(), &provided)
+            let code = MPI_Init_thread(nil, nil, requiredThreadLevel, &provided)
             try check(code, "MPI_Init_thread", rank: -1)
             atexit { Communicator.finalizeIfNeeded() }
+            try checkThreadLevel(provided: provided, call: "MPI_Init_thread")
+        } else {
+            try check(MPI_Query_thread(&provided), "MPI_Query_thread", rank: -1)
+            try checkThreadLevel(provided: provided, call: "MPI_Query_thread")
         }
         let world: MPI_Comm = ddp_mpi_comm_world()!
         try check(MPI_Comm_set_errhandler(world, ddp_mpi_errors_return()), "MPI_Comm_set_errhandler", rank: -1)
@@ -50,6 +54,27 @@ public final class Communicator: @unchecked Sendable {
         let communicator = Communicator(comm: world, rank: Int(rank), size: Int(size))
         shared.communicator = communicator
         return communicator
+    }
+
+    /// The thread support ddptrain needs: MPI is called only by the thread that initialized
+    /// it (the training loop, which is member 0 of every ThreadTeam); compute threads and the
+    /// step watchdog never call MPI. So MPI_THREAD_FUNNELED.
+    public static let requiredThreadLevel: Int32 = ddp_mpi_thread_funneled()
+
+    /// MPI's name of a thread support level.
+    public static func threadLevelName(_ level: Int32) -> String {
+        let names: [(Int32, String)] = [(ddp_mpi_thread_single(), "MPI_THREAD_SINGLE"), (ddp_mpi_thread_funneled(), "MPI_THREAD_FUNNELED"),
+                                        (ddp_mpi_thread_serialized(), "MPI_THREAD_SERIALIZED"), (ddp_mpi_thread_multiple(), "MPI_THREAD_MULTIPLE")]
+        return names.first { $0.0 == level }?.1 ?? "level \(level)"
+    }
+
+    /// Throws unless `provided` (what `call` reported) is at least `requiredThreadLevel`; the
+    /// levels are ordered SINGLE < FUNNELED < SERIALIZED < MULTIPLE (MPI standard, 12.4.3).
+    public static func checkThreadLevel(provided: Int32, call: String) throws(MPIError) {
+        guard provided < requiredThreadLevel else { return }
+        throw MPIError(call: call, code: 0, message: "the MPI library provides thread support \(threadLevelName(provided)), "
+                       + "ddptrain needs \(threadLevelName(requiredThreadLevel)) (its training loop calls MPI while compute threads run)",
+                       rank: -1)
     }
 
     /// The world communicator if MPI has been brought up in this process, else nil.

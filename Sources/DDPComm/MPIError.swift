@@ -3,12 +3,17 @@ import CMPI
 /// A failed MPI call: which call, on which rank, and MPI's own words for the error.
 public struct MPIError: Error, CustomStringConvertible, Sendable {
     public let call: String
+    /// MPI's error code; 0 when the call succeeded but gave less than is needed.
     public let code: Int32
     public let message: String
     public let rank: Int
 
+    public init(call: String, code: Int32, message: String, rank: Int) {
+        self.call = call; self.code = code; self.message = message; self.rank = rank
+    }
+
     public var description: String {
-        "\(call) failed on rank \(rank): \(message) (MPI error \(code))"
+        code == 0 ? "\(call) on rank \(rank): \(message)" : "\(call) failed on rank \(rank): \(message) (MPI error \(code))"
     }
 }
 

@@ -88,6 +88,9 @@ public enum CacheStatus: Equatable, Sendable {
     case mapped(path: String)
     /// The sources were decoded, written to this cache, and the cache was mapped.
     case built(path: String)
+    /// The cache was damaged (the reason: checksum, header field, label out of range, ...);
+    /// it was rebuilt from the sources, like `built`. Callers warn about it.
+    case rebuilt(path: String, reason: String)
     /// The cache could not be written (the reason); the decoded data stays in memory.
     case unavailable(reason: String)
 }
@@ -132,11 +135,16 @@ public final class Dataset: @unchecked Sendable {  // immutable after init
     }
 
     /// A dataset held in memory, e.g. built by a test.
-    public convenience init(name: String, channels: Int, height: Int, width: Int, classes: Int, pixels: [UInt8], labels: [Int32]) {
-        precondition(pixels.count == labels.count * channels * height * width, "pixels do not match labels x [c, h, w]")
-        precondition(labels.allSatisfy { $0 >= 0 && Int($0) < classes }, "label out of range 0..<\(classes)")
-        let storage = Storage(allocating: Layout(count: labels.count, channels: channels, height: height, width: width,
-                                                 classes: classes, key: []))
+    public convenience init(name: String, channels: Int, height: Int, width: Int, classes: Int, pixels: [UInt8], labels: [Int32]) throws {
+        let layout = Layout(count: labels.count, channels: channels, height: height, width: width, classes: classes, key: [])
+        if let problem = layout.problem { throw DataError(name, problem) }
+        guard pixels.count == labels.count * layout.samplePixels else {
+            throw DataError(name, "\(pixels.count) pixels do not make \(labels.count) samples of \(layout.shapeText)")
+        }
+        if let i = labels.firstIndex(where: { $0 < 0 || Int($0) >= classes }) {
+            throw DataError(name, "label \(labels[i]) at index \(i) is out of range 0..\(classes - 1)")
+        }
+        let storage = try Storage(allocating: layout, path: name, what: "\(labels.count) samples of \(layout.shapeText)")
         labels.withUnsafeBytes { (storage.base + storage.layout.labelsOffset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         pixels.withUnsafeBytes { (storage.base + storage.layout.pixelsOffset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         self.init(storage: storage, name: name, firstN: nil, cacheStatus: .disabled)
@@ -150,45 +158,59 @@ public final class Dataset: @unchecked Sendable {  // immutable after init
     }
 
     /// Reads `source`, through the cache in `cacheDirectory` (nil: no cache). A fresh cache
-    /// (built from files of the same paths, sizes and mtimes) is mapped; otherwise the files
-    /// are decoded and validated, the cache is written atomically and mapped. If the cache
-    /// cannot be written the data stays in memory: that costs memory, not correctness.
+    /// (built from files of the same paths, sizes and mtimes) is mapped once its header,
+    /// checksum and labels check out; otherwise the files are decoded and validated, the
+    /// cache is written atomically and mapped. A damaged cache is rebuilt the same way, and
+    /// the status says why (`rebuilt`). If the cache cannot be written the data stays in
+    /// memory: that costs memory, not correctness.
     /// `firstN` keeps only the first N samples; asking for more than there are is an error.
     public static func load(_ source: DataSource, firstN: Int? = nil,
                             cacheDirectory: String? = Dataset.defaultCacheDirectory) throws -> Dataset {
         let key = try cacheKey(source)
-        let dataset: Dataset
+        let storage: Storage, status: CacheStatus
         if let directory = cacheDirectory {
             let path = directory + "/" + cacheFileName(source)
-            if let mapped = Storage.map(path, key: key) {
-                dataset = Dataset(storage: mapped, name: source.name, firstN: firstN, cacheStatus: .mapped(path: path))
-            } else {
-                let decoded = try decode(source, key: key)
-                do {
-                    try decoded.save(to: path)
-                    // Map what was written so that this process, too, shares the page cache.
-                    let storage = Storage.map(path, key: key) ?? decoded
-                    dataset = Dataset(storage: storage, name: source.name, firstN: firstN, cacheStatus: .built(path: path))
-                } catch {
-                    dataset = Dataset(storage: decoded, name: source.name, firstN: firstN,
-                                      cacheStatus: .unavailable(reason: "\(error)"))
-                }
+            let damage: String?
+            switch Storage.map(path, key: key) {
+            case .mapped(let mapped):
+                return try Dataset(storage: mapped, source: source, firstN: firstN, cacheStatus: .mapped(path: path))
+            case .missing, .unusable(.stale): damage = nil
+            case .unusable(.damaged(let reason)): damage = reason
+            }
+            let decoded = try decode(source, key: key)
+            do {
+                try decoded.save(to: path)
+                // Map what was written so that this process, too, shares the page cache.
+                if case .mapped(let mapped) = Storage.map(path, key: key) { storage = mapped } else { storage = decoded }
+                status = damage.map { .rebuilt(path: path, reason: $0) } ?? .built(path: path)
+            } catch {
+                storage = decoded
+                status = .unavailable(reason: damage.map { "\(path): damaged (\($0)), and \(error)" } ?? "\(error)")
             }
         } else {
-            dataset = Dataset(storage: try decode(source, key: key), name: source.name, firstN: firstN, cacheStatus: .disabled)
+            storage = try decode(source, key: key)
+            status = .disabled
         }
-        if let n = firstN, n < 1 || n > dataset.storage.layout.count {
-            throw DataError(source.files[0], "asked for the first \(n) samples but the file holds \(dataset.storage.layout.count)")
+        return try Dataset(storage: storage, source: source, firstN: firstN, cacheStatus: status)
+    }
+
+    /// A loaded dataset, once `firstN` is known to fit.
+    private convenience init(storage: Storage, source: DataSource, firstN: Int?, cacheStatus: CacheStatus) throws {
+        if let n = firstN, n < 1 || n > storage.layout.count {
+            throw DataError(source.files[0], "asked for the first \(n) samples but the file holds \(storage.layout.count)")
         }
-        return dataset
+        self.init(storage: storage, name: source.name, firstN: firstN, cacheStatus: cacheStatus)
     }
 
     private static func decode(_ source: DataSource, key: [UInt8]) throws -> Storage {
         switch source.format {
         case .idx:
-            precondition(source.files.count == 2, "an IDX source is [images, labels]")
+            guard source.files.count == 2 else {
+                throw DataError(source.name, "an IDX source is [images, labels], got \(source.files.count) files")
+            }
             return try IDX.decode(images: source.files[0], labels: source.files[1], classes: source.classes, key: key)
         case .cifar10:
+            guard !source.files.isEmpty else { throw DataError(source.name, "a CIFAR-10 source needs at least one batch file") }
             return try CIFAR10.decode(batches: source.files, key: key)
         }
     }
@@ -199,9 +221,7 @@ public final class Dataset: @unchecked Sendable {  // immutable after init
         var key = "\(source.format.rawValue) classes=\(source.classes)\n"
         for path in source.files {
             var info = stat()
-            guard stat(path, &info) == 0 else {
-                throw DataError(path, errno == ENOENT ? "file not found" : "cannot stat: \(errorText())")
-            }
+            guard stat(path, &info) == 0 else { throw DataError.systemCall("stat", path: path, doing: "cannot stat") }
             key += "\(realPath(path)) size=\(info.st_size) mtime=\(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec)\n"
         }
         return Array(key.utf8)

@@ -1,3 +1,4 @@
+import CZlib
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -7,14 +8,18 @@ import Darwin
 /// Where a dataset's bytes are, in the cache layout. The same layout serves the cache file
 /// and in-memory data, so a dataset is read the same way whether it was mapped or decoded:
 ///
-///     0   "DDPCACH1"                     8 bytes
+///     0   "DDPCACH2"                     8 bytes
 ///     8   count, channels, height, width, classes, key length   6 x UInt64, little-endian
-///     56  key: what the cache was built from (paths, sizes, mtimes), zero-padded to 64
+///     56  checksum: CRC-32 of every byte of the file but these 8, UInt64, little-endian
+///     64  key: what the cache was built from (paths, sizes, mtimes), zero-padded to 64
 ///         labels: count x Int32, zero-padded to 64
 ///         pixels: count x channels x height x width UInt8, sample-major, CHW
+///
+/// The computed offsets are valid once `problem` is nil: it checks every size for overflow.
 struct Layout: Equatable {
-    static let magic: [UInt8] = Array("DDPCACH1".utf8)
-    static let fixedHeaderBytes = 56
+    static let magic: [UInt8] = Array("DDPCACH2".utf8)
+    static let checksumOffset = 56
+    static let fixedHeaderBytes = 64
 
     var count: Int
     var channels: Int
@@ -27,8 +32,35 @@ struct Layout: Equatable {
     var labelsOffset: Int { align64(Layout.fixedHeaderBytes + key.count) }
     var pixelsOffset: Int { labelsOffset + align64(4 * count) }
     var byteCount: Int { pixelsOffset + count * samplePixels }
+    var shapeText: String { "\(channels)x\(height)x\(width)" }
 
     private func align64(_ n: Int) -> Int { (n + 63) & ~63 }
+
+    /// What makes this layout impossible, or nil: counts out of range (sample indices and
+    /// labels are Int32), an empty sample, or a size that overflows Int.
+    var problem: String? {
+        if count < 0 { return "a negative sample count \(count)" }
+        if count > Int(Int32.max) { return "\(count) samples is more than \(Int32.max) samples (sample indices are 32-bit)" }
+        if channels < 1 || height < 1 || width < 1 { return "sample shape \(shapeText) is empty" }
+        if classes < 1 || classes > Int(Int32.max) { return "classes \(classes) is not between 1 and \(Int32.max)" }
+        if key.count > Int(Int32.max) { return "key length \(key.count) is too large" }
+        // count, key.count <= Int32.max: the header and label sizes cannot overflow.
+        guard let pixels = Layout.product([channels, height, width, count]),
+              pixels <= Int.max - (Layout.fixedHeaderBytes + 3 * 64 + key.count + 4 * count)
+        else { return "\(count) samples of \(shapeText) is too large (the size in bytes overflows)" }
+        return nil
+    }
+
+    /// The product of `factors`, or nil if it overflows.
+    static func product(_ factors: [Int]) -> Int? {
+        var result = 1
+        for factor in factors {
+            let (next, overflow) = result.multipliedReportingOverflow(by: factor)
+            if overflow { return nil }
+            result = next
+        }
+        return result
+    }
 
     func writeHeader(to base: UnsafeMutableRawPointer) {
         base.initializeMemory(as: UInt8.self, repeating: 0, count: pixelsOffset)
@@ -40,26 +72,51 @@ struct Layout: Equatable {
             base.storeBytes(of: byte, toByteOffset: Layout.fixedHeaderBytes + i, as: UInt8.self)
         }
     }
+
+    /// CRC-32 of the `byteCount` bytes at `base`, leaving out the checksum field itself.
+    static func checksum(_ base: UnsafeRawPointer, byteCount: Int) -> UInt64 {
+        let bytes = base.assumingMemoryBound(to: UInt8.self)
+        let head = crc32_z(0, bytes, z_size_t(checksumOffset))
+        return UInt64(crc32_z(head, bytes + fixedHeaderBytes, z_size_t(byteCount - fixedHeaderBytes)))
+    }
+}
+
+/// What was found where a cache should be.
+enum CacheLookup {
+    case missing
+    case unusable(Unusable)
+    case mapped(Storage)
+}
+
+/// Why a cache file cannot be used.
+enum Unusable: Error {
+    /// Built from other files (or by another version): replaced without comment.
+    case stale
+    /// Damaged or not a cache (the reason): rebuilt, with a warning.
+    case damaged(String)
 }
 
 extension Layout {
-    /// The layout stored at `base`, or nil if these `byteCount` bytes do not hold one.
-    init?(reading base: UnsafeRawPointer, byteCount: Int) {
-        guard byteCount >= Layout.fixedHeaderBytes,
-              (0..<8).allSatisfy({ base.load(fromByteOffset: $0, as: UInt8.self) == Layout.magic[$0] })
-        else { return nil }
-        let fields = (0..<6).map {
-            Int(truncatingIfNeeded: UInt64(littleEndian: base.loadUnaligned(fromByteOffset: 8 + 8 * $0, as: UInt64.self)))
+    /// The layout stored in the `byteCount` bytes at `base` after its magic number, every
+    /// field checked against the type's range and the file's size.
+    static func read(_ base: UnsafeRawPointer, byteCount: Int) throws(Unusable) -> Layout {
+        let names = ["count", "channels", "height", "width", "classes", "key length"]
+        var fields: [Int] = []
+        for (i, name) in names.enumerated() {
+            let raw = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: 8 + 8 * i, as: UInt64.self))
+            guard raw <= UInt64(Int.max) else { throw .damaged("header field \(name) is \(raw), out of range") }
+            fields.append(Int(raw))
         }
-        // Sizes are checked in floating point first, so that a damaged header cannot overflow.
-        let pixelBytes = Double(fields[0]) * Double(fields[1]) * Double(fields[2]) * Double(fields[3])
-        guard fields.allSatisfy({ $0 >= 0 }),
-              Double(Layout.fixedHeaderBytes) + Double(fields[5]) + 4 * Double(fields[0]) + pixelBytes <= Double(byteCount)
-        else { return nil }
-        let keyStart = base + Layout.fixedHeaderBytes
-        self.init(count: fields[0], channels: fields[1], height: fields[2], width: fields[3], classes: fields[4],
-                  key: Array(UnsafeRawBufferPointer(start: keyStart, count: fields[5])))
-        guard self.byteCount == byteCount else { return nil }
+        guard fields[5] <= byteCount - fixedHeaderBytes else {
+            throw .damaged("header: key length \(fields[5]) is more than the file's \(byteCount) bytes hold")
+        }
+        let layout = Layout(count: fields[0], channels: fields[1], height: fields[2], width: fields[3], classes: fields[4],
+                            key: Array(UnsafeRawBufferPointer(start: base + fixedHeaderBytes, count: fields[5])))
+        if let problem = layout.problem { throw .damaged("header: \(problem)") }
+        guard layout.byteCount == byteCount else {
+            throw .damaged("header says \(layout.count) samples of \(layout.shapeText) (\(layout.byteCount) bytes) but the file holds \(byteCount) bytes")
+        }
+        return layout
     }
 }
 
@@ -71,7 +128,11 @@ final class Storage {
     let isMapped: Bool
 
     /// Zeroed memory for `layout`, header written; the caller fills labels and pixels.
-    init(allocating layout: Layout) {
+    /// Checks first that the layout's sizes do not overflow and fit in the memory available;
+    /// the error is about `path` and says that `what` (e.g. "10 images of 28x28") need it.
+    init(allocating layout: Layout, path: String, what: String) throws {
+        if let problem = layout.problem { throw DataError(path, "\(what): \(problem)") }
+        try MemoryBudget.check(layout.byteCount, for: what, path: path)
         base = UnsafeMutableRawPointer.allocate(byteCount: layout.byteCount, alignment: 64)
         self.layout = layout
         isMapped = false
@@ -85,53 +146,98 @@ final class Storage {
         isMapped = true
     }
 
-    /// Maps the cache at `path` read-only if it exists and was built from `key`; nil if it is
-    /// missing, damaged or stale.
-    static func map(_ path: String, key: [UInt8]) -> Storage? {
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { return nil }
+    /// Maps the cache at `path` read-only if it exists, was built from `key`, and passes
+    /// every check: header fields in range and consistent with the file's size, checksum,
+    /// labels in 0..<classes. Never follows a symbolic link.
+    static func map(_ path: String, key: [UInt8]) -> CacheLookup {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else {
+            switch errno {
+            case ENOENT: return .missing
+            case ELOOP: return .unusable(.damaged("is a symbolic link, which a cache never is: not followed"))
+            default: return .unusable(.damaged(failedCall("open")))
+            }
+        }
         defer { close(fd) }
         var info = stat()
-        guard fstat(fd, &info) == 0, info.st_size >= Layout.fixedHeaderBytes else { return nil }
+        guard fstat(fd, &info) == 0 else { return .unusable(.damaged(failedCall("fstat"))) }
+        guard info.st_mode & S_IFMT == S_IFREG else { return .unusable(.damaged("is not a regular file")) }
         let byteCount = Int(info.st_size)
-        guard let base = mmap(nil, byteCount, PROT_READ, MAP_SHARED, fd, 0), base != MAP_FAILED else { return nil }
-        guard let layout = Layout(reading: base, byteCount: byteCount), layout.key == key else {
-            munmap(base, byteCount)
-            return nil
+        guard byteCount >= Layout.fixedHeaderBytes else {
+            return .unusable(.damaged("\(byteCount) bytes is shorter than the \(Layout.fixedHeaderBytes)-byte cache header"))
         }
-        return Storage(mapped: base, layout: layout)
+        guard let base = mmap(nil, byteCount, PROT_READ, MAP_SHARED, fd, 0), base != MAP_FAILED else {
+            return .unusable(.damaged(failedCall("mmap")))
+        }
+        do {
+            return .mapped(Storage(mapped: base, layout: try check(base, byteCount: byteCount, key: key)))
+        } catch {
+            munmap(base, byteCount)
+            return .unusable(error)
+        }
     }
 
-    /// Writes these bytes to `path` atomically: a temporary name unique to this host,
-    /// process and call, flushed, then renamed. Ranks (or threads) racing to build the same
-    /// cache each rename an identical file, and nobody ever sees a half-written one.
+    private static func check(_ base: UnsafeRawPointer, byteCount: Int, key: [UInt8]) throws(Unusable) -> Layout {
+        let magic = Array(UnsafeRawBufferPointer(start: base, count: 8))
+        guard magic == Layout.magic else {
+            // Another version's cache ("DDPCACH1") is stale, not damaged.
+            throw magic.starts(with: Layout.magic.dropLast()) ? .stale : .damaged("not a ddptrain cache (wrong magic number)")
+        }
+        let layout = try Layout.read(base, byteCount: byteCount)
+        guard layout.key == key else { throw .stale }
+        let stored = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: Layout.checksumOffset, as: UInt64.self))
+        let computed = Layout.checksum(base, byteCount: byteCount)
+        guard stored == computed else {
+            throw .damaged("checksum mismatch: the header says \(hex(stored)), the content gives \(hex(computed))")
+        }
+        let labels = (base + layout.labelsOffset).assumingMemoryBound(to: Int32.self)
+        for i in 0..<layout.count where labels[i] < 0 || Int(labels[i]) >= layout.classes {
+            throw .damaged("label \(labels[i]) at index \(i) is out of range 0..\(layout.classes - 1)")
+        }
+        return layout
+    }
+
+    /// Writes these bytes, with their checksum, to `path` atomically: a new temporary file
+    /// of an unpredictable name, created exclusively (never through a link), flushed, then
+    /// renamed over `path`. Ranks (or threads) racing to build the same cache each rename
+    /// an identical file, and nobody ever sees a half-written one.
     func save(to path: String) throws {
+        precondition(!isMapped, "a mapped cache is already saved")
+        base.storeBytes(of: Layout.checksum(base, byteCount: layout.byteCount).littleEndian,
+                        toByteOffset: Layout.checksumOffset, as: UInt64.self)
         let directory = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
         makeDirectories(directory)
-        var template = Array("\(path).tmp.\(hostName()).\(getpid()).XXXXXX".utf8CString)
-        let fd = mkstemp(&template)
-        let temporary = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-        guard fd >= 0 else { throw DataError(temporary, "cannot create cache file: \(errorText())") }
-        fchmod(fd, 0o644)  // mkstemp makes it owner-only; a cache is fine for anyone to read
+        var temporary = "", fd: Int32 = -1
+        for _ in 0..<8 where fd < 0 {
+            temporary = "\(path).tmp.\(String(UInt64.random(in: .min ... .max), radix: 16))"
+            fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+            if fd < 0 && errno != EEXIST { break }
+        }
+        guard fd >= 0 else { throw DataError.systemCall("open", path: temporary, doing: "cannot create cache file") }
+        func fail(_ call: String, _ doing: String) -> DataError {
+            let error = DataError.systemCall(call, path: temporary, doing: doing)
+            close(fd)
+            unlink(temporary)
+            return error
+        }
         var written = 0
         while written < layout.byteCount {
             let n = write(fd, base + written, layout.byteCount - written)
             if n < 0 && errno == EINTR { continue }
-            guard n > 0 else {
-                let reason = errorText()
-                close(fd); unlink(temporary)
-                throw DataError(temporary, "cannot write cache file: \(reason)")
-            }
+            if n < 0 { throw fail("write", "cannot write cache file") }
+            if n == 0 { errno = ENOSPC; throw fail("write", "cannot write cache file") }
             written += n
         }
-        let flushed = fsync(fd) == 0
-        let reason = errorText()
-        close(fd)
-        guard flushed else { unlink(temporary); throw DataError(temporary, "cannot flush cache file: \(reason)") }
-        guard rename(temporary, path) == 0 else {
-            let reason = errorText()
+        if fsync(fd) != 0 { throw fail("fsync", "cannot flush cache file") }
+        if close(fd) != 0 {
+            let error = DataError.systemCall("close", path: temporary, doing: "cannot write cache file")
             unlink(temporary)
-            throw DataError(path, "cannot rename the cache into place: \(reason)")
+            throw error
+        }
+        guard rename(temporary, path) == 0 else {
+            let error = DataError.systemCall("rename", path: path, doing: "cannot rename the cache into place")
+            unlink(temporary)
+            throw error
         }
     }
 
@@ -149,10 +255,10 @@ private func makeDirectories(_ path: String) {
     }
 }
 
-private func hostName() -> String {
-    var name = [CChar](repeating: 0, count: 256)
-    guard gethostname(&name, name.count - 1) == 0 else { return "host" }
-    return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+/// "call() failed: reason (errno N)" for the C call that just failed.
+func failedCall(_ call: String) -> String {
+    let code = errno
+    return "\(call)() failed: \(String(cString: strerror(code))) (errno \(code))"
 }
 
-func errorText() -> String { String(cString: strerror(errno)) }
+private func hex(_ x: UInt64) -> String { "0x" + String(x, radix: 16) }

@@ -7,16 +7,26 @@ extension Dataset {
     /// linear model) can fit it to near-zero loss. Every byte is a pure function of (seed,
     /// split, sample index) through Philox. Train and test share the prototypes and draw
     /// different samples.
+    ///
+    /// Sizes are checked before anything is allocated: a count or shape whose bytes overflow,
+    /// exceed 32-bit sample indices or the memory available throws a DataError named after
+    /// the dataset ("synthetic-train").
     public static func synthetic(count: Int, channels: Int, height: Int, width: Int, classes: Int,
-                                 seed: UInt64, split: Split = .train) -> Dataset {
-        precondition(count >= 0 && classes >= 1 && channels * height * width >= 1, "bad synthetic dataset size")
+                                 seed: UInt64, split: Split = .train) throws -> Dataset {
+        let name = "synthetic-\(split.rawValue)"
+        let layout = Layout(count: count, channels: channels, height: height, width: width, classes: classes, key: [])
+        guard count >= 1 else { throw DataError(name, "needs at least 1 sample, got \(count)") }
+        if let problem = layout.problem { throw DataError(name, problem) }
+        let n = layout.samplePixels
+        guard let prototypeBytes = Layout.product([classes, n]) else {
+            throw DataError(name, "\(classes) class prototypes of \(layout.shapeText) are too large (the size in bytes overflows)")
+        }
+        try MemoryBudget.check(prototypeBytes, for: "\(classes) class prototypes of \(layout.shapeText)", path: name)
+        let storage = try Storage(allocating: layout, path: name, what: "\(count) samples of \(layout.shapeText)")
         let random = Philox(seed: seed, purpose: .synthetic)
-        let n = channels * height * width
         // Streams (counter word 1): 0 prototypes; 1, 2 labels; 3, 4 noise (train, test).
         let labelStream: UInt32 = split == .train ? 1 : 2, noiseStream = labelStream + 2
 
-        let storage = Storage(allocating: Layout(count: count, channels: channels, height: height, width: width,
-                                                 classes: classes, key: []))
         let labels = (storage.base + storage.layout.labelsOffset).assumingMemoryBound(to: Int32.self)
         let pixels = (storage.base + storage.layout.pixelsOffset).assumingMemoryBound(to: UInt8.self)
         let prototypes = UnsafeMutablePointer<UInt8>.allocate(capacity: classes * n)
@@ -30,7 +40,7 @@ extension Dataset {
             randomBytes(random, into: sample, count: n, stream: noiseStream, UInt32(truncatingIfNeeded: i))
             for j in 0..<n { sample[j] = UInt8(clamping: Int(prototype[j]) + Int(sample[j] >> 1) - 64) }
         }
-        return Dataset(storage: storage, name: "synthetic-\(split.rawValue)", firstN: nil, cacheStatus: .disabled)
+        return Dataset(storage: storage, name: name, firstN: nil, cacheStatus: .disabled)
     }
 
     /// `count` random bytes of stream (a, b): the 16 bytes of each Philox block in turn.

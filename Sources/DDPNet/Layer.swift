@@ -117,6 +117,11 @@ public struct LayerError: Error, CustomStringConvertible {
     public var message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }
+
+    /// A batch larger than the one `what`'s buffers were sized for.
+    public static func batchTooLarge(_ what: String, batch: Int, capacity: Int) -> LayerError {
+        LayerError("\(what): a batch of \(batch) samples is larger than the \(capacity) its buffers were sized for")
+    }
 }
 
 /// One layer: forward in training and evaluation, backward.
@@ -148,6 +153,12 @@ public protocol Layer: AnyObject {
 }
 
 public extension Layer {
+    /// Every entry point that takes a batch checks it once against the batch its buffers
+    /// were sized for in `configure` (outside the element loops, which trust it).
+    func checkBatch(_ shape: Shape, capacity: Int) throws {
+        guard shape.n <= capacity else { throw LayerError.batchTooLarge(summary, batch: shape.n, capacity: capacity) }
+    }
+
     var parameterSpecs: [ParameterSpec] { [] }
     var bufferSpecs: [BufferSpec] { [] }
     func bind(_ storage: LayerStorage) {}

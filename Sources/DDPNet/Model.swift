@@ -134,8 +134,14 @@ public final class Model {
 
     deinit { counters.deallocate() }
 
+    /// Once per call: the batch must fit the buffers, which were sized for `maxBatch`.
+    private func checkBatch(_ shape: Shape) throws {
+        guard shape.n <= maxBatch else { throw LayerError.batchTooLarge("the model", batch: shape.n, capacity: maxBatch) }
+    }
+
     /// Logits for a batch of at most `maxBatch` samples.
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(x.shape)
         var h = x
         for layer in layers { h = try layer.forward(h, context) }
         return h
@@ -144,6 +150,7 @@ public final class Model {
     /// Backpropagates the gradient of the loss with respect to the logits; fills
     /// `gradients` (parameter part) for the batch of the last `forward`.
     public func backward(_ dLogits: Tensor, _ context: ForwardContext) throws {
+        try checkBatch(dLogits.shape)
         var g = dLogits
         for layer in layers.reversed() { g = try layer.backward(g, context) }
     }

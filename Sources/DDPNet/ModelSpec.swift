@@ -1,6 +1,5 @@
 import DDPKernels
 import Foundation
-import Yams
 
 /// One entry of a model description: a layer kind, its settings, and an optional
 /// per-layer initializer name. Input sizes (in_features, in_channels) are inferred from
@@ -57,8 +56,8 @@ public struct ModelSpec: Sendable {
             throw ModelSpecError("model '\(nameOrPath)' is neither a preset (\(presetNames.joined(separator: ", "))) nor an existing file")
         }
         let text: String
-        do { text = try String(contentsOfFile: nameOrPath, encoding: .utf8) } catch {
-            throw ModelSpecError("\(nameOrPath): cannot read: \(error.localizedDescription)")
+        do { text = try SpecFile.contents(of: nameOrPath, what: "model file") } catch let error as SpecFileError {
+            throw ModelSpecError(error.message)
         }
         return try parse(text, source: nameOrPath)
     }
@@ -124,8 +123,8 @@ public struct ModelSpec: Sendable {
     /// accepted as the layer list.
     public static func parse(_ text: String, source: String) throws -> ModelSpec {
         let document: Any?
-        do { document = try Yams.load(yaml: text) } catch {
-            throw ModelSpecError("\(source): not valid YAML or JSON: \(error)")
+        do { document = try SpecFile.load(text, source: source) } catch let error as SpecFileError {
+            throw ModelSpecError(error.message)
         }
         var name = URL(fileURLWithPath: source).deletingPathExtension().lastPathComponent
         let entries: [Any]
@@ -181,9 +180,12 @@ public struct ModelSpec: Sendable {
         }
         func float(_ key: String) throws -> Float? {
             guard let v = settings[key] else { return nil }
-            if let d = v as? Double { return Float(d) }
-            if let i = v as? Int { return Float(i) }
-            throw ModelSpecError("\(place) (\(kind.rawValue)): '\(key)' must be a number, got \(v)")
+            // Layers compute in Float32: a value beyond its range (1e39) would be infinite there.
+            let value = (v as? Double).map { Float($0) } ?? (v as? Int).map { Float($0) }
+            guard let value, value.isFinite else {
+                throw ModelSpecError("\(place) (\(kind.rawValue)): '\(key)' must be a finite number (in Float32's range), got \(v)")
+            }
+            return value
         }
         let allowed: Set<String>
         switch kind {
@@ -284,6 +286,10 @@ public struct ModelSpec: Sendable {
             } catch {
                 throw ModelSpecError("layer \(index) (\(layer.summary)) does not fit input \(shape.sampleDims): \(error)")
             }
+            // BLAS takes 32-bit sizes, and the shape arithmetic below must not overflow.
+            guard let values = ModelSpec.product([shape.c, shape.h, shape.w]), values <= ModelSpec.maxValuesPerSample else {
+                throw ModelSpecError("layer \(index) (\(layer.summary)): its output \(shape.sampleDims) has more than \(ModelSpec.maxValuesPerSample) values per sample")
+            }
             layers.append(layer)
         }
         return layers
@@ -310,6 +316,113 @@ public struct ModelSpec: Sendable {
         var map: [Int: String] = [:]
         for (i, spec) in layers.enumerated() { if let name = spec.initializer { map[i] = name } }
         return map
+    }
+}
+
+/// What one replica of a model needs at the least, counted before anything is allocated.
+public struct ModelFootprint: Equatable, Sendable {
+    /// Trainable parameters (the length of the parameter and gradient buffers).
+    public var parameters: Int
+    /// Float32 values of layer outputs and convolution columns written by one forward of
+    /// the batch it was counted for (backward needs more; this is a lower bound).
+    public var activations: Int
+}
+
+extension ModelSpec {
+    /// Values per sample of any layer's output: BLAS dimensions are 32-bit.
+    public static let maxValuesPerSample = Int(Int32.max)
+
+    /// The product, or nil on overflow.
+    static func product(_ values: [Int]) -> Int? {
+        var result = 1
+        for v in values {
+            let (p, overflow) = result.multipliedReportingOverflow(by: v)
+            if overflow { return nil }
+            result = p
+        }
+        return result
+    }
+
+    /// Parameters and activations of one replica for batches of `batch` samples, with
+    /// overflow-checked arithmetic; throws naming the layer whose size cannot be counted.
+    public func footprint(inputShape: Shape, batch: Int) throws -> ModelFootprint {
+        var total = ModelFootprint(parameters: 0, activations: 0)
+        var shape = inputShape.withBatch(1)
+        for (index, layer) in try makeLayers(inputShape: inputShape).enumerated() {
+            let output = try layer.outputShape(for: shape)
+            func fail() -> ModelSpecError {
+                ModelSpecError("layer \(index) (\(layer.summary)): its sizes for batches of \(batch) overflow 64-bit arithmetic")
+            }
+            for spec in layer.parameterSpecs {
+                guard let count = ModelSpec.product(spec.shape), case let (sum, false) = total.parameters.addingReportingOverflow(count) else { throw fail() }
+                total.parameters = sum
+            }
+            var values: [Int?] = []
+            switch layer {
+            case is Flatten, is Identity, is ReLU:
+                break  // views of their input (a ReLU after batch norm runs inside it)
+            case let conv as Conv2d:
+                values.append(ModelSpec.product([batch, output.c, output.h, output.w]))
+                if !(conv.kernel == 1 && conv.stride == 1 && conv.padding == 0) {
+                    values.append(ModelSpec.product([batch, conv.inChannels, conv.kernel, conv.kernel, output.h, output.w]))
+                }
+            default:
+                values.append(ModelSpec.product([batch, output.c, output.h, output.w]))
+            }
+            for value in values {
+                guard let value, case let (sum, false) = total.activations.addingReportingOverflow(value) else { throw fail() }
+                total.activations = sum
+            }
+            shape = output
+        }
+        return total
+    }
+
+    /// Refuses a model that cannot fit in this machine's memory before anything is
+    /// allocated: one parameter buffer, a gradient buffer and the activations of its part of
+    /// the batch per replica (compute thread), `optimizerSlots` state buffers, for every
+    /// rank on this node, against `available` bytes (MemAvailable; nil: not known, only
+    /// the overflow checks apply). `batch` is the rank's largest batch.
+    public func checkMemory(inputShape: Shape, batch: Int, replicas: Int, optimizerSlots: Int, ranksOnNode: Int,
+                            available: Int? = MemoryInfo.availableBytes()) throws {
+        let part = batch / replicas + (batch % replicas == 0 ? 0 : 1)
+        let one = try footprint(inputShape: inputShape, batch: part)
+        func tooLarge() -> ModelSpecError {
+            ModelSpecError("model \(name): \(one.parameters) parameters and batches of \(batch) need more memory than 64-bit sizes can count")
+        }
+        guard let stateValues = ModelSpec.product([one.parameters, 1 + replicas + optimizerSlots]),
+              let activationValues = ModelSpec.product([one.activations, replicas]),
+              case let (rankValues, false) = stateValues.addingReportingOverflow(activationValues),
+              let nodeBytes = ModelSpec.product([rankValues, 4, max(ranksOnNode, 1)]) else { throw tooLarge() }
+        guard let available, nodeBytes > available else { return }
+        func size(_ bytes: Int) -> String {
+            bytes >= 1_000_000_000 ? String(format: "%.1f GB", Double(bytes) / 1e9) : String(format: "%.1f MB", Double(bytes) / 1e6)
+        }
+        let ranks = ranksOnNode > 1 ? ", times \(ranksOnNode) ranks on this node" : ""
+        throw ModelSpecError("model \(name) needs \(size(rankValues * 4)) per rank (\(size(stateValues * 4)) for \(one.parameters) parameters, "
+                             + "gradients and optimizer state; \(size(activationValues * 4)) for the activations of batches of \(batch))\(ranks); "
+                             + "this machine has \(size(available)) available")
+    }
+}
+
+/// The memory the kernel says it can give without swapping.
+public enum MemoryInfo {
+    /// MemAvailable of /proc/meminfo, lowered to the cgroup's memory.max less its usage when
+    /// that is smaller; nil when neither is known.
+    public static func availableBytes() -> Int? {
+        var result: Int?
+        if let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
+           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
+           let kB = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) {
+            result = kB.multipliedReportingOverflow(by: 1024).overflow ? nil : kB * 1024
+        }
+        func number(_ path: String) -> Int? {
+            (try? String(contentsOfFile: path, encoding: .utf8)).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        }
+        if let limit = number("/sys/fs/cgroup/memory.max"), let used = number("/sys/fs/cgroup/memory.current") {
+            result = min(result ?? Int.max, max(limit - used, 0))
+        }
+        return result
     }
 }
 

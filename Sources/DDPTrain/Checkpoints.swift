@@ -21,8 +21,11 @@ public struct TrainingPosition: Sendable, Equatable {
 /// `keep` kept. Everything needed to continue bit for bit is inside: parameters, buffers,
 /// optimizer state and the step; shuffling and dropout are functions of (seed, epoch,
 /// step, sample), so no generator state is needed (I4, I7).
+///
+/// Format version 2 files carry a CRC-32 of the whole file, header included
+/// (`SafeTensorsWriter.checksumKey`); version 1 files, still read, one of the data only.
 public struct CheckpointStore: Sendable {
-    public static let formatVersion = "1"
+    public static let formatVersion = "2"
     public let directory: String
     public let keep: Int
 
@@ -33,7 +36,9 @@ public struct CheckpointStore: Sendable {
 
     public func path(step: Int) -> String { String(format: "%@/step-%08d.safetensors", directory, step) }
 
-    /// Checkpoint files, newest first (by the step in the name).
+    /// Everything named like a checkpoint, newest first (by the step in the name), whatever
+    /// its type: a directory or a FIFO under such a name is listed too, so that resume says
+    /// it cannot read it rather than pass over it in silence.
     public func files() -> [String] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         return names.filter { $0.hasPrefix("step-") && $0.hasSuffix(".safetensors") && !$0.hasPrefix(".") }
@@ -66,16 +71,36 @@ public struct CheckpointStore: Sendable {
 
     /// Writes, then keeps the newest `keep` files at or before `step`. Files of later steps
     /// are left alone (a damaged one that resume skipped is overwritten when the run gets
-    /// there), so pruning never deletes the file just written.
+    /// there), so pruning never deletes the file just written. Only regular files are
+    /// counted and deleted: anything else under a checkpoint's name (a directory, a FIFO, a
+    /// dangling link) is not ours to judge and stays.
     public func save(model: Model, optimizer: Optimizer, metadata: [String: String], step: Int) throws {
         try StateDict.write(model: model, optimizer: optimizer, metadata: metadata, to: path(step: step))
         let current = path(step: step)
-        for old in files().filter({ $0 <= current }).dropFirst(keep) { unlink(old) }
+        for old in files().filter({ $0 <= current && Self.isRegularFile($0) }).dropFirst(keep) { unlink(old) }
+    }
+
+    private static func isRegularFile(_ path: String) -> Bool {
+        var status = stat()
+        return lstat(path, &status) == 0 && status.st_mode & S_IFMT == S_IFREG
+    }
+}
+
+/// Whether `--resume auto` may pass over a checkpoint that failed with `error`: only when
+/// the file was read and found damaged (format, checksum, metadata, non-finite values).
+/// A file that cannot be read (permissions, an I/O error, not a regular file) stops the
+/// run with the reason, as does a sound checkpoint of another run (DESIGN, "Checkpoints").
+public func isCheckpointDamage(_ error: Error) -> Bool {
+    switch error {
+    case let error as SafeTensorsError: error.isDamage
+    case let error as CheckpointError: error.isDamage
+    default: false
     }
 }
 
 /// Reads and checks one checkpoint against the run that wants it. Every problem is an
-/// error naming the file (I6).
+/// error naming the file (I6); damage (`isCheckpointDamage`) names the key and value or
+/// the tensor and index.
 public struct CheckpointReader {
     public let file: SafeTensorsFile
     public let step: Int
@@ -83,49 +108,88 @@ public struct CheckpointReader {
     public let positionInEpoch: Int
     public let stepsPerEpoch: Int
     public let globalBatch: Int
+    public let worldSize: Int
     public let position: TrainingPosition
     public let config: TrainConfig
+
+    /// Largest step, epoch or count a checkpoint may claim: beyond any real run (2^40
+    /// steps), and small enough that sums of such values cannot overflow.
+    public static let maximumCount = 1 << 40
+    /// Largest global batch or world size: sample indices and MPI ranks are Int32.
+    public static let maximumBatch = Int(Int32.max)
 
     public init(path: String) throws {
         file = try SafeTensorsFile(path: path)
         let m = file.metadata
         guard m["format"] == "ddptrain-checkpoint" else {
-            throw CheckpointError(path, "not a ddptrain checkpoint (metadata 'format' is \(m["format"].map { "'\($0)'" } ?? "missing"))")
+            throw CheckpointError.damaged(path, "damaged: not a ddptrain checkpoint (metadata 'format' is \(m["format"].map { "'\($0)'" } ?? "missing"))")
         }
-        guard m["format_version"] == CheckpointStore.formatVersion else {
-            throw CheckpointError(path, "checkpoint format version \(m["format_version"] ?? "?") is not \(CheckpointStore.formatVersion)")
+        switch m["format_version"] {
+        case CheckpointStore.formatVersion?:
+            guard file.checksumScope == .file else {
+                throw CheckpointError.damaged(path, "damaged: format version \(CheckpointStore.formatVersion) needs the whole-file checksum \(SafeTensorsWriter.checksumKey)")
+            }
+        case "1"?:
+            guard file.checksumScope != nil else {
+                throw CheckpointError.damaged(path, "damaged: no checksum in the header; refusing to trust it")
+            }
+        default:
+            throw CheckpointError.damaged(path, "damaged: checkpoint format version \(m["format_version"] ?? "?") is not one this ddptrain reads (1, 2)")
         }
-        guard file.checksumVerified == true else {
-            throw CheckpointError(path, "no data checksum in the header; refusing to trust it")
+        func bad(_ key: String, _ expected: String) -> CheckpointError {
+            let shown = m[key].map { $0.count > 40 ? $0.prefix(40) + "..." : $0 }
+            return CheckpointError.damaged(path, "damaged metadata '\(key)': " + (shown.map { "'\($0)' is not \(expected)" } ?? "missing"))
         }
-        func number(_ key: String, atLeast minimum: Int = 0) throws -> Int {
-            guard let text = m[key], let value = Int(text), value >= minimum else {
-                throw CheckpointError(path, "metadata '\(key)' is missing or not a whole number of at least \(minimum): \(m[key].map { "'\($0)'" } ?? "absent")")
+        func number(_ key: String, in range: ClosedRange<Int>) throws -> Int {
+            guard let text = m[key], let value = Int(text), range.contains(value) else {
+                throw bad(key, "a whole number in \(range.lowerBound)...\(range.upperBound)")
             }
             return value
         }
-        step = try number("step")
-        epoch = try number("epoch")
-        positionInEpoch = try number("position_in_epoch")
-        stepsPerEpoch = try number("steps_per_epoch", atLeast: 1)
-        globalBatch = try number("global_batch", atLeast: 1)
-        let optimizerSteps = try number("optimizer_steps")
-        let skipped = try number("skipped_steps"), consecutive = try number("consecutive_skipped_steps")
-        // The data section's CRC does not cover the header: cross-check what can be checked.
-        guard step == epoch * stepsPerEpoch + positionInEpoch, positionInEpoch < stepsPerEpoch,
+        let counts = 0...Self.maximumCount, batches = 1...Self.maximumBatch
+        step = try number("step", in: counts)
+        epoch = try number("epoch", in: counts)
+        positionInEpoch = try number("position_in_epoch", in: counts)
+        stepsPerEpoch = try number("steps_per_epoch", in: 1...Self.maximumCount)
+        globalBatch = try number("global_batch", in: batches)
+        worldSize = try number("world_size", in: batches)
+        let optimizerSteps = try number("optimizer_steps", in: counts)
+        let skipped = try number("skipped_steps", in: counts), consecutive = try number("consecutive_skipped_steps", in: counts)
+        guard m["seed"].flatMap({ UInt64($0) }) != nil else { throw bad("seed", "a whole number in 0...\(UInt64.max)") }
+        for key in ["normalize.mean", "normalize.std"] {
+            guard let value = m[key].flatMap(Double.init), value.isFinite, key == "normalize.mean" || value > 0 else {
+                throw bad(key, key == "normalize.mean" ? "a finite number" : "a positive finite number")
+            }
+        }
+        let (epochStart, overflow) = epoch.multipliedReportingOverflow(by: stepsPerEpoch)
+        guard !overflow, epochStart <= step, step - epochStart == positionInEpoch, positionInEpoch < stepsPerEpoch,
               optimizerSteps <= step, consecutive <= skipped, skipped <= step else {
-            throw CheckpointError(path, "metadata is inconsistent: step \(step), epoch \(epoch), position \(positionInEpoch) of \(stepsPerEpoch), "
-                                  + "optimizer steps \(optimizerSteps), skipped \(skipped) (\(consecutive) in a row)")
+            throw CheckpointError.damaged(path, "damaged metadata: inconsistent: step \(step), epoch \(epoch), position \(positionInEpoch) of \(stepsPerEpoch), "
+                                          + "optimizer steps \(optimizerSteps), skipped \(skipped) (\(consecutive) in a row)")
         }
         position = TrainingPosition(step: step, optimizerSteps: Int64(optimizerSteps), skippedSteps: skipped, consecutiveSkips: consecutive)
         guard let json = m["config"], let config = try? JSONDecoder().decode(TrainConfig.self, from: Data(json.utf8)) else {
-            throw CheckpointError(path, "metadata 'config' is missing or not a valid configuration")
+            throw CheckpointError.damaged(path, "damaged metadata 'config': missing or not a valid configuration")
         }
         self.config = config
     }
 
     public var path: String { file.path }
     public var metadata: [String: String] { file.metadata }
+
+    /// Where a run of global batch `newBatch` continues after this checkpoint
+    /// (--allow-batch-change): after the same number of samples seen, in the same epoch.
+    public func step(continuingWithGlobalBatch newBatch: Int, stepsPerEpoch newStepsPerEpoch: Int) throws -> (step: Int, samplesSeen: Int) {
+        let (seen, overflowSeen) = positionInEpoch.multipliedReportingOverflow(by: globalBatch)
+        let (epochStart, overflowStart) = epoch.multipliedReportingOverflow(by: newStepsPerEpoch)
+        let stepsIntoEpoch = overflowSeen ? 0 : seen / newBatch + (seen % newBatch == 0 ? 0 : 1)
+        let (newStep, overflowStep) = epochStart.addingReportingOverflow(stepsIntoEpoch)
+        guard !overflowSeen, !overflowStart, !overflowStep else {
+            throw CheckpointError.damaged(path, "damaged metadata: epoch \(epoch), position \(positionInEpoch) of global batch \(globalBatch) "
+                                          + "overflow when continued with global batch \(newBatch)")
+        }
+        return (newStep, seen)
+    }
 
     /// Refuses a checkpoint of another dataset, normalization or (unless allowed) global batch.
     public func checkCompatible(with config: TrainConfig, datasetName: String, normalization: Normalization,
@@ -147,9 +211,9 @@ public struct CheckpointReader {
                 throw CheckpointError(path, "was trained with \(option) \(before), this run uses \(now); use another --run-dir for another configuration")
             }
         }
-        func layers(_ mode: TrainConfig.BNMode) -> String { mode == .disabled ? "none" : "batch norm" }
         func samples(_ n: Int?) -> String { n.map(String.init) ?? "all" }
-        try same("--bn", layers(saved.bn), layers(config.bn))
+        // sync and local statistics mean different things (the global batch's or a slice's).
+        try same("--bn", saved.bn.rawValue, config.bn.rawValue)
         try same("--optimizer", saved.optimizer, config.optimizer)
         try same("--seed", String(saved.seed), String(config.seed))
         try same("--no-shuffle", String(!saved.shuffle), String(!config.shuffle))

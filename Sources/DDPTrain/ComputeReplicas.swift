@@ -24,6 +24,8 @@ public final class ComputeReplicas {
     /// models[0] is the rank's model; the others read its parameters.
     public let models: [Model]
     public var main: Model { models[0] }
+    /// The largest batch of the rank the replicas were sized for.
+    public let maxBatch: Int
     let losses: [SoftmaxCrossEntropy]
     /// Per member: the reducer its batch norms use in training.
     let statistics: [BatchStatisticsReducer]
@@ -35,6 +37,7 @@ public final class ComputeReplicas {
     public init(spec: ModelSpec, inputShape: Shape, maxBatch: Int, threads: Int, classes: Int, labelSmoothing: Float,
                 rankStatistics: BatchStatisticsReducer, dropout: Double?) throws {
         team = try ThreadTeam(size: threads)
+        self.maxBatch = maxBatch
         let part = (maxBatch + threads - 1) / threads
         let first = try spec.build(inputShape: inputShape, maxBatch: part)
         var models = [first]
@@ -75,6 +78,7 @@ public final class ComputeReplicas {
                              ids: UnsafePointer<Int32>, count: Int, seed: UInt64, step: Int,
                              communicationSeconds: () -> Double = { 0 }) throws
         -> (lossSum: Double, correct: Int, forwardSeconds: Double, forwardCommunicationSeconds: Double) {
+        try checkBatch(count)
         for model in models.dropFirst() { model.copyBuffers(from: main) }
         let perSample = sampleShape.perSample
         let parameterCount = main.parameterCount
@@ -112,6 +116,7 @@ public final class ComputeReplicas {
     /// Loss sum and correct count of `count` samples in evaluation mode.
     public func evaluationPass(x: UnsafeMutablePointer<Float>, sampleShape: Shape, labels: UnsafePointer<Int32>,
                                count: Int) throws -> (lossSum: Double, correct: Int) {
+        try checkBatch(count)
         for model in models.dropFirst() { model.copyBuffers(from: main) }
         let perSample = sampleShape.perSample
         try team.run { member in
@@ -123,6 +128,13 @@ public final class ComputeReplicas {
             corrects[member] = result.correct
         }
         return partialSums()
+    }
+
+    /// Once per pass, before any thread runs: the batch must fit what the replicas were sized for.
+    private func checkBatch(_ count: Int) throws {
+        guard count <= maxBatch else {
+            throw LayerError.batchTooLarge("compute replicas (\(threads) thread(s))", batch: count, capacity: maxBatch)
+        }
     }
 
     /// The members' loss sums and correct counts, added in member order.

@@ -220,24 +220,6 @@ public struct RunDirectory: Sendable {
     }
 }
 
-/// Writes a small text file by temporary name and rename, so it is never seen half-written.
-public func writeAtomically(_ text: String, to path: String) throws {
-    let temporary = path + ".tmp.\(getpid())"
-    do {
-        try Data(text.utf8).write(to: URL(fileURLWithPath: temporary))
-        if rename(temporary, path) != 0 {
-            let reason = String(cString: strerror(errno))
-            unlink(temporary)
-            throw TrainingError("\(path): rename failed: \(reason)")
-        }
-    } catch let error as TrainingError {
-        throw error
-    } catch {
-        unlink(temporary)
-        throw TrainingError("\(path): cannot write: \(describe(error))")
-    }
-}
-
 /// A Foundation error's reason without the noise of its domain and code.
 func describe(_ error: Error) -> String {
     let ns = error as NSError

@@ -45,16 +45,22 @@ public enum StateDict {
     }
 
     /// Checks, without copying anything, that `file` holds every tensor of `model` (and of
-    /// `optimizer`) with the right shape and dtype, and nothing else but optimizer state.
+    /// `optimizer`) with the right shape and dtype, and nothing else but optimizer state;
+    /// and that every value is finite (counters not negative): a NaN or infinity in a
+    /// weight, a running statistic or the optimizer state is damage, named with the tensor
+    /// and the index of its first such value.
     public static func check(_ file: SafeTensorsFile, fits model: Model, optimizer: Optimizer? = nil) throws {
         var expected = Set<String>()
+        var floats: [String] = []
         for v in model.parameterViews {
             expected.insert(v.name)
             try require(file, v.name, v.shape, .f32)
+            floats.append(v.name)
         }
         for v in model.bufferViews {
             expected.insert(v.name)
             try require(file, v.name, v.shape, v.isCounter ? .i64 : .f32)
+            if !v.isCounter { floats.append(v.name) }
         }
         let unexpected = file.tensors.map(\.name).filter { !expected.contains($0) && !$0.hasPrefix(optimizerPrefix) }
         if !unexpected.isEmpty {
@@ -63,13 +69,27 @@ public enum StateDict {
         }
         if let optimizer {
             for slotName in optimizer.slotNames {
-                for v in model.parameterViews { try require(file, "\(optimizerPrefix)\(v.name).\(slotName)", v.shape, .f32) }
+                for v in model.parameterViews {
+                    let name = "\(optimizerPrefix)\(v.name).\(slotName)"
+                    try require(file, name, v.shape, .f32)
+                    floats.append(name)
+                }
+            }
+        }
+        for name in floats {
+            if let (index, value) = file.firstNonFinite(in: name) {
+                throw CheckpointError.damaged(file.path, "damaged: tensor \(name) holds a non-finite value (\(value)) at index \(index)")
+            }
+        }
+        for v in model.bufferViews where v.isCounter {
+            if let index = try file.values(of: v.name, as: Int64.self).firstIndex(where: { $0 < 0 }) {
+                throw CheckpointError.damaged(file.path, "damaged: tensor \(v.name) holds a negative count at index \(index)")
             }
         }
     }
 
     /// Copies every parameter and buffer of `model` from `file` after `check` passed, so a
-    /// file that does not fit leaves the model untouched. Strict like PyTorch: a missing or
+    /// file that does not fit, or holds a non-finite value, leaves the model untouched. Strict like PyTorch: a missing or
     /// unexpected entry (other than optimizer state) is an error naming it.
     public static func load(_ file: SafeTensorsFile, into model: Model) throws {
         try check(file, fits: model)
@@ -87,7 +107,8 @@ public enum StateDict {
         }
     }
 
-    /// Optimizer state from "optim.<parameter>.<slot>" entries.
+    /// Optimizer state from "optim.<parameter>.<slot>" entries, after
+    /// `check(_:fits:optimizer:)` passed (which also checks the values are finite).
     public static func loadOptimizer(_ file: SafeTensorsFile, into optimizer: Optimizer, model: Model) throws {
         for (slot, slotName) in optimizer.slotNames.enumerated() {
             for v in model.parameterViews {
@@ -112,11 +133,20 @@ public enum StateDict {
     }
 }
 
+/// A checkpoint or weights file that is damaged (`isDamage`: read, but its metadata or
+/// values are wrong), or sound but not for this run (another model, dataset, ...).
 public struct CheckpointError: Error, CustomStringConvertible {
     public var path: String
     public var problem: String
+    public var isDamage = false
     public init(_ path: String, _ problem: String) { self.path = path; self.problem = problem }
     public var description: String { "\(path): \(problem)" }
+
+    static func damaged(_ path: String, _ problem: String) -> CheckpointError {
+        var error = CheckpointError(path, problem)
+        error.isDamage = true
+        return error
+    }
 }
 
 /// --init-from: a file of weights (ours or PyTorch's), read on rank 0.

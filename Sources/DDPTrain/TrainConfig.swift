@@ -1,3 +1,4 @@
+import DDPKernels
 import DDPNet
 import Foundation
 import Yams
@@ -111,15 +112,17 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         threads = try c.decodeIfPresent(Int.self, forKey: .threads)
     }
 
-    /// Reads a YAML or JSON config file; unknown keys and wrong types are errors that name
+    /// Reads a YAML or JSON config file (SpecFile: a regular file of at most 1 MiB, nesting
+    /// bounded, no anchors or aliases); unknown keys and wrong types are errors that name
     /// the file, the key and the value.
     public static func load(file path: String) throws -> TrainConfig {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            throw ConfigError("\(path): cannot read the config file")
-        }
+        let text: String
         let document: Any?
-        do { document = try Yams.load(yaml: text) } catch {
-            throw ConfigError("\(path): not valid YAML or JSON: \(error)")
+        do {
+            text = try SpecFile.contents(of: path, what: "config file")
+            document = try SpecFile.load(text, source: path)
+        } catch let error as SpecFileError {
+            throw ConfigError(error.message)
         }
         guard let map = document as? [String: Any] else {
             throw ConfigError("\(path): expected a map of option names to values")
@@ -128,8 +131,9 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         if let unknown = map.keys.sorted().first(where: { !known.contains($0) }) {
             throw ConfigError("\(path): unknown key '\(unknown)'; keys are the train command's option names: \(known.sorted().joined(separator: ", "))")
         }
+        let config: TrainConfig
         do {
-            return try YAMLDecoder().decode(TrainConfig.self, from: text)
+            config = try YAMLDecoder().decode(TrainConfig.self, from: text)
         } catch let DecodingError.typeMismatch(type, context), let DecodingError.valueNotFound(type, context) {
             let key = context.codingPath.map(\.stringValue).joined(separator: ".")
             throw ConfigError("\(path): key '\(key)': expected \(describe(type)), got \(map[key].map { "\($0)" } ?? "nothing")")
@@ -139,6 +143,10 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         } catch {
             throw ConfigError("\(path): \(error)")
         }
+        // Each value on its own now, so that the error names the file; how they go together
+        // is checked once the flags are applied (validate()).
+        do { try config.validateValues() } catch let error as ConfigError { throw ConfigError("\(path): \(error.message)") }
+        return config
     }
 
     private static func describe(_ type: Any.Type) -> String {
@@ -150,43 +158,87 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         }
     }
 
-    /// Checks values that do not depend on the world size or the data.
-    public func validate() throws {
+    /// Counts of samples, batches and steps: sample indices are 32-bit, and products of
+    /// two such counts (steps x global batch) then stay far inside 64 bits.
+    public static let maxCount = Int(Int32.max)
+
+    /// Checks each value on its own (a flag's value is wrong whatever else is given).
+    public func validateValues() throws {
         func fail(_ message: String) throws -> Never { throw ConfigError(message) }
-        if let b = perRankBatch, b < 1 { try fail("--per-rank-batch must be at least 1, got \(b)") }
-        if let b = globalBatch, b < 1 { try fail("--global-batch must be at least 1, got \(b)") }
-        if perRankBatch != nil && globalBatch != nil { try fail("give --per-rank-batch or --global-batch, not both") }
-        if epochs < 1 && steps == nil { try fail("--epochs must be at least 1, got \(epochs)") }
-        if let s = steps, s < 1 { try fail("--steps must be at least 1, got \(s)") }
-        if !(lr > 0 && lr.isFinite) { try fail("--lr must be a positive number, got \(lr)") }
-        if let b = lrReferenceBatch, b < 1 { try fail("--lr-reference-batch must be at least 1, got \(b)") }
-        if !(momentum >= 0 && momentum < 1) { try fail("--momentum must be in [0, 1), got \(momentum)") }
-        if !(weightDecay >= 0) { try fail("--weight-decay must be at least 0, got \(weightDecay)") }
-        if let c = clipNorm, !(c > 0 && c.isFinite) { try fail("--clip-norm must be a positive number, got \(c)") }
-        if let c = clipValue, !(c > 0 && c.isFinite) { try fail("--clip-value must be a positive number, got \(c)") }
-        if !weightDecay.isFinite { try fail("--weight-decay must be a finite number, got \(weightDecay)") }
-        if !collectiveTimeout.isFinite { try fail("--collective-timeout must be a finite number, got \(collectiveTimeout)") }
-        if dataset == "synthetic" && dataDir != nil { try fail("--data-dir does not apply to --dataset synthetic") }
-        if initFrom != nil && initializer != "default" { try fail("--init \(initializer) does not apply with --init-from: the weights come from the file") }
-        if let p = dropout, !(p >= 0 && p < 1) { try fail("--dropout must be in [0, 1), got \(p)") }
-        if !(labelSmoothing >= 0 && labelSmoothing < 1) { try fail("--label-smoothing must be in [0, 1), got \(labelSmoothing)") }
-        if warmupSteps < 0 { try fail("--warmup-steps must be at least 0, got \(warmupSteps)") }
-        if evalEvery < 0 { try fail("--eval-every must be at least 0, got \(evalEvery)") }
-        if logEvery < 1 { try fail("--log-every must be at least 1, got \(logEvery)") }
-        if checkReplicas < 0 { try fail("--check-replicas must be at least 0, got \(checkReplicas)") }
-        if maxSkippedSteps < 1 { try fail("--max-skipped-steps must be at least 1, got \(maxSkippedSteps)") }
-        if let n = trainSamples, n < 1 { try fail("--train-samples must be at least 1, got \(n)") }
-        if checkpointEvery < 0 { try fail("--checkpoint-every must be at least 0, got \(checkpointEvery)") }
-        if keep < 1 { try fail("--keep must be at least 1, got \(keep)") }
+        func count(_ name: String, _ value: Int?, atLeast minimum: Int) throws {
+            guard let value, !(minimum...TrainConfig.maxCount).contains(value) else { return }
+            try fail("--\(name) must be between \(minimum) and \(TrainConfig.maxCount), got \(value)")
+        }
+        try count("per-rank-batch", perRankBatch, atLeast: 1)
+        try count("global-batch", globalBatch, atLeast: 1)
+        try count("steps", steps, atLeast: 1)
+        // Epochs below 1 are a mistake only without --steps: see validate().
+        if epochs > TrainConfig.maxCount { try fail("--epochs must be at most \(TrainConfig.maxCount), got \(epochs)") }
+        try count("lr-reference-batch", lrReferenceBatch, atLeast: 1)
+        try count("warmup-steps", warmupSteps, atLeast: 0)
+        try count("eval-every", evalEvery, atLeast: 0)
+        try count("log-every", logEvery, atLeast: 1)
+        try count("check-replicas", checkReplicas, atLeast: 0)
+        try count("max-skipped-steps", maxSkippedSteps, atLeast: 1)
+        try count("train-samples", trainSamples, atLeast: 1)
+        try count("synthetic-samples", syntheticSamples, atLeast: 1)
+        try count("checkpoint-every", checkpointEvery, atLeast: 0)
+        try count("keep", keep, atLeast: 1)
+        // The optimizer, clipping, dropout and the loss compute in Float32: a value must be
+        // in range there too (1e39 is infinite, 1e-46 is 0, 0.99999999999 is 1).
+        func float32(_ value: Double) -> Double { Double(Float(value)) }
+        func positive(_ name: String, _ value: Double?) throws {
+            guard let value else { return }
+            guard value > 0 && value.isFinite else { try fail("--\(name) must be a positive number, got \(value)") }
+            guard float32(value) > 0 && float32(value).isFinite else {
+                try fail("--\(name) \(value) is outside Float32's range (\(Float.leastNonzeroMagnitude) to \(Float.greatestFiniteMagnitude))")
+            }
+        }
+        func fraction(_ name: String, _ value: Double?) throws {
+            guard let value else { return }
+            guard value >= 0 && value < 1 else { try fail("--\(name) must be in [0, 1), got \(value)") }
+            guard float32(value) < 1 else { try fail("--\(name) \(value) is 1 in Float32; it must be below 1") }
+        }
+        try positive("lr", lr)
+        try fraction("momentum", momentum)
+        if !(weightDecay >= 0 && weightDecay.isFinite) { try fail("--weight-decay must be a finite number >= 0, got \(weightDecay)") }
+        if !float32(weightDecay).isFinite { try fail("--weight-decay \(weightDecay) is outside Float32's range (up to \(Float.greatestFiniteMagnitude))") }
+        try positive("clip-norm", clipNorm)
+        try positive("clip-value", clipValue)
+        try fraction("dropout", dropout)
+        try fraction("label-smoothing", labelSmoothing)
         if !(collectiveTimeout >= 0 && collectiveTimeout.isFinite) { try fail("--collective-timeout must be 0 (off) or a number of seconds, got \(collectiveTimeout)") }
         if let t = threads { try TrainConfig.checkThreads(t) }
-        if syntheticSamples < 1 { try fail("--synthetic-samples must be at least 1, got \(syntheticSamples)") }
         if !["fashion-mnist", "mnist", "cifar10", "synthetic"].contains(dataset) {
             try fail("--dataset must be one of fashion-mnist, mnist, cifar10, synthetic; got '\(dataset)'")
         }
         if !["sgd", "adam", "adamw"].contains(optimizer) { try fail("--optimizer must be sgd, adam or adamw; got '\(optimizer)'") }
+    }
+
+    /// Checks values and how they go together, as far as that does not depend on the world
+    /// size or the data.
+    public func validate() throws {
+        func fail(_ message: String) throws -> Never { throw ConfigError(message) }
+        try validateValues()
+        if perRankBatch != nil && globalBatch != nil { try fail("give --per-rank-batch or --global-batch, not both") }
+        if epochs < 1 && steps == nil { try fail("--epochs must be at least 1, got \(epochs)") }
+        if dataset == "synthetic" && dataDir != nil { try fail("--data-dir does not apply to --dataset synthetic") }
+        if initFrom != nil && initializer != "default" { try fail("--init \(initializer) does not apply with --init-from: the weights come from the file") }
         if nesterov && optimizer != "sgd" { try fail("--nesterov applies to --optimizer sgd only") }
         if nesterov && momentum == 0 { try fail("--nesterov needs --momentum > 0") }
+    }
+
+    /// Checks what depends on the world size: the global batch and the scaled learning rate.
+    public func validate(worldSize: Int) throws {
+        try validate()
+        let (global, overflow) = (perRankBatch ?? 32).multipliedReportingOverflow(by: worldSize)
+        if globalBatch == nil && (overflow || global > TrainConfig.maxCount) {
+            throw ConfigError("--per-rank-batch \(perRankBatch ?? 32) x \(worldSize) ranks is a global batch larger than \(TrainConfig.maxCount)")
+        }
+        let rate = baseLearningRate(worldSize: worldSize)
+        if !(Float(rate).isFinite && Float(rate) > 0) {
+            throw ConfigError("--lr \(lr) scaled by --lr-reference-batch to the global batch \(resolvedGlobalBatch(worldSize: worldSize)) is \(rate), outside Float32's range")
+        }
     }
 
     /// Compute threads per rank that ddptrain accepts, from --threads or the environment.
@@ -203,6 +255,15 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public func modelSpec() throws -> ModelSpec {
         let spec = try ModelSpec.named(model)
         return bn == .disabled ? try spec.withoutBatchNorm() : spec
+    }
+
+    /// Refuses, before anything is allocated, a model and per-rank batch that this node's
+    /// memory cannot hold with `threads` replicas and this optimizer's state, for every rank
+    /// on the node (ModelSpec.checkMemory). `training`: false for evaluation (no optimizer).
+    public func checkMemory(spec: ModelSpec, inputShape: Shape, batch: Int, threads: Int, training: Bool = true) throws {
+        let slots = !training ? 0 : optimizer == "sgd" ? (momentum > 0 ? 1 : 0) : 2
+        try spec.checkMemory(inputShape: inputShape, batch: batch, replicas: threads, optimizerSlots: slots,
+                             ranksOnNode: ComputeReplicas.localRanks(ProcessInfo.processInfo.environment))
     }
 
     /// The global batch for a world of `worldSize` ranks.

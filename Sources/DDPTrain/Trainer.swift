@@ -79,6 +79,10 @@ public final class Trainer {
     let x: FloatBuffer
     let labels: UnsafeMutablePointer<Int32>
     let sampleIDs: UnsafeMutablePointer<Int32>
+    /// The batch-norm running statistics and counters as they were before this step's
+    /// forward: a skipped step puts them back, so that it leaves no trace.
+    let buffersBeforeStep: FloatBuffer
+    let countersBeforeStep: UnsafeMutablePointer<Int64>
 
     public private(set) var step = 0
     /// The checkpoint this run resumed from, if any.
@@ -87,6 +91,9 @@ public final class Trainer {
     var consecutiveSkips = 0
     /// The step after which the local batch-norm statistics were last averaged.
     var buffersAveragedAtStep = -1
+    /// Samples this rank's batch norms normalized (in steps not skipped) since the local
+    /// statistics were last averaged: a rank with none holds statistics that did not move.
+    var samplesSinceAveraging = 0
     var skippedSteps = 0
 
     /// For benchmarks: the first `timingWarmup` steps of `run` are left out of `timed`.
@@ -109,7 +116,7 @@ public final class Trainer {
     /// Loads and checks data, model and options on every rank, and initializes the
     /// replicas; writes nothing.
     public init(config: TrainConfig, world: Communicator) throws {
-        try config.validate()
+        try config.validate(worldSize: world.size)
         // The thread count is part of what a run computes (it orders some sums), so the
         // resolved count is what the run dir and the checkpoints record.
         var config = config
@@ -147,6 +154,7 @@ public final class Trainer {
         let statistics: BatchStatisticsReducer = syncStatistics ?? LocalStatistics.shared
         let threads = config.threads ?? 1
         let replicas = try agreeOnSuccess(world) { () throws -> ComputeReplicas in
+            try config.checkMemory(spec: spec, inputShape: data.sampleShape, batch: localCapacity, threads: threads)
             let replicas = try ComputeReplicas(spec: spec, inputShape: data.sampleShape, maxBatch: evalBatch, threads: threads,
                                                classes: data.train.classes, labelSmoothing: Float(config.labelSmoothing),
                                                rankStatistics: statistics, dropout: config.dropout)
@@ -167,6 +175,8 @@ public final class Trainer {
         x = FloatBuffer(capacity: evalBatch * data.sampleShape.perSample)
         labels = .allocate(capacity: evalBatch)
         sampleIDs = .allocate(capacity: evalBatch)
+        buffersBeforeStep = FloatBuffer(capacity: model.buffers.capacity)
+        countersBeforeStep = .allocate(capacity: max(model.counterCount, 1))
 
         try agreeOnSuccess(world) { try checkBatchNormCounts() }
         if let warning = ComputeReplicas.oversubscriptionWarning(threads: threads) { warnings.append(warning) }
@@ -216,10 +226,12 @@ public final class Trainer {
     /// Restores parameters, buffers, optimizer state, the step and the skip counters from a
     /// checkpoint that rank 0 picks and validates; every rank receives the same bits.
     /// `auto` takes the newest checkpoint in the run dir that is intact, skipping damaged
-    /// files (unreadable, truncated, failed checksum, inconsistent metadata) with a warning,
-    /// or starts fresh when there is none; a named file must be intact. A sound checkpoint
-    /// of another configuration (dataset, normalization, model, optimizer, seed, data order,
-    /// global batch) is refused either way: that run dir belongs to another run.
+    /// files (truncated, failed checksum, bad metadata, non-finite values) with a warning,
+    /// or starts fresh when there is none; a named file must be intact. A file that cannot
+    /// be read (permissions, I/O error, not a regular file) stops the run either way with
+    /// the reason: skipping it would start over and later prune the good files. So is a
+    /// sound checkpoint of another configuration (dataset, normalization, model, optimizer,
+    /// seed, data order, batch-norm mode, global batch): that run dir belongs to another run.
     func resumeFrom(_ resume: String) throws {
         let store = CheckpointStore(directory: RunDirectory(path: config.runDir).checkpointsPath, keep: config.keep)
         let found = try agreeOnSuccess(world) { () throws -> (path: String, position: TrainingPosition)? in
@@ -229,14 +241,13 @@ public final class Trainer {
                 let reader: CheckpointReader
                 do {
                     reader = try CheckpointReader(path: path)
-                } catch {
-                    if resume != "auto" { throw error }
+                    try reader.checkCompatible(with: config, datasetName: data.name, normalization: data.normalization,
+                                               globalBatch: globalBatch, allowBatchChange: config.allowBatchChange)
+                    try StateDict.check(reader.file, fits: model, optimizer: optimizer)
+                } catch where resume == "auto" && isCheckpointDamage(error) {
                     warnings.append("skipping damaged checkpoint: \(error)")
                     continue
                 }
-                try reader.checkCompatible(with: config, datasetName: data.name, normalization: data.normalization,
-                                           globalBatch: globalBatch, allowBatchChange: config.allowBatchChange)
-                try StateDict.check(reader.file, fits: model, optimizer: optimizer)
                 if let saved = reader.config.threads, saved != config.threads {
                     warnings.append("\(path) was trained with \(saved) compute thread(s) per rank, this run uses \(config.threads ?? 1): "
                                     + "it continues the same run up to the rounding of some sums, not bit for bit")
@@ -246,8 +257,7 @@ public final class Trainer {
                 var position = reader.position
                 if reader.globalBatch != globalBatch {
                     // --allow-batch-change: continue after the same number of samples seen.
-                    let seen = reader.positionInEpoch * reader.globalBatch
-                    let newStep = reader.epoch * sampler.stepsPerEpoch + (seen + globalBatch - 1) / globalBatch
+                    let (newStep, seen) = try reader.step(continuingWithGlobalBatch: globalBatch, stepsPerEpoch: sampler.stepsPerEpoch)
                     warnings.append("global batch \(reader.globalBatch) -> \(globalBatch): step \(position.step) (epoch \(reader.epoch + 1), "
                                     + "\(seen) samples into it) continues as step \(newStep)")
                     position.step = newStep
@@ -282,6 +292,8 @@ public final class Trainer {
     func saveCheckpoint() throws {
         guard let checkpoints else { return }
         try averageLocalStatistics()
+        // Never write a checkpoint of replicas that disagree: a resume would spread one of them.
+        try verifyReplicas(includeBuffers: true)
         try agreeOnSuccess(world, exitCode: ExitStatus.checkpointWriteFailed) {
             guard world.rank == 0 else { return }
             let metadata = CheckpointStore.metadata(
@@ -296,6 +308,7 @@ public final class Trainer {
     deinit {
         labels.deallocate()
         sampleIDs.deallocate()
+        countersBeforeStep.deallocate()
     }
 
     /// Rank 0 initializes from the seed (or loads --init-from) and broadcasts, so every
@@ -366,11 +379,15 @@ public final class Trainer {
             times.data = lap(&t)
 
             // 2-4. Forward, loss summed over the local slice, backward; with several compute
-            // threads, each on its part of the slice, gradients summed into `g`.
+            // threads, each on its part of the slice, gradients summed into `g`. Forward
+            // moves the running statistics: keep them, in case the step is skipped.
+            buffersBeforeStep.pointer.update(from: model.buffers.pointer, count: model.buffers.capacity)
+            countersBeforeStep.update(from: model.counters, count: model.counterCount)
+            if n > 0 && FaultInjection.hits(FaultInjection.nanInput, rank: world.rank, step: step) { x.pointer[0] = .nan }
             let result = try replicas.trainingPass(x: x.pointer, sampleShape: data.sampleShape, labels: labels, ids: sampleIDs,
                                                    count: n, seed: config.seed, step: step,
                                                    communicationSeconds: { self.syncStatistics?.takeSeconds() ?? 0 })
-            try FaultInjection.check(rank: world.rank, step: step)
+            try FaultInjection.check(rank: world.rank, step: step, resumed: resumedFrom != nil)
             if FaultInjection.poisons(rank: world.rank, step: step) { g[0] = .nan }
             g[model.lossSlot] = Float(result.lossSum)
             g[model.correctSlot] = Float(result.correct)
@@ -398,15 +415,21 @@ public final class Trainer {
             let skipped = !isFinite(g, count: p) || !stepLoss.isFinite
             let lr = Double(schedule.learningRate(base: Float(baseLearningRate), step: step))
             if skipped {
+                // No trace: parameters and optimizer state were not touched; the running
+                // statistics and counters that forward moved (maybe to NaN) are put back.
+                model.buffers.pointer.update(from: buffersBeforeStep.pointer, count: model.buffers.capacity)
+                model.counters.update(from: countersBeforeStep, count: model.counterCount)
                 consecutiveSkips += 1
                 skippedSteps += 1
                 log.warn("step \(step): non-finite gradient or loss; step skipped (\(consecutiveSkips) in a row)")
                 if consecutiveSkips >= config.maxSkippedSteps {
-                    throw TrainingError("stopping at step \(step): \(consecutiveSkips) consecutive steps had non-finite gradients (--max-skipped-steps \(config.maxSkippedSteps))",
-                                        exitCode: ExitStatus.diverged)
+                    // Every rank decided on the same reduced numbers: reported once, all leave together.
+                    throw CollectiveFailure(message: "stopping at step \(step): \(consecutiveSkips) consecutive steps had non-finite gradients (--max-skipped-steps \(config.maxSkippedSteps))",
+                                            exitCode: ExitStatus.diverged)
                 }
             } else {
                 consecutiveSkips = 0
+                samplesSinceAveraging += n
                 // 8. Clip the global gradient, then step.
                 if let maxNorm = config.clipNorm {
                     let r = clipGradNorm(g, count: p, maxNorm: Float(maxNorm))
@@ -444,13 +467,7 @@ public final class Trainer {
 
             var checkpointDue = config.checkpointEvery > 0 && step % config.checkpointEvery == 0
             if config.checkReplicas > 0 && step % config.checkReplicas == 0 {
-                do {
-                    try checkReplicas(model, world: world, step: step, includeBuffers: config.bn == .sync)
-                } catch let divergence as ReplicaDivergence {
-                    // Every rank saw the same hashes: leave together, reported once.
-                    // A restart from the last checkpoint may cure it (a bit flip), so it is a runtime failure.
-                    throw CollectiveFailure(message: "stopping: \(divergence)", exitCode: ExitStatus.runtimeFailure)
-                }
+                try verifyReplicas(includeBuffers: config.bn == .sync)
             }
 
             // Epoch end: evaluation.
@@ -471,7 +488,7 @@ public final class Trainer {
             if checkpointDue { try saveCheckpoint() }
         }
 
-        let hashes = try checkReplicas(model, world: world, step: step, includeBuffers: true)
+        let hashes = try verifyReplicas(includeBuffers: true)
         let wall = Communicator.wallTime() - start
         // Communication share, time to the first step and its Unix time: the largest over ranks.
         var commShare = [totals.communication / max(totals.total, 1e-12), secondsToFirstStep ?? -1, firstStepUnixTime ?? -1]
@@ -492,12 +509,34 @@ public final class Trainer {
     /// before evaluation and checkpoints so that every replica evaluates the same model; once
     /// per step (an epoch end evaluates and then checkpoints): averaging equal copies again
     /// is a wasted allreduce, and not exact in Float32 when the world size is not a power of 2.
+    /// A rank that normalized no sample since the last averaging (its slices were empty)
+    /// holds the statistics of then, or the initial ones: it is left out, so that the
+    /// average is that of the ranks that had data. When every rank had data, this is the
+    /// plain mean, bit for bit as before.
     func averageLocalStatistics() throws {
         guard config.bn == .local, world.size > 1, model.buffers.capacity > 0, buffersAveragedAtStep != step else { return }
         buffersAveragedAtStep = step
+        let normalized = try world.allgather([Int64(samplesSinceAveraging)])
+        let contributors = normalized.filter { $0 > 0 }.count
+        // None moved since the replicas last had equal statistics (broadcast or averaged).
+        guard contributors > 0 else { return }
+        if samplesSinceAveraging == 0 { model.buffers.zero() }
+        samplesSinceAveraging = 0
         try world.allreduce(model.buffers.pointer, count: model.buffers.capacity)
-        let size = Float(world.size)
+        let size = Float(contributors)
         for i in 0..<model.buffers.capacity { model.buffers.pointer[i] /= size }
+    }
+
+    /// Compares the replicas' hashes (I1). Every rank sees the same hashes, so a divergence
+    /// is reported once and all ranks leave together; a restart from the last checkpoint
+    /// may cure it (a bit flip), so it is a runtime failure.
+    @discardableResult
+    func verifyReplicas(includeBuffers: Bool) throws -> [UInt64] {
+        do {
+            return try checkReplicas(model, world: world, step: step, includeBuffers: includeBuffers)
+        } catch let divergence as ReplicaDivergence {
+            throw CollectiveFailure(message: "stopping: \(divergence)", exitCode: ExitStatus.runtimeFailure)
+        }
     }
 
     /// Distributed, exact evaluation on the test set: every sample counted once, no padding.
@@ -521,6 +560,11 @@ public final class Trainer {
 public func evaluateModel(_ replicas: ComputeReplicas, on dataset: Dataset, normalization: Normalization, world: Communicator,
                           x: FloatBuffer, labels: UnsafeMutablePointer<Int32>, ids: UnsafeMutablePointer<Int32>,
                           batch: Int) throws -> Evaluation {
+    // `batch` samples at a time go into `x`, `labels`, `ids` and the replicas.
+    let perSample = dataset.shape(batch: 1).perSample
+    guard batch >= 1 else { throw TrainingError("evaluation batch must be at least 1, got \(batch)") }
+    let capacity = min(replicas.maxBatch, x.capacity / max(perSample, 1))
+    guard batch <= capacity else { throw LayerError.batchTooLarge("evaluation", batch: batch, capacity: capacity) }
     let slice = Sampler.evaluationSlice(count: dataset.count, worldSize: world.size, rank: world.rank)
     var sums = [0.0, 0.0, 0.0]
     var start = slice.lowerBound
@@ -566,7 +610,12 @@ public struct TrainingError: Error, CustomStringConvertible {
 /// For the I5 tests: DDPTRAIN_INJECT_FAULT="rank:step" makes that rank fail at that step,
 /// after its forward and backward, just before the gradient allreduce the others wait in.
 /// DDPTRAIN_INJECT_NAN="rank:step" (or "rank:step+" for every step from then on) puts a
-/// NaN into that rank's local gradient, to test that all ranks skip the same steps.
+/// NaN into that rank's local gradient, to test that all ranks skip the same steps;
+/// DDPTRAIN_INJECT_NAN_INPUT="rank:step" puts a NaN into that rank's input instead, so that
+/// the forward (batch statistics, loss) goes non-finite as with a bad sample.
+/// DDPTRAIN_INJECT_STOP="rank:step" makes that rank stop itself (SIGSTOP) at that step, in
+/// a run that did not resume, so that a test can act on a job at a known step however fast
+/// the machine is (a restart resumes past the stop and is not stopped again).
 enum FaultInjection {
     struct Target { var rank: Int; var step: Int; var onwards: Bool }
 
@@ -580,6 +629,7 @@ enum FaultInjection {
 
     static let fault = parse("DDPTRAIN_INJECT_FAULT")
     static let nan = parse("DDPTRAIN_INJECT_NAN")
+    static let nanInput = parse("DDPTRAIN_INJECT_NAN_INPUT")
     /// DDPTRAIN_INJECT_DIVERGENCE="rank:step": that rank nudges a parameter after that step.
     static let divergence = parse("DDPTRAIN_INJECT_DIVERGENCE")
 
@@ -588,7 +638,10 @@ enum FaultInjection {
         return target.onwards ? step >= target.step : step == target.step
     }
 
-    static func check(rank: Int, step: Int) throws {
+    static let stop = parse("DDPTRAIN_INJECT_STOP")
+
+    static func check(rank: Int, step: Int, resumed: Bool) throws {
+        if !resumed, hits(stop, rank: rank, step: step) { raise(SIGSTOP) }
         if hits(fault, rank: rank, step: step) {
             throw TrainingError("injected fault at step \(step) (DDPTRAIN_INJECT_FAULT)")
         }

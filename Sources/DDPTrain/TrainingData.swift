@@ -1,6 +1,7 @@
 import DDPComm
 import DDPData
 import DDPKernels
+import Foundation
 
 /// The training and test sets of a run, with the normalization they share.
 public struct TrainingData {
@@ -66,10 +67,15 @@ public struct TrainingData {
             if let n = config.trainSamples, n > config.syntheticSamples {
                 throw ConfigError("--train-samples \(n) is more than the \(config.syntheticSamples) synthetic samples (--synthetic-samples)")
             }
-            train = Dataset.synthetic(count: config.trainSamples ?? config.syntheticSamples, channels: 1, height: 28, width: 28,
-                                      classes: 10, seed: config.seed, split: .train)
-            test = withTest ? Dataset.synthetic(count: max(config.syntheticSamples / 4, 1), channels: 1, height: 28, width: 28,
-                                                classes: 10, seed: config.seed, split: .test) : nil
+            // The data layer checks the sizes (overflow, 32-bit indices, memory) before allocating.
+            do {
+                train = try Dataset.synthetic(count: config.trainSamples ?? config.syntheticSamples, channels: 1, height: 28, width: 28,
+                                              classes: 10, seed: config.seed, split: .train)
+                test = withTest ? try Dataset.synthetic(count: max(config.syntheticSamples / 4, 1), channels: 1, height: 28, width: 28,
+                                                        classes: 10, seed: config.seed, split: .test) : nil
+            } catch let error as DataError {
+                throw ConfigError("--synthetic-samples \(config.syntheticSamples): \(error)")
+            }
         case "cifar10":
             guard let dir = config.dataDir else {
                 throw ConfigError("--dataset cifar10 needs --data-dir (a folder with data_batch_1.bin ... test_batch.bin)")
@@ -77,9 +83,16 @@ public struct TrainingData {
             train = try Dataset.load(try DataSource.cifar10(directory: dir, split: .train), firstN: config.trainSamples)
             test = withTest ? try Dataset.load(try DataSource.cifar10(directory: dir, split: .test)) : nil
         default:
-            let dir = config.dataDir ?? defaultDirectory(dataset: config.dataset)!
+            guard let dir = config.dataDir ?? defaultDirectory(dataset: config.dataset) else {
+                throw ConfigError("--dataset \(config.dataset) needs --data-dir")
+            }
             train = try Dataset.load(try DataSource.idx(directory: dir, split: .train), firstN: config.trainSamples)
             test = withTest ? try Dataset.load(try DataSource.idx(directory: dir, split: .test)) : nil
+        }
+        for dataset in [train, test].compactMap({ $0 }) {
+            if case .rebuilt(let path, let reason) = dataset.cacheStatus {
+                FileHandle.standardError.write(Data("warning: \(path): damaged dataset cache (\(reason)); rebuilt from the source files\n".utf8))
+            }
         }
         if config.dataset != "synthetic", let n = config.trainSamples, n > train.count {
             throw ConfigError("--train-samples \(n) is more than the \(train.count) training samples")

@@ -7,6 +7,29 @@ let metadataKey = "__metadata__"
 /// prefix must not make us allocate gigabytes.
 let maximumHeaderLength = 100_000_000
 
+/// Readers refuse headers nested deeper: a safetensors header needs 3 levels (the object,
+/// a tensor's entry, its shape), and a hostile one must not exhaust the JSON parser's stack.
+let maximumHeaderNesting = 16
+
+/// The deepest nesting of objects and arrays in JSON text, strings skipped.
+func nestingDepth(of json: [UInt8]) -> Int {
+    var depth = 0, deepest = 0
+    var inString = false, escaped = false
+    for byte in json {
+        if inString {
+            if escaped { escaped = false } else if byte == UInt8(ascii: "\\") { escaped = true } else if byte == UInt8(ascii: "\"") { inString = false }
+            continue
+        }
+        switch byte {
+        case UInt8(ascii: "\""): inString = true
+        case UInt8(ascii: "{"), UInt8(ascii: "["): depth += 1; deepest = max(deepest, depth)
+        case UInt8(ascii: "}"), UInt8(ascii: "]"): depth -= 1
+        default: break
+        }
+    }
+    return deepest
+}
+
 /// Builds the JSON header byte for byte, so that equal inputs give equal files:
 /// `{"__metadata__":{<keys sorted by UTF-8 bytes>},"<tensor>":{"dtype":..,"shape":[..],"data_offsets":[b,e]},..}`
 /// with no whitespace, tensors in data order, padded with spaces so that the data section

@@ -68,25 +68,66 @@ final class OpenFile {
         }
     }
 
-    /// The whole file as `fstat` sizes it. Checkpoints are replaced by rename, never
-    /// rewritten in place, so the size cannot change under the reader.
-    func readAll() throws(SafeTensorsError) -> [UInt8] {
+    /// Opens `path` for reading if it is a regular file, and returns its size. O_NONBLOCK
+    /// makes the open of a FIFO return at once instead of waiting for a writer (it is
+    /// cleared again before any read); fstat then refuses every type but a regular file
+    /// without reading from it.
+    static func openRegularFile(_ path: String) throws(SafeTensorsError) -> (file: OpenFile, size: Int) {
+        let file = try open(path, flags: O_RDONLY | O_NONBLOCK | O_NOCTTY, reportedPath: path)
         var status = stat()
-        guard fstat(descriptor!, &status) == 0 else { throw failure("fstat") }
+        guard fstat(file.descriptor!, &status) == 0 else { throw file.failure("fstat") }
+        guard status.st_mode & S_IFMT == S_IFREG else {
+            throw SafeTensorsError(path: path, kind: .notARegularFile,
+                                   problem: "not a regular file (\(describeType(status.st_mode))), so it cannot be read as a safetensors file")
+        }
+        let flags = fcntl(file.descriptor!, F_GETFL)
+        guard flags >= 0, fcntl(file.descriptor!, F_SETFL, flags & ~O_NONBLOCK) == 0 else { throw file.failure("fcntl") }
+        return (file, Int(status.st_size))
+    }
+
+    /// `count` bytes from `offset`, which the caller checked against the file's size. A file
+    /// that ends sooner changed while being read (checkpoints are replaced by rename, never
+    /// rewritten in place): it is reported as truncated.
+    func read(_ count: Int, atOffset offset: Int) throws(SafeTensorsError) -> [UInt8] {
         var readError: SafeTensorsError?
-        let bytes = [UInt8](unsafeUninitializedCapacity: Int(status.st_size)) { buffer, count in
-            while count < buffer.count {
+        let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, done in
+            while done < count {
                 let result = retryingOnInterrupt {
-                    read(descriptor!, buffer.baseAddress! + count, buffer.count - count)
+                    pread(descriptor!, buffer.baseAddress! + done, count - done, off_t(offset + done))
                 }
                 if result < 0 { readError = failure("read") }
                 if result <= 0 { return }
-                count += result
+                done += result
             }
         }
         if let readError { throw readError }
+        guard bytes.count == count else {
+            throw .damaged(reportedPath, "truncated: the file ended at byte \(offset + bytes.count) while reading up to byte "
+                                         + "\(offset + count), which its size allowed: it changed while being read")
+        }
         return bytes
     }
+
+    /// Creates a new file `<directory>/.<name>.tmp.<suffix>` next to `path`, exclusively and
+    /// never through a link (O_CREAT | O_EXCL | O_NOFOLLOW), mode 0644 (less the umask). The
+    /// suffix is random, so the name cannot be planted in advance; should it exist anyway,
+    /// another suffix is tried, a bounded number of times.
+    static func createTemporary(nextTo path: String, suffix: () -> String) throws(SafeTensorsError) -> OpenFile {
+        let (directory, name) = splitPath(path)
+        let flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW
+        var attempts = 0
+        while true {
+            attempts += 1
+            let candidate = "\(directory == "/" ? "" : directory)/.\(name).tmp.\(suffix())"
+            let descriptor = retryingOnInterrupt { openDescriptor(candidate, flags | O_CLOEXEC, 0o644) }
+            if descriptor >= 0 { return OpenFile(descriptor: descriptor, path: candidate, reportedPath: path) }
+            if errno != EEXIST || attempts == temporaryAttempts {
+                throw .systemCall("open", path: path, operand: candidate)
+            }
+        }
+    }
+
+    static let temporaryAttempts = 16
 
     func sync() throws(SafeTensorsError) {
         guard retryingOnInterrupt({ fsync(descriptor!) }) == 0 else { throw failure("fsync") }
@@ -106,6 +147,34 @@ private func retryingOnInterrupt<Result: BinaryInteger>(_ call: () -> Result) ->
         let result = call()
         if result >= 0 || errno != EINTR { return result }
     }
+}
+
+/// "a FIFO", "a directory", ...: the type of a file that is not a regular one.
+private func describeType(_ mode: mode_t) -> String {
+    switch mode & S_IFMT {
+    case S_IFIFO: "a FIFO"
+    case S_IFDIR: "a directory"
+    case S_IFCHR: "a character device"
+    case S_IFBLK: "a block device"
+    case S_IFSOCK: "a socket"
+    case S_IFLNK: "a symbolic link"
+    default: "file type 0o\(String(mode & S_IFMT, radix: 8))"
+    }
+}
+
+/// This machine's physical memory in bytes (Int.max if unknown).
+func physicalMemory() -> Int {
+    let pages = sysconf(Int32(_SC_PHYS_PAGES)), pageSize = sysconf(Int32(_SC_PAGESIZE))
+    guard pages > 0, pageSize > 0 else { return .max }
+    let (bytes, overflow) = pages.multipliedReportingOverflow(by: pageSize)
+    return overflow ? .max : bytes
+}
+
+/// Directory and file name of a path; a bare name lives in ".".
+func splitPath(_ path: String) -> (directory: String, name: String) {
+    guard let slash = path.lastIndex(of: "/") else { return (".", path) }
+    let directory = String(path[..<slash])
+    return (directory.isEmpty ? "/" : directory, String(path[path.index(after: slash)...]))
 }
 
 // The C calls whose names OpenFile's own methods shadow.

@@ -6,86 +6,144 @@ import Darwin
 import CZlib
 import Foundation
 
-/// A safetensors file read into memory and validated as a whole before any of it is used:
-/// length prefix, header JSON, every entry, contiguous coverage of the data section, file
-/// size, and the data checksum when the header carries one.
+/// A safetensors file read into memory and validated as a whole before any of it is used.
+/// Nothing is read before its size is known: the file must be a regular file (a FIFO or a
+/// device is refused by type, never read); its size comes from fstat; the length prefix
+/// and the header are read and validated first (header length, nesting, JSON, every
+/// entry, contiguous coverage of the data section), which gives the exact size the file
+/// must have; only a file of exactly that size has its data read. Then the checksum, when
+/// the header carries one (see `SafeTensorsWriter`: the whole file, or the data alone in
+/// older files).
+///
+/// Errors say which of two things happened (`SafeTensorsError.isDamage`): the file could
+/// not be read (open or read failed, not a regular file), or it was read and is damaged.
 public struct SafeTensorsFile: Sendable {
+    /// What the checksum a file carries covers.
+    public enum ChecksumScope: Sendable, Equatable {
+        /// Every byte of the file (`SafeTensorsWriter.checksumKey`).
+        case file
+        /// The data section only (`SafeTensorsWriter.dataChecksumKey`, older files).
+        case data
+    }
+
     public let path: String
     /// The tensors in data-section order.
     public let tensors: [TensorInfo]
     /// All string metadata, including the writer's checksum key when present.
     public let metadata: [String: String]
-    /// True when the metadata carried `SafeTensorsWriter.checksumKey` and the data matched it;
-    /// nil when it carried none (files from other writers). A mismatch throws, so never false.
+    /// True when the metadata carried a checksum and the file matched it; nil when it
+    /// carried none (files from other writers). A mismatch throws unless the file was
+    /// opened with `verifyingChecksum: false`.
     public let checksumVerified: Bool?
+    /// What the checksum covers; nil when there is none.
+    public let checksumScope: ChecksumScope?
 
-    /// The whole file; tensor offsets are relative to `dataStart`.
-    private let bytes: [UInt8]
-    private let dataStart: Int
+    /// The data section; tensor offsets are relative to its start.
+    private let data: [UInt8]
 
     /// Reads and validates `path`. `verifyingChecksum: false` is for showing a damaged file
-    /// (`ddptrain inspect`); `checksumVerified` is then false when the data does not match.
+    /// (`ddptrain inspect`); `checksumVerified` is then false when the file does not match.
     public init(path: String, verifyingChecksum: Bool = true) throws(SafeTensorsError) {
-        let file = try OpenFile.open(path, flags: O_RDONLY, reportedPath: path)
-        let bytes = try file.readAll()
-        try file.close()
-        try self.init(bytes: bytes, path: path, verifyingChecksum: verifyingChecksum)
-    }
-
-    private init(bytes: [UInt8], path: String, verifyingChecksum: Bool) throws(SafeTensorsError) {
-        guard bytes.count >= 8 else {
-            throw .damaged(path, "truncated: file has \(bytes.count) bytes, the header length prefix alone needs 8")
+        let (file, size) = try OpenFile.openRegularFile(path)
+        guard size >= 8 else {
+            throw .damaged(path, "truncated: file has \(size) bytes, the header length prefix alone needs 8")
         }
-        let headerLength = bytes[0..<8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        let prefix = try file.read(8, atOffset: 0)
+        let headerLength = prefix.reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
         guard headerLength <= UInt64(maximumHeaderLength) else {
             throw .damaged(path, "header length \(headerLength) exceeds the limit of \(maximumHeaderLength) bytes")
         }
-        guard headerLength <= UInt64(bytes.count - 8) else {
-            throw .damaged(path, "truncated: header needs \(headerLength) bytes, file has \(bytes.count - 8) after the length prefix")
+        guard headerLength <= UInt64(size - 8) else {
+            throw .damaged(path, "truncated: header needs \(headerLength) bytes, file has \(size - 8) after the length prefix")
         }
-        let dataStart = 8 + Int(headerLength)
-        let header = try Self.decodeHeader(bytes[8..<dataStart], path: path)
+        let headerBytes = try file.read(Int(headerLength), atOffset: 8)
+        let header = try Self.decodeHeader(headerBytes, path: path)
         let tensors = header.tensors.sorted {
             ($0.dataOffsets.lowerBound, $0.dataOffsets.upperBound, $0.name)
                 < ($1.dataOffsets.lowerBound, $1.dataOffsets.upperBound, $1.name)
         }
         let dataLength = try Self.checkCoverage(tensors, path: path)
-        let available = bytes.count - dataStart
+        let dataStart = 8 + headerBytes.count
+        let available = size - dataStart
         guard dataLength <= available else {
             throw .damaged(path, "truncated: data section needs \(dataLength) bytes, file has \(available)")
         }
         guard dataLength == available else {
             throw .damaged(path, "trailing garbage: \(available - dataLength) bytes after the end of the data section")
         }
-
-        if let expected = header.metadata[SafeTensorsWriter.checksumKey] {
-            // Only the writer's own spelling is accepted: exactly 8 lowercase hex digits.
-            guard let expectedValue = UInt32(expected, radix: 16), hex(expectedValue) == expected else {
-                throw .damaged(path, "metadata \(SafeTensorsWriter.checksumKey) is not 8 hex digits: \"\(expected)\"")
-            }
-            let actual = bytes[dataStart...].withUnsafeBufferPointer { data in
-                UInt32(crc32_z(crc32_z(0, nil, 0), data.baseAddress, data.count))
-            }
-            if actual != expectedValue && verifyingChecksum {
-                throw .damaged(path, "checksum mismatch: header says 0x\(hex(expectedValue)), data gives 0x\(hex(actual))")
-            }
-            checksumVerified = actual == expectedValue
-        } else {
-            checksumVerified = nil
+        // The header accounts for every byte; still, a sound header may claim more than can be
+        // held in memory (a huge sparse file): refused rather than trapping on the allocation.
+        let memory = physicalMemory()
+        guard dataLength <= memory else {
+            throw SafeTensorsError(path: path, kind: .tooLarge,
+                                   problem: "data section of \(dataLength) bytes is larger than this machine's memory (\(memory) bytes)")
         }
+        let data = try file.read(dataLength, atOffset: dataStart)
+        try file.close()
+
+        var verified: Bool?
+        if let expected = try Self.checksum(SafeTensorsWriter.checksumKey, in: header.metadata, path: path) {
+            let digits = try Self.checksumDigits(in: headerBytes, path: path)
+            var actual = crc32_z(0, nil, 0)
+            for part in [prefix[...], headerBytes[..<digits.lowerBound], Array(SafeTensorsWriter.checksumPlaceholder.utf8)[...],
+                         headerBytes[digits.upperBound...], data[...]] {
+                actual = part.withUnsafeBufferPointer { crc32_z(actual, $0.baseAddress, $0.count) }
+            }
+            try Self.compare(expected: expected, actual: UInt32(actual), what: "file", verifying: verifyingChecksum, path: path)
+            verified = UInt32(actual) == expected
+        }
+        if let expected = try Self.checksum(SafeTensorsWriter.dataChecksumKey, in: header.metadata, path: path) {
+            let actual = UInt32(data.withUnsafeBufferPointer { crc32_z(crc32_z(0, nil, 0), $0.baseAddress, $0.count) })
+            try Self.compare(expected: expected, actual: actual, what: "data", verifying: verifyingChecksum, path: path)
+            verified = (verified ?? true) && actual == expected
+        }
+        checksumVerified = verified
+        checksumScope = header.metadata[SafeTensorsWriter.checksumKey] != nil ? .file
+            : header.metadata[SafeTensorsWriter.dataChecksumKey] != nil ? .data : nil
         self.path = path
         self.tensors = tensors
         self.metadata = header.metadata
-        self.bytes = bytes
-        self.dataStart = dataStart
+        self.data = data
     }
 
-    private static func decodeHeader(_ header: ArraySlice<UInt8>, path: String) throws(SafeTensorsError) -> DecodedHeader {
+    /// The value of checksum metadata `key`, if present. Only the writer's own spelling is
+    /// accepted: exactly 8 lowercase hex digits.
+    private static func checksum(_ key: String, in metadata: [String: String], path: String) throws(SafeTensorsError) -> UInt32? {
+        guard let text = metadata[key] else { return nil }
+        guard let value = UInt32(text, radix: 16), hex(value) == text else {
+            throw .damaged(path, "metadata \(key) is not 8 hex digits: \"\(text)\"")
+        }
+        return value
+    }
+
+    /// Where the 8 digits of the whole-file checksum lie in the header: after the one
+    /// occurrence of `"ddptrain.file_crc32":"`, as the writer spells it.
+    private static func checksumDigits(in header: [UInt8], path: String) throws(SafeTensorsError) -> Range<Int> {
+        let key = SafeTensorsWriter.checksumKey
+        let marker = Array("\"\(key)\":\"".utf8)
+        let found = header.ranges(of: marker)
+        guard found.count == 1, let start = found.first?.upperBound, start + 9 <= header.count,
+              header[start + 8] == UInt8(ascii: "\"") else {
+            throw .damaged(path, "metadata \(key) is not written once as \"\(key)\":\"<8 hex digits>\" in the header")
+        }
+        return start..<(start + 8)
+    }
+
+    private static func compare(expected: UInt32, actual: UInt32, what: String, verifying: Bool, path: String) throws(SafeTensorsError) {
+        if actual != expected && verifying {
+            throw .damaged(path, "checksum mismatch: header says 0x\(hex(expected)), \(what) gives 0x\(hex(actual))")
+        }
+    }
+
+    private static func decodeHeader(_ header: [UInt8], path: String) throws(SafeTensorsError) -> DecodedHeader {
         guard String(validating: header, as: UTF8.self) != nil else {
             throw .damaged(path, "header is not valid UTF-8")
         }
         guard header.first == UInt8(ascii: "{") else {
             throw .damaged(path, "header is not valid JSON: it does not start with '{'")
+        }
+        guard nestingDepth(of: header) <= maximumHeaderNesting else {
+            throw .damaged(path, "header is nested more than \(maximumHeaderNesting) levels deep")
         }
         do {
             return try JSONDecoder().decode(DecodedHeader.self, from: Data(header))
@@ -161,8 +219,29 @@ public struct SafeTensorsFile: Sendable {
     }
 
     private func copyBytes(of tensor: TensorInfo, to destination: UnsafeMutableRawBufferPointer) {
-        let range = (dataStart + tensor.dataOffsets.lowerBound)..<(dataStart + tensor.dataOffsets.upperBound)
-        bytes[range].withUnsafeBytes { source in destination.copyMemory(from: source) }
+        data[tensor.dataOffsets].withUnsafeBytes { source in destination.copyMemory(from: source) }
+    }
+
+    /// The first NaN or infinity in tensor `name` (F32 or F64): its flat index and value;
+    /// nil when every value is finite, or the tensor holds another dtype or does not exist.
+    public func firstNonFinite(in name: String) -> (index: Int, value: Double)? {
+        guard let tensor = tensor(named: name) else { return nil }
+        switch tensor.dtype {
+        case .f32: return firstNonFinite(in: tensor, as: Float.self)
+        case .f64: return firstNonFinite(in: tensor, as: Double.self)
+        default: return nil
+        }
+    }
+
+    /// Loads are unaligned: other writers need not align a tensor to its element size.
+    private func firstNonFinite<Value: BinaryFloatingPoint>(in tensor: TensorInfo, as type: Value.Type) -> (index: Int, value: Double)? {
+        data[tensor.dataOffsets].withUnsafeBytes { bytes in
+            for index in 0..<tensor.elementCount {
+                let value = bytes.loadUnaligned(fromByteOffset: index * MemoryLayout<Value>.size, as: Value.self)
+                if !value.isFinite { return (index, Double(value)) }
+            }
+            return nil
+        }
     }
 }
 

@@ -5,19 +5,31 @@ import Darwin
 #endif
 import CZlib
 
-/// Writes safetensors files atomically: the bytes go to a hidden temporary file in the same
-/// directory, which is flushed and then renamed over the final name, so a reader sees either
-/// the old file or the complete new one, never a partial file.
+/// Writes safetensors files atomically (`AtomicFile`: a new temporary file, created
+/// exclusively under a random name, flushed and renamed over the final name).
 ///
 /// Tensors are stored in the order given (for a checkpoint, the order of the flat parameter
 /// buffer, so the data section is one sequential pass over it); Python's safetensors and
 /// PyTorch do not care about the order. The data section starts 8-byte aligned; a caller
 /// that wants every tensor naturally aligned for zero-copy readers lists 8-byte dtypes
-/// before 4-byte ones, and so on (the reference writer sorts by dtype for this). The metadata always carries the CRC-32 (zlib) of the
-/// data section under `checksumKey`.
+/// before 4-byte ones, and so on (the reference writer sorts by dtype for this).
+///
+/// The metadata always carries a CRC-32 (zlib's) of the whole file under `checksumKey`, as
+/// 8 lowercase hex digits: computed over all the file's bytes (length prefix, header, data)
+/// with those 8 digits themselves read as "00000000". So the header (metadata, tensor
+/// names, shapes, offsets) is covered as well as the data. The key and its value must
+/// appear once in the header as the writer spells them, `"ddptrain.file_crc32":"<digits>"`,
+/// which is how a reader finds the digits to put the placeholder back. Files of older
+/// writers carry `dataChecksumKey` instead, the CRC-32 of the data section alone; readers
+/// still check it.
 public enum SafeTensorsWriter {
-    /// Metadata key of the data section's CRC-32: 8 lowercase hex digits.
-    public static let checksumKey = "ddptrain.data_crc32"
+    /// Metadata key of the whole file's CRC-32 (see above).
+    public static let checksumKey = "ddptrain.file_crc32"
+    /// Metadata key of the data section's CRC-32, written by older versions (checkpoint
+    /// format version 1); read, no longer written.
+    public static let dataChecksumKey = "ddptrain.data_crc32"
+    /// What the checksum's digits are taken as while the CRC is computed.
+    static let checksumPlaceholder = "00000000"
 
     /// One tensor to write.
     public struct Tensor {
@@ -59,58 +71,36 @@ public enum SafeTensorsWriter {
         }
     }
 
-    /// The hidden name the writer uses for `path` before renaming: `<dir>/.<name>.tmp.<pid>`.
-    public static func temporaryPath(for path: String) -> String {
-        let (directory, name) = split(path)
-        return "\(directory == "/" ? "" : directory)/.\(name).tmp.\(getpid())"
-    }
-
-    /// Writes `tensors` and `metadata` to `path`, replacing any existing file atomically.
-    /// On failure the temporary file is removed and an existing file at `path` is untouched,
-    /// except when only the final fsync of the directory fails: the new file is then in
-    /// place but may not survive a power loss, and the error says so by naming fsync.
+    /// Writes `tensors` and `metadata` to `path`, replacing any existing file atomically
+    /// (see `AtomicFile` for what a failure leaves behind).
     public static func write(_ tensors: [Tensor], metadata: [String: String], to path: String) throws(SafeTensorsError) {
         let layout = try self.layout(of: tensors, path: path)
-        guard metadata[checksumKey] == nil else {
-            throw .invalidRequest(path, "metadata key \(checksumKey) is reserved for the writer")
+        for key in [checksumKey, dataChecksumKey] where metadata[key] != nil {
+            throw .invalidRequest(path, "metadata key \(key) is reserved for the writer")
         }
         var fullMetadata = metadata
-        fullMetadata[checksumKey] = "00000000"
+        fullMetadata[checksumKey] = checksumPlaceholder
         let header = HeaderEncoder(metadata: fullMetadata, tensors: layout, placeholderKey: checksumKey)
 
-        let temporaryPath = temporaryPath(for: path)
-        let file = try OpenFile.open(temporaryPath, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644,
-                                     reportedPath: path)
-        do throws(SafeTensorsError) {
-            try withUnsafeBytes(of: UInt64(header.bytes.count).littleEndian) { prefix throws(SafeTensorsError) in
-                try file.writeAll(prefix)
-            }
-            try header.bytes.span.withUnsafeBytes { bytes throws(SafeTensorsError) in try file.writeAll(bytes) }
+        try AtomicFile.replace(path) { file throws(SafeTensorsError) in
             var checksum = crc32_z(0, nil, 0)
+            func write(_ bytes: UnsafeRawBufferPointer) throws(SafeTensorsError) {
+                checksum = crc32_z(checksum, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), bytes.count)
+                try file.writeAll(bytes)
+            }
+            try withUnsafeBytes(of: UInt64(header.bytes.count).littleEndian) { prefix throws(SafeTensorsError) in
+                try write(prefix)
+            }
+            try header.bytes.span.withUnsafeBytes { bytes throws(SafeTensorsError) in try write(bytes) }
             for tensor in tensors {
-                try tensor.withBytes { bytes throws(SafeTensorsError) in
-                    checksum = crc32_z(checksum, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), bytes.count)
-                    try file.writeAll(bytes)
-                }
+                try tensor.withBytes { bytes throws(SafeTensorsError) in try write(bytes) }
             }
             // The header comes first but the checksum is known last: patch its placeholder.
             let digits = Array(hex(UInt32(checksum)).utf8)
             try digits.span.withUnsafeBytes { bytes throws(SafeTensorsError) in
                 try file.writeAll(bytes, atOffset: 8 + header.placeholderOffset!)
             }
-            try file.sync()
-            try file.close()
-            guard rename(temporaryPath, path) == 0 else {
-                throw .systemCall("rename", path: path, operand: temporaryPath)
-            }
-        } catch {
-            unlink(temporaryPath)
-            throw error
         }
-        // The rename is durable only once the directory entry is flushed too.
-        let directory = try OpenFile.open(split(path).directory, flags: O_RDONLY | O_DIRECTORY, reportedPath: path)
-        try directory.sync()
-        try directory.close()
     }
 
     /// Checks the tensors and assigns them consecutive data offsets in the order given.
@@ -136,13 +126,6 @@ public enum SafeTensorsWriter {
             offset += givenCount
         }
         return layout
-    }
-
-    /// Directory and file name of a path; a bare name lives in ".".
-    private static func split(_ path: String) -> (directory: String, name: String) {
-        guard let slash = path.lastIndex(of: "/") else { return (".", path) }
-        let directory = String(path[..<slash])
-        return (directory.isEmpty ? "/" : directory, String(path[path.index(after: slash)...]))
     }
 }
 

@@ -16,10 +16,10 @@ struct Bench: ParsableCommand {
 
     @OptionGroup var options: TrainOptions
 
-    @Option(help: "Steps run before timing starts (warm-up: page faults, BLAS buffers, caches).")
+    @Option(parsing: .unconditional, help: "Steps run before timing starts (warm-up: page faults, BLAS buffers, caches).")
     var untimedSteps = 10
 
-    @Option(help: "Steps timed.")
+    @Option(parsing: .unconditional, help: "Steps timed.")
     var timedSteps = 100
 
     @Flag(help: "Evaluate on the test set once after the timed steps (not timed), as the PyTorch peer does, so that peak RSS includes evaluation.")
@@ -36,13 +36,17 @@ struct Bench: ParsableCommand {
             let folder = URL(fileURLWithPath: stepLog).deletingLastPathComponent().path
             guard access(folder, W_OK) == 0 else { throw ValidationError("--step-log \(stepLog): cannot write into \(folder)") }
         }
-        guard untimedSteps >= 0 else { throw ValidationError("--untimed-steps must be at least 0") }
-        guard timedSteps >= 1 else { throw ValidationError("--timed-steps must be at least 1") }
+        guard untimedSteps >= 0 else { throw ValidationError("--untimed-steps must be at least 0, got \(untimedSteps)") }
+        guard timedSteps >= 1 else { throw ValidationError("--timed-steps must be at least 1, got \(timedSteps)") }
+        guard timedSteps <= TrainConfig.maxCount - untimedSteps else {
+            throw ValidationError("--untimed-steps plus --timed-steps must be at most \(TrainConfig.maxCount), got \(untimedSteps) + \(timedSteps)")
+        }
         if options.resume != nil { throw ValidationError("bench does not resume: it starts from the seed's weights") }
     }
 
-    func config() throws -> TrainConfig {
-        var config = try options.resolve()
+    /// Reads the config file: only once MPI runs (TrainOptions.resolve(in:)).
+    func config(in world: Communicator) throws -> TrainConfig {
+        var config = try options.resolve(in: world)
         config.steps = untimedSteps + timedSteps
         // --evaluate: one evaluation, after the last (timed) step; no epoch-end evaluations.
         config.evalEvery = evaluate ? Int(Int32.max) : 0
@@ -53,8 +57,8 @@ struct Bench: ParsableCommand {
     }
 
     func run() throws {
-        let config = try config()
         try withWorld { world in
+            let config = try config(in: world)
             let trainer = try Trainer(config: config, world: world)
             trainer.timingWarmup = untimedSteps
             trainer.recordStepTimes = true

@@ -26,7 +26,10 @@ struct Compare: ParsableCommand {
             throw ValidationError("compare takes --resume auto (each variant resumes from its own folder), not a file: '\(resume)'")
         }
         do {
-            _ = try makeVariants(base: try options.resolve(), variations: try variations())
+            let variations = try variations()
+            // A config file is read once MPI runs (run()); without one the flags are the
+            // whole configuration, and every variant can be checked here.
+            if options.config == nil { _ = try makeVariants(base: try options.resolve(), variations: variations) }
         } catch let error as ConfigError {
             throw ValidationError(error.message)
         }
@@ -37,12 +40,12 @@ struct Compare: ParsableCommand {
     }
 
     func run() throws {
-        let base = try options.resolve()
-        let variants = try makeVariants(base: base, variations: try variations())
         let command = "ddptrain " + CommandLine.arguments.dropFirst().joined(separator: " ")
         let decoder = JSONDecoder()
         decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         try withWorld { world in
+            let base = try options.resolve(in: world)
+            let variants = try agreeOnSuccess(world) { try makeVariants(base: base, variations: try variations()) }
             try RunDirectory.prepareComparison(path: base.runDir, world: world)
             var results: [VariantResult] = []
             for (i, variant) in variants.enumerated() {

@@ -12,15 +12,22 @@ struct DDPTrainCommand: ParsableCommand {
         discussion: "Run under mpirun: every rank holds a replica and trains on its own slice of each global batch.",
         subcommands: [Train.self, Compare.self, Eval.self, Inspect.self, Summary.self, Init.self, Doctor.self, Bench.self, Microbench.self])
 
-    /// Argument errors happen before MPI starts, identically on every rank: only the rank
-    /// that the launcher numbered 0 prints them and exits with their status; the others
-    /// exit quietly with 0 (see below).
+    /// Argument errors happen before MPI starts, identically on every rank started with
+    /// rank 0's command line: only the rank that the launcher numbered 0 prints them and
+    /// exits with their status; the others exit quietly with 0 (see below). A rank started
+    /// with a command line of its own (an MPMD launch) reports its errors itself: rank 0 may
+    /// have none and would wait for it in MPI_Init. (Files named by the arguments are read
+    /// once MPI runs, under agreeOnSuccess.)
     static func main() {
         do {
             var command = try parseAsRoot()
             try command.run()
         } catch {
             if launchRank == 0 { exit(withError: error) }
+            if hasOwnCommandLine {
+                FileHandle.standardError.write("ddptrain: error on rank \(launchRank), which has a command line of its own:\n")
+                exit(withError: error)
+            }
             // Rank 0 reports and carries the status. Were this rank to exit non-zero first,
             // mpirun could end rank 0 before it printed the message.
             Foundation.exit(0)
@@ -35,6 +42,14 @@ let launchRank: Int = {
         if let value = env[key], let rank = Int(value) { return rank }
     }
     return 0
+}()
+
+/// True when this process may have been started with another command line than rank 0's:
+/// a later app context of an Open MPI MPMD launch (`mpirun -n 1 A : -n 1 B`).
+let hasOwnCommandLine: Bool = {
+    let env = ProcessInfo.processInfo.environment
+    guard let contexts = env["OMPI_NUM_APP_CTX"].flatMap({ Int($0) }), contexts > 1 else { return false }
+    return env["OMPI_MCA_orte_app_num"].flatMap { Int($0) } != 0
 }()
 
 /// Runs `body` with the world communicator. An error on any rank is printed with the rank

@@ -16,7 +16,7 @@ struct Eval: ParsableCommand {
     var dataset: String?
     @Option(help: "Folder with the data files (default: the checkpoint's).")
     var dataDir: String?
-    @Option(help: "Compute threads per rank (default: as for train).")
+    @Option(parsing: .unconditional, help: "Compute threads per rank (default: as for train).")
     var threads: Int?
     @Flag(help: "Print the result as one JSON line.")
     var json = false
@@ -49,13 +49,18 @@ struct Eval: ParsableCommand {
             if let dataset { config.dataset = dataset }
             if let dataDir { config.dataDir = dataDir }
             config.trainSamples = nil
+            // The checkpoint's values and this command's, each on its own (a damaged or
+            // foreign checkpoint, or --dataset with a typo).
+            try agreeOnSuccess(world) { try config.validateValues() }
 
             let data = try TrainingData.load(config: config, world: world)
             guard let test = data.test else { throw TrainingError("no test set for \(config.dataset)") }
             let batch = 256
             let replicas = try agreeOnSuccess(world) {
-                try ComputeReplicas(spec: config.modelSpec(), inputShape: data.sampleShape, maxBatch: batch,
-                                    threads: try threads ?? ComputeReplicas.defaultThreads(), classes: test.classes,
+                let spec = try config.modelSpec()
+                let threads = try threads ?? ComputeReplicas.defaultThreads()
+                try config.checkMemory(spec: spec, inputShape: data.sampleShape, batch: batch, threads: threads, training: false)
+                return try ComputeReplicas(spec: spec, inputShape: data.sampleShape, maxBatch: batch, threads: threads, classes: test.classes,
                                     labelSmoothing: Float(config.labelSmoothing), rankStatistics: LocalStatistics(), dropout: nil)
             }
             try agreeOnSuccess(world) {

@@ -24,11 +24,11 @@ struct Init: ParsableCommand {
     }
 
     func run() throws {
-        let dims = input.split(separator: ",").compactMap { Int($0) }
-        guard dims.count == 3, dims.allSatisfy({ $0 > 0 }) else { throw ValidationError("--input takes C,H,W, got '\(input)'") }
+        guard let shape = sampleShape(input) else { throw ValidationError("--input takes C,H,W with positive integers, at most \(ModelSpec.maxValuesPerSample) values, got '\(input)'") }
         do {
             let spec = try ModelSpec.named(model)
-            let built = try spec.build(inputShape: Shape(n: 1, c: dims[0], h: dims[1], w: dims[2]), maxBatch: 1)
+            try spec.checkMemory(inputShape: shape, batch: 1, replicas: 1, optimizerSlots: 0, ranksOnNode: 1)
+            let built = try spec.build(inputShape: shape, maxBatch: 1)
             let perLayer = try spec.layerInitializers.mapValues { try Initializer(parsing: $0) }
             for warning in try built.initialize(try Initializer(parsing: initializer), perLayer: perLayer, seed: seed) {
                 print("warning: \(warning)")

@@ -1,10 +1,17 @@
 import ArgumentParser
+import DDPTrain
 import Foundation
 import SafeTensors
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print a checkpoint's metadata, its tensors (name, shape, dtype) and whether its checksum holds.")
+        abstract: "Print a checkpoint's metadata, its tensors (name, shape, dtype) and whether its checksum holds.",
+        discussion: """
+            Exits 1 when the file cannot be read (permissions, an I/O error, not a regular file: \
+            a FIFO or a device is refused without reading it) or is damaged. A file whose layout \
+            is sound is still shown with its problems: a failed checksum, non-finite values, \
+            a ddptrain checkpoint's bad metadata.
+            """)
 
     @Argument(help: "A .safetensors file.")
     var file: String
@@ -21,7 +28,19 @@ struct Inspect: ParsableCommand {
             throw ExitCode.failure
         }
         let checksumOK = opened.checksumVerified
-        let checksumProblem: String? = checksumOK == false ? "the data does not match the CRC-32 in the header" : nil
+        let covered = opened.checksumScope == .data ? "data" : "file"
+        let checksumProblem: String? = checksumOK == false ? "the \(covered) does not match the CRC-32 in the header" : nil
+        var problems = checksumProblem.map { [$0] } ?? []
+        for t in opened.tensors {
+            if let (index, value) = opened.firstNonFinite(in: t.name) {
+                problems.append("tensor \(t.name) holds a non-finite value (\(value)) at index \(index)")
+            }
+        }
+        if opened.metadata["format"] == "ddptrain-checkpoint" && checksumOK != false {
+            do { _ = try CheckpointReader(path: file) } catch let error as CheckpointError { problems.append(error.problem) } catch {
+                problems.append("\(error)")
+            }
+        }
         if json {
             var object: [String: Any] = [
                 "file": file,
@@ -29,25 +48,28 @@ struct Inspect: ParsableCommand {
                 "tensors": opened.tensors.map { ["name": $0.name, "dtype": $0.dtype.rawValue, "shape": $0.shape] as [String: Any] },
             ]
             object["checksum_ok"] = checksumOK ?? NSNull()
+            object["checksum_covers"] = opened.checksumScope == nil ? NSNull() : covered
             if let checksumProblem { object["checksum_problem"] = checksumProblem }
+            object["problems"] = problems
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         } else {
             print("file: \(file)")
             switch checksumOK {
-            case true?: print("checksum: ok")
+            case true?: print("checksum: ok (\(covered == "file" ? "whole file" : "data only"))")
             case false?: print("checksum: MISMATCH: \(checksumProblem ?? "")")
             case nil: print("checksum: none in the header")
             }
             print("metadata:")
             for key in opened.metadata.keys.sorted() where key != "config" { print("  \(key): \(opened.metadata[key]!)") }
             if let config = opened.metadata["config"] { print("  config: \(config)") }
+            for problem in problems where problem != checksumProblem { print("problem: \(problem)") }
             let width = opened.tensors.map(\.name.count).max() ?? 0
             print("tensors (\(opened.tensors.count)):")
             for t in opened.tensors {
                 print("  " + t.name.padding(toLength: width, withPad: " ", startingAt: 0) + "  \(t.dtype.rawValue)  \(t.shape)")
             }
         }
-        if checksumOK == false { throw ExitCode.failure }
+        if !problems.isEmpty { throw ExitCode.failure }
     }
 }

@@ -13,19 +13,17 @@ struct Summary: ParsableCommand {
     var input = "1,28,28"
 
     func validate() throws {
-        guard parseInput() != nil else { throw ValidationError("--input takes C,H,W with positive integers, got '\(input)'") }
-    }
-
-    private func parseInput() -> Shape? {
-        let dims = input.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
-        guard dims.count == 3, dims.allSatisfy({ $0 > 0 }) else { return nil }
-        return Shape(n: 1, c: dims[0], h: dims[1], w: dims[2])
+        guard sampleShape(input) != nil else {
+            throw ValidationError("--input takes C,H,W with positive integers, at most \(ModelSpec.maxValuesPerSample) values, got '\(input)'")
+        }
     }
 
     func run() throws {
         do {
             let spec = try ModelSpec.named(model)
-            let built = try spec.build(inputShape: parseInput()!, maxBatch: 1)
+            let shape = sampleShape(input)!
+            try spec.checkMemory(inputShape: shape, batch: 1, replicas: 1, optimizerSlots: 0, ranksOnNode: 1)
+            let built = try spec.build(inputShape: shape, maxBatch: 1)
             print(built.summaryTable(name: spec.name), terminator: "")
         } catch let error as ModelSpecError {
             throw ValidationError(error.message)
@@ -33,4 +31,14 @@ struct Summary: ParsableCommand {
             throw ValidationError("model \(model): \(error.message)")
         }
     }
+}
+
+/// One sample's shape from "C,H,W" (`--input` of init and summary): positive integers whose
+/// product a layer can hold (ModelSpec.maxValuesPerSample); nil otherwise.
+func sampleShape(_ text: String) -> Shape? {
+    let dims = text.split(separator: ",", omittingEmptySubsequences: false).compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+    guard dims.count == 3, dims.allSatisfy({ $0 > 0 }),
+          case let (ch, false) = dims[0].multipliedReportingOverflow(by: dims[1]),
+          case let (all, false) = ch.multipliedReportingOverflow(by: dims[2]), all <= ModelSpec.maxValuesPerSample else { return nil }
+    return Shape(n: 1, c: dims[0], h: dims[1], w: dims[2])
 }

@@ -12,8 +12,8 @@ struct Train: ParsableCommand {
     var json = false
 
     func run() throws {
-        let config = try options.resolve()
         try withWorld { world in
+            let config = try options.resolve(in: world)
             // Data, model and options are checked on every rank before anything is written;
             // a failure there is an input error (exit 65) that a restart would repeat.
             let (trainer, run, log) = try inputPhase {

@@ -1,8 +1,11 @@
 import ArgumentParser
+import DDPComm
 import DDPTrain
 
-/// The training options, shared by `train` and `compare`. Every option is optional here:
-/// unset flags take the `--config` file's value, then the default (TrainConfig).
+/// The training options, shared by `train`, `compare` and `bench`. Every option is optional
+/// here: unset flags take the `--config` file's value, then the default (TrainConfig).
+/// Numbers are parsed `.unconditional`ly, so that `--lr -1` reaches validation (and says
+/// what is wrong with -1) instead of being taken for a flag.
 struct TrainOptions: ParsableArguments {
     @Option(help: "YAML or JSON file with the same keys as these options; flags override it.")
     var config: String?
@@ -11,20 +14,20 @@ struct TrainOptions: ParsableArguments {
     var dataset: String?
     @Option(help: "Folder with the data files (default for fashion-mnist: /usr/share/datasets/fashion-mnist).")
     var dataDir: String?
-    @Option(help: "Use only the first N training samples.")
+    @Option(parsing: .unconditional, help: "Use only the first N training samples.")
     var trainSamples: Int?
-    @Option(help: "Samples of the synthetic dataset (default 2048).")
+    @Option(parsing: .unconditional, help: "Samples of the synthetic dataset (default 2048).")
     var syntheticSamples: Int?
     @Option(help: "A preset (mlp, fmnist-cnn, lenet5, resnet8) or a YAML/JSON model file (default fmnist-cnn).")
     var model: String?
 
-    @Option(help: "Epochs to train (default 10).")
+    @Option(parsing: .unconditional, help: "Epochs to train (default 10).")
     var epochs: Int?
-    @Option(help: "Steps to train; overrides --epochs.")
+    @Option(parsing: .unconditional, help: "Steps to train; overrides --epochs.")
     var steps: Int?
-    @Option(help: "Samples per rank per step (default 32).")
+    @Option(parsing: .unconditional, help: "Samples per rank per step (default 32).")
     var perRankBatch: Int?
-    @Option(help: "Samples per step over all ranks; slices differ by at most one when it does not divide.")
+    @Option(parsing: .unconditional, help: "Samples per step over all ranks; slices differ by at most one when it does not divide.")
     var globalBatch: Int?
 
     @Option(help: "Batch-norm statistics: sync (across ranks), local (per rank), or none (no batch norm) (default sync).")
@@ -33,63 +36,77 @@ struct TrainOptions: ParsableArguments {
     var initializer: String?
     @Option(help: "sgd, adam or adamw (default sgd).")
     var optimizer: String?
-    @Option(help: "Base learning rate (default 0.1).")
+    @Option(parsing: .unconditional, help: "Base learning rate (default 0.1).")
     var lr: Double?
-    @Option(help: "Scale the learning rate to the global batch: lr x global batch / B (the linear scaling rule).")
+    @Option(parsing: .unconditional, help: "Scale the learning rate to the global batch: lr x global batch / B (the linear scaling rule).")
     var lrReferenceBatch: Int?
-    @Option(help: "SGD momentum (default 0.9).")
+    @Option(parsing: .unconditional, help: "SGD momentum (default 0.9).")
     var momentum: Double?
     @Flag(help: "Nesterov momentum (SGD).")
     var nesterov = false
-    @Option(help: "L2 weight decay on weights, never biases or batch-norm parameters (default 5e-4).")
+    @Option(parsing: .unconditional, help: "L2 weight decay on weights, never biases or batch-norm parameters (default 5e-4).")
     var weightDecay: Double?
     @Option(help: "constant, step:EVERY:GAMMA or cosine (default cosine).")
     var schedule: String?
-    @Option(help: "Linear warm-up steps (default 200).")
+    @Option(parsing: .unconditional, help: "Linear warm-up steps (default 200).")
     var warmupSteps: Int?
-    @Option(help: "Clip the global gradient L2 norm to X (default 5).")
+    @Option(parsing: .unconditional, help: "Clip the global gradient L2 norm to X (default 5).")
     var clipNorm: Double?
     @Flag(help: "Turn off clipping by norm.")
     var noClipNorm = false
-    @Option(help: "Clamp every gradient element to [-X, X].")
+    @Option(parsing: .unconditional, help: "Clamp every gradient element to [-X, X].")
     var clipValue: Double?
-    @Option(help: "Dropout rate for every dropout layer (overrides the model's).")
+    @Option(parsing: .unconditional, help: "Dropout rate for every dropout layer (overrides the model's).")
     var dropout: Double?
-    @Option(help: "Label smoothing of the cross-entropy (default 0).")
+    @Option(parsing: .unconditional, help: "Label smoothing of the cross-entropy (default 0).")
     var labelSmoothing: Double?
-    @Option(help: "Seed of initialization, shuffling and dropout (default 0).")
+    @Option(parsing: .unconditional, help: "Seed of initialization, shuffling and dropout (default 0).")
     var seed: UInt64?
     @Flag(help: "Global batch k is samples kB to kB+B-1.")
     var noShuffle = false
 
     @Option(help: "Folder for config, metrics and checkpoints (default runs/latest).")
     var runDir: String?
-    @Option(help: "Evaluate every N epochs; 0 turns evaluation off (default 1).")
+    @Option(parsing: .unconditional, help: "Evaluate every N epochs; 0 turns evaluation off (default 1).")
     var evalEvery: Int?
-    @Option(help: "Print a line every N steps when not on a terminal (default 50).")
+    @Option(parsing: .unconditional, help: "Print a line every N steps when not on a terminal (default 50).")
     var logEvery: Int?
     @Option(help: "Start from these weights (safetensors; a PyTorch state_dict of the same nn.Sequential loads).")
     var initFrom: String?
-    @Option(help: "Compare a parameter hash across ranks every K steps; stop on divergence (default 0: off).")
+    @Option(parsing: .unconditional, help: "Also compare a parameter hash across ranks every K steps, besides before each checkpoint and at the end; stop on divergence (default 0: no extra checks).")
     var checkReplicas: Int?
-    @Option(help: "Stop after this many consecutive steps with non-finite gradients (default 10).")
+    @Option(parsing: .unconditional, help: "Stop after this many consecutive steps with non-finite gradients (default 10).")
     var maxSkippedSteps: Int?
-    @Option(help: "Write a checkpoint every K steps; 0: only at epoch ends and at the end (default 0).")
+    @Option(parsing: .unconditional, help: "Write a checkpoint every K steps; 0: only at epoch ends and at the end (default 0).")
     var checkpointEvery: Int?
-    @Option(help: "Keep the newest N checkpoints (default 3).")
+    @Option(parsing: .unconditional, help: "Keep the newest N checkpoints (default 3).")
     var keep: Int?
     @Option(help: "auto (newest valid checkpoint in the run dir, or a fresh start) or a checkpoint file.")
     var resume: String?
     @Flag(help: "Allow resuming with another global batch than the checkpoint's.")
     var allowBatchChange = false
-    @Option(help: "End the job when one training step takes longer than this many seconds: a rank or host is lost or stuck (default 0: no limit). Allow for evaluation and checkpoints.")
+    @Option(parsing: .unconditional, help: "End the job when one training step takes longer than this many seconds: a rank or host is lost or stuck (default 0: no limit). Allow for evaluation and checkpoints.")
     var collectiveTimeout: Double?
-    @Option(help: "Compute threads per rank, each training its own part of the rank's slice (default: OPENBLAS_NUM_THREADS or OMP_NUM_THREADS if set, else the node's cores divided among its ranks).")
+    @Option(parsing: .unconditional, help: "Compute threads per rank, each training its own part of the rank's slice (default: OPENBLAS_NUM_THREADS or OMP_NUM_THREADS if set, else the node's cores divided among its ranks).")
     var threads: Int?
 
-    /// Defaults, then the config file, then the flags given.
+    /// Defaults, then the config file, then the flags given. Reads the config file: only
+    /// once MPI runs, through `resolve(in:)`.
     func resolve() throws -> TrainConfig {
-        var c = try config.map { try TrainConfig.load(file: $0) } ?? TrainConfig()
+        let c = applyFlags(to: try config.map { try TrainConfig.load(file: $0) } ?? TrainConfig())
+        try c.validate()
+        return c
+    }
+
+    /// The resolved configuration, agreed on by every rank: a config file that one rank
+    /// cannot read or parse ends the job on every rank, naming the rank and the file (I5).
+    func resolve(in world: Communicator) throws -> TrainConfig {
+        try agreeOnSuccess(world) { try resolve() }
+    }
+
+    /// `base` with the flags given on top.
+    func applyFlags(to base: TrainConfig) -> TrainConfig {
+        var c = base
         if let v = dataset { c.dataset = v }
         if let v = dataDir { c.dataDir = v }
         if let v = trainSamples { c.trainSamples = v }
@@ -128,13 +145,21 @@ struct TrainOptions: ParsableArguments {
         if allowBatchChange { c.allowBatchChange = true }
         if let v = collectiveTimeout { c.collectiveTimeout = v }
         if let v = threads { c.threads = v }
-        try c.validate()
         return c
     }
 
+    /// The command line alone, before MPI starts (a usage error, exit 64, on every rank
+    /// alike): everything when there is no config file; with one, each flag's value on its
+    /// own, as the file is read once MPI runs (a rank that fails to read it before then
+    /// would leave the others waiting).
     func validate() throws {
         if clipNorm != nil && noClipNorm { throw ValidationError("give --clip-norm or --no-clip-norm, not both") }
-        do { _ = try resolve() } catch let error as ConfigError { throw ValidationError(error.message) }
+        let flags = applyFlags(to: TrainConfig())
+        do {
+            if config == nil { try flags.validate() } else { try flags.validateValues() }
+        } catch let error as ConfigError {
+            throw ValidationError(error.message)
+        }
     }
 }
 

@@ -29,6 +29,20 @@ final class CommunicatorTests: XCTestCase {
         try world.barrier()
     }
 
+    /// Compute threads call no MPI, but the training loop calls it while they run: MPI must
+    /// provide MPI_THREAD_FUNNELED at least. Less is an error naming the call and the levels.
+    func testThreadSupportBelowFunneledIsRefused() throws {
+        _ = try Communicator.world()
+        XCTAssertEqual(Communicator.threadLevelName(Communicator.requiredThreadLevel), "MPI_THREAD_FUNNELED")
+        XCTAssertNoThrow(try Communicator.checkThreadLevel(provided: Communicator.requiredThreadLevel, call: "MPI_Init_thread"))
+        XCTAssertThrowsError(try Communicator.checkThreadLevel(provided: Communicator.requiredThreadLevel - 1, call: "MPI_Init_thread")) { error in
+            guard let mpi = error as? MPIError else { return XCTFail("expected MPIError, got \(error)") }
+            XCTAssertEqual(mpi.call, "MPI_Init_thread")
+            XCTAssertEqual(mpi.description, "MPI_Init_thread on rank -1: the MPI library provides thread support MPI_THREAD_SINGLE, "
+                           + "ddptrain needs MPI_THREAD_FUNNELED (its training loop calls MPI while compute threads run)")
+        }
+    }
+
     func testFailingCallBecomesErrorNamingTheCall() throws {
         let world = try Communicator.world()
         var x: [Float] = [1]

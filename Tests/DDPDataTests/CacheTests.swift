@@ -70,9 +70,84 @@ final class CacheTests: XCTestCase {
         let handle = try XCTUnwrap(FileHandle(forWritingAtPath: path))
         try handle.truncate(atOffset: 100)
         try handle.close()
+        try assertRebuilt(because: "header")
+    }
+
+    /// The built cache's bytes, and the offset of its labels (found by their values 0...5).
+    func builtCache() throws -> (path: String, bytes: [UInt8], labelsOffset: Int) {
+        try? FileManager.default.removeItem(atPath: cache)
+        guard case .built(let path) = try load(cacheDirectory: cache).cacheStatus else { throw XCTSkip("no cache built") }
+        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        let labels: [UInt8] = (0..<6).flatMap { (i: Int) -> [UInt8] in [UInt8(i), 0, 0, 0] }
+        let offset = try XCTUnwrap((0...(bytes.count - labels.count)).first { (i: Int) -> Bool in
+            bytes[i..<(i + labels.count)].elementsEqual(labels)
+        })
+        return (path, bytes, offset)
+    }
+
+    /// Loads again and expects the cache to have been rebuilt because of `damage`.
+    func assertRebuilt(because damage: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let again = try load(cacheDirectory: cache)
-        guard case .built = again.cacheStatus else { return XCTFail("damaged cache was used: \(again.cacheStatus)") }
-        XCTAssertTrue(sameData(again, try load(cacheDirectory: nil)))
+        guard case .rebuilt(_, let reason) = again.cacheStatus else {
+            return XCTFail("damaged cache: \(again.cacheStatus)", file: file, line: line)
+        }
+        XCTAssertTrue(reason.contains(damage), reason, file: file, line: line)
+        XCTAssertTrue(sameData(again, try load(cacheDirectory: nil)), file: file, line: line)
+        XCTAssertTrue(try load(cacheDirectory: cache).loadedFromCache, "the rebuilt cache is mapped next time", file: file, line: line)
+    }
+
+    /// One damaged label byte once made a label index out of bounds: the checksum finds it.
+    func testDamagedLabelByteIsRebuilt() throws {
+        var (path, bytes, labelsOffset) = try builtCache()
+        bytes[labelsOffset + 4 * 5] = 200
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        try assertRebuilt(because: "checksum")
+    }
+
+    func testDamagedPixelByteIsRebuilt() throws {
+        var (path, bytes, _) = try builtCache()
+        bytes[bytes.count - 1] ^= 1
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        try assertRebuilt(because: "checksum")
+    }
+
+    /// A cache whose checksum agrees (written so) but whose label is out of range.
+    func testLabelOutOfRangeIsRebuiltEvenWithAValidChecksum() throws {
+        var (path, bytes, labelsOffset) = try builtCache()
+        bytes[labelsOffset + 4 * 5] = 200
+        let checksum = crc32(bytes[64...], continuing: crc32(bytes[0..<56]))
+        for i in 0..<8 { bytes[56 + i] = UInt8(truncatingIfNeeded: UInt64(checksum) >> (8 * UInt64(i))) }
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        try assertRebuilt(because: "label 200 at index 5 is out of range 0..9")
+    }
+
+    /// Header fields that claim more than the file holds, or overflow when multiplied.
+    func testHeaderFieldsOutOfRangeAreRebuilt() throws {
+        for (field, value) in [(0, UInt64.max), (0, UInt64(1) << 40), (1, UInt64(1) << 62), (5, UInt64(1) << 50), (4, 0)] {
+            var (path, bytes, _) = try builtCache()
+            for i in 0..<8 { bytes[8 + 8 * field + i] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))) }
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+            try assertRebuilt(because: "header")
+        }
+    }
+
+    func testTruncatedToLessThanTheHeaderIsRebuilt() throws {
+        let (path, bytes, _) = try builtCache()
+        try Data(bytes.prefix(20)).write(to: URL(fileURLWithPath: path))
+        try assertRebuilt(because: "20 bytes")
+    }
+
+    /// A link where the cache goes is neither read nor written through: the cache replaces it.
+    func testSymlinkInPlaceOfTheCacheIsNotFollowed() throws {
+        let (path, _, _) = try builtCache()
+        let victim = folder.write("victim", Array("keep me".utf8))
+        try FileManager.default.removeItem(atPath: path)
+        try FileManager.default.createSymbolicLink(atPath: path, withDestinationPath: victim)
+        let again = try load(cacheDirectory: cache)
+        guard case .rebuilt(_, let reason) = again.cacheStatus else { return XCTFail("\(again.cacheStatus)") }
+        XCTAssertTrue(reason.contains("symbolic link"), reason)
+        XCTAssertEqual(try String(contentsOfFile: victim, encoding: .utf8), "keep me")
+        XCTAssertEqual(try FileManager.default.attributesOfItem(atPath: path)[.type] as? FileAttributeType, .typeRegular)
     }
 
     func testUnwritableCacheFallsBackToMemory() throws {
@@ -91,4 +166,14 @@ final class CacheTests: XCTestCase {
         unsetenv("XDG_CACHE_HOME")
         XCTAssertEqual(Dataset.defaultCacheDirectory, String(cString: getenv("HOME")) + "/.cache/ddptrain")
     }
+}
+
+/// CRC-32 (zlib's polynomial), bit by bit: the cache's checksum, computed independently.
+func crc32<C: Collection>(_ bytes: C, continuing previous: UInt32 = 0) -> UInt32 where C.Element == UInt8 {
+    var crc = ~previous
+    for byte in bytes {
+        crc ^= UInt32(byte)
+        for _ in 0..<8 { crc = crc & 1 == 1 ? (crc >> 1) ^ 0xedb8_8320 : crc >> 1 }
+    }
+    return ~crc
 }

@@ -2,12 +2,12 @@ import DDPData
 import XCTest
 
 final class SyntheticTests: XCTestCase {
-    func make(seed: UInt64, split: Split = .train, count: Int = 500) -> Dataset {
-        Dataset.synthetic(count: count, channels: 2, height: 5, width: 4, classes: 7, seed: seed, split: split)
+    func make(seed: UInt64, split: Split = .train, count: Int = 500) throws -> Dataset {
+        try Dataset.synthetic(count: count, channels: 2, height: 5, width: 4, classes: 7, seed: seed, split: split)
     }
 
-    func testShapeAndClasses() {
-        let d = make(seed: 1)
+    func testShapeAndClasses() throws {
+        let d = try make(seed: 1)
         XCTAssertEqual(d.name, "synthetic-train")
         XCTAssertEqual(d.count, 500)
         XCTAssertEqual(d.shape(batch: 3).dims, [3, 2, 5, 4])
@@ -15,17 +15,17 @@ final class SyntheticTests: XCTestCase {
         XCTAssertEqual(Set((0..<d.count).map { d.labels[$0] }), Set(0..<7))
     }
 
-    func testDeterministicBySeed() {
-        XCTAssertTrue(sameData(make(seed: 1), make(seed: 1)))
-        XCTAssertFalse(sameData(make(seed: 1), make(seed: 2)))
-        XCTAssertFalse(sameData(make(seed: 1), make(seed: 1, split: .test)))
-        let small = make(seed: 1, count: 100), large = make(seed: 1)
+    func testDeterministicBySeed() throws {
+        XCTAssertTrue(sameData(try make(seed: 1), try make(seed: 1)))
+        XCTAssertFalse(sameData(try make(seed: 1), try make(seed: 2)))
+        XCTAssertFalse(sameData(try make(seed: 1), try make(seed: 1, split: .test)))
+        let small = try make(seed: 1, count: 100), large = try make(seed: 1)
         XCTAssertEqual(memcmp(small.pixels, large.pixels, 100 * 40), 0, "sample i does not depend on the count")
     }
 
     /// Nearest class mean, fitted on train, classifies the test split: the classes are separable.
-    func testLearnable() {
-        let train = make(seed: 3, count: 700), test = make(seed: 3, split: .test, count: 300)
+    func testLearnable() throws {
+        let train = try make(seed: 3, count: 700), test = try make(seed: 3, split: .test, count: 300)
         let n = train.samplePixels
         var means = [Double](repeating: 0, count: 7 * n), counts = [Double](repeating: 0, count: 7)
         for i in 0..<train.count {
@@ -44,8 +44,8 @@ final class SyntheticTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(correct, 297)
     }
 
-    func testGatherWithoutNormalization() {
-        let d = make(seed: 4)
+    func testGatherWithoutNormalization() throws {
+        let d = try make(seed: 4)
         var x = [Float](repeating: 0, count: 2 * 40)
         var labels: [Int32] = [-1, -1]
         let indices: [Int32] = [499, 3]

@@ -101,3 +101,79 @@ final class ModelSpecTests: XCTestCase {
         }
     }
 }
+
+/// Hostile model files and sizes: refused with the file, layer and numbers before anything
+/// is allocated or any recursion runs deep.
+extension ModelSpecTests {
+    func temporaryPath(_ name: String) -> String {
+        FileManager.default.temporaryDirectory.appendingPathComponent("\(UUID().uuidString)-\(name)").path
+    }
+
+    func expectError(_ body: @autoclosure () throws -> Any, _ text: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertThrowsError(try body(), file: file, line: line) { error in
+            XCTAssertTrue("\(error)".contains(text), "\(error)", file: file, line: line)
+        }
+    }
+
+    func testModelFilesAreBoundedRegularFiles() throws {
+        let big = temporaryPath("big.yaml")
+        try ("layers: [flatten, {type: linear, out: 10}]\n#" + String(repeating: "x", count: 1 << 20)).write(toFile: big, atomically: true, encoding: .utf8)
+        expectError(try ModelSpec.named(big), "\(big): the model file is \((1 << 20) + 44) bytes; the limit is 1048576 bytes (1 MiB)")
+        let fifo = temporaryPath("fifo.yaml")
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        defer { unlink(fifo) }
+        // Would block in open() for a writer that never comes, were it opened blocking.
+        expectError(try ModelSpec.named(fifo), "\(fifo): the model file is not a regular file")
+        expectError(try ModelSpec.named(FileManager.default.temporaryDirectory.path), "the model file is not a regular file")
+    }
+
+    func testNestingAndAliasesAreRefusedBeforeYamsBuildsNodes() {
+        // 100000 levels overflowed the stack in Yams' recursive composer.
+        expectError(try ModelSpec.parse("layers: " + String(repeating: "[", count: 100_000), source: "m.yaml"),
+                    "m.yaml: line 1: lists and maps are nested more than 64 levels deep")
+        expectError(try ModelSpec.parse(String(repeating: #"{"layers": ["#, count: 40_000), source: "m.json"),
+                    "m.json: line 1: lists and maps are nested more than 64 levels deep")
+        var blocks = "layers:\n"
+        for depth in 1...70 { blocks += String(repeating: "  ", count: depth) + "- \n" }
+        expectError(try ModelSpec.parse(blocks, source: "m.yaml"), "lists and maps are nested more than 64 levels deep")
+        expectError(try ModelSpec.parse("layers:\n  - &dense {type: linear, out: 10}\n  - *dense\n", source: "m.yaml"),
+                    "m.yaml: line 2: aliases (*name) and anchors (&name) are not supported")
+        // Sixty levels are still a (wrong) model, not a structure error.
+        expectError(try ModelSpec.parse("layers: " + String(repeating: "[", count: 60) + String(repeating: "]", count: 60), source: "m.yaml"),
+                    "m.yaml: layer 0: expected a layer name or a map")
+    }
+
+    func testFloatSettingsMustFitFloat32() {
+        expectError(try ModelSpec.parse("layers: [{type: leakyrelu, slope: 1e39}]", source: "m.yaml"),
+                    "m.yaml: layer 0 (leakyrelu): 'slope' must be a finite number (in Float32's range), got 1e+39")
+        expectError(try ModelSpec.parse("layers: [{type: elu, alpha: .nan}]", source: "m.yaml"), "'alpha' must be a finite number")
+        expectError(try ModelSpec.parse("layers: [{type: batchnorm, eps: 1e-50}]", source: "m.yaml"), "'eps' must be a positive number")
+    }
+
+    /// The brief's 8.6e9-parameter model, and sizes that overflow 64 bits, end in an error
+    /// with the numbers, before any buffer is allocated.
+    func testSizesAreCountedWithOverflowChecksAndAgainstMemory() throws {
+        let wide = try ModelSpec.parse("layers: [flatten, {type: linear, out: 65536}, {type: linear, out: 65536}, {type: linear, out: 65536}, {type: linear, out: 10}]",
+                                       source: "wide.yaml")
+        let mnist = Shape(n: 1, c: 1, h: 28, w: 28)
+        let footprint = try wide.footprint(inputShape: mnist, batch: 32)
+        XCTAssertEqual(footprint.parameters, 784 * 65536 + 65536 + 2 * (65536 * 65536 + 65536) + 65536 * 10 + 10)
+        expectError(try wide.checkMemory(inputShape: mnist, batch: 32, replicas: 1, optimizerSlots: 1, ranksOnNode: 1, available: 16_000_000_000),
+                    "model wide needs 103.7 GB per rank (103.7 GB for 8642166794 parameters, gradients and optimizer state; 25.2 MB for the activations of batches of 32); this machine has 16.0 GB available")
+        expectError(try wide.checkMemory(inputShape: mnist, batch: 32, replicas: 2, optimizerSlots: 2, ranksOnNode: 4, available: 16_000_000_000),
+                    "times 4 ranks on this node")
+        // A batch so large that the activation count overflows: an error, not a trap.
+        expectError(try wide.checkMemory(inputShape: mnist, batch: Int.max / 1000, replicas: 1, optimizerSlots: 0, ranksOnNode: 1, available: nil),
+                    "layer 1 (Linear(in_features=784, out_features=65536, bias=True)): its sizes for batches of 9223372036854775 overflow 64-bit arithmetic")
+        // The presets fit anywhere with memory to spare, and so does no limit at all.
+        for name in ModelSpec.presetNames {
+            XCTAssertNoThrow(try ModelSpec.named(name).checkMemory(inputShape: mnist, batch: 256, replicas: 2, optimizerSlots: 2, ranksOnNode: 8,
+                                                                    available: 8_000_000_000))
+        }
+        XCTAssertNoThrow(try wide.checkMemory(inputShape: mnist, batch: 32, replicas: 1, optimizerSlots: 1, ranksOnNode: 1, available: nil))
+        // Widths grown by padding until one sample's output no longer fits 32-bit BLAS sizes.
+        let growing = "layers: [" + Array(repeating: "{type: conv2d, out: 65536, kernel: 1, padding: 64}", count: 3).joined(separator: ", ") + "]"
+        expectError(try ModelSpec.parse(growing, source: "g.yaml").makeLayers(inputShape: mnist),
+                    "layer 1 (Conv2d(65536, 65536, kernel_size=(1, 1), stride=(1, 1), padding=(64, 64))): its output [65536, 284, 284] has more than 2147483647 values per sample")
+    }
+}

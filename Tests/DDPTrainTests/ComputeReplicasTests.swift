@@ -95,6 +95,22 @@ final class ComputeReplicasTests: XCTestCase {
 
     /// Batch norm over a slice of one sample is an error on one thread; with two threads
     /// (one with the sample, one with none) it must be the same error, not a hang.
+    /// A batch larger than the replicas were sized for is refused before any thread runs,
+    /// by training and evaluation alike, naming the batch and the capacity.
+    func testBatchLargerThanTheCapacityIsRefused() throws {
+        for threads in [1, 2] {
+            let r = try replicas("mlp", threads: threads, maxBatch: 8)
+            XCTAssertEqual(r.maxBatch, 8)
+            let b = batch(9, seed: 3)
+            let expected = "compute replicas (\(threads) thread(s)): a batch of 9 samples is larger than the 8 its buffers were sized for"
+            XCTAssertThrowsError(try trainingPass(r, b, count: 9)) { XCTAssertEqual("\($0)", expected) }
+            XCTAssertThrowsError(try b.labels.withUnsafeBufferPointer {
+                try r.evaluationPass(x: b.x.pointer, sampleShape: shape, labels: $0.baseAddress!, count: 9)
+            }) { XCTAssertEqual("\($0)", expected) }
+            XCTAssertNoThrow(try trainingPass(r, b, count: 8))
+        }
+    }
+
     func testAnErrorOnOneMemberEndsThePass() throws {
         let b = batch(1, seed: 3)
         for threads in [1, 2] {

@@ -116,3 +116,104 @@ final class CompareUnitTests: XCTestCase {
         XCTAssertTrue(svg.contains(">epoch</text>") && svg.contains(">acc</text>"))
     }
 }
+
+/// Hostile config files and values: refused with the file, key or option and the value,
+/// never a crash, a hang or a read of unbounded size.
+extension TrainConfigTests {
+    func expectLoadError(_ path: String, _ text: String, file: StaticString = #filePath, line: UInt = #line) {
+        // On a background thread with a limit, so that a load that blocks fails the test
+        // instead of hanging the suite.
+        let done = DispatchSemaphore(value: 0)
+        let outcome = LockedBox<String>()
+        Thread.detachNewThread {
+            do { _ = try TrainConfig.load(file: path); outcome.set("loaded without error") } catch { outcome.set("\(error)") }
+            done.signal()
+        }
+        guard done.wait(timeout: .now() + 20) == .success else { return XCTFail("loading \(path) blocked", file: file, line: line) }
+        let message = outcome.get() ?? ""
+        XCTAssertTrue(message.hasPrefix(path) && message.contains(text), "\(message)", file: file, line: line)
+    }
+
+    func testOnlyRegularFilesUpToTheLimitAreRead() throws {
+        let big = try write("# " + String(repeating: "x", count: 1 << 20) + "\nlr: 0.1\n")
+        expectLoadError(big, "the limit is 1048576 bytes")
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent(UUID().uuidString).path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: false)
+        expectLoadError(folder, "not a regular file")
+        // A FIFO without a writer: opening it for reading must not wait for one.
+        let fifo = FileManager.default.temporaryDirectory.appendingPathComponent("\(UUID().uuidString).yaml").path
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        defer { unlink(fifo) }
+        expectLoadError(fifo, "not a regular file")
+        let binary = FileManager.default.temporaryDirectory.appendingPathComponent("\(UUID().uuidString).yaml").path
+        try Data([0x6c, 0x72, 0x3a, 0x20, 0xff, 0xfe, 0x0a]).write(to: URL(fileURLWithPath: binary))
+        expectLoadError(binary, "not UTF-8 text")
+    }
+
+    func testNestingIsBoundedBeforeParsing() throws {
+        // 100000 open brackets overflowed the stack in Yams' recursive composer (SIGSEGV).
+        expectLoadError(try write("lr: " + String(repeating: "[", count: 100_000) + "\n"), "nested more than 64 levels")
+        expectLoadError(try write(#"{"lr": "# + String(repeating: #"{"a": "#, count: 100_000) + "\n", "c.json"), "nested more than 64 levels")
+        var blocks = ""
+        for depth in 0..<70 { blocks += String(repeating: "  ", count: depth) + "a:\n" }
+        expectLoadError(try write(blocks + String(repeating: "  ", count: 70) + "1\n"), "line 65: lists and maps are nested more than 64 levels")
+        XCTAssertNoThrow(try TrainConfig.load(file: try write("lr: 0.2\nmodel: mlp\n")))
+    }
+
+    func testAnchorsAndAliasesAreRefused() throws {
+        // The seed of a "billion laughs": each alias level multiplies what Yams builds.
+        expectLoadError(try write("lr: &rate 0.2\nmomentum: *rate\n"), "line 1: aliases (*name) and anchors (&name) are not supported")
+        expectLoadError(try write("model: mlp\nlr: *rate\n"), "line 2: aliases")
+        expectLoadError(try write("a: &a [1, 2]\nb: [*a, *a]\n"), "line 1: aliases")
+    }
+
+    func testFloatOptionsMustFitFloat32() throws {
+        expectLoadError(try write("lr: 1e308\n"), "--lr 1e+308 is outside Float32's range")
+        expectLoadError(try write("lr: .nan\n"), "--lr must be a positive number, got nan")
+        expectLoadError(try write("clip-norm: 1e-50\n"), "--clip-norm 1e-50 is outside Float32's range")
+        expectLoadError(try write("momentum: 0.99999999999\n"), "--momentum 0.99999999999 is 1 in Float32")
+        expectLoadError(try write("weight-decay: 1e39\n"), "--weight-decay 1e+39 is outside Float32's range")
+        expectLoadError(try write("dropout: 0.999999999999\n"), "--dropout 0.999999999999 is 1 in Float32")
+        expectLoadError(try write("label-smoothing: -0.1\n"), "--label-smoothing must be in [0, 1), got -0.1")
+        expectLoadError(try write("collective-timeout: .inf\n"), "--collective-timeout must be 0 (off) or a number of seconds, got inf")
+        expectLoadError(try write("clip-value: 1e39\n"), "--clip-value 1e+39 is outside Float32's range")
+        var c = TrainConfig()
+        c.lr = 1e308
+        XCTAssertThrowsError(try c.validate()) { XCTAssertTrue("\($0)".contains("--lr 1e+308 is outside Float32's range"), "\($0)") }
+    }
+
+    func testCountsOutOfRangeAreRefused() throws {
+        let huge = 1 << 62
+        let counts = ["steps", "per-rank-batch", "global-batch", "epochs", "lr-reference-batch", "warmup-steps", "eval-every", "log-every",
+                      "check-replicas", "max-skipped-steps", "train-samples", "synthetic-samples", "checkpoint-every", "keep"]
+        for key in counts {
+            expectLoadError(try write("\(key): \(huge)\n"), "--\(key) must be")
+            expectLoadError(try write("\(key): \(huge)\n"), "\(huge)")
+        }
+        for key in ["keep", "warmup-steps", "log-every", "synthetic-samples", "max-skipped-steps"] {
+            expectLoadError(try write("\(key): -1\n"), "--\(key) must be between")
+        }
+        expectLoadError(try write("threads: 100000\n"), "--threads must be between 1 and 256")
+        XCTAssertNoThrow(try TrainConfig.load(file: try write("epochs: 0\nsteps: 10\n")).validate())
+    }
+
+    func testWorldSizeChecks() throws {
+        var c = TrainConfig()
+        c.perRankBatch = 1 << 30
+        XCTAssertNoThrow(try c.validate(worldSize: 1))
+        XCTAssertThrowsError(try c.validate(worldSize: 4)) { XCTAssertTrue("\($0)".contains("global batch larger than 2147483647"), "\($0)") }
+        c = TrainConfig()
+        c.lr = 1e38
+        c.globalBatch = 1024
+        c.lrReferenceBatch = 1
+        XCTAssertThrowsError(try c.validate(worldSize: 2)) { XCTAssertTrue("\($0)".contains("outside Float32's range"), "\($0)") }
+    }
+}
+
+/// A value set from one thread and read from another.
+final class LockedBox<T>: @unchecked Sendable {
+    private var value: T?
+    private let lock = NSLock()
+    func set(_ v: T) { lock.lock(); value = v; lock.unlock() }
+    func get() -> T? { lock.lock(); defer { lock.unlock() }; return value }
+}

@@ -82,6 +82,20 @@ enum Processes {
         return out
     }
 
+    /// A process's command name, nil once it is gone.
+    static func name(of pid: Int32) -> String? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { return nil }
+        return String(stat[stat.index(after: open)..<close])
+    }
+
+    /// A process's state letter (R running, S sleeping, T stopped, Z zombie), nil once it is gone.
+    static func state(of pid: Int32) -> String? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        return stat[stat.index(close, offsetBy: 2)...].split(separator: " ").first.map(String.init)
+    }
+
     /// The MPI rank Open MPI gave a process (OMPI_COMM_WORLD_RANK in its environment).
     static func mpiRank(of pid: Int32) -> Int? {
         guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return nil }

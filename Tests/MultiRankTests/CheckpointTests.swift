@@ -18,12 +18,26 @@ final class CheckpointTests: XCTestCase {
     func runDir(_ name: String) -> String { scratch.appendingPathComponent(name).path }
 
     /// 512 training samples, per-rank batch 32 on 2 ranks: 8 steps per epoch.
-    func train(ranks: Int = 2, _ extra: [String], run: String, environment: [String: String] = [:]) throws -> MPIRun.Result {
-        let args = ["train", "--model", "mlp", "--train-samples", "512", "--eval-every", "0", "--log-every", "4",
-                    "--run-dir", runDir(run)] + extra
-        let r = try MPIRun.run(ranks: ranks, args, timeout: 120, environment: environment)
+    func train(ranks: Int = 2, _ extra: [String], run: String, environment: [String: String] = [:],
+               timeout: Double = 120) throws -> MPIRun.Result {
+        let r = try MPIRun.run(ranks: ranks, trainArguments(extra, run: run), timeout: timeout, environment: environment)
         XCTAssertFalse(r.timedOut, r.stderr)
         return r
+    }
+
+    func trainArguments(_ extra: [String], run: String) -> [String] {
+        ["train", "--model", "mlp", "--train-samples", "512", "--eval-every", "0", "--log-every", "4", "--run-dir", runDir(run)] + extra
+    }
+
+    /// `mpirun ddptrain args` as root without the capabilities that let root read any file,
+    /// so that file permissions apply (the tests run as root).
+    func runWithoutPermissionBypass(ranks: Int, _ args: [String], timeout: Double = 120) throws -> MPIRun.Result {
+        let dropped = "-dac_override,-dac_read_search"
+        let mpirun = ["mpirun", "-n", String(ranks), "--oversubscribe", "--bind-to", "none", "-x", "OPENBLAS_NUM_THREADS"]
+        return try Background("/usr/bin/setpriv", ["--inh-caps=" + dropped, "--bounding-set=" + dropped, "/usr/bin/env"]
+                                  + mpirun + [MPIRun.binary] + args,
+                              environment: ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                                            "OPENBLAS_NUM_THREADS": "1"]).wait(timeout: timeout)
     }
 
     func checkpoints(_ run: String) -> [String] { Checkpoints.names(runDir: runDir(run)) }
@@ -170,6 +184,147 @@ final class CheckpointTests: XCTestCase {
         XCTAssertTrue(auto.stdout.contains("resumed from \(runDir("base"))/checkpoints/step-00000004.safetensors at step 4"), auto.stdout)
     }
 
+    /// A checkpoint that cannot be read is not a damaged one (DESIGN, "Checkpoints"):
+    /// `--resume auto` stops with the reason (exit 65) instead of skipping it, starting over
+    /// and pruning the good files later. A FIFO or a directory under a checkpoint's name is
+    /// refused at once, never blocks.
+    func testCheckpointThatCannotBeReadStopsAutoResume() throws {
+        XCTAssertEqual(try train(["--steps", "8", "--per-rank-batch", "16", "--checkpoint-every", "4"], run: "unreadable").status, 0)
+        let newest = try lastCheckpoint("unreadable")
+        let older = runDir("unreadable") + "/checkpoints/step-00000004.safetensors"
+        let olderBytes = try Data(contentsOf: URL(fileURLWithPath: older))
+        let saved = scratch.appendingPathComponent("saved.safetensors").path
+        XCTAssertEqual(rename(newest, saved), 0)
+        let resume = ["--steps", "12", "--per-rank-batch", "16", "--checkpoint-every", "4", "--keep", "1", "--resume", "auto"]
+        func assertStops(_ r: MPIRun.Result, _ reason: String, file: StaticString = #filePath, line: UInt = #line) {
+            XCTAssertFalse(r.timedOut, "blocked: \(r.stderr)", file: file, line: line)
+            XCTAssertEqual(r.status, 65, r.stderr, file: file, line: line)
+            XCTAssertTrue(r.stderr.contains("\(newest): \(reason)"), r.stderr, file: file, line: line)
+            XCTAssertFalse(r.stdout.contains("resumed from"), r.stdout, file: file, line: line)
+            XCTAssertEqual(try? Data(contentsOf: URL(fileURLWithPath: older)), olderBytes, "nothing pruned", file: file, line: line)
+        }
+        try FileManager.default.createDirectory(atPath: newest, withIntermediateDirectories: false)
+        assertStops(try MPIRun.run(ranks: 2, trainArguments(resume, run: "unreadable"), timeout: 60), "not a regular file (a directory)")
+        try FileManager.default.removeItem(atPath: newest)
+        XCTAssertEqual(mkfifo(newest, 0o644), 0)
+        assertStops(try MPIRun.run(ranks: 2, trainArguments(resume, run: "unreadable"), timeout: 60), "not a regular file (a FIFO)")
+        XCTAssertEqual(unlink(newest), 0)
+        XCTAssertEqual(rename(saved, newest), 0)
+        XCTAssertEqual(chmod(newest, 0), 0)
+        assertStops(try runWithoutPermissionBypass(ranks: 2, trainArguments(resume, run: "unreadable")),
+                    "open failed: Permission denied (errno \(EACCES))")
+        XCTAssertEqual(checkpoints("unreadable"), ["step-00000004.safetensors", "step-00000008.safetensors"])
+    }
+
+    /// Damage that passes a checksum (the file was edited, or written by a run that
+    /// diverged): metadata out of range and non-finite weights, buffers or optimizer state.
+    /// `--resume auto` skips such a file with a warning that names the key or the tensor
+    /// and index; named directly (--resume, --init-from, eval) it stops with that reason.
+    func testCheckedDamageIsSkippedByAutoAndRefusedByName() throws {
+        let common = ["--steps", "8", "--per-rank-batch", "16", "--checkpoint-every", "4"]
+        XCTAssertEqual(try train(common, run: "edited").status, 0)
+        let newest = try lastCheckpoint("edited")
+        let original = scratch.appendingPathComponent("original.safetensors").path
+        try FileManager.default.copyItem(atPath: newest, toPath: original)
+        let poisoned = scratch.appendingPathComponent("poisoned.safetensors").path
+        try CheckpointEdit.rewrite(original, to: poisoned) { name, bytes in
+            if name == "5.weight" { CheckpointEdit.setFloat(&bytes, at: 3, to: .nan) }
+        }
+        let cases: [(String, [String: String], (String, inout [UInt8]) -> Void)] = [
+            ("damaged metadata 'epoch': '4611686018427387904'", ["epoch": "4611686018427387904"], { _, _ in }),
+            ("damaged metadata 'step': '9223372036854775807'", ["step": "9223372036854775807"], { _, _ in }),
+            ("damaged: tensor 5.weight holds a non-finite value (nan) at index 3", [:], { name, bytes in
+                if name == "5.weight" { CheckpointEdit.setFloat(&bytes, at: 3, to: .nan) }
+            }),
+            ("damaged: tensor 2.running_var holds a non-finite value (inf) at index 0", [:], { name, bytes in
+                if name == "2.running_var" { CheckpointEdit.setFloat(&bytes, at: 0, to: .infinity) }
+            }),
+            ("damaged: tensor optim.8.bias.momentum_buffer holds a non-finite value (-inf) at index 1", [:], { name, bytes in
+                if name == "optim.8.bias.momentum_buffer" { CheckpointEdit.setFloat(&bytes, at: 1, to: -.infinity) }
+            }),
+        ]
+        for (message, metadata, edit) in cases {
+            try CheckpointEdit.rewrite(original, to: newest, metadata: metadata, tensors: edit)
+            let r = try train(common + ["--resume", "auto"], run: "edited")
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(r.stderr.contains("skipping damaged checkpoint: \(newest): \(message)"), r.stderr)
+            XCTAssertTrue(r.stdout.contains("resumed from \(runDir("edited"))/checkpoints/step-00000004.safetensors at step 4"), r.stdout)
+        }
+        let named = try train(["--steps", "12", "--per-rank-batch", "16", "--resume", poisoned], run: "edited")
+        XCTAssertEqual(named.status, 65, named.stderr)
+        XCTAssertTrue(named.stderr.contains("\(poisoned): damaged: tensor 5.weight holds a non-finite value (nan) at index 3"), named.stderr)
+        let initFrom = try train(["--steps", "2", "--per-rank-batch", "16", "--init-from", poisoned], run: "init-from")
+        XCTAssertEqual(initFrom.status, 65, initFrom.stderr)
+        XCTAssertTrue(initFrom.stderr.contains("\(poisoned): damaged: tensor 5.weight holds a non-finite value"), initFrom.stderr)
+        let eval = try MPIRun.run(ranks: 2, ["eval", "--checkpoint", poisoned])
+        XCTAssertEqual(eval.status, 65, eval.stderr)
+        XCTAssertTrue(eval.stderr.contains("\(poisoned): damaged: tensor 5.weight holds a non-finite value"), eval.stderr)
+    }
+
+    /// Format version 1 (its checksum covers the data only) still resumes; a version 2 file
+    /// with only that checksum does not.
+    func testVersion1CheckpointStillResumes() throws {
+        XCTAssertEqual(try train(["--steps", "4", "--per-rank-batch", "16"], run: "v1").status, 0)
+        let version1 = scratch.appendingPathComponent("version1.safetensors").path
+        try CheckpointEdit.rewrite(try lastCheckpoint("v1"), to: version1, metadata: ["format_version": "1"], checksum: .dataOnly)
+        let r = try train(["--steps", "6", "--per-rank-batch", "16", "--resume", version1], run: "v1")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("resumed from \(version1) at step 4"), r.stdout)
+        let weak = scratch.appendingPathComponent("weak.safetensors").path
+        try CheckpointEdit.rewrite(try lastCheckpoint("v1"), to: weak, checksum: .dataOnly)
+        let refused = try train(["--steps", "8", "--per-rank-batch", "16", "--resume", weak], run: "v1")
+        XCTAssertEqual(refused.status, 65, refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("\(weak): damaged: format version 2 needs the whole-file checksum ddptrain.file_crc32"),
+                      refused.stderr)
+    }
+
+    /// `inspect` reports what is wrong with a file that cannot be read or is damaged, and
+    /// fails; it never blocks on a FIFO nor reads a huge file.
+    func testInspectReportsHostileFilesWithoutBlocking() throws {
+        XCTAssertEqual(try train(["--steps", "2", "--per-rank-batch", "16"], run: "hostile").status, 0)
+        let good = try lastCheckpoint("hostile")
+        func path(_ name: String) -> String { scratch.appendingPathComponent(name + ".safetensors").path }
+        XCTAssertEqual(mkfifo(path("fifo"), 0o644), 0)
+        try FileManager.default.createDirectory(atPath: path("directory"), withIntermediateDirectories: false)
+        try FileManager.default.copyItem(atPath: good, toPath: path("sparse"))
+        let size = try XCTUnwrap(try FileManager.default.attributesOfItem(atPath: good)[.size] as? Int)
+        XCTAssertEqual(truncate(path("sparse"), 1 << 40), 0)
+        var notJSON = try Data(contentsOf: URL(fileURLWithPath: good))
+        notJSON[8] = UInt8(ascii: "#")
+        try notJSON.write(to: URL(fileURLWithPath: path("notjson")))
+        let cases = [("fifo", "not a regular file (a FIFO), so it cannot be read as a safetensors file\n"),
+                     ("directory", "not a regular file (a directory), so it cannot be read as a safetensors file\n"),
+                     ("sparse", "trailing garbage: \((1 << 40) - size) bytes after the end of the data section\n"),
+                     ("notjson", "header is not valid JSON: it does not start with '{'\n"),
+                     ("missing", "open failed: No such file or directory (errno \(ENOENT))\n")]
+        // inspect needs no MPI: the binary runs alone.
+        for (name, message) in cases {
+            for json in [false, true] {
+                let r = try Background(MPIRun.binary, ["inspect", path(name)] + (json ? ["--json"] : [])).wait(timeout: 30)
+                XCTAssertFalse(r.timedOut, "\(name): blocked")
+                XCTAssertEqual(r.status, 1, name)
+                XCTAssertEqual(r.stderr, "ddptrain inspect: \(path(name)): \(message)", name)
+            }
+        }
+        // A file that reads and passes its checksum is shown with its problems, and fails.
+        try CheckpointEdit.rewrite(good, to: path("poisoned"), metadata: ["epoch": "4611686018427387904"]) { name, bytes in
+            if name == "5.weight" { CheckpointEdit.setFloat(&bytes, at: 3, to: .nan) }
+        }
+        let shown = try Background(MPIRun.binary, ["inspect", path("poisoned")]).wait(timeout: 30)
+        XCTAssertEqual(shown.status, 1, shown.stderr)
+        XCTAssertTrue(shown.stdout.contains("checksum: ok (whole file)"), shown.stdout)
+        XCTAssertTrue(shown.stdout.contains("problem: tensor 5.weight holds a non-finite value (nan) at index 3\n"), shown.stdout)
+        XCTAssertTrue(shown.stdout.contains("problem: damaged metadata 'epoch': '4611686018427387904' is not a whole number"), shown.stdout)
+
+        try FileManager.default.copyItem(atPath: good, toPath: path("unreadable"))
+        XCTAssertEqual(chmod(path("unreadable"), 0), 0)
+        let dropped = "-dac_override,-dac_read_search"
+        let r = try Background("/usr/bin/setpriv", ["--inh-caps=" + dropped, "--bounding-set=" + dropped, MPIRun.binary,
+                                                    "inspect", path("unreadable")]).wait(timeout: 30)
+        XCTAssertEqual(r.status, 1)
+        XCTAssertEqual(r.stderr, "ddptrain inspect: \(path("unreadable")): open failed: Permission denied (errno \(EACCES))\n")
+    }
+
     /// A failed write (disk full) stops the job with a clear message and keeps earlier files.
     func testDiskFullKeepsEarlierCheckpoints() throws {
         let mountPoint = scratch.appendingPathComponent("small")
@@ -211,21 +366,9 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual((object["metadata"] as? [String: String])?["step"], "2")
     }
 
-    /// A copy of a safetensors file with one metadata value changed (the data checksum still holds).
+    /// A copy of a checkpoint with one metadata value changed and a checksum that holds.
     func rewriteMetadata(of path: String, key: String, value: String, to output: String) throws -> String {
-        let data = try Data(contentsOf: URL(fileURLWithPath: path))
-        let length = Int(data.prefix(8).withUnsafeBytes { $0.load(as: UInt64.self) })
-        var header = try XCTUnwrap(try JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + length))) as? [String: Any])
-        var metadata = try XCTUnwrap(header["__metadata__"] as? [String: String])
-        metadata[key] = value
-        header["__metadata__"] = metadata
-        var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
-        while json.count % 8 != 0 { json.append(UInt8(ascii: " ")) }
-        var out = Data()
-        withUnsafeBytes(of: UInt64(json.count).littleEndian) { out.append(contentsOf: $0) }
-        out.append(json)
-        out.append(data.subdata(in: (8 + length)..<data.count))
-        try out.write(to: URL(fileURLWithPath: output))
+        try CheckpointEdit.rewrite(path, to: output, metadata: [key: value])
         return output
     }
 

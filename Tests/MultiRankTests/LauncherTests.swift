@@ -31,14 +31,21 @@ final class LauncherTests: XCTestCase {
         let reference = try MPIRun.run(ranks: 2, ["train"] + common + ["--run-dir", runDir("straight")], timeout: 180)
         XCTAssertEqual(reference.status, 0, reference.stderr)
 
-        let job = try Background(launcher, ["-n", "2", "--max-restarts", "2", "--restart-delay", "0", "--"] + common
-                                    + ["--run-dir", runDir("killed")], environment: environment)
-        // Once a checkpoint exists, kill -9 a random rank at a random moment (so a random step).
-        XCTAssertTrue(Background.waitUntil(timeout: 60) { Checkpoints.count(runDir: runDir("killed")) > 0 }, "no checkpoint appeared")
-        Thread.sleep(forTimeInterval: Double.random(in: 0...0.6))
-        let mpirun = try XCTUnwrap(Processes.children(of: job.pid, named: "mpirun").first, "no mpirun under the launcher")
-        let ranks = Processes.children(of: mpirun, named: "ddptrain")
-        XCTAssertEqual(ranks.count, 2, "the ranks under mpirun: \(ranks)")
+        // A random rank stops itself at a random step after the first checkpoint (step 25),
+        // so the job is certainly still running when the kill comes, however fast the
+        // machine (600 steps of this MLP take well under a second on an idle one); then
+        // kill -9 a random rank: the stopped one, or the one waiting for it in the allreduce.
+        let stopRank = Int.random(in: 0...1), stopStep = Int.random(in: 26...590)
+        let job = try Background(launcher, ["-n", "2", "--max-restarts", "2", "--restart-delay", "0", "-x", "DDPTRAIN_INJECT_STOP", "--"]
+                                    + common + ["--run-dir", runDir("killed")],
+                                 environment: environment.merging(["DDPTRAIN_INJECT_STOP": "\(stopRank):\(stopStep)"]) { $1 })
+        var ranks: [Int32] = []
+        let stopped = Background.waitUntil(timeout: 60) {
+            ranks = Processes.descendants(of: job.pid).filter { Processes.name(of: $0) == "ddptrain" }
+            return ranks.contains { Processes.state(of: $0) == "T" }
+        }
+        XCTAssertTrue(stopped, "no rank stopped at step \(stopStep): \(job.err.snapshot())")
+        XCTAssertEqual(ranks.count, 2, "the ranks under the launcher: \(ranks)")
         let victim = try XCTUnwrap(ranks.randomElement())
         let victimRank = try XCTUnwrap(Processes.mpiRank(of: victim))
         XCTAssertEqual(kill(victim, SIGKILL), 0)

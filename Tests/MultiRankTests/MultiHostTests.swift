@@ -3,7 +3,8 @@ import XCTest
 
 /// Several "hosts" on one machine: cluster/netns/up builds network namespaces behind a
 /// bridge (10.77.0.0/24, only inside them), Open MPI starts a daemon in each through an rsh
-/// agent that runs `ip netns exec`, and the ranks talk over TCP. Needs root; skipped otherwise.
+/// agent that runs `ip netns exec`, and the ranks talk over TCP. Every command on a host runs
+/// with that host's own TMPDIR (`on`), as on real nodes. Needs root; skipped otherwise.
 final class MultiHostTests: XCTestCase {
     let hosts = 3
     var prefix = ""
@@ -32,7 +33,8 @@ final class MultiHostTests: XCTestCase {
         let up = try Self.command(script("up"), ["--prefix", prefix, "--dir", dir, String(hosts)])
         guard up.status == 0 else {
             _ = try? Self.command(script("down"), ["--prefix", prefix, "--dir", dir])
-            throw XCTSkip("cannot build network namespaces here (ip netns add / veth / bridge): \(up.stderr)")
+            XCTFail("cluster/netns/up failed (status \(up.status)\(up.timedOut ? ", timed out" : "")): \(up.stderr)")
+            throw CancellationError()
         }
         mpirunArgs = try String(contentsOfFile: dir + "/mpirun.args", encoding: .utf8).split(separator: "\n").map(String.init)
     }
@@ -49,17 +51,18 @@ final class MultiHostTests: XCTestCase {
     func runDir(_ name: String) -> String { scratch.appendingPathComponent(name).path }
     func ns(_ i: Int) -> String { "\(prefix)-h\(i)" }
 
-    /// launch/train started inside the first host, with the hosts' mpirun options.
+    /// launch/train started on the first host, with the hosts' mpirun options.
     func launchAcrossHosts(_ trainArgs: [String], maxRestarts: Int = 0, startTimeout: Int = 60) throws -> Background {
-        try Background("/usr/bin/env", ["ip", "netns", "exec", ns(0), launcher, "-n", String(hosts), "--max-restarts", String(maxRestarts),
+        try Background(dir + "/on", ["0", launcher, "-n", String(hosts), "--max-restarts", String(maxRestarts),
                                         "--restart-delay", "0", "--start-timeout", String(startTimeout)] + mpirunArgs + ["--"] + trainArgs,
                        environment: environment)
     }
 
     func testTrainingAcrossHostsMatchesOneHost() throws {
         // Each rank really is in its own namespace.
-        let where_ = try Background("/usr/bin/env", ["ip", "netns", "exec", ns(0), "mpirun", "-n", String(hosts)] + mpirunArgs + ["ip", "netns", "identify"],
+        let where_ = try Background(dir + "/on", ["0", "mpirun", "-n", String(hosts)] + mpirunArgs + ["ip", "netns", "identify"],
                                     environment: ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]).wait(timeout: 30)
+        XCTAssertFalse(where_.timedOut, "mpirun across the hosts did not end within 30 s: \(where_.stderr)")
         XCTAssertEqual(where_.status, 0, where_.stderr)
         XCTAssertEqual(Set(where_.stdout.split(separator: "\n").map(String.init)), Set((0..<hosts).map(ns)), where_.stdout)
 

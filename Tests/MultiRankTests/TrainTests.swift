@@ -147,12 +147,88 @@ final class TrainTests: XCTestCase {
         XCTAssertEqual(metrics.split(separator: "\n").filter { $0.contains("\"skipped\":true") }.count, 1, metrics)
     }
 
+    /// Every tensor of a run's last checkpoint (optimizer state and counters included), as bits.
+    func allTensorBits(run: String) throws -> [String: [UInt64]] {
+        let file = try SafeTensorsFile(path: try finalCheckpoint(run: run))
+        var out: [String: [UInt64]] = [:]
+        for t in file.tensors {
+            switch t.dtype {
+            case .f32: out[t.name] = try file.values(of: t.name, as: Float.self).map { UInt64($0.bitPattern) }
+            case .i64: out[t.name] = try file.values(of: t.name, as: Int64.self).map { UInt64(bitPattern: $0) }
+            default: XCTFail("unexpected dtype \(t.dtype) of \(t.name)")
+            }
+        }
+        return out
+    }
+
+    // A skipped step leaves no trace: a NaN in one rank's input at step 1 makes that step's
+    // batch statistics (sync-BN: every rank's) non-finite; the step is skipped, and the
+    // checkpoint after it holds the same bits, parameters, running statistics,
+    // num_batches_tracked and optimizer state, as a run that stopped before it. Once with
+    // the poison in the forward (input), once in the gradient only, with both BN modes.
+    func testSkippedStepLeavesNoTrace() throws {
+        let common = ["--model", "mlp", "--per-rank-batch", "8", "--schedule", "constant", "--warmup-steps", "0"]
+        for bn in ["sync", "local"] {
+            let (before, _) = try train(ranks: 2, common + ["--bn", bn, "--steps", "1"], run: "trace-\(bn)-1")
+            XCTAssertEqual(before.status, 0, before.stderr)
+            let expected = try allTensorBits(run: "trace-\(bn)-1")
+            XCTAssertNotNil(expected["2.running_var"])
+            for variable in ["DDPTRAIN_INJECT_NAN_INPUT", "DDPTRAIN_INJECT_NAN"] {
+                let run = "trace-\(bn)-\(variable)"
+                let (r, json) = try train(ranks: 2, common + ["--bn", bn, "--steps", "2"], run: run, environment: [variable: "1:1"])
+                XCTAssertEqual(r.status, 0, r.stderr)
+                XCTAssertEqual(json["skippedSteps"] as? Int, 1, r.stderr)
+                let tensors = try allTensorBits(run: run)
+                for name in expected.keys.sorted() {
+                    XCTAssertEqual(tensors[name], expected[name], "\(bn), \(variable): \(name) changed in a skipped step")
+                }
+                let runningVar = try SafeTensorsFile(path: try finalCheckpoint(run: run)).values(of: "2.running_var", as: Float.self)
+                XCTAssertTrue(runningVar.allSatisfy { $0.isFinite }, "\(bn), \(variable): running_var not finite")
+            }
+        }
+    }
+
+    // Local batch norm: the running statistics averaged before a checkpoint come from the
+    // ranks that normalized samples. A global batch of 2 on 3 ranks gives slices 1, 1, 0:
+    // the third rank's statistics never moved, and the result equals 2 ranks', bit for bit.
+    func testLocalStatisticsAverageLeavesOutEmptyRanks() throws {
+        // All batch norms spatial, so a slice of 1 sample has more than one value per channel.
+        let model = scratch.appendingPathComponent("small-cnn.yaml")
+        try "name: small-cnn\nlayers:\n  - {type: conv2d, out: 4, kernel: 3, padding: 1, bias: false}\n  - batchnorm\n  - relu\n  - {type: maxpool2d, kernel: 2}\n  - flatten\n  - {type: linear, out: 10}\n"
+            .write(to: model, atomically: true, encoding: .utf8)
+        let common = ["--model", model.path, "--global-batch", "2", "--steps", "3", "--bn", "local", "--no-shuffle", "--threads", "1"]
+        for ranks in [2, 3] {
+            let (r, _) = try train(ranks: ranks, common, run: "local-avg-\(ranks)")
+            XCTAssertEqual(r.status, 0, r.stderr)
+        }
+        let two = try finalTensors(run: "local-avg-2"), three = try finalTensors(run: "local-avg-3")
+        XCTAssertNotNil(two["1.running_var"])
+        XCTAssertEqual(three["1.running_mean"], two["1.running_mean"], "3 ranks with an empty one vs 2 ranks")
+        XCTAssertEqual(three["1.running_var"], two["1.running_var"], "3 ranks with an empty one vs 2 ranks")
+        XCTAssertEqual(three, two)
+    }
+
     func testConsecutiveNonFiniteStepsStopTheJob() throws {
         let (r, _) = try train(ranks: 2, ["--model", "mlp", "--steps", "20", "--per-rank-batch", "8", "--max-skipped-steps", "3"],
                                run: "nan-stop", environment: ["DDPTRAIN_INJECT_NAN": "0:4+"])
-        XCTAssertNotEqual(r.status, 0)
-        XCTAssertTrue(r.stderr.contains("stopping at step 6: 3 consecutive steps had non-finite gradients"), r.stderr)
+        XCTAssertEqual(r.status, 70, r.stderr)
+        // Every rank knows it at the same step: said once, by rank 0, and no MPI_Abort.
+        XCTAssertEqual(r.stderr.components(separatedBy: "stopping at step 6: 3 consecutive steps had non-finite gradients").count, 2, r.stderr)
+        XCTAssertFalse(r.stderr.contains("MPI_ABORT"), r.stderr)
         XCTAssertLessThan(r.seconds, 30)
+    }
+
+    // By default a replica divergence is found before the next checkpoint is written (every
+    // checkpoint checks the replicas first), reported once, and every rank leaves together
+    // with status 1 (a restart from the last good checkpoint may cure a bit flip).
+    func testDivergenceIsFoundBeforeACheckpointIsWritten() throws {
+        let (r, _) = try train(ranks: 2, ["--model", "mlp", "--steps", "8", "--per-rank-batch", "8", "--checkpoint-every", "4"],
+                               run: "diverge-default", environment: ["DDPTRAIN_INJECT_DIVERGENCE": "1:5"])
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertEqual(r.stderr.components(separatedBy: "stopping: replicas diverged at step 8").count, 2, "reported once: \(r.stderr)")
+        XCTAssertFalse(r.stderr.contains("MPI_ABORT"), r.stderr)
+        let written = try FileManager.default.contentsOfDirectory(atPath: scratch.appendingPathComponent("diverge-default/checkpoints").path)
+        XCTAssertEqual(written.filter { $0.hasSuffix(".safetensors") }, ["step-00000004.safetensors"], "no checkpoint of diverged replicas")
     }
 
     // Evaluation is exact and independent of the world size.

@@ -45,7 +45,7 @@ final class DamageTests: XCTestCase {
         for position in [dataStart, dataStart + 41, goodBytes.count - 1] {
             var bytes = goodBytes
             bytes[position] ^= 0x10
-            assertDamaged(damagedFile(bytes, "flipped\(position)"), "checksum mismatch: header says 0x", ", data gives 0x")
+            assertDamaged(damagedFile(bytes, "flipped\(position)"), "checksum mismatch: header says 0x", ", file gives 0x")
         }
     }
 
@@ -104,6 +104,6 @@ final class DamageTests: XCTestCase {
         let digits = Array(SafeTensorsWriter.checksumKey.utf8) + Array(#"":""#.utf8)
         let valueStart = badChecksum.firstRange(of: digits)!.upperBound
         badChecksum[valueStart] = UInt8(ascii: "z")
-        assertDamaged(damagedFile(badChecksum, "checksumText"), "metadata ddptrain.data_crc32 is not 8 hex digits")
+        assertDamaged(damagedFile(badChecksum, "checksumText"), "metadata ddptrain.file_crc32 is not 8 hex digits")
     }
 }

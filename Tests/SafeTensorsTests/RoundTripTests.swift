@@ -40,11 +40,16 @@ final class RoundTripTests: XCTestCase {
         try SafeTensorsWriter.write([.init(name: "a", shape: [2], values: [1, 2] as [Float])],
                                     metadata: ["k": "v"], to: path)
         let data = littleEndianBytes(Float(1).bitPattern) + littleEndianBytes(Float(2).bitPattern)
-        let crc = String(referenceCRC32(data), radix: 16)
-        let json = #"{"__metadata__":{"ddptrain.data_crc32":""# + String(repeating: "0", count: 8 - crc.count) + crc
-            + #"","k":"v"},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#
-        let padding = (8 - json.utf8.count % 8) % 8
-        let header = Array(json.utf8) + [UInt8](repeating: UInt8(ascii: " "), count: padding)
+        func makeHeader(checksum: String) -> [UInt8] {
+            let json = #"{"__metadata__":{"ddptrain.file_crc32":""# + checksum
+                + #"","k":"v"},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#
+            let padding = (8 - json.utf8.count % 8) % 8
+            return Array(json.utf8) + [UInt8](repeating: UInt8(ascii: " "), count: padding)
+        }
+        // The CRC-32 of the whole file, its own 8 digits read as "00000000".
+        let placeholder = makeHeader(checksum: "00000000")
+        let crc = String(referenceCRC32(littleEndianBytes(UInt64(placeholder.count)) + placeholder + data), radix: 16)
+        let header = makeHeader(checksum: String(repeating: "0", count: 8 - crc.count) + crc)
 
         let bytes = readBytes(path)
         XCTAssertEqual(Array(bytes[0..<8]), littleEndianBytes(UInt64(header.count)), "u64 little-endian header length")
@@ -112,7 +117,8 @@ final class RoundTripTests: XCTestCase {
              "tensor \"w\": shape [-1] has a negative or too large dimension"),
             ([.init(name: "w", shape: [1], values: [1] as [Float]), .init(name: "w", shape: [1], values: [1] as [Float])], [:],
              "tensor name \"w\" is reserved or used twice"),
-            ([], [SafeTensorsWriter.checksumKey: "0"], "metadata key ddptrain.data_crc32 is reserved for the writer"),
+            ([], [SafeTensorsWriter.checksumKey: "0"], "metadata key ddptrain.file_crc32 is reserved for the writer"),
+            ([], [SafeTensorsWriter.dataChecksumKey: "0"], "metadata key ddptrain.data_crc32 is reserved for the writer"),
         ]
         for (tensors, metadata, expected) in cases {
             XCTAssertThrowsError(try SafeTensorsWriter.write(tensors, metadata: metadata, to: path)) { error in

@@ -7,14 +7,18 @@ struct ActivationBuffers {
     private var inputGrad: FloatBuffer?
     private var input: Tensor?
     private var result: Tensor?
+    /// The batch the buffers were sized for.
+    private var capacity = 0
 
     mutating func configure(_ input: Shape, maxBatch: Int) {
+        capacity = maxBatch
         output = FloatBuffer(capacity: maxBatch * input.perSample)
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
     }
 
     /// Remembers `x` and returns the view the activation writes its output into.
-    mutating func forward(_ x: Tensor) -> Tensor {
+    mutating func forward(_ x: Tensor, layer: String) throws -> Tensor {
+        guard x.shape.n <= capacity else { throw LayerError.batchTooLarge(layer, batch: x.shape.n, capacity: capacity) }
         let y = output!.tensor(x.shape)
         input = x
         result = y
@@ -24,6 +28,7 @@ struct ActivationBuffers {
     /// The last forward's input and output, and the view to write the input gradient into.
     func backward(_ dy: Tensor, layer: String) throws -> (x: Tensor, y: Tensor, dx: Tensor) {
         guard let input, let result else { throw LayerError("\(layer).backward called before forward") }
+        guard dy.shape.n <= capacity else { throw LayerError.batchTooLarge(layer, batch: dy.shape.n, capacity: capacity) }
         return (input, result, inputGrad!.tensor(dy.shape))
     }
 }

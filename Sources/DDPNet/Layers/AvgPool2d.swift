@@ -10,6 +10,8 @@ public final class AvgPool2d: Layer {
 
     private var geometry: ConvGeometry!
     private var output: FloatBuffer!
+    /// The batch the buffers were sized for.
+    private var capacity = 0
     private var inputGrad: FloatBuffer!
     private var windows: PoolWindows!
     private var inputShape: Shape?
@@ -28,11 +30,13 @@ public final class AvgPool2d: Layer {
         let g = try poolGeometry("AvgPool2d", kernel: kernel, stride: stride, padding: padding, input: input)
         geometry = g
         windows = PoolWindows(g)
+        capacity = maxBatch
         output = FloatBuffer(capacity: maxBatch * g.channels * g.outSpatial)
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
     }
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(x.shape, capacity: capacity)
         let g = geometry!
         let y = output.tensor(g.outputShape(batch: x.shape.n))
         let oh = g.outHeight, ow = g.outWidth, plane = g.height * g.width
@@ -54,6 +58,7 @@ public final class AvgPool2d: Layer {
     }
 
     public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(dy.shape, capacity: capacity)
         guard let shape = inputShape else { throw LayerError("AvgPool2d.backward called before forward") }
         let dx = inputGrad.tensor(shape)
         guard needsInputGradient else { return dx }

@@ -27,6 +27,8 @@ public final class BatchNorm: Layer {
     private var runningVar: UnsafeMutablePointer<Float>!
     private var batchesTracked: UnsafeMutablePointer<Int64>!
     private var output: FloatBuffer!
+    /// The batch the buffers were sized for.
+    private var capacity = 0
     private var inputGrad: FloatBuffer!
     /// Per channel: the mean and 1/sqrt(var + eps) the last forward normalized with.
     private var mean: DoubleBuffer!
@@ -62,6 +64,7 @@ public final class BatchNorm: Layer {
     public func configure(input: Shape, maxBatch: Int, index: Int) throws {
         _ = try outputShape(for: input)
         isSpatial = input.rank == 4
+        capacity = maxBatch
         output = FloatBuffer(capacity: maxBatch * input.perSample)
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
         mean = DoubleBuffer(capacity: features)
@@ -91,6 +94,7 @@ public final class BatchNorm: Layer {
     }
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(x.shape, capacity: capacity)
         input = x
         trainedForward = context.training
         if context.training {
@@ -182,6 +186,7 @@ public final class BatchNorm: Layer {
     }
 
     public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(dy.shape, capacity: capacity)
         guard let x = input else { throw LayerError("BatchNorm.backward called before forward") }
         let n = x.shape.n, area = x.shape.spatial, mu = mean.pointer, inv = invStd.pointer
         let sumDy = sums.pointer, sumDyXhat = sums.pointer + features

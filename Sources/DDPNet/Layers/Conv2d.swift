@@ -33,6 +33,8 @@ public final class Conv2d: Layer {
     /// [C*k*k, P]: one sample's column gradient.
     private var sampleColumns: FloatBuffer?
     private var output: FloatBuffer!
+    /// The batch the buffers were sized for.
+    private var capacity = 0
     private var inputGrad: FloatBuffer!
     private var input: Tensor?
 
@@ -71,6 +73,7 @@ public final class Conv2d: Layer {
     public func configure(input: Shape, maxBatch: Int, index: Int) throws {
         let g = try geometry(for: input)
         geometry = g
+        capacity = maxBatch
         output = FloatBuffer(capacity: maxBatch * outChannels * g.outSpatial)
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
         if !isPointwise {
@@ -94,6 +97,7 @@ public final class Conv2d: Layer {
     }
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(x.shape, capacity: capacity)
         let g = geometry!
         let n = x.shape.n, oc = outChannels, p = g.outSpatial
         input = x
@@ -133,6 +137,7 @@ public final class Conv2d: Layer {
     }
 
     public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(dy.shape, capacity: capacity)
         guard let x = input else { throw LayerError("Conv2d.backward called before forward") }
         let g = geometry!
         let n = dy.shape.n, oc = outChannels, p = g.outSpatial, ckk = g.patchSize

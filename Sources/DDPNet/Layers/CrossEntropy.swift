@@ -28,6 +28,9 @@ public final class SoftmaxCrossEntropy {
     /// Loss, correct count and gradient for logits and integer labels.
     public func callAsFunction(_ logits: Tensor, labels: UnsafePointer<Int32>) -> Result {
         let n = logits.shape.n, k = classes
+        precondition(logits.shape.perSample == k, "SoftmaxCrossEntropy: logits \(logits.shape) for \(k) classes")
+        precondition(n <= gradient.capacity / max(k, 1),
+                     "\(LayerError.batchTooLarge("SoftmaxCrossEntropy", batch: n, capacity: gradient.capacity / max(k, 1)))")
         let grad = gradient.tensor(logits.shape)
         var lossSum = 0.0
         var correct = 0

@@ -15,6 +15,8 @@ public final class Dropout: Layer {
 
     private var layerIndex = 0
     private var output: FloatBuffer!
+    /// The batch the buffers were sized for.
+    private var capacity = 0
     private var inputGrad: FloatBuffer!
     /// Per element 0 or 1/(1 - p), as applied by the last training forward.
     private var mask: FloatBuffer!
@@ -32,12 +34,14 @@ public final class Dropout: Layer {
     public func configure(input: Shape, maxBatch: Int, index: Int) throws {
         try validate()
         layerIndex = index
+        capacity = maxBatch
         output = FloatBuffer(capacity: maxBatch * input.perSample)
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
         mask = FloatBuffer(capacity: maxBatch * input.perSample)
     }
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(x.shape, capacity: capacity)
         try validate()
         masked = context.training && p > 0
         guard masked else { return x }
@@ -98,6 +102,7 @@ public final class Dropout: Layer {
     }
 
     public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(dy.shape, capacity: capacity)
         guard masked else { return dy }
         let dx = inputGrad.tensor(dy.shape)
         guard needsInputGradient else { return dx }

@@ -12,7 +12,7 @@ public final class ELU: Layer {
     public func configure(input: Shape, maxBatch: Int, index: Int) throws { buffers.configure(input, maxBatch: maxBatch) }
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
-        let y = buffers.forward(x)
+        let y = try buffers.forward(x, layer: "ELU")
         let src = x.data, dst = y.data, a = alpha
         for i in 0..<x.count { let v = src[i], e = a * vexpm1(min(v, 0)); dst[i] = v > 0 ? v : e }
         return y

@@ -12,7 +12,7 @@ public final class GELU: Layer {
     public func configure(input: Shape, maxBatch: Int, index: Int) throws { buffers.configure(input, maxBatch: maxBatch) }
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
-        let y = buffers.forward(x)
+        let y = try buffers.forward(x, layer: "GELU")
         let src = x.data, dst = y.data
         let invSqrt2: Float = Float(0.5).squareRoot()
         for i in 0..<x.count { dst[i] = 0.5 * src[i] * (1 + verf(src[i] * invSqrt2)) }

@@ -6,6 +6,8 @@ import DDPKernels
 public final class GlobalAvgPool2d: Layer {
     public var needsInputGradient = true
     private var output: FloatBuffer!
+    /// The batch the buffers were sized for.
+    private var capacity = 0
     private var inputGrad: FloatBuffer!
     private var inputShape: Shape?
 
@@ -19,11 +21,13 @@ public final class GlobalAvgPool2d: Layer {
 
     public func configure(input: Shape, maxBatch: Int, index: Int) throws {
         _ = try outputShape(for: input)
+        capacity = maxBatch
         output = FloatBuffer(capacity: maxBatch * input.c)
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
     }
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(x.shape, capacity: capacity)
         let planes = x.shape.n * x.shape.c, area = x.shape.spatial
         let y = output.tensor(Shape(n: x.shape.n, c: x.shape.c, h: 1, w: 1))
         let scale = 1 / Float(area)
@@ -33,6 +37,7 @@ public final class GlobalAvgPool2d: Layer {
     }
 
     public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(dy.shape, capacity: capacity)
         guard let shape = inputShape else { throw LayerError("GlobalAvgPool2d.backward called before forward") }
         let dx = inputGrad.tensor(shape)
         guard needsInputGradient else { return dx }

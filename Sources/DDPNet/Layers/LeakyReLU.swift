@@ -12,7 +12,7 @@ public final class LeakyReLU: Layer {
     public func configure(input: Shape, maxBatch: Int, index: Int) throws { buffers.configure(input, maxBatch: maxBatch) }
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
-        let y = buffers.forward(x)
+        let y = try buffers.forward(x, layer: "LeakyReLU")
         let src = x.data, dst = y.data, slope = negativeSlope
         for i in 0..<x.count { dst[i] = src[i] > 0 ? src[i] : src[i] * slope }
         return y

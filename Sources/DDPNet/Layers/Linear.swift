@@ -12,6 +12,8 @@ public final class Linear: Layer {
     private var weightGrad: UnsafeMutablePointer<Float>!
     private var biasGrad: UnsafeMutablePointer<Float>?
     private var output: FloatBuffer!
+    /// The batch the buffers were sized for.
+    private var capacity = 0
     /// yᵀ, [out, batch]: see `forward`.
     private var transposed: FloatBuffer!
     private var inputGrad: FloatBuffer!
@@ -34,6 +36,7 @@ public final class Linear: Layer {
 
     public func configure(input: Shape, maxBatch: Int, index: Int) throws {
         _ = try outputShape(for: input)
+        capacity = maxBatch
         output = FloatBuffer(capacity: maxBatch * outFeatures)
         transposed = FloatBuffer(capacity: maxBatch * outFeatures)
         inputGrad = FloatBuffer(capacity: maxBatch * inFeatures)
@@ -51,6 +54,7 @@ public final class Linear: Layer {
     }
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(x.shape, capacity: capacity)
         let n = x.shape.n
         input = x
         let y = output.tensor(Shape(n: n, features: outFeatures))
@@ -74,6 +78,7 @@ public final class Linear: Layer {
     }
 
     public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(dy.shape, capacity: capacity)
         guard let x = input else { throw LayerError("Linear.backward called before forward") }
         let n = dy.shape.n
         // dW = dyᵀ x : [out, n] x [n, in]

@@ -11,6 +11,8 @@ public final class MaxPool2d: Layer {
 
     private var geometry: ConvGeometry!
     private var output: FloatBuffer!
+    /// The batch the buffers were sized for.
+    private var capacity = 0
     private var inputGrad: FloatBuffer!
     private var argmax: OwnedBuffer<Int32>!
     private var windows: PoolWindows!
@@ -37,6 +39,7 @@ public final class MaxPool2d: Layer {
         let g = try poolGeometry("MaxPool2d", kernel: kernel, stride: stride, padding: padding, input: input)
         geometry = g
         let outCount = maxBatch * g.channels * g.outSpatial
+        capacity = maxBatch
         output = FloatBuffer(capacity: outCount)
         argmax = OwnedBuffer(capacity: outCount, repeating: 0)
         windows = PoolWindows(g)
@@ -44,6 +47,7 @@ public final class MaxPool2d: Layer {
     }
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(x.shape, capacity: capacity)
         let g = geometry!
         let y = output.tensor(g.outputShape(batch: x.shape.n))
         let oh = g.outHeight, ow = g.outWidth, plane = g.height * g.width
@@ -112,6 +116,7 @@ public final class MaxPool2d: Layer {
     }
 
     public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(dy.shape, capacity: capacity)
         guard let shape = inputShape else { throw LayerError("MaxPool2d.backward called before forward") }
         let dx = inputGrad.tensor(shape)
         guard needsInputGradient else { return dx }

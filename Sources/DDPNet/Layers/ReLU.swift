@@ -7,6 +7,8 @@ public final class ReLU: Layer {
     /// tensors then pass through unchanged both ways.
     public internal(set) var passesThrough = false
     private var output: FloatBuffer!
+    /// The batch the buffers were sized for.
+    private var capacity = 0
     private var inputGrad: FloatBuffer!
     private var lastOutput: Tensor?
 
@@ -15,11 +17,13 @@ public final class ReLU: Layer {
     public func outputShape(for input: Shape) throws -> Shape { input }
 
     public func configure(input: Shape, maxBatch: Int, index: Int) throws {
+        capacity = maxBatch
         output = FloatBuffer(capacity: maxBatch * input.perSample)
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
     }
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(x.shape, capacity: capacity)
         if passesThrough { return x }
         let y = output.tensor(x.shape)
         let src = x.data, dst = y.data
@@ -29,6 +33,7 @@ public final class ReLU: Layer {
     }
 
     public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(dy.shape, capacity: capacity)
         if passesThrough { return dy }
         guard let y = lastOutput else { throw LayerError("ReLU.backward called before forward") }
         let dx = inputGrad.tensor(dy.shape)

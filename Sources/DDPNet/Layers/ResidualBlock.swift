@@ -22,6 +22,8 @@ public final class ResidualBlock: Layer {
     private let bn2: BatchNorm
     private let downsample: (conv: Conv2d, bn: BatchNorm)?
     private var output: FloatBuffer!
+    /// The batch the buffers were sized for.
+    private var capacity = 0
     private var sumGrad: FloatBuffer!
     private var inputGrad: FloatBuffer!
     private var lastOutput: Tensor?
@@ -64,6 +66,7 @@ public final class ResidualBlock: Layer {
             try downsample.conv.configure(input: input, maxBatch: maxBatch, index: index)
             try downsample.bn.configure(input: inner, maxBatch: maxBatch, index: index)
         }
+        capacity = maxBatch
         output = FloatBuffer(capacity: maxBatch * inner.perSample)
         sumGrad = FloatBuffer(capacity: maxBatch * inner.perSample)
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
@@ -98,6 +101,7 @@ public final class ResidualBlock: Layer {
     }
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(x.shape, capacity: capacity)
         var h = try conv1.forward(x, context)
         h = try bn1.forward(h, context)
         h = try relu.forward(h, context)
@@ -113,6 +117,7 @@ public final class ResidualBlock: Layer {
     }
 
     public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try checkBatch(dy.shape, capacity: capacity)
         guard let y = lastOutput else { throw LayerError("ResidualBlock.backward called before forward") }
         // Through the final ReLU; both branches receive the same gradient.
         let g = sumGrad.tensor(dy.shape)

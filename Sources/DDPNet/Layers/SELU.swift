@@ -13,7 +13,7 @@ public final class SELU: Layer {
     public func configure(input: Shape, maxBatch: Int, index: Int) throws { buffers.configure(input, maxBatch: maxBatch) }
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
-        let y = buffers.forward(x)
+        let y = try buffers.forward(x, layer: "SELU")
         let src = x.data, dst = y.data, scale = SELU.scale, scaledAlpha = SELU.scale * SELU.alpha
         for i in 0..<x.count { let v = src[i], e = scaledAlpha * vexpm1(min(v, 0)); dst[i] = v > 0 ? scale * v : e }
         return y

@@ -11,7 +11,7 @@ public final class Sigmoid: Layer {
     public func configure(input: Shape, maxBatch: Int, index: Int) throws { buffers.configure(input, maxBatch: maxBatch) }
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
-        let y = buffers.forward(x)
+        let y = try buffers.forward(x, layer: "Sigmoid")
         let src = x.data, dst = y.data
         for i in 0..<x.count { dst[i] = 1 / (1 + vexp(-src[i])) }
         return y

@@ -11,7 +11,7 @@ public final class Tanh: Layer {
     public func configure(input: Shape, maxBatch: Int, index: Int) throws { buffers.configure(input, maxBatch: maxBatch) }
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
-        let y = buffers.forward(x)
+        let y = try buffers.forward(x, layer: "Tanh")
         let src = x.data, dst = y.data
         // tanh|x| = e/(e + 2) with e = expm1(2|x|): accurate near 0, saturates to 1.
         for i in 0..<x.count {

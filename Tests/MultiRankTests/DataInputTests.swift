@@ -1,0 +1,123 @@
+import Foundation
+import XCTest
+
+/// Hostile data inputs through the real binary: a damaged dataset cache, a gzip bomb, a
+/// sparse giant, a synthetic dataset larger than memory. Each ends in a warning or a clear
+/// error (status 65 or 64), never a crash, within seconds.
+final class DataInputTests: XCTestCase {
+    var scratch: URL!
+    var cacheHome: String { scratch.appendingPathComponent("cache").path }
+
+    override func setUpWithError() throws {
+        scratch = FileManager.default.temporaryDirectory.appendingPathComponent("ddptrain-data-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: scratch)
+    }
+
+    /// A small Fashion-MNIST-shaped folder of plain IDX files; labels are i mod 10.
+    func makeData(train: Int = 64, test: Int = 32) throws -> URL {
+        let dir = scratch.appendingPathComponent("data")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        for (split, n) in [("train", train), ("t10k", test)] {
+            var images = Data([0, 0, 8, 3]) + bigEndian(n) + bigEndian(28) + bigEndian(28)
+            images += Data((0..<(n * 784)).map { UInt8(truncatingIfNeeded: $0 * 7) })
+            var labels = Data([0, 0, 8, 1]) + bigEndian(n)
+            labels += Data((0..<n).map { UInt8($0 % 10) })
+            try images.write(to: dir.appendingPathComponent("\(split)-images-idx3-ubyte"))
+            try labels.write(to: dir.appendingPathComponent("\(split)-labels-idx1-ubyte"))
+        }
+        return dir
+    }
+
+    func bigEndian(_ v: Int) -> Data { Data([UInt8(v >> 24 & 255), UInt8(v >> 16 & 255), UInt8(v >> 8 & 255), UInt8(v & 255)]) }
+
+    func train(_ args: [String], ranks: Int = 2) throws -> MPIRun.Result {
+        let run = scratch.appendingPathComponent("run-\(UUID().uuidString.prefix(8))").path
+        let full = ["train", "--steps", "3", "--per-rank-batch", "4", "--model", "mlp", "--eval-every", "0", "--run-dir", run] + args
+        let r = try MPIRun.run(ranks: ranks, full, timeout: 60, environment: ["XDG_CACHE_HOME": cacheHome])
+        XCTAssertFalse(r.timedOut, "hung: \(args)")
+        XCTAssertFalse(r.stderr.contains("Fatal error"), "crash trace: \(r.stderr)")
+        return r
+    }
+
+    func expectFailure(_ args: [String], statuses: Set<Int32> = [65], mentions: [String],
+                       file: StaticString = #filePath, line: UInt = #line) throws {
+        let r = try train(args)
+        XCTAssertTrue(statuses.contains(r.status), "\(args): status \(r.status), expected \(statuses):\n\(r.stderr)", file: file, line: line)
+        XCTAssertLessThan(r.seconds, 20, "\(args) took \(r.seconds) s to end", file: file, line: line)
+        for text in mentions {
+            XCTAssertTrue(r.stderr.contains(text), "\(args): stderr lacks '\(text)':\n\(r.stderr)", file: file, line: line)
+        }
+    }
+
+    /// One damaged label byte in the cache once read out of bounds; now the cache's checksum
+    /// finds it, and the cache is rebuilt from the source files with a warning.
+    func testDamagedCacheIsRebuiltWithAWarning() throws {
+        let data = try makeData()
+        let first = try train(["--data-dir", data.path])
+        XCTAssertEqual(first.status, 0, first.stderr)
+        let folder = cacheHome + "/ddptrain"
+        let caches = try FileManager.default.contentsOfDirectory(atPath: folder).filter { $0.hasPrefix("data-train-") }
+        XCTAssertEqual(caches.count, 1, "\(caches)")
+        let path = folder + "/" + caches[0]
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        // Labels 0...9 as little-endian Int32.
+        let labels: [UInt8] = (0..<10).flatMap { (i: Int) -> [UInt8] in [UInt8(i), 0, 0, 0] }
+        let offset = try XCTUnwrap((0...(bytes.count - labels.count)).first { (i: Int) -> Bool in
+            bytes[i..<(i + labels.count)].elementsEqual(labels)
+        })
+        bytes[offset + 4 * 7] = 200
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+
+        let second = try train(["--data-dir", data.path])
+        XCTAssertEqual(second.status, 0, second.stderr)
+        XCTAssertTrue(second.stderr.contains("warning: \(path): damaged dataset cache (checksum mismatch"), second.stderr)
+        XCTAssertTrue(second.stderr.contains("rebuilt from the source files"), second.stderr)
+        let third = try train(["--data-dir", data.path])
+        XCTAssertEqual(third.status, 0, third.stderr)
+        XCTAssertFalse(third.stderr.contains("damaged"), "the rebuilt cache is sound: \(third.stderr)")
+    }
+
+    /// 200 MB of zeros behind a header announcing 64 images: refused after inflating those.
+    func testGzipBombIsRefused() throws {
+        let data = try makeData()
+        let images = data.appendingPathComponent("train-images-idx3-ubyte")
+        let header = try Data(contentsOf: images).prefix(16)
+        try header.write(to: images)
+        let handle = try FileHandle(forWritingTo: images)
+        try handle.truncate(atOffset: 16 + 200_000_000)  // sparse: zeros that take no disk
+        try handle.close()
+        let gzip = Process()
+        gzip.executableURL = URL(fileURLWithPath: "/bin/gzip")
+        gzip.arguments = ["-1", images.path]
+        try gzip.run()
+        gzip.waitUntilExit()
+        XCTAssertEqual(gzip.terminationStatus, 0)
+        try expectFailure(["--data-dir", data.path],
+                          mentions: ["train-images-idx3-ubyte.gz", "trailing data after the 64 images of 28x28 the header announces",
+                                     "inflates to more than 50192 bytes"])
+    }
+
+    /// A valid header at the start of a 1 TiB sparse file: refused from its size, unread.
+    func testSparseTebibyteFileIsRefusedFromItsSize() throws {
+        let data = try makeData()
+        let images = data.appendingPathComponent("train-images-idx3-ubyte")
+        let handle = try FileHandle(forWritingTo: images)
+        try handle.truncate(atOffset: 1 << 40)
+        try handle.close()
+        try expectFailure(["--data-dir", data.path],
+                          mentions: ["train-images-idx3-ubyte", "\((1 << 40) - 50192) bytes of trailing data after the 64 images of 28x28"])
+    }
+
+    /// Counts whose bytes exceed the 32-bit sample indices or the memory: refused before
+    /// allocating (by the option's check or by the data layer's).
+    func testSyntheticDatasetLargerThanMemoryIsRefused() throws {
+        try expectFailure(["--dataset", "synthetic", "--synthetic-samples", "1000000000000"], statuses: [64, 65],
+                          mentions: ["1000000000000"])
+        try expectFailure(["--dataset", "synthetic", "--synthetic-samples", "2000000000"], statuses: [64, 65],
+                          mentions: ["2000000000"])
+    }
+}
