@@ -103,15 +103,19 @@ public struct VariantResult: Codable, Sendable {
         public var loss: Double
     }
 
-    /// Reads a variant's metrics.jsonl.
-    public static func losses(metricsPath: String) -> [StepLoss] {
-        guard let text = try? String(contentsOfFile: metricsPath, encoding: .utf8) else { return [] }
+    /// Reads a variant's metrics.jsonl line by line: a line that is not a step record (one
+    /// kept on resume, see RunDirectory.keepMetrics) is left out of the chart, not the others.
+    public static func losses(metricsPath: String) throws -> [StepLoss] {
+        guard let fd = try openRegularFileForReading(metricsPath) else { return [] }
+        defer { close(fd) }
+        struct Record: Decodable { var step: Int; var loss: Double; var skipped: Bool? }
+        let decoder = JSONDecoder()
+        decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         var out: [StepLoss] = []
-        for line in text.split(separator: "\n") {
-            guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-                  let step = object["step"] as? Int, let loss = object["loss"] as? Double,
-                  (object["skipped"] as? Bool) != true else { continue }
-            out.append(StepLoss(step: step, loss: loss))
+        try forEachLine(fd: fd, path: metricsPath) { piece in
+            guard piece.starts && piece.ends, let record = try? decoder.decode(Record.self, from: Data(piece.bytes)),
+                  record.skipped != true else { return }
+            out.append(StepLoss(step: record.step, loss: record.loss))
         }
         return out
     }

@@ -47,7 +47,10 @@ public final class RunLog {
     let logEvery: Int
     let jsonOutput: Bool
     let quiet: Bool
-    private var metrics: UnsafeMutablePointer<FILE>?
+    /// metrics.jsonl, opened for appending (rank 0 only), and its size after the last whole line.
+    private var metricsFile: Int32 = -1
+    private var metricsPath = ""
+    private var metricsSize: off_t = 0
     private let interactive: Bool
     private var windowStart = 0.0
     private var windowSamples = 0
@@ -72,14 +75,23 @@ public final class RunLog {
         default: interactive = isatty(json ? 2 : 1) != 0
         }
         if isRoot, let metricsPath {
-            guard let file = fopen(metricsPath, "a") else {
-                throw TrainingError("\(metricsPath): cannot open for writing: \(String(cString: strerror(errno)))")
+            // Never through a link, never a FIFO or a device: RunDirectory made it a regular file.
+            let fd = open(metricsPath, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0o644)
+            guard fd >= 0 else {
+                throw TrainingError("\(metricsPath): cannot open for appending: \(errnoDescription(errno))", exitCode: ExitStatus.inputError)
             }
-            metrics = file
+            var info = stat()
+            guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG else {
+                close(fd)
+                throw TrainingError("\(metricsPath) is not a regular file", exitCode: ExitStatus.inputError)
+            }
+            metricsFile = fd
+            self.metricsPath = metricsPath
+            metricsSize = info.st_size
         }
     }
 
-    deinit { if let metrics { fclose(metrics) } }
+    deinit { if metricsFile >= 0 { close(metricsFile) } }
 
     private func say(_ text: String) {
         guard isRoot, !quiet else { return }
@@ -107,12 +119,22 @@ public final class RunLog {
             + "\(c.optimizer) lr \(trainer.baseLearningRate) \(c.schedule), \(trainer.model.parameterCount) parameters")
     }
 
-    func step(_ record: StepRecord, totalSteps: Int, stepsPerEpoch: Int) {
+    /// Appends the step's line to metrics.jsonl (one write, so a crash leaves whole lines) and
+    /// shows progress. A line that cannot be written (disk full, quota, I/O error) stops the
+    /// run: the file is cut back to its last whole line, and a resume logs the step again.
+    public func step(_ record: StepRecord, totalSteps: Int, stepsPerEpoch: Int) throws {
         guard isRoot else { return }
-        if let metrics, let line = try? encoder.encode(record) {
-            line.withUnsafeBytes { _ = fwrite($0.baseAddress, 1, $0.count, metrics) }
-            fputc(10, metrics)
-            if record.step % logEvery == 0 || record.step == totalSteps { fflush(metrics) }
+        if metricsFile >= 0 {
+            var line = try encoder.encode(record)
+            line.append(10)
+            do {
+                try writeAll(metricsFile, line, path: metricsPath)
+                metricsSize += off_t(line.count)
+            } catch let error as TrainingError {
+                _ = ftruncate(metricsFile, metricsSize)
+                throw TrainingError("cannot log step \(record.step): \(error.message); the run stops here (make room, then "
+                                    + "resume with --resume auto)", exitCode: ExitStatus.checkpointWriteFailed)
+            }
         }
         if !record.skipped { lastLoss = record.loss; lastAccuracy = record.accuracy }
         windowSamples += record.samples
@@ -166,7 +188,6 @@ public final class RunLog {
 
     func finish(_ summary: TrainSummary) {
         guard isRoot else { return }
-        if let metrics { fflush(metrics) }
         if interactive { clearBar() }
         var text = String(format: "done: %d steps (%.2f epochs) in %@, %.0f samples/s, %.1f%% of step time communicating",
                           summary.steps, summary.epochs, formatDuration(summary.wallSeconds), summary.samplesPerSecond,

@@ -459,7 +459,7 @@ public final class Trainer {
                 if step == totalSteps { timedCPUSeconds = ProcessClock.cpuSeconds() - timedCPUStart }
             }
 
-            log.step(StepRecord(step: step, epoch: epoch, loss: stepLoss, accuracy: stepAccuracy, lr: lr,
+            try log.step(StepRecord(step: step, epoch: epoch, loss: stepLoss, accuracy: stepAccuracy, lr: lr,
                                 gradNorm: norm, clipped: clipped, skipped: skipped, samples: Int(globalCount),
                                 dataSeconds: times.data, forwardSeconds: times.forward, backwardSeconds: times.backward,
                                 communicationSeconds: times.communication, optimizerSeconds: times.optimizer),

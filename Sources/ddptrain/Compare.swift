@@ -46,6 +46,7 @@ struct Compare: ParsableCommand {
         try withWorld { world in
             let base = try options.resolve(in: world)
             let variants = try agreeOnSuccess(world) { try makeVariants(base: base, variations: try variations()) }
+            try RunDirectory.prepareComparison(path: base.runDir, world: world)
             var results: [VariantResult] = []
             for (i, variant) in variants.enumerated() {
                 let summaryPath = variant.config.runDir + "/summary.json"
@@ -67,7 +68,7 @@ struct Compare: ParsableCommand {
                 let run = try RunDirectory.prepare(config: trainer.config, world: world, resumedAtStep: trainer.resumedFrom == nil ? nil : trainer.step)
                 let log = try RunLog(rank: world.rank, logEvery: variant.config.logEvery, json: false, metricsPath: run.metricsPath)
                 let summary = try trainer.run(log: log, checkpointDirectory: run.checkpointsPath)
-                let result = VariantResult(name: variant.name, summary: summary, losses: VariantResult.losses(metricsPath: run.metricsPath))
+                let result = VariantResult(name: variant.name, summary: summary, losses: try VariantResult.losses(metricsPath: run.metricsPath))
                 if world.rank == 0 {
                     try writeAtomically(String(decoding: try JSONEncoder.ddptrain().encode(result), as: UTF8.self), to: summaryPath)
                 }
