@@ -15,8 +15,8 @@ public enum ExitStatus {
     /// Training stopped after --max-skipped-steps consecutive non-finite steps: resuming
     /// from the last checkpoint would diverge the same way (the run is deterministic).
     public static let diverged: Int32 = 70
-    /// A checkpoint could not be written (disk full, permissions): would repeat until the
-    /// disk is fixed.
+    /// A checkpoint or a line of metrics.jsonl could not be written (disk full, permissions):
+    /// would repeat until the disk is fixed.
     public static let checkpointWriteFailed: Int32 = 74
     /// A training step took longer than --collective-timeout: a rank or a host is probably
     /// lost. Restartable.

@@ -56,6 +56,32 @@ final class RunDirectoryTests: XCTestCase {
         XCTAssertEqual(now.compactMap(step), Array(1...12), "steps after the checkpoint logged once, by the resumed run")
     }
 
+    /// A metrics.jsonl that cannot be read stops the resume with its name and errno, and
+    /// nothing is overwritten. The tests run as root, which reads any file: the job runs
+    /// without the capabilities that bypass file permissions (setpriv), as a user's would.
+    func testUnreadableMetricsStopsTheResumeAndOverwritesNothing() throws {
+        let crashed = try train([], run: "unreadable", environment: ["DDPTRAIN_INJECT_FAULT": "1:9"])
+        XCTAssertNotEqual(crashed.status, 0)
+        let metrics = runDir("unreadable") + "/metrics.jsonl", config = runDir("unreadable") + "/config.json"
+        let metricsBefore = try bytes(metrics), configBefore = try bytes(config)
+        XCTAssertEqual(chmod(metrics, 0), 0)
+        defer { chmod(metrics, 0o644) }
+        let dropped = "-dac_override,-dac_read_search"
+        let args = ["train", "--model", "mlp", "--train-samples", "512", "--eval-every", "0", "--log-every", "4",
+                    "--per-rank-batch", "16", "--steps", "12", "--checkpoint-every", "4", "--lr", "0.01",
+                    "--run-dir", runDir("unreadable"), "--resume", "auto"]
+        let r = try Background("/usr/bin/setpriv", ["--inh-caps=" + dropped, "--bounding-set=" + dropped, "/usr/bin/env",
+                                                    "mpirun", "-n", "2", "--oversubscribe", "--bind-to", "none", MPIRun.binary] + args,
+                               environment: ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                                             "OPENBLAS_NUM_THREADS": "1"]).wait(timeout: 60)
+        XCTAssertFalse(r.timedOut, r.stderr)
+        XCTAssertEqual(r.status, 65, r.stderr)
+        XCTAssertTrue(r.stderr.contains("\(metrics): cannot open: Permission denied (errno 13)"), r.stderr)
+        chmod(metrics, 0o644)
+        XCTAssertEqual(try bytes(metrics), metricsBefore)
+        XCTAssertEqual(try bytes(config), configBefore)
+    }
+
     /// metrics.jsonl that is a FIFO: the resume stops at once (it used to wait forever for a writer).
     func testMetricsFIFOStopsTheResumeAtOnce() throws {
         XCTAssertNotEqual(try train([], run: "fifo", environment: ["DDPTRAIN_INJECT_FAULT": "1:9"]).status, 0)
