@@ -405,27 +405,6 @@ extension ModelSpec {
     }
 }
 
-/// The memory the kernel says it can give without swapping.
-public enum MemoryInfo {
-    /// MemAvailable of /proc/meminfo, lowered to the cgroup's memory.max less its usage when
-    /// that is smaller; nil when neither is known.
-    public static func availableBytes() -> Int? {
-        var result: Int?
-        if let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
-           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemAvailable:") }),
-           let kB = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) {
-            result = kB.multipliedReportingOverflow(by: 1024).overflow ? nil : kB * 1024
-        }
-        func number(_ path: String) -> Int? {
-            (try? String(contentsOfFile: path, encoding: .utf8)).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
-        }
-        if let limit = number("/sys/fs/cgroup/memory.max"), let used = number("/sys/fs/cgroup/memory.current") {
-            result = min(result ?? Int.max, max(limit - used, 0))
-        }
-        return result
-    }
-}
-
 extension Model {
     /// A table of layers with output shapes and parameter counts, and the totals.
     public func summaryTable(name: String) -> String {
