@@ -428,3 +428,20 @@ extension Model {
         return text
     }
 }
+
+extension LayerSpec {
+    /// The settings that are set, as `kind key=value ...` (for messages that compare layers).
+    public var settingsText: String {
+        var parts = [kind.rawValue]
+        for child in Mirror(reflecting: self).children {
+            guard let label = child.label, label != "kind" else { continue }
+            let value = Mirror(reflecting: child.value)
+            if value.displayStyle == .optional {
+                if let wrapped = value.children.first?.value { parts.append("\(label)=\(wrapped)") }
+            } else {
+                parts.append("\(label)=\(child.value)")
+            }
+        }
+        return parts.joined(separator: " ")
+    }
+}

@@ -1,4 +1,5 @@
 import DDPComm
+import Foundation
 
 /// An error that every rank knows about, to be reported once (by rank 0): ranks leave
 /// together with a non-zero exit, no MPI_Abort needed. Such errors are found the same way
@@ -28,4 +29,26 @@ public func agreeOnSuccess<T>(_ world: Communicator, exitCode: Int32 = ExitStatu
         "error on " + (ranks.count == 1 ? "rank \(ranks[0])" : "ranks \(ranks.map(String.init).joined(separator: ","))") + ": " + text
     }.joined(separator: "\n")
     throw CollectiveFailure(message: report, exitCode: exitCode)
+}
+
+/// Fails on every rank unless every rank holds the same `settings` (name, value). Inputs each
+/// rank reads for itself (a config or model file on a node's own disk) must agree: ranks that
+/// resolved different step counts or layers would go on to different collectives and hang.
+/// The error names the ranks that differ from rank 0 and the first settings that differ.
+public func agreeOnSettings(_ world: Communicator, what: String, _ settings: [(name: String, value: String)]) throws {
+    let encoded = String(decoding: (try? JSONEncoder().encode(settings.map { [$0.name, $0.value] })) ?? Data(), as: UTF8.self)
+    let all = try world.allgather(string: encoded)
+    let differing = all.indices.filter { all[$0] != all[0] }
+    guard let other = differing.first else { return }
+    func decode(_ text: String) -> [String: String] {
+        let pairs = (try? JSONDecoder().decode([[String]].self, from: Data(text.utf8))) ?? []
+        return Dictionary(pairs.compactMap { $0.count == 2 ? ($0[0], $0[1]) : nil }, uniquingKeysWith: { first, _ in first })
+    }
+    let base = decode(all[0]), theirs = decode(all[other])
+    let names = Set(base.keys).union(theirs.keys).sorted().filter { base[$0] != theirs[$0] }
+    let shown = names.prefix(4).map { "\($0) is \(base[$0] ?? "absent") on rank 0, \(theirs[$0] ?? "absent") on rank \(other)" }
+    throw CollectiveFailure(message: "\(what) differs between ranks (rank\(differing.count > 1 ? "s" : "") "
+                            + differing.map(String.init).joined(separator: ",") + " against rank 0): "
+                            + shown.joined(separator: "; ") + (names.count > 4 ? "; and \(names.count - 4) more" : "")
+                            + "; every rank must read the same files (put them on shared storage)")
 }

@@ -177,8 +177,11 @@ extension ComputeReplicas {
             }
             return value
         }
-        if cores.usable < cores.node { return cores.usable }
-        return max(1, cores.node / localRanks(environment))
+        // Clamped to what --threads accepts, so that the recorded count (config.json,
+        // checkpoints) loads again on a node with more cores than that.
+        let cap = TrainConfig.threadRange.upperBound
+        if cores.usable < cores.node { return min(max(1, cores.usable), cap) }
+        return min(max(1, cores.node / localRanks(environment)), cap)
     }
 
     static func localRanks(_ environment: [String: String]) -> Int {

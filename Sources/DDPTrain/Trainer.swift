@@ -131,6 +131,9 @@ public final class Trainer {
         // Data and model are validated on every rank before any training collective.
         let data = try TrainingData.load(config: config, world: world, withTest: config.evalEvery > 0)
         let spec = try agreeOnSuccess(world) { try config.modelSpec() }
+        try agreeOnSettings(world, what: "model \(config.model)",
+                            [("name", spec.name)] + spec.layers.enumerated().map { ("layer \($0.offset)", $0.element.settingsText) }
+                                + [("layers", String(spec.layers.count))])
         self.data = data
         self.spec = spec
         if globalBatch > data.train.count {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import DDPComm
 import DDPTrain
+import Foundation
 
 /// The training options, shared by `train`, `compare` and `bench`. Every option is optional
 /// here: unset flags take the `--config` file's value, then the default (TrainConfig).
@@ -101,7 +102,10 @@ struct TrainOptions: ParsableArguments {
     /// The resolved configuration, agreed on by every rank: a config file that one rank
     /// cannot read or parse ends the job on every rank, naming the rank and the file (I5).
     func resolve(in world: Communicator) throws -> TrainConfig {
-        try agreeOnSuccess(world) { try resolve() }
+        let config = try agreeOnSuccess(world) { try resolve() }
+        let settings = (try? JSONSerialization.jsonObject(with: Data(config.json.utf8)) as? [String: Any]) ?? [:]
+        try agreeOnSettings(world, what: "the configuration", settings.sorted { $0.key < $1.key }.map { ($0.key, "\($0.value)") })
+        return config
     }
 
     /// `base` with the flags given on top.

@@ -131,6 +131,9 @@ final class ComputeReplicasTests: XCTestCase {
         XCTAssertEqual(try ComputeReplicas.defaultThreads(environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "4"], cores: (2, 2)), 1)
         // A rank bound to 3 of 16 cores gets 3 threads, whatever the rank count.
         XCTAssertEqual(try ComputeReplicas.defaultThreads(environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "2"], cores: (16, 3)), 3)
+        // A node with more cores than --threads accepts: the recorded count must load again.
+        XCTAssertEqual(try ComputeReplicas.defaultThreads(environment: [:], cores: (384, 384)), 256)
+        XCTAssertEqual(try ComputeReplicas.defaultThreads(environment: [:], cores: (512, 300)), 256)
         for bad in ["zero", "0", "1000", ""] {
             XCTAssertThrowsError(try ComputeReplicas.defaultThreads(environment: ["OPENBLAS_NUM_THREADS": bad], cores: free)) { error in
                 XCTAssertTrue("\(error)".contains("OPENBLAS_NUM_THREADS=\(bad) is not a thread count from 1 to 256"), "\(error)")

@@ -37,7 +37,13 @@ final class FuzzRegressionTests: XCTestCase {
         }
         let target = try XCTUnwrap(FuzzTarget(rawValue: name))
         target.run([UInt8](try Data(contentsOf: URL(fileURLWithPath: file))))
+        print(Self.replayedMarker)
     }
+
+    /// Printed by the child once the input went through, so that a child that ran no test
+    /// (a filter that matched nothing) does not count as a pass.
+    private static let replayedMarker = "fuzz replay: input done"
+
 
     private static let targetVariable = "DDPTRAIN_FUZZ_REPLAY_TARGET"
     private static let fileVariable = "DDPTRAIN_FUZZ_REPLAY_FILE"
@@ -89,6 +95,8 @@ final class FuzzRegressionTests: XCTestCase {
                         + (message.map { ": \($0)" } ?? ""))
             } else if child.terminationStatus != 0 {
                 XCTFail("\(name): replay exited with status \(child.terminationStatus)\n\(printed.suffix(2000))")
+            } else if !printed.contains(Self.replayedMarker) {
+                XCTFail("\(name): the replay child ran no replay (status 0 without its marker)\n\(printed.suffix(2000))")
             }
         }
     }

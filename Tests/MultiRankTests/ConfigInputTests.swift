@@ -30,14 +30,14 @@ final class ConfigInputTests: XCTestCase {
 
     /// mpirun with its own arguments per rank (MPMD: `-n 1 ddptrain A : -n 1 ddptrain B`), so
     /// that one rank can be given a file that another does not see.
-    func runPerRank(_ perRank: [[String]], timeout: Double = 30) throws -> MPIRun.Result {
+    func runPerRank(_ perRank: [[String]], workingDirectories: [String]? = nil, timeout: Double = 30) throws -> MPIRun.Result {
         guard FileManager.default.isExecutableFile(atPath: MPIRun.binary) else {
             throw XCTSkip("no release binary at \(MPIRun.binary): run launch/test (or swift build -c release)")
         }
         var args = ["mpirun", "--oversubscribe", "--bind-to", "none", "-x", "OPENBLAS_NUM_THREADS"]
         for (rank, rankArgs) in perRank.enumerated() {
             if rank > 0 { args.append(":") }
-            args += ["-n", "1", MPIRun.binary] + rankArgs
+            args += ["-n", "1"] + (workingDirectories.map { ["-wdir", $0[rank]] } ?? []) + [MPIRun.binary] + rankArgs
         }
         let env = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OPENBLAS_NUM_THREADS": "1"]
         return try Background("/usr/bin/env", args, environment: env).wait(timeout: timeout)
@@ -68,11 +68,31 @@ final class ConfigInputTests: XCTestCase {
         expect(r, status: 65, mentions: ["error on rank 1: \(fifo): the config file is not a regular file"])
     }
 
+    /// Each rank reads its own copy of the files: copies that differ (a stale config on one
+    /// node) would make the ranks run different collectives, so every rank stops, naming them.
+    func testConfigOrModelThatDiffersBetweenRanksEndsEveryRank() throws {
+        let one = try write("lr: 0.05\n", "one.yaml"), other = try write("lr: 0.06\n", "other.yaml")
+        let r = try runPerRank([train + ["--config", one], train + ["--config", other]])
+        expect(r, status: 65, mentions: ["the configuration differs between ranks (rank 1 against rank 0): lr is 0.05 on rank 0, 0.06 on rank 1"])
+
+        // The same relative path names another file on each rank, as on two nodes' disks.
+        let a = scratch.appendingPathComponent("node-a").path, b = scratch.appendingPathComponent("node-b").path
+        for (folder, hidden) in [(a, 10), (b, 12)] {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            try "name: m\nlayers:\n  - flatten\n  - {type: linear, out: \(hidden)}\n  - relu\n  - {type: linear, out: 10}\n"
+                .write(toFile: folder + "/model.yaml", atomically: true, encoding: .utf8)
+        }
+        let m = try runPerRank([train + ["--model", "model.yaml"], train + ["--model", "model.yaml"]], workingDirectories: [a, b])
+        expect(m, status: 65, mentions: ["model model.yaml differs between ranks (rank 1 against rank 0): layer 1 is", "linear out=10 on rank 0, linear out=12 on rank 1"])
+    }
+
     func testModelFileMissingOnOneRankEndsEveryRank() throws {
-        let present = try write("layers: [flatten, {type: linear, out: 10}]\n", "present-model.yaml")
-        let absent = scratch.appendingPathComponent("absent-model.yaml").path
-        let r = try runPerRank([train + ["--model", present], train + ["--model", absent]])
-        expect(r, status: 65, mentions: ["error on rank 1: model '\(absent)' is neither a preset"])
+        // The same relative path on both ranks, found on rank 0's "disk" only.
+        let a = scratch.appendingPathComponent("has-it").path, b = scratch.appendingPathComponent("lacks-it").path
+        for folder in [a, b] { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true) }
+        try "layers: [flatten, {type: linear, out: 10}]\n".write(toFile: a + "/model.yaml", atomically: true, encoding: .utf8)
+        let r = try runPerRank([train + ["--model", "model.yaml"], train + ["--model", "model.yaml"]], workingDirectories: [a, b])
+        expect(r, status: 65, mentions: ["error on rank 1: model 'model.yaml' is neither a preset"])
     }
 
     /// A rank with a command line of its own reported nothing and exited 0 before MPI
