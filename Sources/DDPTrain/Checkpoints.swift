@@ -34,16 +34,49 @@ public struct CheckpointStore: Sendable {
         self.keep = keep
     }
 
-    public func path(step: Int) -> String { String(format: "%@/step-%08d.safetensors", directory, step) }
+    public func path(step: Int) -> String { directory + "/" + Self.name(step: step) }
 
-    /// Everything named like a checkpoint, newest first (by the step in the name), whatever
-    /// its type: a directory or a FIFO under such a name is listed too, so that resume says
-    /// it cannot read it rather than pass over it in silence.
-    public func files() -> [String] {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        return names.filter { $0.hasPrefix("step-") && $0.hasSuffix(".safetensors") && !$0.hasPrefix(".") }
-            .sorted(by: >).map { "\(directory)/\($0)" }
+    static func name(step: Int) -> String { String(format: "step-%08d.safetensors", step) }
+
+    /// The step of a name `path(step:)` writes (`step-` and 8 or more digits, no sign, no
+    /// extra leading zero), else nil: anything else in the folder (`step-final.safetensors`,
+    /// `step-00000010-best.safetensors`) is the user's, never loaded, counted or deleted.
+    static func step(ofName name: String) -> Int? {
+        guard name.hasPrefix("step-"), name.hasSuffix(".safetensors") else { return nil }
+        let digits = name.dropFirst("step-".count).dropLast(".safetensors".count)
+        guard digits.count >= 8, digits.allSatisfy({ ("0"..."9").contains($0) }), let step = Int(digits),
+              Self.name(step: step) == name else { return nil }
+        return step
     }
+
+    /// Every checkpoint by step, newest first, whatever its type: a directory or a FIFO under
+    /// such a name is listed too, so that resume says it cannot read it rather than pass over
+    /// it in silence. No folder yet means no checkpoints; a folder that cannot be listed
+    /// (permissions, an I/O error, not a directory) is an error naming it: taking it for
+    /// empty would start the run over.
+    public func checkpoints() throws -> [(step: Int, path: String)] {
+        guard let folder = opendir(directory) else {
+            let code = errno
+            if code == ENOENT { return [] }
+            throw CheckpointError(directory, "cannot list the checkpoints folder: opendir failed: \(String(cString: strerror(code))) (errno \(code))")
+        }
+        defer { closedir(folder) }
+        var found: [(step: Int, path: String)] = []
+        while true {
+            errno = 0
+            guard let entry = readdir(folder) else {
+                let code = errno
+                if code == 0 { break }
+                throw CheckpointError(directory, "cannot list the checkpoints folder: readdir failed: \(String(cString: strerror(code))) (errno \(code))")
+            }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            if let step = Self.step(ofName: name) { found.append((step, directory + "/" + name)) }
+        }
+        return found.sorted { $0.step > $1.step }
+    }
+
+    /// The paths of `checkpoints()`, newest first.
+    public func files() throws -> [String] { try checkpoints().map(\.path) }
 
     /// The metadata a checkpoint carries.
     public static func metadata(config: TrainConfig, position: TrainingPosition, stepsPerEpoch: Int, worldSize: Int,
@@ -76,8 +109,7 @@ public struct CheckpointStore: Sendable {
     /// dangling link) is not ours to judge and stays.
     public func save(model: Model, optimizer: Optimizer, metadata: [String: String], step: Int) throws {
         try StateDict.write(model: model, optimizer: optimizer, metadata: metadata, to: path(step: step))
-        let current = path(step: step)
-        for old in files().filter({ $0 <= current && Self.isRegularFile($0) }).dropFirst(keep) { unlink(old) }
+        for old in try checkpoints().filter({ $0.step <= step && Self.isRegularFile($0.path) }).dropFirst(keep) { unlink(old.path) }
     }
 
     private static func isRegularFile(_ path: String) -> Bool {
@@ -189,6 +221,24 @@ public struct CheckpointReader {
                                           + "overflow when continued with global batch \(newBatch)")
         }
         return (newStep, seen)
+    }
+
+    /// Where a run of global batch `newBatch` and `newStepsPerEpoch` steps per epoch continues
+    /// after this checkpoint, with a note for the user when the batch changed. Computed before
+    /// anything is loaded, so that damage found here is skipped like any other under `auto`.
+    /// With the same global batch, other steps per epoch mean a dataset of another size.
+    public func resumePosition(globalBatch newBatch: Int, stepsPerEpoch newStepsPerEpoch: Int) throws -> (position: TrainingPosition, note: String?) {
+        guard newBatch != globalBatch else {
+            guard newStepsPerEpoch == stepsPerEpoch else {
+                throw CheckpointError(path, "has \(stepsPerEpoch) steps per epoch at global batch \(globalBatch), this run has \(newStepsPerEpoch): "
+                                      + "the dataset has another size; use another --run-dir for another dataset")
+            }
+            return (position, nil)
+        }
+        let (newStep, seen) = try step(continuingWithGlobalBatch: newBatch, stepsPerEpoch: newStepsPerEpoch)
+        var continued = position
+        continued.step = newStep
+        return (continued, "global batch \(globalBatch) -> \(newBatch): step \(step) (epoch \(epoch + 1), \(seen) samples into it) continues as step \(newStep)")
     }
 
     /// Refuses a checkpoint of another dataset, normalization or (unless allowed) global batch.

@@ -56,7 +56,7 @@ public struct RunDirectory: Sendable {
     public func create(config: TrainConfig, keepMetricsUpTo resumedStep: Int?) throws -> [String] {
         var warnings = try claim(acceptingOldComparison: false)
         if resumedStep == nil, config.resume == nil,
-           let existing = CheckpointStore(directory: checkpointsPath, keep: config.keep).files().first {
+           let existing = try CheckpointStore(directory: checkpointsPath, keep: config.keep).files().first {
             throw TrainingError("run dir \(path) already holds checkpoints (\(existing)); continue that run "
                                 + "with --resume auto, or start this one in another --run-dir", exitCode: ExitStatus.inputError)
         }

@@ -239,13 +239,15 @@ public final class Trainer {
         let store = CheckpointStore(directory: RunDirectory(path: config.runDir).checkpointsPath, keep: config.keep)
         let found = try agreeOnSuccess(world) { () throws -> (path: String, position: TrainingPosition)? in
             guard world.rank == 0 else { return nil }
-            let candidates = resume == "auto" ? store.files() : [resume]
+            let candidates = resume == "auto" ? try store.files() : [resume]
             for path in candidates {
                 let reader: CheckpointReader
+                let position: TrainingPosition, batchChange: String?
                 do {
                     reader = try CheckpointReader(path: path)
                     try reader.checkCompatible(with: config, datasetName: data.name, normalization: data.normalization,
                                                globalBatch: globalBatch, allowBatchChange: config.allowBatchChange)
+                    (position, batchChange) = try reader.resumePosition(globalBatch: globalBatch, stepsPerEpoch: sampler.stepsPerEpoch)
                     try StateDict.check(reader.file, fits: model, optimizer: optimizer)
                 } catch where resume == "auto" && isCheckpointDamage(error) {
                     warnings.append("skipping damaged checkpoint: \(error)")
@@ -257,14 +259,7 @@ public final class Trainer {
                 }
                 try StateDict.load(reader.file, into: model)
                 try StateDict.loadOptimizer(reader.file, into: optimizer, model: model)
-                var position = reader.position
-                if reader.globalBatch != globalBatch {
-                    // --allow-batch-change: continue after the same number of samples seen.
-                    let (newStep, seen) = try reader.step(continuingWithGlobalBatch: globalBatch, stepsPerEpoch: sampler.stepsPerEpoch)
-                    warnings.append("global batch \(reader.globalBatch) -> \(globalBatch): step \(position.step) (epoch \(reader.epoch + 1), "
-                                    + "\(seen) samples into it) continues as step \(newStep)")
-                    position.step = newStep
-                }
+                if let batchChange { warnings.append(batchChange) }
                 return (path, position)
             }
             return nil

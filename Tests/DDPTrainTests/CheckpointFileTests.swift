@@ -127,24 +127,47 @@ final class CheckpointFileTests: XCTestCase {
         try store.save(model: model, optimizer: optimizer, metadata: metadata, step: 5)
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory).sorted(),
                        ["step-00000001.safetensors", "step-00000002.safetensors", "step-00000005.safetensors"])
-        XCTAssertEqual(store.files(), [store.path(step: 5), store.path(step: 2), store.path(step: 1)],
+        XCTAssertEqual(try store.files(), [store.path(step: 5), store.path(step: 2), store.path(step: 1)],
                        "listed, so that resume says why it cannot read them")
     }
 
-    func testWriteAtomicallyNeverWritesThroughAPlantedLink() throws {
-        var template = Array("/tmp/checkpoint-file-outside-XXXXXX".utf8CString)
-        let outside = String(cString: mkdtemp(&template)!)
-        defer { try? FileManager.default.removeItem(atPath: outside) }
-        let victim = outside + "/victim"
-        try "precious\n".write(toFile: victim, atomically: false, encoding: .utf8)
-        let path = directory + "/metrics.jsonl"
-        XCTAssertEqual(symlink(victim, "\(path).tmp.\(getpid())"), 0, "the old, predictable temporary name")
-        XCTAssertEqual(symlink(victim, "\(directory)/.metrics.jsonl.tmp.\(getpid())"), 0)
-        try writeAtomically("new\n", to: path)
-        XCTAssertEqual(try String(contentsOfFile: victim, encoding: .utf8), "precious\n")
-        XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "new\n")
-        var status = stat()
-        XCTAssertEqual(lstat(path, &status), 0)
-        XCTAssertEqual(status.st_mode & S_IFMT, S_IFREG, "a regular file, not a link")
+    /// No folder yet is no checkpoints; a folder that cannot be listed is an error naming
+    /// it and the errno, never taken for an empty one (which would start the run over).
+    func testFolderThatCannotBeListedIsAnErrorNotAnEmptyFolder() throws {
+        XCTAssertEqual(try CheckpointStore(directory: directory + "/not-yet", keep: 1).files(), [])
+        let notAFolder = directory + "/checkpoints"
+        try "x".write(toFile: notAFolder, atomically: false, encoding: .utf8)
+        XCTAssertThrowsError(try CheckpointStore(directory: notAFolder, keep: 1).files()) { error in
+            XCTAssertEqual("\(error)", "\(notAFolder): cannot list the checkpoints folder: opendir failed: Not a directory (errno \(ENOTDIR))")
+        }
+    }
+
+    /// Only names ddptrain writes (`step-` and 8 or more digits) are checkpoints: a user's
+    /// `step-00000010-best.safetensors` or `step-final.safetensors` is never counted,
+    /// pruned or resumed from.
+    func testFilesDdptrainDidNotWriteAreNeitherListedNorPruned() throws {
+        let store = CheckpointStore(directory: directory, keep: 1)
+        let model = try makeModel()
+        let optimizer = try SGD(views: model.parameterViews, parameterCount: model.parameterCount, momentum: 0.9)
+        let metadata = ["format": "ddptrain-checkpoint"]
+        let userFiles = ["step-00000010-best.safetensors", "step-final.safetensors", "step-0000010.safetensors", "step-+0000010.safetensors"]
+        for name in userFiles { try "mine\n".write(toFile: directory + "/" + name, atomically: false, encoding: .utf8) }
+        try store.save(model: model, optimizer: optimizer, metadata: metadata, step: 9)
+        try store.save(model: model, optimizer: optimizer, metadata: metadata, step: 11)
+        XCTAssertEqual(try store.files(), [store.path(step: 11)])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory).sorted(),
+                       (userFiles + ["step-00000011.safetensors"]).sorted())
+    }
+
+    /// From 10^8 steps the names have 9 digits: order is by the step, not by the string.
+    func testNineDigitStepIsNewerThanEightDigitStep() throws {
+        let store = CheckpointStore(directory: directory, keep: 1)
+        let model = try makeModel()
+        let optimizer = try SGD(views: model.parameterViews, parameterCount: model.parameterCount, momentum: 0.9)
+        let metadata = ["format": "ddptrain-checkpoint"]
+        try store.save(model: model, optimizer: optimizer, metadata: metadata, step: 99_999_999)
+        try store.save(model: model, optimizer: optimizer, metadata: metadata, step: 100_000_000)
+        XCTAssertEqual(store.path(step: 100_000_000), directory + "/step-100000000.safetensors")
+        XCTAssertEqual(try store.files(), [store.path(step: 100_000_000)], "the older one pruned, the newest kept")
     }
 }

@@ -216,6 +216,71 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual(checkpoints("unreadable"), ["step-00000004.safetensors", "step-00000008.safetensors"])
     }
 
+    /// A checkpoints folder that cannot be listed stops `--resume auto` (65) naming it:
+    /// taken for an empty one, the run would start over and cut metrics.jsonl.
+    func testCheckpointsFolderThatCannotBeListedStopsAutoResume() throws {
+        let common = ["--steps", "4", "--per-rank-batch", "16", "--checkpoint-every", "4"]
+        XCTAssertEqual(try train(common, run: "unlisted").status, 0)
+        let folder = runDir("unlisted") + "/checkpoints"
+        let metrics = runDir("unlisted") + "/metrics.jsonl"
+        let metricsBytes = try Data(contentsOf: URL(fileURLWithPath: metrics))
+        XCTAssertEqual(chmod(folder, 0), 0)
+        defer { chmod(folder, 0o755) }
+        let r = try runWithoutPermissionBypass(ranks: 2, trainArguments(common + ["--steps", "8", "--resume", "auto"], run: "unlisted"), timeout: 60)
+        XCTAssertFalse(r.timedOut, "blocked: \(r.stderr)")
+        XCTAssertEqual(r.status, 65, r.stderr)
+        XCTAssertTrue(r.stderr.contains("\(folder): cannot list the checkpoints folder: opendir failed: Permission denied (errno \(EACCES))"), r.stderr)
+        XCTAssertFalse(r.stderr.contains("starting fresh"), r.stderr)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: metrics)), metricsBytes, "metrics.jsonl untouched")
+    }
+
+    /// Files ddptrain did not write (`step-final.safetensors`, `step-00000010-best...`) are
+    /// never resumed from, however their names sort.
+    func testAutoResumeIgnoresFilesDdptrainDidNotWrite() throws {
+        let common = ["--steps", "8", "--per-rank-batch", "16", "--checkpoint-every", "4"]
+        XCTAssertEqual(try train(common, run: "user-files").status, 0)
+        let folder = runDir("user-files") + "/checkpoints"
+        // Sound checkpoints of this very run, of step 4, under names the user chose.
+        for name in ["step-final.safetensors", "step-00000010-best.safetensors"] {
+            try FileManager.default.copyItem(atPath: folder + "/step-00000004.safetensors", toPath: folder + "/" + name)
+        }
+        let r = try train(["--steps", "12", "--per-rank-batch", "16", "--checkpoint-every", "4", "--keep", "1", "--resume", "auto"], run: "user-files")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("resumed from \(folder)/step-00000008.safetensors at step 8"), r.stdout)
+        XCTAssertEqual(checkpoints("user-files").sorted(),
+                       ["step-00000010-best.safetensors", "step-00000012.safetensors", "step-final.safetensors"])
+    }
+
+    /// --allow-batch-change: metadata that passes the reader's checks but overflows when
+    /// continued with the new batch is damage, skipped by `auto` before anything is loaded.
+    /// With the same batch, other steps per epoch mean another dataset size: refused.
+    func testBatchChangeOverflowIsSkippedAndOtherStepsPerEpochRefused() throws {
+        // 512 samples, global batch 32: 16 steps per epoch.
+        let common = ["--steps", "8", "--per-rank-batch", "16", "--checkpoint-every", "4"]
+        XCTAssertEqual(try train(common, run: "overflow").status, 0)
+        let newest = try lastCheckpoint("overflow")
+        let original = scratch.appendingPathComponent("original.safetensors").path
+        try FileManager.default.copyItem(atPath: newest, toPath: original)
+        // Position (2^40 - 1) * global batch (2^31 - 1) overflows Int.
+        let last = (1 << 40) - 1
+        try CheckpointEdit.rewrite(original, to: newest, metadata: [
+            "step": String(last), "epoch": "0", "position_in_epoch": String(last), "steps_per_epoch": String(1 << 40),
+            "global_batch": String(Int32.max),
+        ])
+        let r = try train(["--steps", "4", "--global-batch", "64", "--resume", "auto", "--allow-batch-change"], run: "overflow")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("skipping damaged checkpoint: \(newest): damaged metadata: epoch 0, position \(last) of global batch \(Int32.max) "
+                                        + "overflow when continued with global batch 64"), r.stderr)
+        XCTAssertTrue(r.stdout.contains("resumed from \(runDir("overflow"))/checkpoints/step-00000004.safetensors at step 2"), r.stdout)
+
+        let otherSize = scratch.appendingPathComponent("other-size.safetensors").path
+        try CheckpointEdit.rewrite(original, to: otherSize, metadata: ["steps_per_epoch": "9"])
+        let refused = try train(["--steps", "12", "--per-rank-batch", "16", "--resume", otherSize], run: "overflow")
+        XCTAssertEqual(refused.status, 65, refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("\(otherSize): has 9 steps per epoch at global batch 32, this run has 16: the dataset has another size"),
+                      refused.stderr)
+    }
+
     /// Damage that passes a checksum (the file was edited, or written by a run that
     /// diverged): metadata out of range and non-finite weights, buffers or optimizer state.
     /// `--resume auto` skips such a file with a warning that names the key or the tensor
