@@ -47,9 +47,10 @@ public struct DataSource: Equatable, Sendable {
     public static func cifar10(directory: String, split: Split) throws -> DataSource {
         let names = split == .train ? (1...5).map { "data_batch_\($0).bin" } : ["test_batch.bin"]
         let nested = directory + "/cifar-10-batches-bin"
-        let folder = isFile(nested + "/" + names[0]) ? nested : directory
+        // Whatever is there (a directory, a FIFO) is then reported, not "file not found" above it.
+        let folder = access(nested + "/" + names[0], F_OK) == 0 ? nested : directory
         let batches = names.map { folder + "/" + $0 }
-        if let missing = batches.first(where: { !isFile($0) }) { throw DataError(missing, "file not found") }
+        for batch in batches { if let problem = notARegularFile(batch) { throw DataError(batch, problem) } }
         return cifar10(batches: batches, name: "cifar-10-\(split.rawValue)")
     }
 
@@ -57,6 +58,10 @@ public struct DataSource: Equatable, Sendable {
         let path = directory + "/" + name
         if isFile(path + ".gz") { return path + ".gz" }
         if isFile(path) { return path }
+        // Something else under either name (a directory, a FIFO) is not a missing file.
+        for candidate in [path + ".gz", path] {
+            if let problem = notARegularFile(candidate), !problem.hasPrefix("file not found") { throw DataError(candidate, problem) }
+        }
         throw DataError(path + ".gz", "file not found (nor without .gz)")
     }
 
@@ -110,6 +115,9 @@ public final class Dataset: @unchecked Sendable {  // immutable after init
     public let labels: UnsafePointer<Int32>
     public let cacheStatus: CacheStatus
     private let storage: Storage
+    /// The files the pixels were read from (none for a dataset made in memory): errors about
+    /// the pixels name them.
+    private let pixelFiles: [String]
 
     public var samplePixels: Int { channels * height * width }
     public var loadedFromCache: Bool {
@@ -120,10 +128,11 @@ public final class Dataset: @unchecked Sendable {  // immutable after init
     /// The NCHW shape of a batch of `n` samples.
     public func shape(batch n: Int) -> Shape { Shape(n: n, c: channels, h: height, w: width) }
 
-    init(storage: Storage, name: String, firstN: Int?, cacheStatus: CacheStatus) {
+    init(storage: Storage, name: String, firstN: Int?, cacheStatus: CacheStatus, pixelFiles: [String] = []) {
         let layout = storage.layout
         self.storage = storage
         self.name = name
+        self.pixelFiles = pixelFiles
         count = min(firstN ?? layout.count, layout.count)
         channels = layout.channels
         height = layout.height
@@ -199,7 +208,9 @@ public final class Dataset: @unchecked Sendable {  // immutable after init
         if let n = firstN, n < 1 || n > storage.layout.count {
             throw DataError(source.files[0], "asked for the first \(n) samples but the file holds \(storage.layout.count)")
         }
-        self.init(storage: storage, name: source.name, firstN: firstN, cacheStatus: cacheStatus)
+        // IDX pixels are in the images file; CIFAR-10's in every batch.
+        let pixelFiles = source.format == .idx ? Array(source.files.prefix(1)) : source.files
+        self.init(storage: storage, name: source.name, firstN: firstN, cacheStatus: cacheStatus, pixelFiles: pixelFiles)
     }
 
     private static func decode(_ source: DataSource, key: [UInt8]) throws -> Storage {
@@ -254,8 +265,22 @@ public final class Dataset: @unchecked Sendable {  // immutable after init
             sumOfSquares &+= UInt64(p) * UInt64(p)
         }
         let mean = Double(sum) / Double(n)
-        let variance = Double(sumOfSquares) / Double(n) - mean * mean
+        // Rounding can leave a tiny negative variance where the true one is 0.
+        let variance = max(Double(sumOfSquares) / Double(n) - mean * mean, 0)
         return Normalization(mean: mean / 255, std: variance.squareRoot() / 255)
+    }
+
+    /// `pixelStatistics()`, for normalizing batches: an error if the standard deviation is
+    /// 0 (every pixel has the same value), since normalization divides by it.
+    public func normalization() throws -> Normalization {
+        let statistics = pixelStatistics()
+        guard statistics.std.isFinite, statistics.std > 0 else {
+            let path = pixelFiles.isEmpty ? name : pixelFiles.joined(separator: ", ")
+            let value = count > 0 ? "\(pixels[0])" : "absent"
+            throw DataError(path, "all \(count * samplePixels) pixels of the \(count) samples are \(value): "
+                + "std 0, the data cannot be normalized")
+        }
+        return statistics
     }
 
     /// Copies the samples `indices` into `x` (indices.count x samplePixels floats, normalized)
@@ -285,7 +310,28 @@ public final class Dataset: @unchecked Sendable {  // immutable after init
     }
 }
 
-private func isFile(_ path: String) -> Bool {
+private func isFile(_ path: String) -> Bool { notARegularFile(path) == nil }
+
+/// Why `path` (followed if a link) cannot be a data file; nil if it is a regular file.
+func notARegularFile(_ path: String) -> String? {
     var info = stat()
-    return stat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFREG
+    guard stat(path, &info) == 0 else {
+        let code = errno
+        return code == ENOENT ? "file not found" : "cannot stat: stat() failed: \(String(cString: strerror(code))) (errno \(code))"
+    }
+    return info.st_mode & S_IFMT == S_IFREG ? nil : notARegularFileProblem(info.st_mode)
+}
+
+/// "not a regular file (a FIFO)" and the like, for a file mode that is not S_IFREG.
+func notARegularFileProblem(_ mode: mode_t) -> String {
+    let kind = switch mode & S_IFMT {
+    case S_IFIFO: "a FIFO"
+    case S_IFDIR: "a directory"
+    case S_IFCHR: "a character device"
+    case S_IFBLK: "a block device"
+    case S_IFSOCK: "a socket"
+    case S_IFLNK: "a symbolic link"
+    default: "file type 0o\(String(mode & S_IFMT, radix: 8))"
+    }
+    return "not a regular file (\(kind))"
 }

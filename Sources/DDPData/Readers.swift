@@ -34,7 +34,8 @@ final class DataFile {
 
     /// Opens the regular file at `path`; gzip if its first two bytes say so.
     static func open(_ path: String) throws -> DataFile {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        // O_NONBLOCK: opening a FIFO would wait for a writer; it is refused below instead.
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
         guard fd >= 0 else { throw DataError.systemCall("open", path: path, doing: "cannot open") }
         var info = stat()
         guard fstat(fd, &info) == 0 else {
@@ -44,7 +45,13 @@ final class DataFile {
         }
         guard info.st_mode & S_IFMT == S_IFREG else {
             close(fd)
-            throw DataError(path, "not a regular file")
+            throw DataError(path, notARegularFileProblem(info.st_mode))
+        }
+        let flags = fcntl(fd, F_GETFL)
+        guard flags >= 0, fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == 0 else {
+            let error = DataError.systemCall("fcntl", path: path, doing: "cannot open")
+            close(fd)
+            throw error
         }
         var magic: (UInt8, UInt8) = (0, 0)
         let n = pread(fd, &magic, 2, 0)
@@ -289,7 +296,7 @@ enum CIFAR10 {
                 }
                 record += n
             }
-            try file.checkAtEnd(says: says, announcer: "the gzip trailer")
+            try file.checkAtEnd(says: says, announcer: file.isGzip ? "the gzip trailer" : "the file size")
         }
         return storage
     }

@@ -150,7 +150,8 @@ final class Storage {
     /// every check: header fields in range and consistent with the file's size, checksum,
     /// labels in 0..<classes. Never follows a symbolic link.
     static func map(_ path: String, key: [UInt8]) -> CacheLookup {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        // O_NONBLOCK: opening a FIFO would wait for a writer; it is refused below instead.
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
         guard fd >= 0 else {
             switch errno {
             case ENOENT: return .missing
@@ -161,7 +162,9 @@ final class Storage {
         defer { close(fd) }
         var info = stat()
         guard fstat(fd, &info) == 0 else { return .unusable(.damaged(failedCall("fstat"))) }
-        guard info.st_mode & S_IFMT == S_IFREG else { return .unusable(.damaged("is not a regular file")) }
+        guard info.st_mode & S_IFMT == S_IFREG else { return .unusable(.damaged(notARegularFileProblem(info.st_mode))) }
+        let flags = fcntl(fd, F_GETFL)
+        guard flags >= 0, fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == 0 else { return .unusable(.damaged(failedCall("fcntl"))) }
         let byteCount = Int(info.st_size)
         guard byteCount >= Layout.fixedHeaderBytes else {
             return .unusable(.damaged("\(byteCount) bytes is shorter than the \(Layout.fixedHeaderBytes)-byte cache header"))

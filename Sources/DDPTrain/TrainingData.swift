@@ -67,10 +67,17 @@ public struct TrainingData {
             if let n = config.trainSamples, n > config.syntheticSamples {
                 throw ConfigError("--train-samples \(n) is more than the \(config.syntheticSamples) synthetic samples (--synthetic-samples)")
             }
-            // The data layer checks the sizes (overflow, 32-bit indices, memory) before allocating.
+            // The data layer checks the sizes (overflow, 32-bit indices, memory) before allocating;
+            // its error is put down to the option that set the size.
+            let trainCount = config.trainSamples ?? config.syntheticSamples
+            let trainOption = config.trainSamples.map { "--train-samples \($0)" } ?? "--synthetic-samples \(config.syntheticSamples)"
             do {
-                train = try Dataset.synthetic(count: config.trainSamples ?? config.syntheticSamples, channels: 1, height: 28, width: 28,
+                train = try Dataset.synthetic(count: trainCount, channels: 1, height: 28, width: 28,
                                               classes: 10, seed: config.seed, split: .train)
+            } catch let error as DataError {
+                throw ConfigError("\(trainOption): \(error)")
+            }
+            do {
                 test = withTest ? try Dataset.synthetic(count: max(config.syntheticSamples / 4, 1), channels: 1, height: 28, width: 28,
                                                         classes: 10, seed: config.seed, split: .test) : nil
             } catch let error as DataError {
@@ -100,7 +107,7 @@ public struct TrainingData {
         if let test, test.shape(batch: 1) != train.shape(batch: 1) || test.classes != train.classes {
             throw ConfigError("test set \(test.name) has samples \(test.shape(batch: 1).sampleDims) and \(test.classes) classes, the training set \(train.shape(batch: 1).sampleDims) and \(train.classes)")
         }
-        let normalization = knownNormalization[config.dataset] ?? train.pixelStatistics()
+        let normalization = try knownNormalization[config.dataset] ?? train.normalization()
         return TrainingData(name: config.dataset, train: train, test: test, normalization: normalization)
     }
 

@@ -120,4 +120,43 @@ final class DataInputTests: XCTestCase {
         try expectFailure(["--dataset", "synthetic", "--synthetic-samples", "2000000000"], statuses: [64, 65],
                           mentions: ["2000000000"])
     }
+    /// A FIFO where the dataset cache belongs once blocked rank 0 in open(), waiting for a
+    /// writer, while the other ranks waited for it: now it is a damaged cache, rebuilt.
+    func testFIFOAtTheCachePathIsRebuiltWithAWarning() throws {
+        let data = try makeData()
+        let first = try train(["--data-dir", data.path])
+        XCTAssertEqual(first.status, 0, first.stderr)
+        let folder = cacheHome + "/ddptrain"
+        let caches = try FileManager.default.contentsOfDirectory(atPath: folder).filter { $0.hasPrefix("data-train-") }
+        XCTAssertEqual(caches.count, 1, "\(caches)")
+        let path = folder + "/" + caches[0]
+        try FileManager.default.removeItem(atPath: path)
+        XCTAssertEqual(mkfifo(path, 0o600), 0)
+        let second = try train(["--data-dir", data.path])
+        XCTAssertEqual(second.status, 0, second.stderr)
+        XCTAssertTrue(second.stderr.contains("warning: \(path): damaged dataset cache (not a regular file (a FIFO))"), second.stderr)
+        var info = stat()
+        XCTAssertEqual(stat(path, &info), 0)
+        XCTAssertEqual(info.st_mode & S_IFMT, S_IFREG, "the FIFO was replaced by a cache")
+    }
+
+    /// CIFAR-10 batches of valid format whose pixels are all 0: std 0. Normalizing divided by
+    /// it, every step was non-finite and the run ended "diverged" (70); now refused at load.
+    func testCIFARWithAllPixelsEqualIsRefused() throws {
+        let dir = scratch.appendingPathComponent("cifar")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let record = Data([1]) + Data(count: 3 * 32 * 32)
+        for name in (1...5).map({ "data_batch_\($0).bin" }) + ["test_batch.bin"] {
+            try (record + record).write(to: dir.appendingPathComponent(name))
+        }
+        try expectFailure(["--dataset", "cifar10", "--data-dir", dir.path],
+                          mentions: ["data_batch_1.bin", "all 30720 pixels of the 10 samples are 0: std 0, the data cannot be normalized"])
+    }
+
+    /// A synthetic training set too large, sized by --train-samples: the error names that
+    /// option, not --synthetic-samples.
+    func testOversizedTrainSamplesNameTheirOption() throws {
+        try expectFailure(["--dataset", "synthetic", "--synthetic-samples", "2100000000", "--train-samples", "2000000000"],
+                          mentions: ["--train-samples 2000000000: "])
+    }
 }
