@@ -30,8 +30,9 @@ let numericFlags: [String] = {
     return flags
 }()
 
-// Layers of the code, bottom up (DESIGN.md): C system libraries; kernels; networks;
-// data; distribution; training; the command line. Each target knows only those below it.
+// Layers of the code, bottom up (DESIGN.md): C system libraries and DDPSystem (checked file
+// calls, memory); kernels; networks; data; distribution; training; the command line. Each
+// target knows only those below it.
 let package = Package(
     name: "ddptrain",
     products: [
@@ -48,14 +49,15 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
+        .target(name: "DDPSystem"),
         .target(name: "DDPKernels", dependencies: ["COpenBLAS"],
                 swiftSettings: [.unsafeFlags(numericFlags, .when(configuration: .release))]),
-        .target(name: "DDPNet", dependencies: ["DDPKernels", "Yams"],
+        .target(name: "DDPNet", dependencies: ["DDPKernels", "DDPSystem", "Yams"],
                 swiftSettings: [.unsafeFlags(numericFlags, .when(configuration: .release))]),
-        .target(name: "DDPData", dependencies: ["DDPKernels", "CZlib"]),
+        .target(name: "DDPData", dependencies: ["DDPKernels", "DDPSystem", "CZlib"]),
         .target(name: "DDPComm", dependencies: ["CMPI"]),
-        .target(name: "SafeTensors", dependencies: ["CZlib"]),
-        .target(name: "DDPTrain", dependencies: ["DDPNet", "DDPData", "DDPComm", "SafeTensors", "Yams"]),
+        .target(name: "SafeTensors", dependencies: ["DDPSystem", "CZlib"]),
+        .target(name: "DDPTrain", dependencies: ["DDPNet", "DDPData", "DDPComm", "SafeTensors", "DDPSystem", "Yams"]),
         .executableTarget(name: "ddptrain", dependencies: [
             "DDPTrain", "DDPComm", "DDPNet", "DDPData", "DDPKernels", "SafeTensors",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -67,7 +69,7 @@ let package = Package(
         .testTarget(name: "DDPNetTests", dependencies: ["DDPNet"]),
         .testTarget(name: "DDPDataTests", dependencies: ["DDPData"]),
         .testTarget(name: "DDPCommTests", dependencies: ["DDPComm"]),
-        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
+        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors", "DDPSystem"]),
         .testTarget(name: "DDPTrainTests", dependencies: ["DDPTrain", "DDPNet", "DDPKernels", "DDPData", "SafeTensors"]),
         // Runs the real binary under mpirun; needs `swift build -c release` first.
         .testTarget(name: "MultiRankTests", dependencies: ["SafeTensors"]),

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import DDPSystem
 
 /// A problem with a data file (or a dataset asked for): which file, and what is wrong with it.
 public struct DataError: Error, CustomStringConvertible, Sendable {
@@ -28,9 +29,26 @@ public struct DataError: Error, CustomStringConvertible, Sendable {
     /// The error for the C call `call` on `path` that just failed, read from errno: "file
     /// not found" for ENOENT, else "`doing`: call() failed: reason (errno N)".
     static func systemCall(_ call: String, path: String, doing: String) -> DataError {
-        let code = errno
-        let problem = code == ENOENT ? "file not found"
-            : "\(doing): \(call)() failed: \(String(cString: strerror(code))) (errno \(code))"
-        return DataError(path, problem, call: call, errorNumber: code)
+        systemCall(SystemCallFailure(call), path: path, doing: doing)
+    }
+
+    static func systemCall(_ failure: SystemCallFailure, path: String, doing: String) -> DataError {
+        let problem = failure.code == ENOENT ? "file not found" : "\(doing): \(describe(failure))"
+        return DataError(path, problem, call: failure.call, errorNumber: failure.code)
+    }
+
+    /// Why a file could not be opened as a regular data file.
+    static func opening(_ path: String, _ problem: RegularFileProblem) -> DataError {
+        switch problem {
+        case .failed(let failure): systemCall(failure, path: path, doing: "cannot open")
+        case .notRegular(let mode): DataError(path, notARegularFileProblem(mode))
+        case .tooLarge: preconditionFailure("data files are opened without a size limit")
+        }
     }
 }
+
+/// "call() failed: reason (errno N)".
+func describe(_ failure: SystemCallFailure) -> String { "\(failure.call)() failed: \(failure.reason)" }
+
+/// "not a regular file (a FIFO)" and the like, for a file mode that is not S_IFREG.
+func notARegularFileProblem(_ mode: mode_t) -> String { "not a regular file (\(describeFileType(mode)))" }

@@ -1,4 +1,5 @@
 import DDPKernels
+import DDPSystem
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -317,21 +318,7 @@ func notARegularFile(_ path: String) -> String? {
     var info = stat()
     guard stat(path, &info) == 0 else {
         let code = errno
-        return code == ENOENT ? "file not found" : "cannot stat: stat() failed: \(String(cString: strerror(code))) (errno \(code))"
+        return code == ENOENT ? "file not found" : "cannot stat: \(describe(SystemCallFailure("stat", code: code)))"
     }
     return info.st_mode & S_IFMT == S_IFREG ? nil : notARegularFileProblem(info.st_mode)
-}
-
-/// "not a regular file (a FIFO)" and the like, for a file mode that is not S_IFREG.
-func notARegularFileProblem(_ mode: mode_t) -> String {
-    let kind = switch mode & S_IFMT {
-    case S_IFIFO: "a FIFO"
-    case S_IFDIR: "a directory"
-    case S_IFCHR: "a character device"
-    case S_IFBLK: "a block device"
-    case S_IFSOCK: "a socket"
-    case S_IFLNK: "a symbolic link"
-    default: "file type 0o\(String(mode & S_IFMT, radix: 8))"
-    }
-    return "not a regular file (\(kind))"
 }

@@ -1,4 +1,5 @@
 import CZlib
+import DDPSystem
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -34,24 +35,10 @@ final class DataFile {
 
     /// Opens the regular file at `path`; gzip if its first two bytes say so.
     static func open(_ path: String) throws -> DataFile {
-        // O_NONBLOCK: opening a FIFO would wait for a writer; it is refused below instead.
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
-        guard fd >= 0 else { throw DataError.systemCall("open", path: path, doing: "cannot open") }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else {
-            let error = DataError.systemCall("fstat", path: path, doing: "cannot open")
-            close(fd)
-            throw error
-        }
-        guard info.st_mode & S_IFMT == S_IFREG else {
-            close(fd)
-            throw DataError(path, notARegularFileProblem(info.st_mode))
-        }
-        let flags = fcntl(fd, F_GETFL)
-        guard flags >= 0, fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == 0 else {
-            let error = DataError.systemCall("fcntl", path: path, doing: "cannot open")
-            close(fd)
-            throw error
+        let (fd, diskBytes): (Int32, Int)
+        switch RegularFile.open(path) {
+        case .success(let opened): (fd, diskBytes) = opened
+        case .failure(let problem): throw DataError.opening(path, problem)
         }
         var magic: (UInt8, UInt8) = (0, 0)
         let n = pread(fd, &magic, 2, 0)
@@ -60,7 +47,7 @@ final class DataFile {
             close(fd)
             throw error
         }
-        guard n == 2, magic == (0x1f, 0x8b) else { return DataFile(path: path, fd: fd, diskBytes: Int(info.st_size), gz: nil) }
+        guard n == 2, magic == (0x1f, 0x8b) else { return DataFile(path: path, fd: fd, diskBytes: diskBytes, gz: nil) }
         // zlib reads through its own descriptor, closed by gzclose.
         let gzipFD = dup(fd)
         guard gzipFD >= 0 else {
@@ -75,7 +62,7 @@ final class DataFile {
             throw error
         }
         gzbuffer(gz, 1 << 18)
-        return DataFile(path: path, fd: fd, diskBytes: Int(info.st_size), gz: gz)
+        return DataFile(path: path, fd: fd, diskBytes: diskBytes, gz: gz)
     }
 
     deinit {
@@ -202,7 +189,7 @@ enum IDX {
         let imagesSay = "\(count) images of \(rows)x\(cols)"
         guard rows > 0, cols > 0 else { throw DataError(images, "image size \(rows)x\(cols) is empty") }
         guard count > 0 else { throw DataError(images, "header says 0 images: the dataset is empty") }
-        guard let pixelBytes = Layout.product([count, rows, cols]) else { throw DataError(images, "header says \(imagesSay), too large") }
+        guard let pixelBytes = checkedProduct([count, rows, cols]) else { throw DataError(images, "header says \(imagesSay), too large") }
         try imageFile.checkHolds(headerBytes: imageHeader, dataBytes: pixelBytes, says: imagesSay)
 
         let labelFile = try DataFile.open(labels)

@@ -1,4 +1,5 @@
 import CZlib
+import DDPSystem
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -45,21 +46,10 @@ struct Layout: Equatable {
         if classes < 1 || classes > Int(Int32.max) { return "classes \(classes) is not between 1 and \(Int32.max)" }
         if key.count > Int(Int32.max) { return "key length \(key.count) is too large" }
         // count, key.count <= Int32.max: the header and label sizes cannot overflow.
-        guard let pixels = Layout.product([channels, height, width, count]),
+        guard let pixels = checkedProduct([channels, height, width, count]),
               pixels <= Int.max - (Layout.fixedHeaderBytes + 3 * 64 + key.count + 4 * count)
         else { return "\(count) samples of \(shapeText) is too large (the size in bytes overflows)" }
         return nil
-    }
-
-    /// The product of `factors`, or nil if it overflows.
-    static func product(_ factors: [Int]) -> Int? {
-        var result = 1
-        for factor in factors {
-            let (next, overflow) = result.multipliedReportingOverflow(by: factor)
-            if overflow { return nil }
-            result = next
-        }
-        return result
     }
 
     func writeHeader(to base: UnsafeMutableRawPointer) {
@@ -150,27 +140,22 @@ final class Storage {
     /// every check: header fields in range and consistent with the file's size, checksum,
     /// labels in 0..<classes. Never follows a symbolic link.
     static func map(_ path: String, key: [UInt8]) -> CacheLookup {
-        // O_NONBLOCK: opening a FIFO would wait for a writer; it is refused below instead.
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
-        guard fd >= 0 else {
-            switch errno {
-            case ENOENT: return .missing
-            case ELOOP: return .unusable(.damaged("is a symbolic link, which a cache never is: not followed"))
-            default: return .unusable(.damaged(failedCall("open")))
-            }
+        let (fd, byteCount): (Int32, Int)
+        switch RegularFile.open(path, followingLinks: false) {
+        case .success(let opened): (fd, byteCount) = opened
+        case .failure(.failed(let failure)) where failure.code == ENOENT: return .missing
+        case .failure(.failed(let failure)) where failure.code == ELOOP:
+            return .unusable(.damaged("is a symbolic link, which a cache never is: not followed"))
+        case .failure(.failed(let failure)): return .unusable(.damaged(describe(failure)))
+        case .failure(.notRegular(let mode)): return .unusable(.damaged(notARegularFileProblem(mode)))
+        case .failure(.tooLarge): preconditionFailure("the cache is opened without a size limit")
         }
         defer { close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { return .unusable(.damaged(failedCall("fstat"))) }
-        guard info.st_mode & S_IFMT == S_IFREG else { return .unusable(.damaged(notARegularFileProblem(info.st_mode))) }
-        let flags = fcntl(fd, F_GETFL)
-        guard flags >= 0, fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == 0 else { return .unusable(.damaged(failedCall("fcntl"))) }
-        let byteCount = Int(info.st_size)
         guard byteCount >= Layout.fixedHeaderBytes else {
             return .unusable(.damaged("\(byteCount) bytes is shorter than the \(Layout.fixedHeaderBytes)-byte cache header"))
         }
         guard let base = mmap(nil, byteCount, PROT_READ, MAP_SHARED, fd, 0), base != MAP_FAILED else {
-            return .unusable(.damaged(failedCall("mmap")))
+            return .unusable(.damaged(describe(SystemCallFailure("mmap"))))
         }
         do {
             return .mapped(Storage(mapped: base, layout: try check(base, byteCount: byteCount, key: key)))
@@ -200,68 +185,29 @@ final class Storage {
         return layout
     }
 
-    /// Writes these bytes, with their checksum, to `path` atomically: a new temporary file
-    /// of an unpredictable name, created exclusively (never through a link), flushed, then
-    /// renamed over `path`. Ranks (or threads) racing to build the same cache each rename
+    /// Writes these bytes, with their checksum, to `path` atomically (DDPSystem's AtomicFile:
+    /// a new temporary file of an unpredictable name, created exclusively, never through a
+    /// link, flushed, then renamed over `path`). Ranks (or threads) racing to build the same cache each rename
     /// an identical file, and nobody ever sees a half-written one.
     func save(to path: String) throws {
         precondition(!isMapped, "a mapped cache is already saved")
         base.storeBytes(of: Layout.checksum(base, byteCount: layout.byteCount).littleEndian,
                         toByteOffset: Layout.checksumOffset, as: UInt64.self)
-        let directory = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
-        makeDirectories(directory)
-        var temporary = "", fd: Int32 = -1
-        for _ in 0..<8 where fd < 0 {
-            temporary = "\(path).tmp.\(String(UInt64.random(in: .min ... .max), radix: 16))"
-            fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
-            if fd < 0 && errno != EEXIST { break }
-        }
-        guard fd >= 0 else { throw DataError.systemCall("open", path: temporary, doing: "cannot create cache file") }
-        func fail(_ call: String, _ doing: String) -> DataError {
-            let error = DataError.systemCall(call, path: temporary, doing: doing)
-            close(fd)
-            unlink(temporary)
-            return error
-        }
-        var written = 0
-        while written < layout.byteCount {
-            let n = write(fd, base + written, layout.byteCount - written)
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 { throw fail("write", "cannot write cache file") }
-            if n == 0 { errno = ENOSPC; throw fail("write", "cannot write cache file") }
-            written += n
-        }
-        if fsync(fd) != 0 { throw fail("fsync", "cannot flush cache file") }
-        if close(fd) != 0 {
-            let error = DataError.systemCall("close", path: temporary, doing: "cannot write cache file")
-            unlink(temporary)
-            throw error
-        }
-        guard rename(temporary, path) == 0 else {
-            let error = DataError.systemCall("rename", path: path, doing: "cannot rename the cache into place")
-            unlink(temporary)
-            throw error
+        // Errors creating the folder are left for the temporary file's creation to report.
+        makeDirectories(splitPath(path).directory)
+        try AtomicFile.replace(path, failure: { failure in
+            DataError.systemCall(failure, path: failure.path ?? path, doing: "cannot write the cache")
+        }) { descriptor, temporary throws(DataError) in
+            if let failure = writeAll(descriptor, UnsafeRawBufferPointer(start: base, count: layout.byteCount)) {
+                let code = failure.code == 0 ? ENOSPC : failure.code  // a write that made no progress
+                throw DataError.systemCall(SystemCallFailure(failure.call, code: code), path: temporary, doing: "cannot write the cache")
+            }
         }
     }
 
     deinit {
         if isMapped { munmap(base, layout.byteCount) } else { base.deallocate() }
     }
-}
-
-/// `mkdir -p`: errors are left for the open() that follows to report.
-private func makeDirectories(_ path: String) {
-    var prefix = path.hasPrefix("/") ? "" : "."
-    for component in path.split(separator: "/") {
-        prefix += "/" + component
-        mkdir(prefix, 0o755)
-    }
-}
-
-/// "call() failed: reason (errno N)" for the C call that just failed.
-func failedCall(_ call: String) -> String {
-    let code = errno
-    return "\(call)() failed: \(String(cString: strerror(code))) (errno \(code))"
 }
 
 private func hex(_ x: UInt64) -> String { "0x" + String(x, radix: 16) }

@@ -1,4 +1,5 @@
 import DDPKernels
+import DDPSystem
 
 extension Dataset {
     /// A learnable classification set for tests: each class has a random prototype image,
@@ -18,7 +19,7 @@ extension Dataset {
         guard count >= 1 else { throw DataError(name, "needs at least 1 sample, got \(count)") }
         if let problem = layout.problem { throw DataError(name, problem) }
         let n = layout.samplePixels
-        guard let prototypeBytes = Layout.product([classes, n]) else {
+        guard let prototypeBytes = checkedProduct([classes, n]) else {
             throw DataError(name, "\(classes) class prototypes of \(layout.shapeText) are too large (the size in bytes overflows)")
         }
         try MemoryBudget.check(prototypeBytes, for: "\(classes) class prototypes of \(layout.shapeText)", path: name)

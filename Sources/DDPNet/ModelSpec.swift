@@ -1,4 +1,5 @@
 import DDPKernels
+import DDPSystem
 import Foundation
 
 /// One entry of a model description: a layer kind, its settings, and an optional
@@ -287,7 +288,7 @@ public struct ModelSpec: Sendable {
                 throw ModelSpecError("layer \(index) (\(layer.summary)) does not fit input \(shape.sampleDims): \(error)")
             }
             // BLAS takes 32-bit sizes, and the shape arithmetic below must not overflow.
-            guard let values = ModelSpec.product([shape.c, shape.h, shape.w]), values <= ModelSpec.maxValuesPerSample else {
+            guard let values = checkedProduct([shape.c, shape.h, shape.w]), values <= ModelSpec.maxValuesPerSample else {
                 throw ModelSpecError("layer \(index) (\(layer.summary)): its output \(shape.sampleDims) has more than \(ModelSpec.maxValuesPerSample) values per sample")
             }
             layers.append(layer)
@@ -332,17 +333,6 @@ extension ModelSpec {
     /// Values per sample of any layer's output: BLAS dimensions are 32-bit.
     public static let maxValuesPerSample = Int(Int32.max)
 
-    /// The product, or nil on overflow.
-    static func product(_ values: [Int]) -> Int? {
-        var result = 1
-        for v in values {
-            let (p, overflow) = result.multipliedReportingOverflow(by: v)
-            if overflow { return nil }
-            result = p
-        }
-        return result
-    }
-
     /// Parameters and activations of one replica for batches of `batch` samples, with
     /// overflow-checked arithmetic; throws naming the layer whose size cannot be counted.
     public func footprint(inputShape: Shape, batch: Int) throws -> ModelFootprint {
@@ -354,7 +344,7 @@ extension ModelSpec {
                 ModelSpecError("layer \(index) (\(layer.summary)): its sizes for batches of \(batch) overflow 64-bit arithmetic")
             }
             for spec in layer.parameterSpecs {
-                guard let count = ModelSpec.product(spec.shape), case let (sum, false) = total.parameters.addingReportingOverflow(count) else { throw fail() }
+                guard let count = checkedProduct(spec.shape), case let (sum, false) = total.parameters.addingReportingOverflow(count) else { throw fail() }
                 total.parameters = sum
             }
             var values: [Int?] = []
@@ -362,12 +352,12 @@ extension ModelSpec {
             case is Flatten, is Identity, is ReLU:
                 break  // views of their input (a ReLU after batch norm runs inside it)
             case let conv as Conv2d:
-                values.append(ModelSpec.product([batch, output.c, output.h, output.w]))
+                values.append(checkedProduct([batch, output.c, output.h, output.w]))
                 if !(conv.kernel == 1 && conv.stride == 1 && conv.padding == 0) {
-                    values.append(ModelSpec.product([batch, conv.inChannels, conv.kernel, conv.kernel, output.h, output.w]))
+                    values.append(checkedProduct([batch, conv.inChannels, conv.kernel, conv.kernel, output.h, output.w]))
                 }
             default:
-                values.append(ModelSpec.product([batch, output.c, output.h, output.w]))
+                values.append(checkedProduct([batch, output.c, output.h, output.w]))
             }
             for value in values {
                 guard let value, case let (sum, false) = total.activations.addingReportingOverflow(value) else { throw fail() }
@@ -390,10 +380,10 @@ extension ModelSpec {
         func tooLarge() -> ModelSpecError {
             ModelSpecError("model \(name): \(one.parameters) parameters and batches of \(batch) need more memory than 64-bit sizes can count")
         }
-        guard let stateValues = ModelSpec.product([one.parameters, 1 + replicas + optimizerSlots]),
-              let activationValues = ModelSpec.product([one.activations, replicas]),
+        guard let stateValues = checkedProduct([one.parameters, 1 + replicas + optimizerSlots]),
+              let activationValues = checkedProduct([one.activations, replicas]),
               case let (rankValues, false) = stateValues.addingReportingOverflow(activationValues),
-              let nodeBytes = ModelSpec.product([rankValues, 4, max(ranksOnNode, 1)]) else { throw tooLarge() }
+              let nodeBytes = checkedProduct([rankValues, 4, max(ranksOnNode, 1)]) else { throw tooLarge() }
         guard let available, nodeBytes > available else { return }
         func size(_ bytes: Int) -> String {
             bytes >= 1_000_000_000 ? String(format: "%.1f GB", Double(bytes) / 1e9) : String(format: "%.1f MB", Double(bytes) / 1e6)

@@ -1,4 +1,5 @@
 import CYaml
+import DDPSystem
 import Foundation
 import Yams
 
@@ -18,26 +19,15 @@ public enum SpecFile {
 
     /// The text of the file at `path`; `what` (e.g. "config file") names it in errors.
     public static func contents(of path: String, what: String) throws -> String {
-        // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below).
-        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
-        guard fd >= 0 else { throw SpecFileError(path, "cannot read the \(what): open: \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { throw SpecFileError(path, "cannot read the \(what): fstat: \(String(cString: strerror(errno)))") }
-        guard info.st_mode & S_IFMT == S_IFREG else { throw SpecFileError(path, "the \(what) is not a regular file") }
-        guard info.st_size <= maxBytes else { throw tooLarge(path, what: what, size: "\(info.st_size) bytes") }
-        // Read at most one byte more than allowed: a file that grew since fstat is refused too.
-        var bytes = [UInt8](repeating: 0, count: maxBytes + 1)
-        var count = 0
-        while count < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + count, $0.count - count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { throw SpecFileError(path, "cannot read the \(what): read: \(String(cString: strerror(errno)))") }
-            if n == 0 { break }
-            count += n
+        let bytes: [UInt8]
+        switch RegularFile.read(path, limit: maxBytes) {
+        case .success(let read): bytes = read
+        case .failure(.failed(let failure)):
+            throw SpecFileError(path, "cannot read the \(what): \(failure.call): \(String(cString: strerror(failure.code)))")
+        case .failure(.notRegular): throw SpecFileError(path, "the \(what) is not a regular file")
+        case .failure(.tooLarge(let size)): throw tooLarge(path, what: what, size: size.map { "\($0) bytes" } ?? "more than \(maxBytes) bytes")
         }
-        guard count <= maxBytes else { throw tooLarge(path, what: what, size: "more than \(maxBytes) bytes") }
-        guard let text = String(bytes: bytes[..<count], encoding: .utf8) else { throw SpecFileError(path, "the \(what) is not UTF-8 text") }
+        guard let text = String(bytes: bytes, encoding: .utf8) else { throw SpecFileError(path, "the \(what) is not UTF-8 text") }
         return text
     }
 

@@ -1,4 +1,5 @@
 import DDPComm
+import DDPSystem
 import Foundation
 
 /// The run dir: config.json, metrics.jsonl and checkpoints/, plus two files of ddptrain's own:
@@ -62,12 +63,12 @@ public struct RunDirectory: Sendable {
         }
         for name in ["config.json", "metrics.jsonl"] {
             if let type = fileType(path + "/" + name), type != S_IFREG {
-                throw TrainingError("run dir \(path): \(name) is \(describeType(type)), not a file ddptrain wrote; "
+                throw TrainingError("run dir \(path): \(name) is \(describeFileType(type)), not a file ddptrain wrote; "
                                     + "move it away", exitCode: ExitStatus.inputError)
             }
         }
         if let type = fileType(checkpointsPath, following: true), type != S_IFDIR {
-            throw TrainingError("run dir \(path): checkpoints is \(describeType(type)), not a directory", exitCode: ExitStatus.inputError)
+            throw TrainingError("run dir \(path): checkpoints is \(describeFileType(type)), not a directory", exitCode: ExitStatus.inputError)
         }
         // metrics.jsonl first: if it cannot be read, config.json stays as it was too.
         if let resumedStep {
@@ -76,7 +77,7 @@ public struct RunDirectory: Sendable {
             try writeAtomically("", to: metricsPath)
         }
         do {
-            try makeDirectories(checkpointsPath)
+            try createDirectories(checkpointsPath)
         } catch let error as TrainingError {
             throw TrainingError("run dir \(path): \(error.message)", exitCode: ExitStatus.inputError)
         }
@@ -89,19 +90,19 @@ public struct RunDirectory: Sendable {
     func claim(acceptingOldComparison: Bool) throws -> [String] {
         try checkOwnership(acceptingOldComparison: acceptingOldComparison)
         do {
-            try makeDirectories(path)
+            try createDirectories(path)
         } catch let error as TrainingError {
             throw TrainingError("run dir \(path): \(error.message)", exitCode: ExitStatus.inputError)
         }
         guard access(path, W_OK) == 0 else {
-            throw TrainingError("run dir \(path) is not writable: \(errnoDescription(errno))", exitCode: ExitStatus.inputError)
+            throw TrainingError("run dir \(path) is not writable: \(errnoText(errno))", exitCode: ExitStatus.inputError)
         }
         // The marker before the lock: a folder that holds only a lock file is never ddptrain's.
         switch fileType(markerPath) {
         case S_IFREG?: break
         case nil: try writeAtomically("This folder is a ddptrain run dir (config.json, metrics.jsonl, checkpoints/).\n", to: markerPath)
         case let type?:
-            throw TrainingError("run dir \(path): \(RunDirectory.markerName) is \(describeType(type)), not ddptrain's marker file",
+            throw TrainingError("run dir \(path): \(RunDirectory.markerName) is \(describeFileType(type)), not ddptrain's marker file",
                                 exitCode: ExitStatus.inputError)
         }
         return try RunDirectoryLocks.shared.acquire(directory: path, lockPath: lockPath)
@@ -113,7 +114,7 @@ public struct RunDirectory: Sendable {
         if stat(path, &info) != 0 {
             let code = errno
             if code == ENOENT { return }
-            throw TrainingError("run dir \(path): cannot examine it: \(errnoDescription(code))", exitCode: ExitStatus.inputError)
+            throw TrainingError("run dir \(path): cannot examine it: \(errnoText(code))", exitCode: ExitStatus.inputError)
         }
         guard info.st_mode & S_IFMT == S_IFDIR else {
             throw TrainingError("run dir \(path) exists and is not a directory", exitCode: ExitStatus.inputError)
@@ -136,7 +137,7 @@ public struct RunDirectory: Sendable {
     /// A run dir made before the marker: a ddptrain config.json (with our keys) and checkpoints/.
     var isOldRunDir: Bool {
         guard fileType(checkpointsPath, following: true) == S_IFDIR,
-              let data = try? readSmallRegularFile(configPath, limit: 1 << 20),
+              case .success(let bytes) = RegularFile.read(configPath, limit: 1 << 20, followingLinks: false), let data = Optional(Data(bytes)),
               let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return false }
         return ["run-dir", "model", "dataset", "seed"].allSatisfy { object[$0] != nil }
     }
@@ -157,57 +158,42 @@ public struct RunDirectory: Sendable {
             return []
         }
         defer { close(input) }
-        let temporary = metricsPath + ".resume.\(getpid())"
-        var output = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
-        if output < 0 && errno == EEXIST {
-            // Our own name, left by a run that died here; the run dir is locked by this process.
-            unlink(temporary)
-            output = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
-        }
-        guard output >= 0 else {
-            throw TrainingError("\(temporary): cannot create: \(errnoDescription(errno))", exitCode: ExitStatus.inputError)
-        }
         var lineNumber = 0
         var unreadLines: [Int] = []
         var unterminated = false
         let decoder = JSONDecoder()
         struct StepOnly: Decodable { var step: Int }
-        do {
-            try forEachLine(fd: input, path: metricsPath) { piece in
-                if piece.starts { lineNumber += 1 }
-                let keep: Bool
-                if !(piece.starts && piece.ends) {
-                    // Longer than any step record: not one; kept, piece by piece.
-                    if piece.starts { unreadLines.append(lineNumber) }
-                    keep = true
-                } else if piece.bytes.allSatisfy({ $0 == 32 || $0 == 9 || $0 == 13 }) {
-                    keep = true
-                } else if let record = try? decoder.decode(StepOnly.self, from: Data(piece.bytes)) {
-                    keep = record.step <= resumedStep
-                } else {
-                    unreadLines.append(lineNumber)
-                    keep = true
+        try DDPSystem.AtomicFile.replace(metricsPath, failure: { failure in
+            TrainingError("\(failure.path ?? metricsPath): \(failure.call) failed: \(failure.reason)", exitCode: ExitStatus.inputError)
+        }) { output, temporary throws(TrainingError) in
+            do {
+                try forEachLine(fd: input, path: metricsPath) { piece in
+                    if piece.starts { lineNumber += 1 }
+                    let keep: Bool
+                    if !(piece.starts && piece.ends) {
+                        // Longer than any step record: not one; kept, piece by piece.
+                        if piece.starts { unreadLines.append(lineNumber) }
+                        keep = true
+                    } else if piece.bytes.allSatisfy({ $0 == 32 || $0 == 9 || $0 == 13 }) {
+                        keep = true
+                    } else if let record = try? decoder.decode(StepOnly.self, from: Data(piece.bytes)) {
+                        keep = record.step <= resumedStep
+                    } else {
+                        unreadLines.append(lineNumber)
+                        keep = true
+                    }
+                    guard keep else { return }
+                    try writeEvery(piece.bytes, to: output, path: temporary)
+                    if piece.ends {
+                        if !piece.terminated { unterminated = true }
+                        try writeEvery([10], to: output, path: temporary)
+                    }
                 }
-                guard keep else { return }
-                try writeAll(output, piece.bytes, path: temporary)
-                if piece.ends {
-                    if !piece.terminated { unterminated = true }
-                    try writeAll(output, [10], path: temporary)
-                }
+            } catch let error as TrainingError {
+                throw error
+            } catch {
+                throw TrainingError("\(metricsPath): \(error)", exitCode: ExitStatus.inputError)
             }
-            guard fsync(output) == 0 else {
-                throw TrainingError("\(temporary): fsync failed: \(errnoDescription(errno))", exitCode: ExitStatus.inputError)
-            }
-        } catch {
-            close(output)
-            unlink(temporary)
-            throw error
-        }
-        close(output)
-        if rename(temporary, metricsPath) != 0 {
-            let reason = errnoDescription(errno)
-            unlink(temporary)
-            throw TrainingError("\(metricsPath): rename failed: \(reason)", exitCode: ExitStatus.inputError)
         }
         var warnings: [String] = []
         if !unreadLines.isEmpty {

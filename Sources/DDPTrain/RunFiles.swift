@@ -1,3 +1,4 @@
+import DDPSystem
 import Foundation
 
 // The run dir's lock and the careful reading and writing of its files (RunDirectory, RunLog).
@@ -16,7 +17,7 @@ final class RunDirectoryLocks: @unchecked Sendable {
     func acquire(directory: String, lockPath: String) throws -> [String] {
         let fd = open(lockPath, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
-            throw TrainingError("run dir \(directory): cannot open its lock file \(lockPath): \(errnoDescription(errno))",
+            throw TrainingError("run dir \(directory): cannot open its lock file \(lockPath): \(errnoText(errno))",
                                 exitCode: ExitStatus.inputError)
         }
         var info = stat()
@@ -41,14 +42,14 @@ final class RunDirectoryLocks: @unchecked Sendable {
             }
             // Some shared file systems have no locks (Lustre mounted without flock): go on, and say so.
             held[key] = fd
-            return ["run dir \(directory): cannot lock \(lockPath) (flock: \(errnoDescription(code))); "
+            return ["run dir \(directory): cannot lock \(lockPath) (flock: \(errnoText(code))); "
                     + "a second run started in this run dir would not be stopped"]
         }
         var hostName = [CChar](repeating: 0, count: 256)
         gethostname(&hostName, hostName.count - 1)
         let text = Array("pid \(getpid()) host \(String(cString: hostName))\n".utf8)
         guard ftruncate(fd, 0) == 0, pwrite(fd, text, text.count, 0) == text.count else {
-            let reason = errnoDescription(errno)
+            let reason = errnoText(errno)
             close(fd)
             throw TrainingError("run dir \(directory): cannot write \(lockPath): \(reason)", exitCode: ExitStatus.inputError)
         }
@@ -89,7 +90,7 @@ func forEachLine(fd: Int32, path: String, limit: Int = 1 << 20, _ body: (LinePie
         let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
         if count < 0 {
             if errno == EINTR { continue }
-            throw TrainingError("\(path): cannot read: \(errnoDescription(errno))", exitCode: ExitStatus.inputError)
+            throw TrainingError("\(path): cannot read: \(errnoText(errno))", exitCode: ExitStatus.inputError)
         }
         if count == 0 { break }
         var start = 0
@@ -127,65 +128,28 @@ func forEachLine(fd: Int32, path: String, limit: Int = 1 << 20, _ body: (LinePie
     }
 }
 
-/// Opens a file for reading only if it is a regular file: never through a link, and never
-/// waiting on a FIFO or a device. nil: there is no such file.
+/// Opens a file for reading only if it is a regular file (DDPSystem's RegularFile): never
+/// through a link, and never waiting on a FIFO or a device. nil: there is no such file.
 func openRegularFileForReading(_ path: String) throws -> Int32? {
-    let fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
-    if fd < 0 {
-        let code = errno
-        if code == ENOENT { return nil }
-        if code == ELOOP {
-            throw TrainingError("\(path) is a symbolic link, not a file ddptrain wrote; move it away", exitCode: ExitStatus.inputError)
-        }
-        throw TrainingError("\(path): cannot open: \(errnoDescription(code))", exitCode: ExitStatus.inputError)
+    switch RegularFile.open(path, followingLinks: false) {
+    case .success(let opened): return opened.descriptor
+    case .failure(.failed(let failure)) where failure.code == ENOENT: return nil
+    case .failure(.failed(let failure)) where failure.code == ELOOP:
+        throw TrainingError("\(path) is a symbolic link, not a file ddptrain wrote; move it away", exitCode: ExitStatus.inputError)
+    case .failure(.failed(let failure)):
+        throw TrainingError("\(path): cannot \(failure.call == "open" ? "open" : "examine"): \(failure.reason)", exitCode: ExitStatus.inputError)
+    case .failure(.notRegular(let mode)):
+        throw TrainingError("\(path) is \(describeFileType(mode)), not a file ddptrain wrote; move it away", exitCode: ExitStatus.inputError)
+    case .failure(.tooLarge): preconditionFailure("opened without a size limit")
     }
-    var info = stat()
-    guard fstat(fd, &info) == 0 else {
-        let reason = errnoDescription(errno)
-        close(fd)
-        throw TrainingError("\(path): cannot examine: \(reason)", exitCode: ExitStatus.inputError)
-    }
-    guard info.st_mode & S_IFMT == S_IFREG else {
-        close(fd)
-        throw TrainingError("\(path) is \(describeType(info.st_mode & S_IFMT)), not a file ddptrain wrote; move it away",
-                            exitCode: ExitStatus.inputError)
-    }
-    return fd
-}
-
-/// A regular file's bytes, refused when it is larger than `limit`.
-func readSmallRegularFile(_ path: String, limit: Int) throws -> Data? {
-    guard let fd = try openRegularFileForReading(path) else { return nil }
-    defer { close(fd) }
-    var data = Data()
-    try forEachLine(fd: fd, path: path, limit: limit) { piece in
-        guard data.count + piece.bytes.count < limit else {
-            throw TrainingError("\(path) is larger than \(limit) bytes", exitCode: ExitStatus.inputError)
-        }
-        data.append(contentsOf: piece.bytes)
-        if piece.terminated { data.append(10) }
-    }
-    return data
 }
 
 /// Writes every byte, or says why not (a full disk, a quota, an I/O error).
-func writeAll<Bytes: Collection>(_ fd: Int32, _ bytes: Bytes, path: String) throws where Bytes.Element == UInt8 {
-    let done = try Array(bytes).withUnsafeBytes { buffer -> Int in
-        var written = 0
-        while written < buffer.count {
-            let result = write(fd, buffer.baseAddress! + written, buffer.count - written)
-            if result < 0 {
-                if errno == EINTR { continue }
-                throw TrainingError("\(path): cannot write: \(errnoDescription(errno))", exitCode: ExitStatus.inputError)
-            }
-            if result == 0 { break }
-            written += result
-        }
-        return written
-    }
-    if done < bytes.count {
-        throw TrainingError("\(path): cannot write: the write made no progress", exitCode: ExitStatus.inputError)
-    }
+func writeEvery<Bytes: Collection>(_ bytes: Bytes, to fd: Int32, path: String) throws where Bytes.Element == UInt8 {
+    let failure = Array(bytes).withUnsafeBytes { DDPSystem.writeAll(fd, $0) }
+    guard let failure else { return }
+    throw TrainingError("\(path): cannot write: " + (failure.code == 0 ? "the write made no progress" : failure.reason),
+                        exitCode: ExitStatus.inputError)
 }
 
 /// The type of what is at `path` (S_IFREG, S_IFDIR, ...), nil when nothing is there or it cannot be examined.
@@ -195,32 +159,9 @@ func fileType(_ path: String, following: Bool = false) -> mode_t? {
     return (following ? stat(path, &info) : lstat(path, &info)) == 0 ? info.st_mode & S_IFMT : nil
 }
 
-func describeType(_ type: mode_t) -> String {
-    switch type {
-    case S_IFDIR: return "a directory"
-    case S_IFLNK: return "a symbolic link"
-    case S_IFIFO: return "a FIFO"
-    case S_IFSOCK: return "a socket"
-    case S_IFCHR, S_IFBLK: return "a device"
-    case S_IFREG: return "a regular file"
-    default: return "not a regular file"
-    }
-}
-
-/// "No space left on device (errno 28)".
-func errnoDescription(_ code: Int32) -> String { "\(String(cString: strerror(code))) (errno \(code))" }
-
 /// `mkdir -p`, with the failing call's reason (errno) rather than Foundation's paraphrase.
-func makeDirectories(_ path: String) throws {
-    var prefix = path.hasPrefix("/") ? "" : "."
-    for component in path.split(separator: "/") {
-        prefix += "/" + component
-        if mkdir(prefix, 0o755) != 0 {
-            let code = errno
-            guard code == EEXIST, fileType(prefix, following: true) == S_IFDIR else {
-                throw TrainingError("cannot create \(prefix): \(errnoDescription(code == EEXIST ? ENOTDIR : code))",
-                                    exitCode: ExitStatus.inputError)
-            }
-        }
+func createDirectories(_ path: String) throws {
+    if let failure = makeDirectories(path) {
+        throw TrainingError("cannot create \(failure.path ?? path): \(failure.reason)", exitCode: ExitStatus.inputError)
     }
 }

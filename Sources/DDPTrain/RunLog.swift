@@ -1,4 +1,5 @@
 import DDPComm
+import DDPSystem
 import Foundation
 
 /// One line of metrics.jsonl.
@@ -78,7 +79,7 @@ public final class RunLog {
             // Never through a link, never a FIFO or a device: RunDirectory made it a regular file.
             let fd = open(metricsPath, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0o644)
             guard fd >= 0 else {
-                throw TrainingError("\(metricsPath): cannot open for appending: \(errnoDescription(errno))", exitCode: ExitStatus.inputError)
+                throw TrainingError("\(metricsPath): cannot open for appending: \(errnoText(errno))", exitCode: ExitStatus.inputError)
             }
             var info = stat()
             guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG else {
@@ -128,7 +129,7 @@ public final class RunLog {
             var line = try encoder.encode(record)
             line.append(10)
             do {
-                try writeAll(metricsFile, line, path: metricsPath)
+                try writeEvery(line, to: metricsFile, path: metricsPath)
                 metricsSize += off_t(line.count)
             } catch let error as TrainingError {
                 _ = ftruncate(metricsFile, metricsSize)

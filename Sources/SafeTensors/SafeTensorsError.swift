@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import DDPSystem
 
 /// A failure to write or read a safetensors file. The description names the file first,
 /// then the problem, so that it can be logged as is.
@@ -44,13 +45,11 @@ public struct SafeTensorsError: Error, CustomStringConvertible, Sendable, Equata
         SafeTensorsError(path: path, kind: .invalidRequest, problem: problem)
     }
 
-    /// The error for a C call that just failed, read from `errno`. `operand` is the file the
-    /// call acted on, shown when it differs from `path` (the writer's temporary file).
-    static func systemCall(_ call: String, path: String, operand: String) -> SafeTensorsError {
-        let code = errno
+    /// The error for a C call that failed. `operand` is the file the call acted on, shown
+    /// when it differs from `path` (the writer's temporary file).
+    static func systemCall(_ failure: SystemCallFailure, path: String, operand: String) -> SafeTensorsError {
         let target = operand == path ? "" : "(\(operand))"
-        let reason = String(cString: strerror(code))
-        return SafeTensorsError(path: path, kind: .systemCall(call: call, errno: code),
-                                problem: "\(call)\(target) failed: \(reason) (errno \(code))")
+        return SafeTensorsError(path: path, kind: .systemCall(call: failure.call, errno: failure.code),
+                                problem: "\(failure.call)\(target) failed: \(failure.reason)")
     }
 }

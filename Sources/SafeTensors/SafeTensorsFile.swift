@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import CZlib
+import DDPSystem
 import Foundation
 
 /// A safetensors file read into memory and validated as a whole before any of it is used.
@@ -73,7 +74,7 @@ public struct SafeTensorsFile: Sendable {
         }
         // The header accounts for every byte; still, a sound header may claim more than can be
         // held in memory (a huge sparse file): refused rather than trapping on the allocation.
-        let memory = physicalMemory()
+        let memory = MemoryInfo.physicalBytes()
         guard dataLength <= memory else {
             throw SafeTensorsError(path: path, kind: .tooLarge,
                                    problem: "data section of \(dataLength) bytes is larger than this machine's memory (\(memory) bytes)")

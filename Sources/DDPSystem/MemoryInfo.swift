@@ -28,6 +28,14 @@ public enum MemoryInfo {
         return result
     }
 
+    /// This machine's physical memory in bytes (Int.max if unknown).
+    public static func physicalBytes() -> Int {
+        let pages = sysconf(Int32(_SC_PHYS_PAGES)), pageSize = sysconf(Int32(_SC_PAGESIZE))
+        guard pages > 0, pageSize > 0 else { return .max }
+        let (bytes, overflow) = pages.multipliedReportingOverflow(by: pageSize)
+        return overflow ? .max : bytes
+    }
+
     /// Where `availableBytes` comes from, for messages.
     public static let source = "MemAvailable in /proc/meminfo, or the cgroup's memory.max"
 
