@@ -91,6 +91,8 @@ public final class Trainer {
     var consecutiveSkips = 0
     /// The step after which the local batch-norm statistics were last averaged.
     var buffersAveragedAtStep = -1
+    /// The last replica check: its step, whether it hashed the buffers too, and the hashes.
+    var replicasVerified: (step: Int, includeBuffers: Bool, hashes: [UInt64])?
     /// Samples this rank's batch norms normalized (in steps not skipped) since the local
     /// statistics were last averaged: a rank with none holds statistics that did not move.
     var samplesSinceAveraging = 0
@@ -525,13 +527,17 @@ public final class Trainer {
         for i in 0..<model.buffers.capacity { model.buffers.pointer[i] /= size }
     }
 
-    /// Compares the replicas' hashes (I1). Every rank sees the same hashes, so a divergence
+    /// Compares the replicas' hashes (I1), once per step: the last step checks before its
+    /// checkpoint and again at the end, and a --check-replicas step may be a checkpoint's. Every rank sees the same hashes, so a divergence
     /// is reported once and all ranks leave together; a restart from the last checkpoint
     /// may cure it (a bit flip), so it is a runtime failure.
     @discardableResult
     func verifyReplicas(includeBuffers: Bool) throws -> [UInt64] {
+        if let last = replicasVerified, last.step == step, last.includeBuffers || !includeBuffers { return last.hashes }
         do {
-            return try checkReplicas(model, world: world, step: step, includeBuffers: includeBuffers)
+            let hashes = try checkReplicas(model, world: world, step: step, includeBuffers: includeBuffers)
+            replicasVerified = (step, includeBuffers, hashes)
+            return hashes
         } catch let divergence as ReplicaDivergence {
             throw CollectiveFailure(message: "stopping: \(divergence)", exitCode: ExitStatus.runtimeFailure)
         }
