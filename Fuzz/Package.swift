@@ -4,7 +4,8 @@
 // libFuzzer, and -parse-as-library emits none.
 import PackageDescription
 
-// libFuzzer executables, one per reader of untrusted files (docs/FUZZING.md). Not part of
+// One libFuzzer executable for the readers of untrusted files; FUZZ_TARGET picks the reader
+// (docs/FUZZING.md). Not part of
 // the main package so that its builds never see the fuzzer sanitizer; build with
 //
 //     swift build -c release -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library
@@ -12,14 +13,10 @@ import PackageDescription
 // or just run launch/fuzz. Each target's logic is in the main package's FuzzTargets module,
 // which the regression tests replay without the fuzzer.
 
-let targets = ["safetensors", "checkpoint", "idx", "cifar10", "cache", "config", "model"]
-
 let package = Package(
     name: "ddptrain-fuzz",
     dependencies: [.package(name: "ddptrain", path: "..")],
-    targets: targets.map { name in
-        .executableTarget(name: "fuzz-\(name)",
-                          dependencies: [.product(name: "FuzzTargets", package: "ddptrain")],
-                          path: "Sources/fuzz-\(name)")
-    }
+    targets: [
+        .executableTarget(name: "fuzz", dependencies: [.product(name: "FuzzTargets", package: "ddptrain")], path: "Sources/fuzz"),
+    ]
 )
