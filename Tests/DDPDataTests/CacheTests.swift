@@ -3,7 +3,8 @@ import Foundation
 import Synchronization
 import XCTest
 
-final class CacheTests: XCTestCase {
+/// Six 3x2 IDX images with labels 0...5 in a fresh folder per test, and a cache folder in it.
+class SmallIDXTestCase: XCTestCase {
     /// Set per test and dropped in tearDown: XCTest keeps test objects alive to the end.
     var folder: TemporaryDirectory!
     var images = "", labels = ""
@@ -16,6 +17,9 @@ final class CacheTests: XCTestCase {
     }
 
     override func tearDown() { folder = nil }
+}
+
+final class CacheTests: SmallIDXTestCase {
 
     func load(cacheDirectory: String?) throws -> Dataset {
         try Dataset.load(.idx(images: images, labels: labels, name: "tiny"), cacheDirectory: cacheDirectory)

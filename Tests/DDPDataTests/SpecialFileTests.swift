@@ -7,18 +7,7 @@ import Glibc
 
 /// FIFOs and directories where a data file or the cache should be, and data that cannot be
 /// normalized: each is reported (or, for the cache, rebuilt), never waited on.
-final class SpecialFileTests: XCTestCase {
-    var folder: TemporaryDirectory!
-    var images = "", labels = ""
-    var cache: String { folder.path + "/cache" }
-
-    override func setUp() {
-        folder = TemporaryDirectory()
-        images = folder.write("images", idxImages(count: 6, rows: 3, cols: 2) { UInt8($0 * 5 % 256) })
-        labels = folder.write("labels", idxLabels([0, 1, 2, 3, 4, 5]))
-    }
-
-    override func tearDown() { folder = nil }
+final class SpecialFileTests: SmallIDXTestCase {
 
     func makeFIFO(_ path: String) {
         XCTAssertEqual(mkfifo(path, 0o600), 0, "mkfifo \(path)")

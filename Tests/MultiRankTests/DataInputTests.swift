@@ -19,20 +19,8 @@ final class DataInputTests: XCTestCase {
 
     /// A small Fashion-MNIST-shaped folder of plain IDX files; labels are i mod 10.
     func makeData(train: Int = 64, test: Int = 32) throws -> URL {
-        let dir = scratch.appendingPathComponent("data")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        for (split, n) in [("train", train), ("t10k", test)] {
-            var images = Data([0, 0, 8, 3]) + bigEndian(n) + bigEndian(28) + bigEndian(28)
-            images += Data((0..<(n * 784)).map { UInt8(truncatingIfNeeded: $0 * 7) })
-            var labels = Data([0, 0, 8, 1]) + bigEndian(n)
-            labels += Data((0..<n).map { UInt8($0 % 10) })
-            try images.write(to: dir.appendingPathComponent("\(split)-images-idx3-ubyte"))
-            try labels.write(to: dir.appendingPathComponent("\(split)-labels-idx1-ubyte"))
-        }
-        return dir
+        try TestData.fashionMNISTLike(in: scratch.appendingPathComponent("data"), train: train, test: test)
     }
-
-    func bigEndian(_ v: Int) -> Data { Data([UInt8(v >> 24 & 255), UInt8(v >> 16 & 255), UInt8(v >> 8 & 255), UInt8(v & 255)]) }
 
     func train(_ args: [String], ranks: Int = 2) throws -> MPIRun.Result {
         let run = scratch.appendingPathComponent("run-\(UUID().uuidString.prefix(8))").path
@@ -53,16 +41,21 @@ final class DataInputTests: XCTestCase {
         }
     }
 
-    /// One damaged label byte in the cache once read out of bounds; now the cache's checksum
-    /// finds it, and the cache is rebuilt from the source files with a warning.
-    func testDamagedCacheIsRebuiltWithAWarning() throws {
+    /// A data folder and the path of the training set's cache, built by a first run.
+    func dataWithItsCache() throws -> (data: URL, cache: String) {
         let data = try makeData()
         let first = try train(["--data-dir", data.path])
         XCTAssertEqual(first.status, 0, first.stderr)
         let folder = cacheHome + "/ddptrain"
         let caches = try FileManager.default.contentsOfDirectory(atPath: folder).filter { $0.hasPrefix("data-train-") }
         XCTAssertEqual(caches.count, 1, "\(caches)")
-        let path = folder + "/" + caches[0]
+        return (data, folder + "/" + (try XCTUnwrap(caches.first)))
+    }
+
+    /// One damaged label byte in the cache once read out of bounds; now the cache's checksum
+    /// finds it, and the cache is rebuilt from the source files with a warning.
+    func testDamagedCacheIsRebuiltWithAWarning() throws {
+        let (data, path) = try dataWithItsCache()
         var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
         // Labels 0...9 as little-endian Int32.
         let labels: [UInt8] = (0..<10).flatMap { (i: Int) -> [UInt8] in [UInt8(i), 0, 0, 0] }
@@ -123,13 +116,7 @@ final class DataInputTests: XCTestCase {
     /// A FIFO where the dataset cache belongs once blocked rank 0 in open(), waiting for a
     /// writer, while the other ranks waited for it: now it is a damaged cache, rebuilt.
     func testFIFOAtTheCachePathIsRebuiltWithAWarning() throws {
-        let data = try makeData()
-        let first = try train(["--data-dir", data.path])
-        XCTAssertEqual(first.status, 0, first.stderr)
-        let folder = cacheHome + "/ddptrain"
-        let caches = try FileManager.default.contentsOfDirectory(atPath: folder).filter { $0.hasPrefix("data-train-") }
-        XCTAssertEqual(caches.count, 1, "\(caches)")
-        let path = folder + "/" + caches[0]
+        let (data, path) = try dataWithItsCache()
         try FileManager.default.removeItem(atPath: path)
         XCTAssertEqual(mkfifo(path, 0o600), 0)
         let second = try train(["--data-dir", data.path])

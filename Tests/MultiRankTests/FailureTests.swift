@@ -17,20 +17,8 @@ final class FailureTests: XCTestCase {
 
     /// A small, valid Fashion-MNIST-shaped folder (plain IDX files) to damage.
     func makeData(train: Int = 64, test: Int = 32) throws -> URL {
-        let dir = scratch.appendingPathComponent("data-\(UUID().uuidString.prefix(8))")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        for (split, n) in [("train", train), ("t10k", test)] {
-            var images = Data([0, 0, 8, 3]) + bigEndian(n) + bigEndian(28) + bigEndian(28)
-            images += Data((0..<(n * 784)).map { UInt8(truncatingIfNeeded: $0 * 7) })
-            var labels = Data([0, 0, 8, 1]) + bigEndian(n)
-            labels += Data((0..<n).map { UInt8($0 % 10) })
-            try images.write(to: dir.appendingPathComponent("\(split)-images-idx3-ubyte"))
-            try labels.write(to: dir.appendingPathComponent("\(split)-labels-idx1-ubyte"))
-        }
-        return dir
+        try TestData.fashionMNISTLike(in: scratch.appendingPathComponent("data-\(UUID().uuidString.prefix(8))"), train: train, test: test)
     }
-
-    func bigEndian(_ v: Int) -> Data { Data([UInt8(v >> 24 & 255), UInt8(v >> 16 & 255), UInt8(v >> 8 & 255), UInt8(v & 255)]) }
 
     func expectFailure(_ args: [String], ranks: Int = 4, mentions: [String], environment: [String: String] = [:],
                        file: StaticString = #filePath, line: UInt = #line) throws {

@@ -72,3 +72,22 @@ final class DataCollector: @unchecked Sendable {
         return String(decoding: data, as: UTF8.self)
     }
 }
+
+/// A small, valid Fashion-MNIST-shaped folder of plain IDX files (28x28 images whose bytes
+/// count up, labels i mod 10), for the tests that damage data or run on it.
+enum TestData {
+    static func fashionMNISTLike(in dir: URL, train: Int, test: Int) throws -> URL {
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        for (split, n) in [("train", train), ("t10k", test)] {
+            var images = Data([0, 0, 8, 3]) + bigEndian(n) + bigEndian(28) + bigEndian(28)
+            images += Data((0..<(n * 784)).map { UInt8(truncatingIfNeeded: $0 * 7) })
+            var labels = Data([0, 0, 8, 1]) + bigEndian(n)
+            labels += Data((0..<n).map { UInt8($0 % 10) })
+            try images.write(to: dir.appendingPathComponent("\(split)-images-idx3-ubyte"))
+            try labels.write(to: dir.appendingPathComponent("\(split)-labels-idx1-ubyte"))
+        }
+        return dir
+    }
+
+    static func bigEndian(_ v: Int) -> Data { Data([UInt8(v >> 24 & 255), UInt8(v >> 16 & 255), UInt8(v >> 8 & 255), UInt8(v & 255)]) }
+}

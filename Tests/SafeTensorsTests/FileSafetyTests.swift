@@ -21,16 +21,7 @@ final class FileSafetyTests: XCTestCase {
     /// Asserts that reading `path` fails as a file that cannot be read (not as damage),
     /// with a message that starts with the path and contains every fragment.
     private func assertCannotRead(_ path: String, _ fragments: String..., file: StaticString = #filePath, line: UInt = #line) {
-        do throws(SafeTensorsError) {
-            _ = try SafeTensorsFile(path: path)
-            XCTFail("\(path) loaded", file: file, line: line)
-        } catch {
-            XCTAssertNotEqual(error.kind, .damaged, "\(error)", file: file, line: line)
-            XCTAssertTrue(error.description.hasPrefix(path + ": "), "\(error)", file: file, line: line)
-            for fragment in fragments {
-                XCTAssertTrue(error.description.contains(fragment), "\"\(error)\" lacks \"\(fragment)\"", file: file, line: line)
-            }
-        }
+        assertLoadFails(path, damaged: false, fragments, file: file, line: line)
     }
 
     // MARK: Files that cannot be read are not damaged files

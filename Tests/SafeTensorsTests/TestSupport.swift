@@ -44,11 +44,22 @@ func referenceCRC32(_ bytes: [UInt8]) -> UInt32 {
 /// Asserts that reading `path` fails as damaged, with a message that starts with the path
 /// and contains every fragment.
 func assertDamaged(_ path: String, _ fragments: String..., file: StaticString = #filePath, line: UInt = #line) {
+    assertLoadFails(path, damaged: true, fragments, file: file, line: line)
+}
+
+/// Asserts that reading `path` fails, as damage or (`damaged: false`) as a file that cannot be
+/// read, with a message that starts with the path and contains every fragment.
+func assertLoadFails(_ path: String, damaged: Bool, _ fragments: [String], file: StaticString = #filePath, line: UInt = #line) {
     do throws(SafeTensorsError) {
         let loaded = try SafeTensorsFile(path: path)
-        XCTFail("\(path) loaded with tensors \(loaded.tensors.map(\.name)), expected damage", file: file, line: line)
+        XCTFail("\(path) loaded with tensors \(loaded.tensors.map(\.name)), expected \(damaged ? "damage" : "a read failure")",
+                file: file, line: line)
     } catch {
-        XCTAssertEqual(error.kind, .damaged, "\(error)", file: file, line: line)
+        if damaged {
+            XCTAssertEqual(error.kind, .damaged, "\(error)", file: file, line: line)
+        } else {
+            XCTAssertNotEqual(error.kind, .damaged, "\(error)", file: file, line: line)
+        }
         XCTAssertTrue(error.description.hasPrefix(path + ": "), "\(error)", file: file, line: line)
         for fragment in fragments {
             XCTAssertTrue(error.description.contains(fragment), "\"\(error)\" lacks \"\(fragment)\"", file: file, line: line)
