@@ -528,9 +528,10 @@ public final class Trainer {
     }
 
     /// Compares the replicas' hashes (I1), once per step: the last step checks before its
-    /// checkpoint and again at the end, and a --check-replicas step may be a checkpoint's. Every rank sees the same hashes, so a divergence
-    /// is reported once and all ranks leave together; a restart from the last checkpoint
-    /// may cure it (a bit flip), so it is a runtime failure.
+    /// checkpoint and again at the end, and a --check-replicas step may be a checkpoint's.
+    /// Every rank sees the same hashes, so a divergence is reported once and all ranks leave
+    /// together; a restart from the last checkpoint may cure it (a bit flip), so it is a
+    /// runtime failure.
     @discardableResult
     func verifyReplicas(includeBuffers: Bool) throws -> [UInt64] {
         if let last = replicasVerified, last.step == step, last.includeBuffers || !includeBuffers { return last.hashes }
