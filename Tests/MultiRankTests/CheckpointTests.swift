@@ -251,16 +251,23 @@ final class CheckpointTests: XCTestCase {
                        ["step-00000010-best.safetensors", "step-00000012.safetensors", "step-final.safetensors"])
     }
 
+    /// 8 steps with a checkpoint every 4 (512 samples, global batch 32: 16 steps per epoch).
+    let stepsToEdit = ["--steps", "8", "--per-rank-batch", "16", "--checkpoint-every", "4"]
+
+    /// A run of `stepsToEdit`: its newest checkpoint, and a copy of it as it was to edit from.
+    func checkpointAndItsCopy(run: String) throws -> (newest: String, original: String) {
+        XCTAssertEqual(try train(stepsToEdit, run: run).status, 0)
+        let newest = try lastCheckpoint(run)
+        let original = scratch.appendingPathComponent("original-\(run).safetensors").path
+        try FileManager.default.copyItem(atPath: newest, toPath: original)
+        return (newest, original)
+    }
+
     /// --allow-batch-change: metadata that passes the reader's checks but overflows when
     /// continued with the new batch is damage, skipped by `auto` before anything is loaded.
     /// With the same batch, other steps per epoch mean another dataset size: refused.
     func testBatchChangeOverflowIsSkippedAndOtherStepsPerEpochRefused() throws {
-        // 512 samples, global batch 32: 16 steps per epoch.
-        let common = ["--steps", "8", "--per-rank-batch", "16", "--checkpoint-every", "4"]
-        XCTAssertEqual(try train(common, run: "overflow").status, 0)
-        let newest = try lastCheckpoint("overflow")
-        let original = scratch.appendingPathComponent("original.safetensors").path
-        try FileManager.default.copyItem(atPath: newest, toPath: original)
+        let (newest, original) = try checkpointAndItsCopy(run: "overflow")
         // Position (2^40 - 1) * global batch (2^31 - 1) overflows Int.
         let last = (1 << 40) - 1
         try CheckpointEdit.rewrite(original, to: newest, metadata: [
@@ -286,11 +293,7 @@ final class CheckpointTests: XCTestCase {
     /// `--resume auto` skips such a file with a warning that names the key or the tensor
     /// and index; named directly (--resume, --init-from, eval) it stops with that reason.
     func testCheckedDamageIsSkippedByAutoAndRefusedByName() throws {
-        let common = ["--steps", "8", "--per-rank-batch", "16", "--checkpoint-every", "4"]
-        XCTAssertEqual(try train(common, run: "edited").status, 0)
-        let newest = try lastCheckpoint("edited")
-        let original = scratch.appendingPathComponent("original.safetensors").path
-        try FileManager.default.copyItem(atPath: newest, toPath: original)
+        let (newest, original) = try checkpointAndItsCopy(run: "edited")
         let poisoned = scratch.appendingPathComponent("poisoned.safetensors").path
         try CheckpointEdit.rewrite(original, to: poisoned) { name, bytes in
             if name == "5.weight" { CheckpointEdit.setFloat(&bytes, at: 3, to: .nan) }
@@ -310,7 +313,7 @@ final class CheckpointTests: XCTestCase {
         ]
         for (message, metadata, edit) in cases {
             try CheckpointEdit.rewrite(original, to: newest, metadata: metadata, tensors: edit)
-            let r = try train(common + ["--resume", "auto"], run: "edited")
+            let r = try train(stepsToEdit + ["--resume", "auto"], run: "edited")
             XCTAssertEqual(r.status, 0, r.stderr)
             XCTAssertTrue(r.stderr.contains("skipping damaged checkpoint: \(newest): \(message)"), r.stderr)
             XCTAssertTrue(r.stdout.contains("resumed from \(runDir("edited"))/checkpoints/step-00000004.safetensors at step 4"), r.stdout)
