@@ -226,7 +226,9 @@ final class RunDirectoryUnitTests: XCTestCase {
         guard run("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mountPoint]) == 0 else {
             throw XCTSkip("cannot mount a tmpfs here (needs root)")
         }
-        defer { _ = run("/bin/umount", [mountPoint]) }
+        // Lazily: this process keeps the run's lock file open until it ends, so a plain umount
+        // would fail (busy) and leave the mount and the scratch folder behind.
+        defer { _ = run("/bin/umount", ["--lazy", mountPoint]) }
         let written = try stoppedRun("readonly/run", metrics: record(1))
         // A read-only view of it (this process keeps the lock file open for writing, so the
         // file system itself cannot be remounted read-only).

@@ -6,6 +6,7 @@ final class TrainConfigTests: XCTestCase {
     func write(_ text: String, _ name: String = "config.yaml") throws -> String {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(UUID().uuidString)-\(name)").path
         try text.write(toFile: path, atomically: true, encoding: .utf8)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
         return path
     }
 
