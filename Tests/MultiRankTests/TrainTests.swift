@@ -285,7 +285,7 @@ final class TrainTests: XCTestCase {
     }
 
     /// Rank 0 alone speaks: plain lines when not on a terminal, a progress bar on one, the
-    /// summary once; metrics.jsonl has every step with every field.
+    /// summary once; metrics.jsonl has every step with every field and a time, then the evaluation.
     func testOutputComesFromRankZeroOnly() throws {
         let args = ["train", "--model", "mlp", "--train-samples", "512", "--steps", "12", "--per-rank-batch", "8", "--log-every", "4",
                     "--eval-every", "1"]
@@ -305,15 +305,28 @@ final class TrainTests: XCTestCase {
 
         let metrics = try String(contentsOf: scratch.appendingPathComponent("plain/metrics.jsonl"), encoding: .utf8)
         let lines = metrics.split(separator: "\n")
-        XCTAssertEqual(lines.count, 12)
-        for (i, line) in lines.enumerated() {
+        XCTAssertEqual(lines.count, 13)
+        for (i, line) in lines.prefix(12).enumerated() {
             let record = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            XCTAssertEqual(record["kind"] as? String, "step")
             XCTAssertEqual(record["step"] as? Int, i + 1)
-            for key in ["loss", "accuracy", "lr", "grad_norm", "clipped", "skipped", "samples", "data_s", "compute_s", "comm_s", "optimizer_s"] {
+            for key in ["time", "loss", "accuracy", "lr", "grad_norm", "clipped", "skipped", "samples", "data_s", "compute_s", "comm_s", "optimizer_s"] {
                 XCTAssertNotNil(record[key], "\(key) missing in \(line)")
             }
             XCTAssertEqual(record["samples"] as? Int, 32)
         }
+        // The evaluation at the last step: the test set's loss and accuracy, and each class's accuracy.
+        let evaluation = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(lines[12].utf8)) as? [String: Any])
+        XCTAssertEqual(evaluation["kind"] as? String, "eval")
+        XCTAssertEqual(evaluation["step"] as? Int, 12)
+        XCTAssertEqual(evaluation["test_samples"] as? Int, 10_000)
+        let accuracy = try XCTUnwrap(evaluation["test_accuracy"] as? Double)
+        XCTAssertTrue(plain.stdout.contains(String(format: "test accuracy %.2f%%", accuracy * 100)), plain.stdout)
+        // Fashion-MNIST's test set has 1000 samples of each class: the overall accuracy is their mean.
+        let perClass = try XCTUnwrap(evaluation["class_accuracy"] as? [Double])
+        XCTAssertEqual(perClass.count, 10)
+        XCTAssertEqual(perClass.reduce(0, +) / 10, accuracy, accuracy: 1e-12)
+        for key in ["time", "epoch", "test_loss"] { XCTAssertNotNil(evaluation[key], "\(key) missing in \(lines[12])") }
     }
 
     /// --config: the file's keys, and flags override them.
