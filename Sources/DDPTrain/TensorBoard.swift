@@ -109,7 +109,6 @@ public final class EventFileWriter {
         case .failure(let failure): throw TrainingError("\(path): cannot create: \(failure.reason)", exitCode: ExitStatus.inputError)
         }
         self.path = path
-        try append(EventProto.event(wallTime: wallTime, step: 0, .fileVersion("brain.Event:2")), what: "start the TensorBoard file")
     }
 
     static let prefix = "events.out.tfevents."
@@ -139,9 +138,11 @@ public final class EventFileWriter {
 
     deinit { close(descriptor) }
 
-    /// The scalars of one step; the first call of a run marks its start at that step.
+    /// The scalars of one step. The first call starts the file (its version) and the run at
+    /// that step (a session start).
     public func write(step: Int, wallTime: Double, scalars: [(tag: String, value: Float)]) throws {
         if !started {
+            try append(EventProto.event(wallTime: wallTime, step: 0, .fileVersion("brain.Event:2")), what: "log step \(step)")
             try append(EventProto.event(wallTime: wallTime, step: Int64(step), .sessionStart), what: "log step \(step)")
             started = true
         }

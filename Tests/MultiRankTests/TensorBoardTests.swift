@@ -127,6 +127,21 @@ final class TensorBoardTests: XCTestCase {
         }
     }
 
+    /// A run whose events folder cannot be made (a file in its place) stops before training on
+    /// every rank with the reason, exit 65, and no MPI_Abort.
+    func testEventsFolderThatCannotBeMadeStopsTheRun() throws {
+        let run = scratch.appendingPathComponent("blocked").path
+        try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
+        try Data("not a folder\n".utf8).write(to: URL(fileURLWithPath: run + "/tensorboard"))
+        try Data().write(to: URL(fileURLWithPath: run + "/.ddptrain-run"))  // a run dir of ddptrain's
+        let r = try MPIRun.run(ranks: 2, ["train", "--model", "mlp", "--train-samples", "512", "--steps", "2", "--eval-every", "0",
+                                          "--run-dir", run], timeout: 60)
+        XCTAssertEqual(r.status, 65, r.stderr)
+        XCTAssertTrue(r.stderr.contains("ddptrain: error on rank 0: cannot create \(run)/tensorboard: Not a directory (errno 20)"), r.stderr)
+        XCTAssertFalse(r.stderr.contains("MPI_ABORT") || r.stderr.contains("ORTE"), r.stderr)
+        XCTAssertEqual(try String(contentsOfFile: run + "/tensorboard", encoding: .utf8), "not a folder\n")
+    }
+
     /// `ddptrain plot` draws a real run's curves: every series with its number of points,
     /// one page that renders in headless Chromium.
     func testPlotOfAShortRun() throws {

@@ -231,7 +231,7 @@ final class TrainTests: XCTestCase {
         XCTAssertEqual(written.filter { $0.hasSuffix(".safetensors") }, ["step-00000004.safetensors"], "no checkpoint of diverged replicas")
     }
 
-    // Evaluation is exact and independent of the world size.
+    // Evaluation is exact and independent of the world size, per class too.
     func testEvaluationEqualsOneRankEvaluation() throws {
         let (trained, _) = try train(ranks: 2, ["--model", "mlp", "--steps", "5", "--per-rank-batch", "16"], run: "eval")
         XCTAssertEqual(trained.status, 0, trained.stderr)
@@ -250,7 +250,25 @@ final class TrainTests: XCTestCase {
             XCTAssertEqual(r["samples"] as? Int, 10000)
             XCTAssertEqual(r["correct"] as? Int, results[0]["correct"] as? Int)
             XCTAssertEqual(try XCTUnwrap(r["loss"] as? Double), try XCTUnwrap(results[0]["loss"] as? Double), accuracy: 1e-6)
+            XCTAssertEqual(r["confusion_matrix"] as? [[Int]], results[0]["confusion_matrix"] as? [[Int]])
+            XCTAssertEqual(r["class_accuracy"] as? [Double], results[0]["class_accuracy"] as? [Double])
         }
+        // Rows: the true class (Fashion-MNIST's test set has 1000 of each); the diagonal: the correct ones.
+        let matrix = try XCTUnwrap(results[0]["confusion_matrix"] as? [[Int]])
+        XCTAssertEqual(matrix.map { $0.count }, Array(repeating: 10, count: 10))
+        XCTAssertEqual(matrix.map { $0.reduce(0, +) }, Array(repeating: 1000, count: 10))
+        XCTAssertEqual((0..<10).map { matrix[$0][$0] }.reduce(0, +), results[0]["correct"] as? Int)
+        XCTAssertEqual(results[0]["class_accuracy"] as? [Double], (0..<10).map { Double(matrix[$0][$0]) / 1000 })
+
+        let text = try MPIRun.run(ranks: 2, ["eval", "--checkpoint", dir.appendingPathComponent(last).path])
+        XCTAssertEqual(text.status, 0, text.stderr)
+        XCTAssertTrue(text.stdout.contains(String(format: "\naccuracy per class:\n  0 T-shirt/top  %6.2f%% (%d of 1000)\n",
+                                                  Double(matrix[0][0]) / 10, matrix[0][0])), text.stdout)
+        let header = "confusion matrix (rows: true class, columns: predicted class):\n"
+        let table = try XCTUnwrap(text.stdout.components(separatedBy: header).last)
+        let tableRows = table.split(separator: "\n")
+        XCTAssertEqual(tableRows.count, 11, table)
+        XCTAssertEqual(tableRows[10].split(separator: " ").suffix(10).compactMap { Int($0) }, matrix[9], "Ankle boot's row")
     }
 
     // I1's watchdog: --check-replicas stops the job when a replica drifts.
