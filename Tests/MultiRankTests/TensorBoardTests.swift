@@ -162,6 +162,13 @@ final class TensorBoardTests: XCTestCase {
         XCTAssertFalse(html.contains("<script") || html.contains("<link"), "self-contained")
         try Chromium.screenshot(html: run + "/plot.html", png: scratch.appendingPathComponent("plot.png").path, windowSize: "1600,1900")
 
+        // A page that cannot be written is exit 74, with the reason.
+        let folder = scratch.appendingPathComponent("no/such/folder").path
+        let unwritable = try Background(MPIRun.binary, ["plot", run, "--out", folder + "/plot.html"]).wait(timeout: 30)
+        XCTAssertEqual(unwritable.status, 74, unwritable.stderr)
+        XCTAssertTrue(unwritable.stderr.hasPrefix("ddptrain plot: \(folder)/plot.html: open(\(folder)/.plot.html.tmp."), unwritable.stderr)
+        XCTAssertTrue(unwritable.stderr.hasSuffix(") failed: No such file or directory (errno 2)\n"), unwritable.stderr)
+
         let missing = try Background(MPIRun.binary, ["plot", scratch.appendingPathComponent("nothing").path]).wait(timeout: 30)
         XCTAssertEqual(missing.status, 65, missing.stderr)
         XCTAssertEqual(missing.stderr, "ddptrain plot: \(scratch.appendingPathComponent("nothing").path)/metrics.jsonl: no such file (is this a run dir?)\n")
