@@ -87,9 +87,9 @@ extension EvaluationRecord {
 }
 
 /// Everything a run says, on rank 0 only: a progress bar on a terminal or plain periodic
-/// lines otherwise; metrics.jsonl and TensorBoard's event file in the run dir; the summary. Other ranks stay quiet
-/// unless they fail. With `--json` the human-readable text goes to stderr, so stdout
-/// carries only the JSON summary.
+/// lines otherwise; metrics.jsonl and TensorBoard's event file in the run dir; the summary.
+/// Other ranks stay quiet unless they fail. With `--json` the human-readable text goes to
+/// stderr, so stdout carries only the JSON summary.
 public final class RunLog {
     let isRoot: Bool
     let logEvery: Int
