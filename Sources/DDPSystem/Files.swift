@@ -131,6 +131,14 @@ public enum TemporaryFile {
     }
 }
 
+/// Creates `path` for appending, exclusively and never through a link (O_CREAT | O_EXCL |
+/// O_NOFOLLOW), mode 0644 less the umask: the descriptor, or the failing open (EEXIST when
+/// something, a link included, is there already).
+public func createExclusively(_ path: String) -> Result<Int32, SystemCallFailure> {
+    let fd = retryingOnInterrupt { Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644) }
+    return fd >= 0 ? .success(fd) : .failure(SystemCallFailure("open", path: path))
+}
+
 /// `mkdir -p`: nil when `path` is a directory at the end, else the mkdir that failed and
 /// where (a component that exists but is not a directory fails with ENOTDIR).
 @discardableResult

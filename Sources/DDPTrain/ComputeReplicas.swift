@@ -113,9 +113,11 @@ public final class ComputeReplicas {
         return (sums.lossSum, sums.correct, forwardSeconds, forwardCommunication)
     }
 
-    /// Loss sum and correct count of `count` samples in evaluation mode.
+    /// Loss sum and correct count of `count` samples in evaluation mode; with `predictions`,
+    /// each sample's predicted class too (its largest logit, the first on ties, as the
+    /// correct count takes it).
     public func evaluationPass(x: UnsafeMutablePointer<Float>, sampleShape: Shape, labels: UnsafePointer<Int32>,
-                               count: Int) throws -> (lossSum: Double, correct: Int) {
+                               count: Int, predictions: UnsafeMutablePointer<Int32>? = nil) throws -> (lossSum: Double, correct: Int) {
         try checkBatch(count)
         for model in models.dropFirst() { model.copyBuffers(from: main) }
         let perSample = sampleShape.perSample
@@ -126,6 +128,14 @@ public final class ComputeReplicas {
             let result = losses[member](logits, labels: labels + part.lowerBound)
             lossSums[member] = result.lossSum
             corrects[member] = result.correct
+            guard let predictions else { return }
+            let k = logits.shape.perSample
+            for i in 0..<part.count {
+                let row = logits.data + i * k
+                var best = 0
+                for j in 1..<k where row[j] > row[best] { best = j }
+                predictions[part.lowerBound + i] = Int32(best)
+            }
         }
         return partialSums()
     }

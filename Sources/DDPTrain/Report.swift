@@ -6,7 +6,11 @@ public struct LineChart {
     public struct Series {
         public var name: String
         public var points: [(x: Double, y: Double)]
-        public init(name: String, points: [(x: Double, y: Double)]) { self.name = name; self.points = points }
+        /// A dot at every point (evaluations, few and far apart).
+        public var markers = false
+        public init(name: String, points: [(x: Double, y: Double)], markers: Bool = false) {
+            self.name = name; self.points = points; self.markers = markers
+        }
     }
 
     public var title: String
@@ -62,7 +66,7 @@ public struct LineChart {
             let points = series.points.filter { $0.x.isFinite && $0.y.isFinite && (!logY || $0.y > 0) }
                 .map { "\(f(px($0.x))),\(f(py($0.y)))" }.joined(separator: " ")
             s += "<polyline class=\"series\" data-variant=\"\(escapeHTML(series.name))\" data-points=\"\(series.points.count)\" fill=\"none\" stroke=\"\(color)\" stroke-width=\"1.8\"\(dash) points=\"\(points)\"/>\n"
-            if series.points.count == 1, let p = series.points.first {
+            for p in series.markers || series.points.count == 1 ? series.points : [] where p.x.isFinite && p.y.isFinite && (!logY || p.y > 0) {
                 s += "<circle cx=\"\(f(px(p.x)))\" cy=\"\(f(py(p.y)))\" r=\"3\" fill=\"\(color)\"/>\n"
             }
             let ly = top + 10 + Double(i) * 18

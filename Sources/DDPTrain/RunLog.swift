@@ -2,8 +2,11 @@ import DDPComm
 import DDPSystem
 import Foundation
 
-/// One line of metrics.jsonl.
+/// A step's line of metrics.jsonl (`"kind":"step"`).
 public struct StepRecord: Codable, Sendable {
+    public var kind = "step"
+    /// When the step was logged, in Unix seconds; RunLog sets it.
+    public var time: Double?
     public var step: Int
     public var epoch: Int
     public var loss: Double
@@ -32,17 +35,61 @@ public struct StepRecord: Codable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case step, epoch, loss, accuracy, lr, clipped, skipped, samples
+        case kind, time, step, epoch, loss, accuracy, lr, clipped, skipped, samples
         case gradNorm = "grad_norm", dataSeconds = "data_s", computeSeconds = "compute_s"
         case forwardSeconds = "forward_s", backwardSeconds = "backward_s"
         case communicationSeconds = "comm_s", optimizerSeconds = "optimizer_s"
     }
 }
 
+/// An evaluation's line of metrics.jsonl (`"kind":"eval"`), after the line of the step it
+/// followed, with that step's `step` and `epoch`: a resume keeps or drops both lines alike.
+public struct EvaluationRecord: Codable, Sendable {
+    public var kind = "eval"
+    public var time: Double
+    public var step: Int
+    public var epoch: Int
+    public var testLoss: Double
+    public var testAccuracy: Double
+    public var testSamples: Int
+    /// Per class (by label): the share of its test samples predicted right; null for a
+    /// class without test samples.
+    public var classAccuracy: [Double?]
+
+    enum CodingKeys: String, CodingKey {
+        case kind, time, step, epoch
+        case testLoss = "test_loss", testAccuracy = "test_accuracy", testSamples = "test_samples", classAccuracy = "class_accuracy"
+    }
+}
+
+extension StepRecord {
+    /// TensorBoard's scalars of a step, tagged "train/KEY" and "time/KEY" by metrics.jsonl's
+    /// keys; booleans as 0 or 1, non-finite values (a skipped step's) left out.
+    var scalars: [(tag: String, value: Float)] {
+        let train: [(CodingKeys, Double)] = [(.loss, loss), (.accuracy, accuracy), (.lr, lr), (.gradNorm, gradNorm),
+                                             (.clipped, clipped ? 1 : 0), (.skipped, skipped ? 1 : 0)]
+        let time: [(CodingKeys, Double)] = [(.dataSeconds, dataSeconds), (.computeSeconds, computeSeconds), (.forwardSeconds, forwardSeconds),
+                                            (.backwardSeconds, backwardSeconds), (.communicationSeconds, communicationSeconds),
+                                            (.optimizerSeconds, optimizerSeconds)]
+        return (train.map { ("train/" + $0.0.stringValue, $0.1) } + time.map { ("time/" + $0.0.stringValue, $0.1) })
+            .filter(\.1.isFinite).map { ($0.0, Float($0.1)) }
+    }
+}
+
+extension EvaluationRecord {
+    /// TensorBoard's scalars of an evaluation: "test/loss", "test/accuracy" and
+    /// "test/class_accuracy/CLASS"; non-finite values and classes without samples left out.
+    var scalars: [(tag: String, value: Float)] {
+        let values = [("test/loss", testLoss), ("test/accuracy", testAccuracy)]
+            + classAccuracy.enumerated().compactMap { c, accuracy in accuracy.map { ("test/class_accuracy/\(c)", $0) } }
+        return values.filter(\.1.isFinite).map { ($0.0, Float($0.1)) }
+    }
+}
+
 /// Everything a run says, on rank 0 only: a progress bar on a terminal or plain periodic
-/// lines otherwise; metrics.jsonl in the run dir; the summary. Other ranks stay quiet
-/// unless they fail. With `--json` the human-readable text goes to stderr, so stdout
-/// carries only the JSON summary.
+/// lines otherwise; metrics.jsonl and TensorBoard's event file in the run dir; the summary.
+/// Other ranks stay quiet unless they fail. With `--json` the human-readable text goes to
+/// stderr, so stdout carries only the JSON summary.
 public final class RunLog {
     let isRoot: Bool
     let logEvery: Int
@@ -52,6 +99,10 @@ public final class RunLog {
     private var metricsFile: Int32 = -1
     private var metricsPath = ""
     private var metricsSize: off_t = 0
+    /// TensorBoard's event file (rank 0 only).
+    private var events: EventFileWriter?
+    /// The last step logged, which an evaluation follows.
+    private var lastStep: (step: Int, epoch: Int)?
     private let interactive: Bool
     private var windowStart = 0.0
     private var windowSamples = 0
@@ -62,8 +113,8 @@ public final class RunLog {
     private var lastAccuracy = Double.nan
     private let encoder = JSONEncoder.ddptrain()
 
-    /// `metricsPath` nil: no metrics file (evaluation, tests).
-    public init(rank: Int, logEvery: Int, json: Bool, metricsPath: String?, quiet: Bool = false) throws {
+    /// `metricsPath` nil: no metrics file (evaluation, tests); `tensorboardPath` nil: no event file.
+    public init(rank: Int, logEvery: Int, json: Bool, metricsPath: String?, tensorboardPath: String? = nil, quiet: Bool = false) throws {
         isRoot = rank == 0
         self.logEvery = logEvery
         self.jsonOutput = json
@@ -90,6 +141,7 @@ public final class RunLog {
             self.metricsPath = metricsPath
             metricsSize = info.st_size
         }
+        if isRoot, let tensorboardPath { events = try EventFileWriter(directory: tensorboardPath) }
     }
 
     deinit { if metricsFile >= 0 { close(metricsFile) } }
@@ -120,23 +172,32 @@ public final class RunLog {
             + "\(c.optimizer) lr \(trainer.baseLearningRate) \(c.schedule), \(trainer.model.parameterCount) parameters")
     }
 
-    /// Appends the step's line to metrics.jsonl (one write, so a crash leaves whole lines) and
-    /// shows progress. A line that cannot be written (disk full, quota, I/O error) stops the
-    /// run: the file is cut back to its last whole line, and a resume logs the step again.
+    /// Appends a line to metrics.jsonl (one write, so a crash leaves whole lines). A line that
+    /// cannot be written (disk full, quota, I/O error) stops the run: the file is cut back to
+    /// its last whole line, and a resume logs the step again.
+    private func appendMetrics<Record: Encodable>(_ record: Record, what: String) throws {
+        guard metricsFile >= 0 else { return }
+        var line = try encoder.encode(record)
+        line.append(10)
+        do {
+            try writeEvery(line, to: metricsFile, path: metricsPath)
+            metricsSize += off_t(line.count)
+        } catch let error as TrainingError {
+            _ = ftruncate(metricsFile, metricsSize)
+            throw TrainingError("cannot \(what): \(error.message); the run stops here (make room, then "
+                                + "resume with --resume auto)", exitCode: ExitStatus.checkpointWriteFailed)
+        }
+    }
+
+    /// Logs the step, stamped with the time, to metrics.jsonl and TensorBoard, and shows progress.
     public func step(_ record: StepRecord, totalSteps: Int, stepsPerEpoch: Int) throws {
         guard isRoot else { return }
-        if metricsFile >= 0 {
-            var line = try encoder.encode(record)
-            line.append(10)
-            do {
-                try writeEvery(line, to: metricsFile, path: metricsPath)
-                metricsSize += off_t(line.count)
-            } catch let error as TrainingError {
-                _ = ftruncate(metricsFile, metricsSize)
-                throw TrainingError("cannot log step \(record.step): \(error.message); the run stops here (make room, then "
-                                    + "resume with --resume auto)", exitCode: ExitStatus.checkpointWriteFailed)
-            }
-        }
+        var record = record
+        let time = ProcessClock.unixTime()
+        record.time = time
+        try appendMetrics(record, what: "log step \(record.step)")
+        try events?.write(step: record.step, wallTime: time, scalars: record.scalars)
+        lastStep = (record.step, record.epoch)
         if !record.skipped { lastLoss = record.loss; lastAccuracy = record.accuracy }
         windowSamples += record.samples
         rateSamples += record.samples
@@ -183,8 +244,15 @@ public final class RunLog {
         barShown = false
     }
 
-    func evaluation(epoch: Int, loss: Double, accuracy: Double) {
-        info(String(format: "epoch %d: test loss %.4f, test accuracy %.2f%%", epoch, loss, accuracy * 100))
+    /// Shows an evaluation after `epoch` (counted from 1) and logs it after the last step.
+    public func evaluation(epoch: Int, _ result: Evaluation) throws {
+        info(String(format: "epoch %d: test loss %.4f, test accuracy %.2f%%", epoch, result.loss, result.accuracy * 100))
+        guard isRoot, let lastStep else { return }
+        let time = ProcessClock.unixTime()
+        let record = EvaluationRecord(time: time, step: lastStep.step, epoch: lastStep.epoch, testLoss: result.loss,
+                                      testAccuracy: result.accuracy, testSamples: result.samples, classAccuracy: result.classAccuracy)
+        try appendMetrics(record, what: "log the evaluation at step \(lastStep.step)")
+        try events?.write(step: lastStep.step, wallTime: time, scalars: record.scalars)
     }
 
     func finish(_ summary: TrainSummary) {

@@ -66,7 +66,11 @@ struct Compare: ParsableCommand {
                 if world.rank == 0 { print("compare: [\(i + 1)/\(variants.count)] \(variant.name)") }
                 let trainer = try Trainer(config: variant.config, world: world)
                 let run = try RunDirectory.prepare(config: trainer.config, world: world, resumedAtStep: trainer.resumedFrom == nil ? nil : trainer.step)
-                let log = try RunLog(rank: world.rank, logEvery: variant.config.logEvery, json: false, metricsPath: run.metricsPath)
+                // Rank 0 opens metrics.jsonl and creates TensorBoard's file; every rank learns whether that worked.
+                let log = try agreeOnSuccess(world) {
+                    try RunLog(rank: world.rank, logEvery: variant.config.logEvery, json: false, metricsPath: run.metricsPath,
+                               tensorboardPath: run.tensorboardPath)
+                }
                 let summary = try trainer.run(log: log, checkpointDirectory: run.checkpointsPath)
                 let result = VariantResult(name: variant.name, summary: summary, losses: try VariantResult.losses(metricsPath: run.metricsPath))
                 if world.rank == 0 {

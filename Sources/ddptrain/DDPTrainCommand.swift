@@ -10,7 +10,7 @@ struct DDPTrainCommand: ParsableCommand {
         commandName: "ddptrain",
         abstract: "Data-parallel training of MLPs and small CNNs on CPUs, over MPI.",
         discussion: "Run under mpirun: every rank holds a replica and trains on its own slice of each global batch.",
-        subcommands: [Train.self, Compare.self, Eval.self, Inspect.self, Summary.self, Init.self, Doctor.self, Bench.self, Microbench.self])
+        subcommands: [Train.self, Compare.self, Eval.self, Plot.self, Inspect.self, Summary.self, Init.self, Doctor.self, Bench.self, Microbench.self])
 
     /// Argument errors happen before MPI starts, identically on every rank started with
     /// rank 0's command line: only the rank that the launcher numbered 0 prints them and

@@ -76,13 +76,36 @@ struct Eval: ParsableCommand {
                                            world: world, x: x, labels: labels, ids: ids, batch: batch)
             guard world.rank == 0 else { return }
             if json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.sortedKeys]
-                print(String(decoding: try encoder.encode(result), as: UTF8.self))
+                print(String(decoding: try JSONEncoder.ddptrain().encode(result), as: UTF8.self))
             } else {
                 print(String(format: "%@ on %@ test (%d samples, %d ranks): accuracy %.2f%% (%d correct), loss %.4f",
                              checkpoint, config.dataset, result.samples, world.size, result.accuracy * 100, result.correct, result.loss))
+                print(classTables(result, names: classNames(dataset: config.dataset)), terminator: "")
             }
         }
     }
+}
+
+/// Accuracy per class, then the confusion matrix (rows: true class, columns: predicted), as
+/// aligned text.
+func classTables(_ result: Evaluation, names: [String]) -> String {
+    let classes = result.classAccuracy.count
+    let label = { (c: Int) in c < names.count ? "\(c) \(names[c])" : "\(c)" }
+    let width = (0..<classes).map { label($0).count }.max() ?? 1
+    var text = "accuracy per class:\n"
+    for c in 0..<classes {
+        let row = result.confusionMatrix?[c]
+        let counts = row.map { " (\($0[c]) of \($0.reduce(0, +)))" } ?? ""
+        let accuracy = result.classAccuracy[c].map { String(format: "%6.2f%%", $0 * 100) } ?? "   -   "
+        text += "  " + label(c).padding(toLength: width, withPad: " ", startingAt: 0) + "  \(accuracy)\(counts)\n"
+    }
+    guard let matrix = result.confusionMatrix else { return text }
+    let cell = max(String(matrix.joined().max() ?? 0).count, String(classes - 1).count) + 1
+    let pad = { (s: String) in String(repeating: " ", count: max(cell - s.count, 0)) + s }
+    text += "confusion matrix (rows: true class, columns: predicted class):\n"
+    text += "  " + String(repeating: " ", count: width) + (0..<classes).map { pad(String($0)) }.joined() + "\n"
+    for (c, row) in matrix.enumerated() {
+        text += "  " + label(c).padding(toLength: width, withPad: " ", startingAt: 0) + row.map { pad(String($0)) }.joined() + "\n"
+    }
+    return text
 }

@@ -19,7 +19,11 @@ struct Train: ParsableCommand {
             let (trainer, run, log) = try inputPhase {
                 let trainer = try Trainer(config: config, world: world)
                 let run = try RunDirectory.prepare(config: trainer.config, world: world, resumedAtStep: trainer.resumedFrom == nil ? nil : trainer.step)
-                let log = try RunLog(rank: world.rank, logEvery: config.logEvery, json: json, metricsPath: run.metricsPath)
+                // Rank 0 opens metrics.jsonl and creates TensorBoard's file; every rank learns whether that worked.
+                let log = try agreeOnSuccess(world) {
+                    try RunLog(rank: world.rank, logEvery: config.logEvery, json: json, metricsPath: run.metricsPath,
+                               tensorboardPath: run.tensorboardPath)
+                }
                 return (trainer, run, log)
             }
             _ = try trainer.run(log: log, checkpointDirectory: run.checkpointsPath)

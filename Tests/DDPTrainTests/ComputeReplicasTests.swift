@@ -77,19 +77,26 @@ final class ComputeReplicasTests: XCTestCase {
     func testEvaluationCountsTheSameAcrossThreads() throws {
         let n = 29
         let b = batch(n, seed: 2)
-        var results: [(Double, Int)] = []
+        var results: [(Double, Int, [Int32])] = []
         for threads in [1, 2, 4] {
             let r = try replicas("fmnist-cnn", threads: threads, maxBatch: 32)
             _ = try trainingPass(r, b, count: n)  // running statistics away from their start
             r.main.buffers.pointer[0] = 0.25       // evaluation must read the first replica's buffers
-            let e = try b.labels.withUnsafeBufferPointer {
-                try r.evaluationPass(x: b.x.pointer, sampleShape: shape, labels: $0.baseAddress!, count: n)
+            var predictions = [Int32](repeating: -1, count: n)
+            let e = try b.labels.withUnsafeBufferPointer { labels in
+                try predictions.withUnsafeMutableBufferPointer {
+                    try r.evaluationPass(x: b.x.pointer, sampleShape: shape, labels: labels.baseAddress!, count: n, predictions: $0.baseAddress!)
+                }
             }
-            results.append((e.lossSum, e.correct))
+            // Every sample predicted, and the correct count is the count of predictions equal to the label.
+            XCTAssertTrue(predictions.allSatisfy { (0..<Int32(classes)).contains($0) }, "\(predictions)")
+            XCTAssertEqual(zip(predictions, b.labels).filter { $0 == $1 }.count, e.correct)
+            results.append((e.lossSum, e.correct, predictions))
         }
-        for (lossSum, correct) in results.dropFirst() {
+        for (lossSum, correct, predictions) in results.dropFirst() {
             XCTAssertEqual(correct, results[0].1)
             XCTAssertEqual(lossSum, results[0].0, accuracy: 1e-6 * abs(results[0].0))
+            XCTAssertEqual(predictions, results[0].2)
         }
     }
 

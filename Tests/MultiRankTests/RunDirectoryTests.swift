@@ -172,7 +172,9 @@ final class RunDirectoryTests: XCTestCase {
     }
 
     /// A full disk while logging a step stops the job with exit 74 (as for a checkpoint) and a
-    /// clear message; metrics.jsonl ends with a whole line, so a resume continues it.
+    /// clear message naming the file that could not be written (metrics.jsonl or TensorBoard's
+    /// events file, whichever found the disk full); metrics.jsonl ends with a whole line and
+    /// the events file with a whole record, so a resume continues them.
     func testFullDiskWhileLoggingStopsWithExit74() throws {
         let mountPoint = runDir("small")
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
@@ -194,11 +196,19 @@ final class RunDirectoryTests: XCTestCase {
         let r = try MPIRun.run(ranks: 2, ["train", "--model", "mlp", "--train-samples", "8192", "--per-rank-batch", "8", "--steps", "400",
                                           "--eval-every", "0", "--run-dir", run], timeout: 60)
         XCTAssertEqual(r.status, 74, r.stderr)
-        XCTAssertTrue(r.stderr.contains("cannot log step") && r.stderr.contains("\(run)/metrics.jsonl: cannot write: No space left on device (errno 28)"),
-                      r.stderr)
+        let events = try FileManager.default.contentsOfDirectory(atPath: run + "/tensorboard").map { run + "/tensorboard/" + $0 }
+        XCTAssertEqual(events.count, 1)
+        let full = try XCTUnwrap([run + "/metrics.jsonl", events[0]].first { r.stderr.contains("\($0): cannot write: No space left on device (errno 28)") },
+                                 r.stderr)
+        XCTAssertTrue(r.stderr.contains("cannot log step"), r.stderr)
         let metrics = try bytes(run + "/metrics.jsonl")
         XCTAssertEqual(metrics.last, 10)
         XCTAssertEqual(lines(metrics).compactMap(step), Array(1...lines(metrics).count), "whole records only")
+        // TFRecord framing: 8 bytes of length, 4 of CRC, the data, 4 of CRC; whole records to the end.
+        let framed = try bytes(events[0])
+        var at = 0
+        while at + 8 <= framed.count { at += 16 + framed[at..<at + 8].reversed().reduce(0) { $0 << 8 | Int($1) } }
+        XCTAssertEqual(at, framed.count, "\(full) full: the events file ends with a whole record")
     }
 
     /// compare locks its own run dir and each variant's apart: it never waits for itself, and resumes.

@@ -231,7 +231,7 @@ final class TrainTests: XCTestCase {
         XCTAssertEqual(written.filter { $0.hasSuffix(".safetensors") }, ["step-00000004.safetensors"], "no checkpoint of diverged replicas")
     }
 
-    // Evaluation is exact and independent of the world size.
+    // Evaluation is exact and independent of the world size, per class too.
     func testEvaluationEqualsOneRankEvaluation() throws {
         let (trained, _) = try train(ranks: 2, ["--model", "mlp", "--steps", "5", "--per-rank-batch", "16"], run: "eval")
         XCTAssertEqual(trained.status, 0, trained.stderr)
@@ -250,7 +250,25 @@ final class TrainTests: XCTestCase {
             XCTAssertEqual(r["samples"] as? Int, 10000)
             XCTAssertEqual(r["correct"] as? Int, results[0]["correct"] as? Int)
             XCTAssertEqual(try XCTUnwrap(r["loss"] as? Double), try XCTUnwrap(results[0]["loss"] as? Double), accuracy: 1e-6)
+            XCTAssertEqual(r["confusion_matrix"] as? [[Int]], results[0]["confusion_matrix"] as? [[Int]])
+            XCTAssertEqual(r["class_accuracy"] as? [Double], results[0]["class_accuracy"] as? [Double])
         }
+        // Rows: the true class (Fashion-MNIST's test set has 1000 of each); the diagonal: the correct ones.
+        let matrix = try XCTUnwrap(results[0]["confusion_matrix"] as? [[Int]])
+        XCTAssertEqual(matrix.map { $0.count }, Array(repeating: 10, count: 10))
+        XCTAssertEqual(matrix.map { $0.reduce(0, +) }, Array(repeating: 1000, count: 10))
+        XCTAssertEqual((0..<10).map { matrix[$0][$0] }.reduce(0, +), results[0]["correct"] as? Int)
+        XCTAssertEqual(results[0]["class_accuracy"] as? [Double], (0..<10).map { Double(matrix[$0][$0]) / 1000 })
+
+        let text = try MPIRun.run(ranks: 2, ["eval", "--checkpoint", dir.appendingPathComponent(last).path])
+        XCTAssertEqual(text.status, 0, text.stderr)
+        XCTAssertTrue(text.stdout.contains(String(format: "\naccuracy per class:\n  0 T-shirt/top  %6.2f%% (%d of 1000)\n",
+                                                  Double(matrix[0][0]) / 10, matrix[0][0])), text.stdout)
+        let header = "confusion matrix (rows: true class, columns: predicted class):\n"
+        let table = try XCTUnwrap(text.stdout.components(separatedBy: header).last)
+        let tableRows = table.split(separator: "\n")
+        XCTAssertEqual(tableRows.count, 11, table)
+        XCTAssertEqual(tableRows[10].split(separator: " ").suffix(10).compactMap { Int($0) }, matrix[9], "Ankle boot's row")
     }
 
     // I1's watchdog: --check-replicas stops the job when a replica drifts.
@@ -285,7 +303,7 @@ final class TrainTests: XCTestCase {
     }
 
     /// Rank 0 alone speaks: plain lines when not on a terminal, a progress bar on one, the
-    /// summary once; metrics.jsonl has every step with every field.
+    /// summary once; metrics.jsonl has every step with every field and a time, then the evaluation.
     func testOutputComesFromRankZeroOnly() throws {
         let args = ["train", "--model", "mlp", "--train-samples", "512", "--steps", "12", "--per-rank-batch", "8", "--log-every", "4",
                     "--eval-every", "1"]
@@ -305,15 +323,28 @@ final class TrainTests: XCTestCase {
 
         let metrics = try String(contentsOf: scratch.appendingPathComponent("plain/metrics.jsonl"), encoding: .utf8)
         let lines = metrics.split(separator: "\n")
-        XCTAssertEqual(lines.count, 12)
-        for (i, line) in lines.enumerated() {
+        XCTAssertEqual(lines.count, 13)
+        for (i, line) in lines.prefix(12).enumerated() {
             let record = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            XCTAssertEqual(record["kind"] as? String, "step")
             XCTAssertEqual(record["step"] as? Int, i + 1)
-            for key in ["loss", "accuracy", "lr", "grad_norm", "clipped", "skipped", "samples", "data_s", "compute_s", "comm_s", "optimizer_s"] {
+            for key in ["time", "loss", "accuracy", "lr", "grad_norm", "clipped", "skipped", "samples", "data_s", "compute_s", "comm_s", "optimizer_s"] {
                 XCTAssertNotNil(record[key], "\(key) missing in \(line)")
             }
             XCTAssertEqual(record["samples"] as? Int, 32)
         }
+        // The evaluation at the last step: the test set's loss and accuracy, and each class's accuracy.
+        let evaluation = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(lines[12].utf8)) as? [String: Any])
+        XCTAssertEqual(evaluation["kind"] as? String, "eval")
+        XCTAssertEqual(evaluation["step"] as? Int, 12)
+        XCTAssertEqual(evaluation["test_samples"] as? Int, 10_000)
+        let accuracy = try XCTUnwrap(evaluation["test_accuracy"] as? Double)
+        XCTAssertTrue(plain.stdout.contains(String(format: "test accuracy %.2f%%", accuracy * 100)), plain.stdout)
+        // Fashion-MNIST's test set has 1000 samples of each class: the overall accuracy is their mean.
+        let perClass = try XCTUnwrap(evaluation["class_accuracy"] as? [Double])
+        XCTAssertEqual(perClass.count, 10)
+        XCTAssertEqual(perClass.reduce(0, +) / 10, accuracy, accuracy: 1e-12)
+        for key in ["time", "epoch", "test_loss"] { XCTAssertNotNil(evaluation[key], "\(key) missing in \(lines[12])") }
     }
 
     /// --config: the file's keys, and flags override them.

@@ -1,0 +1,42 @@
+import ArgumentParser
+import DDPTrain
+import Foundation
+
+struct Plot: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Draw one run's curves from its metrics.jsonl as a self-contained HTML page.",
+        discussion: """
+            Charts against the step: training and test loss, training and test accuracy, learning rate, gradient \
+            norm, the step time split, and test accuracy per class; the run's facts above them and its config.json \
+            below. Runs without MPI, also on a run in progress. Writes RUN_DIR/plot.html unless --out is given.
+            """)
+
+    @Argument(help: "The run dir (it holds metrics.jsonl).")
+    var runDir: String
+    @Option(help: "Where to write the page (default RUN_DIR/plot.html).")
+    var out: String?
+
+    func run() throws {
+        let output = out ?? runDir + "/plot.html"
+        do {
+            let plot = try RunPlot(runDir: runDir)
+            let metrics = plot.metrics
+            guard !metrics.steps.isEmpty else {
+                throw TrainingError("\(runDir)/metrics.jsonl holds no step records", exitCode: ExitStatus.inputError)
+            }
+            if metrics.otherLines > 0 {
+                FileHandle.standardError.write("warning: \(runDir)/metrics.jsonl: \(metrics.otherLines) line\(metrics.otherLines == 1 ? " is" : "s are") "
+                                               + "neither a step nor an evaluation record; left out\n")
+            }
+            do {
+                try writeAtomically(plot.html, to: output)
+            } catch let error as TrainingError {
+                throw TrainingError(error.message, exitCode: ExitStatus.checkpointWriteFailed)
+            }
+            print("plot: \(output) (\(metrics.steps.count) steps, \(metrics.evaluations.count) evaluations)")
+        } catch let error as TrainingError {
+            FileHandle.standardError.write("ddptrain plot: \(error.message)\n")
+            throw ExitCode(error.exitCode)
+        }
+    }
+}
