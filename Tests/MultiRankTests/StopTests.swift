@@ -212,8 +212,10 @@ final class StopTests: XCTestCase {
     /// usual (exit 0, final checkpoint).
     func testSignalInTheLastStepLetsTheRunFinish() throws {
         let dir = runDir("last")
-        let r = try MPIRun.run(ranks: 4, ["train"] + common + ["--run-dir", dir], environment: ["DDPTRAIN_INJECT_SIGNAL": "3:39:step"])
+        let r = try MPIRun.run(ranks: 4, ["train"] + common + ["--run-dir", dir], environment: ["DDPTRAIN_INJECT_SIGNAL": "0:39:step"])
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stderr.contains("ddptrain: SIGTERM received: stopping at the next step boundary with a checkpoint (a second signal ends at once)"), r.stderr)
+        XCTAssertFalse(r.stderr.contains("stopped on request"), r.stderr)
         XCTAssertEqual(try Checkpoints.tensorBytes(try Checkpoints.newest(runDir: dir)), try uninterruptedTensors())
         assertNoTemporaryFiles(dir)
     }
