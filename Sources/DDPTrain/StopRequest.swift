@@ -5,11 +5,14 @@ import Foundation
 /// Stopping on request: SIGTERM, SIGINT or SIGUSR1 (what Slurm, a launcher or Ctrl-C send).
 ///
 /// `train` installs the graceful handler: the first signal only sets an atomic flag (the
-/// handler is C, async-signal-safe, SA_RESTART so no call fails with EINTR). At each step
-/// boundary every rank contributes its flag to one allreduce of one integer (`agree`), so all
-/// ranks learn the same answer in the same collective and none is left inside a collective
-/// the others never enter. On a stop, rank 0 writes the checkpoint of that step through the
-/// normal atomic path and every rank exits with ExitStatus.stoppedOnRequest. Once a stop was
+/// handler is C, async-signal-safe, SA_RESTART so no call fails with EINTR). In every step
+/// every rank contributes its flag to one allreduce of one integer, started just before the
+/// gradient allreduce and completed after it (`startVote`, `finishVote`: it rides along, no
+/// rank waits for it), so all ranks learn the same answer in the same collective and none
+/// is left inside a collective the others never enter; once before the first step and after
+/// a step's evaluation or checkpoint they ask again. At the end of the step (its boundary)
+/// rank 0 writes the checkpoint of that step through the normal atomic path and every rank
+/// exits with ExitStatus.stoppedOnRequest. Once a stop was
 /// agreed, or on a second signal, a signal ends the process at once with 128 + the signal's
 /// number, after removing the temporary file it was writing (if any): files in place are
 /// the previous ones, intact.
@@ -33,10 +36,22 @@ public enum StopRequest {
     public static var localSignal: Int32 { ddp_stop_requested() }
 
     /// Every rank in the same collective: the stop signal if any rank received one (the
-    /// largest signal number), else 0. One MPI_Allreduce of one Int64, from `scratch`.
+    /// largest signal number), else 0. One allreduce of one Int64, in `scratch`.
     static func agree(_ world: Communicator, scratch: UnsafeMutablePointer<Int64>) throws -> Int32 {
+        var vote = try startVote(world, scratch: scratch)
+        return try finishVote(world, &vote, scratch: scratch)
+    }
+
+    /// `agree` in two halves, so that the vote can travel with the gradient allreduce: this
+    /// rank's flag as it is now goes into a nonblocking allreduce...
+    static func startVote(_ world: Communicator, scratch: UnsafeMutablePointer<Int64>) throws -> PendingCollective {
         scratch.pointee = Int64(ddp_stop_requested())
-        try world.allreduce(scratch, count: 1, op: .max)
+        return try world.startAllreduce(scratch, count: 1, op: .max)
+    }
+
+    /// ...whose result every rank then reads.
+    static func finishVote(_ world: Communicator, _ vote: inout PendingCollective, scratch: UnsafeMutablePointer<Int64>) throws -> Int32 {
+        try world.wait(&vote)
         if scratch.pointee != 0 { ddp_stop_set_stopping() }
         return Int32(scratch.pointee)
     }

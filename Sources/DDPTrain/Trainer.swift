@@ -386,14 +386,12 @@ public final class Trainer {
         var timedStart = Communicator.wallTime()
         var timedCPUStart = ProcessClock.cpuSeconds()
         if FaultInjection.hits(FaultInjection.signal(.start), rank: world.rank, step: step), resumedFrom == nil { raise(SIGTERM) }
+        // A stop requested while MPI started or the data loaded: leave before the first step.
+        let startSignal = try StopRequest.agree(world, scratch: stopVote)
+        if startSignal != 0 { try stopOnRequest(signal: startSignal) }
 
         while step < totalSteps {
             watchdog?.begin(step: step)
-            // 0. The step boundary: every rank learns whether any rank was asked to stop.
-            let agreementStart = Communicator.wallTime()
-            let stopSignal = try StopRequest.agree(world, scratch: stopVote)
-            if stopSignal != 0 { try stopOnRequest(signal: stopSignal) }
-            let agreementSeconds = Communicator.wallTime() - agreementStart
             let epoch = step / stepsPerEpoch
             let batchInEpoch = step % stepsPerEpoch
             if secondsToFirstStep == nil {
@@ -433,9 +431,13 @@ public final class Trainer {
             times.forward = result.forwardSeconds
             times.backward = pass - result.forwardSeconds - syncBN
 
-            // 5. One allreduce moves gradients and the three counts.
+            // 5. One allreduce moves gradients and the three counts. The stop vote
+            // (StopRequest: was any rank asked to stop?) rides along: started just before it,
+            // completed just after, it adds no wait of its own.
+            var vote = try StopRequest.startVote(world, scratch: stopVote)
             try world.allreduce(g, count: p + Model.tailCount)
-            times.communication = lap(&t) + syncBN + agreementSeconds
+            var stopSignal = try StopRequest.finishVote(world, &vote, scratch: stopVote)
+            times.communication = lap(&t) + syncBN
 
             // 6. Exact mean over the global batch, whatever the slice sizes.
             let globalCount = g[model.samplesSlot]
@@ -522,6 +524,14 @@ public final class Trainer {
                 checkpointDue = true
             }
             if checkpointDue { try saveCheckpoint() }
+
+            // 10. The step boundary: stop if asked, with this step's checkpoint. An evaluation
+            // or a checkpoint takes long: a request that came meanwhile is asked for again.
+            // The last step has no boundary after it: the run ends as usual.
+            if step < totalSteps {
+                if stopSignal == 0 && checkpointDue { stopSignal = try StopRequest.agree(world, scratch: stopVote) }
+                if stopSignal != 0 { try stopOnRequest(signal: stopSignal) }
+            }
         }
 
         let hashes = try verifyReplicas(includeBuffers: true)
