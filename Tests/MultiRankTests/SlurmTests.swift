@@ -17,7 +17,8 @@ final class SlurmTests: XCTestCase {
     static func script(_ name: String) -> String { MPIRun.repoRoot.appendingPathComponent("cluster/slurm/\(name)").path }
 
     /// A command run from the repository root (sbatch records it as the submit directory,
-    /// where train.sbatch finds launch/), with this process's environment minus MPI's.
+    /// where train.sbatch finds launch/), with this process's environment minus MPI's. Its
+    /// output goes to files, not pipes: a daemon it starts may keep them open.
     @discardableResult
     static func command(_ args: [String], environment: [String: String] = [:], timeout: Double = 60) -> MPIRun.Result {
         let process = Process()
@@ -28,18 +29,22 @@ final class SlurmTests: XCTestCase {
         env["PATH"] = (env["PATH"] ?? "/usr/bin:/bin") + ":/usr/sbin:/sbin"
         for (key, value) in environment { env[key] = value }
         process.environment = env
-        let outPipe = Pipe(), errPipe = Pipe()
-        process.standardOutput = outPipe
-        process.standardError = errPipe
-        let out = DataCollector(outPipe.fileHandleForReading), err = DataCollector(errPipe.fileHandleForReading)
+        let files = ["out", "err"].map { FileManager.default.temporaryDirectory.appendingPathComponent("ddptrain-slurm-\(UUID().uuidString).\($0)") }
+        defer { for file in files { try? FileManager.default.removeItem(at: file) } }
+        for file in files { FileManager.default.createFile(atPath: file.path, contents: nil) }
         let start = Date()
-        do { try process.run() } catch {
+        do {
+            process.standardOutput = try FileHandle(forWritingTo: files[0])
+            process.standardError = try FileHandle(forWritingTo: files[1])
+            try process.run()
+        } catch {
             return MPIRun.Result(status: 127, stdout: "", stderr: "\(args[0]): \(error)", seconds: 0, timedOut: false)
         }
         let finished = Background.waitUntil(timeout: timeout) { !process.isRunning }
         if !finished { process.terminate() }
         process.waitUntilExit()
-        return MPIRun.Result(status: process.terminationStatus, stdout: out.finish(), stderr: err.finish(),
+        let text = files.map { (try? String(contentsOf: $0, encoding: .utf8)) ?? "" }
+        return MPIRun.Result(status: process.terminationStatus, stdout: text[0], stderr: text[1],
                              seconds: Date().timeIntervalSince(start), timedOut: !finished)
     }
 
@@ -153,13 +158,18 @@ final class SlurmTests: XCTestCase {
         return Int(name.dropFirst(5).dropLast(12))
     }
 
-    /// The same training straight through, outside Slurm: the bytes every run must end with.
-    func uninterrupted(_ name: String) throws -> [String: [UInt8]] {
-        let r = try MPIRun.run(ranks: 2, ["train"] + training + ["--run-dir", path(name)], timeout: 120)
+    /// The same training straight through, outside Slurm: the bytes every run must end with
+    /// (run once for the class).
+    nonisolated(unsafe) static var reference: [String: [UInt8]]?
+    func uninterrupted() throws -> [String: [UInt8]] {
+        if let reference = Self.reference { return reference }
+        let r = try MPIRun.run(ranks: 2, ["train"] + training + ["--run-dir", path("reference")], timeout: 120)
         XCTAssertEqual(r.status, 0, r.stderr)
-        let newest = try Checkpoints.newest(runDir: path(name))
+        let newest = try Checkpoints.newest(runDir: path("reference"))
         XCTAssertTrue(newest.hasSuffix("step-00000120.safetensors"), newest)
-        return try Checkpoints.tensorBytes(newest)
+        let bytes = try Checkpoints.tensorBytes(newest)
+        Self.reference = bytes
+        return bytes
     }
 
     /// A short training ends COMPLETED with exit 0 in both launch modes: Open MPI's mpirun
@@ -167,7 +177,7 @@ final class SlurmTests: XCTestCase {
     /// the ranks, no mpirun); both end with the bytes of a run outside Slurm. The srun run's
     /// RUN_DIR has a space and a quote in its name: the per-node check must take it as data.
     func testShortTrainingCompletesWithMpirunAndWithSrunPMIx() throws {
-        let reference = try uninterrupted("reference")
+        let reference = try uninterrupted()
         let runs = [(name: "mpirun", launch: "mpirun"), (name: "srun run's dir", launch: "srun")]
         let jobs = try runs.map { try submit($0.name, launch: $0.launch) }
         for (job, run) in zip(jobs, runs) {
@@ -206,38 +216,34 @@ final class SlurmTests: XCTestCase {
                        "the probe file was left in RUN_DIR")
     }
 
-    /// Near the time limit Slurm sends SIGUSR1 to the batch script (--signal=B:USR1@20 with
-    /// --time=1: at the first of slurmctld's 30-second checks after 40 s remain, so 10 to
-    /// 40 s after the start). train.sbatch passes it to the ranks, which checkpoint the step
-    /// they are on and exit with 79; the script requeues the job; the requeued job resumes
-    /// from that checkpoint and ends with the bytes of an uninterrupted run.
-    /// To hold the job at a known step until the signal comes, rank 0 stops itself at step
-    /// 50 (DDPTRAIN_INJECT_STOP) and the test stops rank 1 too (no CPU spent waiting); both
-    /// continue once the script has the signal.
-    func testTimeLimitSignalCheckpointsRequeuesAndTheRequeuedJobResumesBitwise() throws {
-        let reference = try uninterrupted("reference")
-        let job = try submit("timelimit", launch: "mpirun", sbatchOptions: ["--time=1", "--signal=B:USR1@20", "--requeue"],
-                             environment: ["DDPTRAIN_INJECT_STOP": "0:50"])
+    /// Rank 0 stops itself at step 50 (DDPTRAIN_INJECT_STOP, in the run that did not resume)
+    /// and the test stops rank 1 too, so that the job waits at a known step without using
+    /// CPU until the test lets it go on (SIGCONT). Returns both ranks.
+    func holdAtStep50(_ job: String, _ name: String) -> [Int32] {
         var held: [Int32] = []
         let stopped = Background.waitUntil(timeout: 60) {
             held = ranks(of: job)
             return held.count == 2 && held.contains { Processes.state(of: $0) == "T" }
         }
-        XCTAssertTrue(stopped, "rank 0 did not stop at step 50: \(state(job)) \(output("timelimit"))")
+        XCTAssertTrue(stopped, "rank 0 did not stop at step 50: \(state(job)) \(output(name))")
         for pid in held { kill(pid, SIGSTOP) }
-        let signalled = Background.waitUntil(timeout: 60) { output("timelimit").contains("SIGUSR1: the time limit is near") }
-        for pid in held { kill(pid, SIGCONT) }
-        XCTAssertTrue(signalled, "no SIGUSR1 within 60 s of a 1-minute job: \(state(job)) \(output("timelimit"))")
+        return held
+    }
 
-        XCTAssertTrue(wait(job, for: Self.finalStates, timeout: 120), "job \(job) did not end: \(state(job)) \(output("timelimit"))")
-        let s = state(job), out = output("timelimit")
-        print("time limit:\n\(sacct(job))")
+    /// The ranks were told to stop at step 50 through SIGUSR1 to the batch script: they
+    /// wrote a checkpoint of the step they were on (50 or 51: not one of the periodic ones)
+    /// and exited with 79, the script requeued the job, and the requeued job resumed from
+    /// that checkpoint and ended with the bytes of an uninterrupted run.
+    func assertRequeuedAndResumedBitwise(_ job: String, _ name: String, reference: [String: [UInt8]]) throws {
+        XCTAssertTrue(wait(job, for: Self.finalStates, timeout: 120), "job \(job) did not end: \(state(job)) \(output(name))")
+        let gone = Background.waitUntil(timeout: 60) { processes(of: job).isEmpty }
+        let s = state(job), out = output(name)
+        print("\(name):\n\(sacct(job))")
         XCTAssertEqual(s["JobState"], "COMPLETED", out)
         XCTAssertEqual(s["ExitCode"], "0:0", out)
         XCTAssertGreaterThanOrEqual(Int(s["Restarts"] ?? "") ?? 0, 1, "the job was not requeued: \(out)")
         XCTAssertTrue(sacct(job).contains("PENDING") && sacct(job).contains("COMPLETED"), "the completion log shows no requeue: \(sacct(job))")
-        // The ranks wrote a checkpoint of the step they were on (50 or 51: not one of the
-        // periodic ones), said 79, and the script requeued; the requeued run resumed from it.
+        XCTAssertTrue(gone, "processes of job \(job) still run: \(processes(of: job).map { "\($0) \(Processes.name(of: $0) ?? "?")" })")
         XCTAssertTrue(out.contains("the ranks checkpointed and stopped (status 79); requeueing job \(job)"), out)
         XCTAssertTrue(out.contains("train.sbatch: job \(job) (restart count 1)"), out)
         // "resumed from RUN_DIR/checkpoints/step-00000050.safetensors at step 50"
@@ -245,11 +251,42 @@ final class SlurmTests: XCTestCase {
             .flatMap { $0.components(separatedBy: " at step ").last }.flatMap { Int($0) }
         XCTAssertNotNil(resumedStep, "the requeued run did not resume: \(out)")
         if let resumedStep { XCTAssertTrue([50, 51].contains(resumedStep), "resumed from step \(resumedStep), not the step in progress (50): \(out)") }
-        let newest = try Checkpoints.newest(runDir: path("timelimit"))
+        let newest = try Checkpoints.newest(runDir: path(name))
         XCTAssertTrue(newest.hasSuffix("step-00000120.safetensors"), newest)
         XCTAssertEqual(try Checkpoints.tensorBytes(newest), reference, "the requeued job ended with other bytes than an uninterrupted run")
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: path("timelimit/checkpoints")).filter { !$0.hasSuffix(".safetensors") }, [],
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: path(name + "/checkpoints")).filter { !$0.hasSuffix(".safetensors") }, [],
                        "temporary files left in the checkpoint folder")
+    }
+
+    /// Near the time limit Slurm sends SIGUSR1 to the batch script (--signal=B:USR1@20 with
+    /// --time=1: at the first of slurmctld's 30-second checks after 40 s remain, so 10 to
+    /// 40 s after the start). train.sbatch passes it to the ranks (launch/train, launch/mpirun,
+    /// mpirun), which checkpoint the step they are on and exit with 79; the script requeues
+    /// the job; the requeued job resumes from that checkpoint, bitwise.
+    func testTimeLimitSignalCheckpointsRequeuesAndTheRequeuedJobResumesBitwise() throws {
+        let reference = try uninterrupted()
+        let job = try submit("timelimit", launch: "mpirun", sbatchOptions: ["--time=1", "--signal=B:USR1@20", "--requeue"],
+                             environment: ["DDPTRAIN_INJECT_STOP": "0:50"])
+        let held = holdAtStep50(job, "timelimit")
+        let signalled = Background.waitUntil(timeout: 60) { output("timelimit").contains("train.sbatch: SIGUSR1") }
+        for pid in held { kill(pid, SIGCONT) }
+        XCTAssertTrue(signalled, "no SIGUSR1 within 60 s of a 1-minute job: \(state(job)) \(output("timelimit"))")
+        try assertRequeuedAndResumedBitwise(job, "timelimit", reference: reference)
+    }
+
+    /// The same by hand and with LAUNCH=srun: `scancel --batch --signal=USR1 JOB` (what the
+    /// time limit does) reaches the script, which passes it to srun, which passes it to the
+    /// ranks; they checkpoint and exit with 79, the job is requeued and resumes, bitwise.
+    func testUSR1ToTheBatchScriptStopsSrunRanksWithACheckpointAndRequeues() throws {
+        let reference = try uninterrupted()
+        let job = try submit("usr1-srun", launch: "srun", sbatchOptions: ["--requeue"], environment: ["DDPTRAIN_INJECT_STOP": "0:50"])
+        let held = holdAtStep50(job, "usr1-srun")
+        let r = Self.command(["scancel", "--batch", "--signal=USR1", job])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let signalled = Background.waitUntil(timeout: 30) { output("usr1-srun").contains("train.sbatch: SIGUSR1") }
+        for pid in held { kill(pid, SIGCONT) }
+        XCTAssertTrue(signalled, "the script did not get SIGUSR1: \(state(job)) \(output("usr1-srun"))")
+        try assertRequeuedAndResumedBitwise(job, "usr1-srun", reference: reference)
     }
 
     /// scancel: Slurm sends SIGTERM to every process of the job; the ranks checkpoint the
