@@ -49,7 +49,9 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
-        .target(name: "DDPSystem"),
+        // The stop-signal handler: async-signal-safe, so in C.
+        .target(name: "CStopSignal"),
+        .target(name: "DDPSystem", dependencies: ["CStopSignal"]),
         .target(name: "DDPKernels", dependencies: ["COpenBLAS"],
                 swiftSettings: [.unsafeFlags(numericFlags, .when(configuration: .release))]),
         .target(name: "DDPNet", dependencies: ["DDPKernels", "DDPSystem", "Yams"],
@@ -57,7 +59,7 @@ let package = Package(
         .target(name: "DDPData", dependencies: ["DDPKernels", "DDPSystem", "CZlib"]),
         .target(name: "DDPComm", dependencies: ["CMPI"]),
         .target(name: "SafeTensors", dependencies: ["DDPSystem", "CZlib"]),
-        .target(name: "DDPTrain", dependencies: ["DDPNet", "DDPData", "DDPComm", "SafeTensors", "DDPSystem", "Yams"]),
+        .target(name: "DDPTrain", dependencies: ["DDPNet", "DDPData", "DDPComm", "SafeTensors", "DDPSystem", "CStopSignal", "Yams"]),
         .executableTarget(name: "ddptrain", dependencies: [
             "DDPTrain", "DDPComm", "DDPNet", "DDPData", "DDPKernels", "SafeTensors",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -23,6 +23,11 @@ public enum ReduceOp: Sendable {
     }
 }
 
+/// A nonblocking collective in flight (Communicator.startAllreduce).
+public struct PendingCollective {
+    fileprivate var request: MPI_Request?
+}
+
 /// The world communicator: a thin layer over MPI's C API in which every return code is
 /// checked (the error handler is set to return codes) and a failure becomes an `MPIError`.
 /// Works in a single process started without mpirun (MPI singleton), so unit tests can use it.
@@ -138,6 +143,21 @@ public final class Communicator: @unchecked Sendable {
         var array = [value]
         try allreduce(&array, op: op)
         return array[0]
+    }
+
+    /// Starts an in-place allreduce (MPI_Iallreduce) that `wait` completes; `buffer` stays
+    /// untouched until then. A small one started just before a large blocking collective is
+    /// carried along by it and costs next to nothing to wait for afterwards.
+    public func startAllreduce<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, op: ReduceOp = .sum) throws(MPIError) -> PendingCollective {
+        var pending = PendingCollective()
+        try check(MPI_Iallreduce(ddp_mpi_in_place(), buffer, Int32(count), T.mpiDatatype, op.handle, comm, &pending.request),
+                  "MPI_Iallreduce", rank: rank)
+        return pending
+    }
+
+    /// Completes a collective that `startAllreduce` started.
+    public func wait(_ pending: inout PendingCollective) throws(MPIError) {
+        try check(MPI_Wait(&pending.request, nil), "MPI_Wait", rank: rank)
     }
 
     private func allreduceEmpty<T: MPIScalar>(_ type: T.Type, op: ReduceOp) throws(MPIError) {

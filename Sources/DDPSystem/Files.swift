@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import CStopSignal
 
 // The file-system calls every reader and writer of untrusted files shares (DESIGN: untrusted
 // input): open only regular files and never wait on a FIFO, create temporary files
@@ -196,6 +197,9 @@ public enum AtomicFile {
         case .success(let created): (fd, temporary) = created
         case .failure(let problem): throw failure(problem)
         }
+        // A signal that ends the process at once (StopRequest) removes the file being written.
+        ddp_stop_temporary_file(temporary)
+        defer { ddp_stop_temporary_file(nil) }
         var open = true
         do throws(E) {
             try body(fd, temporary)

@@ -21,6 +21,10 @@ public enum ExitStatus {
     /// A training step took longer than --collective-timeout: a rank or a host is probably
     /// lost. Restartable.
     public static let collectiveTimeout: Int32 = 75
+    /// Stopped on request (SIGTERM, SIGINT or SIGUSR1 to any rank): every rank agreed at a
+    /// step boundary and rank 0 wrote a checkpoint of that step. Resumable with `--resume
+    /// auto`, but not a failure: a launcher does not restart on its own (StopRequest).
+    public static let stoppedOnRequest: Int32 = 79
 
     /// Exit statuses after which running the same command again would fail the same way.
     public static let permanent: Set<Int32> = [usage, inputError, diverged, checkpointWriteFailed]

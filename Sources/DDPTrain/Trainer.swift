@@ -83,11 +83,15 @@ public final class Trainer {
     /// forward: a skipped step puts them back, so that it leaves no trace.
     let buffersBeforeStep: FloatBuffer
     let countersBeforeStep: UnsafeMutablePointer<Int64>
+    /// This rank's stop vote and the agreed one (StopRequest.agree).
+    let stopVote: UnsafeMutablePointer<Int64>
 
     public private(set) var step = 0
     /// The checkpoint this run resumed from, if any.
     public private(set) var resumedFrom: String?
     var checkpoints: CheckpointStore?
+    /// The step of the newest checkpoint in the run dir that this run wrote or resumed from.
+    var checkpointedStep: Int?
     var consecutiveSkips = 0
     /// The step after which the local batch-norm statistics were last averaged.
     var buffersAveragedAtStep = -1
@@ -182,6 +186,7 @@ public final class Trainer {
         sampleIDs = .allocate(capacity: evalBatch)
         buffersBeforeStep = FloatBuffer(capacity: model.buffers.capacity)
         countersBeforeStep = .allocate(capacity: max(model.counterCount, 1))
+        stopVote = .allocate(capacity: 1)
 
         try agreeOnSuccess(world) { try checkBatchNormCounts() }
         if let warning = ComputeReplicas.oversubscriptionWarning(threads: threads) { warnings.append(warning) }
@@ -282,6 +287,7 @@ public final class Trainer {
         skippedSteps = Int(header[3])
         consecutiveSkips = Int(header[4])
         resumedFrom = path
+        if resume == "auto" { checkpointedStep = step }
         if step > totalSteps {
             throw CollectiveFailure(message: "\(path) is at step \(step), past this run's \(totalSteps) steps")
         }
@@ -301,14 +307,36 @@ public final class Trainer {
                                                            skippedSteps: skippedSteps, consecutiveSkips: consecutiveSkips),
                 stepsPerEpoch: sampler.stepsPerEpoch, worldSize: world.size, globalBatch: globalBatch,
                 normalization: data.normalization, datasetName: data.name)
+            if FaultInjection.hits(FaultInjection.signal(.checkpoint), rank: world.rank, step: step), resumedFrom == nil {
+                StopRequest.raiseInNextTemporaryFile(SIGTERM)
+            }
             try checkpoints.save(model: model, optimizer: optimizer, metadata: metadata, step: step)
         }
+        checkpointedStep = step
+    }
+
+    /// Every rank agreed to stop (StopRequest) at this step boundary: rank 0 writes the
+    /// checkpoint of this step unless the run dir has it already, then every rank leaves
+    /// with ExitStatus.stoppedOnRequest. Before the first step of a fresh run there is
+    /// nothing to save: the same command starts over identically.
+    func stopOnRequest(signal: Int32) throws -> Never {
+        log.info("stop requested (\(StopRequest.name(of: signal))): every rank stops at step \(step)")
+        var saved: String?
+        if let checkpoints, step > 0 {
+            if checkpointedStep != step { try saveCheckpoint() }
+            saved = checkpoints.path(step: step)
+        }
+        let next = saved.map { "checkpoint \($0) holds it; continue with --resume auto (launch/train: run it again)" }
+            ?? (step == 0 ? "no step was trained, nothing to save; run it again to start" : "no checkpoints in this run")
+        throw CollectiveFailure(message: "stopped on request (\(StopRequest.name(of: signal))) at step \(step) of \(totalSteps): \(next)",
+                                exitCode: ExitStatus.stoppedOnRequest)
     }
 
     deinit {
         labels.deallocate()
         sampleIDs.deallocate()
         countersBeforeStep.deallocate()
+        stopVote.deallocate()
     }
 
     /// Rank 0 initializes from the seed (or loads --init-from) and broadcasts, so every
@@ -357,6 +385,10 @@ public final class Trainer {
         if recordStepTimes { timedStepLog.reserveCapacity(max(totalSteps - step - timingWarmup, 0)) }
         var timedStart = Communicator.wallTime()
         var timedCPUStart = ProcessClock.cpuSeconds()
+        if FaultInjection.hits(FaultInjection.signal(.start), rank: world.rank, step: step), resumedFrom == nil { raise(SIGTERM) }
+        // A stop requested while MPI started or the data loaded: leave before the first step.
+        let startSignal = try StopRequest.agree(world, scratch: stopVote)
+        if startSignal != 0 { try stopOnRequest(signal: startSignal) }
 
         while step < totalSteps {
             watchdog?.begin(step: step)
@@ -388,6 +420,7 @@ public final class Trainer {
                                                    count: n, seed: config.seed, step: step,
                                                    communicationSeconds: { self.syncStatistics?.takeSeconds() ?? 0 })
             try FaultInjection.check(rank: world.rank, step: step, resumed: resumedFrom != nil)
+            if FaultInjection.hits(FaultInjection.signal(.step), rank: world.rank, step: step), resumedFrom == nil { raise(SIGTERM) }
             if FaultInjection.poisons(rank: world.rank, step: step) { g[0] = .nan }
             g[model.lossSlot] = Float(result.lossSum)
             g[model.correctSlot] = Float(result.correct)
@@ -398,8 +431,12 @@ public final class Trainer {
             times.forward = result.forwardSeconds
             times.backward = pass - result.forwardSeconds - syncBN
 
-            // 5. One allreduce moves gradients and the three counts.
+            // 5. One allreduce moves gradients and the three counts. The stop vote
+            // (StopRequest: was any rank asked to stop?) rides along: started just before it,
+            // completed just after, it adds no wait of its own.
+            var vote = try StopRequest.startVote(world, scratch: stopVote)
             try world.allreduce(g, count: p + Model.tailCount)
+            var stopSignal = try StopRequest.finishVote(world, &vote, scratch: stopVote)
             times.communication = lap(&t) + syncBN
 
             // 6. Exact mean over the global batch, whatever the slice sizes.
@@ -476,6 +513,7 @@ public final class Trainer {
                 let finishedEpoch = (step - 1) / stepsPerEpoch + 1
                 try averageLocalStatistics()
                 if config.evalEvery > 0 && (finishedEpoch % config.evalEvery == 0 || step == totalSteps), data.test != nil {
+                    if FaultInjection.hits(FaultInjection.signal(.evaluation), rank: world.rank, step: step), resumedFrom == nil { raise(SIGTERM) }
                     let e = try evaluate()
                     lastEval = e
                     accuracyPerEpoch.append(e.accuracy)
@@ -486,6 +524,14 @@ public final class Trainer {
                 checkpointDue = true
             }
             if checkpointDue { try saveCheckpoint() }
+
+            // 10. The step boundary: stop if asked, with this step's checkpoint. An evaluation
+            // or a checkpoint takes long: a request that came meanwhile is asked for again.
+            // The last step has no boundary after it: the run ends as usual.
+            if step < totalSteps {
+                if stopSignal == 0 && checkpointDue { stopSignal = try StopRequest.agree(world, scratch: stopVote) }
+                if stopSignal != 0 { try stopOnRequest(signal: stopSignal) }
+            }
         }
 
         let hashes = try verifyReplicas(includeBuffers: true)
@@ -621,6 +667,11 @@ public struct TrainingError: Error, CustomStringConvertible {
 /// DDPTRAIN_INJECT_STOP="rank:step" makes that rank stop itself (SIGSTOP) at that step, in
 /// a run that did not resume, so that a test can act on a job at a known step however fast
 /// the machine is (a restart resumes past the stop and is not stopped again).
+/// DDPTRAIN_INJECT_SIGNAL="rank:step:place[,rank:step:place...]" makes that rank send itself
+/// SIGTERM, in a run that did not resume: `start` before the loop (step: the first step),
+/// `step` after forward and backward of step index `step` (0-based, as above), `eval` just
+/// before the evaluation after `step` steps, `checkpoint` while the checkpoint of `step` is
+/// being written (its temporary file open).
 enum FaultInjection {
     struct Target { var rank: Int; var step: Int; var onwards: Bool }
 
@@ -644,6 +695,25 @@ enum FaultInjection {
     }
 
     static let stop = parse("DDPTRAIN_INJECT_STOP")
+
+    enum SignalPlace: String { case start, step, evaluation = "eval", checkpoint }
+
+    static let signals: [(place: SignalPlace, target: Target)] = {
+        guard let text = ProcessInfo.processInfo.environment["DDPTRAIN_INJECT_SIGNAL"] else { return [] }
+        return text.split(separator: ",").compactMap { entry in
+            let parts = entry.split(separator: ":")
+            guard parts.count == 3, let rank = Int(parts[0]), let step = Int(parts[1]), let place = SignalPlace(rawValue: String(parts[2])) else { return nil }
+            return (place, Target(rank: rank, step: step, onwards: false))
+        }
+    }()
+
+    /// The DDPTRAIN_INJECT_SIGNAL targets at `place` (per place once, so the step loop allocates nothing).
+    static let signalTargets: [SignalPlace: [Target]] = Dictionary(grouping: signals, by: \.place).mapValues { $0.map(\.target) }
+    static func signal(_ place: SignalPlace) -> [Target]? { signalTargets[place] }
+
+    static func hits(_ targets: [Target]?, rank: Int, step: Int) -> Bool {
+        targets?.contains { hits($0, rank: rank, step: step) } ?? false
+    }
 
     static func check(rank: Int, step: Int, resumed: Bool) throws {
         if !resumed, hits(stop, rank: rank, step: step) { raise(SIGSTOP) }

@@ -12,7 +12,11 @@ struct Train: ParsableCommand {
     var json = false
 
     func run() throws {
+        // SIGTERM, SIGINT, SIGUSR1: stop at the next step boundary with a checkpoint (exit 79);
+        // installed before MPI starts so that a signal during start-up is a stop too.
+        StopRequest.install(graceful: true, announce: launchRank == 0)
         try withWorld { world in
+            if !StopRequest.isInstalled { StopRequest.install(graceful: true, announce: world.rank == 0) }
             let config = try options.resolve(in: world)
             // Data, model and options are checked on every rank before anything is written;
             // a failure there is an input error (exit 65) that a restart would repeat.

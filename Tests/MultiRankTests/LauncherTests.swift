@@ -81,7 +81,8 @@ final class LauncherTests: XCTestCase {
         let job = try Background(launcher, ["-n", "2", "--max-restarts", "0", "--"] + common
                                     + ["--steps", "100000", "--collective-timeout", "3", "--run-dir", runDir("stuck")], environment: environment)
         XCTAssertTrue(Background.waitUntil(timeout: 60) { Checkpoints.count(runDir: runDir("stuck")) > 0 }, "no checkpoint appeared")
-        let mpirun = try XCTUnwrap(Processes.children(of: job.pid, named: "mpirun").first, "no mpirun under the launcher")
+        // launch/mpirun runs mpirun as a child of its own (to pass stop signals on).
+        let mpirun = try XCTUnwrap(Processes.descendants(of: job.pid).first { Processes.name(of: $0) == "mpirun" }, "no mpirun under the launcher")
         let victim = try XCTUnwrap(Processes.children(of: mpirun, named: "ddptrain").randomElement())
         XCTAssertEqual(kill(victim, SIGSTOP), 0)
         let stopped = Date()

@@ -1,0 +1,34 @@
+#ifndef DDPTRAIN_STOP_SIGNAL_H
+#define DDPTRAIN_STOP_SIGNAL_H
+
+/// Stop requests by signal (SIGTERM, SIGINT, SIGUSR1), handled async-signal-safely: the
+/// handler only stores into atomics, writes a fixed notice, or removes the temporary file
+/// being written and calls _exit. See StopRequest (DDPTrain) for the protocol.
+
+/// Installs the handler for SIGTERM, SIGINT and SIGUSR1 (SA_RESTART, so that no system call
+/// of the program fails with EINTR). `graceful` 1: the first signal is recorded for the
+/// training loop to act on at its next step boundary, a second one ends the process at once;
+/// 0: every signal ends the process at once. Either way "at once" means: remove the
+/// temporary file being written, if any, then _exit(128 + signal). `announce` 1: the first
+/// signal writes one line on stderr. Returns 0, or -1 with errno when sigaction failed.
+int ddp_stop_install(int graceful, int announce);
+
+/// The first stop signal received (its number), or 0.
+int ddp_stop_requested(void);
+
+/// The training loop has agreed to stop (on a signal to this rank or to another one): any
+/// signal from now on ends the process at once.
+void ddp_stop_set_stopping(void);
+
+/// 1 when SIGTERM, SIGINT and SIGUSR1 are all still handled by `ddp_stop_install`'s handler.
+int ddp_stop_is_installed(void);
+
+/// A temporary file is being written at `path` (copied; at most 4095 bytes, else not
+/// recorded): ending at once removes it. One at a time; NULL: none any more.
+void ddp_stop_temporary_file(const char *path);
+
+/// For tests: the next `ddp_stop_temporary_file` with a path raises `signal` in this process
+/// once the path is recorded, i.e. while that file is being written.
+void ddp_stop_raise_in_next_temporary_file(int signal);
+
+#endif

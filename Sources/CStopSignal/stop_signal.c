@@ -1,0 +1,99 @@
+#include "stop_signal.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <unistd.h>
+
+static const int stop_signals[] = {SIGTERM, SIGINT, SIGUSR1};
+
+static atomic_int requested;      // first stop signal, 0 if none
+static atomic_int stopping;       // the loop agreed to stop: the next signal ends at once
+static atomic_int graceful_mode;
+static atomic_int announce_first;
+static atomic_int raise_in_next_temporary;
+
+// The temporary file being written: `temporary_set` is cleared before the path changes and
+// set after, so the handler never reads a path being copied.
+static char temporary_path[4096];
+static atomic_int temporary_set;
+
+static void write_text(const char *text) {
+    size_t length = strlen(text);
+    while (length > 0) {
+        ssize_t written = write(STDERR_FILENO, text, length);
+        if (written <= 0) return;
+        text += written;
+        length -= (size_t)written;
+    }
+}
+
+static const char *signal_name(int signal) {
+    switch (signal) {
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGUSR1: return "SIGUSR1";
+    default: return "a signal";
+    }
+}
+
+static void end_now(int signal) {
+    if (atomic_load(&temporary_set)) unlink(temporary_path);
+    _exit(128 + signal);
+}
+
+static void handle(int signal) {
+    int saved = errno;
+    int none = 0;
+    if (!atomic_load(&graceful_mode) || atomic_load(&stopping) || !atomic_compare_exchange_strong(&requested, &none, signal)) {
+        end_now(signal);
+    }
+    if (atomic_load(&announce_first)) {
+        write_text("ddptrain: ");
+        write_text(signal_name(signal));
+        write_text(" received: stopping at the next step boundary with a checkpoint (a second signal ends at once)\n");
+    }
+    errno = saved;
+}
+
+int ddp_stop_install(int graceful, int announce) {
+    atomic_store(&graceful_mode, graceful);
+    atomic_store(&announce_first, announce);
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = handle;
+    action.sa_flags = SA_RESTART;
+    sigemptyset(&action.sa_mask);
+    // One stop signal at a time: a second one waits until the first's handler returned.
+    for (size_t i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++) sigaddset(&action.sa_mask, stop_signals[i]);
+    for (size_t i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++) {
+        if (sigaction(stop_signals[i], &action, NULL) != 0) return -1;
+    }
+    return 0;
+}
+
+int ddp_stop_requested(void) { return atomic_load(&requested); }
+
+void ddp_stop_set_stopping(void) { atomic_store(&stopping, 1); }
+
+int ddp_stop_is_installed(void) {
+    for (size_t i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++) {
+        struct sigaction current;
+        if (sigaction(stop_signals[i], NULL, &current) != 0 || current.sa_handler != handle) return 0;
+    }
+    return 1;
+}
+
+void ddp_stop_temporary_file(const char *path) {
+    atomic_store(&temporary_set, 0);
+    if (path == NULL) return;
+    size_t length = strlen(path);
+    if (length >= sizeof temporary_path) return;
+    memcpy(temporary_path, path, length + 1);
+    atomic_store(&temporary_set, 1);
+    int signal = atomic_exchange(&raise_in_next_temporary, 0);
+    if (signal != 0) raise(signal);
+}
+
+void ddp_stop_raise_in_next_temporary_file(int signal) { atomic_store(&raise_in_next_temporary, signal); }

@@ -1,0 +1,222 @@
+import Foundation
+import SafeTensors
+import XCTest
+
+/// Stopping on request (docs/FAILURES.md): SIGTERM to launch/train or launch/mpirun, or a
+/// signal to one rank, stops every rank at the next step boundary; rank 0 writes that step's
+/// checkpoint, every rank exits with 79, nothing half-written is left, and --resume auto ends
+/// bit for bit where an uninterrupted run ends (4 ranks, dropout on). The signals are placed
+/// by DDPTRAIN_INJECT_STOP (a rank stops itself at a known step) and DDPTRAIN_INJECT_SIGNAL
+/// (a rank sends itself SIGTERM at a known place), never by timing.
+final class StopTests: XCTestCase {
+    var scratch: URL!
+    let environment = ["DDPTRAIN_BIN": MPIRun.binary, "OPENBLAS_NUM_THREADS": "1", "DDPTRAIN_PROGRESS": "lines"]
+    static let stoppedOnRequest: Int32 = 79
+
+    override func setUpWithError() throws {
+        scratch = FileManager.default.temporaryDirectory.appendingPathComponent("ddptrain-stop-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+        guard FileManager.default.isExecutableFile(atPath: MPIRun.binary) else {
+            throw XCTSkip("no release binary at \(MPIRun.binary): run launch/test (or swift build -c release)")
+        }
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: scratch)
+    }
+
+    func runDir(_ name: String) -> String { scratch.appendingPathComponent(name).path }
+
+    /// 512 synthetic samples, 4 ranks x 16: 8 steps per epoch, 40 steps, an evaluation after
+    /// each epoch; checkpoints at 8, 10, 16, 20, ...; mlp has a dropout layer (p 0.2).
+    let common = ["--dataset", "synthetic", "--train-samples", "512", "--model", "mlp", "--per-rank-batch", "16",
+                  "--steps", "40", "--checkpoint-every", "10", "--eval-every", "1", "--log-every", "100"]
+
+    /// The final tensors of the uninterrupted run, computed once.
+    nonisolated(unsafe) static var reference: [String: [UInt8]]?
+
+    func uninterruptedTensors() throws -> [String: [UInt8]] {
+        if let reference = Self.reference { return reference }
+        let dir = runDir("straight")
+        let r = try MPIRun.run(ranks: 4, ["train"] + common + ["--run-dir", dir], timeout: 120)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let newest = try Checkpoints.newest(runDir: dir)
+        XCTAssertTrue(newest.hasSuffix("step-00000040.safetensors"), newest)
+        let tensors = try Checkpoints.tensorBytes(newest)
+        Self.reference = tensors
+        return tensors
+    }
+
+    /// `--resume auto` in `dir` ends with the uninterrupted run's tensors, bit for bit.
+    func assertResumeEndsBitwise(_ dir: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let reference = try uninterruptedTensors()
+        let r = try MPIRun.run(ranks: 4, ["train"] + common + ["--run-dir", dir, "--resume", "auto"], timeout: 120)
+        XCTAssertEqual(r.status, 0, r.stderr, file: file, line: line)
+        let newest = try Checkpoints.newest(runDir: dir)
+        XCTAssertTrue(newest.hasSuffix("step-00000040.safetensors"), newest, file: file, line: line)
+        XCTAssertEqual(try Checkpoints.tensorBytes(newest), reference, "the resumed run's final tensors differ from the uninterrupted run's",
+                       file: file, line: line)
+    }
+
+    /// No temporary file (`.<name>.tmp.<hex>`) anywhere in the run dir.
+    func assertNoTemporaryFiles(_ dir: String, file: StaticString = #filePath, line: UInt = #line) {
+        let all = (FileManager.default.enumerator(atPath: dir)?.allObjects as? [String]) ?? []
+        XCTAssertEqual(all.filter { $0.contains(".tmp.") }, [], "temporary files left in the run dir", file: file, line: line)
+    }
+
+    /// The step a checkpoint records, after checking that it is intact (checksum).
+    func checkpointStep(_ path: String) throws -> Int? {
+        let file = try SafeTensorsFile(path: path)
+        XCTAssertEqual(file.checksumVerified, true, "\(path) carries no checksum")
+        return file.metadata["step"].flatMap { Int($0) }
+    }
+
+    /// The step of the last line of metrics.jsonl.
+    func lastLoggedStep(_ dir: String) throws -> Int? {
+        let text = try String(contentsOfFile: dir + "/metrics.jsonl", encoding: .utf8)
+        guard let last = text.split(separator: "\n").last,
+              let object = try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any] else { return nil }
+        return object["step"] as? Int
+    }
+
+    /// Whether `pid` has SIGTERM, SIGINT or SIGUSR1 pending (it is stopped and cannot act on it yet).
+    static func hasStopSignalPending(_ pid: Int32) -> Bool {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return false }
+        var pending: UInt64 = 0
+        for line in status.split(separator: "\n") where line.hasPrefix("SigPnd:") || line.hasPrefix("ShdPnd:") {
+            pending |= UInt64(line.split(separator: "\t").last.map(String.init) ?? "", radix: 16) ?? 0
+        }
+        return [SIGTERM, SIGINT, SIGUSR1].contains { pending & (1 << UInt64($0 - 1)) != 0 }
+    }
+
+    /// Starts `command` whose rank 0 stops itself (SIGSTOP) at step index 13, where the other
+    /// ranks wait for it in the gradient allreduce; sends SIGTERM to the command; once the
+    /// stop request reached rank 0, lets it go on. Every rank then finishes step index 13, and
+    /// they agree to stop at the boundary after it: step 14. Checks what must hold.
+    func assertSigtermStopsTheJob(_ executable: String, _ arguments: [String], dir: String, launcherLine: Bool) throws {
+        let job = try Background(executable, arguments, environment: environment.merging(["DDPTRAIN_INJECT_STOP": "0:13"]) { $1 })
+        var ranks: [Int32] = []
+        var rankZero: Int32 = 0
+        let stopped = Background.waitUntil(timeout: 60) {
+            ranks = Processes.descendants(of: job.pid).filter { Processes.name(of: $0) == "ddptrain" }
+            guard let stopped = ranks.first(where: { Processes.state(of: $0) == "T" }) else { return false }
+            rankZero = stopped
+            return true
+        }
+        XCTAssertTrue(stopped, "rank 0 did not stop at step 13: \(job.err.snapshot())")
+        XCTAssertEqual(ranks.count, 4, "the ranks: \(ranks)")
+        let tree = Processes.descendants(of: job.pid)
+
+        XCTAssertEqual(kill(job.pid, SIGTERM), 0)
+        let signalled = Date()
+        XCTAssertTrue(Background.waitUntil(timeout: 10) { Self.hasStopSignalPending(rankZero) },
+                      "the stop request did not reach rank 0: \(job.err.snapshot())")
+        XCTAssertEqual(kill(rankZero, SIGCONT), 0)
+        let r = job.wait(timeout: 60)
+        let seconds = Date().timeIntervalSince(signalled)
+
+        XCTAssertFalse(r.timedOut, r.stderr)
+        XCTAssertLessThan(seconds, 10, "the job took \(seconds) s to stop")
+        XCTAssertEqual(r.status, Self.stoppedOnRequest, r.stdout + r.stderr)
+        XCTAssertTrue(Background.waitUntil(timeout: 5) { tree.allSatisfy { Processes.name(of: $0) == nil } },
+                      "processes left: \(tree.filter { Processes.name(of: $0) != nil }.map { "\($0) \(Processes.name(of: $0) ?? "")" })")
+        let checkpoint = dir + "/checkpoints/step-00000014.safetensors"
+        XCTAssertEqual(try Checkpoints.newest(runDir: dir), checkpoint)
+        XCTAssertEqual(try checkpointStep(checkpoint), 14)
+        XCTAssertEqual(try lastLoggedStep(dir), 14)
+        XCTAssertTrue(r.stderr.contains("ddptrain: stopped on request (SIGUSR1) at step 14 of 40: checkpoint \(checkpoint) holds it"), r.stderr)
+        if launcherLine {
+            XCTAssertTrue(r.stderr.contains("launch/train: attempt 1 stopped on request after"), r.stderr)
+            XCTAssertTrue(r.stderr.contains("(exit status 79): not restarting"), r.stderr)
+            XCTAssertFalse(r.stderr.contains("attempt 2"), r.stderr)
+        }
+        assertNoTemporaryFiles(dir)
+        try assertResumeEndsBitwise(dir)
+        print("SIGTERM to \(URL(fileURLWithPath: executable).lastPathComponent): every rank exited \(String(format: "%.1f", seconds)) s later")
+    }
+
+    func testSigtermToLaunchTrainStopsEveryRankWithACheckpointAndResumesBitwise() throws {
+        let dir = runDir("launch-train")
+        let launcher = MPIRun.repoRoot.appendingPathComponent("launch/train").path
+        try assertSigtermStopsTheJob(launcher, ["-n", "4", "--max-restarts", "3", "--restart-delay", "0", "-x", "DDPTRAIN_INJECT_STOP", "--"]
+                                        + common + ["--run-dir", dir], dir: dir, launcherLine: true)
+    }
+
+    func testSigtermToLaunchMpirunStopsEveryRankWithACheckpointAndResumesBitwise() throws {
+        let dir = runDir("launch-mpirun")
+        let mpirun = MPIRun.repoRoot.appendingPathComponent("launch/mpirun").path
+        try assertSigtermStopsTheJob(mpirun, ["-n", "4", "-x", "DDPTRAIN_INJECT_STOP", MPIRun.binary, "train"] + common + ["--run-dir", dir],
+                                     dir: dir, launcherLine: false)
+    }
+
+    /// SIGTERM to rank 2 just before the evaluation after step 16 (an epoch end): the
+    /// evaluation finishes and is logged, the epoch's checkpoint is written as always, and the
+    /// ranks stop at the next boundary without writing it again.
+    func testSignalDuringEvaluationFinishesItAndStopsWithTheCheckpointOfThatStep() throws {
+        let dir = runDir("eval")
+        let r = try MPIRun.run(ranks: 4, ["train"] + common + ["--run-dir", dir], environment: ["DDPTRAIN_INJECT_SIGNAL": "2:16:eval"])
+        XCTAssertEqual(r.status, Self.stoppedOnRequest, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("epoch 2: test loss"), r.stdout)
+        XCTAssertFalse(r.stdout.contains("epoch 3: test loss"), r.stdout)
+        let checkpoint = dir + "/checkpoints/step-00000016.safetensors"
+        XCTAssertEqual(try Checkpoints.newest(runDir: dir), checkpoint)
+        XCTAssertEqual(try checkpointStep(checkpoint), 16)
+        XCTAssertEqual(try lastLoggedStep(dir), 16)
+        XCTAssertTrue(r.stderr.contains("stopped on request (SIGTERM) at step 16 of 40"), r.stderr)
+        assertNoTemporaryFiles(dir)
+        try assertResumeEndsBitwise(dir)
+    }
+
+    /// SIGTERM to rank 0 while it writes the checkpoint of step 20 (its temporary file open):
+    /// the write finishes, and the ranks stop at the next boundary with that checkpoint.
+    func testSignalDuringACheckpointWriteLetsTheWriteFinish() throws {
+        let dir = runDir("write")
+        let r = try MPIRun.run(ranks: 4, ["train"] + common + ["--run-dir", dir], environment: ["DDPTRAIN_INJECT_SIGNAL": "0:20:checkpoint"])
+        XCTAssertEqual(r.status, Self.stoppedOnRequest, r.stdout + r.stderr)
+        let checkpoint = dir + "/checkpoints/step-00000020.safetensors"
+        XCTAssertEqual(try Checkpoints.newest(runDir: dir), checkpoint)
+        XCTAssertEqual(try checkpointStep(checkpoint), 20)
+        XCTAssertEqual(try lastLoggedStep(dir), 20)
+        XCTAssertTrue(r.stderr.contains("stopped on request (SIGTERM) at step 20 of 40: checkpoint \(checkpoint) holds it"), r.stderr)
+        assertNoTemporaryFiles(dir)
+        try assertResumeEndsBitwise(dir)
+    }
+
+    /// Rank 1 asks to stop in step index 13; while rank 0 writes the stop's checkpoint of step
+    /// 14, a second SIGTERM reaches it: it ends at once with 128 + 15, its temporary file
+    /// removed; the checkpoints before are intact and a resume still ends bitwise.
+    func testSecondSignalEndsAtOnceAndLeavesThePreviousCheckpointsIntact() throws {
+        let dir = runDir("second")
+        let r = try MPIRun.run(ranks: 4, ["train"] + common + ["--run-dir", dir],
+                               environment: ["DDPTRAIN_INJECT_SIGNAL": "1:13:step,0:14:checkpoint"])
+        XCTAssertEqual(r.status, 128 + SIGTERM, r.stdout + r.stderr)
+        XCTAssertFalse(r.timedOut)
+        XCTAssertEqual(Checkpoints.names(runDir: dir), ["step-00000008.safetensors", "step-00000010.safetensors"])
+        XCTAssertEqual(try checkpointStep(dir + "/checkpoints/step-00000010.safetensors"), 10)
+        assertNoTemporaryFiles(dir)
+        try assertResumeEndsBitwise(dir)
+    }
+
+    /// A signal before the first step (data loaded, model initialized): nothing trained,
+    /// nothing written, the same status.
+    func testSignalBeforeTheFirstStepStopsWithoutACheckpoint() throws {
+        let dir = runDir("start")
+        let r = try MPIRun.run(ranks: 4, ["train"] + common + ["--run-dir", dir], environment: ["DDPTRAIN_INJECT_SIGNAL": "3:0:start"])
+        XCTAssertEqual(r.status, Self.stoppedOnRequest, r.stdout + r.stderr)
+        XCTAssertTrue(r.stderr.contains("stopped on request (SIGTERM) at step 0 of 40: no step was trained, nothing to save"), r.stderr)
+        XCTAssertEqual(Checkpoints.names(runDir: dir), [])
+        assertNoTemporaryFiles(dir)
+    }
+
+    /// A signal in the last step: there is no boundary left to stop at; the run finishes as
+    /// usual (exit 0, final checkpoint).
+    func testSignalInTheLastStepLetsTheRunFinish() throws {
+        let dir = runDir("last")
+        let r = try MPIRun.run(ranks: 4, ["train"] + common + ["--run-dir", dir], environment: ["DDPTRAIN_INJECT_SIGNAL": "0:39:step"])
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stderr.contains("ddptrain: SIGTERM received: stopping at the next step boundary with a checkpoint (a second signal ends at once)"), r.stderr)
+        XCTAssertFalse(r.stderr.contains("stopped on request"), r.stderr)
+        XCTAssertEqual(try Checkpoints.tensorBytes(try Checkpoints.newest(runDir: dir)), try uninterruptedTensors())
+        assertNoTemporaryFiles(dir)
+    }
+}
