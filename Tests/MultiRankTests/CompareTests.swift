@@ -93,6 +93,32 @@ final class CompareTests: XCTestCase {
         XCTAssertEqual(loss.components(separatedBy: "<polygon class=\"band\"").count - 1, 2, "a band per bn value")
     }
 
+    /// A variant stopped by a fault and resumed reports the wall time of both attempts: the
+    /// first from its start to its last row kept in metrics.jsonl, the second as measured.
+    func testResumedVariantReportsWallTimeOfEveryAttempt() throws {
+        let run = scratch.appendingPathComponent("resumed").path
+        let args = ["compare", "--model", "mlp", "--train-samples", "256", "--per-rank-batch", "32", "--epochs", "2",
+                    "--vary", "bn=sync", "--run-dir", run]
+        // 4 steps per epoch: the checkpoint after epoch 1 is kept, step 6 fails.
+        let crashed = try MPIRun.run(ranks: 2, args, environment: ["DDPTRAIN_INJECT_FAULT": "1:6"])
+        XCTAssertNotEqual(crashed.status, 0)
+        let resumed = try MPIRun.run(ranks: 2, args + ["--resume", "auto"])
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+
+        let variant = "\(run)/variants/bn=sync"
+        let starts = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(variant)/attempts.json"))) as! [Double]
+        XCTAssertEqual(starts.count, 2, "one start per attempt")
+        let rowTimes = try String(contentsOfFile: "\(variant)/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+            .map { (try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any])["time"] as! Double }
+        let firstAttempt = try XCTUnwrap(rowTimes.filter { $0 >= starts[0] && $0 < starts[1] }.max()) - starts[0]
+        XCTAssertGreaterThan(firstAttempt, 0)
+        let saved = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(variant)/summary.json"))) as! [String: Any]
+        func number(_ object: [String: Any], _ camel: String, _ snake: String) -> Double? { (object[camel] ?? object[snake]) as? Double }
+        let summary = try XCTUnwrap((saved["summary"] as? [String: Any]))
+        let lastAttempt = try XCTUnwrap(number(summary, "wallSeconds", "wall_seconds"))
+        XCTAssertEqual(try XCTUnwrap(number(saved, "totalWallSeconds", "total_wall_seconds")), firstAttempt + lastAttempt)
+    }
+
     /// The HTML renders to a non-empty PNG in headless Chromium (Debian's `chromium`).
     func renderInChromium(html: String) throws {
         try Chromium.screenshot(html: html, png: scratch.appendingPathComponent("report.png").path)
