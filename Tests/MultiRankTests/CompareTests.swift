@@ -93,6 +93,19 @@ final class CompareTests: XCTestCase {
         XCTAssertEqual(loss.components(separatedBy: "<polygon class=\"band\"").count - 1, 2, "a band per bn value")
     }
 
+    /// --seeds out of range, beside --vary seed, or past the largest seed: refused by name, exit 64.
+    func testBadSeedsAreRefused() throws {
+        let base = ["compare", "--model", "mlp", "--run-dir", scratch.appendingPathComponent("never").path]
+        for (args, message) in [(["--seeds", "0"], "--seeds takes 1 to 100 runs per variant; got 0"),
+                                (["--seeds", "2", "--vary", "seed=1,2"], "--seeds and --vary seed=... both set the seeds; give one of them"),
+                                (["--seeds", "3", "--seed", "18446744073709551614"], "--seeds 3 from --seed 18446744073709551614 runs past the largest seed")] {
+            let r = try MPIRun.run(ranks: 1, base + args)
+            XCTAssertEqual(r.status, 64, r.stderr)
+            XCTAssertTrue(r.stderr.contains(message), r.stderr)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: scratch.appendingPathComponent("never").path))
+    }
+
     /// A variant stopped by a fault and resumed reports the wall time of both attempts: the
     /// first from its start to its last row kept in metrics.jsonl, the second as measured.
     func testResumedVariantReportsWallTimeOfEveryAttempt() throws {
