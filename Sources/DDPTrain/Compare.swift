@@ -1,4 +1,5 @@
 import DDPComm
+import DDPSystem
 import Foundation
 
 /// One `--vary KEY=V1,V2,...`.
@@ -160,6 +161,20 @@ public struct VariantResult: Codable, Sendable {
     }
 
     public static func losses(metricsPath: String) throws -> [StepLoss] { try records(metricsPath: metricsPath).steps }
+
+    /// Adds now to RUN_DIR/attempts.json, the start times of a variant's attempts (a fresh
+    /// start forgets the earlier ones; so does a file that does not read as a list of times),
+    /// and returns the list.
+    public static func recordAttempt(runDir: String, resumed: Bool) throws -> [Double] {
+        let path = runDir + "/attempts.json"
+        var starts: [Double] = []
+        if resumed, case .success(let bytes) = RegularFile.read(path, limit: 1 << 20, followingLinks: false) {
+            starts = (try? JSONDecoder().decode([Double].self, from: Data(bytes))) ?? []
+        }
+        starts.append(ProcessClock.unixTime())
+        try writeAtomically(String(decoding: try JSONEncoder().encode(starts), as: UTF8.self), to: path)
+        return starts
+    }
 
     /// Wall time over the attempts that started at `attemptStarts` (Unix seconds, in order):
     /// each earlier attempt counts from its start to its last row in metrics.jsonl (the steps

@@ -86,17 +86,11 @@ struct Compare: ParsableCommand {
                 if world.rank == 0 { print("compare: [\(i + 1)/\(variants.count)] \(variant.name)") }
                 let trainer = try Trainer(config: variant.config, world: world)
                 let run = try RunDirectory.prepare(config: trainer.config, world: world, resumedAtStep: trainer.resumedFrom == nil ? nil : trainer.step)
-                // Rank 0 opens metrics.jsonl and creates TensorBoard's file; every rank learns whether that worked.
                 // When each attempt started, so that a resumed variant reports its whole wall time.
-                let attemptsPath = variant.config.runDir + "/attempts.json"
-                let attemptStarts = try agreeOnSuccess(world) { () throws -> [Double] in
-                    guard world.rank == 0 else { return [] }
-                    var starts = trainer.resumedFrom == nil ? [] : (FileManager.default.contents(atPath: attemptsPath)
-                        .flatMap { try? JSONDecoder().decode([Double].self, from: $0) } ?? [])
-                    starts.append(ProcessClock.unixTime())
-                    try writeAtomically(String(decoding: try JSONEncoder().encode(starts), as: UTF8.self), to: attemptsPath)
-                    return starts
+                let attemptStarts = try agreeOnSuccess(world) {
+                    world.rank == 0 ? try VariantResult.recordAttempt(runDir: variant.config.runDir, resumed: trainer.resumedFrom != nil) : []
                 }
+                // Rank 0 opens metrics.jsonl and creates TensorBoard's file; every rank learns whether that worked.
                 let log = try agreeOnSuccess(world) {
                     try RunLog(rank: world.rank, logEvery: variant.config.logEvery, json: false, metricsPath: run.metricsPath,
                                tensorboardPath: run.tensorboardPath)
