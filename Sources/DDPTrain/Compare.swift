@@ -1,4 +1,5 @@
 import DDPComm
+import DDPSystem
 import Foundation
 
 /// One `--vary KEY=V1,V2,...`.
@@ -57,71 +58,187 @@ public struct Variation: Sendable {
     }
 }
 
-/// One combination of the variations, with its own run dir.
+/// One combination of the variations, with its own run dir. Variants that differ only in
+/// their seed share a `group`: the report gives the group's mean and spread.
 public struct Variant: Sendable {
     public var name: String
+    public var group: String
     public var config: TrainConfig
 }
 
 /// Every combination, first variation outermost. Each variant gets the base's seed (so the
 /// same initial weights where the model is the same) and data order, and its own folder.
 public func makeVariants(base: TrainConfig, variations: [Variation]) throws -> [Variant] {
-    var variants = [Variant(name: "", config: base)]
+    var variants = [(parts: [(key: String, value: String)](), config: base)]
     for variation in variations {
-        var next: [Variant] = []
+        var next: [(parts: [(key: String, value: String)], config: TrainConfig)] = []
         for v in variants {
             for value in variation.values {
                 var config = v.config
                 try Variation.apply(key: variation.key, value: value, to: &config)
-                next.append(Variant(name: v.name.isEmpty ? "\(variation.key)=\(value)" : "\(v.name) \(variation.key)=\(value)", config: config))
+                next.append((v.parts + [(variation.key, value)], config))
             }
         }
         variants = next
     }
-    for i in variants.indices {
-        let folder = variants[i].name.map { $0.isLetter || $0.isNumber || "-_.=".contains($0) ? $0 : "_" }
-        variants[i].config.runDir = base.runDir + "/variants/" + String(folder)
-        variants[i].config.resume = base.resume == nil ? nil : "auto"
-        try variants[i].config.validate()
+    return try variants.map { parts, config in
+        let name = parts.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        let others = parts.filter { $0.key != "seed" }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        var variant = Variant(name: name, group: others.isEmpty ? "all" : others, config: config)
+        let folder = name.map { $0.isLetter || $0.isNumber || "-_.=".contains($0) ? $0 : "_" }
+        variant.config.runDir = base.runDir + "/variants/" + String(folder)
+        variant.config.resume = base.resume == nil ? nil : "auto"
+        try variant.config.validate()
+        return variant
     }
-    return variants
 }
 
-/// What a finished variant contributes to the report.
+/// What a finished variant contributes to the report. Fields after `losses` are nil in the
+/// summary.json of earlier versions.
 public struct VariantResult: Codable, Sendable {
     public var name: String
     public var summary: TrainSummary
-    /// (step, training loss) from metrics.jsonl, skipped steps left out.
+    /// The step rows of metrics.jsonl, skipped steps left out.
     public var losses: [StepLoss]
+    public var group: String?
+    public var evaluations: [Evaluation]?
+    /// Wall time over every attempt: a resumed variant's earlier attempts included.
+    public var totalWallSeconds: Double?
 
-    public init(name: String, summary: TrainSummary, losses: [StepLoss]) {
-        self.name = name; self.summary = summary; self.losses = losses
+    public init(name: String, summary: TrainSummary, losses: [StepLoss], group: String? = nil, evaluations: [Evaluation]? = nil,
+                totalWallSeconds: Double? = nil) {
+        self.name = name; self.summary = summary; self.losses = losses; self.group = group; self.evaluations = evaluations
+        self.totalWallSeconds = totalWallSeconds
     }
 
     public struct StepLoss: Codable, Sendable {
         public var step: Int
         public var loss: Double
+        public var lr: Double?
+        public var time: Double?
+        public init(step: Int, loss: Double, lr: Double? = nil, time: Double? = nil) {
+            self.step = step; self.loss = loss; self.lr = lr; self.time = time
+        }
     }
 
-    /// Reads a variant's metrics.jsonl line by line: a line that is not a step record (one
-    /// kept on resume, see RunDirectory.keepMetrics) is left out of the chart, not the others.
-    public static func losses(metricsPath: String) throws -> [StepLoss] {
-        guard let fd = try openRegularFileForReading(metricsPath) else { return [] }
+    public struct Evaluation: Codable, Sendable {
+        public var step: Int
+        public var testLoss: Double
+        public var testAccuracy: Double
+        public var time: Double
+        public init(step: Int, testLoss: Double, testAccuracy: Double, time: Double) {
+            self.step = step; self.testLoss = testLoss; self.testAccuracy = testAccuracy; self.time = time
+        }
+    }
+
+    /// Reads a variant's metrics.jsonl line by line: a line that is neither a step nor an
+    /// evaluation record (one kept on resume, see RunDirectory.keepMetrics) is left out of the
+    /// charts, not the others.
+    public static func records(metricsPath: String) throws -> (steps: [StepLoss], evaluations: [Evaluation]) {
+        guard let fd = try openRegularFileForReading(metricsPath) else { return ([], []) }
         defer { close(fd) }
-        struct Record: Decodable { var step: Int; var loss: Double; var skipped: Bool? }
+        struct Record: Decodable {
+            var kind: String?; var time: Double?; var step: Int; var loss: Double?; var lr: Double?; var skipped: Bool?
+            var testLoss: Double?; var testAccuracy: Double?
+            enum CodingKeys: String, CodingKey { case kind, time, step, loss, lr, skipped, testLoss = "test_loss", testAccuracy = "test_accuracy" }
+        }
         let decoder = JSONDecoder()
         decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        var out: [StepLoss] = []
+        var steps: [StepLoss] = [], evaluations: [Evaluation] = []
         try forEachLine(fd: fd, path: metricsPath) { piece in
-            guard piece.starts && piece.ends, let record = try? decoder.decode(Record.self, from: Data(piece.bytes)),
-                  record.skipped != true else { return }
-            out.append(StepLoss(step: record.step, loss: record.loss))
+            guard piece.starts && piece.ends, let r = try? decoder.decode(Record.self, from: Data(piece.bytes)) else { return }
+            switch r.kind {
+            case nil, "step"?:
+                if let loss = r.loss, r.skipped != true { steps.append(StepLoss(step: r.step, loss: loss, lr: r.lr, time: r.time)) }
+            case "eval"?:
+                if let loss = r.testLoss, let accuracy = r.testAccuracy, let time = r.time {
+                    evaluations.append(Evaluation(step: r.step, testLoss: loss, testAccuracy: accuracy, time: time))
+                }
+            default: break
+            }
         }
-        return out
+        return (steps, evaluations)
+    }
+
+    public static func losses(metricsPath: String) throws -> [StepLoss] { try records(metricsPath: metricsPath).steps }
+
+    /// Adds now to RUN_DIR/attempts.json, the start times of a variant's attempts (a fresh
+    /// start forgets the earlier ones; so does a file that does not read as a list of times),
+    /// and returns the list.
+    public static func recordAttempt(runDir: String, resumed: Bool) throws -> [Double] {
+        let path = runDir + "/attempts.json"
+        var starts: [Double] = []
+        if resumed, case .success(let bytes) = RegularFile.read(path, limit: 1 << 20, followingLinks: false) {
+            starts = (try? JSONDecoder().decode([Double].self, from: Data(bytes))) ?? []
+        }
+        starts.append(ProcessClock.unixTime())
+        try writeAtomically(String(decoding: try JSONEncoder().encode(starts), as: UTF8.self), to: path)
+        return starts
+    }
+
+    /// Wall time over the attempts that started at `attemptStarts` (Unix seconds, in order):
+    /// each earlier attempt counts from its start to its last row in metrics.jsonl (the steps
+    /// it ran past its last checkpoint are dropped on resume, and so is their time); the last
+    /// attempt counts its own measured wall time.
+    public static func totalWallSeconds(attemptStarts: [Double], lastAttemptSeconds: Double, rowTimes: [Double]) -> Double {
+        var total = lastAttemptSeconds
+        for (start, next) in zip(attemptStarts, attemptStarts.dropFirst()) {
+            if let end = rowTimes.filter({ $0 >= start && $0 < next }).max() { total += end - start }
+        }
+        return total
+    }
+
+    var stepsPerEpoch: Double { summary.epochs > 0 && summary.steps > 0 ? Double(summary.steps) / summary.epochs : 1 }
+
+    /// The mean training loss over the last epoch's steps (a single batch's loss is noise);
+    /// nil when the run ended diverged or logged no step there.
+    public var lastEpochTrainLoss: Double? {
+        guard summary.finalTrainLoss.isFinite, let last = losses.last?.step else { return nil }
+        let window = losses.filter { Double($0.step) > Double(last) - stepsPerEpoch.rounded() && $0.loss.isFinite }
+        return window.isEmpty ? nil : window.map(\.loss).reduce(0, +) / Double(window.count)
     }
 }
 
-/// report.md, report.html (self-contained: inline SVG, no network), loss.svg, accuracy.svg.
+/// Mean and sample standard deviation (n - 1); the deviation is nil for a single value.
+public struct Spread: Sendable {
+    public var mean: Double
+    public var deviation: Double?
+    public var count: Int
+
+    public init?(_ values: [Double]) {
+        guard !values.isEmpty else { return nil }
+        count = values.count
+        mean = values.reduce(0, +) / Double(count)
+        let m = mean
+        deviation = count > 1 ? (values.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(count - 1)).squareRoot() : nil
+    }
+
+    func text(_ format: String, scale: Double = 1, unit: String = "") -> String {
+        let m = String(format: format, mean * scale)
+        guard let d = deviation else { return m + unit }
+        return m + " ± " + String(format: format, d * scale) + unit
+    }
+
+    /// Whether the intervals mean ± one standard deviation overlap.
+    func overlaps(_ other: Spread) -> Bool {
+        guard let a = deviation, let b = other.deviation else { return false }
+        return abs(mean - other.mean) <= a + b
+    }
+}
+
+/// The command line as a shell reads it back: each argument quoted where it needs to be.
+public func shellQuoted(_ arguments: [String]) -> String {
+    arguments.map { argument in
+        let plain = !argument.isEmpty && argument.unicodeScalars.allSatisfy {
+            CharacterSet.alphanumerics.contains($0) && $0.isASCII || "-_./=:,+@%".unicodeScalars.contains($0)
+        }
+        return plain ? argument : "'" + argument.replacingOccurrences(of: "'", with: "'\\''") + "'"
+    }.joined(separator: " ")
+}
+
+/// report.md, report.html (self-contained: inline SVG, no network) and the charts as SVG files.
+/// Variants that differ only in their seed are one row and one curve: mean ± standard
+/// deviation, and a band on the charts.
 public struct ComparisonReport {
     public var title: String
     public var command: String
@@ -132,33 +249,137 @@ public struct ComparisonReport {
         self.title = title; self.command = command; self.results = results; self.worldSize = worldSize
     }
 
+    /// The groups in the order of their first variant.
+    public var groups: [(name: String, members: [VariantResult])] {
+        var order: [String] = [], members: [String: [VariantResult]] = [:]
+        for r in results {
+            let g = r.group ?? r.name
+            if members[g] == nil { order.append(g) }
+            members[g, default: []].append(r)
+        }
+        return order.map { ($0, members[$0]!) }
+    }
+
+    var repeated: Bool { groups.contains { $0.members.count > 1 } }
+
+    /// One curve per group against epochs (step / steps per epoch): the mean over the
+    /// group's members at the steps they all have, and their standard deviation.
+    func curve(_ members: [VariantResult], _ values: (VariantResult) -> [(step: Int, y: Double)]) -> [(x: Double, mean: Double, deviation: Double)] {
+        let perEpoch = members[0].stepsPerEpoch
+        let tables = members.map { Dictionary(values($0).map { ($0.step, $0.y) }, uniquingKeysWith: { $1 }) }
+        let steps = values(members[0]).map(\.step).filter { s in tables.allSatisfy { $0[s] != nil } }
+        return steps.compactMap { s in
+            Spread(tables.map { $0[s]! }).map { (Double(s) / perEpoch, $0.mean, $0.deviation ?? 0) }
+        }
+    }
+
+    func smoothedLosses(_ r: VariantResult) -> [(step: Int, y: Double)] {
+        let raw = r.losses.filter { $0.loss.isFinite }
+        return zip(raw, smoothed(raw.map { (Double($0.step), $0.loss) }, weight: smoothingWeight(count: raw.count))).map { ($0.step, $1.y) }
+    }
+
     public var lossChart: LineChart {
-        LineChart(title: "Training loss", xLabel: "step", yLabel: "training loss (window mean)",
-                  series: results.map { .init(name: $0.name, points: windowedLoss($0.losses.map { ($0.step, $0.loss) })) }, logY: true)
+        LineChart(title: "Training loss", xLabel: "epoch (samples seen / training set)",
+                  yLabel: "training loss, smoothed (raw faint)", series: groups.map { g in
+                      let mean = curve(g.members, smoothedLosses)
+                      let raw = curve(g.members) { $0.losses.map { ($0.step, $0.loss) } }
+                      var series = LineChart.Series(name: g.name, points: mean.map { ($0.x, $0.mean) })
+                      series.raw = thinned(raw.map { ($0.x, $0.mean) }, maxPoints: 1500)
+                      if g.members.count > 1 { series.band = mean.map { ($0.x, $0.mean - $0.deviation, $0.mean + $0.deviation) } }
+                      let evaluated = Set((g.members[0].evaluations ?? []).map { Double($0.step) / g.members[0].stepsPerEpoch })
+                      series.markerPoints = mean.filter { evaluated.contains($0.x) }.map { ($0.x, $0.mean) }
+                      return series
+                  }, logY: true)
+    }
+
+    func evaluationChart(title: String, yLabel: String, value: @escaping (VariantResult.Evaluation) -> Double) -> LineChart {
+        LineChart(title: title, xLabel: "epoch", yLabel: yLabel, series: groups.map { g in
+            let points = curve(g.members) { ($0.evaluations ?? []).map { ($0.step, value($0)) } }
+            var series = LineChart.Series(name: g.name, points: points.map { ($0.x, $0.mean) }, markers: true)
+            if g.members.count > 1 { series.band = points.map { ($0.x, $0.mean - $0.deviation, $0.mean + $0.deviation) } }
+            return series
+        })
     }
 
     public var accuracyChart: LineChart {
-        LineChart(title: "Test accuracy", xLabel: "epoch", yLabel: "test accuracy (%)",
-                  series: results.map { r in
-                      .init(name: r.name, points: zip(r.summary.evaluatedEpochs, r.summary.accuracyPerEpoch).map { (Double($0), $1 * 100) })
+        var chart = evaluationChart(title: "Test accuracy", yLabel: "test accuracy (%)") { $0.testAccuracy * 100 }
+        chart.minimumYSpan = 5
+        chart.yLimits = 0...100
+        return chart
+    }
+
+    public var testLossChart: LineChart {
+        var chart = evaluationChart(title: "Test loss", yLabel: "test loss", value: \.testLoss)
+        chart.logY = true
+        return chart
+    }
+
+    public var learningRateChart: LineChart {
+        LineChart(title: "Learning rate", xLabel: "epoch (samples seen / training set)", yLabel: "learning rate",
+                  series: groups.map { g in
+                      let r = g.members[0]
+                      return .init(name: g.name, points: thinned(r.losses.compactMap { s in s.lr.map { (Double(s.step) / r.stepsPerEpoch, $0) } },
+                                                                 maxPoints: 1500))
                   })
     }
 
+    public var charts: [(file: String, title: String, chart: LineChart)] {
+        [("loss.svg", "training loss", lossChart), ("test-loss.svg", "test loss", testLossChart),
+         ("accuracy.svg", "test accuracy", accuracyChart), ("lr.svg", "learning rate", learningRateChart)]
+    }
+
     public var header: [String] {
-        ["variant", "final test acc", "best test acc (epoch)", "final train loss", "wall time", "samples/s", "communication"]
+        (repeated ? ["variant", "runs"] : ["variant"])
+            + ["final test acc", "best test acc", "test loss", "train loss (last epoch)", "wall time", "samples/s", "communication"]
     }
 
     public var rows: [[String]] {
-        results.map { r in
-            let s = r.summary
-            return [r.name,
-                    s.testAccuracy.map { String(format: "%.2f%%", $0 * 100) } ?? "-",
-                    s.bestTestAccuracy.map { String(format: "%.2f%% (%d)", $0 * 100, s.bestEpoch ?? 0) } ?? "-",
-                    s.finalTrainLoss.isFinite ? String(format: "%.4f", s.finalTrainLoss) : "diverged",
-                    formatDuration(s.wallSeconds),
-                    String(format: "%.0f", s.samplesPerSecond),
-                    String(format: "%.1f%%", s.communicationShare * 100)]
+        groups.map { g in
+            let m = g.members
+            func spread(_ value: (VariantResult) -> Double?) -> Spread? {
+                let values = m.map(value)
+                return values.contains { $0 == nil } ? nil : Spread(values.map { $0! })
+            }
+            let best = m.count == 1 ? m[0].summary.bestTestAccuracy.map { String(format: "%.2f%% (epoch %d)", $0 * 100, m[0].summary.bestEpoch ?? 0) }
+                : spread { $0.summary.bestTestAccuracy }?.text("%.2f", scale: 100, unit: "%")
+            return (repeated ? [g.name, "\(m.count)"] : [g.name]) + [
+                spread { $0.summary.testAccuracy }?.text("%.2f", scale: 100, unit: "%") ?? "-",
+                best ?? "-",
+                spread { $0.summary.testLoss }?.text("%.4f") ?? "-",
+                spread(\.lastEpochTrainLoss)?.text("%.4f") ?? "diverged",
+                formatDuration(m.map { $0.totalWallSeconds ?? $0.summary.wallSeconds }.reduce(0, +) / Double(m.count)),
+                spread { $0.summary.samplesPerSecond }.map { String(format: "%.0f", $0.mean) } ?? "-",
+                spread { $0.summary.communicationShare }.map { String(format: "%.1f%%", $0.mean * 100) } ?? "-",
+            ]
         }
+    }
+
+    /// Which groups' final test accuracies lie within each other's spread, in sentences.
+    public var spreadNotes: [String] {
+        guard repeated else {
+            return ["One run per variant: no spread across seeds is measured, and differences of a few tenths of a point "
+                    + "may be seed noise; `--seeds N` repeats each variant and gives mean ± standard deviation."]
+        }
+        let accuracies = groups.map { g in (g.name, Spread(g.members.compactMap(\.summary.testAccuracy))) }
+        var notes: [String] = []
+        for i in accuracies.indices {
+            for j in accuracies.indices where j > i {
+                guard let a = accuracies[i].1, let b = accuracies[j].1, a.overlaps(b) else { continue }
+                notes.append(String(format: "%@ and %@ are within each other's spread: %@ against %@ (difference %.2f points).",
+                                    accuracies[i].0, accuracies[j].0, a.text("%.2f", scale: 100, unit: "%"),
+                                    b.text("%.2f", scale: 100, unit: "%"), abs(a.mean - b.mean) * 100))
+            }
+        }
+        return notes.isEmpty ? ["No two variants' final test accuracies are within each other's spread (mean ± one standard deviation)."] : notes
+    }
+
+    var method: String {
+        "Train loss (last epoch) is the mean over the last epoch's steps. Wall time counts every attempt of a resumed variant"
+            + (repeated ? "; with repeats it is the mean per run." : ".")
+            + (repeated ? " Values are mean ± sample standard deviation (n − 1) over the runs; bands on the charts are ± one standard deviation." : "")
+            + " Curves are against epochs (samples seen), so that variants with smaller batches and more steps line up;"
+            + " the training loss is smoothed as TensorBoard does (exponential moving average over about 2% of the run), the raw"
+            + " values faint behind; open dots mark evaluations."
     }
 
     /// The table as aligned plain text, for the terminal.
@@ -170,10 +391,11 @@ public struct ComparisonReport {
     }
 
     public var markdown: String {
-        var md = "# \(title)\n\n`\(command)`\n\n\(worldSize) ranks.\n\n"
+        var md = "# \(title)\n\n```sh\n\(command)\n```\n\n\(worldSize) rank\(worldSize == 1 ? "" : "s").\n\n"
         md += "| " + header.joined(separator: " | ") + " |\n|" + header.map { _ in "---" }.joined(separator: "|") + "|\n"
         for row in rows { md += "| " + row.joined(separator: " | ") + " |\n" }
-        md += "\n![training loss](loss.svg)\n\n![test accuracy](accuracy.svg)\n"
+        md += "\n" + spreadNotes.map { "- " + $0 }.joined(separator: "\n") + "\n\n" + method + "\n\n"
+        md += charts.map { "![\($0.title)](\($0.file))" }.joined(separator: "\n\n") + "\n"
         return md
     }
 
@@ -183,21 +405,21 @@ public struct ComparisonReport {
         <html><head><meta charset="utf-8"><title>\(escapeHTML(title))</title>
         <style>body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:12px 0}
         td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}
-        th{background:#f3f3f3}code{background:#f6f6f6;padding:2px 4px}</style></head><body>
-        <h1>\(escapeHTML(title))</h1><p><code>\(escapeHTML(command))</code></p><p>\(worldSize) ranks.</p>
+        th{background:#f3f3f3}pre{background:#f6f6f6;padding:6px 8px;white-space:pre-wrap}.charts{display:flex;flex-wrap:wrap}</style></head><body>
+        <h1>\(escapeHTML(title))</h1><pre>\(escapeHTML(command))</pre><p>\(worldSize) rank\(worldSize == 1 ? "" : "s").</p>
         <table><tr>
         """
         h += header.map { "<th>\(escapeHTML($0))</th>" }.joined() + "</tr>\n"
         for row in rows { h += "<tr>" + row.map { "<td>\(escapeHTML($0))</td>" }.joined() + "</tr>\n" }
-        h += "</table>\n<div>\(lossChart.svg())</div>\n<div>\(accuracyChart.svg())</div>\n</body></html>\n"
+        h += "</table>\n<ul>" + spreadNotes.map { "<li>\(escapeHTML($0))</li>" }.joined() + "</ul>\n<p>\(escapeHTML(method))</p>\n"
+        h += "<div class=\"charts\">" + charts.map { "<div>\($0.chart.svg())</div>" }.joined(separator: "\n") + "</div>\n</body></html>\n"
         return h
     }
 
-    /// Writes the four files into `directory`, each atomically.
+    /// Writes the report and the charts into `directory`, each atomically.
     public func write(to directory: String) throws {
         try writeAtomically(markdown, to: directory + "/report.md")
         try writeAtomically(html, to: directory + "/report.html")
-        try writeAtomically(lossChart.svg(), to: directory + "/loss.svg")
-        try writeAtomically(accuracyChart.svg(), to: directory + "/accuracy.svg")
+        for chart in charts { try writeAtomically(chart.chart.svg(), to: directory + "/" + chart.file) }
     }
 }

@@ -8,7 +8,9 @@ struct Compare: ParsableCommand {
         abstract: "Train every combination of --vary values in one job and report them side by side.",
         discussion: """
         Each variant starts from the same seed (the same initial weights where the model is the same) and sees the \
-        same data order. Results go to RUN_DIR/report.md, RUN_DIR/report.html, loss.svg and accuracy.svg; each \
+        same data order. Results go to RUN_DIR/report.md, RUN_DIR/report.html and the charts loss.svg, test-loss.svg, accuracy.svg \
+        and lr.svg; with --seeds N (or --vary seed=...) variants that differ only in their seed are one row, mean ± \
+        standard deviation; each \
         variant keeps its checkpoints and metrics in RUN_DIR/variants/<name>. With --resume auto a stopped compare \
         continues, keeping the variants already finished. Without --vary it compares bn=sync,local.
         """)
@@ -18,6 +20,9 @@ struct Compare: ParsableCommand {
     @Option(help: "KEY=V1,V2,... (keys: \(Variation.keys.joined(separator: ", "))); repeat for a grid.")
     var vary: [String] = []
 
+    @Option(help: "Train each variant N times, with seeds SEED, SEED+1, ...; the report gives mean ± standard deviation.")
+    var seeds: Int?
+
     @Option(help: "Title of the report.")
     var title = "ddptrain compare"
 
@@ -25,27 +30,42 @@ struct Compare: ParsableCommand {
         if let resume = options.resume, resume != "auto" {
             throw ValidationError("compare takes --resume auto (each variant resumes from its own folder), not a file: '\(resume)'")
         }
+        if let seeds, !(1...100).contains(seeds) { throw ValidationError("--seeds takes 1 to 100 runs per variant; got \(seeds)") }
+        if seeds != nil, vary.contains(where: { $0.hasPrefix("seed=") }) {
+            throw ValidationError("--seeds and --vary seed=... both set the seeds; give one of them")
+        }
         do {
-            let variations = try variations()
             // A config file is read once MPI runs (run()); without one the flags are the
             // whole configuration, and every variant can be checked here.
-            if options.config == nil { _ = try makeVariants(base: try options.resolve(), variations: variations) }
+            if options.config == nil {
+                let base = try options.resolve()
+                _ = try makeVariants(base: base, variations: try variations(seed: base.seed))
+            } else {
+                _ = try variations(seed: 0)
+            }
         } catch let error as ConfigError {
             throw ValidationError(error.message)
         }
     }
 
-    func variations() throws -> [Variation] {
-        try (vary.isEmpty ? ["bn=sync,local"] : vary).map { try Variation(parsing: $0) }
+    /// The --vary flags (bn=sync,local without any), then the seeds from `seed` on as the
+    /// innermost variation when --seeds is given.
+    func variations(seed: UInt64) throws -> [Variation] {
+        var seedList: [String] = []
+        if let seeds {
+            guard seed <= UInt64.max - UInt64(seeds - 1) else { throw ConfigError("--seeds \(seeds) from --seed \(seed) runs past the largest seed") }
+            seedList = ["seed=" + (0..<UInt64(seeds)).map { String(seed + $0) }.joined(separator: ",")]
+        }
+        return try ((vary.isEmpty ? ["bn=sync,local"] : vary) + seedList).map { try Variation(parsing: $0) }
     }
 
     func run() throws {
-        let command = "ddptrain " + CommandLine.arguments.dropFirst().joined(separator: " ")
+        let command = shellQuoted(["ddptrain"] + CommandLine.arguments.dropFirst())
         let decoder = JSONDecoder()
         decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         try withWorld { world in
             let base = try options.resolve(in: world)
-            let variants = try agreeOnSuccess(world) { try makeVariants(base: base, variations: try variations()) }
+            let variants = try agreeOnSuccess(world) { try makeVariants(base: base, variations: try variations(seed: base.seed)) }
             try RunDirectory.prepareComparison(path: base.runDir, world: world)
             var results: [VariantResult] = []
             for (i, variant) in variants.enumerated() {
@@ -66,13 +86,22 @@ struct Compare: ParsableCommand {
                 if world.rank == 0 { print("compare: [\(i + 1)/\(variants.count)] \(variant.name)") }
                 let trainer = try Trainer(config: variant.config, world: world)
                 let run = try RunDirectory.prepare(config: trainer.config, world: world, resumedAtStep: trainer.resumedFrom == nil ? nil : trainer.step)
+                // When each attempt started, so that a resumed variant reports its whole wall time.
+                let attemptStarts = try agreeOnSuccess(world) {
+                    world.rank == 0 ? try VariantResult.recordAttempt(runDir: variant.config.runDir, resumed: trainer.resumedFrom != nil) : []
+                }
                 // Rank 0 opens metrics.jsonl and creates TensorBoard's file; every rank learns whether that worked.
                 let log = try agreeOnSuccess(world) {
                     try RunLog(rank: world.rank, logEvery: variant.config.logEvery, json: false, metricsPath: run.metricsPath,
                                tensorboardPath: run.tensorboardPath)
                 }
                 let summary = try trainer.run(log: log, checkpointDirectory: run.checkpointsPath)
-                let result = VariantResult(name: variant.name, summary: summary, losses: try VariantResult.losses(metricsPath: run.metricsPath))
+                let records = try VariantResult.records(metricsPath: run.metricsPath)
+                let rowTimes = records.steps.compactMap(\.time) + records.evaluations.map(\.time)
+                let result = VariantResult(name: variant.name, summary: summary, losses: records.steps, group: variant.group,
+                                           evaluations: records.evaluations,
+                                           totalWallSeconds: VariantResult.totalWallSeconds(attemptStarts: attemptStarts, lastAttemptSeconds: summary.wallSeconds,
+                                                                                            rowTimes: rowTimes))
                 if world.rank == 0 {
                     try writeAtomically(String(decoding: try JSONEncoder.ddptrain().encode(result), as: UTF8.self), to: summaryPath)
                 }

@@ -21,7 +21,7 @@ final class CompareTests: XCTestCase {
                     "--vary", "bn=sync,local", "--vary", "lr=0.1,0.05", "--run-dir", run, "--title", "test compare"]
         let r = try MPIRun.run(ranks: 2, args, timeout: 120)
         XCTAssertEqual(r.status, 0, r.stderr)
-        for file in ["report.md", "report.html", "loss.svg", "accuracy.svg"] {
+        for file in ["report.md", "report.html", "loss.svg", "test-loss.svg", "accuracy.svg", "lr.svg"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: "\(run)/\(file)"), "\(file) missing")
         }
         let names = ["bn=sync lr=0.1", "bn=sync lr=0.05", "bn=local lr=0.1", "bn=local lr=0.05"]
@@ -42,7 +42,8 @@ final class CompareTests: XCTestCase {
             XCTAssertTrue(svg.hasPrefix("<svg") && svg.contains("</svg>"))
         }
         let html = try String(contentsOfFile: "\(run)/report.html", encoding: .utf8)
-        XCTAssertEqual(html.components(separatedBy: "<svg").count - 1, 2, "both charts inline")
+        XCTAssertEqual(html.components(separatedBy: "<svg").count - 1, 4, "every chart inline")
+        XCTAssertTrue(markdown.contains("--run-dir \(run) --title 'test compare'\n"), "the command pastes back: \(markdown.prefix(400))")
         XCTAssertFalse(html.contains("http://") && !html.contains("http://www.w3.org/2000/svg"), "no network references")
         XCTAssertFalse(html.contains("<script src") || html.contains("<link"), "self-contained")
 
@@ -52,6 +53,84 @@ final class CompareTests: XCTestCase {
         XCTAssertEqual(again.stdout.components(separatedBy: "finished earlier, kept").count - 1, 4, again.stdout)
 
         try renderInChromium(html: "\(run)/report.html")
+    }
+
+    /// --seeds 2: each bn value trained with seeds 0 and 1, one row each with mean ± standard
+    /// deviation, checked against the figures in the variants' own metrics.jsonl.
+    func testSeedsAggregateIntoMeanAndStandardDeviation() throws {
+        let run = scratch.appendingPathComponent("seeds").path
+        let args = ["compare", "--model", "mlp", "--train-samples", "256", "--per-rank-batch", "32", "--epochs", "2",
+                    "--vary", "bn=sync,local", "--seeds", "2", "--run-dir", run]
+        let r = try MPIRun.run(ranks: 2, args, timeout: 120)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let markdown = try String(contentsOfFile: "\(run)/report.md", encoding: .utf8)
+        for bn in ["sync", "local"] {
+            var accuracies: [Double] = [], testLosses: [Double] = [], trainLosses: [Double] = []
+            for seed in 0..<2 {
+                let rows = try String(contentsOfFile: "\(run)/variants/bn=\(bn)_seed=\(seed)/metrics.jsonl", encoding: .utf8)
+                    .split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+                let evaluation = try XCTUnwrap(rows.last { $0["kind"] as? String == "eval" })
+                accuracies.append(evaluation["test_accuracy"] as! Double)
+                testLosses.append(evaluation["test_loss"] as! Double)
+                // 2 ranks x 32 of 256 samples: 4 steps per epoch; the second epoch is steps 5 to 8.
+                let lastEpoch = rows.filter { $0["kind"] as? String == "step" && ($0["step"] as! Int) > 4 }.map { $0["loss"] as! Double }
+                XCTAssertEqual(lastEpoch.count, 4)
+                trainLosses.append(lastEpoch.reduce(0, +) / 4)
+            }
+            func meanAndDeviation(_ v: [Double], _ format: String, scale: Double = 1) -> String {
+                let mean = (v[0] + v[1]) / 2
+                let deviation = abs(v[0] - v[1]) / Double(2).squareRoot()  // sample standard deviation of two values
+                return String(format: format, mean * scale) + " ± " + String(format: format, deviation * scale)
+            }
+            let row = "| bn=\(bn) | 2 | \(meanAndDeviation(accuracies, "%.2f", scale: 100))% | "
+            XCTAssertTrue(markdown.contains(row), "\(row) in \(markdown)")
+            let cells = try XCTUnwrap(markdown.split(separator: "\n").first { $0.hasPrefix("| bn=\(bn) |") }).components(separatedBy: " | ")
+            XCTAssertEqual(cells[4], meanAndDeviation(testLosses, "%.4f"))
+            XCTAssertEqual(cells[5], meanAndDeviation(trainLosses, "%.4f"))
+        }
+        XCTAssertEqual(markdown.components(separatedBy: "| bn=").count - 1, 2, "one row per bn value")
+        let loss = try String(contentsOfFile: "\(run)/loss.svg", encoding: .utf8)
+        XCTAssertEqual(loss.components(separatedBy: "<polygon class=\"band\"").count - 1, 2, "a band per bn value")
+    }
+
+    /// --seeds out of range, beside --vary seed, or past the largest seed: refused by name, exit 64.
+    func testBadSeedsAreRefused() throws {
+        let base = ["compare", "--model", "mlp", "--run-dir", scratch.appendingPathComponent("never").path]
+        for (args, message) in [(["--seeds", "0"], "--seeds takes 1 to 100 runs per variant; got 0"),
+                                (["--seeds", "2", "--vary", "seed=1,2"], "--seeds and --vary seed=... both set the seeds; give one of them"),
+                                (["--seeds", "3", "--seed", "18446744073709551614"], "--seeds 3 from --seed 18446744073709551614 runs past the largest seed")] {
+            let r = try MPIRun.run(ranks: 1, base + args)
+            XCTAssertEqual(r.status, 64, r.stderr)
+            XCTAssertTrue(r.stderr.contains(message), r.stderr)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: scratch.appendingPathComponent("never").path))
+    }
+
+    /// A variant stopped by a fault and resumed reports the wall time of both attempts: the
+    /// first from its start to its last row kept in metrics.jsonl, the second as measured.
+    func testResumedVariantReportsWallTimeOfEveryAttempt() throws {
+        let run = scratch.appendingPathComponent("resumed").path
+        let args = ["compare", "--model", "mlp", "--train-samples", "256", "--per-rank-batch", "32", "--epochs", "2",
+                    "--vary", "bn=sync", "--run-dir", run]
+        // 4 steps per epoch: the checkpoint after epoch 1 is kept, step 6 fails.
+        let crashed = try MPIRun.run(ranks: 2, args, environment: ["DDPTRAIN_INJECT_FAULT": "1:6"])
+        XCTAssertNotEqual(crashed.status, 0)
+        let resumed = try MPIRun.run(ranks: 2, args + ["--resume", "auto"])
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+
+        let variant = "\(run)/variants/bn=sync"
+        let starts = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(variant)/attempts.json"))) as! [Double]
+        XCTAssertEqual(starts.count, 2, "one start per attempt")
+        let rowTimes = try String(contentsOfFile: "\(variant)/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+            .map { (try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any])["time"] as! Double }
+        let firstAttempt = try XCTUnwrap(rowTimes.filter { $0 >= starts[0] && $0 < starts[1] }.max()) - starts[0]
+        XCTAssertGreaterThan(firstAttempt, 0)
+        let saved = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(variant)/summary.json"))) as! [String: Any]
+        func number(_ object: [String: Any], _ camel: String, _ snake: String) -> Double? { (object[camel] ?? object[snake]) as? Double }
+        let summary = try XCTUnwrap((saved["summary"] as? [String: Any]))
+        let lastAttempt = try XCTUnwrap(number(summary, "wallSeconds", "wall_seconds"))
+        // Within a few ulps of a Unix time: JSONSerialization may read the last digit of a time differently.
+        XCTAssertEqual(try XCTUnwrap(number(saved, "totalWallSeconds", "total_wall_seconds")), firstAttempt + lastAttempt, accuracy: 1e-5)
     }
 
     /// The HTML renders to a non-empty PNG in headless Chromium (Debian's `chromium`).
