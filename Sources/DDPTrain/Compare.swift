@@ -80,7 +80,7 @@ public func makeVariants(base: TrainConfig, variations: [Variation]) throws -> [
     }
     for i in variants.indices {
         let folder = variants[i].name.map { $0.isLetter || $0.isNumber || "-_.=".contains($0) ? $0 : "_" }
-        variants[i].config.runDir = base.runDir + "/variants/" + String(folder)
+        variants[i].config.runDir = base.resolvedRunDir + "/variants/" + String(folder)
         variants[i].config.resume = base.resume == nil ? nil : "auto"
         try variants[i].config.validate()
     }
@@ -170,7 +170,7 @@ public struct ComparisonReport {
     }
 
     public var markdown: String {
-        var md = "# \(title)\n\n`\(command)`\n\n\(worldSize) ranks.\n\n"
+        var md = "# \(title)\n\n`\(command)`\n\n\(plural(worldSize, "rank")).\n\n"
         md += "| " + header.joined(separator: " | ") + " |\n|" + header.map { _ in "---" }.joined(separator: "|") + "|\n"
         for row in rows { md += "| " + row.joined(separator: " | ") + " |\n" }
         md += "\n![training loss](loss.svg)\n\n![test accuracy](accuracy.svg)\n"
@@ -184,7 +184,7 @@ public struct ComparisonReport {
         <style>body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:12px 0}
         td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}
         th{background:#f3f3f3}code{background:#f6f6f6;padding:2px 4px}</style></head><body>
-        <h1>\(escapeHTML(title))</h1><p><code>\(escapeHTML(command))</code></p><p>\(worldSize) ranks.</p>
+        <h1>\(escapeHTML(title))</h1><p><code>\(escapeHTML(command))</code></p><p>\(plural(worldSize, "rank")).</p>
         <table><tr>
         """
         h += header.map { "<th>\(escapeHTML($0))</th>" }.joined() + "</tr>\n"
