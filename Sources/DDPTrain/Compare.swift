@@ -86,7 +86,7 @@ public func makeVariants(base: TrainConfig, variations: [Variation]) throws -> [
         let others = parts.filter { $0.key != "seed" }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
         var variant = Variant(name: name, group: others.isEmpty ? "all" : others, config: config)
         let folder = name.map { $0.isLetter || $0.isNumber || "-_.=".contains($0) ? $0 : "_" }
-        variant.config.runDir = base.runDir + "/variants/" + String(folder)
+        variant.config.runDir = base.resolvedRunDir + "/variants/" + String(folder)
         variant.config.resume = base.resume == nil ? nil : "auto"
         try variant.config.validate()
         return variant
@@ -391,7 +391,7 @@ public struct ComparisonReport {
     }
 
     public var markdown: String {
-        var md = "# \(title)\n\n```sh\n\(command)\n```\n\n\(worldSize) rank\(worldSize == 1 ? "" : "s").\n\n"
+        var md = "# \(title)\n\n```sh\n\(command)\n```\n\n\(plural(worldSize, "rank")).\n\n"
         md += "| " + header.joined(separator: " | ") + " |\n|" + header.map { _ in "---" }.joined(separator: "|") + "|\n"
         for row in rows { md += "| " + row.joined(separator: " | ") + " |\n" }
         md += "\n" + spreadNotes.map { "- " + $0 }.joined(separator: "\n") + "\n\n" + method + "\n\n"
@@ -406,7 +406,7 @@ public struct ComparisonReport {
         <style>body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:12px 0}
         td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}
         th{background:#f3f3f3}pre{background:#f6f6f6;padding:6px 8px;white-space:pre-wrap}.charts{display:flex;flex-wrap:wrap}</style></head><body>
-        <h1>\(escapeHTML(title))</h1><pre>\(escapeHTML(command))</pre><p>\(worldSize) rank\(worldSize == 1 ? "" : "s").</p>
+        <h1>\(escapeHTML(title))</h1><pre>\(escapeHTML(command))</pre><p>\(plural(worldSize, "rank")).</p>
         <table><tr>
         """
         h += header.map { "<th>\(escapeHTML($0))</th>" }.joined() + "</tr>\n"

@@ -143,7 +143,7 @@ public final class ComputeReplicas {
     /// Once per pass, before any thread runs: the batch must fit what the replicas were sized for.
     private func checkBatch(_ count: Int) throws {
         guard count <= maxBatch else {
-            throw LayerError.batchTooLarge("compute replicas (\(threads) thread(s))", batch: count, capacity: maxBatch)
+            throw LayerError.batchTooLarge("compute replicas (\(plural(threads, "thread")))", batch: count, capacity: maxBatch)
         }
     }
 
@@ -207,12 +207,12 @@ extension ComputeReplicas {
         guard threads > 1 else { return nil }
         if cores.usable < cores.node {
             guard threads > cores.usable else { return nil }
-            return "\(threads) compute threads on the \(cores.usable) core(s) this rank is bound to: threads will wait for each other; "
+            return "\(plural(threads, "compute thread")) on the \(plural(cores.usable, "core")) this rank is bound to: threads will wait for each other; "
                 + "use --threads \(cores.usable), or bind ranks to more cores"
         }
         let ranks = localRanks(environment)
         guard ranks * threads > cores.node else { return nil }
-        return "\(ranks) rank(s) x \(threads) compute thread(s) on this node's \(cores.node) core(s): threads will wait for each other; "
+        return "\(plural(ranks, "rank")) x \(plural(threads, "compute thread")) on this node's \(plural(cores.node, "core")): threads will wait for each other; "
             + "use --threads \(max(1, cores.node / ranks))"
     }
 }

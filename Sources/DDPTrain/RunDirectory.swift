@@ -32,29 +32,43 @@ public struct RunDirectory: Sendable {
     /// `resumedAtStep` nil: a fresh run, which refuses a run dir that holds checkpoints
     /// already (they belong to another run, and `--resume auto` would later mix them up
     /// with this one's). Otherwise metrics.jsonl keeps the steps up to the resumed one.
-    public static func prepare(config: TrainConfig, world: Communicator, resumedAtStep: Int?) throws -> RunDirectory {
-        let run = RunDirectory(path: config.runDir)
+    /// `configJSON`: what config.json holds (Trainer.resolvedConfigJSON), else `config.json`.
+    public static func prepare(config: TrainConfig, configJSON: String? = nil, world: Communicator, resumedAtStep: Int?) throws -> RunDirectory {
+        let run = RunDirectory(path: config.resolvedRunDir)
         let warnings = try agreeOnSuccess(world) { () throws -> [String] in
             guard world.rank == 0 else { return [] }
-            return try run.create(config: config, keepMetricsUpTo: resumedAtStep)
+            return try run.create(config: config, configJSON: configJSON, keepMetricsUpTo: resumedAtStep)
         }
         for warning in warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
         return run
     }
 
     /// The run dir of `compare`: its report and variants/ (each variant a run dir of its own,
-    /// locked apart, so the comparison never waits for its own locks).
-    public static func prepareComparison(path: String, world: Communicator) throws {
+    /// locked apart, so the comparison never waits for its own locks). A folder that holds
+    /// another comparison is refused unless `resuming` (its variants would be mixed with this
+    /// one's), and so is a training run's folder.
+    public static func prepareComparison(path: String, resuming: Bool, world: Communicator) throws {
         let warnings = try agreeOnSuccess(world) { () throws -> [String] in
             guard world.rank == 0 else { return [] }
-            return try RunDirectory(path: path).claim(acceptingOldComparison: true)
+            let folder = RunDirectory(path: path)
+            // A folder of another program is refused as such first (claim checks it again).
+            try folder.checkOwnership(acceptingOldComparison: true)
+            if let held = ["config.json", "metrics.jsonl", "checkpoints"].first(where: { fileType(path + "/" + $0) != nil }) {
+                throw TrainingError("run dir \(path) holds a training run (\(held)), not a comparison; choose another --run-dir",
+                                    exitCode: ExitStatus.inputError)
+            }
+            if !resuming, let held = ["variants", "report.md", "report.html"].first(where: { fileType(path + "/" + $0) != nil }) {
+                throw TrainingError("run dir \(path) holds another comparison (\(held)); continue it with --resume auto, "
+                                    + "or choose another --run-dir", exitCode: ExitStatus.inputError)
+            }
+            return try folder.claim(acceptingOldComparison: true)
         }
         for warning in warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
     }
 
     /// Rank 0's part of `prepare`: claims and locks the folder, then writes config.json and
     /// metrics.jsonl. Returns warnings for the user. Nothing is overwritten before every check passed.
-    public func create(config: TrainConfig, keepMetricsUpTo resumedStep: Int?) throws -> [String] {
+    public func create(config: TrainConfig, configJSON: String? = nil, keepMetricsUpTo resumedStep: Int?) throws -> [String] {
         var warnings = try claim(acceptingOldComparison: false)
         if resumedStep == nil, config.resume == nil,
            let existing = try CheckpointStore(directory: checkpointsPath, keep: config.keep).files().first {
@@ -81,7 +95,7 @@ public struct RunDirectory: Sendable {
         } catch let error as TrainingError {
             throw TrainingError("run dir \(path): \(error.message)", exitCode: ExitStatus.inputError)
         }
-        try writeAtomically(config.json + "\n", to: configPath)
+        try writeAtomically((configJSON ?? config.json) + "\n", to: configPath)
         return warnings
     }
 
@@ -139,7 +153,8 @@ public struct RunDirectory: Sendable {
         guard fileType(checkpointsPath, following: true) == S_IFDIR,
               case .success(let bytes) = RegularFile.read(configPath, limit: 1 << 20, followingLinks: false), let data = Optional(Data(bytes)),
               let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return false }
-        return ["run-dir", "model", "dataset", "seed"].allSatisfy { object[$0] != nil }
+        // Earlier versions spelled keys as the flags do (run-dir), this one in snake_case.
+        return ["model", "dataset", "seed"].allSatisfy { object[$0] != nil } && (object["run-dir"] != nil || object["run_dir"] != nil)
     }
 
     /// A comparison folder made before the marker: only what `compare` writes there.
@@ -213,4 +228,103 @@ func describe(_ error: Error) -> String {
         return String(cString: strerror(Int32(underlying.code)))
     }
     return ns.localizedDescription
+}
+
+/// Run dirs that no --run-dir names: each run gets a new folder, runs/YYYYMMDD-HHMMSS (local
+/// time; -2, -3, ... when two start in the same second), and runs/latest, a symbolic link,
+/// names the newest, so that `--resume auto` alone continues it. Rank 0 decides and creates the
+/// folder (mkdir, which fails when the name is taken, so two runs never share one) and every
+/// rank receives the name.
+public enum DefaultRunDirectory {
+    public static let parent = "runs"
+    public static let latest = parent + "/latest"
+
+    /// The run dir for `config`: its own --run-dir, or with `--resume auto` the folder
+    /// runs/latest names (a new one when there is none), or a new folder. `created` is the
+    /// folder made here, which `removeIfUnused` takes away again when the run fails before
+    /// it starts.
+    public static func resolve(_ config: TrainConfig, world: Communicator) throws -> (config: TrainConfig, created: String?) {
+        guard config.runDir == nil else { return (config, nil) }
+        let decided = try agreeOnSuccess(world) { () throws -> [String] in
+            guard world.rank == 0 else { return [] }
+            if config.resume == "auto", let continued = try latestTarget() { return [continued, ""] }
+            return [try makeNew(), "new"]
+        }
+        let path = try world.broadcast(string: decided.first ?? "", root: 0)
+        let created = try world.broadcast(string: decided.count > 1 ? decided[1] : "", root: 0) == "new"
+        var resolved = config
+        resolved.runDir = path
+        return (resolved, created ? path : nil)
+    }
+
+    /// The folder runs/latest names (a run dir of an earlier version may be a folder under
+    /// that name itself), or nil when there is none.
+    static func latestTarget() throws -> String? {
+        switch fileType(latest) {
+        case nil: return nil
+        case S_IFDIR?: return latest
+        case S_IFLNK?:
+            guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: latest) else {
+                throw TrainingError("\(latest): cannot read the link: \(errnoText(errno))", exitCode: ExitStatus.inputError)
+            }
+            let path = target.hasPrefix("/") ? target : parent + "/" + target
+            guard fileType(path, following: true) == S_IFDIR else {
+                throw TrainingError("\(latest) names \(path), which is not a folder; give --run-dir", exitCode: ExitStatus.inputError)
+            }
+            return path
+        case let type?:
+            throw TrainingError("\(latest) is \(describeFileType(type)), not a link to a run dir; give --run-dir", exitCode: ExitStatus.inputError)
+        }
+    }
+
+    static func makeNew(now: Date = Date()) throws -> String {
+        do { try createDirectories(parent) } catch let error as TrainingError {
+            throw TrainingError("default run dir: \(error.message); give --run-dir", exitCode: ExitStatus.inputError)
+        }
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.dateFormat = "yyyyMMdd-HHmmss"
+        let stamp = formatter.string(from: now)
+        for n in 1...1000 {
+            let path = parent + "/" + stamp + (n == 1 ? "" : "-\(n)")
+            if mkdir(path, 0o755) == 0 { return path }
+            let code = errno
+            guard code == EEXIST else {
+                throw TrainingError("default run dir: cannot create \(path): \(errnoText(code)); give --run-dir", exitCode: ExitStatus.inputError)
+            }
+        }
+        throw TrainingError("default run dir: \(parent)/\(stamp) and 999 more names are taken; give --run-dir", exitCode: ExitStatus.inputError)
+    }
+
+    /// Rank 0, once the run dir is prepared: runs/latest now names `path` when it is a folder
+    /// runs/NAME (the default's, or one given so), whether the run is new or resumed. A new
+    /// link is made under a temporary name and renamed over the old one, so that a reader
+    /// always finds one. Returns a warning when that cannot be done (the run goes on).
+    public static func pointLatest(at path: String) -> String? {
+        var relative = Substring(path)
+        while relative.hasPrefix("./") { relative = relative.dropFirst(2) }
+        guard relative.hasPrefix(parent + "/") else { return nil }
+        let name = String(relative.dropFirst(parent.count + 1))
+        guard !name.isEmpty, !name.contains("/"), name != "latest", !name.hasPrefix(".") else { return nil }
+        if let type = fileType(latest), type != S_IFLNK {
+            return "\(latest) is \(describeFileType(type)) (the default run dir of an earlier version?), not a link: it is left as it is "
+                + "and does not name \(path); move it away to have runs/latest name the newest run"
+        }
+        let temporary = parent + "/.latest-\(getpid())"
+        unlink(temporary)
+        guard symlink(name, temporary) == 0 else { return "\(latest): cannot make the link: symlink failed: \(errnoText(errno))" }
+        guard rename(temporary, latest) == 0 else {
+            let code = errno
+            unlink(temporary)
+            return "\(latest): cannot update the link: rename failed: \(errnoText(code))"
+        }
+        return nil
+    }
+
+    /// Rank 0: takes away a folder `resolve` created when the run failed before using it
+    /// (rmdir: only an empty folder goes).
+    public static func removeIfUnused(_ created: String?, world: Communicator) {
+        guard let created, world.rank == 0 else { return }
+        rmdir(created)
+    }
 }

@@ -7,6 +7,7 @@ public struct StepRecord: Codable, Sendable {
     public var kind = "step"
     /// When the step was logged, in Unix seconds; RunLog sets it.
     public var time: Double?
+    /// Counted from 1: the first step is step 1, in epoch 1 (as the screen says).
     public var step: Int
     public var epoch: Int
     public var loss: Double
@@ -112,6 +113,8 @@ public final class RunLog {
     private var lastLoss = Double.nan
     private var lastAccuracy = Double.nan
     private let encoder = JSONEncoder.ddptrain()
+    /// A run with a run dir (not bench's or an evaluation's): the run dir is said.
+    private var logsToRunDir = false
 
     /// `metricsPath` nil: no metrics file (evaluation, tests); `tensorboardPath` nil: no event file.
     public init(rank: Int, logEvery: Int, json: Bool, metricsPath: String?, tensorboardPath: String? = nil, quiet: Bool = false) throws {
@@ -138,6 +141,7 @@ public final class RunLog {
                 throw TrainingError("\(metricsPath) is not a regular file", exitCode: ExitStatus.inputError)
             }
             metricsFile = fd
+            logsToRunDir = true
             self.metricsPath = metricsPath
             metricsSize = info.st_size
         }
@@ -162,14 +166,26 @@ public final class RunLog {
         say(text)
     }
 
+    /// The run dir, said at the start and at the end.
+    private var runDir: String?
+
+    /// The first line says what the run will do, the learning rate as it will be: the peak
+    /// the warm-up and schedule reach, and when.
     func start(trainer: Trainer) {
         runStart = Communicator.wallTime()
         windowStart = runStart
         let c = trainer.config
-        let batch = trainer.world.size > 1 ? "global batch \(trainer.globalBatch) (\(trainer.world.size) ranks x ~\(trainer.globalBatch / trainer.world.size))" : "batch \(trainer.globalBatch)"
-        let threads = ", \(trainer.replicas.threads) compute thread\(trainer.replicas.threads == 1 ? "" : "s") per rank"
-        say("train: \(c.model) on \(c.dataset), \(batch)\(threads), bn \(c.bn.rawValue), \(trainer.totalSteps) steps, "
-            + "\(c.optimizer) lr \(trainer.baseLearningRate) \(c.schedule), \(trainer.model.parameterCount) parameters")
+        let size = trainer.world.size, global = trainer.globalBatch
+        let batch = size > 1 ? "global batch \(global) (\(size) ranks x \(global % size == 0 ? "" : "~")\(global / size))" : "batch \(global)"
+        let threads = ", \(plural(trainer.replicas.threads, "compute thread")) per rank"
+        let plan = trainer.schedule
+        let peak = plan.peak(base: Float(trainer.baseLearningRate))
+        let warmup = plan.warmupSteps == 0 ? "no warm-up" : plural(plan.warmupSteps, "warm-up step")
+        say("train: \(c.model) on \(c.dataset), \(batch)\(threads), bn \(c.bn.rawValue), \(plural(trainer.totalSteps, "step")), "
+            + "\(c.optimizer) lr \(trainer.baseLearningRate) \(c.schedule) with \(warmup): peak lr \(String(format: "%.4g", peak.rate)) "
+            + "at step \(peak.step), \(plural(trainer.model.parameterCount, "parameter"))")
+        runDir = c.resolvedRunDir
+        if runDir != nil && !quiet && logsToRunDir { say("run dir: \(c.resolvedRunDir)") }
     }
 
     /// Appends a line to metrics.jsonl (one write, so a crash leaves whole lines). A line that
@@ -221,7 +237,7 @@ public final class RunLog {
         } else if record.step % logEvery == 0 || record.step == totalSteps {
             let rate = Double(windowSamples) / max(now - windowStart, 1e-9)
             say(String(format: "step %d/%d epoch %d loss %.4f acc %.2f%% lr %.4g grad-norm %.3f %.0f samples/s",
-                       record.step, totalSteps, record.epoch + 1, lastLoss, lastAccuracy * 100, record.lr, record.gradNorm, rate))
+                       record.step, totalSteps, record.epoch, lastLoss, lastAccuracy * 100, record.lr, record.gradNorm, rate))
             windowStart = now
             windowSamples = 0
         }
@@ -258,13 +274,14 @@ public final class RunLog {
     func finish(_ summary: TrainSummary) {
         guard isRoot else { return }
         if interactive { clearBar() }
-        var text = String(format: "done: %d steps (%.2f epochs) in %@, %.0f samples/s, %.1f%% of step time communicating",
-                          summary.steps, summary.epochs, formatDuration(summary.wallSeconds), summary.samplesPerSecond,
+        var text = String(format: "done: %@ (%.2f epochs) in %@, %.0f samples/s, %.1f%% of step time communicating",
+                          plural(summary.steps, "step"), summary.epochs, formatDuration(summary.wallSeconds), summary.samplesPerSecond,
                           summary.communicationShare * 100)
         if let acc = summary.testAccuracy, let l = summary.testLoss {
             text += String(format: "\ntest accuracy %.2f%%, test loss %.4f", acc * 100, l)
         }
         if summary.skippedSteps > 0 { text += "\nskipped steps (non-finite gradients): \(summary.skippedSteps)" }
+        if let runDir, logsToRunDir { text += "\nrun dir: \(runDir)" }
         say(text)
         if jsonOutput, let data = try? encoder.encode(summary) {
             print(String(decoding: data, as: UTF8.self))

@@ -4,8 +4,10 @@ import Foundation
 import Yams
 
 /// The fully resolved configuration of a training run. Keys are the command-line flags'
-/// names, so a `--config` file (YAML or JSON) uses the same words; flags override the file.
-/// It is written to the run dir and into every checkpoint.
+/// names in snake_case (`per_rank_batch`), as every JSON file ddptrain writes spells its keys;
+/// a `--config` file (YAML or JSON) may also spell them as the flags do (`per-rank-batch`),
+/// and so do the config.json files and checkpoints of earlier versions, which still load.
+/// Flags override the file. It is written to the run dir and into every checkpoint.
 public struct TrainConfig: Codable, Equatable, Sendable {
     public var dataset = "fashion-mnist"
     public var dataDir: String?
@@ -25,14 +27,17 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var nesterov = false
     public var weightDecay = 5e-4
     public var schedule = "cosine"
-    public var warmupSteps = 200
+    /// Linear warm-up steps; nil: `defaultWarmupSteps(totalSteps:)`, resolved by the Trainer.
+    public var warmupSteps: Int?
     public var clipNorm: Double? = 5
     public var clipValue: Double?
     public var dropout: Double?
     public var labelSmoothing = 0.0
     public var seed: UInt64 = 0
     public var shuffle = true
-    public var runDir = "runs/latest"
+    /// nil: a new folder under runs/ (`RunDirectory.resolveDefault`), or with `--resume auto`
+    /// the one runs/latest names.
+    public var runDir: String?
     public var evalEvery = 1
     public var logEvery = 50
     public var initFrom: String?
@@ -58,20 +63,33 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case dataset, dataDir = "data-dir", trainSamples = "train-samples", model, epochs, steps
-        case perRankBatch = "per-rank-batch", globalBatch = "global-batch", bn, initializer = "init"
-        case optimizer, lr, lrReferenceBatch = "lr-reference-batch", momentum, nesterov, weightDecay = "weight-decay", schedule
-        case warmupSteps = "warmup-steps", clipNorm = "clip-norm", clipValue = "clip-value", dropout
-        case labelSmoothing = "label-smoothing", seed, shuffle, runDir = "run-dir", evalEvery = "eval-every"
-        case logEvery = "log-every", initFrom = "init-from", checkReplicas = "check-replicas"
-        case maxSkippedSteps = "max-skipped-steps", syntheticSamples = "synthetic-samples"
-        case checkpointEvery = "checkpoint-every", keep, resume, allowBatchChange = "allow-batch-change"
-        case collectiveTimeout = "collective-timeout", threads
+        case dataset, dataDir = "data_dir", trainSamples = "train_samples", model, epochs, steps
+        case perRankBatch = "per_rank_batch", globalBatch = "global_batch", bn, initializer = "init"
+        case optimizer, lr, lrReferenceBatch = "lr_reference_batch", momentum, nesterov, weightDecay = "weight_decay", schedule
+        case warmupSteps = "warmup_steps", clipNorm = "clip_norm", clipValue = "clip_value", dropout
+        case labelSmoothing = "label_smoothing", seed, shuffle, runDir = "run_dir", evalEvery = "eval_every"
+        case logEvery = "log_every", initFrom = "init_from", checkReplicas = "check_replicas"
+        case maxSkippedSteps = "max_skipped_steps", syntheticSamples = "synthetic_samples"
+        case checkpointEvery = "checkpoint_every", keep, resume, allowBatchChange = "allow_batch_change"
+        case collectiveTimeout = "collective_timeout", threads
+
+        /// The flag's spelling, which config files and earlier versions' files use.
+        var flagSpelling: String { rawValue.replacingOccurrences(of: "_", with: "-") }
+    }
+
+    /// Either spelling of a key: snake_case (this version's files) or the flag's (config
+    /// files, and the config.json and checkpoints of earlier versions).
+    struct FileKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
     }
 
     /// Missing keys keep their defaults, so a config file names only what it changes.
     public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let container = try decoder.container(keyedBy: FileKey.self)
+        let c = SpelledContainer(container: container)
         let d = TrainConfig()
         dataset = try c.decodeIfPresent(String.self, forKey: .dataset) ?? d.dataset
         dataDir = try c.decodeIfPresent(String.self, forKey: .dataDir)
@@ -90,14 +108,14 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         nesterov = try c.decodeIfPresent(Bool.self, forKey: .nesterov) ?? d.nesterov
         weightDecay = try c.decodeIfPresent(Double.self, forKey: .weightDecay) ?? d.weightDecay
         schedule = try c.decodeIfPresent(String.self, forKey: .schedule) ?? d.schedule
-        warmupSteps = try c.decodeIfPresent(Int.self, forKey: .warmupSteps) ?? d.warmupSteps
+        warmupSteps = try c.decodeIfPresent(Int.self, forKey: .warmupSteps)
         clipNorm = c.contains(.clipNorm) ? try c.decodeIfPresent(Double.self, forKey: .clipNorm) : d.clipNorm
         clipValue = try c.decodeIfPresent(Double.self, forKey: .clipValue)
         dropout = try c.decodeIfPresent(Double.self, forKey: .dropout)
         labelSmoothing = try c.decodeIfPresent(Double.self, forKey: .labelSmoothing) ?? d.labelSmoothing
         seed = try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? d.seed
         shuffle = try c.decodeIfPresent(Bool.self, forKey: .shuffle) ?? d.shuffle
-        runDir = try c.decodeIfPresent(String.self, forKey: .runDir) ?? d.runDir
+        runDir = try c.decodeIfPresent(String.self, forKey: .runDir)
         evalEvery = try c.decodeIfPresent(Int.self, forKey: .evalEvery) ?? d.evalEvery
         logEvery = try c.decodeIfPresent(Int.self, forKey: .logEvery) ?? d.logEvery
         initFrom = try c.decodeIfPresent(String.self, forKey: .initFrom)
@@ -110,6 +128,19 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         allowBatchChange = try c.decodeIfPresent(Bool.self, forKey: .allowBatchChange) ?? d.allowBatchChange
         collectiveTimeout = try c.decodeIfPresent(Double.self, forKey: .collectiveTimeout) ?? d.collectiveTimeout
         threads = try c.decodeIfPresent(Int.self, forKey: .threads)
+    }
+
+    /// A keyed container that finds each key under its snake_case or its flag spelling.
+    struct SpelledContainer {
+        let container: KeyedDecodingContainer<FileKey>
+        func key(_ key: CodingKeys) -> FileKey {
+            let snake = FileKey(stringValue: key.rawValue)
+            return container.contains(snake) ? snake : FileKey(stringValue: key.flagSpelling)
+        }
+        func contains(_ key: CodingKeys) -> Bool { container.contains(self.key(key)) }
+        func decodeIfPresent<T: Decodable>(_ type: T.Type, forKey key: CodingKeys) throws -> T? {
+            try container.decodeIfPresent(type, forKey: self.key(key))
+        }
     }
 
     /// Reads a YAML or JSON config file (SpecFile: a regular file of at most 1 MiB, nesting
@@ -127,9 +158,13 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         guard let map = document as? [String: Any] else {
             throw ConfigError("\(path): expected a map of option names to values")
         }
-        let known = Set(CodingKeys.allCases.map(\.rawValue))
+        let known = Set(CodingKeys.allCases.flatMap { [$0.rawValue, $0.flagSpelling] })
         if let unknown = map.keys.sorted().first(where: { !known.contains($0) }) {
-            throw ConfigError("\(path): unknown key '\(unknown)'; keys are the train command's option names: \(known.sorted().joined(separator: ", "))")
+            throw ConfigError("\(path): unknown key '\(unknown)'; keys are the train command's option names: "
+                              + CodingKeys.allCases.map(\.flagSpelling).sorted().joined(separator: ", ") + " (or with _ for -)")
+        }
+        if let twice = CodingKeys.allCases.first(where: { $0.rawValue != $0.flagSpelling && map[$0.rawValue] != nil && map[$0.flagSpelling] != nil }) {
+            throw ConfigError("\(path): key '\(twice.flagSpelling)' is given twice, also as '\(twice.rawValue)'")
         }
         let config: TrainConfig
         do {
@@ -265,6 +300,21 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try spec.checkMemory(inputShape: inputShape, batch: batch, replicas: threads, optimizerSlots: slots,
                              ranksOnNode: ComputeReplicas.localRanks(ProcessInfo.processInfo.environment))
     }
+
+    /// The warm-up when --warmup-steps is not given: 5% of the run's steps, rounded up, at
+    /// most 200. A share, as Hugging Face's `warmup_ratio` (commonly 0.05 to 0.1) and Goyal et
+    /// al.'s 5 of 90 epochs, so that a short run reaches its learning rate; capped, because
+    /// what warm-up tames (the first steps' large gradients, momentum and Adam's moments
+    /// still settling) lasts some number of steps, not a share of however long the run is.
+    /// 200 was the fixed default before: runs of 4000 steps or more train as they did.
+    public static func defaultWarmupSteps(totalSteps: Int) -> Int {
+        min(totalSteps / 20 + (totalSteps % 20 == 0 ? 0 : 1), maxDefaultWarmupSteps)
+    }
+    public static let maxDefaultWarmupSteps = 200
+
+    /// The run dir: the commands fill in a new folder when none is given
+    /// (DefaultRunDirectory.resolve); runs/latest until then.
+    public var resolvedRunDir: String { runDir ?? DefaultRunDirectory.latest }
 
     /// The global batch for a world of `worldSize` ranks.
     public func resolvedGlobalBatch(worldSize: Int) -> Int {

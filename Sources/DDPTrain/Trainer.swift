@@ -30,6 +30,8 @@ public struct TrainSummary: Codable, Sendable {
     /// Unix time (seconds) at which the last rank started its first training step, so that a
     /// launcher can measure launch to first step on its own clock; nil when no step ran.
     public var firstStepUnixTime: Double?
+    /// Where config, metrics and checkpoints went (nil in summaries of earlier versions).
+    public var runDir: String?
 }
 
 /// Per-step timings in seconds. Forward includes the loss; sync-BN's collectives inside
@@ -122,12 +124,13 @@ public final class Trainer {
     /// Loads and checks data, model and options on every rank, and initializes the
     /// replicas; writes nothing.
     public init(config: TrainConfig, world: Communicator) throws {
-        try config.validate(worldSize: world.size)
+        // Every check here ends the job the same way on every rank (agreeOnSuccess): one
+        // message, every rank leaving with its status, no MPI_Abort.
+        try agreeOnSuccess(world) { try config.validate(worldSize: world.size) }
         // The thread count is part of what a run computes (it orders some sums), so the
         // resolved count is what the run dir and the checkpoints record.
         var config = config
         config.threads = try agreeOnSuccess(world) { try config.threads ?? ComputeReplicas.defaultThreads() }
-        self.config = config
         self.world = world
         self.log = try RunLog(rank: world.rank, logEvery: config.logEvery, json: false, metricsPath: nil, quiet: true)
         let globalBatch = config.resolvedGlobalBatch(worldSize: world.size)
@@ -142,13 +145,18 @@ public final class Trainer {
                                 + [("layers", String(spec.layers.count))])
         self.data = data
         self.spec = spec
-        if globalBatch > data.train.count {
-            throw ConfigError("the global batch (\(globalBatch)) is larger than the training set (\(data.train.count) samples)")
+        try agreeOnSuccess(world) {
+            if globalBatch > data.train.count {
+                throw ConfigError("the global batch (\(globalBatch)) is larger than the training set (\(plural(data.train.count, "sample")))")
+            }
         }
 
         sampler = Sampler(datasetSize: data.train.count, globalBatch: globalBatch, worldSize: world.size,
                           rank: world.rank, seed: config.seed, shuffle: config.shuffle)
         let totalSteps = config.steps ?? config.epochs * sampler.stepsPerEpoch
+        // Like the thread count, the warm-up is resolved here and recorded as resolved.
+        config.warmupSteps = config.warmupSteps ?? TrainConfig.defaultWarmupSteps(totalSteps: totalSteps)
+        self.config = config
         let localCapacity = (globalBatch + world.size - 1) / world.size
         // Every layer's buffers are sized for the largest batch, so evaluation batches larger
         // than training's cost memory (at per-rank batch 64, batches of 256 took fmnist-cnn
@@ -193,11 +201,37 @@ public final class Trainer {
         if config.optimizer != "sgd" && config.momentum != TrainConfig().momentum {
             warnings.append("--momentum applies to --optimizer sgd only; \(config.optimizer) uses its betas")
         }
+        if schedule.warmupSteps * 2 > totalSteps {
+            warnings.append("--warmup-steps \(schedule.warmupSteps) covers \(Int((100 * Double(schedule.warmupSteps) / Double(totalSteps)).rounded()))% "
+                            + "of this run's \(plural(totalSteps, "step")): the learning rate \(schedule.warmupSteps >= totalSteps ? "never reaches" : "reaches")"
+                            + " --lr \(baseLearningRate)\(schedule.warmupSteps >= totalSteps ? "" : " only at step \(schedule.warmupSteps)")")
+        }
         if config.dropout != nil && !model.layers.contains(where: { $0 is Dropout }) {
             warnings.append("--dropout: model \(config.model) has no dropout layer")
         }
         try initializeWeights()
         if let resume = config.resume { try resumeFrom(resume) }
+    }
+
+    /// config.json: the options with every default filled in (the thread count and warm-up
+    /// as resolved), and under "resolved" what follows from them on this world: world size,
+    /// batches, steps, epochs (the steps' share of epochs when --steps decides) and rates.
+    public var resolvedConfigJSON: String {
+        var object = (try? JSONSerialization.jsonObject(with: Data(config.json.utf8))) as? [String: Any] ?? [:]
+        let size = world.size, stepsPerEpoch = sampler.stepsPerEpoch
+        let peak = schedule.peak(base: Float(baseLearningRate))
+        var resolved: [String: Any] = [
+            "world_size": size, "global_batch": globalBatch, "per_rank_batch": (globalBatch + size - 1) / size,
+            "threads": replicas.threads, "warmup_steps": schedule.warmupSteps, "total_steps": totalSteps,
+            "steps_per_epoch": stepsPerEpoch, "epochs": Double(totalSteps) / Double(stepsPerEpoch), "train_samples": data.train.count,
+            "base_lr": baseLearningRate, "peak_lr": Double(peak.rate), "peak_lr_step": peak.step,
+        ]
+        // Slices of a global batch that does not divide differ by one: the largest, and the smallest.
+        if globalBatch % size != 0 { resolved["per_rank_batch_min"] = globalBatch / size }
+        object["resolved"] = resolved
+        object["ddptrain_version"] = DDPTrainVersion.current
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+        return String(decoding: data, as: UTF8.self)
     }
 
     /// Batch norm in training needs more than one value per channel (PyTorch refuses it
@@ -243,7 +277,7 @@ public final class Trainer {
     /// sound checkpoint of another configuration (dataset, normalization, model, optimizer,
     /// seed, data order, batch-norm mode, global batch): that run dir belongs to another run.
     func resumeFrom(_ resume: String) throws {
-        let store = CheckpointStore(directory: RunDirectory(path: config.runDir).checkpointsPath, keep: config.keep)
+        let store = CheckpointStore(directory: RunDirectory(path: config.resolvedRunDir).checkpointsPath, keep: config.keep)
         let found = try agreeOnSuccess(world) { () throws -> (path: String, position: TrainingPosition)? in
             guard world.rank == 0 else { return nil }
             let candidates = resume == "auto" ? try store.files() : [resume]
@@ -261,12 +295,13 @@ public final class Trainer {
                     continue
                 }
                 if let saved = reader.config.threads, saved != config.threads {
-                    warnings.append("\(path) was trained with \(saved) compute thread(s) per rank, this run uses \(config.threads ?? 1): "
+                    warnings.append("\(path) was trained with \(plural(saved, "compute thread")) per rank, this run uses \(config.threads ?? 1): "
                                     + "it continues the same run up to the rounding of some sums, not bit for bit")
                 }
                 try StateDict.load(reader.file, into: model)
                 try StateDict.loadOptimizer(reader.file, into: optimizer, model: model)
                 if let batchChange { warnings.append(batchChange) }
+                if let change = scheduleChange(from: reader, atStep: position.step) { warnings.append(change) }
                 return (path, position)
             }
             return nil
@@ -289,8 +324,25 @@ public final class Trainer {
         resumedFrom = path
         if resume == "auto" { checkpointedStep = step }
         if step > totalSteps {
-            throw CollectiveFailure(message: "\(path) is at step \(step), past this run's \(totalSteps) steps")
+            throw CollectiveFailure(message: "\(path) is at step \(step), past this run's \(plural(totalSteps, "step"))")
         }
+    }
+
+    /// What a resume changes in the learning-rate schedule (its length or warm-up, e.g.
+    /// `--resume auto --epochs 3` after a 1-epoch run): the rate would jump without a word.
+    func scheduleChange(from reader: CheckpointReader, atStep resumedStep: Int) -> String? {
+        let saved = reader.config
+        let (epochSteps, overflow) = saved.epochs.multipliedReportingOverflow(by: reader.stepsPerEpoch)
+        guard let savedTotal = saved.steps ?? (overflow ? nil : epochSteps), savedTotal > 0 else { return nil }
+        let savedWarmup = saved.warmupSteps ?? TrainConfig.defaultWarmupSteps(totalSteps: savedTotal)
+        guard savedTotal != totalSteps || savedWarmup != schedule.warmupSteps || saved.schedule != config.schedule,
+              let savedSchedule = try? LRSchedule(parsing: saved.schedule, totalSteps: savedTotal) else { return nil }
+        let before = savedSchedule.learningRate(base: Float(saved.baseLearningRate(worldSize: reader.worldSize)), step: resumedStep,
+                                                warmupSteps: savedWarmup)
+        let after = schedule.learningRate(base: Float(baseLearningRate), step: resumedStep)
+        return "the learning-rate schedule changes on resume: \(reader.path) was planned as \(plural(savedTotal, "step")) of "
+            + "\(saved.schedule) with \(plural(savedWarmup, "warm-up step")), this run is \(plural(totalSteps, "step")) of \(config.schedule) "
+            + "with \(plural(schedule.warmupSteps, "warm-up step")); at step \(resumedStep) the learning rate goes from \(before) to \(after)"
     }
 
     /// Rank 0 writes a checkpoint; every rank learns whether it worked, so a failed write
@@ -496,7 +548,7 @@ public final class Trainer {
                 if step == totalSteps { timedCPUSeconds = ProcessClock.cpuSeconds() - timedCPUStart }
             }
 
-            try log.step(StepRecord(step: step, epoch: epoch, loss: stepLoss, accuracy: stepAccuracy, lr: lr,
+            try log.step(StepRecord(step: step, epoch: epoch + 1, loss: stepLoss, accuracy: stepAccuracy, lr: lr,
                                 gradNorm: norm, clipped: clipped, skipped: skipped, samples: Int(globalCount),
                                 dataSeconds: times.data, forwardSeconds: times.forward, backwardSeconds: times.backward,
                                 communicationSeconds: times.communication, optimizerSeconds: times.optimizer),
@@ -546,7 +598,8 @@ public final class Trainer {
             wallSeconds: wall, samplesPerSecond: Double((step - firstStep) * globalBatch) / max(totals.total, 1e-12),
             communicationShare: commShare[0], parameterHashes: hashes.map { String($0, radix: 16) },
             accuracyPerEpoch: accuracyPerEpoch, evaluatedEpochs: evaluatedEpochs,
-            secondsToFirstStep: step > firstStep ? commShare[1] : nil, firstStepUnixTime: step > firstStep ? commShare[2] : nil)
+            secondsToFirstStep: step > firstStep ? commShare[1] : nil, firstStepUnixTime: step > firstStep ? commShare[2] : nil,
+            runDir: checkpointDirectory == nil ? nil : config.resolvedRunDir)
         log.finish(summary)
         return summary
     }

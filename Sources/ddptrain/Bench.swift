@@ -244,7 +244,7 @@ struct BenchResult: Codable {
 
     var text: String {
         let s = stepMilliseconds
-        var out = "bench: \(model) on \(dataset), \(worldSize) rank(s) x \(threadsPerRank) compute thread(s), per-rank batch \(perRankBatch), "
+        var out = "bench: \(model) on \(dataset), \(plural(worldSize, "rank")) x \(plural(threadsPerRank, "compute thread")), per-rank batch \(perRankBatch), "
             + "\(timedSteps) timed steps after \(untimedSteps)\n"
         out += String(format: "samples/s            %.1f\n", samplesPerSecond)
         out += String(format: "step (ms, mean)      %.2f = data %.2f + forward %.2f + backward %.2f + communication %.2f + optimizer %.2f\n",
@@ -261,8 +261,8 @@ struct BenchResult: Codable {
         out += "peak RSS per rank    " + peakRSSMiBPerRank.map { String(format: "%.1f MiB", $0) }.joined(separator: ", ") + "\n"
         if let first = secondsToFirstStep { out += String(format: "process start to first step  %.3f s (largest over ranks)\n", first) }
         out += String(format: "model                %.2f MFLOP per sample (forward + backward)\n", flopsPerSample / 1e6)
-        out += String(format: "sgemm one core       %.1f GFLOP/s; reached %.1f GFLOP/s = %.1f%% of %d core(s)\n",
-                      sgemmGFLOPSOneCore, achievedGFLOPS, shareOfPeak * 100, coresUsed)
+        out += String(format: "sgemm one core       %.1f GFLOP/s; reached %.1f GFLOP/s = %.1f%% of %@\n",
+                      sgemmGFLOPSOneCore, achievedGFLOPS, shareOfPeak * 100, plural(coresUsed, "core"))
         out += "machine              \(machine.cores) cores, \(machine.cpu), \(machine.openBLAS)\n"
         return out
     }

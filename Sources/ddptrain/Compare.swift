@@ -61,15 +61,28 @@ struct Compare: ParsableCommand {
 
     func run() throws {
         let command = shellQuoted(["ddptrain"] + CommandLine.arguments.dropFirst())
-        let decoder = JSONDecoder()
-        decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        // summary.json in snake_case, or the camelCase of earlier versions.
+        let decoder = JSONDecoder.ddptrain()
         try withWorld { world in
-            let base = try options.resolve(in: world)
-            let variants = try agreeOnSuccess(world) { try makeVariants(base: base, variations: try variations(seed: base.seed)) }
-            try RunDirectory.prepareComparison(path: base.runDir, world: world)
+            let (base, created) = try DefaultRunDirectory.resolve(try options.resolve(in: world), world: world)
+            let runDir = base.resolvedRunDir
+            let variants: [Variant]
+            do {
+                variants = try agreeOnSuccess(world) { try makeVariants(base: base, variations: try variations(seed: base.seed)) }
+                try RunDirectory.prepareComparison(path: runDir, resuming: base.resume != nil, world: world)
+            } catch {
+                DefaultRunDirectory.removeIfUnused(created, world: world)
+                throw error
+            }
+            if world.rank == 0 {
+                print("compare: run dir \(runDir)")
+                if let warning = DefaultRunDirectory.pointLatest(at: runDir) {
+                    FileHandle.standardError.write("warning: \(warning)\n")
+                }
+            }
             var results: [VariantResult] = []
             for (i, variant) in variants.enumerated() {
-                let summaryPath = variant.config.runDir + "/summary.json"
+                let summaryPath = variant.config.resolvedRunDir + "/summary.json"
                 // Rank 0 decides whether the variant is finished, and everyone follows it:
                 // ranks that looked for themselves might see a shared folder differently.
                 var finished = ""
@@ -85,10 +98,10 @@ struct Compare: ParsableCommand {
                 }
                 if world.rank == 0 { print("compare: [\(i + 1)/\(variants.count)] \(variant.name)") }
                 let trainer = try Trainer(config: variant.config, world: world)
-                let run = try RunDirectory.prepare(config: trainer.config, world: world, resumedAtStep: trainer.resumedFrom == nil ? nil : trainer.step)
+                let run = try RunDirectory.prepare(config: trainer.config, configJSON: trainer.resolvedConfigJSON, world: world, resumedAtStep: trainer.resumedFrom == nil ? nil : trainer.step)
                 // When each attempt started, so that a resumed variant reports its whole wall time.
                 let attemptStarts = try agreeOnSuccess(world) {
-                    world.rank == 0 ? try VariantResult.recordAttempt(runDir: variant.config.runDir, resumed: trainer.resumedFrom != nil) : []
+                    world.rank == 0 ? try VariantResult.recordAttempt(runDir: variant.config.resolvedRunDir, resumed: trainer.resumedFrom != nil) : []
                 }
                 // Rank 0 opens metrics.jsonl and creates TensorBoard's file; every rank learns whether that worked.
                 let log = try agreeOnSuccess(world) {
@@ -108,10 +121,10 @@ struct Compare: ParsableCommand {
                 results.append(result)
             }
             let report = ComparisonReport(title: title, command: command, results: results, worldSize: world.size)
-            try agreeOnSuccess(world) { if world.rank == 0 { try report.write(to: base.runDir) } }
+            try agreeOnSuccess(world) { if world.rank == 0 { try report.write(to: runDir) } }
             if world.rank == 0 {
                 print("\n" + report.textTable, terminator: "")
-                print("report: \(base.runDir)/report.md, \(base.runDir)/report.html")
+                print("report: \(runDir)/report.md, \(runDir)/report.html")
             }
         }
     }

@@ -10,6 +10,7 @@ struct DDPTrainCommand: ParsableCommand {
         commandName: "ddptrain",
         abstract: "Data-parallel training of MLPs and small CNNs on CPUs, over MPI.",
         discussion: "Run under mpirun: every rank holds a replica and trains on its own slice of each global batch.",
+        version: DDPTrainVersion.current,
         subcommands: [Train.self, Compare.self, Eval.self, Plot.self, Inspect.self, Summary.self, Init.self, Doctor.self, Bench.self, Microbench.self])
 
     /// Argument errors happen before MPI starts, identically on every rank started with

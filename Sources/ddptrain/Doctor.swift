@@ -16,7 +16,7 @@ struct Doctor: ParsableCommand {
     @Option(help: .hidden)
     var injectFault: String?
 
-    @Option(help: .hidden)
+    @Option(parsing: .unconditional, help: .hidden)
     var faultRank = 0
 
     func validate() throws {

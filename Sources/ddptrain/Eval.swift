@@ -78,8 +78,8 @@ struct Eval: ParsableCommand {
             if json {
                 print(String(decoding: try JSONEncoder.ddptrain().encode(result), as: UTF8.self))
             } else {
-                print(String(format: "%@ on %@ test (%d samples, %d ranks): accuracy %.2f%% (%d correct), loss %.4f",
-                             checkpoint, config.dataset, result.samples, world.size, result.accuracy * 100, result.correct, result.loss))
+                print(String(format: "%@ on %@ test (%d samples, %@): accuracy %.2f%% (%d correct), loss %.4f",
+                             checkpoint, config.dataset, result.samples, plural(world.size, "rank"), result.accuracy * 100, result.correct, result.loss))
                 print(classTables(result, names: classNames(dataset: config.dataset)), terminator: "")
             }
         }

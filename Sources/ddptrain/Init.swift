@@ -11,7 +11,7 @@ struct Init: ParsableCommand {
     var model = "fmnist-cnn"
     @Option(name: .customLong("init"), help: "Weight initializer (default: PyTorch's per layer).")
     var initializer = "default"
-    @Option(help: "Seed.")
+    @Option(parsing: .unconditional, help: "Seed.")
     var seed: UInt64 = 0
     @Option(help: "Input shape of one sample, C,H,W.")
     var input = "1,28,28"
@@ -35,7 +35,7 @@ struct Init: ParsableCommand {
             }
             try StateDict.write(model: built, optimizer: nil,
                                 metadata: ["format": "ddptrain-init", "model": model, "init": initializer, "seed": String(seed)], to: out)
-            print("wrote \(out): \(built.parameterCount) parameters of \(spec.name)")
+            print("wrote \(out): \(plural(built.parameterCount, "parameter")) of \(spec.name)")
         } catch let error as ModelSpecError {
             throw ValidationError(error.message)
         }

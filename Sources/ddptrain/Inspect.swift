@@ -44,14 +44,14 @@ struct Inspect: ParsableCommand {
         if json {
             var object: [String: Any] = [
                 "file": file,
-                "metadata": opened.metadata,
+                "metadata": Inspect.typedMetadata(opened.metadata),
                 "tensors": opened.tensors.map { ["name": $0.name, "dtype": $0.dtype.rawValue, "shape": $0.shape] as [String: Any] },
             ]
             object["checksum_ok"] = checksumOK ?? NSNull()
             object["checksum_covers"] = opened.checksumScope == nil ? NSNull() : covered
             if let checksumProblem { object["checksum_problem"] = checksumProblem }
             object["problems"] = problems
-            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
             print(String(decoding: data, as: UTF8.self))
         } else {
             print("file: \(file)")
@@ -71,5 +71,27 @@ struct Inspect: ParsableCommand {
             }
         }
         if !problems.isEmpty { throw ExitCode.failure }
+    }
+
+    /// safetensors metadata is text; in JSON a ddptrain checkpoint's counts and numbers are
+    /// numbers and its configuration an object. Values that do not read as such (a damaged
+    /// file's) stay text, as the file has them.
+    static func typedMetadata(_ metadata: [String: String]) -> [String: Any] {
+        guard metadata["format"] == "ddptrain-checkpoint" else { return metadata }
+        let counts: Set = ["step", "epoch", "position_in_epoch", "steps_per_epoch", "optimizer_steps", "skipped_steps",
+                           "consecutive_skipped_steps", "world_size", "global_batch"]
+        var typed: [String: Any] = metadata
+        for (key, text) in metadata {
+            if counts.contains(key), let value = Int(text) {
+                typed[key] = value
+            } else if key == "seed", let value = UInt64(text) {
+                typed[key] = value
+            } else if key.hasPrefix("normalize."), let value = Double(text), value.isFinite {
+                typed[key] = value
+            } else if key == "config", let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)), object is [String: Any] {
+                typed[key] = object
+            }
+        }
+        return typed
     }
 }

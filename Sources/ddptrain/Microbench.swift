@@ -2,17 +2,18 @@ import ArgumentParser
 import DDPComm
 import DDPKernels
 import DDPNet
+import DDPTrain
 import Foundation
 
 struct Microbench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "GFLOP/s of convolution and linear forward and backward, next to this machine's sgemm peak (one process).")
 
-    @Option(help: "Batch size.")
+    @Option(parsing: .unconditional, help: "Batch size.")
     var batch = 64
-    @Option(help: "BLAS threads (default: OpenBLAS's own setting).")
+    @Option(parsing: .unconditional, help: "BLAS threads (default: OpenBLAS's own setting).")
     var threads: Int?
-    @Option(help: "Seconds to time each measurement for (after one warm-up call).")
+    @Option(parsing: .unconditional, help: "Seconds to time each measurement for (after one warm-up call).")
     var seconds = 1.0
 
     func validate() throws {
@@ -44,7 +45,7 @@ struct Microbench: ParsableCommand {
                  input: Shape(n: 1, features: 784), forwardFLOPs: 2.0 * 784 * 256),
         ]
         let peak = sgemmPeakGFLOPS(threads: BLASThreads.current)
-        print(String(format: "batch %d, %d BLAS thread(s); sgemm 512x512x512 peak: %.1f GFLOP/s", batch, BLASThreads.current, peak))
+        print(String(format: "batch %d, %@; sgemm 512x512x512 peak: %.1f GFLOP/s", batch, plural(BLASThreads.current, "BLAS thread"), peak))
         print("layer                          forward GFLOP/s (% peak)   backward GFLOP/s (% peak)")
         for c in cases {
             let model = try Model(layers: [c.layer], inputShape: c.input, maxBatch: batch)

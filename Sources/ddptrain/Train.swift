@@ -17,19 +17,27 @@ struct Train: ParsableCommand {
         StopRequest.install(graceful: true, announce: launchRank == 0)
         try withWorld { world in
             if !StopRequest.isInstalled { StopRequest.install(graceful: true, announce: world.rank == 0) }
-            let config = try options.resolve(in: world)
+            let (config, created) = try DefaultRunDirectory.resolve(try options.resolve(in: world), world: world)
             // Data, model and options are checked on every rank before anything is written;
             // a failure there is an input error (exit 65) that a restart would repeat.
-            let (trainer, run, log) = try inputPhase {
-                let trainer = try Trainer(config: config, world: world)
-                let run = try RunDirectory.prepare(config: trainer.config, world: world, resumedAtStep: trainer.resumedFrom == nil ? nil : trainer.step)
-                // Rank 0 opens metrics.jsonl and creates TensorBoard's file; every rank learns whether that worked.
-                let log = try agreeOnSuccess(world) {
-                    try RunLog(rank: world.rank, logEvery: config.logEvery, json: json, metricsPath: run.metricsPath,
-                               tensorboardPath: run.tensorboardPath)
+            let prepared: (Trainer, RunDirectory, RunLog)
+            do {
+                prepared = try inputPhase {
+                    let trainer = try Trainer(config: config, world: world)
+                    let run = try RunDirectory.prepare(config: trainer.config, configJSON: trainer.resolvedConfigJSON, world: world, resumedAtStep: trainer.resumedFrom == nil ? nil : trainer.step)
+                    // Rank 0 opens metrics.jsonl and creates TensorBoard's file; every rank learns whether that worked.
+                    let log = try agreeOnSuccess(world) {
+                        try RunLog(rank: world.rank, logEvery: config.logEvery, json: json, metricsPath: run.metricsPath,
+                                   tensorboardPath: run.tensorboardPath)
+                    }
+                    return (trainer, run, log)
                 }
-                return (trainer, run, log)
+            } catch {
+                DefaultRunDirectory.removeIfUnused(created, world: world)
+                throw error
             }
+            let (trainer, run, log) = prepared
+            if world.rank == 0, let warning = DefaultRunDirectory.pointLatest(at: run.path) { log.warn(warning) }
             _ = try trainer.run(log: log, checkpointDirectory: run.checkpointsPath)
         }
     }

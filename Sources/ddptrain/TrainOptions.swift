@@ -49,7 +49,7 @@ struct TrainOptions: ParsableArguments {
     var weightDecay: Double?
     @Option(help: "constant, step:EVERY:GAMMA or cosine (default cosine).")
     var schedule: String?
-    @Option(parsing: .unconditional, help: "Linear warm-up steps (default 200).")
+    @Option(parsing: .unconditional, help: "Linear warm-up steps (default: 5% of the run's steps, at most 200).")
     var warmupSteps: Int?
     @Option(parsing: .unconditional, help: "Clip the global gradient L2 norm to X (default 5).")
     var clipNorm: Double?
@@ -66,7 +66,7 @@ struct TrainOptions: ParsableArguments {
     @Flag(help: "Global batch k is samples kB to kB+B-1.")
     var noShuffle = false
 
-    @Option(help: "Folder for config, metrics and checkpoints (default runs/latest).")
+    @Option(help: "Folder for config, metrics and checkpoints (default: a new runs/YYYYMMDD-HHMMSS, which runs/latest then names; with --resume auto, the one runs/latest names).")
     var runDir: String?
     @Option(parsing: .unconditional, help: "Evaluate every N epochs; 0 turns evaluation off (default 1).")
     var evalEvery: Int?

@@ -109,7 +109,7 @@ final class ComputeReplicasTests: XCTestCase {
             let r = try replicas("mlp", threads: threads, maxBatch: 8)
             XCTAssertEqual(r.maxBatch, 8)
             let b = batch(9, seed: 3)
-            let expected = "compute replicas (\(threads) thread(s)): a batch of 9 samples is larger than the 8 its buffers were sized for"
+            let expected = "compute replicas (\(threads) thread\(threads == 1 ? "" : "s")): a batch of 9 samples is larger than the 8 its buffers were sized for"
             XCTAssertThrowsError(try trainingPass(r, b, count: 9)) { XCTAssertEqual("\($0)", expected) }
             XCTAssertThrowsError(try b.labels.withUnsafeBufferPointer {
                 try r.evaluationPass(x: b.x.pointer, sampleShape: shape, labels: $0.baseAddress!, count: 9)
@@ -152,7 +152,7 @@ final class ComputeReplicasTests: XCTestCase {
         let shared = ComputeReplicas.oversubscriptionWarning(threads: 2, environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "2"], cores: (2, 2))
         XCTAssertEqual(shared?.contains("use --threads 1"), true, shared ?? "no warning")
         let bound = ComputeReplicas.oversubscriptionWarning(threads: 2, environment: [:], cores: (16, 1))
-        XCTAssertEqual(bound?.contains("2 compute threads on the 1 core(s) this rank is bound to"), true, bound ?? "no warning")
+        XCTAssertEqual(bound?.contains("2 compute threads on the 1 core this rank is bound to"), true, bound ?? "no warning")
         XCTAssertGreaterThanOrEqual(ComputeReplicas.cores().usable, 1)
     }
 

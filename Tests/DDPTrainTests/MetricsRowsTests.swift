@@ -30,12 +30,12 @@ final class MetricsRowsTests: XCTestCase {
     func loggedRun(_ name: String) throws -> RunDirectory {
         var config = TrainConfig()
         config.runDir = scratch.appendingPathComponent(name).path
-        let run = RunDirectory(path: config.runDir)
+        let run = RunDirectory(path: config.resolvedRunDir)
         _ = try run.create(config: config, keepMetricsUpTo: nil)
         let log = try RunLog(rank: 0, logEvery: 1000, json: false, metricsPath: run.metricsPath, tensorboardPath: run.tensorboardPath,
                              quiet: true)
         for step in 1...8 {
-            try log.step(stepRecord(step, epoch: (step - 1) / 4), totalSteps: 8, stepsPerEpoch: 4)
+            try log.step(stepRecord(step, epoch: (step - 1) / 4 + 1), totalSteps: 8, stepsPerEpoch: 4)
             if step % 4 == 0 { try log.evaluation(epoch: step / 4, evaluation) }
         }
         return run

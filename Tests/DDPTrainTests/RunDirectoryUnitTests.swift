@@ -129,6 +129,13 @@ final class RunDirectoryUnitTests: XCTestCase {
         _ = try RunDirectory(path: old).create(config: config(old), keepMetricsUpTo: 1)
         XCTAssertEqual(try bytes(old + "/metrics.jsonl"), record(1))
         XCTAssertTrue(FileManager.default.fileExists(atPath: old + "/" + RunDirectory.markerName))
+        // ... whose config.json spells the keys as the flags do (versions before snake_case).
+        let kebab = path("old-kebab")
+        try FileManager.default.createDirectory(atPath: kebab + "/checkpoints", withIntermediateDirectories: true)
+        try Data(#"{"dataset":"synthetic","model":"mlp","run-dir":"x","seed":0,"per-rank-batch":8}"#.utf8)
+            .write(to: URL(fileURLWithPath: kebab + "/config.json"))
+        _ = try RunDirectory(path: kebab).create(config: config(kebab), keepMetricsUpTo: 1)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: kebab + "/" + RunDirectory.markerName))
 
         // A config.json of our keys without checkpoints/ is not enough.
         let lookalike = path("lookalike")

@@ -82,7 +82,7 @@ final class CompareUnitTests: XCTestCase {
         XCTAssertEqual(variants[4].config.bn, .local)
         XCTAssertEqual(variants[4].config.perRankBatch, 8)
         XCTAssertEqual(Set(variants.map(\.config.runDir)).count, 6)
-        XCTAssertTrue(variants.allSatisfy { $0.config.runDir.hasPrefix("runs/x/variants/") && $0.config.seed == base.seed })
+        XCTAssertTrue(variants.allSatisfy { $0.config.runDir?.hasPrefix("runs/x/variants/") == true && $0.config.seed == base.seed })
     }
 
     func testBadVariationsAreRejected() {

@@ -431,7 +431,8 @@ final class CheckpointTests: XCTestCase {
         let json = try MPIRun.run(ranks: 1, ["inspect", path, "--json"])
         let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any])
         XCTAssertEqual(object["checksum_ok"] as? Bool, true)
-        XCTAssertEqual((object["metadata"] as? [String: String])?["step"], "2")
+        // Numbers as numbers (the safetensors header holds them as text).
+        XCTAssertEqual((object["metadata"] as? [String: Any])?["step"] as? Int, 2)
     }
 
     /// A copy of a checkpoint with one metadata value changed and a checksum that holds.

@@ -52,7 +52,7 @@ final class TrainTests: XCTestCase {
             let (r, json) = try train(ranks: ranks, ["--model", "mlp", "--steps", "12", "--per-rank-batch", "16", "--bn", bn,
                                                      "--check-replicas", "4"], run: "i1-\(ranks)")
             XCTAssertEqual(r.status, 0, r.stderr)
-            let hashes = try XCTUnwrap(json["parameterHashes"] as? [String], r.stdout)
+            let hashes = try XCTUnwrap(json["parameter_hashes"] as? [String], r.stdout)
             XCTAssertEqual(hashes.count, ranks)
             XCTAssertEqual(Set(hashes).count, 1, "replicas differ: \(hashes)")
         }
@@ -95,7 +95,7 @@ final class TrainTests: XCTestCase {
             for run in ["\(model)-t2", "\(model)-t2-again"] {
                 let (threaded, json) = try train(ranks: 2, common + ["--per-rank-batch", "16", "--threads", "2"], run: run)
                 XCTAssertEqual(threaded.status, 0, threaded.stderr)
-                XCTAssertEqual(Set(json["parameterHashes"] as? [String] ?? []).count, 1, "\(model): replicas differ across ranks")
+                XCTAssertEqual(Set(json["parameter_hashes"] as? [String] ?? []).count, 1, "\(model): replicas differ across ranks")
             }
             XCTAssertLessThan(try relativeDifference("\(model)-t1", "\(model)-t2"), 1e-4, "\(model): 2 ranks x 2 threads drifted from 1 x 1")
             XCTAssertEqual(try finalTensors(run: "\(model)-t2"), try finalTensors(run: "\(model)-t2-again"), "\(model): the same ranks and threads must repeat bitwise")
@@ -110,7 +110,7 @@ final class TrainTests: XCTestCase {
                                           "--optimizer", "adam", "--momentum", "0.5", "--threads", String(cores)], run: "warnings")
         XCTAssertEqual(r.status, 0, r.stderr)
         for expected in ["--dropout: model lenet5 has no dropout layer", "--momentum applies to --optimizer sgd only",
-                         "2 rank(s) x \(cores) compute thread(s) on this node's \(cores) core(s)"] {
+                         "2 ranks x \(cores) compute thread\(cores == 1 ? "" : "s") on this node's \(cores) core\(cores == 1 ? "" : "s")"] {
             XCTAssertEqual(r.stderr.components(separatedBy: expected).count - 1, 1, "'\(expected)' once in: \(r.stderr)")
         }
     }
@@ -140,9 +140,9 @@ final class TrainTests: XCTestCase {
         let (r, json) = try train(ranks: 2, ["--model", "mlp", "--steps", "6", "--per-rank-batch", "8"], run: "nan",
                                   environment: ["DDPTRAIN_INJECT_NAN": "1:2"])
         XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertEqual(json["skippedSteps"] as? Int, 1)
+        XCTAssertEqual(json["skipped_steps"] as? Int, 1)
         XCTAssertTrue(r.stderr.contains("step 2: non-finite gradient or loss; step skipped"), r.stderr)
-        XCTAssertEqual(Set(json["parameterHashes"] as? [String] ?? []).count, 1)
+        XCTAssertEqual(Set(json["parameter_hashes"] as? [String] ?? []).count, 1)
         let metrics = try String(contentsOf: scratch.appendingPathComponent("nan/metrics.jsonl"), encoding: .utf8)
         XCTAssertEqual(metrics.split(separator: "\n").filter { $0.contains("\"skipped\":true") }.count, 1, metrics)
     }
@@ -177,7 +177,7 @@ final class TrainTests: XCTestCase {
                 let run = "trace-\(bn)-\(variable)"
                 let (r, json) = try train(ranks: 2, common + ["--bn", bn, "--steps", "2"], run: run, environment: [variable: "1:1"])
                 XCTAssertEqual(r.status, 0, r.stderr)
-                XCTAssertEqual(json["skippedSteps"] as? Int, 1, r.stderr)
+                XCTAssertEqual(json["skipped_steps"] as? Int, 1, r.stderr)
                 let tensors = try allTensorBits(run: run)
                 for name in expected.keys.sorted() {
                     XCTAssertEqual(tensors[name], expected[name], "\(bn), \(variable): \(name) changed in a skipped step")
@@ -297,7 +297,7 @@ final class TrainTests: XCTestCase {
                                              "--per-rank-batch", "4", "--eval-every", "1"], run: "cifar")
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(json["steps"] as? Int, 3)
-        XCTAssertNotNil(json["testAccuracy"] as? Double)
+        XCTAssertNotNil(json["test_accuracy"] as? Double)
         let config = try String(contentsOf: scratch.appendingPathComponent("cifar/config.json"), encoding: .utf8)
         XCTAssertTrue(config.contains("\"dataset\":\"cifar10\""), config)
     }
@@ -354,7 +354,7 @@ final class TrainTests: XCTestCase {
         let (r, json) = try train(ranks: 2, ["--config", file.path, "--steps", "5"], run: "config")
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(json["steps"] as? Int, 5, "the flag wins over the file")
-        XCTAssertEqual(json["globalBatch"] as? Int, 16)
+        XCTAssertEqual(json["global_batch"] as? Int, 16)
         let config = try String(contentsOf: scratch.appendingPathComponent("config/config.json"), encoding: .utf8)
         XCTAssertTrue(config.contains("\"bn\":\"local\"") && config.contains("\"lr\":0.02") && config.contains("\"steps\":5"), config)
     }
