@@ -66,27 +66,40 @@ public enum SpecFile {
                 defer { yaml_event_delete(&event) }
                 let line = event.start_mark.line + 1
                 let anchor: UnsafeMutablePointer<yaml_char_t>?
+                let tag: UnsafeMutablePointer<yaml_char_t>?
                 switch event.type {
                 case YAML_STREAM_END_EVENT:
                     return
                 case YAML_ALIAS_EVENT:
                     throw SpecFileError(source, "line \(line): aliases (*name) and anchors (&name) are not supported")
                 case YAML_SCALAR_EVENT:
-                    anchor = event.data.scalar.anchor
+                    (anchor, tag) = (event.data.scalar.anchor, event.data.scalar.tag)
                 case YAML_SEQUENCE_START_EVENT:
-                    anchor = event.data.sequence_start.anchor
+                    (anchor, tag) = (event.data.sequence_start.anchor, event.data.sequence_start.tag)
                     depth += 1
                 case YAML_MAPPING_START_EVENT:
-                    anchor = event.data.mapping_start.anchor
+                    (anchor, tag) = (event.data.mapping_start.anchor, event.data.mapping_start.tag)
                     depth += 1
                 case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT:
-                    anchor = nil
+                    (anchor, tag) = (nil, nil)
                     depth -= 1
                 default:
-                    anchor = nil
+                    (anchor, tag) = (nil, nil)
                 }
                 if anchor != nil {
                     throw SpecFileError(source, "line \(line): aliases (*name) and anchors (&name) are not supported")
+                }
+                // A tag makes Yams construct the node as that type whatever it looks like
+                // (`!!int` on any text reaches the base-60 reader below); none is needed here.
+                if let tag {
+                    throw SpecFileError(source, "line \(line): tags (\(shortTag(String(cString: tag)))) are not supported")
+                }
+                if event.type == YAML_SCALAR_EVENT, event.data.scalar.style == YAML_PLAIN_SCALAR_STYLE, let value = event.data.scalar.value {
+                    let text = String(decoding: UnsafeBufferPointer(start: value, count: event.data.scalar.length), as: UTF8.self)
+                    if isBaseSixtyNumber(text) {
+                        throw SpecFileError(source, "line \(line): base-60 numbers (\(text)) are not supported; "
+                                            + "write the number in decimal, or quote it if it is text")
+                    }
                 }
                 let startsNode = [YAML_SCALAR_EVENT, YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT].contains(event.type)
                 if startsNode, let inMap = nextIsKey.last, let isKey = inMap {
@@ -107,6 +120,21 @@ public enum SpecFile {
             }
         }
     }
+}
+
+/// YAML 1.1's base-60 numbers ("1:30" is 90), which Yams resolves as integers or floats:
+/// its integer reader multiplies by powers of 60 unchecked, so twelve groups trap on
+/// overflow (found by fuzzing). Only digits, "_", ":", ".", a sign; at least one colon.
+private func isBaseSixtyNumber(_ text: String) -> Bool {
+    let body = text.utf8.first.map { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "-") } == true ? text.utf8.dropFirst() : text.utf8[...]
+    guard let first = body.first, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(first), body.contains(UInt8(ascii: ":")) else { return false }
+    return body.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || ":_.".utf8.contains($0) }
+}
+
+/// "!!int" for libyaml's resolved "tag:yaml.org,2002:int"; other tags as written.
+private func shortTag(_ tag: String) -> String {
+    let prefix = "tag:yaml.org,2002:"
+    return tag.hasPrefix(prefix) ? "!!" + tag.dropFirst(prefix.count) : tag
 }
 
 /// A config or model file that cannot be read or parsed; the message starts with its path.

@@ -143,6 +143,21 @@ extension ModelSpecTests {
                     "m.yaml: layer 0: expected a layer name or a map")
     }
 
+    /// Yams reads YAML 1.1's base-60 integers ("1:30") with unchecked products: twelve
+    /// groups, or an explicit !!int on a long one, trapped on overflow (found by fuzzing).
+    /// Tags and base-60 numbers have no use in these files: both are refused by line.
+    func testTagsAndBaseSixtyNumbersAreRefusedBeforeYamsConstructsThem() {
+        let twelveGroups = "1" + String(repeating: ":0", count: 11)
+        expectError(try ModelSpec.parse("layers: [{type: linear, out: \(twelveGroups)}]", source: "m.yaml"),
+                    "m.yaml: line 1: base-60 numbers (\(twelveGroups)) are not supported; write the number in decimal, or quote it if it is text")
+        expectError(try ModelSpec.parse("!!int __::7370955161:440737161:44073:4400955161", source: "m.yaml"),
+                    "m.yaml: line 1: tags (!!int) are not supported")
+        expectError(try ModelSpec.parse("layers: !!seq [flatten]", source: "m.yaml"), "m.yaml: line 1: tags (!!seq) are not supported")
+        expectError(try ModelSpec.parse("layers:\n  - !linear {out: 10}", source: "m.yaml"), "m.yaml: line 2: tags (!linear) are not supported")
+        // Quoted, the same characters are text, and a colon in plain text is still text.
+        expectError(try ModelSpec.parse("layers: [{type: \"1:30\"}]", source: "m.yaml"), "m.yaml: layer 0: unknown layer type '1:30'")
+    }
+
     func testFloatSettingsMustFitFloat32() {
         expectError(try ModelSpec.parse("layers: [{type: leakyrelu, slope: 1e39}]", source: "m.yaml"),
                     "m.yaml: layer 0 (leakyrelu): 'slope' must be a finite number (in Float32's range), got 1e+39")

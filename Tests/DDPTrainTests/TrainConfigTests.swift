@@ -168,6 +168,15 @@ extension TrainConfigTests {
         expectLoadError(try write("a: &a [1, 2]\nb: [*a, *a]\n"), "line 1: aliases")
     }
 
+    /// Yams' base-60 integers trap on overflow (found by fuzzing the model file; the config
+    /// file goes through the same parser).
+    func testTagsAndBaseSixtyNumbersAreRefused() throws {
+        expectLoadError(try write("per-rank-batch: !!int 1:0:0:0:0:0:0:0:0:0:0:0\n"), "line 1: tags (!!int) are not supported")
+        expectLoadError(try write("model: mlp\nsteps: 1:0:0:0:0:0:0:0:0:0:0:0\n"),
+                        "line 2: base-60 numbers (1:0:0:0:0:0:0:0:0:0:0:0) are not supported")
+        expectLoadError(try write("steps: 1:30\n"), "line 1: base-60 numbers (1:30) are not supported")
+    }
+
     func testFloatOptionsMustFitFloat32() throws {
         expectLoadError(try write("lr: 1e308\n"), "--lr 1e+308 is outside Float32's range")
         expectLoadError(try write("lr: .nan\n"), "--lr must be a positive number, got nan")
