@@ -400,13 +400,8 @@ public struct ComparisonReport {
     }
 
     public var html: String {
-        var h = """
-        <!DOCTYPE html>
-        <html><head><meta charset="utf-8"><title>\(escapeHTML(title))</title>
-        <style>body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:12px 0}
-        td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}
-        th{background:#f3f3f3}pre{background:#f6f6f6;padding:6px 8px;white-space:pre-wrap}.charts{display:flex;flex-wrap:wrap}</style></head><body>
-        <h1>\(escapeHTML(title))</h1><pre>\(escapeHTML(command))</pre><p>\(plural(worldSize, "rank")).</p>
+        var h = reportPageStart(title: title) + """
+        <pre>\(escapeHTML(command))</pre><p>\(plural(worldSize, "rank")).</p>
         <table><tr>
         """
         h += header.map { "<th>\(escapeHTML($0))</th>" }.joined() + "</tr>\n"

@@ -132,6 +132,20 @@ func niceTicks(_ a: Double, _ b: Double, minimumStep: Double = 0) -> [Double] {
     return ticks
 }
 
+/// The start of a self-contained report page (compare's report, plot's page): head, one
+/// style sheet, and the title as a heading.
+func reportPageStart(title: String) -> String {
+    """
+    <!DOCTYPE html>
+    <html><head><meta charset="utf-8"><title>\(escapeHTML(title))</title>
+    <style>body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:12px 0}
+    td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}
+    th{background:#f3f3f3}pre{background:#f6f6f6;padding:6px 8px;white-space:pre-wrap}.charts{display:flex;flex-wrap:wrap;gap:8px}
+    </style></head><body>
+    <h1>\(escapeHTML(title))</h1>
+    """
+}
+
 public func escapeHTML(_ text: String) -> String {
     text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
         .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")

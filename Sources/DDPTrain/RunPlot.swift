@@ -152,16 +152,7 @@ public struct RunPlot {
     }
 
     public var html: String {
-        var h = """
-        <!DOCTYPE html>
-        <html><head><meta charset="utf-8"><title>\(escapeHTML(title))</title>
-        <style>body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:12px 0}
-        td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}
-        th{background:#f3f3f3}pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}.charts{display:flex;flex-wrap:wrap;gap:8px}
-        </style></head><body>
-        <h1>\(escapeHTML(title))</h1>
-        <table>
-        """
+        var h = reportPageStart(title: title) + "\n<table>\n"
         for (name, value) in facts { h += "<tr><th>\(escapeHTML(name))</th><td>\(escapeHTML(value))</td></tr>\n" }
         h += "</table>\n"
         h += "<div class=\"charts\">\n"
