@@ -1,15 +1,23 @@
 #include "stop_signal.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static const int stop_signals[] = {SIGTERM, SIGINT, SIGUSR1};
 
 static atomic_int requested;      // first stop signal, 0 if none
-static atomic_int stopping;       // the loop agreed to stop: the next signal ends at once
+// CLOCK_MONOTONIC time (ns) of this rank's first stop signal, or of the agreement to stop if
+// that came first; 0: neither yet. Slurm (scancel, preemption, the time limit) and systemd
+// signal every process of a job, the ranks and the launchers alike, and each launcher passes
+// the stop on: one request reaches a rank several times, within milliseconds. So stop
+// signals within SAME_REQUEST_NS of it are that request; a later one is a second request.
+static atomic_llong first_ns;
+#define SAME_REQUEST_NS 2000000000LL
 static atomic_int graceful_mode;
 static atomic_int announce_first;
 static atomic_int raise_in_next_temporary;
@@ -43,16 +51,31 @@ static void end_now(int signal) {
     _exit(128 + signal);
 }
 
+static long long now_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);  // async-signal-safe
+    long long ns = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+    return ns == 0 ? 1 : ns;  // 0 means "not yet"
+}
+
 static void handle(int signal) {
     int saved = errno;
-    int none = 0;
-    if (!atomic_load(&graceful_mode) || atomic_load(&stopping) || !atomic_compare_exchange_strong(&requested, &none, signal)) {
-        end_now(signal);
+    if (!atomic_load(&graceful_mode)) end_now(signal);
+    long long now = now_ns(), first = 0;
+    if (!atomic_compare_exchange_strong(&first_ns, &first, now)) {
+        // A stop was asked for already (here, or agreed with the other ranks): the same
+        // request reaching this rank again, or, 2 s on, a second request.
+        if (now - first >= SAME_REQUEST_NS) end_now(signal);
+        int none = 0;
+        atomic_compare_exchange_strong(&requested, &none, signal);
+        errno = saved;
+        return;
     }
+    atomic_store(&requested, signal);
     if (atomic_load(&announce_first)) {
         write_text("ddptrain: ");
         write_text(signal_name(signal));
-        write_text(" received: stopping at the next step boundary with a checkpoint (a second signal ends at once)\n");
+        write_text(" received: stopping at the next step boundary with a checkpoint (a second signal, 2 s or more later, ends at once)\n");
     }
     errno = saved;
 }
@@ -70,12 +93,21 @@ int ddp_stop_install(int graceful, int announce) {
     for (size_t i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++) {
         if (sigaction(stop_signals[i], &action, NULL) != 0) return -1;
     }
+    // A launcher may have left them blocked (launch/mpirun starts mpirun with SIGTERM
+    // blocked, and a signal mask survives exec): unblocked, or a stop would never arrive.
+    sigset_t unblock;
+    sigemptyset(&unblock);
+    for (size_t i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++) sigaddset(&unblock, stop_signals[i]);
+    if (pthread_sigmask(SIG_UNBLOCK, &unblock, NULL) != 0) return -1;
     return 0;
 }
 
 int ddp_stop_requested(void) { return atomic_load(&requested); }
 
-void ddp_stop_set_stopping(void) { atomic_store(&stopping, 1); }
+void ddp_stop_set_stopping(void) {
+    long long none = 0;
+    atomic_compare_exchange_strong(&first_ns, &none, now_ns());
+}
 
 int ddp_stop_is_installed(void) {
     for (size_t i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++) {
@@ -93,7 +125,18 @@ void ddp_stop_temporary_file(const char *path) {
     memcpy(temporary_path, path, length + 1);
     atomic_store(&temporary_set, 1);
     int signal = atomic_exchange(&raise_in_next_temporary, 0);
-    if (signal != 0) raise(signal);
+    if (signal != 0) {
+        // A test of a second request: let the window of the same request pass first.
+        long long first = atomic_load(&first_ns);
+        if (first != 0) {
+            long long left = first + SAME_REQUEST_NS + 100000000LL - now_ns();
+            if (left > 0) {
+                struct timespec pause = {.tv_sec = left / 1000000000LL, .tv_nsec = left % 1000000000LL};
+                while (nanosleep(&pause, &pause) != 0 && errno == EINTR) {}
+            }
+        }
+        raise(signal);
+    }
 }
 
 void ddp_stop_raise_in_next_temporary_file(int signal) { atomic_store(&raise_in_next_temporary, signal); }

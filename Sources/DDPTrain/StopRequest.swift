@@ -12,10 +12,12 @@ import Foundation
 /// is left inside a collective the others never enter; once before the first step and after
 /// a step's evaluation or checkpoint they ask again. At the end of the step (its boundary)
 /// rank 0 writes the checkpoint of that step through the normal atomic path and every rank
-/// exits with ExitStatus.stoppedOnRequest. Once a stop was
-/// agreed, or on a second signal, a signal ends the process at once with 128 + the signal's
-/// number, after removing the temporary file it was writing (if any): files in place are
-/// the previous ones, intact.
+/// exits with ExitStatus.stoppedOnRequest. Stop signals within 2 s of the first (or of the
+/// agreement to stop, if that came first) are that same request reaching the rank again:
+/// Slurm and systemd signal every process of a job, ranks and launchers alike, and each
+/// launcher passes the stop on. A signal after that is a second request and ends the
+/// process at once with 128 + the signal's number, after removing the temporary file it was
+/// writing (if any): files in place are the previous ones, intact.
 ///
 /// Every other command installs the immediate handler: a signal ends it at once in the same
 /// way (128 + signal), leaving no temporary file behind.

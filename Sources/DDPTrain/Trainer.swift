@@ -755,6 +755,12 @@ public struct TrainingError: Error, CustomStringConvertible {
 /// DDPTRAIN_INJECT_STOP="rank:step" makes that rank stop itself (SIGSTOP) at that step, in
 /// a run that did not resume, so that a test can act on a job at a known step however fast
 /// the machine is (a restart resumes past the stop and is not stopped again).
+/// DDPTRAIN_INJECT_HOLD="rank:step" makes that rank wait at that step, just before its stop
+/// vote (in a run that did not resume), until a stop signal has reached it: then the ranks
+/// agree to stop after exactly that step. A stopped rank would not do: a signal sent to a
+/// stopped process may be taken by any of its threads once it continues, and that thread's
+/// handler can run after the main thread has voted; a waiting main thread is the one the
+/// kernel gives a process-directed signal to.
 /// DDPTRAIN_INJECT_SIGNAL="rank:step:place[,rank:step:place...]" makes that rank send itself
 /// SIGTERM, in a run that did not resume: `start` before the loop (step: the first step),
 /// `step` after forward and backward of step index `step` (0-based, as above), `eval` just
@@ -783,6 +789,18 @@ enum FaultInjection {
     }
 
     static let stop = parse("DDPTRAIN_INJECT_STOP")
+    static let hold = parse("DDPTRAIN_INJECT_HOLD")
+
+    /// Waits (DDPTRAIN_INJECT_HOLD) until this process has a stop signal, at most 300 s;
+    /// says so first, with the pid, so that a test knows when and whom to signal.
+    static func holdUntilStopSignal(rank: Int, step: Int) {
+        FileHandle.standardError.write(Data("ddptrain: rank \(rank) (pid \(getpid())) holds at step index \(step) until a stop signal reaches it (DDPTRAIN_INJECT_HOLD)\n".utf8))
+        let deadline = Date().addingTimeInterval(300)
+        while StopRequest.localSignal == 0 && Date() < deadline { usleep(1000) }
+        if StopRequest.localSignal == 0 {
+            FileHandle.standardError.write(Data("ddptrain: rank \(rank): no stop signal within 300 s of the hold; going on\n".utf8))
+        }
+    }
 
     enum SignalPlace: String { case start, step, evaluation = "eval", checkpoint }
 
@@ -805,6 +823,7 @@ enum FaultInjection {
 
     static func check(rank: Int, step: Int, resumed: Bool) throws {
         if !resumed, hits(stop, rank: rank, step: step) { raise(SIGSTOP) }
+        if !resumed, hits(hold, rank: rank, step: step) { holdUntilStopSignal(rank: rank, step: step) }
         if hits(fault, rank: rank, step: step) {
             throw TrainingError("injected fault at step \(step) (DDPTRAIN_INJECT_FAULT)")
         }

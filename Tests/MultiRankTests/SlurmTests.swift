@@ -216,26 +216,35 @@ final class SlurmTests: XCTestCase {
                        "the probe file was left in RUN_DIR")
     }
 
-    /// Rank 0 stops itself at step 50 (DDPTRAIN_INJECT_STOP, in the run that did not resume)
-    /// and the test stops rank 1 too, so that the job waits at a known step without using
-    /// CPU until the test lets it go on (SIGCONT). Returns both ranks.
-    func holdAtStep50(_ job: String, _ name: String) -> [Int32] {
-        var held: [Int32] = []
-        let stopped = Background.waitUntil(timeout: 60) {
-            held = ranks(of: job)
-            return held.count == 2 && held.contains { Processes.state(of: $0) == "T" }
+    /// Rank 0 holds at step index 50, just before its stop vote, until a stop signal reaches
+    /// it (DDPTRAIN_INJECT_HOLD, in the run that did not resume); returns once it says so.
+    /// Its main thread waits there, so that is the thread the kernel gives the signal to, and
+    /// the ranks agree to stop after exactly step 51. With `stopOthers`, the test stops the
+    /// other rank too (it waits in the allreduce, busy), so that the job waits without using
+    /// CPU until `release`; returns the stopped ranks.
+    @discardableResult
+    func holdAtStep50(_ job: String, _ name: String, stopOthers: Bool) -> [Int32] {
+        var others: [Int32] = []
+        let held = Background.waitUntil(timeout: 60) {
+            let out = output(name)
+            guard let line = out.split(separator: "\n").first(where: { $0.contains("holds at step index 50 until a stop signal") }),
+                  let pid = line.components(separatedBy: "(pid ").last?.split(separator: ")").first.flatMap({ Int32($0) }) else { return false }
+            let ranks = ranks(of: job)
+            others = ranks.filter { $0 != pid }
+            return ranks.count == 2 && others.count == 1
         }
-        XCTAssertTrue(stopped, "rank 0 did not stop at step 50: \(state(job)) \(output(name))")
-        for pid in held { kill(pid, SIGSTOP) }
-        return held
+        XCTAssertTrue(held, "rank 0 did not hold at step 50: \(state(job)) \(output(name))")
+        guard stopOthers else { return [] }
+        for pid in others { kill(pid, SIGSTOP) }
+        return others
     }
 
-    /// Lets the held ranks go on once `signal` has reached every one of them (pending in
-    /// /proc/PID/status): then the stop takes effect at the step they were held in.
-    func release(_ held: [Int32], once signal: Int32) {
+    /// Lets the stopped ranks go on once `signal` has reached every one of them (pending in
+    /// /proc/PID/status).
+    func release(_ stopped: [Int32], once signal: Int32) {
         let bit = UInt64(1) << UInt64(signal - 1)
         let pending = Background.waitUntil(timeout: 30) {
-            held.allSatisfy { pid in
+            stopped.allSatisfy { pid in
                 let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
                 return status.split(separator: "\n").contains { line in
                     (line.hasPrefix("SigPnd:") || line.hasPrefix("ShdPnd:"))
@@ -243,8 +252,8 @@ final class SlurmTests: XCTestCase {
                 }
             }
         }
-        for pid in held { kill(pid, SIGCONT) }
-        XCTAssertTrue(pending, "signal \(signal) did not reach the held ranks \(held) within 30 s")
+        for pid in stopped { kill(pid, SIGCONT) }
+        XCTAssertTrue(pending, "signal \(signal) did not reach the stopped ranks \(stopped) within 30 s")
     }
 
     /// The step every rank agreed to stop at: "stop requested (SIGUSR1): every rank stops at step N".
@@ -253,8 +262,8 @@ final class SlurmTests: XCTestCase {
             .flatMap { $0.components(separatedBy: "every rank stops at step ").last }.flatMap { Int($0) }
     }
 
-    /// The ranks were told to stop at step 50 through SIGUSR1 to the batch script: they
-    /// wrote a checkpoint of the step they were on (50 or 51: not one of the periodic ones)
+    /// The ranks, held at step index 50, were told to stop through SIGUSR1 to the batch script: they
+    /// wrote a checkpoint of the step they were on (51: not one of the periodic ones)
     /// and exited with 79, the script requeued the job, and the requeued job resumed from
     /// that checkpoint and ended with the bytes of an uninterrupted run.
     func assertRequeuedAndResumedBitwise(_ job: String, _ name: String, reference: [String: [UInt8]]) throws {
@@ -269,14 +278,13 @@ final class SlurmTests: XCTestCase {
         XCTAssertTrue(gone, "processes of job \(job) still run: \(processes(of: job).map { "\($0) \(Processes.name(of: $0) ?? "?")" })")
         XCTAssertTrue(out.contains("the ranks checkpointed and stopped (status 79); requeueing job \(job)"), out)
         XCTAssertTrue(out.contains("train.sbatch: job \(job) (restart count 1)"), out)
-        // "resumed from RUN_DIR/checkpoints/step-00000050.safetensors at step 50"
+        // "resumed from RUN_DIR/checkpoints/step-00000051.safetensors at step 51"
         let resumedStep = out.split(separator: "\n").first { $0.hasPrefix("resumed from ") }
             .flatMap { $0.components(separatedBy: " at step ").last }.flatMap { Int($0) }
         XCTAssertNotNil(resumedStep, "the requeued run did not resume: \(out)")
-        // The step in progress when the signal came (50; the stop vote rides with a step's
-        // allreduce, so the boundary can be a step or two on), not a periodic checkpoint.
+        // The step in progress when the signal came (index 50: step 51), not a periodic checkpoint.
         let stoppedAt = stopStep(out)
-        XCTAssertTrue((50..<56).contains(stoppedAt ?? 0), "stopped at step \(stoppedAt.map(String.init) ?? "?"), not the step in progress (50): \(out)")
+        XCTAssertEqual(stoppedAt, 51, "not stopped after the step in progress (51): \(out)")
         XCTAssertEqual(resumedStep, stoppedAt, "the requeued run did not resume from the stop checkpoint: \(out)")
         let newest = try Checkpoints.newest(runDir: path(name))
         XCTAssertTrue(newest.hasSuffix("step-00000120.safetensors"), newest)
@@ -293,8 +301,8 @@ final class SlurmTests: XCTestCase {
     func testTimeLimitSignalCheckpointsRequeuesAndTheRequeuedJobResumesBitwise() throws {
         let reference = try uninterrupted()
         let job = try submit("timelimit", launch: "mpirun", sbatchOptions: ["--time=1", "--signal=B:USR1@20", "--requeue"],
-                             environment: ["DDPTRAIN_INJECT_STOP": "0:50"])
-        let held = holdAtStep50(job, "timelimit")
+                             environment: ["DDPTRAIN_INJECT_HOLD": "0:50"])
+        let held = holdAtStep50(job, "timelimit", stopOthers: true)
         let signalled = Background.waitUntil(timeout: 60) { output("timelimit").contains("train.sbatch: SIGUSR1") }
         XCTAssertTrue(signalled, "no SIGUSR1 within 60 s of a 1-minute job: \(state(job)) \(output("timelimit"))")
         release(held, once: SIGUSR1)
@@ -306,8 +314,8 @@ final class SlurmTests: XCTestCase {
     /// ranks; they checkpoint and exit with 79, the job is requeued and resumes, bitwise.
     func testUSR1ToTheBatchScriptStopsSrunRanksWithACheckpointAndRequeues() throws {
         let reference = try uninterrupted()
-        let job = try submit("usr1-srun", launch: "srun", sbatchOptions: ["--requeue"], environment: ["DDPTRAIN_INJECT_STOP": "0:50"])
-        let held = holdAtStep50(job, "usr1-srun")
+        let job = try submit("usr1-srun", launch: "srun", sbatchOptions: ["--requeue"], environment: ["DDPTRAIN_INJECT_HOLD": "0:50"])
+        let held = holdAtStep50(job, "usr1-srun", stopOthers: true)
         let r = Self.command(["scancel", "--batch", "--signal=USR1", job])
         XCTAssertEqual(r.status, 0, r.stderr)
         let signalled = Background.waitUntil(timeout: 30) { output("usr1-srun").contains("train.sbatch: SIGUSR1") }
@@ -320,9 +328,8 @@ final class SlurmTests: XCTestCase {
     /// included, and SIGKILL KillWait seconds later. Returns the job's output once the job is
     /// CANCELLED and nothing of it runs any more, after checking that.
     func cancelAtStep50(_ name: String, launch: String) throws -> String {
-        let job = try submit(name, launch: launch, environment: ["DDPTRAIN_INJECT_STOP": "0:50"])
-        let stopped = Background.waitUntil(timeout: 60) { ranks(of: job).contains { Processes.state(of: $0) == "T" } }
-        XCTAssertTrue(stopped, "rank 0 did not stop at step 50: \(state(job)) \(output(name))")
+        let job = try submit(name, launch: launch, environment: ["DDPTRAIN_INJECT_HOLD": "0:50"])
+        holdAtStep50(job, name, stopOthers: false)
         let r = Self.command(["scancel", job])
         XCTAssertEqual(r.status, 0, r.stderr)
         let cancelled = Date()
@@ -344,21 +351,26 @@ final class SlurmTests: XCTestCase {
         return out
     }
 
-    /// With srun starting the ranks, each rank gets SIGTERM once: they checkpoint the step
-    /// they are on and exit with 79; the script does not requeue; the job is CANCELLED.
-    func testScancelWithSrunStopsTheRanksWithACheckpointWithoutRequeue() throws {
-        let out = try cancelAtStep50("cancel-srun", launch: "srun")
+    /// scancel stops the ranks after the step they are on (index 50: step 51) with a
+    /// checkpoint of it; they exit with 79; the script does not requeue; the job is CANCELLED.
+    func assertScancelKeptTheStepInProgress(_ name: String, _ out: String, file: StaticString = #filePath, line: UInt = #line) {
         let stoppedAt = stopStep(out)
-        XCTAssertTrue((50..<56).contains(stoppedAt ?? 0), "stopped at step \(stoppedAt.map(String.init) ?? "?"), not the step in progress (50): \(out)")
-        XCTAssertTrue(Checkpoints.names(runDir: path("cancel-srun")).contains(String(format: "step-%08d.safetensors", stoppedAt ?? 0)),
-                      "no checkpoint of the step in progress: \(Checkpoints.names(runDir: path("cancel-srun"))) \(out)")
-        XCTAssertTrue(out.contains("train.sbatch: stopped on request (status 79, after SIGTERM)"), out)
+        XCTAssertEqual(stoppedAt, 51, "not stopped after the step in progress (51): \(out)", file: file, line: line)
+        XCTAssertTrue(Checkpoints.names(runDir: path(name)).contains("step-00000051.safetensors"),
+                      "no checkpoint of the step in progress: \(Checkpoints.names(runDir: path(name))) \(out)", file: file, line: line)
+        XCTAssertTrue(out.contains("train.sbatch: stopped on request (status 79, after SIGTERM)"), out, file: file, line: line)
     }
 
-    /// With mpirun, scancel ends the job cleanly too: CANCELLED, no requeue, nothing left
-    /// running, the checkpoints in place intact. (Not a stop checkpoint: Slurm signals mpirun
-    /// itself, and Open MPI's mpirun answers SIGTERM by ending the ranks; cluster/README.md.)
-    func testScancelWithMpirunEndsTheJobCleanlyWithoutRequeue() throws {
-        _ = try cancelAtStep50("cancel-mpirun", launch: "mpirun")
+    /// With srun starting the ranks, Slurm signals them and srun leaves the stop to them.
+    func testScancelWithSrunStopsTheRanksWithACheckpointWithoutRequeue() throws {
+        assertScancelKeptTheStepInProgress("cancel-srun", try cancelAtStep50("cancel-srun", launch: "srun"))
+    }
+
+    /// With mpirun, Slurm signals every process of the job (proctrack/linuxproc: all
+    /// descendants of the batch script): the script, launch/train, launch/mpirun, mpirun and
+    /// the ranks. mpirun runs with SIGTERM blocked (launch/mpirun) and leaves the ranks alone;
+    /// each rank takes Slurm's SIGTERM and the launchers' SIGUSR1 as one request.
+    func testScancelWithMpirunStopsTheRanksWithACheckpointWithoutRequeue() throws {
+        assertScancelKeptTheStepInProgress("cancel-mpirun", try cancelAtStep50("cancel-mpirun", launch: "mpirun"))
     }
 }
