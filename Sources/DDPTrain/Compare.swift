@@ -362,12 +362,20 @@ public struct ComparisonReport {
         }
         let accuracies = groups.map { g in (g.name, Spread(g.members.compactMap(\.summary.testAccuracy))) }
         var notes: [String] = []
+        // Each pair once, under the first of the two: one line per variant, however many it overlaps.
         for i in accuracies.indices {
-            for j in accuracies.indices where j > i {
-                guard let a = accuracies[i].1, let b = accuracies[j].1, a.overlaps(b) else { continue }
+            guard let a = accuracies[i].1 else { continue }
+            let partners = accuracies.indices.filter { j in j > i && accuracies[j].1.map(a.overlaps) == true }
+            let described = partners.map { j in
+                let b = accuracies[j].1!
+                return (accuracies[j].0, b.text("%.2f", scale: 100, unit: "%"), abs(a.mean - b.mean) * 100)
+            }
+            if described.count == 1, let (name, text, difference) = described.first {
                 notes.append(String(format: "%@ and %@ are within each other's spread: %@ against %@ (difference %.2f points).",
-                                    accuracies[i].0, accuracies[j].0, a.text("%.2f", scale: 100, unit: "%"),
-                                    b.text("%.2f", scale: 100, unit: "%"), abs(a.mean - b.mean) * 100))
+                                    accuracies[i].0, name, a.text("%.2f", scale: 100, unit: "%"), text, difference))
+            } else if described.count > 1 {
+                notes.append("\(accuracies[i].0) (\(a.text("%.2f", scale: 100, unit: "%"))) is within the spread of "
+                             + described.map { String(format: "%@ (%@, difference %.2f points)", $0.0, $0.1, $0.2) }.joined(separator: ", ") + ".")
             }
         }
         return notes.isEmpty ? ["No two variants' final test accuracies are within each other's spread (mean ± one standard deviation)."] : notes

@@ -82,6 +82,16 @@ final class CompareReportTests: XCTestCase {
         XCTAssertEqual(report.rows[1][2], "92.00 ± 1.41%")
         XCTAssertEqual(report.rows[2][2], "60.50 ± 0.71%")
         XCTAssertEqual(report.spreadNotes, ["bn=sync and bn=local are within each other's spread: 91.00 ± 1.41% against 92.00 ± 1.41% (difference 1.00 points)."])
+
+        // A variant within the spread of several: one line for it, each pair named once.
+        let three = ComparisonReport(title: "t", command: "c", results: results + [
+            try result("bn=group seed=0", group: "bn=group", losses: [4, 3, 2, 2], accuracies: [0.8, 0.90], testLosses: [0.5, 0.4]),
+            try result("bn=group seed=1", group: "bn=group", losses: [4, 3, 2, 2], accuracies: [0.8, 0.92], testLosses: [0.5, 0.4]),
+        ], worldSize: 2)
+        XCTAssertEqual(three.spreadNotes, [
+            "bn=sync (91.00 ± 1.41%) is within the spread of bn=local (92.00 ± 1.41%, difference 1.00 points), bn=group (91.00 ± 1.41%, difference 0.00 points).",
+            "bn=local and bn=group are within each other's spread: 92.00 ± 1.41% against 91.00 ± 1.41% (difference 1.00 points).",
+        ])
         XCTAssertTrue(report.markdown.contains("| bn=sync | 2 | 91.00 ± 1.41% |"), report.markdown)
 
         // One curve per group, with a band; x in epochs (4 steps over 2 epochs ends at 2).
