@@ -237,8 +237,6 @@ public final class Communicator: @unchecked Sendable {
         exit(exitCode)
     }
 
-    /// Seconds on MPI's wall clock.
-    public static func wallTime() -> Double { MPI_Wtime() }
 }
 
 /// Process-wide holder of the one world communicator.

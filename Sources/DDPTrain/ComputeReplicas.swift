@@ -1,4 +1,3 @@
-import DDPComm
 import DDPKernels
 import DDPNet
 import Foundation
@@ -86,7 +85,7 @@ public final class ComputeReplicas {
         try team.run { member in
             let part = team.part(member, of: count)
             let model = models[member]
-            let start = member == 0 ? Communicator.wallTime() : 0
+            let start = member == 0 ? Clock.seconds() : 0
             let context = ForwardContext(training: true, seed: seed, step: step, sampleIDs: ids + part.lowerBound,
                                          statistics: statistics[member])
             let logits = try model.forward(Tensor(x + part.lowerBound * perSample, sampleShape.withBatch(part.count)), context)
@@ -95,7 +94,7 @@ public final class ComputeReplicas {
             corrects[member] = result.correct
             if member == 0 {
                 forwardCommunication = communicationSeconds()
-                forwardSeconds = Communicator.wallTime() - start - forwardCommunication
+                forwardSeconds = Clock.seconds() - start - forwardCommunication
             }
             try model.backward(result.gradient, context)
             guard threads > 1 else { return }

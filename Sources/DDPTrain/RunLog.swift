@@ -1,4 +1,4 @@
-import DDPComm
+import DDPKernels
 import DDPSystem
 import Foundation
 
@@ -172,7 +172,7 @@ public final class RunLog {
     /// The first line says what the run will do, the learning rate as it will be: the peak
     /// the warm-up and schedule reach, and when.
     func start(trainer: Trainer) {
-        runStart = Communicator.wallTime()
+        runStart = Clock.seconds()
         windowStart = runStart
         let c = trainer.config
         let size = trainer.world.size, global = trainer.globalBatch
@@ -219,7 +219,7 @@ public final class RunLog {
         rateSamples += record.samples
         rateSeconds += record.dataSeconds + record.computeSeconds + record.communicationSeconds + record.optimizerSeconds
         guard !quiet else { return }
-        let now = Communicator.wallTime()
+        let now = Clock.seconds()
         if interactive {
             if now - windowStart < 0.2 && record.step != totalSteps { return }
             let rate = Double(windowSamples) / max(now - windowStart, 1e-9)

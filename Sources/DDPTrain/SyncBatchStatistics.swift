@@ -1,4 +1,5 @@
 import DDPComm
+import DDPKernels
 import DDPNet
 
 /// Cross-rank batch statistics for sync-BN. Moments travel by one allgather of
@@ -29,13 +30,13 @@ public final class SyncBatchStatistics: BatchStatisticsReducer {
         let record = 1 + 2 * channels
         send[0] = count
         for c in 0..<channels { send[1 + c] = mean[c]; send[1 + channels + c] = m2[c] }
-        let start = Communicator.wallTime()
+        let start = Clock.seconds()
         try send.withUnsafeBufferPointer { s in
             try gathered.withUnsafeMutableBufferPointer { g in
                 try world.allgather(s.baseAddress!, count: record, into: g.baseAddress!)
             }
         }
-        seconds += Communicator.wallTime() - start
+        seconds += Clock.seconds() - start
         // Chan's merge of (nA, meanA, M2A) with (nB, meanB, M2B), in rank order.
         var n = 0.0
         for c in 0..<channels { mean[c] = 0; m2[c] = 0 }
@@ -52,9 +53,9 @@ public final class SyncBatchStatistics: BatchStatisticsReducer {
     }
 
     public func sum(_ values: UnsafeMutablePointer<Double>, count: Int) throws {
-        let start = Communicator.wallTime()
+        let start = Clock.seconds()
         try world.allreduce(values, count: count)
-        seconds += Communicator.wallTime() - start
+        seconds += Clock.seconds() - start
     }
 
     public func takeSeconds() -> Double {

@@ -52,6 +52,48 @@ public struct StepTimes: Codable, Sendable {
     }
 }
 
+/// What one training step did (DESIGN's steps 1 to 8): what the loop logs and acts on, and
+/// what an observer (a benchmark's timer) sees.
+public struct StepOutcome: Sendable {
+    /// Steps done, this one included; the epoch (from 1) it belongs to.
+    public var step: Int
+    public var epoch: Int
+    /// Mean loss and accuracy over the global batch, and its sample count.
+    public var loss: Double
+    public var accuracy: Double
+    public var samples: Int
+    /// Samples in this rank's slice.
+    public var localSamples: Int
+    public var learningRate: Double
+    /// Global gradient norm before clipping (NaN for a skipped step).
+    public var gradientNorm: Double
+    public var clipped: Bool
+    /// Non-finite gradient or loss: nothing was updated.
+    public var skipped: Bool
+    public var times: StepTimes
+    /// When the optimizer step ended, on `Clock.seconds()`.
+    public var endTime: Double
+    /// The stop vote that rode with this step's allreduce: a signal number, or 0.
+    var stopSignal: Int32
+}
+
+extension StepRecord {
+    /// The metrics.jsonl row of a step.
+    init(_ outcome: StepOutcome) {
+        self.init(step: outcome.step, epoch: outcome.epoch, loss: outcome.loss, accuracy: outcome.accuracy, lr: outcome.learningRate,
+                  gradNorm: outcome.gradientNorm, clipped: outcome.clipped, skipped: outcome.skipped, samples: outcome.samples,
+                  dataSeconds: outcome.times.data, forwardSeconds: outcome.times.forward, backwardSeconds: outcome.times.backward,
+                  communicationSeconds: outcome.times.communication, optimizerSeconds: outcome.times.optimizer)
+    }
+}
+
+/// Watches a run from outside its loop (a benchmark's timer): called before the first step
+/// and after each step, on the training thread; it must not allocate in `stepDidEnd`.
+public protocol TrainingObserver: AnyObject {
+    func runWillStart()
+    func stepDidEnd(_ outcome: StepOutcome)
+}
+
 /// One data-parallel training run on this rank. Reads top to bottom as DESIGN's "one
 /// training step": shard, forward, loss, backward, one allreduce of gradients with loss,
 /// correct and sample counts at the tail, divide by the global count, non-finite check,
@@ -104,19 +146,11 @@ public final class Trainer {
     var samplesSinceAveraging = 0
     var skippedSteps = 0
 
-    /// For benchmarks: the first `timingWarmup` steps of `run` are left out of `timed`.
-    public var timingWarmup = 0
-    /// Step-time split summed over the steps after the warm-up, on this rank.
-    public private(set) var timed = StepTimes()
-    public private(set) var timedSteps = 0
-    /// For benchmarks: keep every timed step's split in `timedStepLog` (room is made before
-    /// the first step, so recording allocates nothing in the loop).
-    public var recordStepTimes = false
-    public private(set) var timedStepLog: [StepTimes] = []
-    /// Wall-clock seconds from the end of the warm-up to the end of the last step, on this rank.
-    public private(set) var timedWallSeconds = 0.0
-    /// CPU seconds (user + system, all threads) of this process over the same window.
-    public private(set) var timedCPUSeconds = 0.0
+    /// Sees each step (bench's timer); the trainer keeps no benchmark state of its own.
+    public weak var observer: TrainingObserver?
+    /// The epoch whose sample order `order` holds.
+    var order: [Int32] = []
+    var orderEpoch = -1
     /// Seconds from process start to the start of this rank's first step in `run`.
     public private(set) var secondsToFirstStep: Double?
     public private(set) var firstStepUnixTime: Double?
@@ -414,165 +448,41 @@ public final class Trainer {
         self.log = log
         checkpoints = checkpointDirectory.map { CheckpointStore(directory: $0, keep: config.keep) }
         if let resumedFrom { log.info("resumed from \(resumedFrom) at step \(step)") }
-        let firstStep = step
-        let start = Communicator.wallTime()
+        let firstStep = step, start = Clock.seconds()
         log.start(trainer: self)
         for warning in warnings { log.warn(warning) }
-        var order: [Int32] = []
-        var orderEpoch = -1
         var totals = StepTimes()
         var lastLoss = Double.nan
-        var accuracyPerEpoch: [Double] = []
-        var evaluatedEpochs: [Int] = []
-        var lastEval: Evaluation?
-        var best: (accuracy: Double, epoch: Int)?
+        var evaluations = EvaluationHistory()
         let stepsPerEpoch = sampler.stepsPerEpoch
-        let p = model.parameterCount
-        let g = model.gradients.pointer
         let watchdog = config.collectiveTimeout > 0 ? StepWatchdog(seconds: config.collectiveTimeout, rank: world.rank) : nil
         defer { watchdog?.stop() }
-        timed = StepTimes()
-        timedSteps = 0
-        timedStepLog = []
-        if recordStepTimes { timedStepLog.reserveCapacity(max(totalSteps - step - timingWarmup, 0)) }
-        var timedStart = Communicator.wallTime()
-        var timedCPUStart = ProcessClock.cpuSeconds()
         if FaultInjection.hits(FaultInjection.signal(.start), rank: world.rank, step: step), resumedFrom == nil { raise(SIGTERM) }
         // A stop requested while MPI started or the data loaded: leave before the first step.
         let startSignal = try StopRequest.agree(world, scratch: stopVote)
         if startSignal != 0 { try stopOnRequest(signal: startSignal) }
+        observer?.runWillStart()
 
         while step < totalSteps {
             watchdog?.begin(step: step)
-            let epoch = step / stepsPerEpoch
-            let batchInEpoch = step % stepsPerEpoch
             if secondsToFirstStep == nil {
                 // Once, before the first step's clock starts (it reads /proc).
                 secondsToFirstStep = ProcessClock.secondsSinceProcessStart()
                 firstStepUnixTime = ProcessClock.unixTime()
             }
-            var times = StepTimes()
-            var t = Communicator.wallTime()
+            let outcome = try trainStep()
+            if !outcome.skipped { lastLoss = outcome.loss }
+            totals += outcome.times
+            observer?.stepDidEnd(outcome)
 
-            // 1. This rank's part of global batch k.
-            if epoch != orderEpoch { order = sampler.epochOrder(epoch); orderEpoch = epoch }
-            let slice = sampler.localSlice(ofBatch: batchInEpoch)
-            let n = slice.count
-            for (i, j) in slice.enumerated() { sampleIDs[i] = order[j] }
-            data.gather(data.train, indices: sampleIDs, count: n, into: x.pointer, labels: labels)
-            times.data = lap(&t)
-
-            // 2-4. Forward, loss summed over the local slice, backward; with several compute
-            // threads, each on its part of the slice, gradients summed into `g`. Forward
-            // moves the running statistics: keep them, in case the step is skipped.
-            buffersBeforeStep.pointer.update(from: model.buffers.pointer, count: model.buffers.capacity)
-            countersBeforeStep.update(from: model.counters, count: model.counterCount)
-            if n > 0 && FaultInjection.hits(FaultInjection.nanInput, rank: world.rank, step: step) { x.pointer[0] = .nan }
-            let result = try replicas.trainingPass(x: x.pointer, sampleShape: data.sampleShape, labels: labels, ids: sampleIDs,
-                                                   count: n, seed: config.seed, step: step,
-                                                   communicationSeconds: { self.syncStatistics?.takeSeconds() ?? 0 })
-            try FaultInjection.check(rank: world.rank, step: step, resumed: resumedFrom != nil)
-            if FaultInjection.hits(FaultInjection.signal(.step), rank: world.rank, step: step), resumedFrom == nil { raise(SIGTERM) }
-            if FaultInjection.poisons(rank: world.rank, step: step) { g[0] = .nan }
-            g[model.lossSlot] = Float(result.lossSum)
-            g[model.correctSlot] = Float(result.correct)
-            g[model.samplesSlot] = Float(n)
-            // Sync-BN's collectives ran inside forward and backward: count them as communication.
-            let syncBN = result.forwardCommunicationSeconds + (syncStatistics?.takeSeconds() ?? 0)
-            let pass = lap(&t)
-            times.forward = result.forwardSeconds
-            times.backward = pass - result.forwardSeconds - syncBN
-
-            // 5. One allreduce moves gradients and the three counts. The stop vote
-            // (StopRequest: was any rank asked to stop?) rides along: started just before it,
-            // completed just after, it adds no wait of its own.
-            var vote = try StopRequest.startVote(world, scratch: stopVote)
-            try world.allreduce(g, count: p + Model.tailCount)
-            var stopSignal = try StopRequest.finishVote(world, &vote, scratch: stopVote)
-            times.communication = lap(&t) + syncBN
-
-            // 6. Exact mean over the global batch, whatever the slice sizes.
-            let globalCount = g[model.samplesSlot]
-            let scale = 1 / globalCount
-            for i in 0..<p { g[i] *= scale }
-            let stepLoss = Double(g[model.lossSlot]) / Double(globalCount)
-            let stepAccuracy = Double(g[model.correctSlot]) / Double(globalCount)
-
-            // 7. Every rank sees the same reduced numbers, so every rank makes the same call.
-            var norm = Double.nan
-            var clipped = false
-            let skipped = !isFinite(g, count: p) || !stepLoss.isFinite
-            let lr = Double(schedule.learningRate(base: Float(baseLearningRate), step: step))
-            if skipped {
-                // No trace: parameters and optimizer state were not touched; the running
-                // statistics and counters that forward moved (maybe to NaN) are put back.
-                model.buffers.pointer.update(from: buffersBeforeStep.pointer, count: model.buffers.capacity)
-                model.counters.update(from: countersBeforeStep, count: model.counterCount)
-                consecutiveSkips += 1
-                skippedSteps += 1
-                log.warn("step \(step): non-finite gradient or loss; step skipped (\(consecutiveSkips) in a row)")
-                if consecutiveSkips >= config.maxSkippedSteps {
-                    // Every rank decided on the same reduced numbers: reported once, all leave together.
-                    throw CollectiveFailure(message: "stopping at step \(step): \(consecutiveSkips) consecutive steps had non-finite gradients (--max-skipped-steps \(config.maxSkippedSteps))",
-                                            exitCode: ExitStatus.diverged)
-                }
-            } else {
-                consecutiveSkips = 0
-                samplesSinceAveraging += n
-                // 8. Clip the global gradient, then step.
-                if let maxNorm = config.clipNorm {
-                    let r = clipGradNorm(g, count: p, maxNorm: Float(maxNorm))
-                    norm = r.normBeforeClip
-                    clipped = r.clipped
-                } else {
-                    norm = globalNorm(g, count: p)
-                }
-                if let limit = config.clipValue {
-                    clipped = clipGradValue(g, count: p, limit: Float(limit)) || clipped
-                }
-                optimizer.step(parameters: model.parameters.pointer, gradients: g, learningRate: Float(lr))
-                if FaultInjection.hits(FaultInjection.divergence, rank: world.rank, step: step) { model.parameters.pointer[0] += 1e-3 }
-                lastLoss = stepLoss
-            }
-            times.optimizer = lap(&t)
-            step += 1
-            totals += times
-            if step - firstStep == timingWarmup {
-                timedStart = t
-                if timingWarmup > 0 { timedCPUStart = ProcessClock.cpuSeconds() }
-            } else if step - firstStep > timingWarmup {
-                timed += times
-                timedSteps += 1
-                if recordStepTimes { timedStepLog.append(times) }
-                timedWallSeconds = t - timedStart
-                if step == totalSteps { timedCPUSeconds = ProcessClock.cpuSeconds() - timedCPUStart }
-            }
-
-            try log.step(StepRecord(step: step, epoch: epoch + 1, loss: stepLoss, accuracy: stepAccuracy, lr: lr,
-                                gradNorm: norm, clipped: clipped, skipped: skipped, samples: Int(globalCount),
-                                dataSeconds: times.data, forwardSeconds: times.forward, backwardSeconds: times.backward,
-                                communicationSeconds: times.communication, optimizerSeconds: times.optimizer),
-                     totalSteps: totalSteps, stepsPerEpoch: stepsPerEpoch)
-
+            // 9. The cadence: log, replica check, evaluation at an epoch's end, checkpoint.
+            try log.step(StepRecord(outcome), totalSteps: totalSteps, stepsPerEpoch: stepsPerEpoch)
             var checkpointDue = config.checkpointEvery > 0 && step % config.checkpointEvery == 0
             if config.checkReplicas > 0 && step % config.checkReplicas == 0 {
                 try verifyReplicas(includeBuffers: config.bn == .sync)
             }
-
-            // Epoch end: evaluation.
-            let epochDone = step % stepsPerEpoch == 0 || step == totalSteps
-            if epochDone {
-                let finishedEpoch = (step - 1) / stepsPerEpoch + 1
-                try averageLocalStatistics()
-                if config.evalEvery > 0 && (finishedEpoch % config.evalEvery == 0 || step == totalSteps), data.test != nil {
-                    if FaultInjection.hits(FaultInjection.signal(.evaluation), rank: world.rank, step: step), resumedFrom == nil { raise(SIGTERM) }
-                    let e = try evaluate()
-                    lastEval = e
-                    accuracyPerEpoch.append(e.accuracy)
-                    evaluatedEpochs.append(finishedEpoch)
-                    if best == nil || e.accuracy > best!.accuracy { best = (e.accuracy, finishedEpoch) }
-                    try log.evaluation(epoch: finishedEpoch, e)
-                }
+            if step % stepsPerEpoch == 0 || step == totalSteps {
+                try endEpoch((step - 1) / stepsPerEpoch + 1, &evaluations)
                 checkpointDue = true
             }
             if checkpointDue { try saveCheckpoint() }
@@ -581,27 +491,158 @@ public final class Trainer {
             // or a checkpoint takes long: a request that came meanwhile is asked for again.
             // The last step has no boundary after it: the run ends as usual.
             if step < totalSteps {
+                var stopSignal = outcome.stopSignal
                 if stopSignal == 0 && checkpointDue { stopSignal = try StopRequest.agree(world, scratch: stopVote) }
                 if stopSignal != 0 { try stopOnRequest(signal: stopSignal) }
             }
         }
-
-        let hashes = try verifyReplicas(includeBuffers: true)
-        let wall = Communicator.wallTime() - start
-        // Communication share, time to the first step and its Unix time: the largest over ranks.
-        var commShare = [totals.communication / max(totals.total, 1e-12), secondsToFirstStep ?? -1, firstStepUnixTime ?? -1]
-        try world.allreduce(&commShare, op: .max)
-        let summary = TrainSummary(
-            worldSize: world.size, globalBatch: globalBatch, steps: step,
-            epochs: Double(step) / Double(stepsPerEpoch), skippedSteps: skippedSteps, finalTrainLoss: lastLoss,
-            testLoss: lastEval?.loss, testAccuracy: lastEval?.accuracy, bestTestAccuracy: best?.accuracy, bestEpoch: best?.epoch,
-            wallSeconds: wall, samplesPerSecond: Double((step - firstStep) * globalBatch) / max(totals.total, 1e-12),
-            communicationShare: commShare[0], parameterHashes: hashes.map { String($0, radix: 16) },
-            accuracyPerEpoch: accuracyPerEpoch, evaluatedEpochs: evaluatedEpochs,
-            secondsToFirstStep: step > firstStep ? commShare[1] : nil, firstStepUnixTime: step > firstStep ? commShare[2] : nil,
-            runDir: checkpointDirectory == nil ? nil : config.resolvedRunDir)
+        let summary = try summarize(steps: step - firstStep, totals: totals, lastLoss: lastLoss, evaluations: evaluations,
+                                    wallSeconds: Clock.seconds() - start, runDir: checkpointDirectory == nil ? nil : config.resolvedRunDir)
         log.finish(summary)
         return summary
+    }
+
+    /// The evaluations of a run: each one's epoch and accuracy, the last, the best.
+    struct EvaluationHistory {
+        var accuracies: [Double] = []
+        var epochs: [Int] = []
+        var last: Evaluation?
+        var best: (accuracy: Double, epoch: Int)?
+
+        mutating func add(_ evaluation: Evaluation, epoch: Int) {
+            last = evaluation
+            accuracies.append(evaluation.accuracy)
+            epochs.append(epoch)
+            if best == nil || evaluation.accuracy > best!.accuracy { best = (evaluation.accuracy, epoch) }
+        }
+    }
+
+    /// An epoch's end (or the run's): local batch-norm statistics averaged, and the
+    /// evaluation when --eval-every asks for one (always after the last step).
+    func endEpoch(_ finishedEpoch: Int, _ evaluations: inout EvaluationHistory) throws {
+        try averageLocalStatistics()
+        guard config.evalEvery > 0 && (finishedEpoch % config.evalEvery == 0 || step == totalSteps), data.test != nil else { return }
+        if FaultInjection.hits(FaultInjection.signal(.evaluation), rank: world.rank, step: step), resumedFrom == nil { raise(SIGTERM) }
+        let e = try evaluate()
+        evaluations.add(e, epoch: finishedEpoch)
+        try log.evaluation(epoch: finishedEpoch, e)
+    }
+
+    /// The run's summary, after a last replica check; communication share, time to the
+    /// first step and its Unix time are the largest over ranks.
+    func summarize(steps: Int, totals: StepTimes, lastLoss: Double, evaluations: EvaluationHistory,
+                   wallSeconds: Double, runDir: String?) throws -> TrainSummary {
+        let hashes = try verifyReplicas(includeBuffers: true)
+        var largest = [totals.communication / max(totals.total, 1e-12), secondsToFirstStep ?? -1, firstStepUnixTime ?? -1]
+        try world.allreduce(&largest, op: .max)
+        return TrainSummary(
+            worldSize: world.size, globalBatch: globalBatch, steps: step,
+            epochs: Double(step) / Double(sampler.stepsPerEpoch), skippedSteps: skippedSteps, finalTrainLoss: lastLoss,
+            testLoss: evaluations.last?.loss, testAccuracy: evaluations.last?.accuracy,
+            bestTestAccuracy: evaluations.best?.accuracy, bestEpoch: evaluations.best?.epoch,
+            wallSeconds: wallSeconds, samplesPerSecond: Double(steps * globalBatch) / max(totals.total, 1e-12),
+            communicationShare: largest[0], parameterHashes: hashes.map { String($0, radix: 16) },
+            accuracyPerEpoch: evaluations.accuracies, evaluatedEpochs: evaluations.epochs,
+            secondsToFirstStep: steps > 0 ? largest[1] : nil, firstStepUnixTime: steps > 0 ? largest[2] : nil,
+            runDir: runDir)
+    }
+
+    /// One training step, DESIGN's steps 1 to 8, on every rank: this rank's slice of global
+    /// batch `step`, forward, loss, backward, one allreduce of the gradients with the counts at
+    /// their tail (and the stop vote beside it), the exact mean, the non-finite check, clipping
+    /// and the optimizer step. Advances `step`.
+    func trainStep() throws -> StepOutcome {
+        let stepsPerEpoch = sampler.stepsPerEpoch
+        let epoch = step / stepsPerEpoch
+        let p = model.parameterCount
+        let g = model.gradients.pointer
+        var times = StepTimes()
+        var t = Clock.seconds()
+
+        // 1. This rank's part of global batch k.
+        if epoch != orderEpoch { order = sampler.epochOrder(epoch); orderEpoch = epoch }
+        let slice = sampler.localSlice(ofBatch: step % stepsPerEpoch)
+        let n = slice.count
+        for (i, j) in slice.enumerated() { sampleIDs[i] = order[j] }
+        data.gather(data.train, indices: sampleIDs, count: n, into: x.pointer, labels: labels)
+        times.data = lap(&t)
+
+        // 2-4. Forward, loss summed over the local slice, backward; with several compute
+        // threads, each on its part of the slice, gradients summed into `g`. Forward
+        // moves the running statistics: keep them, in case the step is skipped.
+        buffersBeforeStep.pointer.update(from: model.buffers.pointer, count: model.buffers.capacity)
+        countersBeforeStep.update(from: model.counters, count: model.counterCount)
+        if n > 0 && FaultInjection.hits(FaultInjection.nanInput, rank: world.rank, step: step) { x.pointer[0] = .nan }
+        let result = try replicas.trainingPass(x: x.pointer, sampleShape: data.sampleShape, labels: labels, ids: sampleIDs,
+                                               count: n, seed: config.seed, step: step,
+                                               communicationSeconds: { self.syncStatistics?.takeSeconds() ?? 0 })
+        try FaultInjection.check(rank: world.rank, step: step, resumed: resumedFrom != nil)
+        if FaultInjection.hits(FaultInjection.signal(.step), rank: world.rank, step: step), resumedFrom == nil { raise(SIGTERM) }
+        if FaultInjection.poisons(rank: world.rank, step: step) { g[0] = .nan }
+        g[model.lossSlot] = Float(result.lossSum)
+        g[model.correctSlot] = Float(result.correct)
+        g[model.samplesSlot] = Float(n)
+        // Sync-BN's collectives ran inside forward and backward: count them as communication.
+        let syncBN = result.forwardCommunicationSeconds + (syncStatistics?.takeSeconds() ?? 0)
+        let pass = lap(&t)
+        times.forward = result.forwardSeconds
+        times.backward = pass - result.forwardSeconds - syncBN
+
+        // 5. One allreduce moves gradients and the three counts. The stop vote
+        // (StopRequest: was any rank asked to stop?) rides along: started just before it,
+        // completed just after, it adds no wait of its own.
+        var vote = try StopRequest.startVote(world, scratch: stopVote)
+        try world.allreduce(g, count: p + Model.tailCount)
+        let stopSignal = try StopRequest.finishVote(world, &vote, scratch: stopVote)
+        times.communication = lap(&t) + syncBN
+
+        // 6. Exact mean over the global batch, whatever the slice sizes.
+        let globalCount = g[model.samplesSlot]
+        let scale = 1 / globalCount
+        for i in 0..<p { g[i] *= scale }
+        let loss = Double(g[model.lossSlot]) / Double(globalCount)
+        let accuracy = Double(g[model.correctSlot]) / Double(globalCount)
+
+        // 7. Every rank sees the same reduced numbers, so every rank makes the same call.
+        var norm = Double.nan
+        var clipped = false
+        let skipped = !isFinite(g, count: p) || !loss.isFinite
+        let lr = Double(schedule.learningRate(base: Float(baseLearningRate), step: step))
+        if skipped {
+            // No trace: parameters and optimizer state were not touched; the running
+            // statistics and counters that forward moved (maybe to NaN) are put back.
+            model.buffers.pointer.update(from: buffersBeforeStep.pointer, count: model.buffers.capacity)
+            model.counters.update(from: countersBeforeStep, count: model.counterCount)
+            consecutiveSkips += 1
+            skippedSteps += 1
+            log.warn("step \(step): non-finite gradient or loss; step skipped (\(consecutiveSkips) in a row)")
+            if consecutiveSkips >= config.maxSkippedSteps {
+                // Every rank decided on the same reduced numbers: reported once, all leave together.
+                throw CollectiveFailure(message: "stopping at step \(step): \(consecutiveSkips) consecutive steps had non-finite gradients (--max-skipped-steps \(config.maxSkippedSteps))",
+                                        exitCode: ExitStatus.diverged)
+            }
+        } else {
+            consecutiveSkips = 0
+            samplesSinceAveraging += n
+            // 8. Clip the global gradient, then step.
+            if let maxNorm = config.clipNorm {
+                let r = clipGradNorm(g, count: p, maxNorm: Float(maxNorm))
+                norm = r.normBeforeClip
+                clipped = r.clipped
+            } else {
+                norm = globalNorm(g, count: p)
+            }
+            if let limit = config.clipValue {
+                clipped = clipGradValue(g, count: p, limit: Float(limit)) || clipped
+            }
+            optimizer.step(parameters: model.parameters.pointer, gradients: g, learningRate: Float(lr))
+            if FaultInjection.hits(FaultInjection.divergence, rank: world.rank, step: step) { model.parameters.pointer[0] += 1e-3 }
+        }
+        times.optimizer = lap(&t)
+        step += 1
+        return StepOutcome(step: step, epoch: epoch + 1, loss: loss, accuracy: accuracy, samples: Int(globalCount), localSamples: n,
+                           learningRate: lr, gradientNorm: norm, clipped: clipped, skipped: skipped, times: times, endTime: t,
+                           stopSignal: stopSignal)
     }
 
     /// With local batch norm the running statistics drift apart per rank; they are averaged
@@ -652,7 +693,7 @@ public final class Trainer {
 
     @inline(__always)
     private func lap(_ t: inout Double) -> Double {
-        let now = Communicator.wallTime()
+        let now = Clock.seconds()
         defer { t = now }
         return now - t
     }

@@ -60,8 +60,8 @@ struct Bench: ParsableCommand {
         try withWorld { world in
             let config = try config(in: world)
             let trainer = try Trainer(config: config, world: world)
-            trainer.timingWarmup = untimedSteps
-            trainer.recordStepTimes = true
+            let timer = StepTimer(untimedSteps: untimedSteps, timedSteps: timedSteps)
+            trainer.observer = timer
             let log = try RunLog(rank: world.rank, logEvery: Int.max, json: false, metricsPath: nil, quiet: true)
             let summary = try trainer.run(log: log, checkpointDirectory: nil)
 
@@ -75,23 +75,23 @@ struct Bench: ParsableCommand {
             var allreduceSeconds = Double.infinity
             for _ in 0..<10 {
                 try world.barrier()
-                let start = Communicator.wallTime()
+                let start = Clock.seconds()
                 try world.allreduce(scratch.pointer, count: gradientFloats)
-                allreduceSeconds = min(allreduceSeconds, Communicator.wallTime() - start)
+                allreduceSeconds = min(allreduceSeconds, Clock.seconds() - start)
             }
             var slowest = [allreduceSeconds]
             try world.allreduce(&slowest, op: .max)
 
-            let t = trainer.timed, steps = Double(max(trainer.timedSteps, 1))
+            let t = timer.total, steps = Double(max(timer.steps, 1))
             let sgemm = sgemmPeakGFLOPS(threads: 1)
             let mine = [t.data / steps, t.forward / steps, t.backward / steps, t.communication / steps, t.optimizer / steps,
-                        trainer.timedWallSeconds, rss, sgemm, Double(trainer.replicas.threads),
-                        trainer.timedCPUSeconds / steps]
+                        timer.wallSeconds, rss, sgemm, Double(trainer.replicas.threads),
+                        timer.cpuSeconds / steps]
             let all = try world.allgather(mine)
             // Every timed step's split (data, forward, backward, communication, optimizer) of
             // every rank, rank after rank.
-            let logged = trainer.timedStepLog.count
-            let splits = try world.allgather(trainer.timedStepLog.flatMap { [$0.data, $0.forward, $0.backward, $0.communication, $0.optimizer] })
+            let logged = timer.log.count
+            let splits = try world.allgather(timer.log.flatMap { [$0.data, $0.forward, $0.backward, $0.communication, $0.optimizer] })
             func stepPart(_ rank: Int, _ step: Int, _ part: Int) -> Double { splits[(rank * logged + step) * 5 + part] }
             if world.rank == 0, let path = self.stepLog {
                 var lines = ""
@@ -132,7 +132,7 @@ struct Bench: ParsableCommand {
             }.reduce(0, +) / Double(ranks)
             let commShares = (0..<ranks).map { r in all[r * fields + 3] / max((0..<5).reduce(0.0) { $0 + all[r * fields + $1] }, 1e-12) }
             let wall = column(5).max() ?? 0
-            let samplesPerSecond = Double(trainer.globalBatch * trainer.timedSteps) / max(wall, 1e-12)
+            let samplesPerSecond = Double(trainer.globalBatch * timer.steps) / max(wall, 1e-12)
             let flops = trainer.model.flopsPerSample
             let threads = Int(column(8).max() ?? 1)
             let cores = ProcessInfo.processInfo.activeProcessorCount
@@ -143,7 +143,7 @@ struct Bench: ParsableCommand {
             let result = BenchResult(
                 model: config.model, dataset: config.dataset, worldSize: ranks, perRankBatch: trainer.globalBatch / ranks,
                 globalBatch: trainer.globalBatch, threadsPerRank: threads, untimedSteps: untimedSteps,
-                timedSteps: trainer.timedSteps, samplesPerSecond: samplesPerSecond,
+                timedSteps: timer.steps, samplesPerSecond: samplesPerSecond,
                 stepMilliseconds: BenchResult.Split(data: split[0] * 1e3, forward: split[1] * 1e3, backward: split[2] * 1e3,
                                                     communication: split[3] * 1e3, optimizer: split[4] * 1e3, total: stepSeconds * 1e3),
                 communicationShare: commShares.max() ?? 0, communicationSharePerRank: commShares,
@@ -265,5 +265,48 @@ struct BenchResult: Codable {
                       sgemmGFLOPSOneCore, achievedGFLOPS, shareOfPeak * 100, plural(coresUsed, "core"))
         out += "machine              \(machine.cores) cores, \(machine.cpu), \(machine.openBLAS)\n"
         return out
+    }
+}
+
+/// Bench's clock on the training loop (a TrainingObserver): the first `untimedSteps` steps
+/// are left out; of the others it sums the split, keeps every step's split (room made
+/// before the first step, so observing allocates nothing), and measures the wall time from
+/// the end of the untimed steps (or the run's start) to the end of the last step, and this
+/// process's CPU time over the same window (read once at each end).
+final class StepTimer: TrainingObserver {
+    let untimedSteps: Int
+    let timedSteps: Int
+    private(set) var total = StepTimes()
+    private(set) var steps = 0
+    private(set) var log: [StepTimes] = []
+    private(set) var wallSeconds = 0.0
+    private(set) var cpuSeconds = 0.0
+    private var observed = 0
+    private var start = 0.0
+    private var cpuStart = 0.0
+
+    init(untimedSteps: Int, timedSteps: Int) {
+        self.untimedSteps = untimedSteps
+        self.timedSteps = timedSteps
+        log.reserveCapacity(timedSteps)
+    }
+
+    func runWillStart() {
+        start = Clock.seconds()
+        cpuStart = ProcessClock.cpuSeconds()
+    }
+
+    func stepDidEnd(_ outcome: StepOutcome) {
+        observed += 1
+        if observed == untimedSteps {
+            start = outcome.endTime
+            cpuStart = ProcessClock.cpuSeconds()
+        } else if observed > untimedSteps {
+            total += outcome.times
+            steps += 1
+            if log.count < log.capacity { log.append(outcome.times) }
+            wallSeconds = outcome.endTime - start
+            if steps == timedSteps { cpuSeconds = ProcessClock.cpuSeconds() - cpuStart }
+        }
     }
 }

@@ -131,9 +131,9 @@ struct Doctor: ParsableCommand {
             try world.allreduce(buffer.pointer, count: count)
             try world.barrier()
             let reps = bytes >= 4 << 20 ? 5 : 20
-            let start = Communicator.wallTime()
+            let start = Clock.seconds()
             for _ in 0..<reps { try world.allreduce(buffer.pointer, count: count) }
-            var elapsed = [(Communicator.wallTime() - start) / Double(reps)]
+            var elapsed = [(Clock.seconds() - start) / Double(reps)]
             try world.allreduce(&elapsed, op: .max)
             let p = Double(world.size)
             results.append((bytes, Double(bytes) / elapsed[0] * 2 * (p - 1) / p))

@@ -75,12 +75,12 @@ struct Microbench: ParsableCommand {
     private func timePerCall(_ body: () throws -> Void) throws -> Double {
         try body()
         var calls = 0
-        let start = Communicator.wallTime()
+        let start = Clock.seconds()
         var elapsed = 0.0
         while elapsed < seconds {
             try body()
             calls += 1
-            elapsed = Communicator.wallTime() - start
+            elapsed = Clock.seconds() - start
         }
         return elapsed / Double(calls)
     }
