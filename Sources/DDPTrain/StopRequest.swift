@@ -31,6 +31,16 @@ public enum StopRequest {
         }
     }
 
+    /// A stop request that reached launch/mpirun before mpirun had started this rank (mpirun
+    /// passes SIGUSR1 only to the ranks it has) is left as the file DDPTRAIN_STOP_FILE names:
+    /// taken as a SIGUSR1 to this process. Asked once the command is known (train: once its
+    /// handler is installed, and again just before the first step).
+    public static func takeLauncherRequest() {
+        guard ddp_stop_requested() == 0, let path = ProcessInfo.processInfo.environment["DDPTRAIN_STOP_FILE"], !path.isEmpty,
+              access(path, F_OK) == 0 else { return }
+        raise(SIGUSR1)
+    }
+
     /// Whether the handler is still the one installed (MPI_Init could have replaced it).
     public static var isInstalled: Bool { ddp_stop_is_installed() == 1 }
 

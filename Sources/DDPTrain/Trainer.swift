@@ -412,7 +412,7 @@ public final class Trainer {
             if checkpointedStep != step { try saveCheckpoint() }
             saved = checkpoints.path(step: step)
         }
-        let next = saved.map { "checkpoint \($0) holds it; continue with --resume auto (launch/train: run it again)" }
+        let next = saved.map { "checkpoint \($0) holds it; to continue, run the same command with --resume auto" }
             ?? (step == 0 ? "no step was trained, nothing to save; run it again to start" : "no checkpoints in this run")
         throw CollectiveFailure(message: "stopped on request (\(StopRequest.name(of: signal))) at step \(step) of \(totalSteps): \(next)",
                                 exitCode: ExitStatus.stoppedOnRequest)
@@ -458,7 +458,9 @@ public final class Trainer {
         let watchdog = config.collectiveTimeout > 0 ? StepWatchdog(seconds: config.collectiveTimeout, rank: world.rank) : nil
         defer { watchdog?.stop() }
         if FaultInjection.hits(FaultInjection.signal(.start), rank: world.rank, step: step), resumedFrom == nil { raise(SIGTERM) }
-        // A stop requested while MPI started or the data loaded: leave before the first step.
+        // A stop requested while MPI started or the data loaded (or, left by launch/mpirun,
+        // before this rank started): leave before the first step.
+        StopRequest.takeLauncherRequest()
         let startSignal = try StopRequest.agree(world, scratch: stopVote)
         if startSignal != 0 { try stopOnRequest(signal: startSignal) }
         observer?.runWillStart()

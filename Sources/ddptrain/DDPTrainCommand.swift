@@ -25,6 +25,7 @@ struct DDPTrainCommand: ParsableCommand {
         StopRequest.install(graceful: false, announce: false)
         do {
             var command = try parseAsRoot()
+            if !(command is Train) { StopRequest.takeLauncherRequest() }
             try command.run()
         } catch {
             if launchRank == 0 { exit(withError: error) }

@@ -131,4 +131,48 @@ final class LauncherTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("launch/train: giving up after 2 restart(s)"), r.stderr)
         XCTAssertFalse(r.stderr.contains("attempt 4"), r.stderr)
     }
+
+    /// A stop request during the restart delay: no further attempt.
+    func testStopDuringTheRestartDelayStartsNoFurtherAttempt() throws {
+        let job = try Background(launcher, ["-n", "2", "--max-restarts", "2", "--restart-delay", "60", "-x", "DDPTRAIN_INJECT_FAULT", "--",
+                                            "--model", "mlp", "--train-samples", "512", "--eval-every", "0", "--steps", "10",
+                                            "--per-rank-batch", "16", "--checkpoint-every", "4", "--run-dir", runDir("delay")],
+                                 environment: environment.merging(["DDPTRAIN_INJECT_FAULT": "1:5"]) { $1 })
+        XCTAssertTrue(Background.waitUntil(timeout: 60) { job.err.snapshot().contains("launch/train: restart 1 of 2 in 60 s") }, job.err.snapshot())
+        XCTAssertEqual(kill(job.pid, SIGTERM), 0)
+        let r = job.wait(timeout: 30)
+        XCTAssertFalse(r.timedOut, "the restart delay was not cut short: \(r.stderr)")
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("launch/train: stopped by SIGTERM before restart 1; not restarting"), r.stderr)
+        XCTAssertFalse(r.stderr.contains("attempt 2"), r.stderr)
+    }
+
+    /// SIGHUP to launch/train (its terminal closed) is a stop request like SIGTERM: the ranks
+    /// stop with a checkpoint, nothing of the job is left running.
+    func testHangupStopsTheJobWithACheckpoint() throws {
+        let job = try Background(launcher, ["-n", "2", "--max-restarts", "2", "--restart-delay", "0", "-x", "DDPTRAIN_INJECT_HOLD", "--",
+                                            "--model", "mlp", "--train-samples", "512", "--eval-every", "0", "--steps", "40",
+                                            "--per-rank-batch", "16", "--run-dir", runDir("hangup")],
+                                 environment: environment.merging(["DDPTRAIN_INJECT_HOLD": "0:13"]) { $1 })
+        XCTAssertTrue(Background.waitUntil(timeout: 60) { job.err.snapshot().contains("holds at step index 13") }, job.err.snapshot())
+        let tree = Processes.descendants(of: job.pid)
+        XCTAssertEqual(kill(job.pid, SIGHUP), 0)
+        let r = job.wait(timeout: 60)
+        XCTAssertEqual(r.status, 79, r.stderr)
+        XCTAssertTrue(r.stderr.contains("stopped on request (SIGUSR1) at step 14 of 40"), r.stderr)
+        XCTAssertTrue(Checkpoints.names(runDir: runDir("hangup")).contains("step-00000014.safetensors"))
+        XCTAssertTrue(Background.waitUntil(timeout: 5) { tree.allSatisfy { Processes.name(of: $0) == nil } },
+                      "processes left: \(tree.filter { Processes.name(of: $0) != nil })")
+    }
+
+    /// launch/mpirun runs mpirun through perl (to block SIGTERM in it): perl says nothing, even
+    /// where the locale variables name a locale this machine lacks (as ssh from a Mac sends).
+    func testLaunchMpirunAddsNothingToTheOutput() throws {
+        let mpirun = MPIRun.repoRoot.appendingPathComponent("launch/mpirun").path
+        let r = try Background(mpirun, ["-n", "1", "/bin/echo", "ok"],
+                               environment: ["LC_CTYPE": "UTF-8", "LANG": "xx_YY.UTF-8", "LC_ALL": ""]).wait(timeout: 60)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "ok")
+        XCTAssertEqual(r.stderr, "")
+    }
 }

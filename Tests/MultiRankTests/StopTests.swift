@@ -240,6 +240,24 @@ final class StopTests: XCTestCase {
         try assertResumeEndsBitwise(dir)
     }
 
+    /// A stop request that reached launch/mpirun before mpirun had started the ranks is left
+    /// in the file DDPTRAIN_STOP_FILE names: `train` stops before its first step (79), any
+    /// other command ends at once (128 + SIGUSR1), as if the signal had reached them.
+    func testAStopLeftByTheLauncherBeforeTheRanksStartedIsTaken() throws {
+        let file = scratch.appendingPathComponent("stop-requested").path
+        XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: Data()))
+        let dir = runDir("left")
+        let r = try MPIRun.run(ranks: 2, ["train"] + common + ["--run-dir", dir], environment: ["DDPTRAIN_STOP_FILE": file])
+        XCTAssertEqual(r.status, Self.stoppedOnRequest, r.stdout + r.stderr)
+        XCTAssertTrue(r.stderr.contains("stopped on request (SIGUSR1) at step 0 of 40: no step was trained"), r.stderr)
+        XCTAssertEqual(Checkpoints.names(runDir: dir), [])
+        let doctor = try MPIRun.run(ranks: 1, ["doctor"], environment: ["DDPTRAIN_STOP_FILE": file])
+        XCTAssertEqual(doctor.status, 128 + SIGUSR1, doctor.stdout + doctor.stderr)
+        let without = try MPIRun.run(ranks: 2, ["train"] + common + ["--run-dir", runDir("not-left")],
+                                     environment: ["DDPTRAIN_STOP_FILE": file + ".absent"])
+        XCTAssertEqual(without.status, 0, without.stderr)
+    }
+
     /// A signal before the first step (data loaded, model initialized): nothing trained,
     /// nothing written, the same status.
     func testSignalBeforeTheFirstStepStopsWithoutACheckpoint() throws {
