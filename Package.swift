@@ -57,11 +57,12 @@ let package = Package(
         .target(name: "DDPNet", dependencies: ["DDPKernels", "DDPSystem", "Yams"],
                 swiftSettings: [.unsafeFlags(numericFlags, .when(configuration: .release))]),
         .target(name: "DDPData", dependencies: ["DDPKernels", "DDPSystem", "CZlib"]),
-        .target(name: "DDPComm", dependencies: ["CMPI"]),
+        // Distribution (DESIGN layer 6): everything ranks do together, and the only module that calls MPI.
+        .target(name: "DDPComm", dependencies: ["CMPI", "DDPNet", "DDPKernels", "DDPSystem"]),
         .target(name: "SafeTensors", dependencies: ["DDPSystem", "CZlib"]),
         .target(name: "DDPTrain", dependencies: ["DDPNet", "DDPData", "DDPComm", "SafeTensors", "DDPSystem", "CStopSignal", "Yams"]),
         .executableTarget(name: "ddptrain", dependencies: [
-            "DDPTrain", "DDPComm", "DDPNet", "DDPData", "DDPKernels", "SafeTensors",
+            "DDPTrain", "DDPComm", "DDPNet", "DDPData", "DDPKernels", "DDPSystem", "SafeTensors",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // One function per reader of untrusted files, shared by the fuzzers and FuzzRegressionTests.

@@ -1,3 +1,4 @@
+import DDPSystem
 import Foundation
 
 /// `--collective-timeout SECONDS`: ends this rank when one training step takes longer than

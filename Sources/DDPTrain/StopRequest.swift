@@ -1,5 +1,6 @@
 import CStopSignal
 import DDPComm
+import DDPSystem
 import Foundation
 
 /// Stopping on request: SIGTERM, SIGINT or SIGUSR1 (what Slurm, a launcher or Ctrl-C send).

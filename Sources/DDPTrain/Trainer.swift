@@ -2,6 +2,7 @@ import DDPComm
 import DDPData
 import DDPKernels
 import DDPNet
+import DDPSystem
 import Foundation
 
 /// What a finished run reports.
@@ -658,15 +659,9 @@ public final class Trainer {
     func averageLocalStatistics() throws {
         guard config.bn == .local, world.size > 1, model.buffers.capacity > 0, buffersAveragedAtStep != step else { return }
         buffersAveragedAtStep = step
-        let normalized = try world.allgather([Int64(samplesSinceAveraging)])
-        let contributors = normalized.filter { $0 > 0 }.count
-        // None moved since the replicas last had equal statistics (broadcast or averaged).
-        guard contributors > 0 else { return }
-        if samplesSinceAveraging == 0 { model.buffers.zero() }
-        samplesSinceAveraging = 0
-        try world.allreduce(model.buffers.pointer, count: model.buffers.capacity)
-        let size = Float(contributors)
-        for i in 0..<model.buffers.capacity { model.buffers.pointer[i] /= size }
+        // None moved since the replicas last had equal statistics (broadcast or averaged):
+        // nothing to do, and the count stays.
+        if try averageRunningStatistics(model, samplesNormalized: samplesSinceAveraging, world: world) { samplesSinceAveraging = 0 }
     }
 
     /// Compares the replicas' hashes (I1), once per step: the last step checks before its
@@ -769,13 +764,6 @@ public struct Evaluation: Codable, Sendable {
     enum CodingKeys: String, CodingKey {
         case loss, accuracy, correct, samples, confusionMatrix = "confusion_matrix", classAccuracy = "class_accuracy"
     }
-}
-
-/// Rank 0's parameters, batch-norm buffers and counters, on every rank.
-public func broadcastModelState(_ model: Model, world: Communicator) throws {
-    try world.broadcast(model.parameters.pointer, count: model.parameterCount, root: 0)
-    try world.broadcast(model.buffers.pointer, count: model.buffers.capacity, root: 0)
-    try world.broadcast(model.counters, count: model.counterCount, root: 0)
 }
 
 public struct TrainingError: Error, CustomStringConvertible {

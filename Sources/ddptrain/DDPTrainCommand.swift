@@ -1,6 +1,7 @@
 import ArgumentParser
 import DDPComm
 import DDPData
+import DDPSystem
 import DDPTrain
 import Foundation
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import DDPSystem
 import DDPTrain
 import Foundation
 

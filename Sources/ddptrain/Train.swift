@@ -1,4 +1,5 @@
 import ArgumentParser
+import DDPComm
 import DDPTrain
 import Foundation
 

@@ -1,4 +1,3 @@
-import DDPComm
 import DDPKernels
 import DDPNet
 

@@ -1,4 +1,3 @@
-import DDPComm
 import DDPNet
 
 /// FNV-1a over the bytes of the parameters and buffers: equal hashes on every rank mean

@@ -1,4 +1,4 @@
-import DDPComm
+import DDPSystem
 import Foundation
 
 /// An error that every rank knows about, to be reported once (by rank 0): ranks leave
@@ -8,6 +8,11 @@ public struct CollectiveFailure: Error, CustomStringConvertible {
     public var message: String
     public var exitCode: Int32 = ExitStatus.inputError
     public var description: String { message }
+
+    public init(message: String, exitCode: Int32 = ExitStatus.inputError) {
+        self.message = message
+        self.exitCode = exitCode
+    }
 }
 
 /// Runs `body` on every rank, then agrees on the outcome: if it failed on any rank, rank 0

@@ -1,0 +1,25 @@
+import DDPNet
+
+/// Rank 0's parameters, batch-norm buffers and counters, on every rank.
+public func broadcastModelState(_ model: Model, world: Communicator) throws {
+    try world.broadcast(model.parameters.pointer, count: model.parameterCount, root: 0)
+    try world.broadcast(model.buffers.pointer, count: model.buffers.capacity, root: 0)
+    try world.broadcast(model.counters, count: model.counterCount, root: 0)
+}
+
+/// Local batch norm's running statistics, averaged over the ranks that normalized samples
+/// (`samplesNormalized` > 0) since the replicas last held equal statistics: a rank whose
+/// slices were all empty holds the statistics of then and is left out, so that the average
+/// is that of the ranks that had data; when every rank had data it is the plain mean.
+/// Returns false, touching nothing, when no rank normalized a sample.
+@discardableResult
+public func averageRunningStatistics(_ model: Model, samplesNormalized: Int, world: Communicator) throws -> Bool {
+    let normalized = try world.allgather([Int64(samplesNormalized)])
+    let contributors = normalized.filter { $0 > 0 }.count
+    guard contributors > 0 else { return false }
+    if samplesNormalized == 0 { model.buffers.zero() }
+    try world.allreduce(model.buffers.pointer, count: model.buffers.capacity)
+    let size = Float(contributors)
+    for i in 0..<model.buffers.capacity { model.buffers.pointer[i] /= size }
+    return true
+}
