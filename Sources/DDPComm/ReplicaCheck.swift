@@ -1,3 +1,4 @@
+import DDPKernels
 import DDPNet
 
 /// FNV-1a over the bytes of the parameters and buffers: equal hashes on every rank mean
@@ -5,16 +6,13 @@ import DDPNet
 /// With local batch norm the running statistics legitimately differ between ranks until
 /// they are averaged, so mid-run checks leave buffers out (`includeBuffers: false`).
 public func replicaHash(_ model: Model, includeBuffers: Bool = true) -> UInt64 {
-    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-    func mix(_ raw: UnsafeRawBufferPointer) {
-        for byte in raw { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
-    }
-    mix(UnsafeRawBufferPointer(start: model.parameters.pointer, count: model.parameterCount * 4))
+    var hash = FNV1a()
+    hash.add(UnsafeRawBufferPointer(start: model.parameters.pointer, count: model.parameterCount * 4))
     if includeBuffers {
-        mix(UnsafeRawBufferPointer(start: model.buffers.pointer, count: model.buffers.capacity * 4))
-        mix(UnsafeRawBufferPointer(start: model.counters, count: model.counterCount * 8))
+        hash.add(UnsafeRawBufferPointer(start: model.buffers.pointer, count: model.buffers.capacity * 4))
+        hash.add(UnsafeRawBufferPointer(start: model.counters, count: model.counterCount * 8))
     }
-    return hash
+    return hash.value
 }
 
 public struct ReplicaDivergence: Error, CustomStringConvertible {

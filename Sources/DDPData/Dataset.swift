@@ -242,12 +242,10 @@ public final class Dataset: @unchecked Sendable {  // immutable after init
     /// The dataset's name and a hash of its real source paths: a stale cache is replaced
     /// under the same name, and equally named datasets from different folders do not collide.
     private static func cacheFileName(_ source: DataSource) -> String {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
-        for byte in (source.format.rawValue + "\n" + source.files.map(realPath).joined(separator: "\n")).utf8 {
-            hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3
-        }
+        var hash = FNV1a()
+        hash.add(source.format.rawValue + "\n" + source.files.map(realPath).joined(separator: "\n"))
         let safeName = String(source.name.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" ? $0 : "_" })
-        return "\(safeName)-\(String(hash, radix: 16)).ddpcache"
+        return "\(safeName)-\(String(hash.value, radix: 16)).ddpcache"
     }
 
     private static func realPath(_ path: String) -> String {

@@ -7,8 +7,7 @@ import DDPKernels
 /// global batch for any world size.
 ///
 /// An epoch has ceil(N / B) steps: the last global batch holds the N mod B samples left over
-/// (if any), so every sample is seen once per epoch. With `dropLast` it has floor(N / B)
-/// steps and the leftover samples (a different set each shuffled epoch) are skipped.
+/// (if any), so every sample is seen once per epoch.
 public struct Sampler: Equatable, Sendable {
     public let datasetSize: Int
     public let globalBatch: Int
@@ -16,10 +15,9 @@ public struct Sampler: Equatable, Sendable {
     public let rank: Int
     public let seed: UInt64
     public let shuffle: Bool
-    public let dropLast: Bool
 
     public init(datasetSize: Int, globalBatch: Int, worldSize: Int, rank: Int, seed: UInt64,
-                shuffle: Bool = true, dropLast: Bool = false) {
+                shuffle: Bool = true) {
         precondition(datasetSize >= 0 && datasetSize <= Int(Int32.max), "dataset size \(datasetSize) out of range")
         precondition(globalBatch >= 1, "global batch must be at least 1")
         precondition(worldSize >= 1 && (0..<worldSize).contains(rank), "rank \(rank) outside world of \(worldSize)")
@@ -29,12 +27,9 @@ public struct Sampler: Equatable, Sendable {
         self.rank = rank
         self.seed = seed
         self.shuffle = shuffle
-        self.dropLast = dropLast
     }
 
-    public var stepsPerEpoch: Int {
-        dropLast ? datasetSize / globalBatch : (datasetSize + globalBatch - 1) / globalBatch
-    }
+    public var stepsPerEpoch: Int { (datasetSize + globalBatch - 1) / globalBatch }
 
     /// The sample order of `epoch`: a permutation of 0..<N, or 0, 1, ... without shuffle.
     /// Fisher-Yates where the swap partner of position i is Philox word i of stream `epoch`,

@@ -1,3 +1,4 @@
+import DDPData
 import DDPSystem
 import Foundation
 
@@ -164,10 +165,4 @@ public struct RunPlot {
 }
 
 /// Names of the classes of the datasets ddptrain knows, by label; empty for others.
-public func classNames(dataset: String) -> [String] {
-    switch dataset {
-    case "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-    case "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    default: []
-    }
-}
+public func classNames(dataset: String) -> [String] { DatasetKind(rawValue: dataset)?.classNames ?? [] }

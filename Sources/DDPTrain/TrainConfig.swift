@@ -1,3 +1,4 @@
+import DDPData
 import DDPKernels
 import DDPNet
 import Foundation
@@ -9,7 +10,7 @@ import Yams
 /// and so do the config.json files and checkpoints of earlier versions, which still load.
 /// Flags override the file. It is written to the run dir and into every checkpoint.
 public struct TrainConfig: Codable, Equatable, Sendable {
-    public var dataset = "fashion-mnist"
+    public var dataset = DatasetKind.fashionMNIST.rawValue
     public var dataDir: String?
     public var trainSamples: Int?
     public var model = "fmnist-cnn"
@@ -244,9 +245,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try fraction("label-smoothing", labelSmoothing)
         if !(collectiveTimeout >= 0 && collectiveTimeout.isFinite) { try fail("--collective-timeout must be 0 (off) or a number of seconds, got \(collectiveTimeout)") }
         if let t = threads { try TrainConfig.checkThreads(t) }
-        if !["fashion-mnist", "mnist", "cifar10", "synthetic"].contains(dataset) {
-            try fail("--dataset must be one of fashion-mnist, mnist, cifar10, synthetic; got '\(dataset)'")
-        }
+        if DatasetKind(rawValue: dataset) == nil { try fail("--dataset must be one of \(DatasetKind.names); got '\(dataset)'") }
         if !["sgd", "adam", "adamw"].contains(optimizer) { try fail("--optimizer must be sgd, adam or adamw; got '\(optimizer)'") }
     }
 
@@ -257,7 +256,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try validateValues()
         if perRankBatch != nil && globalBatch != nil { try fail("give --per-rank-batch or --global-batch, not both") }
         if epochs < 1 && steps == nil { try fail("--epochs must be at least 1, got \(epochs)") }
-        if dataset == "synthetic" && dataDir != nil { try fail("--data-dir does not apply to --dataset synthetic") }
+        if dataset == DatasetKind.synthetic.rawValue && dataDir != nil { try fail("--data-dir does not apply to --dataset synthetic") }
         if initFrom != nil && initializer != "default" { try fail("--init \(initializer) does not apply with --init-from: the weights come from the file") }
         if nesterov && optimizer != "sgd" { try fail("--nesterov applies to --optimizer sgd only") }
         if nesterov && momentum == 0 { try fail("--nesterov needs --momentum > 0") }

@@ -11,21 +11,6 @@ public struct TrainingData {
     public let normalization: Normalization
     public var sampleShape: Shape { train.shape(batch: 1) }
 
-    /// Published per-dataset statistics of the training pixels in [0, 1] (they agree with
-    /// `pixelStatistics()` of the full training sets to 4 digits; a test checks).
-    static let knownNormalization = [
-        "fashion-mnist": Normalization(mean: 0.2860, std: 0.3530),
-        "mnist": Normalization(mean: 0.1307, std: 0.3081),
-    ]
-
-    public static func defaultDirectory(dataset: String) -> String? {
-        switch dataset {
-        case "fashion-mnist": return "/usr/share/datasets/fashion-mnist"
-        case "mnist": return "/usr/share/datasets/mnist"
-        default: return nil
-        }
-    }
-
     /// Rank 0 decodes the files first and writes the shared cache; then the other ranks map
     /// it, so each rank touches only the samples it uses. All ranks agree on success.
     public static func load(config: TrainConfig, world: Communicator, withTest: Bool = true) throws -> TrainingData {
@@ -46,13 +31,12 @@ public struct TrainingData {
     /// Sizes, classes, normalization and a hash of labels and a sample of pixels.
     var fingerprint: String {
         func digest(_ d: Dataset) -> String {
-            var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-            func mix(_ byte: UInt8) { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
-            for i in 0..<d.count { withUnsafeBytes(of: d.labels[i]) { $0.forEach(mix) } }
+            var hash = FNV1a()
+            for i in 0..<d.count { withUnsafeBytes(of: d.labels[i]) { hash.add($0) } }
             let pixels = d.count * d.samplePixels
             var i = 0
-            while i < pixels { mix(d.pixels[i]); i += 997 }
-            return "\(d.count) samples of \(d.shape(batch: 1).sampleDims), \(d.classes) classes, hash \(String(hash, radix: 16))"
+            while i < pixels { hash.add(d.pixels[i]); i += 997 }
+            return "\(d.count) samples of \(d.shape(batch: 1).sampleDims), \(d.classes) classes, hash \(String(hash.value, radix: 16))"
         }
         return "train \(digest(train)); test \(test.map(digest) ?? "none"); normalization \(normalization.mean), \(normalization.std)"
     }
@@ -60,8 +44,11 @@ public struct TrainingData {
     static func loadHere(config: TrainConfig, withTest: Bool) throws -> TrainingData {
         let train: Dataset
         var test: Dataset?
-        switch config.dataset {
-        case "synthetic":
+        guard let kind = DatasetKind(rawValue: config.dataset) else {
+            throw ConfigError("--dataset must be one of \(DatasetKind.names); got '\(config.dataset)'")
+        }
+        switch kind {
+        case .synthetic:
             // 1x28x28 so that every preset applies.
             // Sample i is a pure function of (seed, i): the first N of a larger set are a set of N.
             if let n = config.trainSamples, n > config.syntheticSamples {
@@ -83,14 +70,14 @@ public struct TrainingData {
             } catch let error as DataError {
                 throw ConfigError("--synthetic-samples \(config.syntheticSamples): \(error)")
             }
-        case "cifar10":
+        case .cifar10:
             guard let dir = config.dataDir else {
                 throw ConfigError("--dataset cifar10 needs --data-dir (a folder with data_batch_1.bin ... test_batch.bin)")
             }
             train = try Dataset.load(try DataSource.cifar10(directory: dir, split: .train), firstN: config.trainSamples)
             test = withTest ? try Dataset.load(try DataSource.cifar10(directory: dir, split: .test)) : nil
-        default:
-            guard let dir = config.dataDir ?? defaultDirectory(dataset: config.dataset) else {
+        case .fashionMNIST, .mnist:
+            guard let dir = config.dataDir ?? kind.defaultDirectory else {
                 throw ConfigError("--dataset \(config.dataset) needs --data-dir")
             }
             train = try Dataset.load(try DataSource.idx(directory: dir, split: .train), firstN: config.trainSamples)
@@ -101,13 +88,13 @@ public struct TrainingData {
                 FileHandle.standardError.write(Data("warning: \(path): damaged dataset cache (\(reason)); rebuilt from the source files\n".utf8))
             }
         }
-        if config.dataset != "synthetic", let n = config.trainSamples, n > train.count {
+        if kind != .synthetic, let n = config.trainSamples, n > train.count {
             throw ConfigError("--train-samples \(n) is more than the \(train.count) training samples")
         }
         if let test, test.shape(batch: 1) != train.shape(batch: 1) || test.classes != train.classes {
             throw ConfigError("test set \(test.name) has samples \(test.shape(batch: 1).sampleDims) and \(test.classes) classes, the training set \(train.shape(batch: 1).sampleDims) and \(train.classes)")
         }
-        let normalization = try knownNormalization[config.dataset] ?? train.normalization()
+        let normalization = try kind.knownNormalization ?? train.normalization()
         return TrainingData(name: config.dataset, train: train, test: test, normalization: normalization)
     }
 

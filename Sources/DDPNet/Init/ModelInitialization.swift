@@ -37,9 +37,5 @@ extension Model {
     }
 
     /// FNV-1a of a parameter's name: its initialization stream.
-    static func stream(named name: String) -> UInt32 {
-        var hash: UInt32 = 0x811c_9dc5
-        for byte in name.utf8 { hash = (hash ^ UInt32(byte)) &* 0x0100_0193 }
-        return hash
-    }
+    static func stream(named name: String) -> UInt32 { FNV1a.hash32(name) }
 }
