@@ -37,8 +37,8 @@ public final class Model {
     public let bufferViews: [BufferView]
     public let parameterCount: Int
     public let parameters: FloatBuffer
-    /// Gradients in the same layout as `parameters`, followed by `Model.tailCount` slots that
-    /// ride along in the gradient allreduce: loss sum, correct count, sample count.
+    /// Gradients in the same layout as `parameters`, followed by `gradientRoom` Floats left
+    /// for whoever reduces them to carry along (the trainer's loss and sample counts).
     public let gradients: FloatBuffer
     public let buffers: FloatBuffer
     public let counters: UnsafeMutablePointer<Int64>
@@ -46,18 +46,15 @@ public final class Model {
     /// Per-layer output shapes (n = 1), for summaries.
     public let layerOutputShapes: [Shape]
 
-    public static let tailCount = 3
-    public var lossSlot: Int { parameterCount }
-    public var correctSlot: Int { parameterCount + 1 }
-    public var samplesSlot: Int { parameterCount + 2 }
 
     /// `sharingParametersOf`: a replica of that model (same layers) that reads its
     /// parameters from the same buffer and has its own gradients, buffers and activations;
     /// one per compute thread of a rank.
     /// `fuseLayers`: batch norm followed by ReLU runs as one layer (`BatchNorm.fusesReLU`),
     /// which gives the same bits with one pass less over the activations each way.
+    /// `gradientRoom`: Floats of room after the gradients (see `gradients`).
     public init(layers: [Layer], inputShape: Shape, maxBatch: Int, sharingParametersOf shared: Model? = nil,
-                fuseLayers: Bool = true) throws {
+                fuseLayers: Bool = true, gradientRoom: Int = 0) throws {
         guard !layers.isEmpty else { throw LayerError("a model needs at least one layer") }
         guard maxBatch >= 1 else { throw LayerError("the largest batch must be at least 1, got \(maxBatch)") }
         self.layers = layers
@@ -108,7 +105,7 @@ public final class Model {
         } else {
             parameters = FloatBuffer(capacity: paramOffset)
         }
-        gradients = FloatBuffer(capacity: paramOffset + Model.tailCount)
+        gradients = FloatBuffer(capacity: paramOffset + max(gradientRoom, 0))
         buffers = FloatBuffer(capacity: bufferOffset)
         counterCount = counterOffset
         counters = UnsafeMutablePointer<Int64>.allocate(capacity: max(counterOffset, 1))

@@ -297,9 +297,11 @@ public struct ModelSpec: Sendable {
     }
 
     /// Builds the model over flat storage for batches of up to `maxBatch` samples.
-    /// `sharingParametersOf`: a replica reading that model's parameters (see `Model.init`).
-    public func build(inputShape: Shape, maxBatch: Int, sharingParametersOf shared: Model? = nil) throws -> Model {
-        try Model(layers: makeLayers(inputShape: inputShape), inputShape: inputShape, maxBatch: maxBatch, sharingParametersOf: shared)
+    /// `sharingParametersOf`: a replica reading that model's parameters; `gradientRoom`:
+    /// Floats after its gradients (see `Model.init`).
+    public func build(inputShape: Shape, maxBatch: Int, sharingParametersOf shared: Model? = nil, gradientRoom: Int = 0) throws -> Model {
+        try Model(layers: makeLayers(inputShape: inputShape), inputShape: inputShape, maxBatch: maxBatch, sharingParametersOf: shared,
+                  gradientRoom: gradientRoom)
     }
 
     /// The same model with every batch-norm layer replaced by an identity (`--bn none`),

@@ -32,13 +32,14 @@ public final class ComputeReplicas {
     private let corrects: UnsafeMutablePointer<Int>
 
     /// `maxBatch`: the largest batch of the rank (training or evaluation); each replica is
-    /// sized for its part of it.
+    /// sized for its part of it. `gradientRoom`: Floats after the rank's model's gradients
+    /// (the gradient allreduce's counts: GradientSync.tailCount).
     public init(spec: ModelSpec, inputShape: Shape, maxBatch: Int, threads: Int, classes: Int, labelSmoothing: Float,
-                rankStatistics: BatchStatisticsReducer, dropout: Double?) throws {
+                rankStatistics: BatchStatisticsReducer, dropout: Double?, gradientRoom: Int = 0) throws {
         team = try ThreadTeam(size: threads)
         self.maxBatch = maxBatch
         let part = (maxBatch + threads - 1) / threads
-        let first = try spec.build(inputShape: inputShape, maxBatch: part)
+        let first = try spec.build(inputShape: inputShape, maxBatch: part, gradientRoom: gradientRoom)
         var models = [first]
         for _ in 1..<threads {
             models.append(try spec.build(inputShape: inputShape, maxBatch: part, sharingParametersOf: first))

@@ -111,6 +111,8 @@ public final class Trainer {
     let optimizer: Optimizer
     let schedule: LearningRatePlan
     let syncStatistics: SyncBatchStatistics?
+    /// Steps 5 and 6: the gradient allreduce with its counts, and the exact mean.
+    let gradientSync: GradientSync
     var log: RunLog
     /// Said once the run starts (e.g. a hidden layer initialized to a constant).
     var warnings: [String] = []
@@ -209,7 +211,8 @@ public final class Trainer {
             try config.checkMemory(spec: spec, inputShape: data.sampleShape, batch: localCapacity, threads: threads)
             let replicas = try ComputeReplicas(spec: spec, inputShape: data.sampleShape, maxBatch: evalBatch, threads: threads,
                                                classes: data.train.classes, labelSmoothing: Float(config.labelSmoothing),
-                                               rankStatistics: statistics, dropout: config.dropout)
+                                               rankStatistics: statistics, dropout: config.dropout,
+                                               gradientRoom: GradientSync.tailCount)
             guard replicas.main.outputShape.perSample == data.train.classes else {
                 throw ConfigError("model '\(config.model)' outputs \(replicas.main.outputShape.perSample) values but \(config.dataset) has \(data.train.classes) classes")
             }
@@ -218,6 +221,7 @@ public final class Trainer {
         self.replicas = replicas
         let model = replicas.main
         self.model = model
+        gradientSync = GradientSync(parameterCount: model.parameterCount)
         syncStatistics?.reserve(channels: model.widestBatchNorm)
 
         (optimizer, schedule) = try agreeOnSuccess(world) {
@@ -582,9 +586,7 @@ public final class Trainer {
         try FaultInjection.check(rank: world.rank, step: step, resumed: resumedFrom != nil)
         if FaultInjection.hits(FaultInjection.signal(.step), rank: world.rank, step: step), resumedFrom == nil { raise(SIGTERM) }
         if FaultInjection.poisons(rank: world.rank, step: step) { g[0] = .nan }
-        g[model.lossSlot] = Float(result.lossSum)
-        g[model.correctSlot] = Float(result.correct)
-        g[model.samplesSlot] = Float(n)
+        gradientSync.pack(g, lossSum: result.lossSum, correct: result.correct, samples: n)
         // Sync-BN's collectives ran inside forward and backward: count them as communication.
         let syncBN = result.forwardCommunicationSeconds + (syncStatistics?.takeSeconds() ?? 0)
         let pass = lap(&t)
@@ -595,16 +597,12 @@ public final class Trainer {
         // (StopRequest: was any rank asked to stop?) rides along: started just before it,
         // completed just after, it adds no wait of its own.
         var vote = try StopRequest.startVote(world, scratch: stopVote)
-        try world.allreduce(g, count: p + Model.tailCount)
+        try gradientSync.allreduce(g, world: world)
         let stopSignal = try StopRequest.finishVote(world, &vote, scratch: stopVote)
         times.communication = lap(&t) + syncBN
 
         // 6. Exact mean over the global batch, whatever the slice sizes.
-        let globalCount = g[model.samplesSlot]
-        let scale = 1 / globalCount
-        for i in 0..<p { g[i] *= scale }
-        let loss = Double(g[model.lossSlot]) / Double(globalCount)
-        let accuracy = Double(g[model.correctSlot]) / Double(globalCount)
+        let (loss, accuracy, globalCount) = gradientSync.mean(g)
 
         // 7. Every rank sees the same reduced numbers, so every rank makes the same call.
         var norm = Double.nan

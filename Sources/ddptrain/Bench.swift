@@ -70,7 +70,7 @@ struct Bench: ParsableCommand {
             // The gradient allreduce alone, ranks lined up by a barrier first: what moving the
             // buffer costs, as against the step's communication time, which also holds the
             // wait for the slowest rank.
-            let gradientFloats = trainer.model.parameterCount + Model.tailCount
+            let gradientFloats = GradientSync(parameterCount: trainer.model.parameterCount).count
             let scratch = FloatBuffer(capacity: gradientFloats)
             var allreduceSeconds = Double.infinity
             for _ in 0..<10 {
