@@ -24,10 +24,21 @@ final class TensorBoardTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.stderr)
     }
 
-    /// metrics.jsonl's rows, parsed.
+    /// metrics.jsonl's rows, parsed. Every number is read again from its text with
+    /// Double(String), which is exact: Foundation's JSONSerialization on Linux reads some
+    /// doubles a few ulps off ("0.004199709001113661" as ...662), and such a value, converted
+    /// to Float as TensorBoard's are, can land one Float ulp away from the product's own.
     func rows(_ run: String) throws -> [[String: Any]] {
-        try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map {
-            try XCTUnwrap(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
+        try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map { line in
+            var row = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            for key in row.keys {
+                // Numbers with a fraction or an exponent (whole numbers and booleans stay as parsed).
+                guard let start = line.range(of: "\"\(key)\":")?.upperBound else { continue }
+                let token = String(line[start...].prefix { "0123456789+-.eE".contains($0) })
+                guard token.contains(where: { ".eE".contains($0) }) else { continue }
+                row[key] = try XCTUnwrap(Double(token), "\(key) in \(line)")
+            }
+            return row
         }
     }
 
@@ -75,7 +86,7 @@ final class TensorBoardTests: XCTestCase {
             from tensorboard.backend.event_processing import event_accumulator as ea
             accumulator = ea.EventAccumulator(sys.argv[1], size_guidance={ea.SCALARS: 0})
             accumulator.Reload()
-            print(json.dumps({tag: [[e.step, e.wall_time, e.value] for e in accumulator.Scalars(tag)]
+            print(json.dumps({tag: [[str(e.step), repr(e.wall_time), repr(e.value)] for e in accumulator.Scalars(tag)]
                               for tag in accumulator.Tags()["scalars"]}))
             """
         let p = Process()
@@ -92,8 +103,13 @@ final class TensorBoardTests: XCTestCase {
         p.waitUntilExit()
         let text = stdout.finish(), errors = stderr.finish()
         XCTAssertEqual(p.terminationStatus, 0, "TensorBoard could not read the files (launch/setup installs tensorboard): \(errors)")
-        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: [[Double]]], text)
-        return object.mapValues { $0.map { Scalar(step: Int($0[0]), wallTime: $0[1], value: Float($0[2])) } }
+        // Numbers travel as text, read with Double(String): exact (see `rows`).
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: [[String]]], text)
+        return try object.mapValues { scalars in
+            try scalars.map { s in
+                Scalar(step: try XCTUnwrap(Int(s[0])), wallTime: try XCTUnwrap(Double(s[1])), value: Float(try XCTUnwrap(Double(s[2]))))
+            }
+        }
     }
 
     /// Every tag, step, time and value TensorBoard reads equals metrics.jsonl's, also after a
