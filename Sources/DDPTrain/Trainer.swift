@@ -151,6 +151,8 @@ public final class Trainer {
 
     /// Sees each step (bench's timer); the trainer keeps no benchmark state of its own.
     public weak var observer: TrainingObserver?
+    /// Where tests act on the run (fault injection); nil unless a test asks.
+    var hooks: StepHooks?
     /// The epoch whose sample order `order` holds.
     var order: [Int32] = []
     var orderEpoch = -1
@@ -250,6 +252,7 @@ public final class Trainer {
         }
         try initializeWeights()
         if let resume = config.resume { try resumeFrom(resume) }
+        hooks = FaultInjection.fromEnvironment(rank: world.rank, resumed: resumedFrom != nil)
     }
 
     /// config.json: the options with every default filled in (the thread count and warm-up
@@ -398,9 +401,7 @@ public final class Trainer {
                                                            skippedSteps: skippedSteps, consecutiveSkips: consecutiveSkips),
                 stepsPerEpoch: sampler.stepsPerEpoch, worldSize: world.size, globalBatch: globalBatch,
                 normalization: data.normalization, datasetName: data.name)
-            if FaultInjection.hits(FaultInjection.signal(.checkpoint), rank: world.rank, step: step), resumedFrom == nil {
-                StopRequest.raiseInNextTemporaryFile(SIGTERM)
-            }
+            hooks?.beforeCheckpoint(step: step)
             try checkpoints.save(model: model, optimizer: optimizer, metadata: metadata, step: step)
         }
         checkpointedStep = step
@@ -462,7 +463,7 @@ public final class Trainer {
         let stepsPerEpoch = sampler.stepsPerEpoch
         let watchdog = config.collectiveTimeout > 0 ? StepWatchdog(seconds: config.collectiveTimeout, rank: world.rank) : nil
         defer { watchdog?.stop() }
-        if FaultInjection.hits(FaultInjection.signal(.start), rank: world.rank, step: step), resumedFrom == nil { raise(SIGTERM) }
+        hooks?.runWillStart(step: step)
         // A stop requested while MPI started or the data loaded (or, left by launch/mpirun,
         // before this rank started): leave before the first step.
         StopRequest.takeLauncherRequest()
@@ -529,7 +530,7 @@ public final class Trainer {
     func endEpoch(_ finishedEpoch: Int, _ evaluations: inout EvaluationHistory) throws {
         try averageLocalStatistics()
         guard config.evalEvery > 0 && (finishedEpoch % config.evalEvery == 0 || step == totalSteps), data.test != nil else { return }
-        if FaultInjection.hits(FaultInjection.signal(.evaluation), rank: world.rank, step: step), resumedFrom == nil { raise(SIGTERM) }
+        hooks?.beforeEvaluation(step: step)
         let e = try evaluate()
         evaluations.add(e, epoch: finishedEpoch)
         try log.evaluation(epoch: finishedEpoch, e)
@@ -579,13 +580,11 @@ public final class Trainer {
         // moves the running statistics: keep them, in case the step is skipped.
         buffersBeforeStep.pointer.update(from: model.buffers.pointer, count: model.buffers.capacity)
         countersBeforeStep.update(from: model.counters, count: model.counterCount)
-        if n > 0 && FaultInjection.hits(FaultInjection.nanInput, rank: world.rank, step: step) { x.pointer[0] = .nan }
+        hooks?.beforeForward(step: step, input: x.pointer, count: n)
         let result = try replicas.trainingPass(x: x.pointer, sampleShape: data.sampleShape, labels: labels, ids: sampleIDs,
                                                count: n, seed: config.seed, step: step,
                                                communicationSeconds: { self.syncStatistics?.takeSeconds() ?? 0 })
-        try FaultInjection.check(rank: world.rank, step: step, resumed: resumedFrom != nil)
-        if FaultInjection.hits(FaultInjection.signal(.step), rank: world.rank, step: step), resumedFrom == nil { raise(SIGTERM) }
-        if FaultInjection.poisons(rank: world.rank, step: step) { g[0] = .nan }
+        try hooks?.afterBackward(step: step, gradients: g)
         gradientSync.pack(g, lossSum: result.lossSum, correct: result.correct, samples: n)
         // Sync-BN's collectives ran inside forward and backward: count them as communication.
         let syncBN = result.forwardCommunicationSeconds + (syncStatistics?.takeSeconds() ?? 0)
@@ -637,7 +636,7 @@ public final class Trainer {
                 clipped = clipGradValue(g, count: p, limit: Float(limit)) || clipped
             }
             optimizer.step(parameters: model.parameters.pointer, gradients: g, learningRate: Float(lr))
-            if FaultInjection.hits(FaultInjection.divergence, rank: world.rank, step: step) { model.parameters.pointer[0] += 1e-3 }
+            hooks?.afterUpdate(step: step, parameters: model.parameters.pointer)
         }
         times.optimizer = lap(&t)
         step += 1
@@ -773,90 +772,4 @@ public struct TrainingError: Error, CustomStringConvertible {
         self.exitCode = exitCode
     }
     public var description: String { message }
-}
-
-/// For the I5 tests: DDPTRAIN_INJECT_FAULT="rank:step" makes that rank fail at that step,
-/// after its forward and backward, just before the gradient allreduce the others wait in.
-/// DDPTRAIN_INJECT_NAN="rank:step" (or "rank:step+" for every step from then on) puts a
-/// NaN into that rank's local gradient, to test that all ranks skip the same steps;
-/// DDPTRAIN_INJECT_NAN_INPUT="rank:step" puts a NaN into that rank's input instead, so that
-/// the forward (batch statistics, loss) goes non-finite as with a bad sample.
-/// DDPTRAIN_INJECT_STOP="rank:step" makes that rank stop itself (SIGSTOP) at that step, in
-/// a run that did not resume, so that a test can act on a job at a known step however fast
-/// the machine is (a restart resumes past the stop and is not stopped again).
-/// DDPTRAIN_INJECT_HOLD="rank:step" makes that rank wait at that step, just before its stop
-/// vote (in a run that did not resume), until a stop signal has reached it: then the ranks
-/// agree to stop after exactly that step. A stopped rank would not do: a signal sent to a
-/// stopped process may be taken by any of its threads once it continues, and that thread's
-/// handler can run after the main thread has voted; a waiting main thread is the one the
-/// kernel gives a process-directed signal to.
-/// DDPTRAIN_INJECT_SIGNAL="rank:step:place[,rank:step:place...]" makes that rank send itself
-/// SIGTERM, in a run that did not resume: `start` before the loop (step: the first step),
-/// `step` after forward and backward of step index `step` (0-based, as above), `eval` just
-/// before the evaluation after `step` steps, `checkpoint` while the checkpoint of `step` is
-/// being written (its temporary file open).
-enum FaultInjection {
-    struct Target { var rank: Int; var step: Int; var onwards: Bool }
-
-    static func parse(_ variable: String) -> Target? {
-        guard var text = ProcessInfo.processInfo.environment[variable] else { return nil }
-        let onwards = text.hasSuffix("+")
-        if onwards { text.removeLast() }
-        let parts = text.split(separator: ":").compactMap { Int($0) }
-        return parts.count == 2 ? Target(rank: parts[0], step: parts[1], onwards: onwards) : nil
-    }
-
-    static let fault = parse("DDPTRAIN_INJECT_FAULT")
-    static let nan = parse("DDPTRAIN_INJECT_NAN")
-    static let nanInput = parse("DDPTRAIN_INJECT_NAN_INPUT")
-    /// DDPTRAIN_INJECT_DIVERGENCE="rank:step": that rank nudges a parameter after that step.
-    static let divergence = parse("DDPTRAIN_INJECT_DIVERGENCE")
-
-    static func hits(_ target: Target?, rank: Int, step: Int) -> Bool {
-        guard let target, target.rank == rank else { return false }
-        return target.onwards ? step >= target.step : step == target.step
-    }
-
-    static let stop = parse("DDPTRAIN_INJECT_STOP")
-    static let hold = parse("DDPTRAIN_INJECT_HOLD")
-
-    /// Waits (DDPTRAIN_INJECT_HOLD) until this process has a stop signal, at most 300 s;
-    /// says so first, with the pid, so that a test knows when and whom to signal.
-    static func holdUntilStopSignal(rank: Int, step: Int) {
-        FileHandle.standardError.write(Data("ddptrain: rank \(rank) (pid \(getpid())) holds at step index \(step) until a stop signal reaches it (DDPTRAIN_INJECT_HOLD)\n".utf8))
-        let deadline = Date().addingTimeInterval(300)
-        while StopRequest.localSignal == 0 && Date() < deadline { usleep(1000) }
-        if StopRequest.localSignal == 0 {
-            FileHandle.standardError.write(Data("ddptrain: rank \(rank): no stop signal within 300 s of the hold; going on\n".utf8))
-        }
-    }
-
-    enum SignalPlace: String { case start, step, evaluation = "eval", checkpoint }
-
-    static let signals: [(place: SignalPlace, target: Target)] = {
-        guard let text = ProcessInfo.processInfo.environment["DDPTRAIN_INJECT_SIGNAL"] else { return [] }
-        return text.split(separator: ",").compactMap { entry in
-            let parts = entry.split(separator: ":")
-            guard parts.count == 3, let rank = Int(parts[0]), let step = Int(parts[1]), let place = SignalPlace(rawValue: String(parts[2])) else { return nil }
-            return (place, Target(rank: rank, step: step, onwards: false))
-        }
-    }()
-
-    /// The DDPTRAIN_INJECT_SIGNAL targets at `place` (per place once, so the step loop allocates nothing).
-    static let signalTargets: [SignalPlace: [Target]] = Dictionary(grouping: signals, by: \.place).mapValues { $0.map(\.target) }
-    static func signal(_ place: SignalPlace) -> [Target]? { signalTargets[place] }
-
-    static func hits(_ targets: [Target]?, rank: Int, step: Int) -> Bool {
-        targets?.contains { hits($0, rank: rank, step: step) } ?? false
-    }
-
-    static func check(rank: Int, step: Int, resumed: Bool) throws {
-        if !resumed, hits(stop, rank: rank, step: step) { raise(SIGSTOP) }
-        if !resumed, hits(hold, rank: rank, step: step) { holdUntilStopSignal(rank: rank, step: step) }
-        if hits(fault, rank: rank, step: step) {
-            throw TrainingError("injected fault at step \(step) (DDPTRAIN_INJECT_FAULT)")
-        }
-    }
-
-    static func poisons(rank: Int, step: Int) -> Bool { hits(nan, rank: rank, step: step) }
 }
