@@ -365,10 +365,8 @@ public struct ComparisonReport {
         // Each pair once, under the first of the two: one line per variant, however many it overlaps.
         for i in accuracies.indices {
             guard let a = accuracies[i].1 else { continue }
-            let partners = accuracies.indices.filter { j in j > i && accuracies[j].1.map(a.overlaps) == true }
-            let described = partners.map { j in
-                let b = accuracies[j].1!
-                return (accuracies[j].0, b.text("%.2f", scale: 100, unit: "%"), abs(a.mean - b.mean) * 100)
+            let described = accuracies[(i + 1)...].compactMap { name, b in
+                b.flatMap { a.overlaps($0) ? (name, $0.text("%.2f", scale: 100, unit: "%"), abs(a.mean - $0.mean) * 100) : nil }
             }
             if described.count == 1, let (name, text, difference) = described.first {
                 notes.append(String(format: "%@ and %@ are within each other's spread: %@ against %@ (difference %.2f points).",

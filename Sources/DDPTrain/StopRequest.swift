@@ -34,8 +34,8 @@ public enum StopRequest {
 
     /// A stop request that reached launch/mpirun before mpirun had started this rank (mpirun
     /// passes SIGUSR1 only to the ranks it has) is left as the file DDPTRAIN_STOP_FILE names:
-    /// taken as a SIGUSR1 to this process. Asked once the command is known (train: once its
-    /// handler is installed, and again just before the first step).
+    /// taken as a SIGUSR1 to this process. Asked once the command is known (train: just
+    /// before the first step, where the ranks agree on a stop anyway).
     public static func takeLauncherRequest() {
         guard ddp_stop_requested() == 0, let path = ProcessInfo.processInfo.environment["DDPTRAIN_STOP_FILE"], !path.isEmpty,
               access(path, F_OK) == 0 else { return }

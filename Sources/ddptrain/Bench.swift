@@ -304,7 +304,7 @@ final class StepTimer: TrainingObserver {
         } else if observed > untimedSteps {
             total += outcome.times
             steps += 1
-            if log.count < log.capacity { log.append(outcome.times) }
+            log.append(outcome.times)
             wallSeconds = outcome.endTime - start
             if steps == timedSteps { cpuSeconds = ProcessClock.cpuSeconds() - cpuStart }
         }

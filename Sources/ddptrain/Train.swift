@@ -16,7 +16,6 @@ struct Train: ParsableCommand {
         // SIGTERM, SIGINT, SIGUSR1: stop at the next step boundary with a checkpoint (exit 79);
         // installed before MPI starts so that a signal during start-up is a stop too.
         StopRequest.install(graceful: true, announce: launchRank == 0)
-        StopRequest.takeLauncherRequest()
         try withWorld { world in
             if !StopRequest.isInstalled { StopRequest.install(graceful: true, announce: world.rank == 0) }
             let (config, created) = try DefaultRunDirectory.resolve(try options.resolve(in: world), world: world)

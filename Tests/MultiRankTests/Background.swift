@@ -97,6 +97,13 @@ enum Processes {
     }
 
     /// The MPI rank Open MPI gave a process (OMPI_COMM_WORLD_RANK in its environment).
+    /// The pid a rank held by DDPTRAIN_INJECT_HOLD at `stepIndex` printed in `output`
+    /// ("ddptrain: rank 0 (pid 1234) holds at step index 13 until a stop signal reaches it").
+    static func heldRank(in output: String, stepIndex: Int) -> Int32? {
+        output.split(separator: "\n").first { $0.contains("holds at step index \(stepIndex) until a stop signal") }
+            .flatMap { $0.components(separatedBy: "(pid ").last?.split(separator: ")").first }.flatMap { Int32($0) }
+    }
+
     static func mpiRank(of pid: Int32) -> Int? {
         guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return nil }
         for entry in data.split(separator: 0) {

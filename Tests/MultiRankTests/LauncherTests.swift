@@ -154,7 +154,7 @@ final class LauncherTests: XCTestCase {
                                             "--model", "mlp", "--train-samples", "512", "--eval-every", "0", "--steps", "40",
                                             "--per-rank-batch", "16", "--run-dir", runDir("hangup")],
                                  environment: environment.merging(["DDPTRAIN_INJECT_HOLD": "0:13"]) { $1 })
-        XCTAssertTrue(Background.waitUntil(timeout: 60) { job.err.snapshot().contains("holds at step index 13") }, job.err.snapshot())
+        XCTAssertTrue(Background.waitUntil(timeout: 60) { Processes.heldRank(in: job.err.snapshot(), stepIndex: 13) != nil }, job.err.snapshot())
         let tree = Processes.descendants(of: job.pid)
         XCTAssertEqual(kill(job.pid, SIGHUP), 0)
         let r = job.wait(timeout: 60)

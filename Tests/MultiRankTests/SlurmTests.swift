@@ -226,9 +226,7 @@ final class SlurmTests: XCTestCase {
     func holdAtStep50(_ job: String, _ name: String, stopOthers: Bool) -> [Int32] {
         var others: [Int32] = []
         let held = Background.waitUntil(timeout: 60) {
-            let out = output(name)
-            guard let line = out.split(separator: "\n").first(where: { $0.contains("holds at step index 50 until a stop signal") }),
-                  let pid = line.components(separatedBy: "(pid ").last?.split(separator: ")").first.flatMap({ Int32($0) }) else { return false }
+            guard let pid = Processes.heldRank(in: output(name), stepIndex: 50) else { return false }
             let ranks = ranks(of: job)
             others = ranks.filter { $0 != pid }
             return ranks.count == 2 && others.count == 1

@@ -94,7 +94,7 @@ final class StopTests: XCTestCase {
         var ranks: [Int32] = []
         let held = Background.waitUntil(timeout: 60) {
             ranks = Processes.descendants(of: job.pid).filter { Processes.name(of: $0) == "ddptrain" }
-            return job.err.snapshot().contains("ddptrain: rank 0 (pid ") && job.err.snapshot().contains("holds at step index 13")
+            return Processes.heldRank(in: job.err.snapshot(), stepIndex: 13) != nil
         }
         XCTAssertTrue(held, "rank 0 did not hold at step 13: \(job.err.snapshot())")
         XCTAssertEqual(ranks.count, 4, "the ranks: \(ranks)")
@@ -220,8 +220,7 @@ final class StopTests: XCTestCase {
                                  environment: environment.merging(["DDPTRAIN_INJECT_HOLD": "0:13"]) { $1 })
         var rankZero: Int32 = 0
         let held = Background.waitUntil(timeout: 60) {
-            guard let line = job.err.snapshot().split(separator: "\n").first(where: { $0.contains("holds at step index 13") }),
-                  let pid = line.components(separatedBy: "(pid ").last?.split(separator: ")").first.flatMap({ Int32($0) }) else { return false }
+            guard let pid = Processes.heldRank(in: job.err.snapshot(), stepIndex: 13) else { return false }
             rankZero = pid
             return true
         }
