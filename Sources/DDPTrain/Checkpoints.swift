@@ -254,20 +254,13 @@ public struct CheckpointReader {
         if m["model"] != config.model {
             throw CheckpointError(path, "holds model '\(m["model"] ?? "?")', this run uses '\(config.model)'")
         }
-        // Whatever decides the weights' shapes, the optimizer state and the data order.
+        // Whatever decides the weights' shapes, the optimizer state and the data order
+        // (sync and local statistics mean different things: the global batch's or a slice's).
         let saved = self.config
-        func same(_ option: String, _ before: String, _ now: String) throws {
-            if before != now {
-                throw CheckpointError(path, "was trained with \(option) \(before), this run uses \(now); use another --run-dir for another configuration")
-            }
+        for option in TrainConfig.options where option.resume == .mustMatch && option.text(saved) != option.text(config) {
+            throw CheckpointError(path, "was trained with \(option.describe(saved)), this run uses \(option.text(config)); "
+                                  + "use another --run-dir for another configuration")
         }
-        func samples(_ n: Int?) -> String { n.map(String.init) ?? "all" }
-        // sync and local statistics mean different things (the global batch's or a slice's).
-        try same("--bn", saved.bn.rawValue, config.bn.rawValue)
-        try same("--optimizer", saved.optimizer, config.optimizer)
-        try same("--seed", String(saved.seed), String(config.seed))
-        try same("--no-shuffle", String(!saved.shuffle), String(!config.shuffle))
-        try same("--train-samples", samples(saved.trainSamples), samples(config.trainSamples))
         if !allowBatchChange, self.globalBatch != globalBatch {
             throw CheckpointError(path, "was trained with global batch \(self.globalBatch), this run uses \(globalBatch); pass --allow-batch-change to continue anyway")
         }

@@ -7,8 +7,8 @@ public struct Variation: Sendable {
     public var key: String
     public var values: [String]
 
-    public static let keys = ["bn", "per-rank-batch", "global-batch", "init", "model", "lr", "clip-norm", "optimizer",
-                              "dropout", "weight-decay", "seed"]
+    /// The options `--vary` takes: every one with a value, but where the run goes.
+    public static let keys = TrainConfig.options.filter(\.varies).map(\.name)
 
     public init(parsing text: String) throws {
         let parts = text.split(separator: "=", maxSplits: 1).map(String.init)
@@ -25,35 +25,12 @@ public struct Variation: Sendable {
         }
     }
 
-    /// Sets this key to `value` in `config`, with the same checks as the flag.
+    /// Sets this key to `value` in `config`, as the flag does.
     static func apply(key: String, value: String, to config: inout TrainConfig) throws {
-        func number(_ v: String) throws -> Double {
-            guard let d = Double(v) else { throw ConfigError("--vary \(key): '\(v)' is not a number") }
-            return d
-        }
-        func integer(_ v: String) throws -> Int {
-            guard let i = Int(v) else { throw ConfigError("--vary \(key): '\(v)' is not an integer") }
-            return i
-        }
-        switch key {
-        case "bn":
-            guard let mode = TrainConfig.BNMode(rawValue: value) else {
-                throw ConfigError("--vary bn: '\(value)' is not one of \(TrainConfig.BNMode.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            config.bn = mode
-        case "per-rank-batch": config.perRankBatch = try integer(value); config.globalBatch = nil
-        case "global-batch": config.globalBatch = try integer(value); config.perRankBatch = nil
-        case "init": config.initializer = value
-        case "model": config.model = value
-        case "lr": config.lr = try number(value)
-        case "clip-norm": config.clipNorm = value == "off" ? nil : try number(value)
-        case "optimizer": config.optimizer = value
-        case "dropout": config.dropout = try number(value)
-        case "weight-decay": config.weightDecay = try number(value)
-        case "seed":
-            guard let s = UInt64(value) else { throw ConfigError("--vary seed: '\(value)' is not a non-negative integer") }
-            config.seed = s
-        default: throw ConfigError("--vary: unknown key '\(key)'")
+        do {
+            config = try TrainFlags(parsing: ["--\(key)", value]).apply(to: config)
+        } catch let error as ConfigError {
+            throw ConfigError("--vary \(error.message.hasPrefix("--") ? error.message.dropFirst(2) : error.message[...])")
         }
     }
 }

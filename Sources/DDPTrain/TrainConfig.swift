@@ -10,6 +10,7 @@ import Yams
 /// and so do the config.json files and checkpoints of earlier versions, which still load.
 /// Flags override the file. It is written to the run dir and into every checkpoint.
 public struct TrainConfig: Codable, Equatable, Sendable {
+    // Each option's flag, key, help and checks are in TrainOptionTable.swift.
     public var dataset = DatasetKind.fashionMNIST.rawValue
     public var dataDir: String?
     public var trainSamples: Int?
@@ -63,83 +64,38 @@ public struct TrainConfig: Codable, Equatable, Sendable {
 
     public init() {}
 
-    enum CodingKeys: String, CodingKey, CaseIterable {
-        case dataset, dataDir = "data_dir", trainSamples = "train_samples", model, epochs, steps
-        case perRankBatch = "per_rank_batch", globalBatch = "global_batch", bn, initializer = "init"
-        case optimizer, lr, lrReferenceBatch = "lr_reference_batch", momentum, nesterov, weightDecay = "weight_decay", schedule
-        case warmupSteps = "warmup_steps", clipNorm = "clip_norm", clipValue = "clip_value", dropout
-        case labelSmoothing = "label_smoothing", seed, shuffle, runDir = "run_dir", evalEvery = "eval_every"
-        case logEvery = "log_every", initFrom = "init_from", checkReplicas = "check_replicas"
-        case maxSkippedSteps = "max_skipped_steps", syntheticSamples = "synthetic_samples"
-        case checkpointEvery = "checkpoint_every", keep, resume, allowBatchChange = "allow_batch_change"
-        case collectiveTimeout = "collective_timeout", threads
-
-        /// The flag's spelling, which config files and earlier versions' files use.
-        var flagSpelling: String { rawValue.replacingOccurrences(of: "_", with: "-") }
-    }
-
     /// Either spelling of a key: snake_case (this version's files) or the flag's (config
     /// files, and the config.json and checkpoints of earlier versions).
-    struct FileKey: CodingKey {
-        var stringValue: String
-        var intValue: Int? { nil }
-        init(stringValue: String) { self.stringValue = stringValue }
-        init?(intValue: Int) { nil }
+    public struct FileKey: CodingKey {
+        public var stringValue: String
+        public var intValue: Int? { nil }
+        public init(stringValue: String) { self.stringValue = stringValue }
+        public init?(intValue: Int) { nil }
     }
 
-    /// Missing keys keep their defaults, so a config file names only what it changes.
+    /// Every option in the table, by its key; missing keys keep their defaults, so a config
+    /// file names only what it changes.
     public init(from decoder: Decoder) throws {
-        let container = try decoder.container(keyedBy: FileKey.self)
-        let c = SpelledContainer(container: container)
-        let d = TrainConfig()
-        dataset = try c.decodeIfPresent(String.self, forKey: .dataset) ?? d.dataset
-        dataDir = try c.decodeIfPresent(String.self, forKey: .dataDir)
-        trainSamples = try c.decodeIfPresent(Int.self, forKey: .trainSamples)
-        model = try c.decodeIfPresent(String.self, forKey: .model) ?? d.model
-        epochs = try c.decodeIfPresent(Int.self, forKey: .epochs) ?? d.epochs
-        steps = try c.decodeIfPresent(Int.self, forKey: .steps)
-        perRankBatch = try c.decodeIfPresent(Int.self, forKey: .perRankBatch)
-        globalBatch = try c.decodeIfPresent(Int.self, forKey: .globalBatch)
-        bn = try c.decodeIfPresent(BNMode.self, forKey: .bn) ?? d.bn
-        initializer = try c.decodeIfPresent(String.self, forKey: .initializer) ?? d.initializer
-        optimizer = try c.decodeIfPresent(String.self, forKey: .optimizer) ?? d.optimizer
-        lr = try c.decodeIfPresent(Double.self, forKey: .lr) ?? d.lr
-        lrReferenceBatch = try c.decodeIfPresent(Int.self, forKey: .lrReferenceBatch)
-        momentum = try c.decodeIfPresent(Double.self, forKey: .momentum) ?? d.momentum
-        nesterov = try c.decodeIfPresent(Bool.self, forKey: .nesterov) ?? d.nesterov
-        weightDecay = try c.decodeIfPresent(Double.self, forKey: .weightDecay) ?? d.weightDecay
-        schedule = try c.decodeIfPresent(String.self, forKey: .schedule) ?? d.schedule
-        warmupSteps = try c.decodeIfPresent(Int.self, forKey: .warmupSteps)
-        clipNorm = c.contains(.clipNorm) ? try c.decodeIfPresent(Double.self, forKey: .clipNorm) : d.clipNorm
-        clipValue = try c.decodeIfPresent(Double.self, forKey: .clipValue)
-        dropout = try c.decodeIfPresent(Double.self, forKey: .dropout)
-        labelSmoothing = try c.decodeIfPresent(Double.self, forKey: .labelSmoothing) ?? d.labelSmoothing
-        seed = try c.decodeIfPresent(UInt64.self, forKey: .seed) ?? d.seed
-        shuffle = try c.decodeIfPresent(Bool.self, forKey: .shuffle) ?? d.shuffle
-        runDir = try c.decodeIfPresent(String.self, forKey: .runDir)
-        evalEvery = try c.decodeIfPresent(Int.self, forKey: .evalEvery) ?? d.evalEvery
-        logEvery = try c.decodeIfPresent(Int.self, forKey: .logEvery) ?? d.logEvery
-        initFrom = try c.decodeIfPresent(String.self, forKey: .initFrom)
-        checkReplicas = try c.decodeIfPresent(Int.self, forKey: .checkReplicas) ?? d.checkReplicas
-        maxSkippedSteps = try c.decodeIfPresent(Int.self, forKey: .maxSkippedSteps) ?? d.maxSkippedSteps
-        syntheticSamples = try c.decodeIfPresent(Int.self, forKey: .syntheticSamples) ?? d.syntheticSamples
-        checkpointEvery = try c.decodeIfPresent(Int.self, forKey: .checkpointEvery) ?? d.checkpointEvery
-        keep = try c.decodeIfPresent(Int.self, forKey: .keep) ?? d.keep
-        resume = try c.decodeIfPresent(String.self, forKey: .resume)
-        allowBatchChange = try c.decodeIfPresent(Bool.self, forKey: .allowBatchChange) ?? d.allowBatchChange
-        collectiveTimeout = try c.decodeIfPresent(Double.self, forKey: .collectiveTimeout) ?? d.collectiveTimeout
-        threads = try c.decodeIfPresent(Int.self, forKey: .threads)
+        let container = SpelledContainer(container: try decoder.container(keyedBy: FileKey.self))
+        self.init()
+        for option in TrainConfig.options { try option.decode(&self, container) }
+    }
+
+    /// Every option in the table, by its key; none as null (`clip_norm: null`: no clipping).
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.container(keyedBy: FileKey.self)
+        for option in TrainConfig.options { try option.encode(self, &container) }
     }
 
     /// A keyed container that finds each key under its snake_case or its flag spelling.
-    struct SpelledContainer {
+    public struct SpelledContainer {
         let container: KeyedDecodingContainer<FileKey>
-        func key(_ key: CodingKeys) -> FileKey {
-            let snake = FileKey(stringValue: key.rawValue)
-            return container.contains(snake) ? snake : FileKey(stringValue: key.flagSpelling)
+        func key(_ key: String) -> FileKey {
+            let snake = FileKey(stringValue: key)
+            return container.contains(snake) ? snake : FileKey(stringValue: key.replacingOccurrences(of: "_", with: "-"))
         }
-        func contains(_ key: CodingKeys) -> Bool { container.contains(self.key(key)) }
-        func decodeIfPresent<T: Decodable>(_ type: T.Type, forKey key: CodingKeys) throws -> T? {
+        func contains(_ key: String) -> Bool { container.contains(self.key(key)) }
+        func decodeIfPresent<T: Decodable>(_ type: T.Type, forKey key: String) throws -> T? {
             try container.decodeIfPresent(type, forKey: self.key(key))
         }
     }
@@ -159,13 +115,15 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         guard let map = document as? [String: Any] else {
             throw ConfigError("\(path): expected a map of option names to values")
         }
-        let known = Set(CodingKeys.allCases.flatMap { [$0.rawValue, $0.flagSpelling] })
+        let keys = options.compactMap(\.key)
+        func flagSpelling(_ key: String) -> String { key.replacingOccurrences(of: "_", with: "-") }
+        let known = Set(keys + keys.map(flagSpelling))
         if let unknown = map.keys.sorted().first(where: { !known.contains($0) }) {
             throw ConfigError("\(path): unknown key '\(unknown)'; keys are the train command's option names: "
-                              + CodingKeys.allCases.map(\.flagSpelling).sorted().joined(separator: ", ") + " (or with _ for -)")
+                              + keys.map(flagSpelling).sorted().joined(separator: ", ") + " (or with _ for -)")
         }
-        if let twice = CodingKeys.allCases.first(where: { $0.rawValue != $0.flagSpelling && map[$0.rawValue] != nil && map[$0.flagSpelling] != nil }) {
-            throw ConfigError("\(path): key '\(twice.flagSpelling)' is given twice, also as '\(twice.rawValue)'")
+        if let twice = keys.first(where: { $0 != flagSpelling($0) && map[$0] != nil && map[flagSpelling($0)] != nil }) {
+            throw ConfigError("\(path): key '\(flagSpelling(twice))' is given twice, also as '\(twice)'")
         }
         let config: TrainConfig
         do {
@@ -200,53 +158,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
 
     /// Checks each value on its own (a flag's value is wrong whatever else is given).
     public func validateValues() throws {
-        func fail(_ message: String) throws -> Never { throw ConfigError(message) }
-        func count(_ name: String, _ value: Int?, atLeast minimum: Int) throws {
-            guard let value, !(minimum...TrainConfig.maxCount).contains(value) else { return }
-            try fail("--\(name) must be between \(minimum) and \(TrainConfig.maxCount), got \(value)")
-        }
-        try count("per-rank-batch", perRankBatch, atLeast: 1)
-        try count("global-batch", globalBatch, atLeast: 1)
-        try count("steps", steps, atLeast: 1)
-        // Epochs below 1 are a mistake only without --steps: see validate().
-        if epochs > TrainConfig.maxCount { try fail("--epochs must be at most \(TrainConfig.maxCount), got \(epochs)") }
-        try count("lr-reference-batch", lrReferenceBatch, atLeast: 1)
-        try count("warmup-steps", warmupSteps, atLeast: 0)
-        try count("eval-every", evalEvery, atLeast: 0)
-        try count("log-every", logEvery, atLeast: 1)
-        try count("check-replicas", checkReplicas, atLeast: 0)
-        try count("max-skipped-steps", maxSkippedSteps, atLeast: 1)
-        try count("train-samples", trainSamples, atLeast: 1)
-        try count("synthetic-samples", syntheticSamples, atLeast: 1)
-        try count("checkpoint-every", checkpointEvery, atLeast: 0)
-        try count("keep", keep, atLeast: 1)
-        // The optimizer, clipping, dropout and the loss compute in Float32: a value must be
-        // in range there too (1e39 is infinite, 1e-46 is 0, 0.99999999999 is 1).
-        func float32(_ value: Double) -> Double { Double(Float(value)) }
-        func positive(_ name: String, _ value: Double?) throws {
-            guard let value else { return }
-            guard value > 0 && value.isFinite else { try fail("--\(name) must be a positive number, got \(value)") }
-            guard float32(value) > 0 && float32(value).isFinite else {
-                try fail("--\(name) \(value) is outside Float32's range (\(Float.leastNonzeroMagnitude) to \(Float.greatestFiniteMagnitude))")
-            }
-        }
-        func fraction(_ name: String, _ value: Double?) throws {
-            guard let value else { return }
-            guard value >= 0 && value < 1 else { try fail("--\(name) must be in [0, 1), got \(value)") }
-            guard float32(value) < 1 else { try fail("--\(name) \(value) is 1 in Float32; it must be below 1") }
-        }
-        try positive("lr", lr)
-        try fraction("momentum", momentum)
-        if !(weightDecay >= 0 && weightDecay.isFinite) { try fail("--weight-decay must be a finite number >= 0, got \(weightDecay)") }
-        if !float32(weightDecay).isFinite { try fail("--weight-decay \(weightDecay) is outside Float32's range (up to \(Float.greatestFiniteMagnitude))") }
-        try positive("clip-norm", clipNorm)
-        try positive("clip-value", clipValue)
-        try fraction("dropout", dropout)
-        try fraction("label-smoothing", labelSmoothing)
-        if !(collectiveTimeout >= 0 && collectiveTimeout.isFinite) { try fail("--collective-timeout must be 0 (off) or a number of seconds, got \(collectiveTimeout)") }
-        if let t = threads { try TrainConfig.checkThreads(t) }
-        if DatasetKind(rawValue: dataset) == nil { try fail("--dataset must be one of \(DatasetKind.names); got '\(dataset)'") }
-        if !["sgd", "adam", "adamw"].contains(optimizer) { try fail("--optimizer must be sgd, adam or adamw; got '\(optimizer)'") }
+        for option in TrainConfig.options { try option.check(self) }
     }
 
     /// Checks values and how they go together, as far as that does not depend on the world
@@ -325,6 +237,11 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public func baseLearningRate(worldSize: Int) -> Double {
         guard let reference = lrReferenceBatch else { return lr }
         return lr * Double(resolvedGlobalBatch(worldSize: worldSize)) / Double(reference)
+    }
+
+    /// Every option in files, by key, as text: what the ranks agree on.
+    public var settings: [(name: String, value: String)] {
+        TrainConfig.options.compactMap { option in option.key.map { ($0, option.text(self)) } }
     }
 
     public var json: String {

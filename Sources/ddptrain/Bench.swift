@@ -12,7 +12,8 @@ struct Bench: ParsableCommand {
         Runs the real trainer (the same step as `train`) for --untimed-steps, then times --timed-steps. Writes nothing: \
         no run directory, no metrics, no checkpoints; evaluation is off. Use real data (the default, fashion-mnist) or \
         --dataset synthetic (same shape). Under mpirun, every rank's figures are gathered to rank 0, which prints them.
-        """)
+
+        """ + TrainOptions.help)
 
     @OptionGroup var options: TrainOptions
 
@@ -41,7 +42,7 @@ struct Bench: ParsableCommand {
         guard timedSteps <= TrainConfig.maxCount - untimedSteps else {
             throw ValidationError("--untimed-steps plus --timed-steps must be at most \(TrainConfig.maxCount), got \(untimedSteps) + \(timedSteps)")
         }
-        if options.resume != nil { throw ValidationError("bench does not resume: it starts from the seed's weights") }
+        if try options.flags().text(of: "resume") != nil { throw ValidationError("bench does not resume: it starts from the seed's weights") }
     }
 
     /// Reads the config file: only once MPI runs (TrainOptions.resolve(in:)).

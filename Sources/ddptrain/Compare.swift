@@ -13,7 +13,8 @@ struct Compare: ParsableCommand {
         standard deviation; each \
         variant keeps its checkpoints and metrics in RUN_DIR/variants/<name>. With --resume auto a stopped compare \
         continues, keeping the variants already finished. Without --vary it compares bn=sync,local.
-        """)
+
+        """ + TrainOptions.help)
 
     @OptionGroup var options: TrainOptions
 
@@ -27,7 +28,7 @@ struct Compare: ParsableCommand {
     var title = "ddptrain compare"
 
     func validate() throws {
-        if let resume = options.resume, resume != "auto" {
+        if let resume = try options.flags().text(of: "resume"), resume != "auto" {
             throw ValidationError("compare takes --resume auto (each variant resumes from its own folder), not a file: '\(resume)'")
         }
         if let seeds, !(1...100).contains(seeds) { throw ValidationError("--seeds takes 1 to 100 runs per variant; got \(seeds)") }

@@ -5,7 +5,7 @@ import Foundation
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Train a model data-parallel: run under `mpirun -n N`.")
+        abstract: "Train a model data-parallel: run under `mpirun -n N`.", discussion: TrainOptions.help)
 
     @OptionGroup var options: TrainOptions
 
