@@ -1,5 +1,16 @@
 import DDPNet
 
+/// Rank 0 sets the model's state (`setUp` runs there only: a seed's initialization, a file's
+/// weights); every rank learns whether that worked (agreeOnSuccess), then receives rank 0's
+/// state, so that every replica starts from the same bits (I1). Returns rank 0's result on
+/// rank 0, nil elsewhere.
+@discardableResult
+public func setModelStateOnRankZero<Result>(_ model: Model, world: Communicator, _ setUp: () throws -> Result) throws -> Result? {
+    let result = try agreeOnSuccess(world) { world.rank == 0 ? try setUp() : nil }
+    try broadcastModelState(model, world: world)
+    return result
+}
+
 /// Rank 0's parameters, batch-norm buffers and counters, on every rank.
 public func broadcastModelState(_ model: Model, world: Communicator) throws {
     try world.broadcast(model.parameters.pointer, count: model.parameterCount, root: 0)

@@ -229,3 +229,10 @@ public enum AtomicFile {
         guard retryingOnInterrupt({ fsync(dfd) }) == 0 else { throw failure(SystemCallFailure("fsync", path: directory)) }
     }
 }
+
+/// This machine's host name (gethostname; empty if it fails).
+public func hostName() -> String {
+    var name = [CChar](repeating: 0, count: 256)
+    guard gethostname(&name, name.count - 1) == 0 else { return "" }
+    return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}

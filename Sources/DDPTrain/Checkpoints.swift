@@ -241,6 +241,15 @@ public struct CheckpointReader {
         return (continued, "global batch \(globalBatch) -> \(newBatch): step \(step) (epoch \(epoch + 1), \(seen) samples into it) continues as step \(newStep)")
     }
 
+    /// The input normalization the weights were trained with.
+    public func normalization() throws -> Normalization {
+        guard let mean = metadata["normalize.mean"].flatMap(Double.init), let std = metadata["normalize.std"].flatMap(Double.init),
+              mean.isFinite, std.isFinite, std > 0 else {
+            throw CheckpointError(path, "metadata normalize.mean or normalize.std is missing or not a number")
+        }
+        return Normalization(mean: mean, std: std)
+    }
+
     /// Refuses a checkpoint of another dataset, normalization or (unless allowed) global batch.
     public func checkCompatible(with config: TrainConfig, datasetName: String, normalization: Normalization,
                                 globalBatch: Int, allowBatchChange: Bool) throws {

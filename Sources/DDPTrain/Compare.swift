@@ -112,29 +112,9 @@ public struct VariantResult: Codable, Sendable {
     /// evaluation record (one kept on resume, see RunDirectory.keepMetrics) is left out of the
     /// charts, not the others.
     public static func records(metricsPath: String) throws -> (steps: [StepLoss], evaluations: [Evaluation]) {
-        guard let fd = try openRegularFileForReading(metricsPath) else { return ([], []) }
-        defer { close(fd) }
-        struct Record: Decodable {
-            var kind: String?; var time: Double?; var step: Int; var loss: Double?; var lr: Double?; var skipped: Bool?
-            var testLoss: Double?; var testAccuracy: Double?
-            enum CodingKeys: String, CodingKey { case kind, time, step, loss, lr, skipped, testLoss = "test_loss", testAccuracy = "test_accuracy" }
-        }
-        let decoder = JSONDecoder()
-        decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        var steps: [StepLoss] = [], evaluations: [Evaluation] = []
-        try forEachLine(fd: fd, path: metricsPath) { piece in
-            guard piece.starts && piece.ends, let r = try? decoder.decode(Record.self, from: Data(piece.bytes)) else { return }
-            switch r.kind {
-            case nil, "step"?:
-                if let loss = r.loss, r.skipped != true { steps.append(StepLoss(step: r.step, loss: loss, lr: r.lr, time: r.time)) }
-            case "eval"?:
-                if let loss = r.testLoss, let accuracy = r.testAccuracy, let time = r.time {
-                    evaluations.append(Evaluation(step: r.step, testLoss: loss, testAccuracy: accuracy, time: time))
-                }
-            default: break
-            }
-        }
-        return (steps, evaluations)
+        guard let metrics = try RunMetrics(ifPresent: metricsPath) else { return ([], []) }
+        return (metrics.steps.filter { !$0.skipped }.map { StepLoss(step: $0.step, loss: $0.loss, lr: $0.lr, time: $0.time) },
+                metrics.evaluations.map { Evaluation(step: $0.step, testLoss: $0.testLoss, testAccuracy: $0.testAccuracy, time: $0.time) })
     }
 
     public static func losses(metricsPath: String) throws -> [StepLoss] { try records(metricsPath: metricsPath).steps }

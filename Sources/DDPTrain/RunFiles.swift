@@ -45,9 +45,7 @@ final class RunDirectoryLocks: @unchecked Sendable {
             return ["run dir \(directory): cannot lock \(lockPath) (flock: \(errnoText(code))); "
                     + "a second run started in this run dir would not be stopped"]
         }
-        var hostName = [CChar](repeating: 0, count: 256)
-        gethostname(&hostName, hostName.count - 1)
-        let text = Array("pid \(getpid()) host \(String(cString: hostName))\n".utf8)
+        let text = Array("pid \(getpid()) host \(hostName())\n".utf8)
         guard ftruncate(fd, 0) == 0, pwrite(fd, text, text.count, 0) == text.count else {
             let reason = errnoText(errno)
             close(fd)

@@ -41,6 +41,30 @@ public struct StepRecord: Codable, Sendable {
         case forwardSeconds = "forward_s", backwardSeconds = "backward_s"
         case communicationSeconds = "comm_s", optimizerSeconds = "optimizer_s"
     }
+
+    /// Reads the rows of this version and of earlier ones: before "kind" and "time" (a step
+    /// row then), and before forward and backward were timed apart (only their sum,
+    /// compute_s; they read as 0).
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        kind = try c.decodeIfPresent(String.self, forKey: .kind) ?? "step"
+        time = try c.decodeIfPresent(Double.self, forKey: .time)
+        step = try c.decode(Int.self, forKey: .step)
+        epoch = try c.decode(Int.self, forKey: .epoch)
+        loss = try c.decode(Double.self, forKey: .loss)
+        accuracy = try c.decode(Double.self, forKey: .accuracy)
+        lr = try c.decode(Double.self, forKey: .lr)
+        gradNorm = try c.decode(Double.self, forKey: .gradNorm)
+        clipped = try c.decode(Bool.self, forKey: .clipped)
+        skipped = try c.decode(Bool.self, forKey: .skipped)
+        samples = try c.decode(Int.self, forKey: .samples)
+        dataSeconds = try c.decode(Double.self, forKey: .dataSeconds)
+        computeSeconds = try c.decode(Double.self, forKey: .computeSeconds)
+        forwardSeconds = try c.decodeIfPresent(Double.self, forKey: .forwardSeconds) ?? 0
+        backwardSeconds = try c.decodeIfPresent(Double.self, forKey: .backwardSeconds) ?? 0
+        communicationSeconds = try c.decode(Double.self, forKey: .communicationSeconds)
+        optimizerSeconds = try c.decode(Double.self, forKey: .optimizerSeconds)
+    }
 }
 
 /// An evaluation's line of metrics.jsonl (`"kind":"eval"`), after the line of the step it

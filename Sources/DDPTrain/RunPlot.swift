@@ -6,36 +6,22 @@ import Foundation
 /// order. Rows of earlier versions (no "kind", no "time") read as step rows; a line that is
 /// neither kind (not JSON, hand-written) is counted and left out.
 public struct RunMetrics {
-    public struct Step: Decodable {
-        public var step: Int
-        public var time: Double?
-        public var loss: Double
-        public var accuracy: Double
-        public var lr: Double
-        public var gradNorm: Double
-        public var clipped: Bool
-        public var skipped: Bool
-        public var dataSeconds: Double
-        public var computeSeconds: Double
-        public var communicationSeconds: Double
-        public var optimizerSeconds: Double
-
-        enum CodingKeys: String, CodingKey {
-            case step, time, loss, accuracy, lr, clipped, skipped
-            case gradNorm = "grad_norm", dataSeconds = "data_s", computeSeconds = "compute_s"
-            case communicationSeconds = "comm_s", optimizerSeconds = "optimizer_s"
-        }
-    }
-
-    public var steps: [Step] = []
+    /// The step rows, as RunLog writes them (StepRecord reads earlier versions' rows too).
+    public var steps: [StepRecord] = []
     public var evaluations: [EvaluationRecord] = []
     /// Lines that are neither a step nor an evaluation row.
     public var otherLines = 0
 
     public init(path: String) throws {
-        guard let fd = try openRegularFileForReading(path) else {
+        guard let metrics = try RunMetrics(ifPresent: path) else {
             throw TrainingError("\(path): no such file (is this a run dir?)", exitCode: ExitStatus.inputError)
         }
+        self = metrics
+    }
+
+    /// nil when there is no file at `path`.
+    public init?(ifPresent path: String) throws {
+        guard let fd = try openRegularFileForReading(path) else { return nil }
         defer { close(fd) }
         struct Kind: Decodable { var kind: String? }
         let decoder = JSONDecoder()
@@ -53,7 +39,7 @@ public struct RunMetrics {
             }
             switch kind.kind {
             case nil, "step"?:
-                if let step = try? decoder.decode(Step.self, from: data) { steps.append(step); return }
+                if let step = try? decoder.decode(StepRecord.self, from: data) { steps.append(step); return }
             case "eval"?:
                 if let evaluation = try? decoder.decode(EvaluationRecord.self, from: data) { evaluations.append(evaluation); return }
             default: break
@@ -90,7 +76,7 @@ public struct RunPlot {
     }
 
     /// A per-step value, as window means (at most 400 points) over the steps not skipped.
-    func perStep(_ value: (RunMetrics.Step) -> Double, scale: Double = 1) -> [(x: Double, y: Double)] {
+    func perStep(_ value: (StepRecord) -> Double, scale: Double = 1) -> [(x: Double, y: Double)] {
         windowedLoss(metrics.steps.filter { !$0.skipped }.map { ($0.step, value($0) * scale) })
     }
 

@@ -99,9 +99,7 @@ public final class EventFileWriter {
         if let failure = makeDirectories(directory) {
             throw TrainingError("cannot create \(failure.path ?? directory): \(failure.reason)", exitCode: ExitStatus.inputError)
         }
-        var hostName = [CChar](repeating: 0, count: 256)
-        gethostname(&hostName, hostName.count - 1)
-        let host = String(cString: hostName).map { $0.isASCII && ($0.isLetter || $0.isNumber || "-.".contains($0)) ? $0 : "_" }
+        let host = hostName().map { $0.isASCII && ($0.isLetter || $0.isNumber || "-.".contains($0)) ? $0 : "_" }
         let path = "\(directory)/\(EventFileWriter.prefix)\(try EventFileWriter.nameTime(directory: directory, now: Int(wallTime)))"
             + ".\(String(host))"
         switch createExclusively(path) {

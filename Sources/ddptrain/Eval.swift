@@ -27,21 +27,16 @@ struct Eval: ParsableCommand {
 
     func run() throws {
         try withWorld { world in
-            // Rank 0 reads and validates the checkpoint; every rank gets its configuration.
-            var configJSON = ""
+            // Rank 0 opens the checkpoint; every rank gets the configuration and the
+            // normalization it was trained with.
             var reader: CheckpointReader?
-            // The normalization the model was trained with, from the checkpoint.
+            var configJSON = ""
             var normalization = [0.0, 1.0]
             try agreeOnSuccess(world) {
                 guard world.rank == 0 else { return }
                 let opened = try CheckpointReader(path: checkpoint)
-                guard let mean = opened.metadata["normalize.mean"].flatMap(Double.init),
-                      let std = opened.metadata["normalize.std"].flatMap(Double.init), std > 0 else {
-                    throw CheckpointError(checkpoint, "metadata normalize.mean or normalize.std is missing or not a number")
-                }
-                reader = opened
-                configJSON = opened.config.json
-                normalization = [mean, std]
+                let trained = try opened.normalization()
+                (reader, configJSON, normalization) = (opened, opened.config.json, [trained.mean, trained.std])
             }
             configJSON = try world.broadcast(string: configJSON, root: 0)
             try world.broadcast(&normalization, root: 0)
@@ -63,10 +58,10 @@ struct Eval: ParsableCommand {
                 return try ComputeReplicas(spec: spec, inputShape: data.sampleShape, maxBatch: batch, threads: threads, classes: test.classes,
                                     labelSmoothing: Float(config.labelSmoothing), rankStatistics: LocalStatistics(), dropout: nil)
             }
-            try agreeOnSuccess(world) {
+            // As a training run starts: rank 0 loads, every rank receives (I1).
+            try setModelStateOnRankZero(replicas.main, world: world) {
                 if let reader { try StateDict.load(reader.file, into: replicas.main) }
             }
-            try broadcastModelState(replicas.main, world: world)
 
             let x = FloatBuffer(capacity: batch * data.sampleShape.perSample)
             let labels = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
