@@ -1,28 +1,15 @@
 import DDPKernels
 
 /// x for x > 0, negativeSlope·x otherwise (the gradient at 0 is the negative slope's, as in PyTorch).
-public final class LeakyReLU: Layer {
+public final class LeakyReLU: ElementwiseActivation {
     public let negativeSlope: Float
-    public var needsInputGradient = true
-    private var buffers = ActivationBuffers()
 
-    public init(negativeSlope: Float = 0.01) { self.negativeSlope = negativeSlope }
-    public var summary: String { "LeakyReLU(negative_slope=\(negativeSlope))" }
-    public func outputShape(for input: Shape) throws -> Shape { input }
-    public func configure(input: Shape, maxBatch: Int, index: Int) throws { buffers.configure(input, maxBatch: maxBatch) }
-
-    public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
-        let y = try buffers.forward(x, layer: "LeakyReLU")
-        let src = x.data, dst = y.data, slope = negativeSlope
-        for i in 0..<x.count { dst[i] = src[i] > 0 ? src[i] : src[i] * slope }
-        return y
-    }
-
-    public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
-        let (x, _, dx) = try buffers.backward(dy, layer: "LeakyReLU")
-        guard needsInputGradient else { return dx }
-        let src = x.data, g = dy.data, d = dx.data, slope = negativeSlope
-        for i in 0..<dy.count { let gi = g[i]; d[i] = src[i] > 0 ? gi : gi * slope }
-        return dx
+    public init(negativeSlope slope: Float = 0.01) {
+        negativeSlope = slope
+        super.init(name: "LeakyReLU", summary: "LeakyReLU(negative_slope=\(slope))", function: { x, y, n in
+            for i in 0..<n { y[i] = x[i] > 0 ? x[i] : x[i] * slope }
+        }, derivative: { x, _, g, d, n in
+            for i in 0..<n { let gi = g[i]; d[i] = x[i] > 0 ? gi : gi * slope }
+        })
     }
 }
