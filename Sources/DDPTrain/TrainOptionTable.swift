@@ -187,9 +187,17 @@ public struct TrainOption: @unchecked Sendable {  // immutable; its closures cap
             text: { $0[keyPath: field]?.optionText ?? none ?? "none" },
             check: { config in if let value = config[keyPath: field] { try check?(name, value) } },
             reset: { $0[keyPath: field] = TrainConfig()[keyPath: field] },
-            // Present and null is nil (`clip_norm: null` is no clipping); absent keeps the default.
+            // Present and null is nil (`clip_norm: null` is no clipping); absent keeps the
+            // default. The word for none too, and false, which is how YAML reads `off`.
             decode: { config, c in
-                if c.contains(key) { config[keyPath: field] = try c.decodeIfPresent(T.self, forKey: key) }
+                guard c.contains(key) else { return }
+                do {
+                    config[keyPath: field] = try c.decodeIfPresent(T.self, forKey: key)
+                } catch {
+                    guard let none, (try? c.decodeIfPresent(String.self, forKey: key)) == none
+                                    || (try? c.decodeIfPresent(Bool.self, forKey: key)) == false else { throw error }
+                    config[keyPath: field] = nil
+                }
             },
             encode: { config, c in
                 if let value = config[keyPath: field] { try c.encode(value, forKey: .init(stringValue: key)) }

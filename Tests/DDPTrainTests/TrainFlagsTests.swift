@@ -127,4 +127,21 @@ final class TrainFlagsTests: XCTestCase {
         XCTAssertTrue(help.contains("Base learning rate (default 0.1)."), help)
         XCTAssertTrue(help.split(separator: "\n").allSatisfy { $0.count <= 78 }, help)
     }
+
+    /// A config file turns clipping by norm off as the flag does: `off` (which YAML reads as
+    /// false), "off" quoted, or null; a number still reads as a number.
+    func testConfigFilesSayOffForClipNorm() throws {
+        for text in ["clip_norm: off\n", "clip-norm: \"off\"\n", "clip_norm: null\n", "clip_norm: false\n"] {
+            let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(UUID().uuidString).yaml").path
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            XCTAssertNil(try TrainConfig.load(file: path).clipNorm, text)
+        }
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(UUID().uuidString).yaml").path
+        try "clip_norm: 2\nnesterov: true\n".write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        XCTAssertEqual(try TrainConfig.load(file: path).clipNorm, 2)
+        try "clip_norm: true\n".write(toFile: path, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try TrainConfig.load(file: path)) { XCTAssertTrue("\($0)".contains("key 'clip_norm': expected a number, got true"), "\($0)") }
+    }
 }
