@@ -4,7 +4,7 @@ import Foundation
 /// Places in a run where a test acts on it, called by the trainer on the rank's training
 /// thread; they allocate nothing. The trainer knows these places, not what is done there:
 /// `FaultInjection` is the one implementation (`fromEnvironment`, nil when no test asks).
-protocol StepHooks: AnyObject {
+public protocol StepHooks: AnyObject {
     /// Before the stop vote that precedes the first step.
     func runWillStart(step: Int)
     /// Before forward: the slice's input, `count` samples (maybe 0).
@@ -41,7 +41,7 @@ protocol StepHooks: AnyObject {
 /// being written (its temporary file open).
 /// The hooks of a run as the DDPTRAIN_INJECT_* variables ask, for this rank; the places
 /// that only apply to a run that did not resume are left out of a resumed one.
-final class FaultInjection: StepHooks {
+public final class FaultInjection: StepHooks {
     struct Target { var rank: Int; var step: Int; var onwards: Bool }
 
     static func parse(_ variable: String) -> Target? {
@@ -82,7 +82,7 @@ final class FaultInjection: StepHooks {
     }
 
     /// The hooks the environment asks for, or nil (the usual case: no DDPTRAIN_INJECT_*).
-    static func fromEnvironment(rank: Int, resumed: Bool) -> FaultInjection? {
+    public static func fromEnvironment(rank: Int, resumed: Bool) -> FaultInjection? {
         ProcessInfo.processInfo.environment.keys.contains { $0.hasPrefix("DDPTRAIN_INJECT_") } ? FaultInjection(rank: rank, resumed: resumed) : nil
     }
 
@@ -96,15 +96,15 @@ final class FaultInjection: StepHooks {
         !resumed && (signalTargets[place]?.contains { hits($0, step: step) } ?? false)
     }
 
-    func runWillStart(step: Int) {
+    public func runWillStart(step: Int) {
         if signals(at: .start, step: step) { raise(SIGTERM) }
     }
 
-    func beforeForward(step: Int, input: UnsafeMutablePointer<Float>, count: Int) {
+    public func beforeForward(step: Int, input: UnsafeMutablePointer<Float>, count: Int) {
         if count > 0 && hits(nanInput, step: step) { input[0] = .nan }
     }
 
-    func afterBackward(step: Int, gradients: UnsafeMutablePointer<Float>) throws {
+    public func afterBackward(step: Int, gradients: UnsafeMutablePointer<Float>) throws {
         if !resumed, hits(stop, step: step) { raise(SIGSTOP) }
         if !resumed, hits(hold, step: step) { holdUntilStopSignal(step: step) }
         if hits(fault, step: step) { throw TrainingError("injected fault at step \(step) (DDPTRAIN_INJECT_FAULT)") }
@@ -112,15 +112,15 @@ final class FaultInjection: StepHooks {
         if hits(nan, step: step) { gradients[0] = .nan }
     }
 
-    func afterUpdate(step: Int, parameters: UnsafeMutablePointer<Float>) {
+    public func afterUpdate(step: Int, parameters: UnsafeMutablePointer<Float>) {
         if hits(divergence, step: step) { parameters[0] += 1e-3 }
     }
 
-    func beforeEvaluation(step: Int) {
+    public func beforeEvaluation(step: Int) {
         if signals(at: .evaluation, step: step) { raise(SIGTERM) }
     }
 
-    func beforeCheckpoint(step: Int) {
+    public func beforeCheckpoint(step: Int) {
         if signals(at: .checkpoint, step: step) { StopRequest.raiseInNextTemporaryFile(SIGTERM) }
     }
 

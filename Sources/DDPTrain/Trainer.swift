@@ -5,100 +5,11 @@ import DDPNet
 import DDPSystem
 import Foundation
 
-/// What a finished run reports.
-public struct TrainSummary: Codable, Sendable {
-    public var worldSize: Int
-    public var globalBatch: Int
-    public var steps: Int
-    public var epochs: Double
-    public var skippedSteps: Int
-    public var finalTrainLoss: Double
-    public var testLoss: Double?
-    public var testAccuracy: Double?
-    public var bestTestAccuracy: Double?
-    public var bestEpoch: Int?
-    public var wallSeconds: Double
-    public var samplesPerSecond: Double
-    public var communicationShare: Double
-    public var parameterHashes: [String]
-    /// Test accuracy at each evaluation, and the epoch it followed (--eval-every may skip
-    /// epochs; a resumed run reports the epochs it ran).
-    public var accuracyPerEpoch: [Double]
-    public var evaluatedEpochs: [Int]
-    /// Seconds from process start (the kernel's start time of the process) to the start of
-    /// the first training step, the largest over ranks; nil when no step ran.
-    public var secondsToFirstStep: Double?
-    /// Unix time (seconds) at which the last rank started its first training step, so that a
-    /// launcher can measure launch to first step on its own clock; nil when no step ran.
-    public var firstStepUnixTime: Double?
-    /// Where config, metrics and checkpoints went (nil in summaries of earlier versions).
-    public var runDir: String?
-}
-
-/// Per-step timings in seconds. Forward includes the loss; sync-BN's collectives inside
-/// forward and backward are counted as communication, not as forward or backward.
-public struct StepTimes: Codable, Sendable {
-    public var data = 0.0
-    public var forward = 0.0
-    public var backward = 0.0
-    public var communication = 0.0
-    public var optimizer = 0.0
-    public init() {}
-    public var compute: Double { forward + backward }
-    public var total: Double { data + forward + backward + communication + optimizer }
-
-    public static func += (a: inout StepTimes, b: StepTimes) {
-        a.data += b.data; a.forward += b.forward; a.backward += b.backward
-        a.communication += b.communication; a.optimizer += b.optimizer
-    }
-}
-
-/// What one training step did (DESIGN's steps 1 to 8): what the loop logs and acts on, and
-/// what an observer (a benchmark's timer) sees.
-public struct StepOutcome: Sendable {
-    /// Steps done, this one included; the epoch (from 1) it belongs to.
-    public var step: Int
-    public var epoch: Int
-    /// Mean loss and accuracy over the global batch, and its sample count.
-    public var loss: Double
-    public var accuracy: Double
-    public var samples: Int
-    /// Samples in this rank's slice.
-    public var localSamples: Int
-    public var learningRate: Double
-    /// Global gradient norm before clipping (NaN for a skipped step).
-    public var gradientNorm: Double
-    public var clipped: Bool
-    /// Non-finite gradient or loss: nothing was updated.
-    public var skipped: Bool
-    public var times: StepTimes
-    /// When the optimizer step ended, on `Clock.seconds()`.
-    public var endTime: Double
-    /// The stop vote that rode with this step's allreduce: a signal number, or 0.
-    var stopSignal: Int32
-}
-
-extension StepRecord {
-    /// The metrics.jsonl row of a step.
-    init(_ outcome: StepOutcome) {
-        self.init(step: outcome.step, epoch: outcome.epoch, loss: outcome.loss, accuracy: outcome.accuracy, lr: outcome.learningRate,
-                  gradNorm: outcome.gradientNorm, clipped: outcome.clipped, skipped: outcome.skipped, samples: outcome.samples,
-                  dataSeconds: outcome.times.data, forwardSeconds: outcome.times.forward, backwardSeconds: outcome.times.backward,
-                  communicationSeconds: outcome.times.communication, optimizerSeconds: outcome.times.optimizer)
-    }
-}
-
-/// Watches a run from outside its loop (a benchmark's timer): called before the first step
-/// and after each step, on the training thread; it must not allocate in `stepDidEnd`.
-public protocol TrainingObserver: AnyObject {
-    func runWillStart()
-    func stepDidEnd(_ outcome: StepOutcome)
-}
-
-/// One data-parallel training run on this rank. Reads top to bottom as DESIGN's "one
-/// training step": shard, forward, loss, backward, one allreduce of gradients with loss,
-/// correct and sample counts at the tail, divide by the global count, non-finite check,
-/// clip, optimizer step.
+/// One data-parallel training run on this rank. After its set-up (init), `run()` is the
+/// loop and its cadence (DESIGN's step 9: log, replica check, evaluation, checkpoint, the
+/// stop at a step boundary) and `trainStep()`, right below it, is DESIGN's steps 1 to 8:
+/// shard, forward, loss, backward, one allreduce of the gradients with the counts at their
+/// tail, the exact mean, the non-finite check, clipping, the optimizer step.
 public final class Trainer {
     public let config: TrainConfig
     public let world: Communicator
@@ -152,7 +63,7 @@ public final class Trainer {
     /// Sees each step (bench's timer); the trainer keeps no benchmark state of its own.
     public weak var observer: TrainingObserver?
     /// Where tests act on the run (fault injection); nil unless a test asks.
-    var hooks: StepHooks?
+    public var hooks: StepHooks?
     /// The epoch whose sample order `order` holds.
     var order: [Int32] = []
     var orderEpoch = -1
@@ -252,7 +163,6 @@ public final class Trainer {
         }
         try initializeWeights()
         if let resume = config.resume { try resumeFrom(resume) }
-        hooks = FaultInjection.fromEnvironment(rank: world.rank, resumed: resumedFrom != nil)
     }
 
     /// config.json: the options with every default filled in (the thread count and warm-up
@@ -276,172 +186,11 @@ public final class Trainer {
         return String(decoding: data, as: UTF8.self)
     }
 
-    /// Batch norm in training needs more than one value per channel (PyTorch refuses it
-    /// too). A batch that gives it one (the leftover last batch of an epoch, or a rank's
-    /// slice of 1 with local statistics) is found here rather than an epoch into the run.
-    func checkBatchNormCounts() throws {
-        var spatial: [(index: Int, values: Int)] = []
-        for (i, layer) in model.layers.enumerated() {
-            let input = i == 0 ? model.inputShape : model.layerOutputShapes[i - 1]
-            if layer is BatchNorm { spatial.append((i, input.spatial)) }
-            if layer is ResidualBlock { spatial.append((i, model.layerOutputShapes[i].spatial)) }
-        }
-        guard let smallest = spatial.min(by: { $0.values < $1.values }), config.bn != .disabled else { return }
-        let lastBatch = sampler.stepsPerEpoch - 1
-        let batches = totalSteps > lastBatch ? [0, lastBatch] : [0]
-        for k in batches {
-            let globalSize = sampler.globalBatchRange(k).count
-            var samples = globalSize
-            var who = "the global batch"
-            if config.bn == .local {
-                let slices = (0..<world.size).map {
-                    Sampler(datasetSize: sampler.datasetSize, globalBatch: globalBatch, worldSize: world.size, rank: $0,
-                            seed: config.seed, shuffle: config.shuffle).localSlice(ofBatch: k).count
-                }
-                samples = slices.filter { $0 > 0 }.min() ?? 0
-                who = "a rank's slice (--bn local)"
-            }
-            if samples * smallest.values < 2 {
-                let which = k == 0 ? "every batch" : "the last batch of each epoch (\(sampler.datasetSize) samples, global batch \(globalBatch): \(globalSize) left over)"
-                throw ConfigError("batch norm in layer \(smallest.index) (\(model.layers[smallest.index].summary)) would see 1 value per channel "
-                                  + "in \(who) for \(which); change --global-batch, --per-rank-batch or --train-samples")
-            }
-        }
-    }
-
-    /// Restores parameters, buffers, optimizer state, the step and the skip counters from a
-    /// checkpoint that rank 0 picks and validates; every rank receives the same bits.
-    /// `auto` takes the newest checkpoint in the run dir that is intact, skipping damaged
-    /// files (truncated, failed checksum, bad metadata, non-finite values) with a warning,
-    /// or starts fresh when there is none; a named file must be intact. A file that cannot
-    /// be read (permissions, I/O error, not a regular file) stops the run either way with
-    /// the reason: skipping it would start over and later prune the good files. So is a
-    /// sound checkpoint of another configuration (dataset, normalization, model, optimizer,
-    /// seed, data order, batch-norm mode, global batch): that run dir belongs to another run.
-    func resumeFrom(_ resume: String) throws {
-        let store = CheckpointStore(directory: RunDirectory(path: config.resolvedRunDir).checkpointsPath, keep: config.keep)
-        let found = try agreeOnSuccess(world) { () throws -> (path: String, position: TrainingPosition)? in
-            guard world.rank == 0 else { return nil }
-            let candidates = resume == "auto" ? try store.files() : [resume]
-            for path in candidates {
-                let reader: CheckpointReader
-                let position: TrainingPosition, batchChange: String?
-                do {
-                    reader = try CheckpointReader(path: path)
-                    try reader.checkCompatible(with: config, datasetName: data.name, normalization: data.normalization,
-                                               globalBatch: globalBatch, allowBatchChange: config.allowBatchChange)
-                    (position, batchChange) = try reader.resumePosition(globalBatch: globalBatch, stepsPerEpoch: sampler.stepsPerEpoch)
-                    try StateDict.check(reader.file, fits: model, optimizer: optimizer)
-                } catch where resume == "auto" && isCheckpointDamage(error) {
-                    warnings.append("skipping damaged checkpoint: \(error)")
-                    continue
-                }
-                if let saved = reader.config.threads, saved != config.threads {
-                    warnings.append("\(path) was trained with \(plural(saved, "compute thread")) per rank, this run uses \(config.threads ?? 1): "
-                                    + "it continues the same run up to the rounding of some sums, not bit for bit")
-                }
-                try StateDict.load(reader.file, into: model)
-                try StateDict.loadOptimizer(reader.file, into: optimizer, model: model)
-                if let batchChange { warnings.append(batchChange) }
-                if let change = scheduleChange(from: reader, atStep: position.step) { warnings.append(change) }
-                return (path, position)
-            }
-            return nil
-        }
-        // Rank 0 knows what it found; everyone learns it, then receives the state.
-        var header: [Int64] = [found == nil ? 0 : 1, Int64(found?.position.step ?? 0), found?.position.optimizerSteps ?? 0,
-                               Int64(found?.position.skippedSteps ?? 0), Int64(found?.position.consecutiveSkips ?? 0)]
-        try world.broadcast(&header, root: 0)
-        let path = try world.broadcast(string: found?.path ?? "", root: 0)
-        guard header[0] == 1 else {
-            warnings.append("--resume auto: no intact checkpoint in \(store.directory); starting fresh")
-            return
-        }
-        try broadcastModelState(model, world: world)
-        try world.broadcast(optimizer.state.pointer, count: optimizer.state.capacity, root: 0)
-        step = Int(header[1])
-        optimizer.stepCount = header[2]
-        skippedSteps = Int(header[3])
-        consecutiveSkips = Int(header[4])
-        resumedFrom = path
-        if resume == "auto" { checkpointedStep = step }
-        if step > totalSteps {
-            throw CollectiveFailure(message: "\(path) is at step \(step), past this run's \(plural(totalSteps, "step"))")
-        }
-    }
-
-    /// What a resume changes in the learning-rate schedule (its length or warm-up, e.g.
-    /// `--resume auto --epochs 3` after a 1-epoch run): the rate would jump without a word.
-    func scheduleChange(from reader: CheckpointReader, atStep resumedStep: Int) -> String? {
-        let saved = reader.config
-        let (epochSteps, overflow) = saved.epochs.multipliedReportingOverflow(by: reader.stepsPerEpoch)
-        guard let savedTotal = saved.steps ?? (overflow ? nil : epochSteps), savedTotal > 0 else { return nil }
-        let savedWarmup = saved.warmupSteps ?? TrainConfig.defaultWarmupSteps(totalSteps: savedTotal)
-        guard savedTotal != totalSteps || savedWarmup != schedule.warmupSteps || saved.schedule != config.schedule,
-              let savedSchedule = try? LRSchedule(parsing: saved.schedule, totalSteps: savedTotal) else { return nil }
-        let before = savedSchedule.learningRate(base: Float(saved.baseLearningRate(worldSize: reader.worldSize)), step: resumedStep,
-                                                warmupSteps: savedWarmup)
-        let after = schedule.learningRate(base: Float(baseLearningRate), step: resumedStep)
-        return "the learning-rate schedule changes on resume: \(reader.path) was planned as \(plural(savedTotal, "step")) of "
-            + "\(saved.schedule) with \(plural(savedWarmup, "warm-up step")), this run is \(plural(totalSteps, "step")) of \(config.schedule) "
-            + "with \(plural(schedule.warmupSteps, "warm-up step")); at step \(resumedStep) the learning rate goes from \(before) to \(after)"
-    }
-
-    /// Rank 0 writes a checkpoint; every rank learns whether it worked, so a failed write
-    /// (disk full, no permission) stops the whole job cleanly and leaves earlier files intact.
-    func saveCheckpoint() throws {
-        guard let checkpoints else { return }
-        try averageLocalStatistics()
-        // Never write a checkpoint of replicas that disagree: a resume would spread one of them.
-        try verifyReplicas(includeBuffers: true)
-        try agreeOnSuccess(world, exitCode: ExitStatus.checkpointWriteFailed) {
-            guard world.rank == 0 else { return }
-            let metadata = CheckpointStore.metadata(
-                config: config, position: TrainingPosition(step: step, optimizerSteps: optimizer.stepCount,
-                                                           skippedSteps: skippedSteps, consecutiveSkips: consecutiveSkips),
-                stepsPerEpoch: sampler.stepsPerEpoch, worldSize: world.size, globalBatch: globalBatch,
-                normalization: data.normalization, datasetName: data.name)
-            hooks?.beforeCheckpoint(step: step)
-            try checkpoints.save(model: model, optimizer: optimizer, metadata: metadata, step: step)
-        }
-        checkpointedStep = step
-    }
-
-    /// Every rank agreed to stop (StopRequest) at this step boundary: rank 0 writes the
-    /// checkpoint of this step unless the run dir has it already, then every rank leaves
-    /// with ExitStatus.stoppedOnRequest. Before the first step of a fresh run there is
-    /// nothing to save: the same command starts over identically.
-    func stopOnRequest(signal: Int32) throws -> Never {
-        log.info("stop requested (\(StopRequest.name(of: signal))): every rank stops at step \(step)")
-        var saved: String?
-        if let checkpoints, step > 0 {
-            if checkpointedStep != step { try saveCheckpoint() }
-            saved = checkpoints.path(step: step)
-        }
-        let next = saved.map { "checkpoint \($0) holds it; to continue, run the same command with --resume auto" }
-            ?? (step == 0 ? "no step was trained, nothing to save; run it again to start" : "no checkpoints in this run")
-        throw CollectiveFailure(message: "stopped on request (\(StopRequest.name(of: signal))) at step \(step) of \(totalSteps): \(next)",
-                                exitCode: ExitStatus.stoppedOnRequest)
-    }
-
     deinit {
         labels.deallocate()
         sampleIDs.deallocate()
         countersBeforeStep.deallocate()
         stopVote.deallocate()
-    }
-
-    /// Rank 0 initializes from the seed (or loads --init-from) and broadcasts, so every
-    /// replica starts from the same bits (I1).
-    func initializeWeights() throws {
-        warnings += try setModelStateOnRankZero(model, world: world) { () throws -> [String] in
-            if let path = config.initFrom {
-                try loadStateDict(path: path, into: model)
-                return []
-            }
-            let perLayer = try spec.layerInitializers.mapValues { try Initializer(parsing: $0) }
-            return try model.initialize(try Initializer(parsing: config.initializer), perLayer: perLayer, seed: config.seed)
-        } ?? []
     }
 
     // MARK: The loop
@@ -520,36 +269,6 @@ public final class Trainer {
             epochs.append(epoch)
             if best == nil || evaluation.accuracy > best!.accuracy { best = (evaluation.accuracy, epoch) }
         }
-    }
-
-    /// An epoch's end (or the run's): local batch-norm statistics averaged, and the
-    /// evaluation when --eval-every asks for one (always after the last step).
-    func endEpoch(_ finishedEpoch: Int, _ evaluations: inout EvaluationHistory) throws {
-        try averageLocalStatistics()
-        guard config.evalEvery > 0 && (finishedEpoch % config.evalEvery == 0 || step == totalSteps), data.test != nil else { return }
-        hooks?.beforeEvaluation(step: step)
-        let e = try evaluate()
-        evaluations.add(e, epoch: finishedEpoch)
-        try log.evaluation(epoch: finishedEpoch, e)
-    }
-
-    /// The run's summary, after a last replica check; communication share, time to the
-    /// first step and its Unix time are the largest over ranks.
-    func summarize(steps: Int, totals: StepTimes, lastLoss: Double, evaluations: EvaluationHistory,
-                   wallSeconds: Double, runDir: String?) throws -> TrainSummary {
-        let hashes = try verifyReplicas(includeBuffers: true)
-        var largest = [totals.communication / max(totals.total, 1e-12), secondsToFirstStep ?? -1, firstStepUnixTime ?? -1]
-        try world.allreduce(&largest, op: .max)
-        return TrainSummary(
-            worldSize: world.size, globalBatch: globalBatch, steps: step,
-            epochs: Double(step) / Double(sampler.stepsPerEpoch), skippedSteps: skippedSteps, finalTrainLoss: lastLoss,
-            testLoss: evaluations.last?.loss, testAccuracy: evaluations.last?.accuracy,
-            bestTestAccuracy: evaluations.best?.accuracy, bestEpoch: evaluations.best?.epoch,
-            wallSeconds: wallSeconds, samplesPerSecond: Double(steps * globalBatch) / max(totals.total, 1e-12),
-            communicationShare: largest[0], parameterHashes: hashes.map { String($0, radix: 16) },
-            accuracyPerEpoch: evaluations.accuracies, evaluatedEpochs: evaluations.epochs,
-            secondsToFirstStep: steps > 0 ? largest[1] : nil, firstStepUnixTime: steps > 0 ? largest[2] : nil,
-            runDir: runDir)
     }
 
     /// One training step, DESIGN's steps 1 to 8, on every rank: this rank's slice of global
@@ -637,10 +356,207 @@ public final class Trainer {
         }
         times.optimizer = lap(&t)
         step += 1
-        return StepOutcome(step: step, epoch: epoch + 1, loss: loss, accuracy: accuracy, samples: Int(globalCount), localSamples: n,
+        return StepOutcome(step: step, epoch: epoch + 1, loss: loss, accuracy: accuracy, samples: Int(globalCount),
                            learningRate: lr, gradientNorm: norm, clipped: clipped, skipped: skipped, times: times, endTime: t,
                            stopSignal: stopSignal)
     }
+
+    /// An epoch's end (or the run's): local batch-norm statistics averaged, and the
+    /// evaluation when --eval-every asks for one (always after the last step).
+    func endEpoch(_ finishedEpoch: Int, _ evaluations: inout EvaluationHistory) throws {
+        try averageLocalStatistics()
+        guard config.evalEvery > 0 && (finishedEpoch % config.evalEvery == 0 || step == totalSteps), data.test != nil else { return }
+        hooks?.beforeEvaluation(step: step)
+        let e = try evaluate()
+        evaluations.add(e, epoch: finishedEpoch)
+        try log.evaluation(epoch: finishedEpoch, e)
+    }
+
+    /// The run's summary, after a last replica check; communication share, time to the
+    /// first step and its Unix time are the largest over ranks.
+    func summarize(steps: Int, totals: StepTimes, lastLoss: Double, evaluations: EvaluationHistory,
+                   wallSeconds: Double, runDir: String?) throws -> TrainSummary {
+        let hashes = try verifyReplicas(includeBuffers: true)
+        var largest = [totals.communication / max(totals.total, 1e-12), secondsToFirstStep ?? -1, firstStepUnixTime ?? -1]
+        try world.allreduce(&largest, op: .max)
+        return TrainSummary(
+            worldSize: world.size, globalBatch: globalBatch, steps: step,
+            epochs: Double(step) / Double(sampler.stepsPerEpoch), skippedSteps: skippedSteps, finalTrainLoss: lastLoss,
+            testLoss: evaluations.last?.loss, testAccuracy: evaluations.last?.accuracy,
+            bestTestAccuracy: evaluations.best?.accuracy, bestEpoch: evaluations.best?.epoch,
+            wallSeconds: wallSeconds, samplesPerSecond: Double(steps * globalBatch) / max(totals.total, 1e-12),
+            communicationShare: largest[0], parameterHashes: hashes.map { String($0, radix: 16) },
+            accuracyPerEpoch: evaluations.accuracies, evaluatedEpochs: evaluations.epochs,
+            secondsToFirstStep: steps > 0 ? largest[1] : nil, firstStepUnixTime: steps > 0 ? largest[2] : nil,
+            runDir: runDir)
+    }
+
+    // MARK: Start: initial weights, resume
+
+    /// Rank 0 initializes from the seed (or loads --init-from) and broadcasts, so every
+    /// replica starts from the same bits (I1).
+    func initializeWeights() throws {
+        warnings += try setModelStateOnRankZero(model, world: world) { () throws -> [String] in
+            if let path = config.initFrom {
+                try loadStateDict(path: path, into: model)
+                return []
+            }
+            let perLayer = try spec.layerInitializers.mapValues { try Initializer(parsing: $0) }
+            return try model.initialize(try Initializer(parsing: config.initializer), perLayer: perLayer, seed: config.seed)
+        } ?? []
+    }
+
+    /// Restores parameters, buffers, optimizer state, the step and the skip counters from a
+    /// checkpoint that rank 0 picks and validates; every rank receives the same bits.
+    /// `auto` takes the newest checkpoint in the run dir that is intact, skipping damaged
+    /// files (truncated, failed checksum, bad metadata, non-finite values) with a warning,
+    /// or starts fresh when there is none; a named file must be intact. A file that cannot
+    /// be read (permissions, I/O error, not a regular file) stops the run either way with
+    /// the reason: skipping it would start over and later prune the good files. So is a
+    /// sound checkpoint of another configuration (dataset, normalization, model, optimizer,
+    /// seed, data order, batch-norm mode, global batch): that run dir belongs to another run.
+    func resumeFrom(_ resume: String) throws {
+        let store = CheckpointStore(directory: RunDirectory(path: config.resolvedRunDir).checkpointsPath, keep: config.keep)
+        let found = try agreeOnSuccess(world) { () throws -> (path: String, position: TrainingPosition)? in
+            guard world.rank == 0 else { return nil }
+            let candidates = resume == "auto" ? try store.files() : [resume]
+            for path in candidates {
+                let reader: CheckpointReader
+                let position: TrainingPosition, batchChange: String?
+                do {
+                    reader = try CheckpointReader(path: path)
+                    try reader.checkCompatible(with: config, datasetName: data.name, normalization: data.normalization,
+                                               globalBatch: globalBatch, allowBatchChange: config.allowBatchChange)
+                    (position, batchChange) = try reader.resumePosition(globalBatch: globalBatch, stepsPerEpoch: sampler.stepsPerEpoch)
+                    try StateDict.check(reader.file, fits: model, optimizer: optimizer)
+                } catch where resume == "auto" && isCheckpointDamage(error) {
+                    warnings.append("skipping damaged checkpoint: \(error)")
+                    continue
+                }
+                if let saved = reader.config.threads, saved != config.threads {
+                    warnings.append("\(path) was trained with \(plural(saved, "compute thread")) per rank, this run uses \(config.threads ?? 1): "
+                                    + "it continues the same run up to the rounding of some sums, not bit for bit")
+                }
+                try StateDict.load(reader.file, into: model)
+                try StateDict.loadOptimizer(reader.file, into: optimizer, model: model)
+                if let batchChange { warnings.append(batchChange) }
+                if let change = scheduleChange(from: reader, atStep: position.step) { warnings.append(change) }
+                return (path, position)
+            }
+            return nil
+        }
+        // Rank 0 knows what it found; everyone learns it, then receives the state.
+        var header: [Int64] = [found == nil ? 0 : 1, Int64(found?.position.step ?? 0), found?.position.optimizerSteps ?? 0,
+                               Int64(found?.position.skippedSteps ?? 0), Int64(found?.position.consecutiveSkips ?? 0)]
+        try world.broadcast(&header, root: 0)
+        let path = try world.broadcast(string: found?.path ?? "", root: 0)
+        guard header[0] == 1 else {
+            warnings.append("--resume auto: no intact checkpoint in \(store.directory); starting fresh")
+            return
+        }
+        try broadcastModelState(model, world: world)
+        try world.broadcast(optimizer.state.pointer, count: optimizer.state.capacity, root: 0)
+        step = Int(header[1])
+        optimizer.stepCount = header[2]
+        skippedSteps = Int(header[3])
+        consecutiveSkips = Int(header[4])
+        resumedFrom = path
+        if resume == "auto" { checkpointedStep = step }
+        if step > totalSteps {
+            throw CollectiveFailure(message: "\(path) is at step \(step), past this run's \(plural(totalSteps, "step"))")
+        }
+    }
+
+    /// What a resume changes in the learning-rate schedule (its length or warm-up, e.g.
+    /// `--resume auto --epochs 3` after a 1-epoch run): the rate would jump without a word.
+    func scheduleChange(from reader: CheckpointReader, atStep resumedStep: Int) -> String? {
+        let saved = reader.config
+        let (epochSteps, overflow) = saved.epochs.multipliedReportingOverflow(by: reader.stepsPerEpoch)
+        guard let savedTotal = saved.steps ?? (overflow ? nil : epochSteps), savedTotal > 0 else { return nil }
+        let savedWarmup = saved.warmupSteps ?? TrainConfig.defaultWarmupSteps(totalSteps: savedTotal)
+        guard savedTotal != totalSteps || savedWarmup != schedule.warmupSteps || saved.schedule != config.schedule,
+              let savedSchedule = try? LRSchedule(parsing: saved.schedule, totalSteps: savedTotal) else { return nil }
+        let before = savedSchedule.learningRate(base: Float(saved.baseLearningRate(worldSize: reader.worldSize)), step: resumedStep,
+                                                warmupSteps: savedWarmup)
+        let after = schedule.learningRate(base: Float(baseLearningRate), step: resumedStep)
+        return "the learning-rate schedule changes on resume: \(reader.path) was planned as \(plural(savedTotal, "step")) of "
+            + "\(saved.schedule) with \(plural(savedWarmup, "warm-up step")), this run is \(plural(totalSteps, "step")) of \(config.schedule) "
+            + "with \(plural(schedule.warmupSteps, "warm-up step")); at step \(resumedStep) the learning rate goes from \(before) to \(after)"
+    }
+
+    /// Batch norm in training needs more than one value per channel (PyTorch refuses it
+    /// too). A batch that gives it one (the leftover last batch of an epoch, or a rank's
+    /// slice of 1 with local statistics) is found here rather than an epoch into the run.
+    func checkBatchNormCounts() throws {
+        var spatial: [(index: Int, values: Int)] = []
+        for (i, layer) in model.layers.enumerated() {
+            let input = i == 0 ? model.inputShape : model.layerOutputShapes[i - 1]
+            if layer is BatchNorm { spatial.append((i, input.spatial)) }
+            if layer is ResidualBlock { spatial.append((i, model.layerOutputShapes[i].spatial)) }
+        }
+        guard let smallest = spatial.min(by: { $0.values < $1.values }), config.bn != .disabled else { return }
+        let lastBatch = sampler.stepsPerEpoch - 1
+        let batches = totalSteps > lastBatch ? [0, lastBatch] : [0]
+        for k in batches {
+            let globalSize = sampler.globalBatchRange(k).count
+            var samples = globalSize
+            var who = "the global batch"
+            if config.bn == .local {
+                let slices = (0..<world.size).map {
+                    Sampler(datasetSize: sampler.datasetSize, globalBatch: globalBatch, worldSize: world.size, rank: $0,
+                            seed: config.seed, shuffle: config.shuffle).localSlice(ofBatch: k).count
+                }
+                samples = slices.filter { $0 > 0 }.min() ?? 0
+                who = "a rank's slice (--bn local)"
+            }
+            if samples * smallest.values < 2 {
+                let which = k == 0 ? "every batch" : "the last batch of each epoch (\(sampler.datasetSize) samples, global batch \(globalBatch): \(globalSize) left over)"
+                throw ConfigError("batch norm in layer \(smallest.index) (\(model.layers[smallest.index].summary)) would see 1 value per channel "
+                                  + "in \(who) for \(which); change --global-batch, --per-rank-batch or --train-samples")
+            }
+        }
+    }
+
+    // MARK: Checkpoints and stops
+
+    /// Rank 0 writes a checkpoint; every rank learns whether it worked, so a failed write
+    /// (disk full, no permission) stops the whole job cleanly and leaves earlier files intact.
+    func saveCheckpoint() throws {
+        guard let checkpoints else { return }
+        try averageLocalStatistics()
+        // Never write a checkpoint of replicas that disagree: a resume would spread one of them.
+        try verifyReplicas(includeBuffers: true)
+        try agreeOnSuccess(world, exitCode: ExitStatus.checkpointWriteFailed) {
+            guard world.rank == 0 else { return }
+            let metadata = CheckpointStore.metadata(
+                config: config, position: TrainingPosition(step: step, optimizerSteps: optimizer.stepCount,
+                                                           skippedSteps: skippedSteps, consecutiveSkips: consecutiveSkips),
+                stepsPerEpoch: sampler.stepsPerEpoch, worldSize: world.size, globalBatch: globalBatch,
+                normalization: data.normalization, datasetName: data.name)
+            hooks?.beforeCheckpoint(step: step)
+            try checkpoints.save(model: model, optimizer: optimizer, metadata: metadata, step: step)
+        }
+        checkpointedStep = step
+    }
+
+    /// Every rank agreed to stop (StopRequest) at this step boundary: rank 0 writes the
+    /// checkpoint of this step unless the run dir has it already, then every rank leaves
+    /// with ExitStatus.stoppedOnRequest. Before the first step of a fresh run there is
+    /// nothing to save: the same command starts over identically.
+    func stopOnRequest(signal: Int32) throws -> Never {
+        log.info("stop requested (\(StopRequest.name(of: signal))): every rank stops at step \(step)")
+        var saved: String?
+        if let checkpoints, step > 0 {
+            if checkpointedStep != step { try saveCheckpoint() }
+            saved = checkpoints.path(step: step)
+        }
+        let next = saved.map { "checkpoint \($0) holds it; to continue, run the same command with --resume auto" }
+            ?? (step == 0 ? "no step was trained, nothing to save; run it again to start" : "no checkpoints in this run")
+        throw CollectiveFailure(message: "stopped on request (\(StopRequest.name(of: signal))) at step \(step) of \(totalSteps): \(next)",
+                                exitCode: ExitStatus.stoppedOnRequest)
+    }
+
+    // MARK: Replicas and evaluation
 
     /// With local batch norm the running statistics drift apart per rank; they are averaged
     /// before evaluation and checkpoints so that every replica evaluates the same model; once
@@ -688,15 +604,4 @@ public final class Trainer {
         defer { t = now }
         return now - t
     }
-}
-
-public struct TrainingError: Error, CustomStringConvertible {
-    public var message: String
-    /// The process's exit status when this ends the run (ExitStatus).
-    public var exitCode: Int32
-    public init(_ message: String, exitCode: Int32 = ExitStatus.runtimeFailure) {
-        self.message = message
-        self.exitCode = exitCode
-    }
-    public var description: String { message }
 }
