@@ -1,4 +1,3 @@
-import DDPComm
 import DDPData
 import DDPNet
 import Foundation
@@ -266,9 +265,10 @@ public struct CheckpointReader {
         // Whatever decides the weights' shapes, the optimizer state and the data order
         // (sync and local statistics mean different things: the global batch's or a slice's).
         let saved = self.config
-        for option in TrainConfig.options where option.resume == .mustMatch && option.text(saved) != option.text(config) {
-            throw CheckpointError(path, "was trained with \(option.describe(saved)), this run uses \(option.text(config)); "
-                                  + "use another --run-dir for another configuration")
+        for option in TrainConfig.options {
+            if let mismatch = option.resumeMismatch(saved: saved, now: config) {
+                throw CheckpointError(path, "\(mismatch); use another --run-dir for another configuration")
+            }
         }
         if !allowBatchChange, self.globalBatch != globalBatch {
             throw CheckpointError(path, "was trained with global batch \(self.globalBatch), this run uses \(globalBatch); pass --allow-batch-change to continue anyway")

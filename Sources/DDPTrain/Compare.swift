@@ -1,4 +1,3 @@
-import DDPComm
 import DDPSystem
 import Foundation
 

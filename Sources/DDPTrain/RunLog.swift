@@ -42,28 +42,25 @@ public struct StepRecord: Codable, Sendable {
         case communicationSeconds = "comm_s", optimizerSeconds = "optimizer_s"
     }
 
-    /// Reads the rows of this version and of earlier ones: before "kind" and "time" (a step
-    /// row then), and before forward and backward were timed apart (only their sum,
-    /// compute_s; they read as 0).
+    /// Reads the rows of this version and of earlier ones (before "kind" and "time", and
+    /// before forward and backward were timed apart), and rows that hold only some fields:
+    /// a row needs its step and loss; a number it lacks reads as NaN (charts leave it out),
+    /// a count as 0, a flag as false.
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
+        func number(_ key: CodingKeys) throws -> Double { try c.decodeIfPresent(Double.self, forKey: key) ?? .nan }
         kind = try c.decodeIfPresent(String.self, forKey: .kind) ?? "step"
         time = try c.decodeIfPresent(Double.self, forKey: .time)
         step = try c.decode(Int.self, forKey: .step)
-        epoch = try c.decode(Int.self, forKey: .epoch)
         loss = try c.decode(Double.self, forKey: .loss)
-        accuracy = try c.decode(Double.self, forKey: .accuracy)
-        lr = try c.decode(Double.self, forKey: .lr)
-        gradNorm = try c.decode(Double.self, forKey: .gradNorm)
-        clipped = try c.decode(Bool.self, forKey: .clipped)
-        skipped = try c.decode(Bool.self, forKey: .skipped)
-        samples = try c.decode(Int.self, forKey: .samples)
-        dataSeconds = try c.decode(Double.self, forKey: .dataSeconds)
-        computeSeconds = try c.decode(Double.self, forKey: .computeSeconds)
-        forwardSeconds = try c.decodeIfPresent(Double.self, forKey: .forwardSeconds) ?? 0
-        backwardSeconds = try c.decodeIfPresent(Double.self, forKey: .backwardSeconds) ?? 0
-        communicationSeconds = try c.decode(Double.self, forKey: .communicationSeconds)
-        optimizerSeconds = try c.decode(Double.self, forKey: .optimizerSeconds)
+        epoch = try c.decodeIfPresent(Int.self, forKey: .epoch) ?? 0
+        samples = try c.decodeIfPresent(Int.self, forKey: .samples) ?? 0
+        clipped = try c.decodeIfPresent(Bool.self, forKey: .clipped) ?? false
+        skipped = try c.decodeIfPresent(Bool.self, forKey: .skipped) ?? false
+        (accuracy, lr, gradNorm) = (try number(.accuracy), try number(.lr), try number(.gradNorm))
+        (dataSeconds, computeSeconds) = (try number(.dataSeconds), try number(.computeSeconds))
+        (forwardSeconds, backwardSeconds) = (try number(.forwardSeconds), try number(.backwardSeconds))
+        (communicationSeconds, optimizerSeconds) = (try number(.communicationSeconds), try number(.optimizerSeconds))
     }
 }
 

@@ -77,7 +77,8 @@ public struct RunPlot {
 
     /// A per-step value, as window means (at most 400 points) over the steps not skipped.
     func perStep(_ value: (StepRecord) -> Double, scale: Double = 1) -> [(x: Double, y: Double)] {
-        windowedLoss(metrics.steps.filter { !$0.skipped }.map { ($0.step, value($0) * scale) })
+        // A row of an earlier version may lack the value (NaN): left out, as skipped steps are.
+        windowedLoss(metrics.steps.filter { !$0.skipped && value($0).isFinite }.map { ($0.step, value($0) * scale) })
     }
 
     func perEvaluation(_ value: (EvaluationRecord) -> Double?) -> [(x: Double, y: Double)] {

@@ -37,7 +37,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var labelSmoothing = 0.0
     public var seed: UInt64 = 0
     public var shuffle = true
-    /// nil: a new folder under runs/ (`RunDirectory.resolveDefault`), or with `--resume auto`
+    /// nil: a new folder under runs/ (`DefaultRunDirectory.resolve`), or with `--resume auto`
     /// the one runs/latest names.
     public var runDir: String?
     public var evalEvery = 1
@@ -152,6 +152,9 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         }
     }
 
+    /// Samples per rank when neither --per-rank-batch nor --global-batch is given.
+    public static let defaultPerRankBatch = 32
+
     /// Counts of samples, batches and steps: sample indices are 32-bit, and products of
     /// two such counts (steps x global batch) then stay far inside 64 bits.
     public static let maxCount = Int(Int32.max)
@@ -177,9 +180,9 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     /// Checks what depends on the world size: the global batch and the scaled learning rate.
     public func validate(worldSize: Int) throws {
         try validate()
-        let (global, overflow) = (perRankBatch ?? 32).multipliedReportingOverflow(by: worldSize)
+        let (global, overflow) = (perRankBatch ?? TrainConfig.defaultPerRankBatch).multipliedReportingOverflow(by: worldSize)
         if globalBatch == nil && (overflow || global > TrainConfig.maxCount) {
-            throw ConfigError("--per-rank-batch \(perRankBatch ?? 32) x \(worldSize) ranks is a global batch larger than \(TrainConfig.maxCount)")
+            throw ConfigError("--per-rank-batch \(perRankBatch ?? TrainConfig.defaultPerRankBatch) x \(worldSize) ranks is a global batch larger than \(TrainConfig.maxCount)")
         }
         let rate = baseLearningRate(worldSize: worldSize)
         if !(Float(rate).isFinite && Float(rate) > 0) {
@@ -229,7 +232,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
 
     /// The global batch for a world of `worldSize` ranks.
     public func resolvedGlobalBatch(worldSize: Int) -> Int {
-        globalBatch ?? (perRankBatch ?? 32) * worldSize
+        globalBatch ?? (perRankBatch ?? TrainConfig.defaultPerRankBatch) * worldSize
     }
 
     /// The base learning rate for a world of `worldSize` ranks, scaled by the global batch

@@ -44,8 +44,6 @@ public struct TrainFlags: Sendable {
     /// The text of the last `--name` given.
     public func text(of name: String) -> String? { given.last { $0.option.name == name }?.text }
 
-    public var isEmpty: Bool { given.isEmpty }
-
     /// `base` (the defaults or a config file) with these flags on top. A flag that overrides
     /// another option resets that one unless it is given too (then validate() says not both).
     public func apply(to base: TrainConfig) throws -> TrainConfig {
@@ -60,7 +58,8 @@ public struct TrainFlags: Sendable {
         return config
     }
 
-    /// The option whose name is closest to a mistyped one (at most 2 edits), for the error.
+    /// The option whose name is closest to a mistyped one, for the error: at most 1 edit
+    /// away for names of up to 4 letters, 2 for longer ones.
     static func nearest(to name: String) -> String? {
         func distance(_ a: [Character], _ b: [Character]) -> Int {
             var row = Array(0...b.count)
@@ -72,7 +71,8 @@ public struct TrainFlags: Sendable {
             return row[b.count]
         }
         let typed = Array(name)
-        return TrainConfig.options.map { ($0.name, distance(typed, Array($0.name))) }.filter { $0.1 <= 2 }.min { $0.1 < $1.1 }?.0
+        let most = typed.count <= 4 ? 1 : 2
+        return TrainConfig.options.map { ($0.name, distance(typed, Array($0.name))) }.filter { $0.1 <= most }.min { $0.1 < $1.1 }?.0
     }
 
     /// The options' help, for the commands' `--help`: each flag, then its help and default

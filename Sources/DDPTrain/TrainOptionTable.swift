@@ -1,4 +1,5 @@
 import DDPData
+import DDPNet
 import Foundation
 
 /// Every training option, declared once: its flag, its key in config files and config.json,
@@ -23,14 +24,16 @@ extension TrainConfig {
             if v > maxCount { throw ConfigError("--\(name) must be at most \(maxCount), got \(v)") }
         }),
         .value("steps", \.steps, "n", "Steps to train; overrides --epochs.", check: count(atLeast: 1)),
-        .value("per-rank-batch", \.perRankBatch, "n", "Samples per rank per step (default 32).", check: count(atLeast: 1),
+        .value("per-rank-batch", \.perRankBatch, "n", "Samples per rank per step (default \(defaultPerRankBatch)).", check: count(atLeast: 1),
                overrides: "global-batch"),
         .value("global-batch", \.globalBatch, "n", "Samples per step over all ranks; slices differ by at most one when it does not divide.",
                check: count(atLeast: 1), overrides: "per-rank-batch"),
 
         .value("bn", \.bn, "mode", "Batch-norm statistics: sync (across ranks), local (per rank), or none (no batch norm).",
                resume: .mustMatch),
-        .value("init", \.initializer, "name", "Weight initializer for the whole model (default: PyTorch's per layer)."),
+        .value("init", \.initializer, "name", "Weight initializer for the whole model (default: PyTorch's per layer).", check: { name, v in
+            do { _ = try Initializer(parsing: v) } catch { throw ConfigError("--\(name): \(error)") }
+        }),
         .value("optimizer", \.optimizer, "name", "sgd, adam or adamw.", check: { _, v in
             if !["sgd", "adam", "adamw"].contains(v) { throw ConfigError("--optimizer must be sgd, adam or adamw; got '\(v)'") }
         }, resume: .mustMatch),
@@ -43,7 +46,10 @@ extension TrainConfig {
             if !(v >= 0 && v.isFinite) { throw ConfigError("--\(name) must be a finite number >= 0, got \(v)") }
             if !Double(Float(v)).isFinite { throw ConfigError("--\(name) \(v) is outside Float32's range (up to \(Float.greatestFiniteMagnitude))") }
         }),
-        .value("schedule", \.schedule, "s", "constant, step:EVERY:GAMMA or cosine."),
+        .value("schedule", \.schedule, "s", "constant, step:EVERY:GAMMA or cosine.", check: { name, v in
+            // The spelling alone; the run's length is known once the data is.
+            do { _ = try LRSchedule(parsing: v, totalSteps: 1) } catch { throw ConfigError("--\(name): \(error)") }
+        }),
         .value("warmup-steps", \.warmupSteps, "n", "Linear warm-up steps (default: 5% of the run's steps, at most \(maxDefaultWarmupSteps)).",
                check: count(atLeast: 0)),
         .value("clip-norm", \.clipNorm, "x", "Clip the global gradient L2 norm to X; off: no clipping by norm.", check: positive, none: "off"),
@@ -142,6 +148,8 @@ public struct TrainOption: @unchecked Sendable {  // immutable; its closures cap
     let parse: (inout TrainConfig, String) throws -> Void
     /// The value as text, for messages and for the ranks' agreement.
     let text: (TrainConfig) -> String
+    /// A switch is given (false for options with a value).
+    let isSet: (TrainConfig) -> Bool
     /// Checks the value on its own, naming the flag.
     let check: (TrainConfig) throws -> Void
     /// Back to the default (what `overrides` does to the other option).
@@ -162,7 +170,12 @@ public struct TrainOption: @unchecked Sendable {  // immutable; its closures cap
                 config[keyPath: field] = value
             },
             text: { $0[keyPath: field].optionText },
-            check: { config in try check?(name, config[keyPath: field]) },
+            isSet: { _ in false },
+            check: { config in
+                let value = config[keyPath: field]
+                if let text = value as? String, text.isEmpty { throw ConfigError("--\(name) must not be empty") }
+                try check?(name, value)
+            },
             reset: { $0[keyPath: field] = TrainConfig()[keyPath: field] },
             decode: { config, c in
                 if let value = try c.decodeIfPresent(T.self, forKey: key) { config[keyPath: field] = value }
@@ -185,17 +198,23 @@ public struct TrainOption: @unchecked Sendable {  // immutable; its closures cap
                 config[keyPath: field] = value
             },
             text: { $0[keyPath: field]?.optionText ?? none ?? "none" },
-            check: { config in if let value = config[keyPath: field] { try check?(name, value) } },
+            isSet: { _ in false },
+            check: { config in
+                guard let value = config[keyPath: field] else { return }
+                if let text = value as? String, text.isEmpty { throw ConfigError("--\(name) must not be empty") }
+                try check?(name, value)
+            },
             reset: { $0[keyPath: field] = TrainConfig()[keyPath: field] },
             // Present and null is nil (`clip_norm: null` is no clipping); absent keeps the
-            // default. The word for none too, and false, which is how YAML reads `off`.
+            // default. The word for none too, and where that word is off, false (how YAML
+            // reads `off`).
             decode: { config, c in
                 guard c.contains(key) else { return }
                 do {
                     config[keyPath: field] = try c.decodeIfPresent(T.self, forKey: key)
                 } catch {
                     guard let none, (try? c.decodeIfPresent(String.self, forKey: key)) == none
-                                    || (try? c.decodeIfPresent(Bool.self, forKey: key)) == false else { throw error }
+                                    || (none == "off" && (try? c.decodeIfPresent(Bool.self, forKey: key)) == false) else { throw error }
                     config[keyPath: field] = nil
                 }
             },
@@ -214,7 +233,8 @@ public struct TrainOption: @unchecked Sendable {  // immutable; its closures cap
             name: name, key: fileKey, valueName: nil, help: help, resume: resume, varies: false, overrides: nil, conflicts: conflicts,
             defaultText: nil,
             parse: { config, _ in config[keyPath: field] = value },
-            text: { String($0[keyPath: field] == value) },
+            text: { String($0[keyPath: field]) },
+            isSet: { $0[keyPath: field] == value },
             check: { _ in },
             reset: { $0[keyPath: field] = TrainConfig()[keyPath: field] },
             decode: { config, c in
@@ -225,8 +245,19 @@ public struct TrainOption: @unchecked Sendable {  // immutable; its closures cap
             })
     }
 
-    /// "--bn sync": the option as a flag with its value, for messages.
-    public func describe(_ config: TrainConfig) -> String { "--\(name) \(text(config))" }
+    /// "--bn sync", or for a switch "--no-shuffle" or "no --no-shuffle": the option as a
+    /// flag, for messages.
+    public func describe(_ config: TrainConfig) -> String {
+        guard valueName == nil else { return "--\(name) \(text(config))" }
+        return isSet(config) ? "--\(name)" : "no --\(name)"
+    }
+
+    /// Why a resume may not continue `saved` with `config`; nil when this option agrees.
+    public func resumeMismatch(saved: TrainConfig, now config: TrainConfig) -> String? {
+        guard resume == .mustMatch, text(saved) != text(config) else { return nil }
+        guard valueName == nil else { return "was trained with \(describe(saved)), this run uses \(text(config))" }
+        return isSet(saved) ? "was trained with --\(name), this run without it" : "was trained without --\(name), this run with it"
+    }
 }
 
 /// A value a training option holds: read from a flag's text, from files (Codable), and

@@ -19,17 +19,13 @@ public struct TrainingData {
         try agreeOnSuccess(world) { if world.rank != 0 { data = try loadHere(config: config, withTest: withTest) } }
         // Each rank read its own files (other nodes may hold other copies): they must agree,
         // or the ranks would run different numbers of steps and their collectives mismatch.
-        let prints = try world.allgather(string: data!.fingerprint)
-        if Set(prints).count > 1 {
-            let lines = prints.enumerated().filter { $0.element != prints[0] }.map { "rank \($0.offset): \($0.element)" }
-            throw CollectiveFailure(message: "ranks loaded different data for --dataset \(config.dataset): rank 0: \(prints[0]); "
-                                    + lines.joined(separator: "; "))
-        }
-        return data!
+        guard let data else { throw TrainingError("no data loaded for --dataset \(config.dataset)") }
+        try agreeOnSettings(world, what: "the data of --dataset \(config.dataset)", data.fingerprint)
+        return data
     }
 
     /// Sizes, classes, normalization and a hash of labels and a sample of pixels.
-    var fingerprint: String {
+    var fingerprint: [(name: String, value: String)] {
         func digest(_ d: Dataset) -> String {
             var hash = FNV1a()
             for i in 0..<d.count { withUnsafeBytes(of: d.labels[i]) { hash.add($0) } }
@@ -38,7 +34,7 @@ public struct TrainingData {
             while i < pixels { hash.add(d.pixels[i]); i += 997 }
             return "\(d.count) samples of \(d.shape(batch: 1).sampleDims), \(d.classes) classes, hash \(String(hash.value, radix: 16))"
         }
-        return "train \(digest(train)); test \(test.map(digest) ?? "none"); normalization \(normalization.mean), \(normalization.std)"
+        return [("train", digest(train)), ("test", test.map(digest) ?? "none"), ("normalization", "\(normalization.mean), \(normalization.std)")]
     }
 
     static func loadHere(config: TrainConfig, withTest: Bool) throws -> TrainingData {

@@ -42,8 +42,20 @@ struct Bench: ParsableCommand {
         guard timedSteps <= TrainConfig.maxCount - untimedSteps else {
             throw ValidationError("--untimed-steps plus --timed-steps must be at most \(TrainConfig.maxCount), got \(untimedSteps) + \(timedSteps)")
         }
-        if try options.flags().text(of: "resume") != nil { throw ValidationError("bench does not resume: it starts from the seed's weights") }
+        guard timedSteps <= Bench.maxTimedSteps else { throw ValidationError("--timed-steps must be at most \(Bench.maxTimedSteps), got \(timedSteps)") }
+        let flags = try options.flags()
+        if flags.text(of: "resume") != nil { throw ValidationError("bench does not resume: it starts from the seed's weights") }
+        // What bench decides itself, or has no use for: refused rather than ignored.
+        if let given = flags.given.first(where: { Bench.setByBench.contains($0.option.name) }) {
+            throw ValidationError("bench does not take --\(given.option.name): it runs --untimed-steps plus --timed-steps steps "
+                                  + "and writes no run dir, checkpoints or logs (--evaluate evaluates once at the end)")
+        }
     }
+
+    /// Training options bench sets itself or has no use for.
+    static let setByBench: Set = ["steps", "epochs", "eval-every", "check-replicas", "run-dir", "checkpoint-every", "keep", "log-every"]
+    /// The step log keeps every timed step's split in memory.
+    static let maxTimedSteps = 1_000_000
 
     /// Reads the config file: only once MPI runs (TrainOptions.resolve(in:)).
     func config(in world: Communicator) throws -> TrainConfig {
@@ -71,13 +83,13 @@ struct Bench: ParsableCommand {
             // The gradient allreduce alone, ranks lined up by a barrier first: what moving the
             // buffer costs, as against the step's communication time, which also holds the
             // wait for the slowest rank.
-            let gradientFloats = GradientSync(parameterCount: trainer.model.parameterCount).count
-            let scratch = FloatBuffer(capacity: gradientFloats)
+            let sync = GradientSync(parameterCount: trainer.model.parameterCount)
+            let scratch = FloatBuffer(capacity: sync.count)
             var allreduceSeconds = Double.infinity
             for _ in 0..<10 {
                 try world.barrier()
                 let start = Clock.seconds()
-                try world.allreduce(scratch.pointer, count: gradientFloats)
+                try sync.allreduce(scratch.pointer, world: world)
                 allreduceSeconds = min(allreduceSeconds, Clock.seconds() - start)
             }
             var slowest = [allreduceSeconds]
@@ -158,7 +170,7 @@ struct Bench: ParsableCommand {
                 workMillisecondsP50PerRank: works.map { percentile($0, 0.5) * 1e3 },
                 workMillisecondsP90PerRank: works.map { percentile($0, 0.9) * 1e3 },
                 imbalanceMilliseconds: imbalance * 1e3,
-                gradientAllreduceMilliseconds: ranks > 1 ? slowest[0] * 1e3 : 0, gradientBytes: gradientFloats * 4,
+                gradientAllreduceMilliseconds: ranks > 1 ? slowest[0] * 1e3 : 0, gradientBytes: sync.count * 4,
                 finalTrainLoss: summary.finalTrainLoss, testAccuracy: summary.testAccuracy)
             if json {
                 print(String(decoding: try JSONEncoder.ddptrain().encode(result), as: UTF8.self))

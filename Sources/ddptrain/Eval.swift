@@ -21,8 +21,13 @@ struct Eval: ParsableCommand {
     @Flag(help: "Print the result as one JSON line.")
     var json = false
 
+    /// The training options' own checks (TrainConfig.options), before MPI starts.
     func validate() throws {
-        do { try threads.map(TrainConfig.checkThreads) } catch let error as ConfigError { throw ValidationError(error.message) }
+        var given = TrainConfig()
+        given.dataset = dataset ?? given.dataset
+        given.dataDir = dataDir
+        given.threads = threads
+        do { try given.validateValues() } catch let error as ConfigError { throw ValidationError(error.message) }
     }
 
     func run() throws {
@@ -41,6 +46,8 @@ struct Eval: ParsableCommand {
             configJSON = try world.broadcast(string: configJSON, root: 0)
             try world.broadcast(&normalization, root: 0)
             var config = try JSONDecoder().decode(TrainConfig.self, from: Data(configJSON.utf8))
+            // Another dataset is read from its own default folder unless --data-dir says.
+            if let dataset, dataset != config.dataset { config.dataDir = nil }
             if let dataset { config.dataset = dataset }
             if let dataDir { config.dataDir = dataDir }
             config.trainSamples = nil

@@ -24,7 +24,7 @@ struct Init: ParsableCommand {
     }
 
     func run() throws {
-        guard let shape = sampleShape(input) else { throw ValidationError("--input takes C,H,W with positive integers, at most \(ModelSpec.maxValuesPerSample) values, got '\(input)'") }
+        let shape = try sampleShape(input)
         do {
             let spec = try ModelSpec.named(model)
             try spec.checkMemory(inputShape: shape, batch: 1, replicas: 1, optimizerSlots: 0, ranksOnNode: 1)

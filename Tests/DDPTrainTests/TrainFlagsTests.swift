@@ -144,4 +144,32 @@ final class TrainFlagsTests: XCTestCase {
         try "clip_norm: true\n".write(toFile: path, atomically: true, encoding: .utf8)
         XCTAssertThrowsError(try TrainConfig.load(file: path)) { XCTAssertTrue("\($0)".contains("key 'clip_norm': expected a number, got true"), "\($0)") }
     }
+
+    /// Review findings: empty paths, late schedule and initializer errors, `false` as "all
+    /// samples", an inverted shuffle setting, and typo hints for short names.
+    func testValuesTheTableNowRefusesOrReadsRight() throws {
+        for (arguments, message) in [(["--run-dir="], "--run-dir must not be empty"), (["--resume", ""], "--resume must not be empty"),
+                                     (["--schedule", "warm"], "--schedule: learning-rate schedule 'warm'"),
+                                     (["--init", "kaiming"], "--init: ")] {
+            let config = try TrainFlags(parsing: arguments).apply(to: TrainConfig())
+            XCTAssertThrowsError(try config.validateValues(), "\(arguments)") { XCTAssertTrue("\($0)".hasPrefix(message), "\($0)") }
+        }
+        XCTAssertThrowsError(try makeVariants(base: TrainConfig(), variations: [try Variation(parsing: "schedule=cosine,bogus")]))
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(UUID().uuidString).yaml").path
+        try "train_samples: false\n".write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        XCTAssertThrowsError(try TrainConfig.load(file: path)) { XCTAssertTrue("\($0)".contains("key 'train_samples'"), "\($0)") }
+        try "train_samples: all\n".write(toFile: path, atomically: true, encoding: .utf8)
+        XCTAssertNil(try TrainConfig.load(file: path).trainSamples)
+
+        let unshuffled = try TrainFlags(parsing: ["--no-shuffle"]).apply(to: TrainConfig())
+        XCTAssertEqual(unshuffled.settings.first { $0.name == "shuffle" }?.value, "false")
+        let option = try XCTUnwrap(TrainConfig.option(named: "no-shuffle"))
+        XCTAssertEqual(option.resumeMismatch(saved: unshuffled, now: TrainConfig()), "was trained with --no-shuffle, this run without it")
+        XCTAssertEqual(option.resumeMismatch(saved: TrainConfig(), now: unshuffled), "was trained without --no-shuffle, this run with it")
+        XCTAssertNil(option.resumeMismatch(saved: unshuffled, now: unshuffled))
+
+        XCTAssertThrowsError(try TrainFlags(parsing: ["--x", "1"])) { XCTAssertEqual("\($0)", "unknown option '--x'") }
+        XCTAssertThrowsError(try TrainFlags(parsing: ["--sed", "1"])) { XCTAssertEqual("\($0)", "unknown option '--sed'; did you mean '--seed'?") }
+    }
 }

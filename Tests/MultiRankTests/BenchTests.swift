@@ -57,4 +57,16 @@ final class BenchTests: XCTestCase {
         XCTAssertNotEqual(l.status, 0)
         XCTAssertTrue(l.stderr.contains("--step-log /nonexistent/steps.jsonl: cannot write into /nonexistent"), l.stderr)
     }
+
+    /// Training options bench decides itself are refused, not silently replaced.
+    func testOptionsBenchSetsItselfAreRefused() throws {
+        for flag in [["--steps", "5"], ["--eval-every", "2"], ["--run-dir", "x"], ["--keep", "2"]] {
+            let r = try MPIRun.run(ranks: 1, ["bench"] + flag, timeout: 30)
+            XCTAssertEqual(r.status, 64, "\(flag): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains("bench does not take \(flag[0])"), r.stderr)
+        }
+        let huge = try MPIRun.run(ranks: 1, ["bench", "--timed-steps", "2000000000"], timeout: 30)
+        XCTAssertEqual(huge.status, 64, huge.stderr)
+        XCTAssertTrue(huge.stderr.contains("--timed-steps must be at most 1000000"), huge.stderr)
+    }
 }
