@@ -36,6 +36,26 @@ public func agreeOnSuccess<T>(_ world: Communicator, exitCode: Int32 = ExitStatu
     throw CollectiveFailure(message: report, exitCode: exitCode)
 }
 
+/// Rank 0 decides (`decide` runs there only: it reads a file, picks a folder) and every rank
+/// gets the decision, one broadcast of its JSON text; a failure on rank 0 ends every rank
+/// as `agreeOnSuccess` does. Ranks that looked for themselves might see a shared folder
+/// differently.
+public func decideOnRankZero<Decision: Codable>(_ world: Communicator, exitCode: Int32 = ExitStatus.inputError,
+                                                _ decide: () throws -> Decision) throws -> Decision {
+    let encoder = JSONEncoder(), decoder = JSONDecoder()
+    encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+    decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+    let text = try agreeOnSuccess(world, exitCode: exitCode) { () throws -> String in
+        world.rank == 0 ? String(decoding: try encoder.encode(try decide()), as: UTF8.self) : ""
+    }
+    let shared = try world.broadcast(string: text, root: 0)
+    do {
+        return try decoder.decode(Decision.self, from: Data(shared.utf8))
+    } catch {
+        throw CollectiveFailure(message: "rank \(world.rank) cannot read rank 0's decision: \(error)", exitCode: ExitStatus.runtimeFailure)
+    }
+}
+
 /// Fails on every rank unless every rank holds the same `settings` (name, value). Inputs each
 /// rank reads for itself (a config or model file on a node's own disk) must agree: ranks that
 /// resolved different step counts or layers would go on to different collectives and hang.

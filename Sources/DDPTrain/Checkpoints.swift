@@ -4,7 +4,7 @@ import Foundation
 import SafeTensors
 
 /// Where a run stands, as saved in a checkpoint's metadata.
-public struct TrainingPosition: Sendable, Equatable {
+public struct TrainingPosition: Codable, Sendable, Equatable {
     /// Steps completed.
     public var step: Int
     /// Optimizer's own step count (Adam's bias correction): steps not skipped.

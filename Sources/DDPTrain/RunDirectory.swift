@@ -245,16 +245,14 @@ public enum DefaultRunDirectory {
     /// it starts.
     public static func resolve(_ config: TrainConfig, world: Communicator) throws -> (config: TrainConfig, created: String?) {
         guard config.runDir == nil else { return (config, nil) }
-        let decided = try agreeOnSuccess(world) { () throws -> [String] in
-            guard world.rank == 0 else { return [] }
-            if config.resume == "auto", let continued = try latestTarget() { return [continued, ""] }
-            return [try makeNew(), "new"]
+        struct Decision: Codable { var path: String; var created: Bool }
+        let decided = try decideOnRankZero(world) { () throws -> Decision in
+            if config.resume == "auto", let continued = try latestTarget() { return Decision(path: continued, created: false) }
+            return Decision(path: try makeNew(), created: true)
         }
-        let path = try world.broadcast(string: decided.first ?? "", root: 0)
-        let created = try world.broadcast(string: decided.count > 1 ? decided[1] : "", root: 0) == "new"
         var resolved = config
-        resolved.runDir = path
-        return (resolved, created ? path : nil)
+        resolved.runDir = decided.path
+        return (resolved, decided.created ? decided.path : nil)
     }
 
     /// The folder runs/latest names (a run dir of an earlier version may be a folder under

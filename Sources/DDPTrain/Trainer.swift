@@ -415,10 +415,13 @@ public final class Trainer {
     /// the reason: skipping it would start over and later prune the good files. So is a
     /// sound checkpoint of another configuration (dataset, normalization, model, optimizer,
     /// seed, data order, batch-norm mode, global batch): that run dir belongs to another run.
+    /// The checkpoint a resume continues from, and where in the run it is.
+    struct ResumePoint: Codable { var path: String; var position: TrainingPosition }
+
     func resumeFrom(_ resume: String) throws {
         let store = CheckpointStore(directory: RunDirectory(path: config.resolvedRunDir).checkpointsPath, keep: config.keep)
-        let found = try agreeOnSuccess(world) { () throws -> (path: String, position: TrainingPosition)? in
-            guard world.rank == 0 else { return nil }
+        // Rank 0 looks, checks and loads; every rank learns what it found, then receives the state.
+        let found = try decideOnRankZero(world) { () throws -> ResumePoint? in
             let candidates = resume == "auto" ? try store.files() : [resume]
             for path in candidates {
                 let reader: CheckpointReader
@@ -441,25 +444,21 @@ public final class Trainer {
                 try StateDict.loadOptimizer(reader.file, into: optimizer, model: model)
                 if let batchChange { warnings.append(batchChange) }
                 if let change = scheduleChange(from: reader, atStep: position.step) { warnings.append(change) }
-                return (path, position)
+                return ResumePoint(path: path, position: position)
             }
             return nil
         }
-        // Rank 0 knows what it found; everyone learns it, then receives the state.
-        var header: [Int64] = [found == nil ? 0 : 1, Int64(found?.position.step ?? 0), found?.position.optimizerSteps ?? 0,
-                               Int64(found?.position.skippedSteps ?? 0), Int64(found?.position.consecutiveSkips ?? 0)]
-        try world.broadcast(&header, root: 0)
-        let path = try world.broadcast(string: found?.path ?? "", root: 0)
-        guard header[0] == 1 else {
+        guard let found else {
             warnings.append("--resume auto: no intact checkpoint in \(store.directory); starting fresh")
             return
         }
         try broadcastModelState(model, world: world)
         try world.broadcast(optimizer.state.pointer, count: optimizer.state.capacity, root: 0)
-        step = Int(header[1])
-        optimizer.stepCount = header[2]
-        skippedSteps = Int(header[3])
-        consecutiveSkips = Int(header[4])
+        let (path, position) = (found.path, found.position)
+        step = position.step
+        optimizer.stepCount = position.optimizerSteps
+        skippedSteps = position.skippedSteps
+        consecutiveSkips = position.consecutiveSkips
         resumedFrom = path
         if resume == "auto" { checkpointedStep = step }
         if step > totalSteps {

@@ -86,12 +86,11 @@ struct Compare: ParsableCommand {
                 let summaryPath = variant.config.resolvedRunDir + "/summary.json"
                 // Rank 0 decides whether the variant is finished, and everyone follows it:
                 // ranks that looked for themselves might see a shared folder differently.
-                var finished = ""
-                if base.resume != nil, world.rank == 0, let data = FileManager.default.contents(atPath: summaryPath),
-                   (try? decoder.decode(VariantResult.self, from: data)) != nil {
-                    finished = String(decoding: data, as: UTF8.self)
+                let finished = try decideOnRankZero(world) { () -> String in
+                    guard base.resume != nil, let data = FileManager.default.contents(atPath: summaryPath),
+                          (try? decoder.decode(VariantResult.self, from: data)) != nil else { return "" }
+                    return String(decoding: data, as: UTF8.self)
                 }
-                finished = try world.broadcast(string: finished, root: 0)
                 if !finished.isEmpty, let done = try? decoder.decode(VariantResult.self, from: Data(finished.utf8)) {
                     if world.rank == 0 { print("compare: [\(i + 1)/\(variants.count)] \(variant.name): finished earlier, kept") }
                     results.append(done)

@@ -34,18 +34,15 @@ struct Eval: ParsableCommand {
         try withWorld { world in
             // Rank 0 opens the checkpoint; every rank gets the configuration and the
             // normalization it was trained with.
+            struct Trained: Codable { var config: TrainConfig; var mean: Double; var std: Double }
             var reader: CheckpointReader?
-            var configJSON = ""
-            var normalization = [0.0, 1.0]
-            try agreeOnSuccess(world) {
-                guard world.rank == 0 else { return }
+            let trained = try decideOnRankZero(world) { () throws -> Trained in
                 let opened = try CheckpointReader(path: checkpoint)
-                let trained = try opened.normalization()
-                (reader, configJSON, normalization) = (opened, opened.config.json, [trained.mean, trained.std])
+                let normalization = try opened.normalization()
+                reader = opened
+                return Trained(config: opened.config, mean: normalization.mean, std: normalization.std)
             }
-            configJSON = try world.broadcast(string: configJSON, root: 0)
-            try world.broadcast(&normalization, root: 0)
-            var config = try JSONDecoder().decode(TrainConfig.self, from: Data(configJSON.utf8))
+            var config = trained.config
             // Another dataset is read from its own default folder unless --data-dir says.
             if let dataset, dataset != config.dataset { config.dataDir = nil }
             if let dataset { config.dataset = dataset }
@@ -74,7 +71,7 @@ struct Eval: ParsableCommand {
             let labels = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
             let ids = UnsafeMutablePointer<Int32>.allocate(capacity: batch)
             defer { labels.deallocate(); ids.deallocate() }
-            let result = try evaluateModel(replicas, on: test, normalization: Normalization(mean: normalization[0], std: normalization[1]),
+            let result = try evaluateModel(replicas, on: test, normalization: Normalization(mean: trained.mean, std: trained.std),
                                            world: world, x: x, labels: labels, ids: ids, batch: batch)
             guard world.rank == 0 else { return }
             if json {
