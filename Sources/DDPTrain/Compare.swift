@@ -45,6 +45,10 @@ public struct Variant: Sendable {
 /// Every combination, first variation outermost. Each variant gets the base's seed (so the
 /// same initial weights where the model is the same) and data order, and its own folder.
 public func makeVariants(base: TrainConfig, variations: [Variation]) throws -> [Variant] {
+    // Two variations of one key would give variants named for a value they do not train with.
+    if let twice = variations.first(where: { v in variations.filter { $0.key == v.key }.count > 1 }) {
+        throw ConfigError("--vary \(twice.key) is given twice; give all its values in one: --vary \(twice.key)=A,B,...")
+    }
     var variants = [(parts: [(key: String, value: String)](), config: base)]
     for variation in variations {
         var next: [(parts: [(key: String, value: String)], config: TrainConfig)] = []

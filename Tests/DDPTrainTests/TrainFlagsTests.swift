@@ -172,4 +172,11 @@ final class TrainFlagsTests: XCTestCase {
         XCTAssertThrowsError(try TrainFlags(parsing: ["--x", "1"])) { XCTAssertEqual("\($0)", "unknown option '--x'") }
         XCTAssertThrowsError(try TrainFlags(parsing: ["--sed", "1"])) { XCTAssertEqual("\($0)", "unknown option '--sed'; did you mean '--seed'?") }
     }
+
+    /// One key varied twice would name variants for values they do not train with.
+    func testAKeyVariedTwiceIsRefused() throws {
+        XCTAssertThrowsError(try makeVariants(base: TrainConfig(), variations: [try Variation(parsing: "lr=0.1"), try Variation(parsing: "lr=0.2,0.3")])) {
+            XCTAssertEqual("\($0)", "--vary lr is given twice; give all its values in one: --vary lr=A,B,...")
+        }
+    }
 }
