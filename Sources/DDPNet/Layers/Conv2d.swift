@@ -11,7 +11,16 @@ import DDPKernels
 /// a batch-sized column gradient making a round trip through memory. A 1x1, stride-1,
 /// unpadded convolution needs no unfolding: each sample [C, H*W] already is its own column
 /// matrix, so it runs one GEMM per sample straight into NCHW.
+///
+/// A 3x3, stride-1, padding-1 convolution with a multiple of 4 output channels runs direct
+/// kernels instead (DirectConv3x3.swift): forward, weight gradient and input gradient read
+/// padded planes with vector loads, no im2col and no GEMM packing. Every output element is
+/// one FMA chain in a fixed order per sample, so a sample's output does not depend on the
+/// rest of the batch, nor on the BLAS threads.
 public final class Conv2d: Layer {
+    /// How the layer computes: `automatic` takes the direct 3x3 kernels where they apply;
+    /// `gemm` always unfolds with im2col (kept to measure one against the other).
+    public enum Algorithm: Sendable { case automatic, gemm }
     public let inChannels: Int
     public let outChannels: Int
     public let kernel: Int
@@ -19,9 +28,21 @@ public final class Conv2d: Layer {
     public let padding: Int
     public let hasBias: Bool
     public var needsInputGradient = true
+    public let algorithm: Algorithm
 
     private var geometry: ConvGeometry!
     private var isPointwise: Bool { kernel == 1 && stride == 1 && padding == 0 }
+    private var isDirect: Bool {
+        algorithm == .automatic && kernel == 3 && stride == 1 && padding == 1 && outChannels % 4 == 0
+    }
+    /// The direct path's padded planes: the input [n, C, plane] (kept for the weight
+    /// gradient) and the output gradient [n, OC, plane]; their padding stays zero.
+    private var paddedInput: FloatBuffer?
+    private var paddedGrad: FloatBuffer?
+    /// One sample's flat output [max(C, OC), outLength], and the repacked weights.
+    private var flatOutput: FloatBuffer?
+    private var packedWeights: FloatBuffer?
+    private var plane: PaddedPlane!
     private var weight: UnsafeMutablePointer<Float>!
     private var bias: UnsafeMutablePointer<Float>?
     private var weightGrad: UnsafeMutablePointer<Float>!
@@ -38,9 +59,10 @@ public final class Conv2d: Layer {
     private var inputGrad: FloatBuffer!
     private var input: Tensor?
 
-    public init(inChannels: Int, outChannels: Int, kernel: Int, stride: Int = 1, padding: Int = 0, bias: Bool = true) {
+    public init(inChannels: Int, outChannels: Int, kernel: Int, stride: Int = 1, padding: Int = 0, bias: Bool = true,
+                algorithm: Algorithm = .automatic) {
         self.inChannels = inChannels; self.outChannels = outChannels; self.kernel = kernel
-        self.stride = stride; self.padding = padding; self.hasBias = bias
+        self.stride = stride; self.padding = padding; self.hasBias = bias; self.algorithm = algorithm
     }
 
     public var summary: String {
@@ -76,7 +98,16 @@ public final class Conv2d: Layer {
         capacity = maxBatch
         output = FloatBuffer(capacity: maxBatch * outChannels * g.outSpatial)
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
-        if !isPointwise {
+        if isDirect {
+            let p = PaddedPlane(height: input.h, width: input.w)
+            plane = p
+            paddedInput = FloatBuffer(capacity: maxBatch * inChannels * p.planeLength)
+            paddedGrad = FloatBuffer(capacity: maxBatch * outChannels * p.planeLength)
+            flatOutput = FloatBuffer(capacity: max(inChannels, outChannels) * p.outLength)
+            packedWeights = FloatBuffer(capacity: outChannels * inChannels * 9)
+            // The input gradient of a channel count the kernel does not take goes by GEMM.
+            if inChannels % 4 != 0 { sampleColumns = FloatBuffer(capacity: g.patchSize * g.outSpatial) }
+        } else if !isPointwise {
             columns = FloatBuffer(capacity: g.patchSize * maxBatch * g.outSpatial)
             product = FloatBuffer(capacity: outChannels * maxBatch * g.outSpatial)
             sampleColumns = FloatBuffer(capacity: g.patchSize * g.outSpatial)
@@ -108,6 +139,18 @@ public final class Conv2d: Layer {
                       b: x.data + s * inChannels * p, ldb: p, c: y.data + s * oc * p, ldc: p)
             }
             if let bias { addBias(bias, to: y.data, samples: n, spatial: p) }
+            return y
+        }
+        if isDirect {
+            let c = inChannels, pl = plane!, padded = paddedInput!.pointer, flat = flatOutput!.pointer
+            let packed = packedWeights!.pointer
+            packConv3x3Weights(weight, outChannels: oc, inChannels: c, into: packed)
+            for s in 0..<n {
+                let xs = padded + s * c * pl.planeLength
+                padPlanes(x.data + s * c * p, count: c, pl, into: xs)
+                conv3x3Flat(xs, channels: c, packed, outChannels: oc, pl, into: flat)
+                unpadPlanes(flat, count: oc, pl, bias: bias, into: y.data + s * oc * p)
+            }
             return y
         }
         let cols = columns!.pointer
@@ -160,6 +203,7 @@ public final class Conv2d: Layer {
             }
             return dx
         }
+        if isDirect { return directBackward(dy, x: x, dx: dx) }
         let cols = columns!.pointer, dyp = product!.pointer
         let pixels = n * p
         // [n, OC, P] -> [OC, n, P]
@@ -188,6 +232,37 @@ public final class Conv2d: Layer {
             for s in 0..<n {
                 sgemm(transA: true, m: ckk, n: p, k: oc, a: weight, lda: ckk, b: dy.data + s * oc * p, ldb: p, c: dcols, ldc: p)
                 col2imOverwriting(dcols, batch: 1, g, into: dx.data + s * plane)
+            }
+        }
+        return dx
+    }
+
+    private func directBackward(_ dy: Tensor, x: Tensor, dx: Tensor) -> Tensor {
+        let g = geometry!, pl = plane!
+        let n = dy.shape.n, oc = outChannels, c = inChannels, p = g.outSpatial
+        let paddedX = paddedInput!.pointer, paddedDy = paddedGrad!.pointer, flat = flatOutput!.pointer
+        weightGrad.update(repeating: 0, count: oc * c * 9)
+        for s in 0..<n {
+            let dys = paddedDy + s * oc * pl.planeLength
+            padPlanes(dy.data + s * oc * p, count: oc, pl, into: dys)
+            conv3x3WeightGradient(paddedX + s * c * pl.planeLength, channels: c, dys, outChannels: oc, pl, addingInto: weightGrad)
+        }
+        if let biasGrad { sumBias(dy.data, into: biasGrad, samples: n, spatial: p) }
+        guard needsInputGradient else { return dx }
+        if c % 4 == 0 {
+            // dx = the padded dy convolved with the flipped kernel, channels swapped.
+            let packed = packedWeights!.pointer
+            packConv3x3WeightsTransposed(weight, outChannels: oc, inChannels: c, into: packed)
+            for s in 0..<n {
+                conv3x3Flat(paddedDy + s * oc * pl.planeLength, channels: oc, packed, outChannels: c, pl, into: flat)
+                unpadPlanes(flat, count: c, pl, bias: nil, into: dx.data + s * c * p)
+            }
+        } else {
+            let ckk = g.patchSize, dcols = sampleColumns!.pointer
+            dx.data.update(repeating: 0, count: dx.count)
+            for s in 0..<n {
+                sgemm(transA: true, m: ckk, n: p, k: oc, a: weight, lda: ckk, b: dy.data + s * oc * p, ldb: p, c: dcols, ldc: p)
+                col2imOverwriting(dcols, batch: 1, g, into: dx.data + s * c * p)
             }
         }
         return dx
