@@ -141,42 +141,42 @@ public func conv3x3Flat(_ input: UnsafePointer<Float>, channels c: Int, _ packed
     }
 }
 
-/// One sample's contribution to the weight gradient, added into grad [OC, C, 3, 3]:
-/// grad[o, c, ky, kx] += Σ_j dy[o, j] · x[c, j + ky·rowStride + kx], with x [C, planeLength]
-/// and dy [OC, planeLength] both padded (dy's padding supplies the zeros at the thrown-away
-/// positions). OC must be a multiple of 4. Each (o, c, ky) keeps 4 x 3 vector accumulators
-/// over the plane; their lanes are summed in a fixed order.
+/// The weight gradient of `samples` consecutive samples, added into grad [OC, C, 3, 3]:
+/// grad[o, c, ky, kx] += Σ_s Σ_j dy_s[o, j] · x_s[c, j + ky·rowStride + kx], with x [samples,
+/// C, planeLength] and dy [samples, OC, planeLength] both padded (dy's padding supplies the
+/// zeros at the thrown-away positions). OC must be even. Each (2 output channels, c, ky)
+/// keeps 2 x 3 vector accumulators over the samples' planes (4 x 3 left too few registers
+/// and spilled), then sums their lanes in a fixed order: on small planes (7x7 is 8
+/// vectors) several samples share one lane sum.
 public func conv3x3WeightGradient(_ x: UnsafePointer<Float>, channels c: Int, _ dy: UnsafePointer<Float>, outChannels oc: Int,
-                                  _ p: PaddedPlane, addingInto grad: UnsafeMutablePointer<Float>) {
-    precondition(oc % 4 == 0, "conv3x3WeightGradient needs a multiple of 4 output channels, got \(oc)")
+                                  _ p: PaddedPlane, samples: Int, addingInto grad: UnsafeMutablePointer<Float>) {
+    precondition(oc % 2 == 0, "conv3x3WeightGradient needs an even number of output channels, got \(oc)")
     let rs = p.rowStride, length = p.outLength, plane = p.planeLength
-    for o0 in stride(from: 0, to: oc, by: 4) {
-        let d0 = dy + o0 * plane + p.origin, d1 = d0 + plane, d2 = d1 + plane, d3 = d2 + plane
+    let xSample = c * plane, dySample = oc * plane
+    // 1 and 2, from run-time values: with literal offsets the compiler builds the load at
+    // j + 1 from those at j and j + 2 with shuffles, and spills accumulators for them.
+    let one = rs - p.width - 1, two = 2 * one
+    for o0 in stride(from: 0, to: oc, by: 2) {
         for ci in 0..<c {
             for ky in 0..<3 {
-                let src = x + ci * plane + ky * rs
                 var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a02 = SIMD8<Float>()
                 var a10 = SIMD8<Float>(), a11 = SIMD8<Float>(), a12 = SIMD8<Float>()
-                var a20 = SIMD8<Float>(), a21 = SIMD8<Float>(), a22 = SIMD8<Float>()
-                var a30 = SIMD8<Float>(), a31 = SIMD8<Float>(), a32 = SIMD8<Float>()
-                var j = 0
-                while j < length {
-                    let x0 = load8(src + j), x1 = load8(src + j + 1), x2 = load8(src + j + 2)
-                    let g0 = load8(d0 + j)
-                    a00.addProduct(g0, x0); a01.addProduct(g0, x1); a02.addProduct(g0, x2)
-                    let g1 = load8(d1 + j)
-                    a10.addProduct(g1, x0); a11.addProduct(g1, x1); a12.addProduct(g1, x2)
-                    let g2 = load8(d2 + j)
-                    a20.addProduct(g2, x0); a21.addProduct(g2, x1); a22.addProduct(g2, x2)
-                    let g3 = load8(d3 + j)
-                    a30.addProduct(g3, x0); a31.addProduct(g3, x1); a32.addProduct(g3, x2)
-                    j += 8
+                for s in 0..<samples {
+                    let src = x + s * xSample + ci * plane + ky * rs
+                    let d0 = dy + s * dySample + o0 * plane + p.origin, d1 = d0 + plane
+                    var j = 0
+                    while j < length {
+                        let x0 = load8(src + j), x1 = load8(src + j + one), x2 = load8(src + j + two)
+                        let g0 = load8(d0 + j)
+                        a00.addProduct(g0, x0); a01.addProduct(g0, x1); a02.addProduct(g0, x2)
+                        let g1 = load8(d1 + j)
+                        a10.addProduct(g1, x0); a11.addProduct(g1, x1); a12.addProduct(g1, x2)
+                        j += 8
+                    }
                 }
                 let g = grad + (o0 * c + ci) * 9 + ky * 3, step = c * 9
                 g[0] += a00.sum(); g[1] += a01.sum(); g[2] += a02.sum()
                 g[step] += a10.sum(); g[step + 1] += a11.sum(); g[step + 2] += a12.sum()
-                g[2 * step] += a20.sum(); g[2 * step + 1] += a21.sum(); g[2 * step + 2] += a22.sum()
-                g[3 * step] += a30.sum(); g[3 * step + 1] += a31.sum(); g[3 * step + 2] += a32.sum()
             }
         }
     }

@@ -242,10 +242,15 @@ public final class Conv2d: Layer {
         let n = dy.shape.n, oc = outChannels, c = inChannels, p = g.outSpatial
         let paddedX = paddedInput!.pointer, paddedDy = paddedGrad!.pointer, flat = flatOutput!.pointer
         weightGrad.update(repeating: 0, count: oc * c * 9)
-        for s in 0..<n {
-            let dys = paddedDy + s * oc * pl.planeLength
-            padPlanes(dy.data + s * oc * p, count: oc, pl, into: dys)
-            conv3x3WeightGradient(paddedX + s * c * pl.planeLength, channels: c, dys, outChannels: oc, pl, addingInto: weightGrad)
+        // Samples in groups of at least 512 output positions share their lane sums (a 7x7
+        // plane is 64 positions); the groups depend on the batch size only.
+        let group = max(1, 512 / pl.outLength)
+        for first in Swift.stride(from: 0, to: n, by: group) {
+            let count = min(group, n - first)
+            let dys = paddedDy + first * oc * pl.planeLength
+            padPlanes(dy.data + first * oc * p, count: count * oc, pl, into: dys)
+            conv3x3WeightGradient(paddedX + first * c * pl.planeLength, channels: c, dys, outChannels: oc, pl,
+                                  samples: count, addingInto: weightGrad)
         }
         if let biasGrad { sumBias(dy.data, into: biasGrad, samples: n, spatial: p) }
         guard needsInputGradient else { return dx }
