@@ -1,50 +1,120 @@
-/// Direct 3x3 convolution, stride 1, padding 1, for small channel counts (16 to 64) on
-/// small planes (28x28 down to 7x7), where im2col + GEMM spends more time copying and
-/// packing than multiplying (one output channel block of 16 gives GEMM 32 FLOPs per packed
+/// Direct 3x3 convolution, padding 1, stride 1 or 2, for small channel counts (16 to 64)
+/// on small planes (28x28 down to 7x7), where im2col + GEMM spends more time copying and
+/// packing than multiplying (an output channel count of 16 gives GEMM 32 FLOPs per packed
 /// element).
 ///
-/// Planes are stored padded and flat: row stride W + 2, the image at row 1, column 1, zeros
-/// around it. Output position j = oy * (W + 2) + ox then reads tap (ky, kx) at
-/// j + ky * (W + 2) + kx, so a run of 8 consecutive outputs is one unaligned vector load per
-/// tap, with no bounds checks; the two positions per row with ox >= W are computed and
-/// thrown away. Every output element is one FMA chain over (input channel, ky, kx) in that
-/// order, whatever its position and whatever the batch: a sample's result depends on that
-/// sample alone, bit for bit.
+/// Stride 1: each input channel is stored padded and flat, row stride W + 2, the image at
+/// row 1, column 1, zeros around it. Output position j = oy * (W + 2) + ox then reads tap
+/// (ky, kx) at j + ky * (W + 2) + kx, so 8 consecutive outputs are one unaligned vector load
+/// per tap, with no bounds checks; the positions with ox >= W are computed and thrown away.
+/// Stride 2: each padded input channel is split into its four phases (even/odd rows x
+/// even/odd columns), each a flat plane of row stride OW + 1; tap (ky, kx) reads phase
+/// (ky mod 2, kx mod 2) at j + (ky / 2) * (OW + 1) + kx / 2, again 8 outputs per load.
+///
+/// Every output element is one FMA chain over (input channel, ky, kx) in that order,
+/// whatever its position and whatever the batch: a sample's result depends on that sample
+/// alone, bit for bit.
 
-/// The flat padded layout of one H x W plane.
-public struct PaddedPlane: Equatable, Sendable {
+/// Where a direct 3x3 convolution reads and writes: the prepared input's floats per
+/// channel, the offsets of the 9 taps (ky, kx row by row) from an output position, and the
+/// flat output (row stride, positions per channel in whole vectors).
+public struct DirectConvLayout: Equatable, Sendable {
     public let height: Int
     public let width: Int
+    public let stride: Int
+    public let outHeight: Int
+    public let outWidth: Int
+    public let outRowStride: Int
+    /// Flat output positions per channel, a multiple of 8.
+    public let outLength: Int
+    /// Floats per prepared input channel.
+    public let channelLength: Int
+    /// Floats per phase plane (stride 2).
+    public let phaseLength: Int
+    public let taps: [Int]
 
-    public init(height: Int, width: Int) { self.height = height; self.width = width }
+    /// Padding 1 and stride 1 or 2 on an H x W plane.
+    public init(height: Int, width: Int, stride: Int) {
+        precondition(stride == 1 || stride == 2, "DirectConvLayout takes stride 1 or 2, got \(stride)")
+        self.height = height; self.width = width; self.stride = stride
+        outHeight = (height - 1) / stride + 1
+        outWidth = (width - 1) / stride + 1
+        if stride == 1 {
+            let rs = width + 2
+            outRowStride = rs
+            outLength = (height * rs + 7) / 8 * 8
+            // The farthest tap of the last vector, and dy read at `origin` (the weight gradient).
+            channelLength = (outLength + 2 * rs + 2 + 7) / 8 * 8
+            phaseLength = 0
+            taps = (0..<9).map { ($0 / 3) * rs + $0 % 3 }
+        } else {
+            let rs = outWidth + 1
+            outRowStride = rs
+            outLength = (outHeight * rs + 7) / 8 * 8
+            let phase = (outLength + rs + 1 + 7) / 8 * 8
+            phaseLength = phase
+            channelLength = 4 * phase
+            taps = (0..<9).map { t in
+                let ky = t / 3, kx = t % 3
+                return ((ky % 2) * 2 + kx % 2) * phase + (ky / 2) * rs + kx / 2
+            }
+        }
+    }
 
-    public var rowStride: Int { width + 2 }
-    /// Output positions computed per plane: H rows of `rowStride`, rounded up to whole vectors.
-    public var outLength: Int { (height * rowStride + 7) / 8 * 8 }
-    /// Offset of pixel (0, 0) in a padded plane.
-    public var origin: Int { rowStride + 1 }
-    /// Floats per padded plane: every tap of every output position reads inside it, and a
-    /// flat output row read at `origin` (the weight gradient's dy) stays inside it too.
-    public var planeLength: Int { (outLength + 2 * rowStride + 2 + 7) / 8 * 8 }
+    /// Stride 1: offset of pixel (0, 0) in a padded channel.
+    public var origin: Int { outRowStride + 1 }
 }
 
-/// Copies planes [count, H, W] into the interiors of padded planes [count, planeLength].
-/// The padding is never written: the caller zeroes the destination once.
-public func padPlanes(_ source: UnsafePointer<Float>, count: Int, _ p: PaddedPlane, into padded: UnsafeMutablePointer<Float>) {
-    let h = p.height, w = p.width, rs = p.rowStride
+/// Writes planes [count, H, W] row by row into channels of `channelStride` floats: row y of
+/// plane i at i * channelStride + offset + y * rowStride. Nothing else is written: the
+/// caller zeroes the destination once, and the gaps stay zero.
+public func spreadRows(_ source: UnsafePointer<Float>, count: Int, height h: Int, width w: Int, rowStride: Int,
+                       channelStride: Int, offset: Int, into destination: UnsafeMutablePointer<Float>) {
     for i in 0..<count {
-        let src = source + i * h * w, dst = padded + i * p.planeLength + p.origin
-        for y in 0..<h { (dst + y * rs).update(from: src + y * w, count: w) }
+        let src = source + i * h * w, dst = destination + i * channelStride + offset
+        for y in 0..<h { (dst + y * rowStride).update(from: src + y * w, count: w) }
     }
 }
 
-/// Copies flat outputs [count, outLength] (row stride W + 2) into planes [count, H, W],
-/// adding `bias[i]` to plane i if given.
-public func unpadPlanes(_ flat: UnsafePointer<Float>, count: Int, _ p: PaddedPlane, bias: UnsafePointer<Float>?,
-                        into planes: UnsafeMutablePointer<Float>) {
-    let h = p.height, w = p.width, rs = p.rowStride
+/// Prepares one sample's input channels [C, H, W] for `conv3x3Flat` into [C, channelLength]:
+/// padded (stride 1) or padded and split into phases (stride 2). The stride-1 padding is not
+/// written (zero the destination once); the phases are written whole, zeros included.
+public func prepareConvInput(_ x: UnsafePointer<Float>, channels c: Int, _ l: DirectConvLayout, into prepared: UnsafeMutablePointer<Float>) {
+    let h = l.height, w = l.width
+    if l.stride == 1 {
+        spreadRows(x, count: c, height: h, width: w, rowStride: l.outRowStride, channelStride: l.channelLength,
+                   offset: l.origin, into: prepared)
+        return
+    }
+    let rs = l.outRowStride, rows = l.outHeight + 1
+    for ci in 0..<c {
+        let image = x + ci * h * w
+        for a in 0..<2 {
+            for b in 0..<2 {
+                let phase = prepared + ci * l.channelLength + (a * 2 + b) * l.phaseLength
+                // Phase (a, b) at (r, q) is padded pixel (2r + a, 2q + b) = image (2r + a - 1, 2q + b - 1).
+                for r in 0..<rows {
+                    let iy = 2 * r + a - 1
+                    let line = phase + r * rs
+                    guard iy >= 0 && iy < h else { line.update(repeating: 0, count: rs); continue }
+                    let src = image + iy * w
+                    for q in 0..<rs {
+                        let ix = 2 * q + b - 1
+                        line[q] = ix >= 0 && ix < w ? src[ix] : 0
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copies flat outputs [count, outLength] into planes [count, OH, OW], adding `bias[i]` to
+/// plane i if given.
+public func unflattenOutput(_ flat: UnsafePointer<Float>, count: Int, _ l: DirectConvLayout, bias: UnsafePointer<Float>?,
+                            into planes: UnsafeMutablePointer<Float>) {
+    let h = l.outHeight, w = l.outWidth, rs = l.outRowStride
     for i in 0..<count {
-        let src = flat + i * p.outLength, dst = planes + i * h * w
+        let src = flat + i * l.outLength, dst = planes + i * h * w
         if let bias {
             let b = bias[i]
             for y in 0..<h { for x in 0..<w { dst[y * w + x] = src[y * rs + x] + b } }
@@ -78,13 +148,15 @@ private func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
 }
 
-/// One sample: out [OC, outLength] = conv3x3(input [C, planeLength] padded, packed [C, 9, OC]).
-/// OC must be a multiple of 4. Blocks of 4 output channels x 24 positions keep 12
-/// accumulators in registers; the tail runs 4 x 8. Both accumulate in the same order.
+/// One sample: out [OC, outLength] = conv3x3(prepared input [C, channelLength], packed
+/// weights [C, 9, OC]). OC must be a multiple of 4. Blocks of 4 output channels x 24
+/// positions keep 12 accumulators in registers; the tail runs 4 x 8. Both accumulate in the
+/// same order.
 public func conv3x3Flat(_ input: UnsafePointer<Float>, channels c: Int, _ packed: UnsafePointer<Float>, outChannels oc: Int,
-                        _ p: PaddedPlane, into out: UnsafeMutablePointer<Float>) {
+                        _ l: DirectConvLayout, into out: UnsafeMutablePointer<Float>) {
     precondition(oc % 4 == 0, "conv3x3Flat needs a multiple of 4 output channels, got \(oc)")
-    let rs = p.rowStride, length = p.outLength, plane = p.planeLength
+    let length = l.outLength, plane = l.channelLength
+    l.taps.withUnsafeBufferPointer { taps in
     for o0 in stride(from: 0, to: oc, by: 4) {
         var j = 0
         while j + 24 <= length {
@@ -95,20 +167,18 @@ public func conv3x3Flat(_ input: UnsafePointer<Float>, channels c: Int, _ packed
             for ci in 0..<c {
                 let src = input + ci * plane + j
                 var w = packed + ci * 9 * oc + o0
-                for ky in 0..<3 {
-                    for kx in 0..<3 {
-                        let s = src + ky * rs + kx
-                        let v0 = load8(s), v1 = load8(s + 8), v2 = load8(s + 16)
-                        let w0 = SIMD8<Float>(repeating: w[0])
-                        a00.addProduct(v0, w0); a01.addProduct(v1, w0); a02.addProduct(v2, w0)
-                        let w1 = SIMD8<Float>(repeating: w[1])
-                        a10.addProduct(v0, w1); a11.addProduct(v1, w1); a12.addProduct(v2, w1)
-                        let w2 = SIMD8<Float>(repeating: w[2])
-                        a20.addProduct(v0, w2); a21.addProduct(v1, w2); a22.addProduct(v2, w2)
-                        let w3 = SIMD8<Float>(repeating: w[3])
-                        a30.addProduct(v0, w3); a31.addProduct(v1, w3); a32.addProduct(v2, w3)
-                        w += oc
-                    }
+                for t in 0..<9 {
+                    let s = src + taps[t]
+                    let v0 = load8(s), v1 = load8(s + 8), v2 = load8(s + 16)
+                    let w0 = SIMD8<Float>(repeating: w[0])
+                    a00.addProduct(v0, w0); a01.addProduct(v1, w0); a02.addProduct(v2, w0)
+                    let w1 = SIMD8<Float>(repeating: w[1])
+                    a10.addProduct(v0, w1); a11.addProduct(v1, w1); a12.addProduct(v2, w1)
+                    let w2 = SIMD8<Float>(repeating: w[2])
+                    a20.addProduct(v0, w2); a21.addProduct(v1, w2); a22.addProduct(v2, w2)
+                    let w3 = SIMD8<Float>(repeating: w[3])
+                    a30.addProduct(v0, w3); a31.addProduct(v1, w3); a32.addProduct(v2, w3)
+                    w += oc
                 }
             }
             let d = out + o0 * length + j
@@ -123,15 +193,13 @@ public func conv3x3Flat(_ input: UnsafePointer<Float>, channels c: Int, _ packed
             for ci in 0..<c {
                 let src = input + ci * plane + j
                 var w = packed + ci * 9 * oc + o0
-                for ky in 0..<3 {
-                    for kx in 0..<3 {
-                        let v = load8(src + ky * rs + kx)
-                        a0.addProduct(v, SIMD8<Float>(repeating: w[0]))
-                        a1.addProduct(v, SIMD8<Float>(repeating: w[1]))
-                        a2.addProduct(v, SIMD8<Float>(repeating: w[2]))
-                        a3.addProduct(v, SIMD8<Float>(repeating: w[3]))
-                        w += oc
-                    }
+                for t in 0..<9 {
+                    let v = load8(src + taps[t])
+                    a0.addProduct(v, SIMD8<Float>(repeating: w[0]))
+                    a1.addProduct(v, SIMD8<Float>(repeating: w[1]))
+                    a2.addProduct(v, SIMD8<Float>(repeating: w[2]))
+                    a3.addProduct(v, SIMD8<Float>(repeating: w[3]))
+                    w += oc
                 }
             }
             let d = out + o0 * length + j
@@ -139,34 +207,37 @@ public func conv3x3Flat(_ input: UnsafePointer<Float>, channels c: Int, _ packed
             j += 8
         }
     }
+    }
 }
 
 /// The weight gradient of `samples` consecutive samples, added into grad [OC, C, 3, 3]:
-/// grad[o, c, ky, kx] += Σ_s Σ_j dy_s[o, j] · x_s[c, j + ky·rowStride + kx], with x [samples,
-/// C, planeLength] and dy [samples, OC, planeLength] both padded (dy's padding supplies the
-/// zeros at the thrown-away positions). OC must be even. Each (2 output channels, c, ky)
-/// keeps 2 x 3 vector accumulators over the samples' planes (4 x 3 left too few registers
-/// and spilled), then sums their lanes in a fixed order: on small planes (7x7 is 8
-/// vectors) several samples share one lane sum.
+/// grad[o, c, tap] += Σ_s Σ_j dy_s[o, j] · x_s[c, j + taps[tap]], with x the prepared input
+/// [samples, C, channelLength] and dy the output gradient laid out like the flat output
+/// (row stride outRowStride, zeros at the thrown-away positions), channel o of sample s at
+/// dy + s * dySample + o * dyChannel. OC must be even. Each (2 output channels, c, kernel
+/// row) keeps 2 x 3 vector accumulators over the samples' planes (4 x 3 left too few
+/// registers and spilled), then sums their lanes in a fixed order: on small planes (7x7
+/// is 8 vectors) several samples share one lane sum.
 public func conv3x3WeightGradient(_ x: UnsafePointer<Float>, channels c: Int, _ dy: UnsafePointer<Float>, outChannels oc: Int,
-                                  _ p: PaddedPlane, samples: Int, addingInto grad: UnsafeMutablePointer<Float>) {
+                                  dyChannel: Int, dySample: Int, _ l: DirectConvLayout, samples: Int,
+                                  addingInto grad: UnsafeMutablePointer<Float>) {
     precondition(oc % 2 == 0, "conv3x3WeightGradient needs an even number of output channels, got \(oc)")
-    let rs = p.rowStride, length = p.outLength, plane = p.planeLength
-    let xSample = c * plane, dySample = oc * plane
-    // 1 and 2, from run-time values: with literal offsets the compiler builds the load at
-    // j + 1 from those at j and j + 2 with shuffles, and spills accumulators for them.
-    let one = rs - p.width - 1, two = 2 * one
+    let length = l.outLength, plane = l.channelLength
+    let xSample = c * plane
     for o0 in stride(from: 0, to: oc, by: 2) {
         for ci in 0..<c {
             for ky in 0..<3 {
+                // Run-time offsets: with literal ones (stride 1: +1, +2) the compiler builds
+                // a load from its neighbours with shuffles and spills accumulators for them.
+                let t0 = l.taps[3 * ky], t1 = l.taps[3 * ky + 1], t2 = l.taps[3 * ky + 2]
                 var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a02 = SIMD8<Float>()
                 var a10 = SIMD8<Float>(), a11 = SIMD8<Float>(), a12 = SIMD8<Float>()
                 for s in 0..<samples {
-                    let src = x + s * xSample + ci * plane + ky * rs
-                    let d0 = dy + s * dySample + o0 * plane + p.origin, d1 = d0 + plane
+                    let src = x + s * xSample + ci * plane
+                    let d0 = dy + s * dySample + o0 * dyChannel, d1 = d0 + dyChannel
                     var j = 0
                     while j < length {
-                        let x0 = load8(src + j), x1 = load8(src + j + one), x2 = load8(src + j + two)
+                        let x0 = load8(src + j + t0), x1 = load8(src + j + t1), x2 = load8(src + j + t2)
                         let g0 = load8(d0 + j)
                         a00.addProduct(g0, x0); a01.addProduct(g0, x1); a02.addProduct(g0, x2)
                         let g1 = load8(d1 + j)

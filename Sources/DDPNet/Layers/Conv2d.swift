@@ -12,11 +12,11 @@ import DDPKernels
 /// unpadded convolution needs no unfolding: each sample [C, H*W] already is its own column
 /// matrix, so it runs one GEMM per sample straight into NCHW.
 ///
-/// A 3x3, stride-1, padding-1 convolution with a multiple of 4 output channels runs direct
-/// kernels instead (DirectConv3x3.swift): forward, weight gradient and input gradient read
-/// padded planes with vector loads, no im2col and no GEMM packing. Every output element is
-/// one FMA chain in a fixed order per sample, so a sample's output does not depend on the
-/// rest of the batch, nor on the BLAS threads.
+/// A 3x3, padding-1 convolution of stride 1 or 2 with a multiple of 4 output channels runs
+/// direct kernels instead (DirectConv3x3.swift): forward and weight gradient (and for stride
+/// 1 the input gradient) read padded planes with vector loads, no im2col and no GEMM
+/// packing. Every output element is one FMA chain in a fixed order per sample, so a
+/// sample's output does not depend on the rest of the batch, nor on the BLAS threads.
 public final class Conv2d: Layer {
     /// How the layer computes: `automatic` takes the direct 3x3 kernels where they apply;
     /// `gemm` always unfolds with im2col (kept to measure one against the other).
@@ -33,16 +33,18 @@ public final class Conv2d: Layer {
     private var geometry: ConvGeometry!
     private var isPointwise: Bool { kernel == 1 && stride == 1 && padding == 0 }
     private var isDirect: Bool {
-        algorithm == .automatic && kernel == 3 && stride == 1 && padding == 1 && outChannels % 4 == 0
+        algorithm == .automatic && kernel == 3 && (stride == 1 || stride == 2) && padding == 1 && outChannels % 4 == 0
     }
-    /// The direct path's padded planes: the input [n, C, plane] (kept for the weight
-    /// gradient) and the output gradient [n, OC, plane]; their padding stays zero.
-    private var paddedInput: FloatBuffer?
-    private var paddedGrad: FloatBuffer?
+    /// The direct path's prepared input [n, C, channelLength] (kept for the weight
+    /// gradient) and output gradient [n, OC, gradChannel]: padded for stride 1, as the
+    /// flat output for stride 2. Their padding and gaps stay zero.
+    private var preparedInput: FloatBuffer?
+    private var preparedGrad: FloatBuffer?
+    private var gradChannel = 0
     /// One sample's flat output [max(C, OC), outLength], and the repacked weights.
     private var flatOutput: FloatBuffer?
     private var packedWeights: FloatBuffer?
-    private var plane: PaddedPlane!
+    private var layout: DirectConvLayout!
     private var weight: UnsafeMutablePointer<Float>!
     private var bias: UnsafeMutablePointer<Float>?
     private var weightGrad: UnsafeMutablePointer<Float>!
@@ -99,14 +101,16 @@ public final class Conv2d: Layer {
         output = FloatBuffer(capacity: maxBatch * outChannels * g.outSpatial)
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
         if isDirect {
-            let p = PaddedPlane(height: input.h, width: input.w)
-            plane = p
-            paddedInput = FloatBuffer(capacity: maxBatch * inChannels * p.planeLength)
-            paddedGrad = FloatBuffer(capacity: maxBatch * outChannels * p.planeLength)
-            flatOutput = FloatBuffer(capacity: max(inChannels, outChannels) * p.outLength)
+            let l = DirectConvLayout(height: input.h, width: input.w, stride: stride)
+            layout = l
+            gradChannel = stride == 1 ? l.channelLength : l.outLength
+            preparedInput = FloatBuffer(capacity: maxBatch * inChannels * l.channelLength)
+            preparedGrad = FloatBuffer(capacity: maxBatch * outChannels * gradChannel)
+            flatOutput = FloatBuffer(capacity: max(inChannels, outChannels) * l.outLength)
             packedWeights = FloatBuffer(capacity: outChannels * inChannels * 9)
-            // The input gradient of a channel count the kernel does not take goes by GEMM.
-            if inChannels % 4 != 0 { sampleColumns = FloatBuffer(capacity: g.patchSize * g.outSpatial) }
+            // The input gradient of stride 2, or of a channel count the kernel does not
+            // take, goes by GEMM and col2im, a sample at a time.
+            if stride != 1 || inChannels % 4 != 0 { sampleColumns = FloatBuffer(capacity: g.patchSize * g.outSpatial) }
         } else if !isPointwise {
             columns = FloatBuffer(capacity: g.patchSize * maxBatch * g.outSpatial)
             product = FloatBuffer(capacity: outChannels * maxBatch * g.outSpatial)
@@ -142,14 +146,14 @@ public final class Conv2d: Layer {
             return y
         }
         if isDirect {
-            let c = inChannels, pl = plane!, padded = paddedInput!.pointer, flat = flatOutput!.pointer
-            let packed = packedWeights!.pointer
+            let c = inChannels, l = layout!, prepared = preparedInput!.pointer, flat = flatOutput!.pointer
+            let packed = packedWeights!.pointer, plane = x.shape.perSample
             packConv3x3Weights(weight, outChannels: oc, inChannels: c, into: packed)
             for s in 0..<n {
-                let xs = padded + s * c * pl.planeLength
-                padPlanes(x.data + s * c * p, count: c, pl, into: xs)
-                conv3x3Flat(xs, channels: c, packed, outChannels: oc, pl, into: flat)
-                unpadPlanes(flat, count: oc, pl, bias: bias, into: y.data + s * oc * p)
+                let xs = prepared + s * c * l.channelLength
+                prepareConvInput(x.data + s * plane, channels: c, l, into: xs)
+                conv3x3Flat(xs, channels: c, packed, outChannels: oc, l, into: flat)
+                unflattenOutput(flat, count: oc, l, bias: bias, into: y.data + s * oc * p)
             }
             return y
         }
@@ -238,36 +242,40 @@ public final class Conv2d: Layer {
     }
 
     private func directBackward(_ dy: Tensor, x: Tensor, dx: Tensor) -> Tensor {
-        let g = geometry!, pl = plane!
+        let g = geometry!, l = layout!
         let n = dy.shape.n, oc = outChannels, c = inChannels, p = g.outSpatial
-        let paddedX = paddedInput!.pointer, paddedDy = paddedGrad!.pointer, flat = flatOutput!.pointer
+        let preparedX = preparedInput!.pointer, preparedDy = preparedGrad!.pointer, flat = flatOutput!.pointer
+        // Stride 1: dy padded like an input (the input gradient convolves it), its flat
+        // output layout starting at `origin`; stride 2: dy in the flat output layout.
+        let dyOffset = stride == 1 ? l.origin : 0
         weightGrad.update(repeating: 0, count: oc * c * 9)
         // Samples in groups of at least 512 output positions share their lane sums (a 7x7
         // plane is 64 positions); the groups depend on the batch size only.
-        let group = max(1, 512 / pl.outLength)
+        let group = max(1, 512 / l.outLength)
         for first in Swift.stride(from: 0, to: n, by: group) {
             let count = min(group, n - first)
-            let dys = paddedDy + first * oc * pl.planeLength
-            padPlanes(dy.data + first * oc * p, count: count * oc, pl, into: dys)
-            conv3x3WeightGradient(paddedX + first * c * pl.planeLength, channels: c, dys, outChannels: oc, pl,
-                                  samples: count, addingInto: weightGrad)
+            let dys = preparedDy + first * oc * gradChannel
+            spreadRows(dy.data + first * oc * p, count: count * oc, height: l.outHeight, width: l.outWidth,
+                       rowStride: l.outRowStride, channelStride: gradChannel, offset: dyOffset, into: dys)
+            conv3x3WeightGradient(preparedX + first * c * l.channelLength, channels: c, dys + dyOffset, outChannels: oc,
+                                  dyChannel: gradChannel, dySample: oc * gradChannel, l, samples: count, addingInto: weightGrad)
         }
         if let biasGrad { sumBias(dy.data, into: biasGrad, samples: n, spatial: p) }
         guard needsInputGradient else { return dx }
-        if c % 4 == 0 {
+        if stride == 1 && c % 4 == 0 {
             // dx = the padded dy convolved with the flipped kernel, channels swapped.
             let packed = packedWeights!.pointer
             packConv3x3WeightsTransposed(weight, outChannels: oc, inChannels: c, into: packed)
             for s in 0..<n {
-                conv3x3Flat(paddedDy + s * oc * pl.planeLength, channels: oc, packed, outChannels: c, pl, into: flat)
-                unpadPlanes(flat, count: c, pl, bias: nil, into: dx.data + s * c * p)
+                conv3x3Flat(preparedDy + s * oc * gradChannel, channels: oc, packed, outChannels: c, l, into: flat)
+                unflattenOutput(flat, count: c, l, bias: nil, into: dx.data + s * c * p)
             }
         } else {
-            let ckk = g.patchSize, dcols = sampleColumns!.pointer
+            let ckk = g.patchSize, dcols = sampleColumns!.pointer, plane = x.shape.perSample
             dx.data.update(repeating: 0, count: dx.count)
             for s in 0..<n {
                 sgemm(transA: true, m: ckk, n: p, k: oc, a: weight, lda: ckk, b: dy.data + s * oc * p, ldb: p, c: dcols, ldc: p)
-                col2imOverwriting(dcols, batch: 1, g, into: dx.data + s * c * p)
+                col2imOverwriting(dcols, batch: 1, g, into: dx.data + s * plane)
             }
         }
         return dx
