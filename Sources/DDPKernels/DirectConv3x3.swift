@@ -154,9 +154,18 @@ private func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
 /// same order.
 public func conv3x3Flat(_ input: UnsafePointer<Float>, channels c: Int, _ packed: UnsafePointer<Float>, outChannels oc: Int,
                         _ l: DirectConvLayout, into out: UnsafeMutablePointer<Float>) {
-    precondition(oc % 4 == 0, "conv3x3Flat needs a multiple of 4 output channels, got \(oc)")
-    let length = l.outLength, plane = l.channelLength
-    l.taps.withUnsafeBufferPointer { taps in
+    convFlat(input, channels: c, channelLength: l.channelLength, taps: l.taps, packed, outChannels: oc,
+             outLength: l.outLength, into: out)
+}
+
+/// `conv3x3Flat` with any list of taps: out [OC, outLength] where
+/// out[o, j] = Σ_c Σ_t packed[c, t, o] · input[c * channelLength + j + taps[t]].
+public func convFlat(_ input: UnsafePointer<Float>, channels c: Int, channelLength plane: Int, taps tapList: [Int],
+                     _ packed: UnsafePointer<Float>, outChannels oc: Int, outLength length: Int,
+                     into out: UnsafeMutablePointer<Float>) {
+    precondition(oc % 4 == 0, "convFlat needs a multiple of 4 output channels, got \(oc)")
+    let tapCount = tapList.count
+    tapList.withUnsafeBufferPointer { taps in
     for o0 in stride(from: 0, to: oc, by: 4) {
         var j = 0
         while j + 24 <= length {
@@ -166,8 +175,8 @@ public func conv3x3Flat(_ input: UnsafePointer<Float>, channels c: Int, _ packed
             var a30 = SIMD8<Float>(), a31 = SIMD8<Float>(), a32 = SIMD8<Float>()
             for ci in 0..<c {
                 let src = input + ci * plane + j
-                var w = packed + ci * 9 * oc + o0
-                for t in 0..<9 {
+                var w = packed + ci * tapCount * oc + o0
+                for t in 0..<tapCount {
                     let s = src + taps[t]
                     let v0 = load8(s), v1 = load8(s + 8), v2 = load8(s + 16)
                     let w0 = SIMD8<Float>(repeating: w[0])
@@ -192,8 +201,8 @@ public func conv3x3Flat(_ input: UnsafePointer<Float>, channels c: Int, _ packed
             var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
             for ci in 0..<c {
                 let src = input + ci * plane + j
-                var w = packed + ci * 9 * oc + o0
-                for t in 0..<9 {
+                var w = packed + ci * tapCount * oc + o0
+                for t in 0..<tapCount {
                     let v = load8(src + taps[t])
                     a0.addProduct(v, SIMD8<Float>(repeating: w[0]))
                     a1.addProduct(v, SIMD8<Float>(repeating: w[1]))
@@ -207,6 +216,75 @@ public func conv3x3Flat(_ input: UnsafePointer<Float>, channels c: Int, _ packed
             j += 8
         }
     }
+    }
+}
+
+/// The input gradient of a stride-2 convolution, as four stride-1 ones: dx at (2r + a,
+/// 2q + b) collects dy at (r, q) and, where the kernel reaches it, (r + 1, q), (r, q + 1),
+/// (r + 1, q + 1): kernel rows/columns 1 for even a/b, 0 and 2 for odd (0 reaching one
+/// further). dy in the stride-2 flat output layout, with at least one zero row and column
+/// after the last (`channelLength`), is the input; each phase's output has the same flat
+/// layout as the forward's output.
+public struct StrideTwoInputGradient: Sendable {
+    /// The taps of phase (a, b), 2a + b: offsets into dy, and ky * 3 + kx per tap.
+    public let taps: [[Int]]
+    public let kernelTaps: [[Int]]
+
+    public init(_ l: DirectConvLayout) {
+        precondition(l.stride == 2)
+        let rs = l.outRowStride
+        // Kernel rows (columns) that reach dx rows (columns) of each parity.
+        func reaching(_ parity: Int) -> [Int] { parity == 0 ? [1] : [0, 2] }
+        var taps: [[Int]] = [], kernelTaps: [[Int]] = []
+        for a in 0..<2 {
+            for b in 0..<2 {
+                var t: [Int] = [], k: [Int] = []
+                for ky in reaching(a) {
+                    for kx in reaching(b) {
+                        // Kernel row 0 reads dy one row further (oy = r + 1); likewise columns.
+                        t.append((ky == 0 ? 1 : 0) * rs + (kx == 0 ? 1 : 0))
+                        k.append(ky * 3 + kx)
+                    }
+                }
+                taps.append(t); kernelTaps.append(k)
+            }
+        }
+        self.taps = taps; self.kernelTaps = kernelTaps
+    }
+
+    /// Floats per dy channel: the flat output and the farthest tap of its last vector.
+    public static func channelLength(_ l: DirectConvLayout) -> Int { (l.outLength + l.outRowStride + 1 + 7) / 8 * 8 }
+
+    /// Weights [OC, C, 3, 3] packed per phase for `convFlat`: [OC, taps, C], one phase after
+    /// another (9 taps in all, as many floats as the weights).
+    public func pack(_ weight: UnsafePointer<Float>, outChannels oc: Int, inChannels c: Int, into packed: UnsafeMutablePointer<Float>) {
+        var p = packed
+        for k in kernelTaps {
+            for o in 0..<oc {
+                for (t, tap) in k.enumerated() {
+                    for ci in 0..<c { p[(o * k.count + t) * c + ci] = weight[(o * c + ci) * 9 + tap] }
+                }
+            }
+            p += oc * k.count * c
+        }
+    }
+
+    /// One sample: dx [C, H, W] from its dy [OC, channelLength]; `flat` [C, outLength] is scratch.
+    public func run(_ dy: UnsafePointer<Float>, outChannels oc: Int, _ packed: UnsafePointer<Float>, inChannels c: Int,
+                    _ l: DirectConvLayout, flat: UnsafeMutablePointer<Float>, into dx: UnsafeMutablePointer<Float>) {
+        let dyChannel = Self.channelLength(l), rs = l.outRowStride, h = l.height, w = l.width
+        var p = packed
+        for phase in 0..<4 {
+            let a = phase / 2, b = phase % 2
+            convFlat(dy, channels: oc, channelLength: dyChannel, taps: taps[phase], p, outChannels: c, outLength: l.outLength, into: flat)
+            p += oc * taps[phase].count * c
+            // Rows 2r + a < H, columns 2q + b < W.
+            let rowsOut = (h - a + 1) / 2, colsOut = (w - b + 1) / 2
+            for ci in 0..<c {
+                let src = flat + ci * l.outLength, dst = dx + ci * h * w + a * w + b
+                for r in 0..<rowsOut { for q in 0..<colsOut { dst[2 * r * w + 2 * q] = src[r * rs + q] } }
+            }
+        }
     }
 }
 

@@ -13,9 +13,9 @@ import DDPKernels
 /// matrix, so it runs one GEMM per sample straight into NCHW.
 ///
 /// A 3x3, padding-1 convolution of stride 1 or 2 with a multiple of 4 output channels runs
-/// direct kernels instead (DirectConv3x3.swift): forward and weight gradient (and for stride
-/// 1 the input gradient) read padded planes with vector loads, no im2col and no GEMM
-/// packing. Every output element is one FMA chain in a fixed order per sample, so a
+/// direct kernels instead (DirectConv3x3.swift): forward, weight gradient and input gradient
+/// read padded planes with vector loads, no im2col and no GEMM packing (the input gradient
+/// of an input channel count that is not a multiple of 4 still goes by GEMM). Every output element is one FMA chain in a fixed order per sample, so a
 /// sample's output does not depend on the rest of the batch, nor on the BLAS threads.
 public final class Conv2d: Layer {
     /// How the layer computes: `automatic` takes the direct 3x3 kernels where they apply;
@@ -45,6 +45,7 @@ public final class Conv2d: Layer {
     private var flatOutput: FloatBuffer?
     private var packedWeights: FloatBuffer?
     private var layout: DirectConvLayout!
+    private var strideTwoInputGradient: StrideTwoInputGradient?
     private var weight: UnsafeMutablePointer<Float>!
     private var bias: UnsafeMutablePointer<Float>?
     private var weightGrad: UnsafeMutablePointer<Float>!
@@ -103,14 +104,15 @@ public final class Conv2d: Layer {
         if isDirect {
             let l = DirectConvLayout(height: input.h, width: input.w, stride: stride)
             layout = l
-            gradChannel = stride == 1 ? l.channelLength : l.outLength
+            gradChannel = stride == 1 ? l.channelLength : StrideTwoInputGradient.channelLength(l)
+            if stride == 2 { strideTwoInputGradient = StrideTwoInputGradient(l) }
             preparedInput = FloatBuffer(capacity: maxBatch * inChannels * l.channelLength)
             preparedGrad = FloatBuffer(capacity: maxBatch * outChannels * gradChannel)
             flatOutput = FloatBuffer(capacity: max(inChannels, outChannels) * l.outLength)
             packedWeights = FloatBuffer(capacity: outChannels * inChannels * 9)
-            // The input gradient of stride 2, or of a channel count the kernel does not
-            // take, goes by GEMM and col2im, a sample at a time.
-            if stride != 1 || inChannels % 4 != 0 { sampleColumns = FloatBuffer(capacity: g.patchSize * g.outSpatial) }
+            // The input gradient of a channel count the kernel does not take goes by GEMM
+            // and col2im, a sample at a time.
+            if inChannels % 4 != 0 { sampleColumns = FloatBuffer(capacity: g.patchSize * g.outSpatial) }
         } else if !isPointwise {
             columns = FloatBuffer(capacity: g.patchSize * maxBatch * g.outSpatial)
             product = FloatBuffer(capacity: outChannels * maxBatch * g.outSpatial)
@@ -246,7 +248,8 @@ public final class Conv2d: Layer {
         let n = dy.shape.n, oc = outChannels, c = inChannels, p = g.outSpatial
         let preparedX = preparedInput!.pointer, preparedDy = preparedGrad!.pointer, flat = flatOutput!.pointer
         // Stride 1: dy padded like an input (the input gradient convolves it), its flat
-        // output layout starting at `origin`; stride 2: dy in the flat output layout.
+        // output layout starting at `origin`; stride 2: dy in the flat output layout, with
+        // room for the input gradient's farthest taps.
         let dyOffset = stride == 1 ? l.origin : 0
         weightGrad.update(repeating: 0, count: oc * c * 9)
         // Samples in groups of at least 512 output positions share their lane sums (a 7x7
@@ -262,16 +265,22 @@ public final class Conv2d: Layer {
         }
         if let biasGrad { sumBias(dy.data, into: biasGrad, samples: n, spatial: p) }
         guard needsInputGradient else { return dx }
-        if stride == 1 && c % 4 == 0 {
+        let packed = packedWeights!.pointer, plane = x.shape.perSample
+        if let strideTwo = strideTwoInputGradient, c % 4 == 0 {
+            strideTwo.pack(weight, outChannels: oc, inChannels: c, into: packed)
+            for s in 0..<n {
+                strideTwo.run(preparedDy + s * oc * gradChannel, outChannels: oc, packed, inChannels: c, l, flat: flat,
+                              into: dx.data + s * plane)
+            }
+        } else if c % 4 == 0 {
             // dx = the padded dy convolved with the flipped kernel, channels swapped.
-            let packed = packedWeights!.pointer
             packConv3x3WeightsTransposed(weight, outChannels: oc, inChannels: c, into: packed)
             for s in 0..<n {
                 conv3x3Flat(preparedDy + s * oc * gradChannel, channels: oc, packed, outChannels: c, l, into: flat)
-                unflattenOutput(flat, count: c, l, bias: nil, into: dx.data + s * c * p)
+                unflattenOutput(flat, count: c, l, bias: nil, into: dx.data + s * plane)
             }
         } else {
-            let ckk = g.patchSize, dcols = sampleColumns!.pointer, plane = x.shape.perSample
+            let ckk = g.patchSize, dcols = sampleColumns!.pointer
             dx.data.update(repeating: 0, count: dx.count)
             for s in 0..<n {
                 sgemm(transA: true, m: ckk, n: p, k: oc, a: weight, lda: ckk, b: dy.data + s * oc * p, ldb: p, c: dcols, ldc: p)
