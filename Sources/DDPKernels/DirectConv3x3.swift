@@ -72,7 +72,7 @@ public func spreadRows(_ source: UnsafePointer<Float>, count: Int, height h: Int
                        channelStride: Int, offset: Int, into destination: UnsafeMutablePointer<Float>) {
     for i in 0..<count {
         let src = source + i * h * w, dst = destination + i * channelStride + offset
-        for y in 0..<h { (dst + y * rowStride).update(from: src + y * w, count: w) }
+        for y in 0..<h { copyRow(src + y * w, dst + y * rowStride, count: w) }
     }
 }
 
@@ -119,7 +119,7 @@ public func unflattenOutput(_ flat: UnsafePointer<Float>, count: Int, _ l: Direc
             let b = bias[i]
             for y in 0..<h { for x in 0..<w { dst[y * w + x] = src[y * rs + x] + b } }
         } else {
-            for y in 0..<h { (dst + y * w).update(from: src + y * rs, count: w) }
+            for y in 0..<h { copyRow(src + y * rs, dst + y * w, count: w) }
         }
     }
 }
@@ -136,6 +136,15 @@ public func packConv3x3Weights(_ weight: UnsafePointer<Float>, outChannels oc: I
 public func packConv3x3WeightsTransposed(_ weight: UnsafePointer<Float>, outChannels oc: Int, inChannels c: Int,
                                          into packed: UnsafeMutablePointer<Float>) {
     for o in 0..<oc { for ci in 0..<c { for t in 0..<9 { packed[(o * 9 + t) * c + ci] = weight[(o * c + ci) * 9 + (8 - t)] } } }
+}
+
+/// Copies a short row (7 to 28 floats here) inline: memmove's call and dispatch cost more
+/// than the copy at these lengths (7.5% of resnet8's step in memmove).
+@inline(__always)
+private func copyRow(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int) {
+    var i = 0
+    while i + 8 <= count { store8(load8(src + i), dst + i); i += 8 }
+    while i < count { dst[i] = src[i]; i += 1 }
 }
 
 @inline(__always)
