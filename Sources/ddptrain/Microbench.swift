@@ -32,21 +32,45 @@ struct Microbench: ParsableCommand {
 
     func run() throws {
         if let threads { BLASThreads.set(threads) }
-        let cases = [
-            Case(name: "conv 1->32 3x3 p1 @28x28", layer: Conv2d(inChannels: 1, outChannels: 32, kernel: 3, padding: 1, bias: false),
-                 input: Shape(n: 1, c: 1, h: 28, w: 28), forwardFLOPs: 2.0 * 9 * 1 * 32 * 28 * 28),
-            Case(name: "conv 32->64 3x3 p1 @14x14", layer: Conv2d(inChannels: 32, outChannels: 64, kernel: 3, padding: 1, bias: false),
-                 input: Shape(n: 1, c: 32, h: 14, w: 14), forwardFLOPs: 2.0 * 9 * 32 * 64 * 14 * 14),
-            Case(name: "conv 64->64 3x3 p1 @8x8", layer: Conv2d(inChannels: 64, outChannels: 64, kernel: 3, padding: 1, bias: false),
-                 input: Shape(n: 1, c: 64, h: 8, w: 8), forwardFLOPs: 2.0 * 9 * 64 * 64 * 8 * 8),
-            Case(name: "linear 3136->128", layer: Linear(3136, 128, bias: false),
-                 input: Shape(n: 1, features: 3136), forwardFLOPs: 2.0 * 3136 * 128),
-            Case(name: "linear 784->256", layer: Linear(784, 256, bias: false),
-                 input: Shape(n: 1, features: 784), forwardFLOPs: 2.0 * 784 * 256),
-        ]
+        // Every convolution and linear shape of fmnist-cnn and resnet8 (28x28 input), and the
+        // mlp's first layer. 3x3 padding-1 convolutions of stride 1 or 2 run twice: the direct kernels the layer
+        // uses by default, and im2col + GEMM, to compare the two on the same shape.
+        var cases: [Case] = []
+        func conv(_ cin: Int, _ cout: Int, _ k: Int, stride: Int = 1, padding: Int, at size: Int, _ models: String) {
+            let out = (size + 2 * padding - k) / stride + 1
+            let flops = 2.0 * Double(k * k * cin * cout * out * out)
+            let name = "conv \(cin)->\(cout) \(k)x\(k)" + (stride > 1 ? " s\(stride)" : "") + (padding > 0 ? " p\(padding)" : "")
+                + " @\(size)x\(size) \(models)"
+            let direct = k == 3 && stride <= 2 && padding == 1 && cout % 4 == 0
+            for algorithm in direct ? [Conv2d.Algorithm.automatic, .gemm] : [.automatic] {
+                cases.append(Case(name: name + (direct ? (algorithm == .gemm ? " gemm" : " direct") : ""),
+                                  layer: Conv2d(inChannels: cin, outChannels: cout, kernel: k, stride: stride, padding: padding,
+                                                bias: false, algorithm: algorithm),
+                                  input: Shape(n: 1, c: cin, h: size, w: size), forwardFLOPs: flops))
+            }
+        }
+        func linear(_ i: Int, _ o: Int, _ models: String) {
+            cases.append(Case(name: "linear \(i)->\(o) \(models)", layer: Linear(i, o, bias: false),
+                              input: Shape(n: 1, features: i), forwardFLOPs: 2.0 * Double(i * o)))
+        }
+        conv(1, 32, 3, padding: 1, at: 28, "[F]")
+        conv(32, 64, 3, padding: 1, at: 14, "[F]")
+        conv(1, 16, 3, padding: 1, at: 28, "[R]")
+        conv(16, 16, 3, padding: 1, at: 28, "[R x2]")
+        conv(16, 32, 3, stride: 2, padding: 1, at: 28, "[R]")
+        conv(16, 32, 1, stride: 2, padding: 0, at: 28, "[R]")
+        conv(32, 32, 3, padding: 1, at: 14, "[R]")
+        conv(32, 64, 3, stride: 2, padding: 1, at: 14, "[R]")
+        conv(32, 64, 1, stride: 2, padding: 0, at: 14, "[R]")
+        conv(64, 64, 3, padding: 1, at: 7, "[R]")
+        linear(3136, 128, "[F]")
+        linear(64, 10, "[R]")
+        linear(784, 256, "[mlp]")
         let peak = sgemmPeakGFLOPS(threads: BLASThreads.current)
-        print(String(format: "batch %d, %@; sgemm 512x512x512 peak: %.1f GFLOP/s", batch, plural(BLASThreads.current, "BLAS thread"), peak))
-        print("layer                          forward GFLOP/s (% peak)   backward GFLOP/s (% peak)")
+        print(String(format: "batch %d, %@ (timed by %@); sgemm 512x512x512 peak: %.1f GFLOP/s", batch,
+                     plural(BLASThreads.current, "BLAS thread"), BLASThreads.current > 1 ? "wall clock" : "thread CPU time", peak))
+        print("[F] fmnist-cnn, [R] resnet8 (x2: twice in the model)")
+        print("layer                                    forward GFLOP/s (% peak) ms/batch   backward GFLOP/s (% peak) ms/batch")
         for c in cases {
             let model = try Model(layers: [c.layer], inputShape: c.input, maxBatch: batch)
             c.layer.needsInputGradient = true
@@ -59,28 +83,39 @@ struct Microbench: ParsableCommand {
             let dy = FloatBuffer(capacity: y.count)
             Philox(seed: 3, purpose: .test).fillUniform(dy.pointer, count: dy.capacity, stream: 0)
             let forward = try timePerCall { y = try model.forward(input, context) }
-            let backward = try timePerCall {
-                _ = try model.forward(input, context)
-                try model.backward(dy.tensor(y.shape), context)
-            } - forward
+            // A convolution's or linear layer's backward reads only what forward kept, so it
+            // can be timed on its own, call after call (a difference of two noisy times cannot).
+            _ = try model.forward(input, context)
+            let backward = try timePerCall { try model.backward(dy.tensor(y.shape), context) }
             // Backward computes the weight gradient and the input gradient: twice the forward FLOPs.
             let f = c.forwardFLOPs * Double(batch)
             let fwd = f / forward / 1e9, bwd = 2 * f / backward / 1e9
-            print(c.name.padding(toLength: 31, withPad: " ", startingAt: 0)
-                  + String(format: "%7.1f (%3.0f%%)              %7.1f (%3.0f%%)", fwd, 100 * fwd / peak, bwd, 100 * bwd / peak))
+            print(c.name.padding(toLength: 41, withPad: " ", startingAt: 0)
+                  + String(format: "%7.1f (%3.0f%%) %7.2f              %7.1f (%3.0f%%) %7.2f",
+                                  fwd, 100 * fwd / peak, 1e3 * forward, bwd, 100 * bwd / peak, 1e3 * backward))
         }
+    }
+
+    /// With one BLAS thread, the calling thread's CPU time: all the work runs on it, and time
+    /// the machine gives to other processes does not count (the machine is often shared).
+    /// With more BLAS threads, wall-clock time.
+    private func now() -> Double {
+        if BLASThreads.current > 1 { return Clock.seconds() }
+        var t = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t)
+        return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
     }
 
     /// Seconds per call of `body`, over about `seconds` of calls after a warm-up call.
     private func timePerCall(_ body: () throws -> Void) throws -> Double {
         try body()
         var calls = 0
-        let start = Clock.seconds()
+        let start = now()
         var elapsed = 0.0
         while elapsed < seconds {
             try body()
             calls += 1
-            elapsed = Clock.seconds() - start
+            elapsed = now() - start
         }
         return elapsed / Double(calls)
     }

@@ -11,7 +11,16 @@ import DDPKernels
 /// a batch-sized column gradient making a round trip through memory. A 1x1, stride-1,
 /// unpadded convolution needs no unfolding: each sample [C, H*W] already is its own column
 /// matrix, so it runs one GEMM per sample straight into NCHW.
+///
+/// A 3x3, padding-1 convolution of stride 1 or 2 with a multiple of 4 output channels runs
+/// direct kernels instead (DirectConv3x3.swift): forward, weight gradient and input gradient
+/// read padded planes with vector loads, no im2col and no GEMM packing (the input gradient
+/// of an input channel count that is not a multiple of 4 still goes by GEMM). Every output element is one FMA chain in a fixed order per sample, so a
+/// sample's output does not depend on the rest of the batch, nor on the BLAS threads.
 public final class Conv2d: Layer {
+    /// How the layer computes: `automatic` takes the direct 3x3 kernels where they apply;
+    /// `gemm` always unfolds with im2col (kept to measure one against the other).
+    public enum Algorithm: Sendable { case automatic, gemm }
     public let inChannels: Int
     public let outChannels: Int
     public let kernel: Int
@@ -19,9 +28,24 @@ public final class Conv2d: Layer {
     public let padding: Int
     public let hasBias: Bool
     public var needsInputGradient = true
+    public let algorithm: Algorithm
 
     private var geometry: ConvGeometry!
     private var isPointwise: Bool { kernel == 1 && stride == 1 && padding == 0 }
+    private var isDirect: Bool {
+        algorithm == .automatic && kernel == 3 && (stride == 1 || stride == 2) && padding == 1 && outChannels % 4 == 0
+    }
+    /// The direct path's prepared input [n, C, channelLength] (kept for the weight
+    /// gradient) and output gradient [n, OC, gradChannel]: padded for stride 1, as the
+    /// flat output for stride 2. Their padding and gaps stay zero.
+    private var preparedInput: FloatBuffer?
+    private var preparedGrad: FloatBuffer?
+    private var gradChannel = 0
+    /// One sample's flat output [max(C, OC), outLength], and the repacked weights.
+    private var flatOutput: FloatBuffer?
+    private var packedWeights: FloatBuffer?
+    private var layout: DirectConvLayout!
+    private var strideTwoInputGradient: StrideTwoInputGradient?
     private var weight: UnsafeMutablePointer<Float>!
     private var bias: UnsafeMutablePointer<Float>?
     private var weightGrad: UnsafeMutablePointer<Float>!
@@ -38,9 +62,10 @@ public final class Conv2d: Layer {
     private var inputGrad: FloatBuffer!
     private var input: Tensor?
 
-    public init(inChannels: Int, outChannels: Int, kernel: Int, stride: Int = 1, padding: Int = 0, bias: Bool = true) {
+    public init(inChannels: Int, outChannels: Int, kernel: Int, stride: Int = 1, padding: Int = 0, bias: Bool = true,
+                algorithm: Algorithm = .automatic) {
         self.inChannels = inChannels; self.outChannels = outChannels; self.kernel = kernel
-        self.stride = stride; self.padding = padding; self.hasBias = bias
+        self.stride = stride; self.padding = padding; self.hasBias = bias; self.algorithm = algorithm
     }
 
     public var summary: String {
@@ -76,7 +101,19 @@ public final class Conv2d: Layer {
         capacity = maxBatch
         output = FloatBuffer(capacity: maxBatch * outChannels * g.outSpatial)
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
-        if !isPointwise {
+        if isDirect {
+            let l = DirectConvLayout(height: input.h, width: input.w, stride: stride)
+            layout = l
+            gradChannel = stride == 1 ? l.channelLength : StrideTwoInputGradient.channelLength(l)
+            if stride == 2 { strideTwoInputGradient = StrideTwoInputGradient(l) }
+            preparedInput = FloatBuffer(capacity: maxBatch * inChannels * l.channelLength)
+            preparedGrad = FloatBuffer(capacity: maxBatch * outChannels * gradChannel)
+            flatOutput = FloatBuffer(capacity: max(inChannels, outChannels) * l.outLength)
+            packedWeights = FloatBuffer(capacity: outChannels * inChannels * 9)
+            // The input gradient of a channel count the kernel does not take goes by GEMM
+            // and col2im, a sample at a time.
+            if inChannels % 4 != 0 { sampleColumns = FloatBuffer(capacity: g.patchSize * g.outSpatial) }
+        } else if !isPointwise {
             columns = FloatBuffer(capacity: g.patchSize * maxBatch * g.outSpatial)
             product = FloatBuffer(capacity: outChannels * maxBatch * g.outSpatial)
             sampleColumns = FloatBuffer(capacity: g.patchSize * g.outSpatial)
@@ -108,6 +145,18 @@ public final class Conv2d: Layer {
                       b: x.data + s * inChannels * p, ldb: p, c: y.data + s * oc * p, ldc: p)
             }
             if let bias { addBias(bias, to: y.data, samples: n, spatial: p) }
+            return y
+        }
+        if isDirect {
+            let c = inChannels, l = layout!, prepared = preparedInput!.pointer, flat = flatOutput!.pointer
+            let packed = packedWeights!.pointer, plane = x.shape.perSample
+            packConv3x3Weights(weight, outChannels: oc, inChannels: c, into: packed)
+            for s in 0..<n {
+                let xs = prepared + s * c * l.channelLength
+                prepareConvInput(x.data + s * plane, channels: c, l, into: xs)
+                conv3x3Flat(xs, channels: c, packed, outChannels: oc, l, into: flat)
+                unflattenOutput(flat, count: oc, l, bias: bias, into: y.data + s * oc * p)
+            }
             return y
         }
         let cols = columns!.pointer
@@ -160,6 +209,7 @@ public final class Conv2d: Layer {
             }
             return dx
         }
+        if isDirect { return directBackward(dy, x: x, dx: dx) }
         let cols = columns!.pointer, dyp = product!.pointer
         let pixels = n * p
         // [n, OC, P] -> [OC, n, P]
@@ -184,6 +234,53 @@ public final class Conv2d: Layer {
         } else if needsInputGradient {
             // Per sample: dcols_s = Wᵀ [CKK, OC] x dy_s [OC, P], folded into dx_s while in cache.
             let dcols = sampleColumns!.pointer, plane = x.shape.perSample
+            dx.data.update(repeating: 0, count: dx.count)
+            for s in 0..<n {
+                sgemm(transA: true, m: ckk, n: p, k: oc, a: weight, lda: ckk, b: dy.data + s * oc * p, ldb: p, c: dcols, ldc: p)
+                col2imOverwriting(dcols, batch: 1, g, into: dx.data + s * plane)
+            }
+        }
+        return dx
+    }
+
+    private func directBackward(_ dy: Tensor, x: Tensor, dx: Tensor) -> Tensor {
+        let g = geometry!, l = layout!
+        let n = dy.shape.n, oc = outChannels, c = inChannels, p = g.outSpatial
+        let preparedX = preparedInput!.pointer, preparedDy = preparedGrad!.pointer, flat = flatOutput!.pointer
+        // Stride 1: dy padded like an input (the input gradient convolves it), its flat
+        // output layout starting at `origin`; stride 2: dy in the flat output layout, with
+        // room for the input gradient's farthest taps.
+        let dyOffset = stride == 1 ? l.origin : 0
+        weightGrad.update(repeating: 0, count: oc * c * 9)
+        // Samples in groups of at least 512 output positions share their lane sums (a 7x7
+        // plane is 64 positions); the groups depend on the batch size only.
+        let group = max(1, 512 / l.outLength)
+        for first in Swift.stride(from: 0, to: n, by: group) {
+            let count = min(group, n - first)
+            let dys = preparedDy + first * oc * gradChannel
+            spreadRows(dy.data + first * oc * p, count: count * oc, height: l.outHeight, width: l.outWidth,
+                       rowStride: l.outRowStride, channelStride: gradChannel, offset: dyOffset, into: dys)
+            conv3x3WeightGradient(preparedX + first * c * l.channelLength, channels: c, dys + dyOffset, outChannels: oc,
+                                  dyChannel: gradChannel, dySample: oc * gradChannel, l, samples: count, addingInto: weightGrad)
+        }
+        if let biasGrad { sumBias(dy.data, into: biasGrad, samples: n, spatial: p) }
+        guard needsInputGradient else { return dx }
+        let packed = packedWeights!.pointer, plane = x.shape.perSample
+        if let strideTwo = strideTwoInputGradient, c % 4 == 0 {
+            strideTwo.pack(weight, outChannels: oc, inChannels: c, into: packed)
+            for s in 0..<n {
+                strideTwo.run(preparedDy + s * oc * gradChannel, outChannels: oc, packed, inChannels: c, l, flat: flat,
+                              into: dx.data + s * plane)
+            }
+        } else if c % 4 == 0 {
+            // dx = the padded dy convolved with the flipped kernel, channels swapped.
+            packConv3x3WeightsTransposed(weight, outChannels: oc, inChannels: c, into: packed)
+            for s in 0..<n {
+                conv3x3Flat(preparedDy + s * oc * gradChannel, channels: oc, packed, outChannels: c, l, into: flat)
+                unflattenOutput(flat, count: c, l, bias: nil, into: dx.data + s * plane)
+            }
+        } else {
+            let ckk = g.patchSize, dcols = sampleColumns!.pointer
             dx.data.update(repeating: 0, count: dx.count)
             for s in 0..<n {
                 sgemm(transA: true, m: ckk, n: p, k: oc, a: weight, lda: ckk, b: dy.data + s * oc * p, ldb: p, c: dcols, ldc: p)

@@ -1,0 +1,341 @@
+/// Direct 3x3 convolution, padding 1, stride 1 or 2, for small channel counts (16 to 64)
+/// on small planes (28x28 down to 7x7), where im2col + GEMM spends more time copying and
+/// packing than multiplying (an output channel count of 16 gives GEMM 32 FLOPs per packed
+/// element).
+///
+/// Stride 1: each input channel is stored padded and flat, row stride W + 2, the image at
+/// row 1, column 1, zeros around it. Output position j = oy * (W + 2) + ox then reads tap
+/// (ky, kx) at j + ky * (W + 2) + kx, so 8 consecutive outputs are one unaligned vector load
+/// per tap, with no bounds checks; the positions with ox >= W are computed and thrown away.
+/// Stride 2: each padded input channel is split into its four phases (even/odd rows x
+/// even/odd columns), each a flat plane of row stride OW + 1; tap (ky, kx) reads phase
+/// (ky mod 2, kx mod 2) at j + (ky / 2) * (OW + 1) + kx / 2, again 8 outputs per load.
+///
+/// Every output element is one FMA chain over (input channel, ky, kx) in that order,
+/// whatever its position and whatever the batch: a sample's result depends on that sample
+/// alone, bit for bit.
+
+/// Where a direct 3x3 convolution reads and writes: the prepared input's floats per
+/// channel, the offsets of the 9 taps (ky, kx row by row) from an output position, and the
+/// flat output (row stride, positions per channel in whole vectors).
+public struct DirectConvLayout: Equatable, Sendable {
+    public let height: Int
+    public let width: Int
+    public let stride: Int
+    public let outHeight: Int
+    public let outWidth: Int
+    public let outRowStride: Int
+    /// Flat output positions per channel, a multiple of 8.
+    public let outLength: Int
+    /// Floats per prepared input channel.
+    public let channelLength: Int
+    /// Floats per phase plane (stride 2).
+    public let phaseLength: Int
+    public let taps: [Int]
+
+    /// Padding 1 and stride 1 or 2 on an H x W plane.
+    public init(height: Int, width: Int, stride: Int) {
+        precondition(stride == 1 || stride == 2, "DirectConvLayout takes stride 1 or 2, got \(stride)")
+        self.height = height; self.width = width; self.stride = stride
+        outHeight = (height - 1) / stride + 1
+        outWidth = (width - 1) / stride + 1
+        if stride == 1 {
+            let rs = width + 2
+            outRowStride = rs
+            outLength = (height * rs + 7) / 8 * 8
+            // The farthest tap of the last vector, and dy read at `origin` (the weight gradient).
+            channelLength = (outLength + 2 * rs + 2 + 7) / 8 * 8
+            phaseLength = 0
+            taps = (0..<9).map { ($0 / 3) * rs + $0 % 3 }
+        } else {
+            let rs = outWidth + 1
+            outRowStride = rs
+            outLength = (outHeight * rs + 7) / 8 * 8
+            let phase = (outLength + rs + 1 + 7) / 8 * 8
+            phaseLength = phase
+            channelLength = 4 * phase
+            taps = (0..<9).map { t in
+                let ky = t / 3, kx = t % 3
+                return ((ky % 2) * 2 + kx % 2) * phase + (ky / 2) * rs + kx / 2
+            }
+        }
+    }
+
+    /// Stride 1: offset of pixel (0, 0) in a padded channel.
+    public var origin: Int { outRowStride + 1 }
+}
+
+/// Writes planes [count, H, W] row by row into channels of `channelStride` floats: row y of
+/// plane i at i * channelStride + offset + y * rowStride. Nothing else is written: the
+/// caller zeroes the destination once, and the gaps stay zero.
+public func spreadRows(_ source: UnsafePointer<Float>, count: Int, height h: Int, width w: Int, rowStride: Int,
+                       channelStride: Int, offset: Int, into destination: UnsafeMutablePointer<Float>) {
+    for i in 0..<count {
+        let src = source + i * h * w, dst = destination + i * channelStride + offset
+        for y in 0..<h { copyRow(src + y * w, dst + y * rowStride, count: w) }
+    }
+}
+
+/// Prepares one sample's input channels [C, H, W] for `conv3x3Flat` into [C, channelLength]:
+/// padded (stride 1) or padded and split into phases (stride 2). The stride-1 padding is not
+/// written (zero the destination once); the phases are written whole, zeros included.
+public func prepareConvInput(_ x: UnsafePointer<Float>, channels c: Int, _ l: DirectConvLayout, into prepared: UnsafeMutablePointer<Float>) {
+    let h = l.height, w = l.width
+    if l.stride == 1 {
+        spreadRows(x, count: c, height: h, width: w, rowStride: l.outRowStride, channelStride: l.channelLength,
+                   offset: l.origin, into: prepared)
+        return
+    }
+    let rs = l.outRowStride, rows = l.outHeight + 1
+    for ci in 0..<c {
+        let image = x + ci * h * w
+        for a in 0..<2 {
+            for b in 0..<2 {
+                let phase = prepared + ci * l.channelLength + (a * 2 + b) * l.phaseLength
+                // Phase (a, b) at (r, q) is padded pixel (2r + a, 2q + b) = image (2r + a - 1, 2q + b - 1).
+                for r in 0..<rows {
+                    let iy = 2 * r + a - 1
+                    let line = phase + r * rs
+                    guard iy >= 0 && iy < h else { line.update(repeating: 0, count: rs); continue }
+                    let src = image + iy * w
+                    for q in 0..<rs {
+                        let ix = 2 * q + b - 1
+                        line[q] = ix >= 0 && ix < w ? src[ix] : 0
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copies flat outputs [count, outLength] into planes [count, OH, OW], adding `bias[i]` to
+/// plane i if given.
+public func unflattenOutput(_ flat: UnsafePointer<Float>, count: Int, _ l: DirectConvLayout, bias: UnsafePointer<Float>?,
+                            into planes: UnsafeMutablePointer<Float>) {
+    let h = l.outHeight, w = l.outWidth, rs = l.outRowStride
+    for i in 0..<count {
+        let src = flat + i * l.outLength, dst = planes + i * h * w
+        if let bias {
+            let b = bias[i]
+            for y in 0..<h { for x in 0..<w { dst[y * w + x] = src[y * rs + x] + b } }
+        } else {
+            for y in 0..<h { copyRow(src + y * rs, dst + y * w, count: w) }
+        }
+    }
+}
+
+/// Weights [OC, C, 3, 3] (PyTorch's layout) repacked for `conv3x3Flat`: [C, 9, OC].
+public func packConv3x3Weights(_ weight: UnsafePointer<Float>, outChannels oc: Int, inChannels c: Int,
+                               into packed: UnsafeMutablePointer<Float>) {
+    for o in 0..<oc { for ci in 0..<c { for t in 0..<9 { packed[(ci * 9 + t) * oc + o] = weight[(o * c + ci) * 9 + t] } } }
+}
+
+/// Weights [OC, C, 3, 3] repacked for the input gradient, which is the convolution of the
+/// padded output gradient with the kernel flipped and its channels swapped: [OC, 9, C],
+/// tap (ky, kx) holding w[o, c, 2 - ky, 2 - kx].
+public func packConv3x3WeightsTransposed(_ weight: UnsafePointer<Float>, outChannels oc: Int, inChannels c: Int,
+                                         into packed: UnsafeMutablePointer<Float>) {
+    for o in 0..<oc { for ci in 0..<c { for t in 0..<9 { packed[(o * 9 + t) * c + ci] = weight[(o * c + ci) * 9 + (8 - t)] } } }
+}
+
+/// Copies a short row (7 to 28 floats here) inline: memmove's call and dispatch cost more
+/// than the copy at these lengths (7.5% of resnet8's step in memmove).
+@inline(__always)
+private func copyRow(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int) {
+    var i = 0
+    while i + 8 <= count { store8(load8(src + i), dst + i); i += 8 }
+    while i < count { dst[i] = src[i]; i += 1 }
+}
+
+@inline(__always)
+private func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+    UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+}
+
+@inline(__always)
+private func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
+}
+
+/// One sample: out [OC, outLength] = conv3x3(prepared input [C, channelLength], packed
+/// weights [C, 9, OC]). OC must be a multiple of 4. Blocks of 4 output channels x 24
+/// positions keep 12 accumulators in registers; the tail runs 4 x 8. Both accumulate in the
+/// same order.
+public func conv3x3Flat(_ input: UnsafePointer<Float>, channels c: Int, _ packed: UnsafePointer<Float>, outChannels oc: Int,
+                        _ l: DirectConvLayout, into out: UnsafeMutablePointer<Float>) {
+    convFlat(input, channels: c, channelLength: l.channelLength, taps: l.taps, packed, outChannels: oc,
+             outLength: l.outLength, into: out)
+}
+
+/// `conv3x3Flat` with any list of taps: out [OC, outLength] where
+/// out[o, j] = Σ_c Σ_t packed[c, t, o] · input[c * channelLength + j + taps[t]].
+public func convFlat(_ input: UnsafePointer<Float>, channels c: Int, channelLength plane: Int, taps tapList: [Int],
+                     _ packed: UnsafePointer<Float>, outChannels oc: Int, outLength length: Int,
+                     into out: UnsafeMutablePointer<Float>) {
+    precondition(oc % 4 == 0, "convFlat needs a multiple of 4 output channels, got \(oc)")
+    let tapCount = tapList.count
+    tapList.withUnsafeBufferPointer { taps in
+    for o0 in stride(from: 0, to: oc, by: 4) {
+        var j = 0
+        while j + 24 <= length {
+            var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a02 = SIMD8<Float>()
+            var a10 = SIMD8<Float>(), a11 = SIMD8<Float>(), a12 = SIMD8<Float>()
+            var a20 = SIMD8<Float>(), a21 = SIMD8<Float>(), a22 = SIMD8<Float>()
+            var a30 = SIMD8<Float>(), a31 = SIMD8<Float>(), a32 = SIMD8<Float>()
+            for ci in 0..<c {
+                let src = input + ci * plane + j
+                var w = packed + ci * tapCount * oc + o0
+                for t in 0..<tapCount {
+                    let s = src + taps[t]
+                    let v0 = load8(s), v1 = load8(s + 8), v2 = load8(s + 16)
+                    let w0 = SIMD8<Float>(repeating: w[0])
+                    a00.addProduct(v0, w0); a01.addProduct(v1, w0); a02.addProduct(v2, w0)
+                    let w1 = SIMD8<Float>(repeating: w[1])
+                    a10.addProduct(v0, w1); a11.addProduct(v1, w1); a12.addProduct(v2, w1)
+                    let w2 = SIMD8<Float>(repeating: w[2])
+                    a20.addProduct(v0, w2); a21.addProduct(v1, w2); a22.addProduct(v2, w2)
+                    let w3 = SIMD8<Float>(repeating: w[3])
+                    a30.addProduct(v0, w3); a31.addProduct(v1, w3); a32.addProduct(v2, w3)
+                    w += oc
+                }
+            }
+            let d = out + o0 * length + j
+            store8(a00, d); store8(a01, d + 8); store8(a02, d + 16)
+            store8(a10, d + length); store8(a11, d + length + 8); store8(a12, d + length + 16)
+            store8(a20, d + 2 * length); store8(a21, d + 2 * length + 8); store8(a22, d + 2 * length + 16)
+            store8(a30, d + 3 * length); store8(a31, d + 3 * length + 8); store8(a32, d + 3 * length + 16)
+            j += 24
+        }
+        while j < length {
+            var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+            for ci in 0..<c {
+                let src = input + ci * plane + j
+                var w = packed + ci * tapCount * oc + o0
+                for t in 0..<tapCount {
+                    let v = load8(src + taps[t])
+                    a0.addProduct(v, SIMD8<Float>(repeating: w[0]))
+                    a1.addProduct(v, SIMD8<Float>(repeating: w[1]))
+                    a2.addProduct(v, SIMD8<Float>(repeating: w[2]))
+                    a3.addProduct(v, SIMD8<Float>(repeating: w[3]))
+                    w += oc
+                }
+            }
+            let d = out + o0 * length + j
+            store8(a0, d); store8(a1, d + length); store8(a2, d + 2 * length); store8(a3, d + 3 * length)
+            j += 8
+        }
+    }
+    }
+}
+
+/// The input gradient of a stride-2 convolution, as four stride-1 ones: dx at (2r + a,
+/// 2q + b) collects dy at (r, q) and, where the kernel reaches it, (r + 1, q), (r, q + 1),
+/// (r + 1, q + 1): kernel rows/columns 1 for even a/b, 0 and 2 for odd (0 reaching one
+/// further). dy in the stride-2 flat output layout, with at least one zero row and column
+/// after the last (`channelLength`), is the input; each phase's output has the same flat
+/// layout as the forward's output.
+public struct StrideTwoInputGradient: Sendable {
+    /// The taps of phase (a, b), 2a + b: offsets into dy, and ky * 3 + kx per tap.
+    public let taps: [[Int]]
+    public let kernelTaps: [[Int]]
+
+    public init(_ l: DirectConvLayout) {
+        precondition(l.stride == 2)
+        let rs = l.outRowStride
+        // Kernel rows (columns) that reach dx rows (columns) of each parity.
+        func reaching(_ parity: Int) -> [Int] { parity == 0 ? [1] : [0, 2] }
+        var taps: [[Int]] = [], kernelTaps: [[Int]] = []
+        for a in 0..<2 {
+            for b in 0..<2 {
+                var t: [Int] = [], k: [Int] = []
+                for ky in reaching(a) {
+                    for kx in reaching(b) {
+                        // Kernel row 0 reads dy one row further (oy = r + 1); likewise columns.
+                        t.append((ky == 0 ? 1 : 0) * rs + (kx == 0 ? 1 : 0))
+                        k.append(ky * 3 + kx)
+                    }
+                }
+                taps.append(t); kernelTaps.append(k)
+            }
+        }
+        self.taps = taps; self.kernelTaps = kernelTaps
+    }
+
+    /// Floats per dy channel: the flat output and the farthest tap of its last vector.
+    public static func channelLength(_ l: DirectConvLayout) -> Int { (l.outLength + l.outRowStride + 1 + 7) / 8 * 8 }
+
+    /// Weights [OC, C, 3, 3] packed per phase for `convFlat`: [OC, taps, C], one phase after
+    /// another (9 taps in all, as many floats as the weights).
+    public func pack(_ weight: UnsafePointer<Float>, outChannels oc: Int, inChannels c: Int, into packed: UnsafeMutablePointer<Float>) {
+        var p = packed
+        for k in kernelTaps {
+            for o in 0..<oc {
+                for (t, tap) in k.enumerated() {
+                    for ci in 0..<c { p[(o * k.count + t) * c + ci] = weight[(o * c + ci) * 9 + tap] }
+                }
+            }
+            p += oc * k.count * c
+        }
+    }
+
+    /// One sample: dx [C, H, W] from its dy [OC, channelLength]; `flat` [C, outLength] is scratch.
+    public func run(_ dy: UnsafePointer<Float>, outChannels oc: Int, _ packed: UnsafePointer<Float>, inChannels c: Int,
+                    _ l: DirectConvLayout, flat: UnsafeMutablePointer<Float>, into dx: UnsafeMutablePointer<Float>) {
+        let dyChannel = Self.channelLength(l), rs = l.outRowStride, h = l.height, w = l.width
+        var p = packed
+        for phase in 0..<4 {
+            let a = phase / 2, b = phase % 2
+            convFlat(dy, channels: oc, channelLength: dyChannel, taps: taps[phase], p, outChannels: c, outLength: l.outLength, into: flat)
+            p += oc * taps[phase].count * c
+            // Rows 2r + a < H, columns 2q + b < W.
+            let rowsOut = (h - a + 1) / 2, colsOut = (w - b + 1) / 2
+            for ci in 0..<c {
+                let src = flat + ci * l.outLength, dst = dx + ci * h * w + a * w + b
+                for r in 0..<rowsOut { for q in 0..<colsOut { dst[2 * r * w + 2 * q] = src[r * rs + q] } }
+            }
+        }
+    }
+}
+
+/// The weight gradient of `samples` consecutive samples, added into grad [OC, C, 3, 3]:
+/// grad[o, c, tap] += Σ_s Σ_j dy_s[o, j] · x_s[c, j + taps[tap]], with x the prepared input
+/// [samples, C, channelLength] and dy the output gradient laid out like the flat output
+/// (row stride outRowStride, zeros at the thrown-away positions), channel o of sample s at
+/// dy + s * dySample + o * dyChannel. OC must be even. Each (2 output channels, c, kernel
+/// row) keeps 2 x 3 vector accumulators over the samples' planes (4 x 3 left too few
+/// registers and spilled), then sums their lanes in a fixed order: on small planes (7x7
+/// is 8 vectors) several samples share one lane sum.
+public func conv3x3WeightGradient(_ x: UnsafePointer<Float>, channels c: Int, _ dy: UnsafePointer<Float>, outChannels oc: Int,
+                                  dyChannel: Int, dySample: Int, _ l: DirectConvLayout, samples: Int,
+                                  addingInto grad: UnsafeMutablePointer<Float>) {
+    precondition(oc % 2 == 0, "conv3x3WeightGradient needs an even number of output channels, got \(oc)")
+    let length = l.outLength, plane = l.channelLength
+    let xSample = c * plane
+    for o0 in stride(from: 0, to: oc, by: 2) {
+        for ci in 0..<c {
+            for ky in 0..<3 {
+                // Run-time offsets: with literal ones (stride 1: +1, +2) the compiler builds
+                // a load from its neighbours with shuffles and spills accumulators for them.
+                let t0 = l.taps[3 * ky], t1 = l.taps[3 * ky + 1], t2 = l.taps[3 * ky + 2]
+                var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a02 = SIMD8<Float>()
+                var a10 = SIMD8<Float>(), a11 = SIMD8<Float>(), a12 = SIMD8<Float>()
+                for s in 0..<samples {
+                    let src = x + s * xSample + ci * plane
+                    let d0 = dy + s * dySample + o0 * dyChannel, d1 = d0 + dyChannel
+                    var j = 0
+                    while j < length {
+                        let x0 = load8(src + j + t0), x1 = load8(src + j + t1), x2 = load8(src + j + t2)
+                        let g0 = load8(d0 + j)
+                        a00.addProduct(g0, x0); a01.addProduct(g0, x1); a02.addProduct(g0, x2)
+                        let g1 = load8(d1 + j)
+                        a10.addProduct(g1, x0); a11.addProduct(g1, x1); a12.addProduct(g1, x2)
+                        j += 8
+                    }
+                }
+                let g = grad + (o0 * c + ci) * 9 + ky * 3, step = c * 9
+                g[0] += a00.sum(); g[1] += a01.sum(); g[2] += a02.sum()
+                g[step] += a10.sum(); g[step + 1] += a11.sum(); g[step + 2] += a12.sum()
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+import DDPKernels
+import DDPNet
+import XCTest
+
+/// Conv2d's direct 3x3 kernels (padding 1, stride 1 or 2, a multiple of 4 output channels)
+/// against its im2col + GEMM path, finite differences on the direct path, and the promise
+/// that a sample's forward output depends on that sample alone, bit for bit.
+final class DirectConvTests: XCTestCase {
+    struct Results { var y: [Float]; var gradients: [Float]; var dx: [Float] }
+
+    /// Forward, then backward of a fixed output gradient, through one convolution.
+    func run(_ algorithm: Conv2d.Algorithm, inChannels: Int, outChannels: Int, stride: Int = 1, bias: Bool, shape: Shape) throws -> Results {
+        let conv = Conv2d(inChannels: inChannels, outChannels: outChannels, kernel: 3, stride: stride, padding: 1, bias: bias,
+                          algorithm: algorithm)
+        let model = try Model(layers: [conv], inputShape: shape, maxBatch: shape.n)
+        randomize(model, seed: 5)
+        conv.needsInputGradient = true
+        let x = FloatBuffer(capacity: shape.count)
+        for (i, v) in TestData.uniform(shape.count, seed: 6, stream: 1).enumerated() { x.pointer[i] = v }
+        let context = ForwardContext(training: true)
+        let y = try conv.forward(x.tensor(shape), context)
+        let outputs = Array(y.buffer)
+        let dy = FloatBuffer(capacity: y.count)
+        for (i, v) in TestData.uniform(y.count, seed: 7, stream: 2).enumerated() { dy.pointer[i] = v }
+        let dx = try conv.backward(dy.tensor(y.shape), context)
+        let gradients = Array(UnsafeBufferPointer(start: model.gradients.pointer, count: model.parameterCount))
+        return Results(y: outputs, gradients: gradients, dx: Array(dx.buffer))
+    }
+
+    func assertClose(_ a: [Float], _ b: [Float], _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(a.count, b.count, what, file: file, line: line)
+        let scale = max(1, b.map { abs(Double($0)) }.max() ?? 0)
+        let worst = zip(a, b).map { abs(Double($0) - Double($1)) }.max() ?? 0
+        XCTAssertLessThanOrEqual(worst, 1e-5 * scale, what, file: file, line: line)
+    }
+
+    /// The layer shapes of fmnist-cnn and resnet8, and odd ones: one-pixel and non-square
+    /// planes, an input channel count the transposed kernel cannot take (its input gradient
+    /// goes by GEMM), bias.
+    let shapes: [(inC: Int, outC: Int, stride: Int, bias: Bool, shape: Shape)] = [
+        (1, 16, 1, false, Shape(n: 3, c: 1, h: 28, w: 28)),
+        (16, 16, 1, false, Shape(n: 2, c: 16, h: 28, w: 28)),
+        (32, 64, 1, false, Shape(n: 2, c: 32, h: 14, w: 14)),
+        (32, 32, 1, false, Shape(n: 2, c: 32, h: 14, w: 14)),
+        (64, 64, 1, false, Shape(n: 3, c: 64, h: 7, w: 7)),
+        (16, 32, 2, false, Shape(n: 2, c: 16, h: 28, w: 28)),
+        (32, 64, 2, false, Shape(n: 3, c: 32, h: 14, w: 14)),
+        (4, 8, 1, true, Shape(n: 2, c: 4, h: 5, w: 9)),
+        (3, 4, 1, true, Shape(n: 2, c: 3, h: 6, w: 3)),
+        (8, 4, 1, false, Shape(n: 2, c: 8, h: 1, w: 1)),
+        (4, 12, 1, false, Shape(n: 1, c: 4, h: 2, w: 11)),
+        (4, 8, 2, true, Shape(n: 2, c: 4, h: 5, w: 9)),
+        (3, 4, 2, false, Shape(n: 2, c: 3, h: 1, w: 1)),
+        (2, 4, 2, true, Shape(n: 1, c: 2, h: 2, w: 8)),
+    ]
+
+    func testDirectMatchesGEMM() throws {
+        for t in shapes {
+            let direct = try run(.automatic, inChannels: t.inC, outChannels: t.outC, stride: t.stride, bias: t.bias, shape: t.shape)
+            let gemm = try run(.gemm, inChannels: t.inC, outChannels: t.outC, stride: t.stride, bias: t.bias, shape: t.shape)
+            let name = "\(t.inC)->\(t.outC) stride \(t.stride) on \(t.shape)"
+            assertClose(direct.y, gemm.y, "output, " + name)
+            assertClose(direct.gradients, gemm.gradients, "parameter gradients, " + name)
+            assertClose(direct.dx, gemm.dx, "input gradient, " + name)
+        }
+    }
+
+    func testDirectPathAgainstFiniteDifferences() throws {
+        let check = GradientCheck()
+        let cases: [(make: () -> Conv2d, shape: Shape)] = [
+            ({ Conv2d(inChannels: 4, outChannels: 4, kernel: 3, padding: 1) }, Shape(n: 2, c: 4, h: 5, w: 7)),
+            ({ Conv2d(inChannels: 2, outChannels: 8, kernel: 3, padding: 1, bias: false) }, Shape(n: 3, c: 2, h: 4, w: 3)),
+            ({ Conv2d(inChannels: 8, outChannels: 4, kernel: 3, padding: 1) }, Shape(n: 1, c: 8, h: 2, w: 2)),
+            ({ Conv2d(inChannels: 3, outChannels: 4, kernel: 3, stride: 2, padding: 1) }, Shape(n: 2, c: 3, h: 5, w: 6)),
+            ({ Conv2d(inChannels: 2, outChannels: 8, kernel: 3, stride: 2, padding: 1, bias: false) }, Shape(n: 1, c: 2, h: 4, w: 3)),
+        ]
+        for (k, t) in cases.enumerated() {
+            for training in [true, false] {
+                try check.run([t.make()], input: t.shape, training: training, seed: UInt64(40 + k))
+            }
+        }
+    }
+
+    /// The same configuration twice: bitwise the same outputs and gradients.
+    func testDirectPathRepeatsBitForBit() throws {
+        for stride in [1, 2] {
+            let first = try run(.automatic, inChannels: 16, outChannels: 32, stride: stride, bias: true, shape: Shape(n: 3, c: 16, h: 14, w: 14))
+            let second = try run(.automatic, inChannels: 16, outChannels: 32, stride: stride, bias: true, shape: Shape(n: 3, c: 16, h: 14, w: 14))
+            XCTAssertEqual(first.y.map(\.bitPattern), second.y.map(\.bitPattern))
+            XCTAssertEqual(first.gradients.map(\.bitPattern), second.gradients.map(\.bitPattern))
+            XCTAssertEqual(first.dx.map(\.bitPattern), second.dx.map(\.bitPattern))
+        }
+    }
+
+    /// Forward of a batch against forward of each sample alone, in the same layer: bitwise equal.
+    func testASamplesOutputDoesNotDependOnItsBatch() throws {
+        for t in shapes {
+            let conv = Conv2d(inChannels: t.inC, outChannels: t.outC, kernel: 3, stride: t.stride, padding: 1, bias: t.bias)
+            let batch = Shape(n: 5, c: t.inC, h: t.shape.h, w: t.shape.w)
+            let model = try Model(layers: [conv], inputShape: batch, maxBatch: batch.n)
+            randomize(model, seed: 8)
+            try assertSamplesIndependent(model, batch: batch, name: "\(t.inC)->\(t.outC) stride \(t.stride) on \(batch)")
+        }
+    }
+
+    /// The same for the whole resnet8 and fmnist-cnn presets in evaluation (where batch norm
+    /// uses its running statistics), with one BLAS thread as the trainer runs them.
+    func testPresetOutputsDoNotDependOnTheBatch() throws {
+        let saved = BLASThreads.current
+        BLASThreads.set(1)
+        defer { BLASThreads.set(saved) }
+        for name in ["resnet8", "fmnist-cnn"] {
+            let batch = Shape(n: 4, c: 1, h: 28, w: 28)
+            let model = try XCTUnwrap(ModelSpec.preset(name)).build(inputShape: batch, maxBatch: batch.n)
+            randomize(model, seed: 9)
+            try assertSamplesIndependent(model, batch: batch, name: name, training: false)
+        }
+    }
+
+    func assertSamplesIndependent(_ model: Model, batch: Shape, name: String, training: Bool = true,
+                                  file: StaticString = #filePath, line: UInt = #line) throws {
+        let x = FloatBuffer(capacity: batch.count)
+        for (i, v) in TestData.uniform(batch.count, seed: 10, stream: 1).enumerated() { x.pointer[i] = v }
+        let context = ForwardContext(training: training)
+        let whole = Array(try model.forward(x.tensor(batch), context).buffer)
+        let perSample = whole.count / batch.n
+        for s in 0..<batch.n {
+            let alone = Array(try model.forward(Tensor(x.pointer + s * batch.perSample, batch.withBatch(1)), context).buffer)
+            XCTAssertEqual(alone.map(\.bitPattern), whole[(s * perSample)..<((s + 1) * perSample)].map(\.bitPattern),
+                           "\(name): sample \(s) alone differs from the same sample in a batch of \(batch.n)", file: file, line: line)
+        }
+    }
+}
