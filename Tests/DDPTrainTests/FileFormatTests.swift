@@ -7,7 +7,7 @@ import XCTest
 final class FileFormatTests: XCTestCase {
     func temporaryFile(_ text: String, _ name: String) throws -> String {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(UUID().uuidString)-\(name)").path
-        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        try text.write(toFile: path, atomically: false, encoding: .utf8)
         addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
         return path
     }

@@ -5,7 +5,7 @@ import XCTest
 final class TrainConfigTests: XCTestCase {
     func write(_ text: String, _ name: String = "config.yaml") throws -> String {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(UUID().uuidString)-\(name)").path
-        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        try text.write(toFile: path, atomically: false, encoding: .utf8)
         addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
         return path
     }
@@ -140,6 +140,7 @@ extension TrainConfigTests {
         expectLoadError(big, "the limit is 1048576 bytes")
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent(UUID().uuidString).path
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
         expectLoadError(folder, "not a regular file")
         // A FIFO without a writer: opening it for reading must not wait for one.
         let fifo = FileManager.default.temporaryDirectory.appendingPathComponent("\(UUID().uuidString).yaml").path
@@ -148,6 +149,7 @@ extension TrainConfigTests {
         expectLoadError(fifo, "not a regular file")
         let binary = FileManager.default.temporaryDirectory.appendingPathComponent("\(UUID().uuidString).yaml").path
         try Data([0x6c, 0x72, 0x3a, 0x20, 0xff, 0xfe, 0x0a]).write(to: URL(fileURLWithPath: binary))
+        defer { unlink(binary) }
         expectLoadError(binary, "not UTF-8 text")
     }
 

@@ -133,15 +133,15 @@ final class TrainFlagsTests: XCTestCase {
     func testConfigFilesSayOffForClipNorm() throws {
         for text in ["clip_norm: off\n", "clip-norm: \"off\"\n", "clip_norm: null\n", "clip_norm: false\n"] {
             let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(UUID().uuidString).yaml").path
-            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            try text.write(toFile: path, atomically: false, encoding: .utf8)
             defer { try? FileManager.default.removeItem(atPath: path) }
             XCTAssertNil(try TrainConfig.load(file: path).clipNorm, text)
         }
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(UUID().uuidString).yaml").path
-        try "clip_norm: 2\nnesterov: true\n".write(toFile: path, atomically: true, encoding: .utf8)
+        try "clip_norm: 2\nnesterov: true\n".write(toFile: path, atomically: false, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: path) }
         XCTAssertEqual(try TrainConfig.load(file: path).clipNorm, 2)
-        try "clip_norm: true\n".write(toFile: path, atomically: true, encoding: .utf8)
+        try "clip_norm: true\n".write(toFile: path, atomically: false, encoding: .utf8)
         XCTAssertThrowsError(try TrainConfig.load(file: path)) { XCTAssertTrue("\($0)".contains("key 'clip_norm': expected a number, got true"), "\($0)") }
     }
 
@@ -156,10 +156,10 @@ final class TrainFlagsTests: XCTestCase {
         }
         XCTAssertThrowsError(try makeVariants(base: TrainConfig(), variations: [try Variation(parsing: "schedule=cosine,bogus")]))
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("\(UUID().uuidString).yaml").path
-        try "train_samples: false\n".write(toFile: path, atomically: true, encoding: .utf8)
+        try "train_samples: false\n".write(toFile: path, atomically: false, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: path) }
         XCTAssertThrowsError(try TrainConfig.load(file: path)) { XCTAssertTrue("\($0)".contains("key 'train_samples'"), "\($0)") }
-        try "train_samples: all\n".write(toFile: path, atomically: true, encoding: .utf8)
+        try "train_samples: all\n".write(toFile: path, atomically: false, encoding: .utf8)
         XCTAssertNil(try TrainConfig.load(file: path).trainSamples)
 
         let unshuffled = try TrainFlags(parsing: ["--no-shuffle"]).apply(to: TrainConfig())

@@ -163,9 +163,9 @@ final class CheckpointTests: XCTestCase {
         let otherNorm = try train(common + ["--resume", renormalized], run: "base")
         XCTAssertTrue(otherNorm.stderr.contains("\(renormalized): normalization mean 0.286, std 0.5 differs"), otherNorm.stderr)
         let modelFile = scratch.appendingPathComponent("model.yaml")
-        try "layers: [flatten, {type: linear, out: 10}]".write(to: modelFile, atomically: true, encoding: .utf8)
+        try "layers: [flatten, {type: linear, out: 10}]".write(to: modelFile, atomically: false, encoding: .utf8)
         XCTAssertEqual(try train(["--steps", "2", "--per-rank-batch", "16", "--model", modelFile.path], run: "filemodel").status, 0)
-        try "layers: [flatten, {type: linear, out: 20}, {type: linear, out: 10}]".write(to: modelFile, atomically: true, encoding: .utf8)
+        try "layers: [flatten, {type: linear, out: 20}, {type: linear, out: 10}]".write(to: modelFile, atomically: false, encoding: .utf8)
         // The model file changed under the same name: a sound checkpoint of another model is
         // refused (not skipped as damage, which would start over in a run dir of another run).
         let changed = try train(["--steps", "4", "--per-rank-batch", "16", "--model", modelFile.path, "--resume", "auto"], run: "filemodel")
@@ -472,7 +472,7 @@ final class CheckpointTests: XCTestCase {
         print(json.dumps({"correct": int((logits.argmax(1).numpy() == y).sum()), "loss": loss}))
         """
         let scriptPath = scratch.appendingPathComponent("load.py")
-        try script.write(to: scriptPath, atomically: true, encoding: .utf8)
+        try script.write(to: scriptPath, atomically: false, encoding: .utf8)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: python)
         p.arguments = [scriptPath.path, path]

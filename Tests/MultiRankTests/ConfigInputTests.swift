@@ -19,7 +19,7 @@ final class ConfigInputTests: XCTestCase {
 
     func write(_ text: String, _ name: String) throws -> String {
         let path = scratch.appendingPathComponent(name).path
-        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        try text.write(toFile: path, atomically: false, encoding: .utf8)
         return path
     }
 
@@ -80,7 +80,7 @@ final class ConfigInputTests: XCTestCase {
         for (folder, hidden) in [(a, 10), (b, 12)] {
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
             try "name: m\nlayers:\n  - flatten\n  - {type: linear, out: \(hidden)}\n  - relu\n  - {type: linear, out: 10}\n"
-                .write(toFile: folder + "/model.yaml", atomically: true, encoding: .utf8)
+                .write(toFile: folder + "/model.yaml", atomically: false, encoding: .utf8)
         }
         let m = try runPerRank([train + ["--model", "model.yaml"], train + ["--model", "model.yaml"]], workingDirectories: [a, b])
         expect(m, status: 65, mentions: ["model model.yaml differs between ranks (rank 1 against rank 0): layer 1 is", "linear out=10 on rank 0, linear out=12 on rank 1"])
@@ -90,7 +90,7 @@ final class ConfigInputTests: XCTestCase {
         // The same relative path on both ranks, found on rank 0's "disk" only.
         let a = scratch.appendingPathComponent("has-it").path, b = scratch.appendingPathComponent("lacks-it").path
         for folder in [a, b] { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true) }
-        try "layers: [flatten, {type: linear, out: 10}]\n".write(toFile: a + "/model.yaml", atomically: true, encoding: .utf8)
+        try "layers: [flatten, {type: linear, out: 10}]\n".write(toFile: a + "/model.yaml", atomically: false, encoding: .utf8)
         let r = try runPerRank([train + ["--model", "model.yaml"], train + ["--model", "model.yaml"]], workingDirectories: [a, b])
         expect(r, status: 65, mentions: ["error on rank 1: model 'model.yaml' is neither a preset"])
     }

@@ -195,7 +195,7 @@ final class TrainTests: XCTestCase {
         // All batch norms spatial, so a slice of 1 sample has more than one value per channel.
         let model = scratch.appendingPathComponent("small-cnn.yaml")
         try "name: small-cnn\nlayers:\n  - {type: conv2d, out: 4, kernel: 3, padding: 1, bias: false}\n  - batchnorm\n  - relu\n  - {type: maxpool2d, kernel: 2}\n  - flatten\n  - {type: linear, out: 10}\n"
-            .write(to: model, atomically: true, encoding: .utf8)
+            .write(to: model, atomically: false, encoding: .utf8)
         let common = ["--model", model.path, "--global-batch", "2", "--steps", "3", "--bn", "local", "--no-shuffle", "--threads", "1"]
         for ranks in [2, 3] {
             let (r, _) = try train(ranks: ranks, common, run: "local-avg-\(ranks)")
@@ -350,7 +350,7 @@ final class TrainTests: XCTestCase {
     /// --config: the file's keys, and flags override them.
     func testConfigFileWithFlagsOverriding() throws {
         let file = scratch.appendingPathComponent("run.yaml")
-        try "model: mlp\nsteps: 3\nper-rank-batch: 8\nlr: 0.02\nbn: local\n".write(to: file, atomically: true, encoding: .utf8)
+        try "model: mlp\nsteps: 3\nper-rank-batch: 8\nlr: 0.02\nbn: local\n".write(to: file, atomically: false, encoding: .utf8)
         let (r, json) = try train(ranks: 2, ["--config", file.path, "--steps", "5"], run: "config")
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(json["steps"] as? Int, 5, "the flag wins over the file")
@@ -384,7 +384,7 @@ final class TrainTests: XCTestCase {
         print(nn.functional.cross_entropy(model(x), torch.tensor(y, dtype=torch.long)).item())
         """
         let scriptPath = scratch.appendingPathComponent("save.py")
-        try script.write(to: scriptPath, atomically: true, encoding: .utf8)
+        try script.write(to: scriptPath, atomically: false, encoding: .utf8)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: python)
         p.arguments = [scriptPath.path, weights]
