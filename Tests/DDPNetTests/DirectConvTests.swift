@@ -15,13 +15,11 @@ final class DirectConvTests: XCTestCase {
         let model = try Model(layers: [conv], inputShape: shape, maxBatch: shape.n)
         randomize(model, seed: 5)
         conv.needsInputGradient = true
-        let x = FloatBuffer(capacity: shape.count)
-        for (i, v) in TestData.uniform(shape.count, seed: 6, stream: 1).enumerated() { x.pointer[i] = v }
+        let x = TestData.uniformBuffer(shape.count, seed: 6, stream: 1)
         let context = ForwardContext(training: true)
         let y = try conv.forward(x.tensor(shape), context)
         let outputs = Array(y.buffer)
-        let dy = FloatBuffer(capacity: y.count)
-        for (i, v) in TestData.uniform(y.count, seed: 7, stream: 2).enumerated() { dy.pointer[i] = v }
+        let dy = TestData.uniformBuffer(y.count, seed: 7, stream: 2)
         let dx = try conv.backward(dy.tensor(y.shape), context)
         let gradients = Array(UnsafeBufferPointer(start: model.gradients.pointer, count: model.parameterCount))
         return Results(y: outputs, gradients: gradients, dx: Array(dx.buffer))
@@ -119,8 +117,7 @@ final class DirectConvTests: XCTestCase {
 
     func assertSamplesIndependent(_ model: Model, batch: Shape, name: String, training: Bool = true,
                                   file: StaticString = #filePath, line: UInt = #line) throws {
-        let x = FloatBuffer(capacity: batch.count)
-        for (i, v) in TestData.uniform(batch.count, seed: 10, stream: 1).enumerated() { x.pointer[i] = v }
+        let x = TestData.uniformBuffer(batch.count, seed: 10, stream: 1)
         let context = ForwardContext(training: training)
         let whole = Array(try model.forward(x.tensor(batch), context).buffer)
         let perSample = whole.count / batch.n

@@ -20,16 +20,14 @@ final class FusionTests: XCTestCase {
         // Put some pre-activations exactly at 0: beta equal to minus a channel's mean would
         // be luck; a large negative beta makes most of a channel ≤ 0 instead.
         if let beta = model.parameter(named: "1.bias") { model.parameters.pointer[beta.offset] = -2 }
-        let x = FloatBuffer(capacity: input.count)
-        for (i, v) in TestData.uniform(input.count, seed: 32, stream: 1).enumerated() { x.pointer[i] = v }
+        let x = TestData.uniformBuffer(input.count, seed: 32, stream: 1)
         let ids: [Int32] = (0..<Int32(input.n)).map { $0 * 7 }
         return try ids.withUnsafeBufferPointer { idPointer in
             let context = ForwardContext(training: training, seed: 3, step: 2, sampleIDs: idPointer.baseAddress)
             if !training { _ = try model.forward(x.tensor(input), ForwardContext(training: true, seed: 3, step: 1, sampleIDs: idPointer.baseAddress)) }
             let y = try model.forward(x.tensor(input), context)
             let output = Array(y.buffer)
-            let dy = FloatBuffer(capacity: y.count)
-            for (i, v) in TestData.uniform(y.count, seed: 33, stream: 2).enumerated() { dy.pointer[i] = v }
+            let dy = TestData.uniformBuffer(y.count, seed: 33, stream: 2)
             try model.backward(dy.tensor(y.shape), context)
             return (output, Array(model.gradients.buffer.prefix(model.parameterCount)), Array(model.buffers.buffer))
         }
@@ -57,13 +55,11 @@ final class FusionTests: XCTestCase {
             let model = try Model(layers: [ResidualBlock(inChannels: 3, outChannels: 4, stride: 2), GlobalAvgPool2d(), Linear(4, 3)],
                                   inputShape: shape.withBatch(1), maxBatch: shape.n, fuseLayers: fused)
             randomize(model, seed: 41)
-            let x = FloatBuffer(capacity: shape.count)
-            for (i, v) in TestData.uniform(shape.count, seed: 42, stream: 1).enumerated() { x.pointer[i] = v }
+            let x = TestData.uniformBuffer(shape.count, seed: 42, stream: 1)
             let context = ForwardContext(training: true)
             let y = try model.forward(x.tensor(shape), context)
             let output = Array(y.buffer)
-            let dy = FloatBuffer(capacity: y.count)
-            for (i, v) in TestData.uniform(y.count, seed: 43, stream: 2).enumerated() { dy.pointer[i] = v }
+            let dy = TestData.uniformBuffer(y.count, seed: 43, stream: 2)
             try model.backward(dy.tensor(y.shape), context)
             return (output, Array(model.gradients.buffer.prefix(model.parameterCount)))
         }

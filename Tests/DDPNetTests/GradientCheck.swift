@@ -11,6 +11,13 @@ enum TestData {
         return (0..<count).map { lo + (hi - lo) * buffer.pointer[$0] }
     }
 
+    /// The same values as `uniform`, in a buffer a layer can take as its input or gradient.
+    static func uniformBuffer(_ count: Int, seed: UInt64, stream: UInt32) -> FloatBuffer {
+        let buffer = FloatBuffer(capacity: count)
+        for (i, v) in uniform(count, seed: seed, stream: stream).enumerated() { buffer.pointer[i] = v }
+        return buffer
+    }
+
     /// Values whose magnitude is at least `gap`, so that a step of size < gap never crosses 0
     /// (the kink of ReLU-like activations).
     static func awayFromZero(_ count: Int, seed: UInt64, stream: UInt32, gap: Float = 0.1) -> [Float] {

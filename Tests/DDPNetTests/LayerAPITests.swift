@@ -98,12 +98,10 @@ final class LayerAPITests: XCTestCase {
                 let model = try Model(layers: [layer], inputShape: t.shape.withBatch(1), maxBatch: t.shape.n)
                 layer.needsInputGradient = needsInputGradient
                 randomize(model, seed: 5)
-                let x = FloatBuffer(capacity: t.shape.count)
-                for (i, v) in TestData.uniform(t.shape.count, seed: 5, stream: 1).enumerated() { x.pointer[i] = v }
+                let x = TestData.uniformBuffer(t.shape.count, seed: 5, stream: 1)
                 let context = ForwardContext(training: true)
                 let y = try model.forward(x.tensor(t.shape), context)
-                let dy = FloatBuffer(capacity: y.count)
-                for (i, v) in TestData.uniform(y.count, seed: 5, stream: 2).enumerated() { dy.pointer[i] = v }
+                let dy = TestData.uniformBuffer(y.count, seed: 5, stream: 2)
                 try model.backward(dy.tensor(y.shape), context)
                 gradients.append(Array(model.gradients.buffer.prefix(model.parameterCount)))
             }
