@@ -213,6 +213,48 @@ public final class Communicator: @unchecked Sendable {
                   "MPI_Allgather", rank: rank)
     }
 
+    /// Rank r's `counts[r]` elements land at `displacements[r]` of `receive` on every rank;
+    /// this rank's are taken from there too (MPI_IN_PLACE).
+    public func allgatherInPlace<T: MPIScalar>(_ receive: UnsafeMutablePointer<T>, counts: [Int32], displacements: [Int32]) throws(MPIError) {
+        let code = counts.withUnsafeBufferPointer { c in
+            displacements.withUnsafeBufferPointer { d in
+                MPI_Allgatherv(ddp_mpi_in_place(), 0, T.mpiDatatype, receive, c.baseAddress, d.baseAddress, T.mpiDatatype, comm)
+            }
+        }
+        try check(code, "MPI_Allgatherv", rank: rank)
+    }
+
+    /// Every rank's `send` (`count` elements, counts differing by rank) concatenated in
+    /// rank order into `receive` (`counts[r]` from rank r).
+    public func allgather<T: MPIScalar>(_ send: UnsafePointer<T>, count: Int, into receive: UnsafeMutablePointer<T>, counts: [Int32]) throws(MPIError) {
+        var displacements = [Int32](repeating: 0, count: counts.count)
+        for r in 1..<max(counts.count, 1) { displacements[r] = displacements[r - 1] + counts[r - 1] }
+        let code = counts.withUnsafeBufferPointer { c in
+            displacements.withUnsafeBufferPointer { d in
+                MPI_Allgatherv(send, Int32(count), T.mpiDatatype, receive, c.baseAddress, d.baseAddress, T.mpiDatatype, comm)
+            }
+        }
+        try check(code, "MPI_Allgatherv", rank: rank)
+    }
+
+    /// Sends `sendCounts[r]` elements at `sendDisplacements[r]` of `send` to rank r, and
+    /// receives rank r's at `receiveDisplacements[r]` of `receive`.
+    public func alltoall<T: MPIScalar>(_ send: UnsafePointer<T>, counts sendCounts: [Int32], displacements sendDisplacements: [Int32],
+                                       into receive: UnsafeMutablePointer<T>, counts receiveCounts: [Int32],
+                                       displacements receiveDisplacements: [Int32]) throws(MPIError) {
+        let code = sendCounts.withUnsafeBufferPointer { sc in
+            sendDisplacements.withUnsafeBufferPointer { sd in
+                receiveCounts.withUnsafeBufferPointer { rc in
+                    receiveDisplacements.withUnsafeBufferPointer { rd in
+                        MPI_Alltoallv(send, sc.baseAddress, sd.baseAddress, T.mpiDatatype,
+                                      receive, rc.baseAddress, rd.baseAddress, T.mpiDatatype, comm)
+                    }
+                }
+            }
+        }
+        try check(code, "MPI_Alltoallv", rank: rank)
+    }
+
     /// Every rank's string, in rank order.
     public func allgather(string: String) throws(MPIError) -> [String] {
         let bytes = Array(string.utf8)

@@ -302,7 +302,7 @@ public final class Dataset: @unchecked Sendable {  // immutable after init
         }
     }
 
-    /// `gather` for a slice of an epoch order, e.g. `order[sampler.localSlice(ofBatch: k)]`.
+    /// `gather` for a slice of an epoch order, e.g. `order[sampler.localSlice(ofBatch: k, shardSize: m)]`.
     public func gather(indices: ArraySlice<Int32>, normalization: Normalization,
                        into x: UnsafeMutablePointer<Float>, labels labelsOut: UnsafeMutablePointer<Int32>) {
         indices.withUnsafeBufferPointer { gather(indices: $0, normalization: normalization, into: x, labels: labelsOut) }

@@ -2,8 +2,8 @@ import DDPKernels
 
 /// Which samples each rank trains on (DESIGN step 1, I2, I3). One global permutation per
 /// (seed, epoch), computed identically on every rank without communication; global batch k
-/// is a fixed slice of it whatever the world size; rank r takes its own contiguous part of
-/// that slice. So the union over ranks of a step's samples, in rank order, is the same
+/// is a fixed slice of it whatever the world size, cut into shards; rank r takes its own
+/// contiguous block of shards. So the union over ranks of a step's samples, in rank order, is the same
 /// global batch for any world size.
 ///
 /// An epoch has ceil(N / B) steps: the last global batch holds the N mod B samples left over
@@ -53,11 +53,19 @@ public struct Sampler: Equatable, Sendable {
         return k * globalBatch ..< min((k + 1) * globalBatch, datasetSize)
     }
 
-    /// Positions in the epoch order of this rank's part of global batch k: with m samples in
-    /// the batch, rank r gets m / P of them, plus one if r < m % P, in rank order. A part is
-    /// empty when m < P; that rank still joins every collective (I3).
-    public func localSlice(ofBatch k: Int) -> Range<Int> {
-        contiguousPart(globalBatchRange(k), parts: worldSize, index: rank)
+    /// Global batch k cut into shards of `shardSize` samples, shared among the ranks.
+    public func shardPlan(ofBatch k: Int, shardSize: Int) -> ShardPlan {
+        ShardPlan(samples: globalBatchRange(k).count, shardSize: shardSize, worldSize: worldSize)
+    }
+
+    /// Positions in the epoch order of this rank's part of global batch k: the samples of
+    /// its block of shards (`ShardPlan.block`), in order. A part is empty when there are
+    /// fewer shards than ranks; that rank still joins every collective (I3).
+    public func localSlice(ofBatch k: Int, shardSize: Int) -> Range<Int> {
+        let plan = shardPlan(ofBatch: k, shardSize: shardSize)
+        let inBatch = plan.samples(ofShards: plan.block(rank: rank))
+        let start = globalBatchRange(k).lowerBound
+        return start + inBatch.lowerBound ..< start + inBatch.upperBound
     }
 
     /// This rank's share of `count` evaluation samples: contiguous, sizes differ by at most

@@ -55,21 +55,43 @@ public struct LayerStorage {
     public init() {}
 }
 
-/// Where batch norm gets its batch statistics from. Batch norm knows nothing of MPI: it is
-/// handed a local reducer (statistics of this rank's slice) or a cross-rank one (sync-BN).
+/// The batch statistics of one batch-norm call, shard by shard (virtual shards, DESIGN I2):
+/// per shard of the batch, a record of its sample count per channel, then per channel the
+/// mean and the centred sum of squares (M2). Combining means and M2s (Chan et al.) rather
+/// than raw sums keeps the variance exact for inputs whose mean is large against their spread.
+public struct ShardMoments {
+    /// `shards` records of `recordSize` Doubles: count, means, M2s.
+    public var records: UnsafeMutablePointer<Double>
+    public var shards: Int
+    public var channels: Int
+    /// The global index (in the step's global batch) of the first shard.
+    public var firstShard: Int
+    /// Out: one record, the statistics the running estimates follow.
+    public var running: UnsafeMutablePointer<Double>
+
+    public init(records: UnsafeMutablePointer<Double>, shards: Int, channels: Int, firstShard: Int, running: UnsafeMutablePointer<Double>) {
+        self.records = records; self.shards = shards; self.channels = channels; self.firstShard = firstShard; self.running = running
+    }
+    public var recordSize: Int { 1 + 2 * channels }
+    public static func recordSize(channels: Int) -> Int { 1 + 2 * channels }
+}
+
+/// Where batch norm gets its batch statistics from. Batch norm knows nothing of MPI: it
+/// hands over its shards' moments and gets back, per shard, the statistics that shard
+/// normalizes with: those of the shard's statistics group (the rank's shards, a group of
+/// consecutive shards, or the whole global batch with sync-BN), combined along the fixed
+/// shard tree, so the bits do not depend on who computed which shard.
 public protocol BatchStatisticsReducer: AnyObject {
-    /// On entry: this rank's sample count per channel (the same for all channels), and per
-    /// channel the mean and the centred sum of squares (M2). On exit: the same over all
-    /// ranks. Combining means and M2 (Chan et al.) rather than raw sums keeps the variance
-    /// exact for inputs whose mean is large against their spread.
-    func combineMoments(count: inout Double, mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePointer<Double>, channels: Int) throws
-    /// Sums `count` values across ranks, in place.
-    func sum(_ values: UnsafeMutablePointer<Double>, count: Int) throws
+    /// On entry, each shard's own moments; on exit, each shard's group's, and in `running`
+    /// the moments the running statistics follow.
+    func combineMoments(_ moments: ShardMoments) throws
+    /// `shards` records of `width` Doubles, the first of them shard `firstShard`: on exit,
+    /// each record is the sum of its group's records.
+    func sum(_ records: UnsafeMutablePointer<Double>, width: Int, shards: Int, firstShard: Int) throws
 }
 
 /// Chan et al.'s pairwise merge, per channel: folds a part's count, means and M2s into the
-/// running (n, mean, m2) of the parts before it. Sync-BN merges ranks with it, a rank's
-/// compute threads their parts.
+/// running (n, mean, m2) of the parts before it.
 @inline(__always)
 public func mergeMoments(mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePointer<Double>, count n: Double,
                          partMean: UnsafePointer<Double>, partM2: UnsafePointer<Double>, partCount nb: Double, channels: Int) {
@@ -81,16 +103,56 @@ public func mergeMoments(mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePo
     }
 }
 
-/// Statistics of this rank's own slice only.
+/// Folds moment record `part` into record `into` (both count, means, M2s): Chan's merge,
+/// an empty record leaving the other as it is.
+@inline(__always)
+public func mergeMomentRecord(into a: UnsafeMutablePointer<Double>, _ b: UnsafePointer<Double>, channels: Int) {
+    let nb = b[0]
+    if nb == 0 { return }
+    if a[0] == 0 {
+        a.update(from: b, count: 1 + 2 * channels)
+        return
+    }
+    mergeMoments(mean: a + 1, m2: a + 1 + channels, count: a[0], partMean: b + 1, partM2: b + 1 + channels, partCount: nb, channels: channels)
+    a[0] += nb
+}
+
+/// Statistics of the shards handed over, all together: the batch of the call (a rank's
+/// slice with `--bn local`), combined along the shard tree of those shards.
 public final class LocalStatistics: BatchStatisticsReducer, Sendable {
     /// It holds nothing, so one instance serves every context.
     public static let shared = LocalStatistics()
     public init() {}
-    public func combineMoments(count: inout Double, mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePointer<Double>, channels: Int) throws {}
-    public func sum(_ values: UnsafeMutablePointer<Double>, count: Int) throws {}
+
+    public func combineMoments(_ m: ShardMoments) throws {
+        let size = m.recordSize
+        if m.shards > 0 {
+            let tree = ShardTree(span: 0..<m.shards)
+            let items = (0..<m.shards).map { $0 ..< $0 + 1 }
+            let top = tree.reduce(tree.root, items: items) { i, j in
+                mergeMomentRecord(into: m.records + i * size, m.records + j * size, channels: m.channels)
+            }
+            m.running.update(from: m.records + top * size, count: size)
+        } else {
+            m.running.update(repeating: 0, count: size)
+        }
+        for j in 0..<m.shards { (m.records + j * size).update(from: m.running, count: size) }
+    }
+
+    public func sum(_ records: UnsafeMutablePointer<Double>, width: Int, shards: Int, firstShard: Int) throws {
+        guard shards > 1 else { return }
+        let tree = ShardTree(span: 0..<shards)
+        let items = (0..<shards).map { $0 ..< $0 + 1 }
+        let top = tree.reduce(tree.root, items: items) { i, j in
+            let a = records + i * width, b = records + j * width
+            for k in 0..<width { a[k] += b[k] }
+        }
+        for j in 0..<shards where j != top { (records + j * width).update(from: records + top * width, count: width) }
+    }
 }
 
-/// What a step tells the layers: mode, where randomness comes from, and the BN reducer.
+/// What a step tells the layers: mode, where randomness comes from, the shards of the
+/// batch, and the BN reducer.
 public struct ForwardContext {
     public var training: Bool
     /// Run seed; dropout masks are Philox(seed, .dropout) at (layer, step, sample, element).
@@ -101,16 +163,35 @@ public struct ForwardContext {
     /// sample identity so that they do not depend on how the batch is split (DESIGN I2).
     public var sampleIDs: UnsafePointer<Int32>?
     public var statistics: BatchStatisticsReducer
+    /// Samples per shard: sums over samples (parameter gradients, batch statistics) are
+    /// taken shard by shard, shard j being samples j·size ..< (j+1)·size of the batch. nil:
+    /// the whole batch is one shard.
+    public var shardSize: Int?
+    /// The global index of the batch's first shard (batch statistics are grouped by it).
+    public var firstShard: Int
+    /// Floats between the gradient slots of the model: shard j's parameter gradients go to
+    /// slot j (the slots are then combined along the shard tree).
+    public var gradientSlotStride: Int
 
     public init(training: Bool, seed: UInt64 = 0, step: Int = 0, sampleIDs: UnsafePointer<Int32>? = nil,
-                statistics: BatchStatisticsReducer = LocalStatistics.shared) {
+                statistics: BatchStatisticsReducer = LocalStatistics.shared, shardSize: Int? = nil, firstShard: Int = 0,
+                gradientSlotStride: Int = 0) {
         self.training = training; self.seed = seed; self.step = step
         self.sampleIDs = sampleIDs; self.statistics = statistics
+        self.shardSize = shardSize; self.firstShard = firstShard; self.gradientSlotStride = gradientSlotStride
     }
 
     /// The identity of local sample `i` (its position when no identities were given).
     @inline(__always)
     public func sampleID(_ i: Int) -> Int { sampleIDs.map { Int($0[i]) } ?? i }
+
+    /// Shards in a batch of `n` samples.
+    @inline(__always)
+    public func shards(batch n: Int) -> Int { shardCount(batch: n, shardSize: shardSize) }
+
+    /// Samples of shard `j` in a batch of `n`.
+    @inline(__always)
+    public func shard(_ j: Int, batch n: Int) -> Range<Int> { shardRange(j, batch: n, shardSize: shardSize) }
 }
 
 public struct LayerError: Error, CustomStringConvertible {
@@ -131,7 +212,8 @@ public struct LayerError: Error, CustomStringConvertible {
 /// `bind` once with views of the model's flat storage. After that, `forward` and
 /// `backward` allocate nothing. `backward` must follow the `forward` of the same batch: a
 /// layer may keep views of its input and output. Parameter gradients are overwritten, not
-/// accumulated.
+/// accumulated: those of the batch's shard j (`ForwardContext.shard`) go to gradient slot j,
+/// each summed over that shard's samples alone.
 public protocol Layer: AnyObject {
     /// PyTorch's module text, e.g. "Linear(in_features=784, out_features=256, bias=False)".
     var summary: String { get }

@@ -38,8 +38,14 @@ public final class Model {
     public let parameterCount: Int
     public let parameters: FloatBuffer
     /// Gradients in the same layout as `parameters`, followed by `gradientRoom` Floats left
-    /// for whoever reduces them to carry along (the trainer's loss and sample counts).
+    /// for whoever reduces them to carry along (the trainer's loss and sample counts); that
+    /// is slot 0, and `gradientSlots - 1` more slots of the same layout follow it, one per
+    /// further shard of a batch (`ForwardContext.shardSize`).
     public let gradients: FloatBuffer
+    public let gradientSlots: Int
+    /// Floats from one gradient slot to the next.
+    public var gradientSlotStride: Int { parameterCount + gradientRoom }
+    public let gradientRoom: Int
     public let buffers: FloatBuffer
     public let counters: UnsafeMutablePointer<Int64>
     public let counterCount: Int
@@ -52,9 +58,10 @@ public final class Model {
     /// one per compute thread of a rank.
     /// `fuseLayers`: batch norm followed by ReLU runs as one layer (`BatchNorm.fusesReLU`),
     /// which gives the same bits with one pass less over the activations each way.
-    /// `gradientRoom`: Floats of room after the gradients (see `gradients`).
+    /// `gradientRoom`: Floats of room after the gradients (see `gradients`);
+    /// `gradientSlots`: the most shards a batch of this model will hold.
     public init(layers: [Layer], inputShape: Shape, maxBatch: Int, sharingParametersOf shared: Model? = nil,
-                fuseLayers: Bool = true, gradientRoom: Int = 0) throws {
+                fuseLayers: Bool = true, gradientRoom: Int = 0, gradientSlots: Int = 1) throws {
         guard !layers.isEmpty else { throw LayerError("a model needs at least one layer") }
         guard maxBatch >= 1 else { throw LayerError("the largest batch must be at least 1, got \(maxBatch)") }
         self.layers = layers
@@ -105,7 +112,9 @@ public final class Model {
         } else {
             parameters = FloatBuffer(capacity: paramOffset)
         }
-        gradients = FloatBuffer(capacity: paramOffset + max(gradientRoom, 0))
+        self.gradientRoom = max(gradientRoom, 0)
+        self.gradientSlots = max(gradientSlots, 1)
+        gradients = FloatBuffer(capacity: (paramOffset + self.gradientRoom) * self.gradientSlots)
         buffers = FloatBuffer(capacity: bufferOffset)
         counterCount = counterOffset
         counters = UnsafeMutablePointer<Int64>.allocate(capacity: max(counterOffset, 1))

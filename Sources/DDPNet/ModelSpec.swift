@@ -298,10 +298,11 @@ public struct ModelSpec: Sendable {
 
     /// Builds the model over flat storage for batches of up to `maxBatch` samples.
     /// `sharingParametersOf`: a replica reading that model's parameters; `gradientRoom`:
-    /// Floats after its gradients (see `Model.init`).
-    public func build(inputShape: Shape, maxBatch: Int, sharingParametersOf shared: Model? = nil, gradientRoom: Int = 0) throws -> Model {
+    /// Floats after its gradients, `gradientSlots`: shards per batch (see `Model.init`).
+    public func build(inputShape: Shape, maxBatch: Int, sharingParametersOf shared: Model? = nil, gradientRoom: Int = 0,
+                      gradientSlots: Int = 1) throws -> Model {
         try Model(layers: makeLayers(inputShape: inputShape), inputShape: inputShape, maxBatch: maxBatch, sharingParametersOf: shared,
-                  gradientRoom: gradientRoom)
+                  gradientRoom: gradientRoom, gradientSlots: gradientSlots)
     }
 
     /// The same model with every batch-norm layer replaced by an identity (`--bn none`),

@@ -1,29 +1,49 @@
 import DDPKernels
 
-/// Batch statistics for a rank whose slice is split over the members of a `ThreadTeam`.
+/// Batch statistics for a rank whose shards are shared among the members of a `ThreadTeam`.
 ///
-/// Each member's batch norm hands over the moments of its part; the members' moments meet
-/// here, member 0 merges them in member order (Chan et al., as across ranks), passes the
-/// rank's moments to the rank-level reducer (local statistics, or sync-BN's collectives,
-/// which only member 0 may call), and every member continues with the result. So batch
-/// norm sees the statistics of the rank's whole slice however many threads share it.
+/// Each member's batch norm hands over the records of its own shards; they meet here in
+/// one array of the rank's shards, in shard order; member 0 passes the whole array to the
+/// rank-level reducer (local statistics, or the shard groups' collectives, which only
+/// member 0 may call), and every member continues with its shards' results. The reducer
+/// combines shards along the shard tree, so the bits do not depend on the thread count.
 public final class TeamStatistics: @unchecked Sendable {
     public let team: ThreadTeam
     public let rankReducer: BatchStatisticsReducer
-    private let capacity: Int
-    private let counts: DoubleBuffer
-    /// Member m's values at [m * capacity, (m + 1) * capacity); the merged result after them.
-    private let values: DoubleBuffer
-    private var result: UnsafeMutablePointer<Double> { values.pointer + team.size * capacity }
-    private var resultCount = 0.0
+    /// Doubles per shard the exchange holds (the widest batch norm's record).
+    private let recordCapacity: Int
+    private let maxShards: Int
+    /// Two exchanges, used in turn: a member still copying its results out of one while
+    /// member 0 already writes the next call's records (of another width, so at other
+    /// offsets) into the other.
+    private let exchanges: [DoubleBuffer]
+    /// Per member, its calls in this pass (every member makes the same calls).
+    private let calls: UnsafeMutablePointer<Int>
+    private let running: DoubleBuffer
+    /// The rank's shards this pass.
+    public private(set) var rankFirstShard = 0
+    public private(set) var rankShards = 0
 
-    /// `channels`: the widest batch norm's channel count.
-    public init(team: ThreadTeam, rankReducer: BatchStatisticsReducer, channels: Int) {
+    deinit { calls.deallocate() }
+
+    /// Before each pass (no member running): the rank's shards in it.
+    public func beginPass(firstShard: Int, shards: Int) {
+        rankFirstShard = firstShard
+        rankShards = shards
+        calls.update(repeating: 0, count: team.size)
+    }
+
+    /// `channels`: the widest batch norm's channel count; `maxShards`: the most shards a
+    /// rank holds in a step.
+    public init(team: ThreadTeam, rankReducer: BatchStatisticsReducer, channels: Int, maxShards: Int) {
         self.team = team
         self.rankReducer = rankReducer
-        capacity = 2 * max(channels, 1)
-        counts = DoubleBuffer(capacity: team.size)
-        values = DoubleBuffer(capacity: (team.size + 1) * capacity)
+        recordCapacity = ShardMoments.recordSize(channels: max(channels, 1))
+        self.maxShards = max(maxShards, 1)
+        exchanges = [DoubleBuffer(capacity: recordCapacity * self.maxShards), DoubleBuffer(capacity: recordCapacity * self.maxShards)]
+        calls = .allocate(capacity: team.size)
+        calls.initialize(repeating: 0, count: team.size)
+        running = DoubleBuffer(capacity: recordCapacity)
     }
 
     /// The reducer for member `index`'s batch norms (each holds on to this exchange).
@@ -34,69 +54,52 @@ public final class TeamStatistics: @unchecked Sendable {
         let index: Int
         init(shared: TeamStatistics, index: Int) { self.shared = shared; self.index = index }
 
-        func combineMoments(count: inout Double, mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePointer<Double>, channels: Int) throws {
-            try shared.combineMoments(member: index, count: &count, mean: mean, m2: m2, channels: channels)
-        }
-        func sum(_ values: UnsafeMutablePointer<Double>, count: Int) throws {
-            try shared.sum(member: index, values, count: count)
+        func combineMoments(_ moments: ShardMoments) throws { try shared.combineMoments(moments, member: index) }
+        func sum(_ records: UnsafeMutablePointer<Double>, width: Int, shards: Int, firstShard: Int) throws {
+            try shared.sum(records, width: width, shards: shards, firstShard: firstShard, member: index)
         }
     }
 
-    private func check(_ needed: Int) throws {
-        guard needed <= capacity else {
-            throw LayerError("batch norm with \(needed / 2) channels is wider than the \(capacity / 2) the thread team was sized for")
+    private func offset(width: Int, shards: Int, firstShard: Int) throws -> Int {
+        let first = firstShard - rankFirstShard
+        guard width <= recordCapacity, first >= 0, first + shards <= rankShards, rankShards <= maxShards else {
+            throw LayerError("batch statistics of shards \(firstShard)..<\(firstShard + shards) (\(width) values each) do not fit the thread team's "
+                             + "exchange for shards \(rankFirstShard)..<\(rankFirstShard + rankShards) (\(recordCapacity) values each, at most \(maxShards) shards)")
         }
+        return first * width
     }
 
-    func combineMoments(member: Int, count: inout Double, mean: UnsafeMutablePointer<Double>, m2: UnsafeMutablePointer<Double>, channels: Int) throws {
-        try check(2 * channels)
-        let mine = values.pointer + member * capacity
-        counts.pointer[member] = count
-        mine.update(from: mean, count: channels)
-        (mine + channels).update(from: m2, count: channels)
+    /// The exchange of this member's next call.
+    private func exchange(_ member: Int) -> DoubleBuffer {
+        calls[member] += 1
+        return exchanges[calls[member] % 2]
+    }
+
+    func combineMoments(_ m: ShardMoments, member: Int) throws {
+        let values = exchange(member)
+        let size = m.recordSize
+        let at = try offset(width: size, shards: m.shards, firstShard: m.firstShard)
+        (values.pointer + at).update(from: m.records, count: m.shards * size)
         try team.barrier()
         if member == 0 {
-            let mu = result, sq = result + channels
-            var n = 0.0
-            for m in 0..<team.size {
-                let nb = counts.pointer[m]
-                if nb == 0 { continue }
-                let part = values.pointer + m * capacity
-                if n == 0 {
-                    mu.update(from: part, count: channels)
-                    sq.update(from: part + channels, count: channels)
-                } else {
-                    mergeMoments(mean: mu, m2: sq, count: n, partMean: part, partM2: part + channels, partCount: nb, channels: channels)
-                }
-                n += nb
-            }
-            if n == 0 {
-                mu.update(repeating: 0, count: channels)
-                sq.update(repeating: 0, count: channels)
-            }
-            resultCount = n
             // Should this throw, the team releases the members waiting below.
-            try rankReducer.combineMoments(count: &resultCount, mean: mu, m2: sq, channels: channels)
+            try rankReducer.combineMoments(ShardMoments(records: values.pointer, shards: rankShards, channels: m.channels,
+                                                        firstShard: rankFirstShard, running: running.pointer))
         }
         try team.barrier()
-        count = resultCount
-        mean.update(from: result, count: channels)
-        m2.update(from: result + channels, count: channels)
+        m.records.update(from: values.pointer + at, count: m.shards * size)
+        m.running.update(from: running.pointer, count: size)
     }
 
-    func sum(member: Int, _ input: UnsafeMutablePointer<Double>, count: Int) throws {
-        try check(count)
-        (values.pointer + member * capacity).update(from: input, count: count)
+    func sum(_ records: UnsafeMutablePointer<Double>, width: Int, shards: Int, firstShard: Int, member: Int) throws {
+        let values = exchange(member)
+        let at = try offset(width: width, shards: shards, firstShard: firstShard)
+        (values.pointer + at).update(from: records, count: shards * width)
         try team.barrier()
         if member == 0 {
-            result.update(from: values.pointer, count: count)
-            for m in 1..<team.size {
-                let part = values.pointer + m * capacity
-                for i in 0..<count { result[i] += part[i] }
-            }
-            try rankReducer.sum(result, count: count)
+            try rankReducer.sum(values.pointer, width: width, shards: rankShards, firstShard: rankFirstShard)
         }
         try team.barrier()
-        input.update(from: result, count: count)
+        records.update(from: values.pointer + at, count: shards * width)
     }
 }

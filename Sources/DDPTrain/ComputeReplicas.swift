@@ -1,3 +1,4 @@
+import DDPComm
 import DDPKernels
 import DDPNet
 import Foundation
@@ -5,14 +6,14 @@ import Foundation
 /// This rank's model, one replica per compute thread (`--threads`), all reading one
 /// parameter buffer: data parallelism inside the rank, as across ranks.
 ///
-/// A step's slice is cut into contiguous parts, one per thread (`ThreadTeam.part`). Each
-/// replica runs forward, loss and backward on its part with BLAS single-threaded; batch
-/// norm sees the statistics of the whole slice (TeamStatistics); then the replicas'
-/// gradients are summed, in thread order, into the first replica's buffer, the one the
-/// allreduce, clipping, the optimizer and checkpoints use. Dropout masks are drawn per
-/// sample identity, so they do not depend on the split either. The result equals one
-/// thread's up to the order of floating-point sums, as with another world size (DESIGN
-/// I2); runs with the same world size and thread count are bitwise reproducible.
+/// A step's shards (virtual shards, DESIGN I2) are dealt out in contiguous runs, one per
+/// thread (`ThreadTeam.part`): a thread takes whole shards. Each replica runs forward, loss
+/// and backward on its shards with BLAS single-threaded, every parameter gradient and loss
+/// sum taken per shard into the replica's gradient slot of that shard; batch norm's
+/// statistics go through TeamStatistics. Then the members sum the shards' slots along the
+/// shard tree, each member its own range of the vector, into the pieces of the tree the
+/// rank's shards cover: what GradientSync combines across ranks. Dropout masks are drawn per
+/// sample identity. So the result does not depend on the thread count, bit for bit.
 ///
 /// Splitting the batch, rather than each layer's loops, keeps every thread on its own
 /// activations from the first layer to the last (no hand-over between layers, one
@@ -25,24 +26,36 @@ public final class ComputeReplicas {
     public var main: Model { models[0] }
     /// The largest batch of the rank the replicas were sized for.
     public let maxBatch: Int
+    /// Samples per shard in training, and the most shards a rank holds in a step.
+    public let shardSize: Int
+    public let maxShards: Int
     let losses: [SoftmaxCrossEntropy]
     /// Per member: the reducer its batch norms use in training.
     let statistics: [BatchStatisticsReducer]
+    let teamStatistics: TeamStatistics?
     private let lossSums: UnsafeMutablePointer<Double>
     private let corrects: UnsafeMutablePointer<Int>
+    /// Per member, per shard of its part: loss sum and correct count.
+    private let shardSums: [DoubleBuffer]
 
-    /// `maxBatch`: the largest batch of the rank (training or evaluation); each replica is
-    /// sized for its part of it. `gradientRoom`: Floats after the rank's model's gradients
-    /// (the gradient allreduce's counts: GradientSync.tailCount).
+    /// `maxBatch`: the largest evaluation batch of the rank; `shardSize` and `maxShards`:
+    /// the training shards (a member is sized for its part of both). `gradientRoom`: Floats
+    /// after each shard's gradients (GradientSync.tailCount).
     public init(spec: ModelSpec, inputShape: Shape, maxBatch: Int, threads: Int, classes: Int, labelSmoothing: Float,
-                rankStatistics: BatchStatisticsReducer, dropout: Double?, gradientRoom: Int = 0) throws {
+                rankStatistics: BatchStatisticsReducer, dropout: Double?, gradientRoom: Int = 0,
+                shardSize: Int? = nil, maxShards: Int = 1) throws {
         team = try ThreadTeam(size: threads)
         self.maxBatch = maxBatch
-        let part = (maxBatch + threads - 1) / threads
-        let first = try spec.build(inputShape: inputShape, maxBatch: part, gradientRoom: gradientRoom)
+        let shardSize = shardSize ?? max(maxBatch, 1)
+        self.shardSize = shardSize
+        self.maxShards = max(maxShards, 1)
+        let memberShards = (self.maxShards + threads - 1) / threads
+        let part = max((maxBatch + threads - 1) / threads, memberShards * shardSize)
+        let first = try spec.build(inputShape: inputShape, maxBatch: part, gradientRoom: gradientRoom, gradientSlots: memberShards)
         var models = [first]
         for _ in 1..<threads {
-            models.append(try spec.build(inputShape: inputShape, maxBatch: part, sharingParametersOf: first))
+            models.append(try spec.build(inputShape: inputShape, maxBatch: part, sharingParametersOf: first,
+                                         gradientRoom: gradientRoom, gradientSlots: memberShards))
         }
         if let p = dropout {
             for model in models { for case let layer as Dropout in model.layers { layer.p = Float(p) } }
@@ -51,11 +64,15 @@ public final class ComputeReplicas {
         losses = models.map { _ in SoftmaxCrossEntropy(classes: classes, maxBatch: part, labelSmoothing: labelSmoothing) }
         if threads == 1 {
             statistics = [rankStatistics]
+            teamStatistics = nil
         } else {
-            statistics = TeamStatistics(team: team, rankReducer: rankStatistics, channels: first.widestBatchNorm).members
+            let shared = TeamStatistics(team: team, rankReducer: rankStatistics, channels: first.widestBatchNorm, maxShards: self.maxShards)
+            statistics = shared.members
+            teamStatistics = shared
         }
         lossSums = .allocate(capacity: threads)
         corrects = .allocate(capacity: threads)
+        shardSums = models.map { _ in DoubleBuffer(capacity: 2 * memberShards) }
         // One BLAS thread inside each compute thread: OpenBLAS's own pool would fight ours
         // for the cores, and its threads gain nothing on per-sample GEMMs this small.
         BLASThreads.set(1)
@@ -68,29 +85,56 @@ public final class ComputeReplicas {
 
     public var threads: Int { team.size }
 
-    /// Forward, loss and backward of `count` samples (`sampleShape` with n = 1) at `x`,
-    /// with their labels and dataset indices. Leaves the gradient of the summed loss in
-    /// `main.gradients`; returns the loss sum, the correct count, and the seconds member 0
-    /// spent in forward and loss (the rest of the call is backward and the gradient sum).
+    /// What a training pass leaves: this rank's pieces of the shard tree (GradientSync's
+    /// input, each the gradient sums and counts of its shards), the rank's loss sum and
+    /// correct count, and the seconds member 0 spent in forward and loss (the rest of the
+    /// call is backward and the shard sums), and of those in sync-BN's collectives.
+    public struct TrainingResult {
+        public var pieces: [UnsafeMutablePointer<Float>]
+        public var lossSum: Double
+        public var correct: Int
+        public var forwardSeconds: Double
+        public var forwardCommunicationSeconds: Double
+    }
+
+    /// Forward, loss and backward of the rank's shards `block` of `plan` (their `count`
+    /// samples at `x`, `sampleShape` with n = 1, with labels and dataset indices).
     /// `communicationSeconds` (sync-BN's clock) is read right after forward, so that the
     /// caller can tell forward's collectives from backward's.
     public func trainingPass(x: UnsafeMutablePointer<Float>, sampleShape: Shape, labels: UnsafePointer<Int32>,
-                             ids: UnsafePointer<Int32>, count: Int, seed: UInt64, step: Int,
-                             communicationSeconds: () -> Double = { 0 }) throws
-        -> (lossSum: Double, correct: Int, forwardSeconds: Double, forwardCommunicationSeconds: Double) {
+                             ids: UnsafePointer<Int32>, count: Int, plan: ShardPlan, block: Range<Int>, seed: UInt64, step: Int,
+                             communicationSeconds: () -> Double = { 0 }) throws -> TrainingResult {
+        precondition(plan.shardSize == shardSize && plan.samples(ofShards: block).count == count,
+                     "a pass over \(count) samples as shards \(block) of \(plan)")
         try checkBatch(count)
+        guard block.count <= maxShards else {
+            throw LayerError("\(block.count) shards in a step, more than the \(maxShards) the replicas were sized for")
+        }
         for model in models.dropFirst() { model.copyBuffers(from: main) }
+        teamStatistics?.beginPass(firstShard: block.lowerBound, shards: block.count)
         let perSample = sampleShape.perSample
-        let parameterCount = main.parameterCount
+        let stride = main.gradientSlotStride
+        let m = shardSize
+        let width = main.parameterCount + main.gradientRoom
+        // Where each of the rank's shards leaves its sums: its member's slot.
+        var slots: [UnsafeMutablePointer<Float>] = []
+        for member in 0..<threads {
+            for j in 0..<team.part(member, of: block.count).count { slots.append(models[member].gradients.pointer + j * stride) }
+        }
+        let pieces = plan.tree.pieces(of: block)
+        var tops = [Int](repeating: 0, count: pieces.count)
         var forwardSeconds = 0.0, forwardCommunication = 0.0
         try team.run { member in
-            let part = team.part(member, of: count)
+            let shards = team.part(member, of: block.count)
+            let samples = min(shards.lowerBound * m, count) ..< min(shards.upperBound * m, count)
             let model = models[member]
             let start = member == 0 ? Clock.seconds() : 0
-            let context = ForwardContext(training: true, seed: seed, step: step, sampleIDs: ids + part.lowerBound,
-                                         statistics: statistics[member])
-            let logits = try model.forward(Tensor(x + part.lowerBound * perSample, sampleShape.withBatch(part.count)), context)
-            let result = losses[member](logits, labels: labels + part.lowerBound)
+            let context = ForwardContext(training: true, seed: seed, step: step, sampleIDs: ids + samples.lowerBound,
+                                         statistics: statistics[member], shardSize: m, firstShard: block.lowerBound + shards.lowerBound,
+                                         gradientSlotStride: stride)
+            let logits = try model.forward(Tensor(x + samples.lowerBound * perSample, sampleShape.withBatch(samples.count)), context)
+            let sums = shardSums[member].pointer
+            let result = losses[member](logits, labels: labels + samples.lowerBound, shardSize: m, shardSums: sums)
             lossSums[member] = result.lossSum
             corrects[member] = result.correct
             if member == 0 {
@@ -98,19 +142,26 @@ public final class ComputeReplicas {
                 forwardSeconds = Clock.seconds() - start - forwardCommunication
             }
             try model.backward(result.gradient, context)
-            guard threads > 1 else { return }
-            // Every replica's gradient is complete: each member sums its own range of
-            // parameters over the replicas, in replica order.
-            try team.barrier()
-            let range = team.part(member, of: parameterCount)
-            let total = main.gradients.pointer
-            for other in models.dropFirst() {
-                let g = other.gradients.pointer
-                for i in range { total[i] += g[i] }
+            for j in 0..<shards.count {
+                GradientSync.pack(model.gradients.pointer + j * stride, parameterCount: model.parameterCount,
+                                  lossSum: sums[2 * j], correct: sums[2 * j + 1], samples: shardRange(j, batch: samples.count, shardSize: m).count)
+            }
+            // Every shard's sums are complete: each member adds its own range of the vector
+            // along the tree under each of the rank's pieces.
+            if threads > 1 { try team.barrier() }
+            let range = team.part(member, of: width)
+            for (p, piece) in pieces.enumerated() {
+                let items = piece.shards.map { $0 ..< $0 + 1 }
+                let top = plan.tree.reduce(piece, items: items) { i, j in
+                    let a = slots[items[i].lowerBound - block.lowerBound], b = slots[items[j].lowerBound - block.lowerBound]
+                    for k in range { a[k] += b[k] }
+                }
+                if member == 0 { tops[p] = items[top].lowerBound - block.lowerBound }
             }
         }
         let sums = partialSums()
-        return (sums.lossSum, sums.correct, forwardSeconds, forwardCommunication)
+        return TrainingResult(pieces: tops.map { slots[$0] }, lossSum: sums.lossSum, correct: sums.correct,
+                              forwardSeconds: forwardSeconds, forwardCommunicationSeconds: forwardCommunication)
     }
 
     /// Loss sum and correct count of `count` samples in evaluation mode; with `predictions`,

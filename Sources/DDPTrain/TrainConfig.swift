@@ -20,6 +20,9 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var perRankBatch: Int?
     public var globalBatch: Int?
     public var bn = BNMode.sync
+    /// Samples per virtual shard; nil: resolved by the Trainer (`defaultShardSize`, or a
+    /// resumed checkpoint's).
+    public var shardSize: Int?
     public var initializer = "default"
     public var optimizer = "sgd"
     public var lr = 0.1
@@ -55,11 +58,60 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     /// Compute threads per rank; nil: ComputeReplicas.defaultThreads().
     public var threads: Int?
 
-    /// Batch-norm statistics across ranks (sync), per rank (local), or no batch norm at
-    /// all (none: each batch-norm layer becomes an identity).
-    public enum BNMode: String, Codable, Sendable, CaseIterable {
+    /// Batch-norm statistics over the whole global batch (sync), over groups of G
+    /// consecutive shards (group:G; group:1 is ghost batch norm), per rank (local), or no
+    /// batch norm at all (none: each batch-norm layer becomes an identity).
+    public enum BNMode: Codable, Sendable, Hashable {
         case sync, local
-        case disabled = "none"
+        case group(Int)
+        case disabled
+
+        public init?(rawValue: String) {
+            switch rawValue {
+            case "sync": self = .sync
+            case "local": self = .local
+            case "none": self = .disabled
+            default:
+                guard rawValue.hasPrefix("group:"), let g = Int(rawValue.dropFirst("group:".count)), g >= 1,
+                      String(g) == rawValue.dropFirst("group:".count) else { return nil }
+                self = .group(g)
+            }
+        }
+
+        public var rawValue: String {
+            switch self {
+            case .sync: "sync"
+            case .local: "local"
+            case .disabled: "none"
+            case .group(let g): "group:\(g)"
+            }
+        }
+
+        public static let names = "sync, group:G (G a whole number of shards, at least 1), local or none"
+
+        /// Shards per statistics group when the groups do not depend on the world size;
+        /// nil for sync (the whole batch), local and none.
+        public var groupSize: Int? {
+            if case .group(let g) = self { return g }
+            return nil
+        }
+
+        /// Whether every rank's running statistics stay equal without averaging.
+        public var isWorldInvariant: Bool { self == .sync || groupSize != nil }
+
+        public init(from decoder: Decoder) throws {
+            let text = try decoder.singleValueContainer().decode(String.self)
+            guard let mode = BNMode(rawValue: text) else {
+                throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
+                                                        debugDescription: "'\(text)' is not one of \(Self.names)"))
+            }
+            self = mode
+        }
+
+        public func encode(to encoder: Encoder) throws {
+            var container = encoder.singleValueContainer()
+            try container.encode(rawValue)
+        }
     }
 
     public init() {}
@@ -233,6 +285,14 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     /// The global batch for a world of `worldSize` ranks.
     public func resolvedGlobalBatch(worldSize: Int) -> Int {
         globalBatch ?? (perRankBatch ?? TrainConfig.defaultPerRankBatch) * worldSize
+    }
+
+    /// The shard size when none is given: the global batch over ranks x threads, rounded
+    /// up, so that each compute thread trains one shard per step, as it trained its part of
+    /// the batch before virtual shards: the same cost.
+    public static func defaultShardSize(globalBatch: Int, worldSize: Int, threads: Int) -> Int {
+        let workers = max(worldSize * threads, 1)
+        return max((globalBatch + workers - 1) / workers, 1)
     }
 
     /// The base learning rate for a world of `worldSize` ranks, scaled by the global batch

@@ -29,8 +29,12 @@ extension TrainConfig {
         .value("global-batch", \.globalBatch, "n", "Samples per step over all ranks; slices differ by at most one when it does not divide.",
                check: count(atLeast: 1), overrides: "per-rank-batch"),
 
-        .value("bn", \.bn, "mode", "Batch-norm statistics: sync (across ranks), local (per rank), or none (no batch norm).",
-               resume: .mustMatch),
+        .value("bn", \.bn, "mode", "Batch-norm statistics: sync (the whole global batch), group:G (each G consecutive shards; group:1 is "
+               + "ghost batch norm), local (each rank's slice: changes with the world size), or none (no batch norm).",
+               resume: .mustMatch, vary: true),
+        .value("shard-size", \.shardSize, "m", "Samples per virtual shard, the unit of every sum over samples: runs with the same shard size "
+               + "give the same bits at any world size and thread count (default: the global batch over ranks x threads, or a resumed "
+               + "checkpoint's).", check: count(atLeast: 1), vary: true),
         .value("init", \.initializer, "name", "Weight initializer for the whole model (default: PyTorch's per layer).", check: { name, v in
             do { _ = try Initializer(parsing: v) } catch { throw ConfigError("--\(name): \(error)") }
         }),
@@ -296,5 +300,5 @@ extension String: OptionValue {
 extension TrainConfig.BNMode: OptionValue {
     public init?(optionText: String) { self.init(rawValue: optionText) }
     public var optionText: String { rawValue }
-    public static var expected: String { "one of " + allCases.map(\.rawValue).joined(separator: ", ") }
+    public static var expected: String { "one of " + names }
 }

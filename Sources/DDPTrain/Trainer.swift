@@ -21,13 +21,17 @@ public final class Trainer {
     let sampler: Sampler
     let optimizer: Optimizer
     let schedule: LearningRatePlan
-    let syncStatistics: SyncBatchStatistics?
-    /// Steps 5 and 6: the gradient allreduce with its counts, and the exact mean.
+    /// The shard groups' batch statistics (sync, group:G); nil for local.
+    let shardStatistics: ShardStatistics?
+    /// Steps 5 and 6: the gradient reduction along the shard tree with its counts, and the
+    /// exact mean.
     let gradientSync: GradientSync
     var log: RunLog
     /// Said once the run starts (e.g. a hidden layer initialized to a constant).
     var warnings: [String] = []
     public let globalBatch: Int
+    /// Samples per virtual shard (resolved: config.shardSize).
+    public let shardSize: Int
     /// --lr, scaled to the global batch when --lr-reference-batch is given.
     public let baseLearningRate: Double
     public let totalSteps: Int
@@ -83,8 +87,20 @@ public final class Trainer {
         config.threads = try agreeOnSuccess(world) { try config.threads ?? ComputeReplicas.defaultThreads() }
         self.world = world
         self.log = try RunLog(rank: world.rank, logEvery: config.logEvery, json: false, metricsPath: nil, quiet: true)
+        // A resume keeps the checkpoint's shard size (it decides the bits: the units of every
+        // sum) and, when no batch option is given, its global batch, so that a run continues
+        // as it was at another world size. Rank 0 looks them up before anything is sized.
+        if let resume = config.resume, config.shardSize == nil || (config.globalBatch == nil && config.perRankBatch == nil) {
+            let saved = try decideOnRankZero(world) { Self.resumedBatching(config: config, resume: resume) }
+            if config.shardSize == nil { config.shardSize = saved?.shardSize }
+            if config.globalBatch == nil && config.perRankBatch == nil { config.globalBatch = saved?.globalBatch }
+        }
         let globalBatch = config.resolvedGlobalBatch(worldSize: world.size)
         self.globalBatch = globalBatch
+        let shardSize = config.shardSize ?? TrainConfig.defaultShardSize(globalBatch: globalBatch, worldSize: world.size,
+                                                                         threads: config.threads ?? 1)
+        config.shardSize = shardSize
+        self.shardSize = shardSize
         baseLearningRate = config.baseLearningRate(worldSize: world.size)
 
         // Data and model are validated on every rank before any training collective.
@@ -101,13 +117,17 @@ public final class Trainer {
             }
         }
 
-        sampler = Sampler(datasetSize: data.train.count, globalBatch: globalBatch, worldSize: world.size,
-                          rank: world.rank, seed: config.seed, shuffle: config.shuffle)
+        let sampler = Sampler(datasetSize: data.train.count, globalBatch: globalBatch, worldSize: world.size,
+                              rank: world.rank, seed: config.seed, shuffle: config.shuffle)
+        self.sampler = sampler
         let totalSteps = config.steps ?? config.epochs * sampler.stepsPerEpoch
         // Like the thread count, the warm-up is resolved here and recorded as resolved.
         config.warmupSteps = config.warmupSteps ?? TrainConfig.defaultWarmupSteps(totalSteps: totalSteps)
         self.config = config
-        let localCapacity = (globalBatch + world.size - 1) / world.size
+        // The most shards a rank holds in a step (the first batch's block is the largest).
+        let firstPlan = sampler.shardPlan(ofBatch: 0, shardSize: shardSize)
+        let maxShards = max(firstPlan.block(rank: 0).count, 1)
+        let localCapacity = min(maxShards * shardSize, globalBatch)
         // Every layer's buffers are sized for the largest batch, so evaluation batches larger
         // than training's cost memory (at per-rank batch 64, batches of 256 took fmnist-cnn
         // from 200 to 358 MiB per rank) for little speed: a sample's outputs do not depend on
@@ -116,16 +136,17 @@ public final class Trainer {
         self.totalSteps = totalSteps
         self.evalBatch = evalBatch
 
-        let syncStatistics = config.bn == .sync && world.size > 1 ? SyncBatchStatistics(world: world) : nil
-        self.syncStatistics = syncStatistics
-        let statistics: BatchStatisticsReducer = syncStatistics ?? LocalStatistics.shared
+        let shardStatistics = config.bn.isWorldInvariant
+            ? ShardStatistics(world: world, groupSize: config.bn.groupSize, plan: firstPlan) : nil
+        self.shardStatistics = shardStatistics
+        let statistics: BatchStatisticsReducer = shardStatistics ?? LocalStatistics.shared
         let threads = config.threads ?? 1
         let replicas = try agreeOnSuccess(world) { () throws -> ComputeReplicas in
             try config.checkMemory(spec: spec, inputShape: data.sampleShape, batch: localCapacity, threads: threads)
             let replicas = try ComputeReplicas(spec: spec, inputShape: data.sampleShape, maxBatch: evalBatch, threads: threads,
                                                classes: data.train.classes, labelSmoothing: Float(config.labelSmoothing),
                                                rankStatistics: statistics, dropout: config.dropout,
-                                               gradientRoom: GradientSync.tailCount)
+                                               gradientRoom: GradientSync.tailCount, shardSize: shardSize, maxShards: maxShards)
             guard replicas.main.outputShape.perSample == data.train.classes else {
                 throw ConfigError("model '\(config.model)' outputs \(replicas.main.outputShape.perSample) values but \(config.dataset) has \(data.train.classes) classes")
             }
@@ -134,8 +155,7 @@ public final class Trainer {
         self.replicas = replicas
         let model = replicas.main
         self.model = model
-        gradientSync = GradientSync(parameterCount: model.parameterCount)
-        syncStatistics?.reserve(channels: model.widestBatchNorm)
+        gradientSync = GradientSync(parameterCount: model.parameterCount, world: world)
 
         (optimizer, schedule) = try agreeOnSuccess(world) {
             try makeOptimizerAndSchedule(config: config, model: model, totalSteps: totalSteps)
@@ -150,6 +170,11 @@ public final class Trainer {
 
         try agreeOnSuccess(world) { try checkBatchNormCounts() }
         if let warning = ComputeReplicas.oversubscriptionWarning(threads: threads) { warnings.append(warning) }
+        let workers = world.size * threads
+        if firstPlan.shardCount < workers {
+            warnings.append("--shard-size \(shardSize): the global batch of \(globalBatch) is \(plural(firstPlan.shardCount, "shard")) for "
+                            + "\(plural(world.size, "rank")) x \(plural(threads, "thread")): \(workers - firstPlan.shardCount) of them have no shard to train")
+        }
         if config.optimizer != "sgd" && config.momentum != TrainConfig().momentum {
             warnings.append("--momentum applies to --optimizer sgd only; \(config.optimizer) uses its betas")
         }
@@ -175,11 +200,14 @@ public final class Trainer {
         var resolved: [String: Any] = [
             "world_size": size, "global_batch": globalBatch, "per_rank_batch": (globalBatch + size - 1) / size,
             "threads": replicas.threads, "warmup_steps": schedule.warmupSteps, "total_steps": totalSteps,
-            "steps_per_epoch": stepsPerEpoch, "epochs": Double(totalSteps) / Double(stepsPerEpoch), "train_samples": data.train.count,
+            "steps_per_epoch": stepsPerEpoch, "shards_per_step": sampler.shardPlan(ofBatch: 0, shardSize: shardSize).shardCount, "epochs": Double(totalSteps) / Double(stepsPerEpoch), "train_samples": data.train.count,
             "base_lr": baseLearningRate, "peak_lr": Double(peak.rate), "peak_lr_step": peak.step,
         ]
-        // Slices of a global batch that does not divide differ by one: the largest, and the smallest.
-        if globalBatch % size != 0 { resolved["per_rank_batch_min"] = globalBatch / size }
+        // Slices are whole shards: the largest, and where they differ the smallest.
+        let plan = sampler.shardPlan(ofBatch: 0, shardSize: shardSize)
+        let slices = (0..<size).map { plan.samples(ofShards: plan.block(rank: $0)).count }
+        resolved["per_rank_batch"] = slices.max() ?? 0
+        if slices.min() != slices.max() { resolved["per_rank_batch_min"] = slices.min() ?? 0 }
         object["resolved"] = resolved
         object["ddptrain_version"] = DDPTrainVersion.current
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
@@ -233,7 +261,7 @@ public final class Trainer {
             try log.step(StepRecord(outcome), totalSteps: totalSteps, stepsPerEpoch: stepsPerEpoch)
             var checkpointDue = config.checkpointEvery > 0 && step % config.checkpointEvery == 0
             if config.checkReplicas > 0 && step % config.checkReplicas == 0 {
-                try verifyReplicas(includeBuffers: config.bn == .sync)
+                try verifyReplicas(includeBuffers: config.bn.isWorldInvariant)
             }
             if step % stepsPerEpoch == 0 || step == totalSteps {
                 try endEpoch((step - 1) / stepsPerEpoch + 1, &evaluations)
@@ -283,36 +311,39 @@ public final class Trainer {
         var times = StepTimes()
         var t = Clock.seconds()
 
-        // 1. This rank's part of global batch k.
+        // 1. This rank's part of global batch k: its block of shards.
         if epoch != orderEpoch { order = sampler.epochOrder(epoch); orderEpoch = epoch }
-        let slice = sampler.localSlice(ofBatch: step % stepsPerEpoch)
+        let batch = step % stepsPerEpoch
+        let plan = sampler.shardPlan(ofBatch: batch, shardSize: shardSize)
+        let block = plan.block(rank: world.rank)
+        let slice = sampler.localSlice(ofBatch: batch, shardSize: shardSize)
         let n = slice.count
         for (i, j) in slice.enumerated() { sampleIDs[i] = order[j] }
         data.gather(data.train, indices: sampleIDs, count: n, into: x.pointer, labels: labels)
+        shardStatistics?.plan = plan
         times.data = lap(&t)
 
-        // 2-4. Forward, loss summed over the local slice, backward; with several compute
-        // threads, each on its part of the slice, gradients summed into `g`. Forward
-        // moves the running statistics: keep them, in case the step is skipped.
+        // 2-4. Forward, loss, backward, every sum over samples taken per shard; the rank's
+        // shards summed along the shard tree into its pieces. Forward moves the running
+        // statistics: keep them, in case the step is skipped.
         buffersBeforeStep.pointer.update(from: model.buffers.pointer, count: model.buffers.capacity)
         countersBeforeStep.update(from: model.counters, count: model.counterCount)
         hooks?.beforeForward(step: step, input: x.pointer, count: n)
         let result = try replicas.trainingPass(x: x.pointer, sampleShape: data.sampleShape, labels: labels, ids: sampleIDs,
-                                               count: n, seed: config.seed, step: step,
-                                               communicationSeconds: { self.syncStatistics?.takeSeconds() ?? 0 })
-        try hooks?.afterBackward(step: step, gradients: g)
-        gradientSync.pack(g, lossSum: result.lossSum, correct: result.correct, samples: n)
+                                               count: n, plan: plan, block: block, seed: config.seed, step: step,
+                                               communicationSeconds: { self.shardStatistics?.takeSeconds() ?? 0 })
+        if let first = result.pieces.first { try hooks?.afterBackward(step: step, gradients: first) }
         // Sync-BN's collectives ran inside forward and backward: count them as communication.
-        let syncBN = result.forwardCommunicationSeconds + (syncStatistics?.takeSeconds() ?? 0)
+        let syncBN = result.forwardCommunicationSeconds + (shardStatistics?.takeSeconds() ?? 0)
         let pass = lap(&t)
         times.forward = result.forwardSeconds
         times.backward = pass - result.forwardSeconds - syncBN
 
-        // 5. One allreduce moves gradients and the three counts. The stop vote
-        // (StopRequest: was any rank asked to stop?) rides along: started just before it,
-        // completed just after, it adds no wait of its own.
+        // 5. The pieces of every rank summed along the shard tree, gradients and the three
+        // counts together. The stop vote (StopRequest: was any rank asked to stop?) rides
+        // along: started just before, completed just after, it adds no wait of its own.
         var vote = try StopRequest.startVote(world, scratch: stopVote)
-        try gradientSync.allreduce(g, world: world)
+        try gradientSync.reduce(pieces: result.pieces, plan: plan, into: g)
         let stopSignal = try StopRequest.finishVote(world, &vote, scratch: stopVote)
         times.communication = lap(&t) + syncBN
 
@@ -436,9 +467,15 @@ public final class Trainer {
                     warnings.append("skipping damaged checkpoint: \(error)")
                     continue
                 }
-                if let saved = reader.config.threads, saved != config.threads {
-                    warnings.append("\(path) was trained with \(plural(saved, "compute thread")) per rank, this run uses \(config.threads ?? 1): "
-                                    + "it continues the same run up to the rounding of some sums, not bit for bit")
+                // The shard size orders every sum: another one continues the run up to
+                // rounding only (a checkpoint of an earlier version, which has none, too).
+                if let saved = reader.config.shardSize, saved != shardSize {
+                    throw ConfigError("\(path) was trained with --shard-size \(saved), this run uses \(shardSize): "
+                                      + "run with --shard-size \(saved) (or leave it out) to continue it bit for bit")
+                }
+                if reader.config.shardSize == nil {
+                    warnings.append("\(path) was written before virtual shards: it continues with --shard-size \(shardSize), "
+                                    + "the same run up to the rounding of some sums, not bit for bit")
                 }
                 try StateDict.load(reader.file, into: model)
                 try StateDict.loadOptimizer(reader.file, into: optimizer, model: model)
@@ -464,6 +501,27 @@ public final class Trainer {
         if step > totalSteps {
             throw CollectiveFailure(message: "\(path) is at step \(step), past this run's \(plural(totalSteps, "step"))")
         }
+    }
+
+    /// The shard size and global batch of the checkpoint a resume would start from (the
+    /// newest readable one for `auto`), so that the replicas are sized for them; nil when
+    /// there is none (the resume itself then reports what it finds).
+    struct SavedBatching: Codable { var shardSize: Int?; var globalBatch: Int }
+
+    static func resumedBatching(config: TrainConfig, resume: String) -> SavedBatching? {
+        let candidates: [String]
+        if resume == "auto" {
+            let store = CheckpointStore(directory: RunDirectory(path: config.resolvedRunDir).checkpointsPath, keep: config.keep)
+            candidates = (try? store.files()) ?? []
+        } else {
+            candidates = [resume]
+        }
+        for path in candidates {
+            if let reader = try? CheckpointReader(path: path) {
+                return SavedBatching(shardSize: reader.config.shardSize, globalBatch: reader.globalBatch)
+            }
+        }
+        return nil
     }
 
     /// What a resume changes in the learning-rate schedule (its length or warm-up, e.g.
@@ -498,15 +556,20 @@ public final class Trainer {
         let batches = totalSteps > lastBatch ? [0, lastBatch] : [0]
         for k in batches {
             let globalSize = sampler.globalBatchRange(k).count
+            let plan = sampler.shardPlan(ofBatch: k, shardSize: shardSize)
             var samples = globalSize
             var who = "the global batch"
-            if config.bn == .local {
-                let slices = (0..<world.size).map {
-                    Sampler(datasetSize: sampler.datasetSize, globalBatch: globalBatch, worldSize: world.size, rank: $0,
-                            seed: config.seed, shuffle: config.shuffle).localSlice(ofBatch: k).count
-                }
-                samples = slices.filter { $0 > 0 }.min() ?? 0
+            switch config.bn {
+            case .local:
+                samples = (0..<world.size).map { plan.samples(ofShards: plan.block(rank: $0)).count }.filter { $0 > 0 }.min() ?? 0
                 who = "a rank's slice (--bn local)"
+            case .group(let size):
+                samples = stride(from: 0, to: plan.shardCount, by: size).map {
+                    plan.samples(ofShards: $0 ..< min($0 + size, plan.shardCount)).count
+                }.min() ?? 0
+                who = "a group of \(plural(size, "shard")) of \(shardSize) (--bn \(config.bn.rawValue))"
+            default:
+                break
             }
             if samples * smallest.values < 2 {
                 let which = k == 0 ? "every batch" : "the last batch of each epoch (\(sampler.datasetSize) samples, global batch \(globalBatch): \(globalSize) left over)"

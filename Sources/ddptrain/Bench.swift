@@ -80,16 +80,18 @@ struct Bench: ParsableCommand {
 
             // Peak memory of training (and evaluation), before the measurements below allocate.
             let rss = Double(ProcessClock.peakRSSBytes())
-            // The gradient allreduce alone, ranks lined up by a barrier first: what moving the
-            // buffer costs, as against the step's communication time, which also holds the
+            // The gradient reduction alone (GradientSync's ordered all-to-all, ordered sums and
+            // all-gather, one piece per rank), ranks lined up by a barrier first: what moving
+            // the buffer costs, as against the step's communication time, which also holds the
             // wait for the slowest rank.
-            let sync = GradientSync(parameterCount: trainer.model.parameterCount)
-            let scratch = FloatBuffer(capacity: sync.count)
+            let sync = GradientSync(parameterCount: trainer.model.parameterCount, world: world)
+            let scratch = FloatBuffer(capacity: sync.count), reduced = FloatBuffer(capacity: sync.count)
+            let onePiecePerRank = ShardPlan(samples: world.size, shardSize: 1, worldSize: world.size)
             var allreduceSeconds = Double.infinity
             for _ in 0..<10 {
                 try world.barrier()
                 let start = Clock.seconds()
-                try sync.allreduce(scratch.pointer, world: world)
+                try sync.reduce(pieces: [scratch.pointer], plan: onePiecePerRank, into: reduced.pointer)
                 allreduceSeconds = min(allreduceSeconds, Clock.seconds() - start)
             }
             var slowest = [allreduceSeconds]

@@ -39,26 +39,34 @@ final class SamplerTests: XCTestCase {
         XCTAssertEqual(sampler(20, batch: 10).stepsPerEpoch, 2)
     }
 
-    /// Rank slices of batch k, in rank order, are the global batch: contiguous, sizes m / P
-    /// (+1 for the first m % P ranks), some empty when the batch is smaller than the world.
-    func testRankSlicesPartitionEachGlobalBatch() {
+    /// Rank slices of batch k, in rank order, are the global batch: contiguous blocks of whole
+    /// shards (the last shard of a batch may be short), block sizes in shards differing by at
+    /// most one, some empty when the batch has fewer shards than the world has ranks.
+    func testRankSlicesPartitionEachGlobalBatchIntoShardBlocks() {
         for (n, batch) in [(23, 10), (7, 5), (100, 7), (3, 3)] {
-            for world in 1...4 {
-                let ranks = (0..<world).map { sampler(n, batch: batch, world: world, rank: $0) }
-                for k in 0..<ranks[0].stepsPerEpoch {
-                    let global = ranks[0].globalBatchRange(k)
-                    let slices = ranks.map { $0.localSlice(ofBatch: k) }
-                    XCTAssertEqual(slices.first?.lowerBound, global.lowerBound)
-                    XCTAssertEqual(slices.last?.upperBound, global.upperBound)
-                    for r in 1..<world { XCTAssertEqual(slices[r - 1].upperBound, slices[r].lowerBound) }
-                    for (r, slice) in slices.enumerated() {
-                        XCTAssertEqual(slice.count, global.count / world + (r < global.count % world ? 1 : 0))
+            for shardSize in [1, 2, 3] {
+                for world in 1...4 {
+                    let ranks = (0..<world).map { sampler(n, batch: batch, world: world, rank: $0) }
+                    for k in 0..<ranks[0].stepsPerEpoch {
+                        let global = ranks[0].globalBatchRange(k)
+                        let slices = ranks.map { $0.localSlice(ofBatch: k, shardSize: shardSize) }
+                        XCTAssertEqual(slices.first?.lowerBound, global.lowerBound)
+                        XCTAssertEqual(slices.last?.upperBound, global.upperBound)
+                        for r in 1..<world { XCTAssertEqual(slices[r - 1].upperBound, slices[r].lowerBound) }
+                        let shards = (global.count + shardSize - 1) / shardSize
+                        for (r, slice) in slices.enumerated() {
+                            if !slice.isEmpty { XCTAssertEqual((slice.lowerBound - global.lowerBound) % shardSize, 0, "a slice starts at a shard") }
+                            let owned = shards / world + (r < shards % world ? 1 : 0)
+                            XCTAssertEqual((slice.count + shardSize - 1) / shardSize, owned, "n \(n) batch \(batch) m \(shardSize) world \(world) rank \(r)")
+                        }
                     }
                 }
             }
         }
-        // 7 samples in batches of 5: the last batch has 2 samples, so ranks 2 and 3 of 4 get none.
-        XCTAssertEqual((0..<4).map { sampler(7, batch: 5, world: 4, rank: $0).localSlice(ofBatch: 1).count }, [1, 1, 0, 0])
+        // 7 samples in batches of 5, shards of 1: the last batch has 2 samples, so ranks 2 and 3 of 4 get none.
+        XCTAssertEqual((0..<4).map { sampler(7, batch: 5, world: 4, rank: $0).localSlice(ofBatch: 1, shardSize: 1).count }, [1, 1, 0, 0])
+        // Shards of 2 in a batch of 5: shards of 2, 2 and 1 on three ranks of four.
+        XCTAssertEqual((0..<4).map { sampler(7, batch: 5, world: 4, rank: $0).localSlice(ofBatch: 0, shardSize: 2).count }, [2, 2, 1, 0])
     }
 
     /// The samples of a step, gathered over all ranks, do not depend on the world size (I2).
@@ -70,7 +78,7 @@ final class SamplerTests: XCTestCase {
             let ranks = (0..<world).map { sampler(n, batch: batch, world: world, rank: $0) }
             XCTAssertEqual(ranks[0].stepsPerEpoch, single.stepsPerEpoch)
             for k in 0..<single.stepsPerEpoch {
-                let gathered = ranks.flatMap { rank in rank.epochOrder(epoch)[rank.localSlice(ofBatch: k)] }
+                let gathered = ranks.flatMap { rank in rank.epochOrder(epoch)[rank.localSlice(ofBatch: k, shardSize: 3)] }
                 XCTAssertEqual(gathered, Array(order[single.globalBatchRange(k)]))
             }
         }

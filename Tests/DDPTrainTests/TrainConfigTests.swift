@@ -93,7 +93,7 @@ final class CompareUnitTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("'fast' is not a number"))
         }
         XCTAssertThrowsError(try makeVariants(base: TrainConfig(), variations: [try! Variation(parsing: "bn=maybe")])) {
-            XCTAssertTrue("\($0)".contains("'maybe' is not one of sync, local, none"))
+            XCTAssertTrue("\($0)".contains("'maybe' is not one of sync, group:G"))
         }
     }
 

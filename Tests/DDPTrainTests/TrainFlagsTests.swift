@@ -24,7 +24,7 @@ final class TrainFlagsTests: XCTestCase {
     func testEveryValueRoundTripsThroughFlagsAndFiles() throws {
         var config = TrainConfig()
         let changed: [String] = ["--dataset", "synthetic", "--train-samples", "100", "--synthetic-samples", "64", "--model", "mlp",
-                                 "--epochs", "2", "--steps", "7", "--global-batch", "24", "--bn", "local", "--init", "kaiming-normal",
+                                 "--epochs", "2", "--steps", "7", "--global-batch", "24", "--bn", "group:3", "--shard-size", "4", "--init", "kaiming-normal",
                                  "--optimizer", "adam", "--lr=0.01", "--lr-reference-batch", "256", "--momentum", "0",
                                  "--weight-decay", "0", "--schedule", "constant", "--warmup-steps", "3", "--clip-norm", "off",
                                  "--clip-value", "2.5", "--dropout", "0.25", "--label-smoothing", "0.1", "--seed", "18446744073709551615",
@@ -69,7 +69,8 @@ final class TrainFlagsTests: XCTestCase {
         refused(["-n", "2"], "unexpected argument '-n'")
         refused(["--lr", "fast"], "--lr: 'fast' is not a number")
         refused(["--seed", "-1"], "--seed: '-1' is not a non-negative integer")
-        refused(["--bn", "global"], "--bn: 'global' is not one of sync, local, none")
+        refused(["--bn", "global"], "--bn: 'global' is not one of sync, group:G (G a whole number of shards, at least 1), local or none")
+        refused(["--bn", "group:0"], "--bn: 'group:0' is not one of sync, group:G (G a whole number of shards, at least 1), local or none")
         refused(["--clip-norm", "none"], "--clip-norm: 'none' is not a number or 'off'")
         refused(["--no-clip-norm", "--clip-norm", "1"], "give --clip-norm or --no-clip-norm, not both")
     }

@@ -27,23 +27,29 @@ public final class BatchNorm: Layer {
     private var runningVar: UnsafeMutablePointer<Float>!
     private var batchesTracked: UnsafeMutablePointer<Int64>!
     private var output: FloatBuffer!
-    /// The batch the buffers were sized for.
+    /// The batch the buffers were sized for (and so the most shards a batch has).
     private var capacity = 0
     private var inputGrad: FloatBuffer!
-    /// Per channel: the mean and 1/sqrt(var + eps) the last forward normalized with.
+    /// Per shard of the last forward, per channel: the mean and 1/sqrt(var + eps) it
+    /// normalized with (its statistics group's), and the group's sample count per channel.
     private var mean: DoubleBuffer!
     private var invStd: DoubleBuffer!
-    private var m2: DoubleBuffer!
-    /// Σdy and Σdy·x̂ per channel, side by side so that one reducer call sums both.
+    private var groupCount: DoubleBuffer!
+    /// Per shard: count, means, M2s (ShardMoments), and the running record.
+    private var moments: DoubleBuffer!
+    private var runningMoments: DoubleBuffer!
+    /// Per shard: Σdy and Σdy·x̂ per channel, side by side so that one reducer call sums both.
     private var sums: DoubleBuffer!
-    /// Per-channel Float32 factors of the element loops (up to four per channel).
+    /// Per channel Float32 factors of the element loops (up to four per channel).
     private var coefficients: FloatBuffer!
-    /// Per channel, the γ·invstd forward scaled with (backward recomputes forward's output).
+    /// Per shard, per channel: the γ·invstd forward scaled with (backward recomputes
+    /// forward's output).
     private var forwardScale: FloatBuffer!
     private var input: Tensor?
     private var trainedForward = false
-    /// Samples per channel of the last training forward, over all ranks.
-    private var globalCount = 0.0
+    /// The shards of the last forward.
+    private var shards = 1
+    private var shardSize: Int?
 
     public init(features: Int, eps: Float = 1e-5, momentum: Float = 0.1) {
         self.features = features; self.eps = eps; self.momentum = momentum
@@ -67,12 +73,15 @@ public final class BatchNorm: Layer {
         capacity = maxBatch
         output = FloatBuffer(capacity: maxBatch * input.perSample)
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
-        mean = DoubleBuffer(capacity: features)
-        invStd = DoubleBuffer(capacity: features)
-        m2 = DoubleBuffer(capacity: features)
-        sums = DoubleBuffer(capacity: 2 * features)
+        let shards = max(maxBatch, 1)
+        mean = DoubleBuffer(capacity: shards * features)
+        invStd = DoubleBuffer(capacity: shards * features)
+        groupCount = DoubleBuffer(capacity: shards)
+        moments = DoubleBuffer(capacity: shards * ShardMoments.recordSize(channels: features))
+        runningMoments = DoubleBuffer(capacity: ShardMoments.recordSize(channels: features))
+        sums = DoubleBuffer(capacity: shards * 2 * features)
         coefficients = FloatBuffer(capacity: 4 * features)
-        forwardScale = FloatBuffer(capacity: features)
+        forwardScale = FloatBuffer(capacity: shards * features)
     }
 
     public var parameterSpecs: [ParameterSpec] {
@@ -97,38 +106,43 @@ public final class BatchNorm: Layer {
         try checkBatch(x.shape, capacity: capacity)
         input = x
         trainedForward = context.training
+        let n = x.shape.n, area = x.shape.spatial, C = features
+        shardSize = context.shardSize
+        shards = context.shards(batch: n)
         if context.training {
             try batchStatistics(x, context)
         } else {
-            for c in 0..<features {
-                mean.pointer[c] = Double(runningMean[c])
-                invStd.pointer[c] = 1 / (Double(runningVar[c]) + Double(eps)).squareRoot()
+            for j in 0..<shards {
+                for c in 0..<C {
+                    mean.pointer[j * C + c] = Double(runningMean[c])
+                    invStd.pointer[j * C + c] = 1 / (Double(runningVar[c]) + Double(eps)).squareRoot()
+                }
             }
         }
         let y = output.tensor(x.shape)
-        let n = x.shape.n, area = x.shape.spatial, mu = mean.pointer, scale = forwardScale.pointer
-        for c in 0..<features { scale[c] = Float(invStd.pointer[c]) * gamma[c] }
-        // Centre in Float64 (x may be far from 0 against its spread), then scale in Float32.
-        // The fused ReLU is ReLU's own max(z, 0), which keeps NaN.
-        if area == 1 {
-            for s in 0..<n {
-                let src = x.data + s * features, dst = y.data + s * features
-                if fusesReLU {
-                    for c in 0..<features { dst[c] = max(Float(Double(src[c]) - mu[c]) * scale[c] + beta[c], 0) }
-                } else {
-                    for c in 0..<features { dst[c] = Float(Double(src[c]) - mu[c]) * scale[c] + beta[c] }
-                }
-            }
-        } else {
-            for s in 0..<n {
-                for c in 0..<features {
-                    let offset = (s * features + c) * area
-                    let src = x.data + offset, dst = y.data + offset
-                    let m = mu[c], k = scale[c], shift = beta[c]
+        for j in 0..<shards {
+            let mu = mean.pointer + j * C, scale = forwardScale.pointer + j * C, inv = invStd.pointer + j * C
+            for c in 0..<C { scale[c] = Float(inv[c]) * gamma[c] }
+            // Centre in Float64 (x may be far from 0 against its spread), then scale in Float32.
+            // The fused ReLU is ReLU's own max(z, 0), which keeps NaN.
+            for s in shardRange(j, batch: n, shardSize: shardSize) {
+                if area == 1 {
+                    let src = x.data + s * C, dst = y.data + s * C
                     if fusesReLU {
-                        for i in 0..<area { dst[i] = max(Float(Double(src[i]) - m) * k + shift, 0) }
+                        for c in 0..<C { dst[c] = max(Float(Double(src[c]) - mu[c]) * scale[c] + beta[c], 0) }
                     } else {
-                        for i in 0..<area { dst[i] = Float(Double(src[i]) - m) * k + shift }
+                        for c in 0..<C { dst[c] = Float(Double(src[c]) - mu[c]) * scale[c] + beta[c] }
+                    }
+                } else {
+                    for c in 0..<C {
+                        let offset = (s * C + c) * area
+                        let src = x.data + offset, dst = y.data + offset
+                        let m = mu[c], k = scale[c], shift = beta[c]
+                        if fusesReLU {
+                            for i in 0..<area { dst[i] = max(Float(Double(src[i]) - m) * k + shift, 0) }
+                        } else {
+                            for i in 0..<area { dst[i] = Float(Double(src[i]) - m) * k + shift }
+                        }
                     }
                 }
             }
@@ -136,128 +150,154 @@ public final class BatchNorm: Layer {
         return y
     }
 
-    /// Fills `mean` and `invStd` with the global batch statistics and updates the running ones.
+    /// Fills `mean`, `invStd` and `groupCount` per shard with its statistics group's
+    /// (DESIGN step 2: each shard's moments, combined by the context's reducer) and updates
+    /// the running statistics.
     private func batchStatistics(_ x: Tensor, _ context: ForwardContext) throws {
-        let n = x.shape.n, area = x.shape.spatial
-        let mu = mean.pointer, sq = m2.pointer
-        mu.update(repeating: 0, count: features)
-        sq.update(repeating: 0, count: features)
-        var count = Double(n * area)
-        // Two passes (mean, then centred squares): exact even when mean >> std. A 2-D input
-        // runs along the rows, across channels, so that the loops vectorize.
-        if area == 1 {
-            for s in 0..<n {
-                let row = x.data + s * features
-                for c in 0..<features { mu[c] += Double(row[c]) }
+        let n = x.shape.n, area = x.shape.spatial, C = features
+        let size = ShardMoments.recordSize(channels: C)
+        for j in 0..<shards {
+            let record = moments.pointer + j * size, mu = record + 1, sq = record + 1 + C
+            mu.update(repeating: 0, count: C)
+            sq.update(repeating: 0, count: C)
+            let samples = shardRange(j, batch: n, shardSize: shardSize)
+            let count = Double(samples.count * area)
+            record[0] = count
+            // Two passes (mean, then centred squares): exact even when mean >> std. A 2-D input
+            // runs along the rows, across channels, so that the loops vectorize.
+            if area == 1 {
+                for s in samples {
+                    let row = x.data + s * C
+                    for c in 0..<C { mu[c] += Double(row[c]) }
+                }
+            } else {
+                for s in samples {
+                    for c in 0..<C { mu[c] += sum(x.data + (s * C + c) * area, count: area) }
+                }
             }
-        } else {
-            for s in 0..<n {
-                for c in 0..<features { mu[c] += sum(x.data + (s * features + c) * area, count: area) }
-            }
-        }
-        if count > 0 { for c in 0..<features { mu[c] /= count } }
-        if area == 1 {
-            for s in 0..<n {
-                let row = x.data + s * features
-                for c in 0..<features { let d = Double(row[c]) - mu[c]; sq[c] += d * d }
-            }
-        } else {
-            for s in 0..<n {
-                for c in 0..<features {
-                    sq[c] += sumOfSquaredDeviations(x.data + (s * features + c) * area, count: area, mean: mu[c])
+            if count > 0 { for c in 0..<C { mu[c] /= count } }
+            if area == 1 {
+                for s in samples {
+                    let row = x.data + s * C
+                    for c in 0..<C { let d = Double(row[c]) - mu[c]; sq[c] += d * d }
+                }
+            } else {
+                for s in samples {
+                    for c in 0..<C {
+                        sq[c] += sumOfSquaredDeviations(x.data + (s * C + c) * area, count: area, mean: mu[c])
+                    }
                 }
             }
         }
-        // Every rank calls the reducer, an empty one too, so that collectives match.
-        try context.statistics.combineMoments(count: &count, mean: mu, m2: sq, channels: features)
-        globalCount = count
+        // Every rank calls the reducer, one without shards too, so that collectives match.
+        let running = runningMoments.pointer
+        try context.statistics.combineMoments(ShardMoments(records: moments.pointer, shards: shards, channels: C,
+                                                           firstShard: context.firstShard, running: running))
         batchesTracked.pointee += 1
-        guard count > 1 else {
-            // Nothing to normalize on an empty slice; elsewhere it is PyTorch's error.
-            if n == 0 { return }
-            throw LayerError("Expected more than 1 value per channel when training, got input size \(x.shape.dims)")
+        for j in 0..<shards {
+            let record = moments.pointer + j * size, count = record[0]
+            // An empty batch (one shard of none): nothing to normalize.
+            if shardRange(j, batch: n, shardSize: shardSize).isEmpty { groupCount.pointer[j] = 0; continue }
+            guard count > 1 else {
+                throw LayerError("Expected more than 1 value per channel when training, got input size \(x.shape.dims)"
+                                 + (shards > 1 ? " in a batch-norm group of \(Int(count)) value\(count == 1 ? "" : "s")" : ""))
+            }
+            groupCount.pointer[j] = count
+            for c in 0..<C {
+                mean.pointer[j * C + c] = record[1 + c]
+                invStd.pointer[j * C + c] = 1 / (record[1 + C + c] / count + Double(eps)).squareRoot()
+            }
         }
+        // Nothing to follow on a rank whose statistics cover no sample (local, empty slice).
+        let count = running[0]
+        guard count > 1 else { return }
         let m = Double(momentum)
-        for c in 0..<features {
-            invStd.pointer[c] = 1 / (sq[c] / count + Double(eps)).squareRoot()
-            runningMean[c] = Float((1 - m) * Double(runningMean[c]) + m * mu[c])
-            runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * sq[c] / (count - 1))
+        for c in 0..<C {
+            runningMean[c] = Float((1 - m) * Double(runningMean[c]) + m * running[1 + c])
+            runningVar[c] = Float((1 - m) * Double(runningVar[c]) + m * running[1 + C + c] / (count - 1))
         }
     }
 
     public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
         try checkBatch(dy.shape, capacity: capacity)
         guard let x = input else { throw LayerError("BatchNorm.backward called before forward") }
-        let n = x.shape.n, area = x.shape.spatial, mu = mean.pointer, inv = invStd.pointer
-        let sumDy = sums.pointer, sumDyXhat = sums.pointer + features
-        let scale = forwardScale.pointer, fused = fusesReLU
+        let n = x.shape.n, area = x.shape.spatial, C = features, fused = fusesReLU
         sums.zero()
-        // With the ReLU fused, dy is the gradient of ReLU(z): it reaches z only where z > 0.
-        @inline(__always) func masked(_ g: Float, _ x: Float, _ c: Int) -> Float {
-            !fused || Float(Double(x) - mu[c]) * scale[c] + beta[c] > 0 ? g : 0
-        }
-        // Σdy and Σdy·(x - μ) per channel; times invstd below gives Σdy·x̂.
-        if area == 1 {
-            for s in 0..<n {
-                let src = x.data + s * features, grad = dy.data + s * features
-                for c in 0..<features {
-                    let g = Double(masked(grad[c], src[c], c))
-                    sumDy[c] += g
-                    sumDyXhat[c] += g * (Double(src[c]) - mu[c])
+        for j in 0..<shards {
+            let mu = mean.pointer + j * C, inv = invStd.pointer + j * C, scale = forwardScale.pointer + j * C
+            let sumDy = sums.pointer + j * 2 * C, sumDyXhat = sumDy + C
+            // With the ReLU fused, dy is the gradient of ReLU(z): it reaches z only where z > 0.
+            @inline(__always) func masked(_ g: Float, _ x: Float, _ c: Int) -> Float {
+                !fused || Float(Double(x) - mu[c]) * scale[c] + beta[c] > 0 ? g : 0
+            }
+            // Σdy and Σdy·(x - μ) per channel over the shard; times invstd below gives Σdy·x̂.
+            for s in shardRange(j, batch: n, shardSize: shardSize) {
+                if area == 1 {
+                    let src = x.data + s * C, grad = dy.data + s * C
+                    for c in 0..<C {
+                        let g = Double(masked(grad[c], src[c], c))
+                        sumDy[c] += g
+                        sumDyXhat[c] += g * (Double(src[c]) - mu[c])
+                    }
+                } else {
+                    for c in 0..<C {
+                        let offset = (s * C + c) * area
+                        let (a, b) = fused
+                            ? reluMaskedGradientSums(dy.data + offset, x.data + offset, count: area, mean: mu[c], scale: scale[c], shift: beta[c])
+                            : gradientSums(dy.data + offset, x.data + offset, count: area, mean: mu[c])
+                        sumDy[c] += a
+                        sumDyXhat[c] += b
+                    }
                 }
             }
-        } else {
-            for s in 0..<n {
-                for c in 0..<features {
-                    let offset = (s * features + c) * area
-                    let (a, b) = fused
-                        ? reluMaskedGradientSums(dy.data + offset, x.data + offset, count: area, mean: mu[c], scale: scale[c], shift: beta[c])
-                        : gradientSums(dy.data + offset, x.data + offset, count: area, mean: mu[c])
-                    sumDy[c] += a
-                    sumDyXhat[c] += b
-                }
+            // The shard's own sums are its parameter gradients (slot j); the trainer combines
+            // them with the other shards' along the shard tree.
+            let slot = j * context.gradientSlotStride
+            for c in 0..<C {
+                sumDyXhat[c] *= inv[c]
+                gammaGrad[slot + c] = Float(sumDyXhat[c])
+                betaGrad[slot + c] = Float(sumDy[c])
             }
-        }
-        // Local sums: the trainer all-reduces parameter gradients with the others.
-        for c in 0..<features {
-            sumDyXhat[c] *= inv[c]
-            gammaGrad[c] = Float(sumDyXhat[c])
-            betaGrad[c] = Float(sumDy[c])
         }
         let dx = inputGrad.tensor(x.shape)
         guard needsInputGradient else { return dx }
         // dx = k·(dy - a - x̂·b) with k = γ·invstd; in training a = Σdy/N and b = Σ(dy·x̂)/N
-        // over the global batch (x̂ depends on every sample through the batch statistics);
-        // in evaluation the statistics are constants and a = b = 0.
-        let k = coefficients.pointer, invF = k + features, a = k + 2 * features, b = k + 3 * features
-        if trainedForward { try context.statistics.sum(sums.pointer, count: 2 * features) }
-        for c in 0..<features {
-            k[c] = Float(Double(gamma[c]) * inv[c])
-            invF[c] = Float(inv[c])
-            a[c] = trainedForward ? Float(sumDy[c] / globalCount) : 0
-            b[c] = trainedForward ? Float(sumDyXhat[c] / globalCount) : 0
+        // over the shard's statistics group (x̂ depends on every sample of the group through
+        // its statistics); in evaluation the statistics are constants and a = b = 0.
+        if trainedForward {
+            try context.statistics.sum(sums.pointer, width: 2 * C, shards: shards, firstShard: context.firstShard)
         }
-        if area == 1 {
-            for s in 0..<n {
-                let src = x.data + s * features, grad = dy.data + s * features, d = dx.data + s * features
-                for c in 0..<features {
-                    let xhat = Float(Double(src[c]) - mu[c]) * invF[c]
-                    d[c] = k[c] * (masked(grad[c], src[c], c) - a[c] - xhat * b[c])
-                }
+        let k = coefficients.pointer, invF = k + C, a = k + 2 * C, b = k + 3 * C
+        for j in 0..<shards {
+            let mu = mean.pointer + j * C, inv = invStd.pointer + j * C, scale = forwardScale.pointer + j * C
+            let sumDy = sums.pointer + j * 2 * C, sumDyXhat = sumDy + C, total = groupCount.pointer[j]
+            for c in 0..<C {
+                k[c] = Float(Double(gamma[c]) * inv[c])
+                invF[c] = Float(inv[c])
+                a[c] = trainedForward ? Float(sumDy[c] / total) : 0
+                b[c] = trainedForward ? Float(sumDyXhat[c] / total) : 0
             }
-        } else {
-            for s in 0..<n {
-                for c in 0..<features {
-                    let offset = (s * features + c) * area
-                    let src = x.data + offset, grad = dy.data + offset, d = dx.data + offset
-                    let m = mu[c], kc = k[c], invC = invF[c], ac = a[c], bc = b[c]
-                    if fused {
-                        reluMaskedInputGradient(d, grad, src, count: area, mean: m, scale: scale[c], shift: beta[c],
-                                                k: kc, a: ac, b: bc, invStd: invC)
-                    } else {
-                        for i in 0..<area {
-                            let xhat = Float(Double(src[i]) - m) * invC
-                            d[i] = kc * (grad[i] - ac - xhat * bc)
+            for s in shardRange(j, batch: n, shardSize: shardSize) {
+                if area == 1 {
+                    let src = x.data + s * C, grad = dy.data + s * C, d = dx.data + s * C
+                    for c in 0..<C {
+                        let xhat = Float(Double(src[c]) - mu[c]) * invF[c]
+                        let g = !fused || Float(Double(src[c]) - mu[c]) * scale[c] + beta[c] > 0 ? grad[c] : 0
+                        d[c] = k[c] * (g - a[c] - xhat * b[c])
+                    }
+                } else {
+                    for c in 0..<C {
+                        let offset = (s * C + c) * area
+                        let src = x.data + offset, grad = dy.data + offset, d = dx.data + offset
+                        let m = mu[c], kc = k[c], invC = invF[c], ac = a[c], bc = b[c]
+                        if fused {
+                            reluMaskedInputGradient(d, grad, src, count: area, mean: m, scale: scale[c], shift: beta[c],
+                                                    k: kc, a: ac, b: bc, invStd: invC)
+                        } else {
+                            for i in 0..<area {
+                                let xhat = Float(Double(src[i]) - m) * invC
+                                d[i] = kc * (grad[i] - ac - xhat * bc)
+                            }
                         }
                     }
                 }

@@ -6,7 +6,7 @@ import DDPKernels
 /// W [OC, C*k*k] x columns, one GEMM per sample over its block of columns, written straight
 /// into NCHW (each output element is the same K-long dot product as in one GEMM over the
 /// whole batch: the batch only changes GEMM's column count). The weight gradient is one
-/// GEMM over the whole batch. The input gradient goes sample by sample: Wᵀ x dy_s into a
+/// GEMM per shard of the batch (each into its gradient slot). The input gradient goes sample by sample: Wᵀ x dy_s into a
 /// one-sample column buffer that stays in cache, folded back by col2im at once, instead of
 /// a batch-sized column gradient making a round trip through memory. A 1x1, stride-1,
 /// unpadded convolution needs no unfolding: each sample [C, H*W] already is its own column
@@ -191,15 +191,19 @@ public final class Conv2d: Layer {
         let g = geometry!
         let n = dy.shape.n, oc = outChannels, p = g.outSpatial, ckk = g.patchSize
         let dx = inputGrad.tensor(x.shape)
+        let shards = context.shards(batch: n), stride = context.gradientSlotStride
         if isPointwise {
             let c = inChannels
-            if n == 0 { weightGrad.update(repeating: 0, count: oc * c) }
-            for s in 0..<n {
-                // dW += dy_s [OC, P] x x_sᵀ [P, C]
-                sgemm(transB: true, m: oc, n: c, k: p, a: dy.data + s * oc * p, lda: p,
-                      b: x.data + s * c * p, ldb: p, beta: s == 0 ? 0 : 1, c: weightGrad, ldc: c)
+            for j in 0..<shards {
+                let samples = context.shard(j, batch: n), slot = j * stride
+                if samples.isEmpty { (weightGrad + slot).update(repeating: 0, count: oc * c) }
+                for s in samples {
+                    // dW += dy_s [OC, P] x x_sᵀ [P, C]
+                    sgemm(transB: true, m: oc, n: c, k: p, a: dy.data + s * oc * p, lda: p,
+                          b: x.data + s * c * p, ldb: p, beta: s == samples.lowerBound ? 0 : 1, c: weightGrad + slot, ldc: c)
+                }
+                if let biasGrad { sumBias(dy.data, into: biasGrad + slot, samples: samples, spatial: p) }
             }
-            if let biasGrad { sumBias(dy.data, into: biasGrad, samples: n, spatial: p) }
             if needsInputGradient {
                 for s in 0..<n {
                     // dx_s = Wᵀ [C, OC] x dy_s [OC, P]
@@ -209,7 +213,7 @@ public final class Conv2d: Layer {
             }
             return dx
         }
-        if isDirect { return directBackward(dy, x: x, dx: dx) }
+        if isDirect { return directBackward(dy, x: x, dx: dx, context) }
         let cols = columns!.pointer, dyp = product!.pointer
         let pixels = n * p
         // [n, OC, P] -> [OC, n, P]
@@ -218,11 +222,16 @@ public final class Conv2d: Layer {
                 (dyp + o * pixels + s * p).update(from: dy.data + (s * oc + o) * p, count: p)
             }
         }
-        // dW = dy' [OC, nP] x colsᵀ [nP, CKK]
-        sgemm(transB: true, m: oc, n: ckk, k: pixels, a: dyp, lda: pixels, b: cols, ldb: pixels, c: weightGrad, ldc: ckk)
-        if let biasGrad {
-            for o in 0..<oc {
-                biasGrad[o] = sumFloat(dyp + o * pixels, count: pixels)
+        for j in 0..<shards {
+            let samples = context.shard(j, batch: n), slot = j * stride
+            let first = samples.lowerBound * p, count = samples.count * p
+            // dW = dy' [OC, mP] x colsᵀ [mP, CKK], over the shard's columns
+            sgemm(transB: true, m: oc, n: ckk, k: count, a: dyp + first, lda: pixels, b: cols + first, ldb: pixels,
+                  c: weightGrad + slot, ldc: ckk)
+            if let biasGrad {
+                for o in 0..<oc {
+                    biasGrad[slot + o] = sumFloat(dyp + o * pixels + first, count: count)
+                }
             }
         }
         if needsInputGradient && BLASThreads.current > 1 {
@@ -243,7 +252,7 @@ public final class Conv2d: Layer {
         return dx
     }
 
-    private func directBackward(_ dy: Tensor, x: Tensor, dx: Tensor) -> Tensor {
+    private func directBackward(_ dy: Tensor, x: Tensor, dx: Tensor, _ context: ForwardContext) -> Tensor {
         let g = geometry!, l = layout!
         let n = dy.shape.n, oc = outChannels, c = inChannels, p = g.outSpatial
         let preparedX = preparedInput!.pointer, preparedDy = preparedGrad!.pointer, flat = flatOutput!.pointer
@@ -251,19 +260,23 @@ public final class Conv2d: Layer {
         // output layout starting at `origin`; stride 2: dy in the flat output layout, with
         // room for the input gradient's farthest taps.
         let dyOffset = stride == 1 ? l.origin : 0
-        weightGrad.update(repeating: 0, count: oc * c * 9)
-        // Samples in groups of at least 512 output positions share their lane sums (a 7x7
-        // plane is 64 positions); the groups depend on the batch size only.
+        // Per shard, into its gradient slot. Samples in groups of at least 512 output
+        // positions share their lane sums (a 7x7 plane is 64 positions); the groups start
+        // at the shard's first sample, so they depend on the shard alone.
         let group = max(1, 512 / l.outLength)
-        for first in Swift.stride(from: 0, to: n, by: group) {
-            let count = min(group, n - first)
-            let dys = preparedDy + first * oc * gradChannel
-            spreadRows(dy.data + first * oc * p, count: count * oc, height: l.outHeight, width: l.outWidth,
-                       rowStride: l.outRowStride, channelStride: gradChannel, offset: dyOffset, into: dys)
-            conv3x3WeightGradient(preparedX + first * c * l.channelLength, channels: c, dys + dyOffset, outChannels: oc,
-                                  dyChannel: gradChannel, dySample: oc * gradChannel, l, samples: count, addingInto: weightGrad)
+        for j in 0..<context.shards(batch: n) {
+            let samples = context.shard(j, batch: n), slot = j * context.gradientSlotStride
+            (weightGrad + slot).update(repeating: 0, count: oc * c * 9)
+            for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: group) {
+                let count = min(group, samples.upperBound - first)
+                let dys = preparedDy + first * oc * gradChannel
+                spreadRows(dy.data + first * oc * p, count: count * oc, height: l.outHeight, width: l.outWidth,
+                           rowStride: l.outRowStride, channelStride: gradChannel, offset: dyOffset, into: dys)
+                conv3x3WeightGradient(preparedX + first * c * l.channelLength, channels: c, dys + dyOffset, outChannels: oc,
+                                      dyChannel: gradChannel, dySample: oc * gradChannel, l, samples: count, addingInto: weightGrad + slot)
+            }
+            if let biasGrad { sumBias(dy.data, into: biasGrad + slot, samples: samples, spatial: p) }
         }
-        if let biasGrad { sumBias(dy.data, into: biasGrad, samples: n, spatial: p) }
         guard needsInputGradient else { return dx }
         let packed = packedWeights!.pointer, plane = x.shape.perSample
         if let strideTwo = strideTwoInputGradient, c % 4 == 0 {
@@ -299,9 +312,9 @@ public final class Conv2d: Layer {
         }
     }
 
-    private func sumBias(_ dy: UnsafeMutablePointer<Float>, into grad: UnsafeMutablePointer<Float>, samples n: Int, spatial p: Int) {
+    private func sumBias(_ dy: UnsafeMutablePointer<Float>, into grad: UnsafeMutablePointer<Float>, samples: Range<Int>, spatial p: Int) {
         grad.update(repeating: 0, count: outChannels)
-        for s in 0..<n {
+        for s in samples {
             for o in 0..<outChannels {
                 grad[o] += sumFloat(dy + (s * outChannels + o) * p, count: p)
             }

@@ -25,8 +25,11 @@ public final class SoftmaxCrossEntropy {
         public var gradient: Tensor
     }
 
-    /// Loss, correct count and gradient for logits and integer labels.
-    public func callAsFunction(_ logits: Tensor, labels: UnsafePointer<Int32>) -> Result {
+    /// Loss, correct count and gradient for logits and integer labels. With `shardSums`,
+    /// also per shard of `shardSize` samples its loss sum and correct count, at [2j] and
+    /// [2j + 1] (each shard's losses added in sample order, from zero).
+    public func callAsFunction(_ logits: Tensor, labels: UnsafePointer<Int32>, shardSize: Int? = nil,
+                               shardSums: UnsafeMutablePointer<Double>? = nil) -> Result {
         let n = logits.shape.n, k = classes
         precondition(logits.shape.perSample == k, "SoftmaxCrossEntropy: logits \(logits.shape) for \(k) classes")
         precondition(n <= gradient.capacity / max(k, 1),
@@ -35,6 +38,7 @@ public final class SoftmaxCrossEntropy {
         var lossSum = 0.0
         var correct = 0
         let smooth = Double(labelSmoothing)
+        if let shardSums { shardSums.update(repeating: 0, count: 2 * shardCount(batch: n, shardSize: shardSize)) }
         for i in 0..<n {
             let row = logits.data + i * k
             let g = grad.data + i * k
@@ -55,6 +59,11 @@ public final class SoftmaxCrossEntropy {
                 loss += smooth * meanNegLogP / Double(k)
             }
             lossSum += loss
+            if let shardSums {
+                let j = shardSize.map { i / $0 } ?? 0
+                shardSums[2 * j] += loss
+                if best == label { shardSums[2 * j + 1] += 1 }
+            }
             let inv = 1.0 / sumExp
             for j in 0..<k {
                 let p = Double(g[j]) * inv

@@ -58,20 +58,22 @@ public final class Linear: Layer {
         let n = x.shape.n
         input = x
         let y = output.tensor(Shape(n: n, features: outFeatures))
-        // yᵀ = W xᵀ puts the batch in GEMM's column dimension, as convolution does: a
-        // sample's outputs then do not depend on how many samples share the call, so 4
-        // ranks x 8 compute the same activations as 1 rank x 32 (I2). With the batch as
-        // GEMM's row dimension OpenBLAS picks kernels by row count, and the rounding of
-        // one sample's outputs changed with the batch size.
+        // Shard by shard (the shard is the unit of every result, DESIGN I2), yᵀ = W xᵀ with
+        // the samples in GEMM's column dimension. OpenBLAS picks kernels (and so the rounding
+        // of each sample's outputs) by the matrix sizes, so a sample's outputs are the same
+        // wherever its shard is computed: on any rank, beside any other shards.
         let t = transposed.pointer
-        sgemm(transB: true, m: outFeatures, n: n, k: inFeatures, a: weight, lda: inFeatures,
-              b: x.data, ldb: inFeatures, c: t, ldc: n)
-        for i in 0..<n {
-            let row = y.data + i * outFeatures
-            if let bias {
-                for j in 0..<outFeatures { row[j] = t[j * n + i] + bias[j] }
-            } else {
-                for j in 0..<outFeatures { row[j] = t[j * n + i] }
+        for j in 0..<context.shards(batch: n) {
+            let rows = context.shard(j, batch: n), m = rows.count
+            sgemm(transB: true, m: outFeatures, n: m, k: inFeatures, a: weight, lda: inFeatures,
+                  b: x.data + rows.lowerBound * inFeatures, ldb: inFeatures, c: t, ldc: m)
+            for i in 0..<m {
+                let row = y.data + (rows.lowerBound + i) * outFeatures
+                if let bias {
+                    for o in 0..<outFeatures { row[o] = t[o * m + i] + bias[o] }
+                } else {
+                    for o in 0..<outFeatures { row[o] = t[o * m + i] }
+                }
             }
         }
         return y
@@ -81,21 +83,28 @@ public final class Linear: Layer {
         try checkBatch(dy.shape, capacity: capacity)
         guard let x = input else { throw LayerError("Linear.backward called before forward") }
         let n = dy.shape.n
-        // dW = dyᵀ x : [out, n] x [n, in]
-        sgemm(transA: true, m: outFeatures, n: inFeatures, k: n, a: dy.data, lda: outFeatures,
-              b: x.data, ldb: inFeatures, c: weightGrad, ldc: inFeatures)
-        if let biasGrad {
-            biasGrad.update(repeating: 0, count: outFeatures)
-            for i in 0..<n {
-                let row = dy.data + i * outFeatures
-                for j in 0..<outFeatures { biasGrad[j] += row[j] }
+        // Per shard j, into gradient slot j: dW = dyᵀ x : [out, m] x [m, in].
+        for j in 0..<context.shards(batch: n) {
+            let rows = context.shard(j, batch: n), slot = j * context.gradientSlotStride
+            sgemm(transA: true, m: outFeatures, n: inFeatures, k: rows.count, a: dy.data + rows.lowerBound * outFeatures, lda: outFeatures,
+                  b: x.data + rows.lowerBound * inFeatures, ldb: inFeatures, c: weightGrad + slot, ldc: inFeatures)
+            if let biasGrad {
+                let grad = biasGrad + slot
+                grad.update(repeating: 0, count: outFeatures)
+                for i in rows {
+                    let row = dy.data + i * outFeatures
+                    for o in 0..<outFeatures { grad[o] += row[o] }
+                }
             }
         }
         let dx = inputGrad.tensor(x.shape)
         if needsInputGradient {
-            // dx = dy W : [n, out] x [out, in]
-            sgemm(m: n, n: inFeatures, k: outFeatures, a: dy.data, lda: outFeatures,
-                  b: weight, ldb: inFeatures, c: dx.data, ldc: inFeatures)
+            // dx = dy W : [m, out] x [out, in], shard by shard as in forward
+            for j in 0..<context.shards(batch: n) {
+                let rows = context.shard(j, batch: n)
+                sgemm(m: rows.count, n: inFeatures, k: outFeatures, a: dy.data + rows.lowerBound * outFeatures, lda: outFeatures,
+                      b: weight, ldb: inFeatures, c: dx.data + rows.lowerBound * inFeatures, ldc: inFeatures)
+            }
         }
         return dx
     }
