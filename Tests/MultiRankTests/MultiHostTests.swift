@@ -112,4 +112,36 @@ final class MultiHostTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("giving up after 1 restart(s)"), r.stderr)
         print("link of host \(lost) down: job ended in \(String(format: "%.1f", seconds)) s; launcher done after \(String(format: "%.1f", r.seconds)) s in all")
     }
+
+    /// --continue-on-fewer-hosts: a host lost mid-run (its rank stopped at a known step, then
+    /// its link cut) ends the attempt; the restart runs on the two hosts left with 2 ranks,
+    /// resumes from the last checkpoint, and ends with the bytes of a 3-rank run that never
+    /// lost a host (virtual shards: the same bits at any world size).
+    func testContinuesOnTheHostsLeftBitForBit() throws {
+        let common = ["--model", "mlp", "--train-samples", "480", "--eval-every", "0", "--per-rank-batch", "16", "--steps", "400",
+                      "--log-every", "100", "--checkpoint-every", "20", "--bn", "sync", "--dropout", "0.2"]
+        let straight = try MPIRun.run(ranks: hosts, ["train"] + common + ["--run-dir", runDir("straight")], timeout: 120)
+        XCTAssertEqual(straight.status, 0, straight.stderr)
+        let lost = hosts - 1
+        let job = try Background(dir + "/on", ["0", launcher, "-n", String(hosts), "--max-restarts", "1", "--restart-delay", "0",
+                                               "--start-timeout", "60", "--continue-on-fewer-hosts", "-x", "DDPTRAIN_INJECT_STOP"]
+                                    + mpirunArgs + ["--"] + common + ["--run-dir", runDir("fewer")],
+                                 environment: environment.merging(["DDPTRAIN_INJECT_STOP": "\(lost):150"]) { $1 })
+        // Rank 2 stops itself at step 150, after the checkpoint of step 140.
+        XCTAssertTrue(Background.waitUntil(timeout: 60) {
+            Checkpoints.names(runDir: self.runDir("fewer")).last == "step-00000140.safetensors"
+        }, "no checkpoint of step 140 appeared: \(job.err.snapshot())")
+        let down = try Self.command("/usr/bin/env", ["ip", "-n", "\(prefix)-sw", "link", "set", "p\(lost)", "down"])
+        XCTAssertEqual(down.status, 0, down.stderr)
+        let r = job.wait(timeout: 180)
+        XCTAssertFalse(r.timedOut, r.stderr)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("--continue-on-fewer-hosts: host 10.77.0.\(10 + lost) lost; continuing on the 2 slot(s) left with 2 rank(s) (was 3)"),
+                      r.stderr)
+        XCTAssertTrue(r.stderr.contains("--global-batch 48"), "the per-rank batch became the global batch: \(r.stderr)")
+        XCTAssertTrue(r.stdout.contains("resumed from"), r.stdout)
+        let a = try Checkpoints.newest(runDir: runDir("straight")), b = try Checkpoints.newest(runDir: runDir("fewer"))
+        XCTAssertTrue(a.hasSuffix("step-00000400.safetensors") && b.hasSuffix("step-00000400.safetensors"), "\(a) \(b)")
+        XCTAssertEqual(try Checkpoints.tensorBytes(b), try Checkpoints.tensorBytes(a), "continued on 2 hosts: not the bytes of the 3-host run")
+    }
 }
