@@ -55,6 +55,30 @@ final class CompareTests: XCTestCase {
         try renderInChromium(html: "\(run)/report.html")
     }
 
+    /// The batch-norm modes side by side (issue 15): statistics over the global batch, over
+    /// groups of 1 and of 4 shards (16 shards of 2 samples, 8 per rank), and per rank. Each
+    /// variant trains (in a folder named bn=group_4: no colon in file names) and reports; the
+    /// modes give different runs.
+    func testBatchNormModesSideBySide() throws {
+        let run = scratch.appendingPathComponent("bn-modes").path
+        let r = try MPIRun.run(ranks: 2, ["compare", "--model", "mlp", "--train-samples", "256", "--global-batch", "32", "--shard-size", "2",
+                                          "--steps", "6", "--eval-every", "0", "--vary", "bn=sync,group:1,group:4,local", "--run-dir", run],
+                               timeout: 120)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        var losses: [Double] = []
+        for bn in ["sync", "group:1", "group:4", "local"] {
+            XCTAssertTrue(r.stdout.contains("bn=\(bn)"), r.stdout)
+            let folder = "\(run)/variants/bn=\(bn.replacingOccurrences(of: ":", with: "_"))"
+            let config = try String(contentsOfFile: "\(folder)/config.json", encoding: .utf8)
+            XCTAssertTrue(config.contains("\"bn\":\"\(bn)\""), config)
+            let rows = try String(contentsOfFile: "\(folder)/metrics.jsonl", encoding: .utf8)
+            let last = try XCTUnwrap(rows.split(separator: "\n").last(where: { $0.contains("\"loss\"") }), rows)
+            let row = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any])
+            losses.append(try XCTUnwrap(row["loss"] as? Double, "\(row)"))
+        }
+        XCTAssertEqual(Set(losses).count, 4, "every mode trains its own way: \(losses)")
+    }
+
     /// --seeds 2: each bn value trained with seeds 0 and 1, one row each with mean ± standard
     /// deviation, checked against the figures in the variants' own metrics.jsonl.
     func testSeedsAggregateIntoMeanAndStandardDeviation() throws {
