@@ -377,13 +377,15 @@ extension ModelSpec {
     /// rank on this node, against `available` bytes (MemAvailable; nil: not known, only
     /// the overflow checks apply). `batch` is the rank's largest batch.
     public func checkMemory(inputShape: Shape, batch: Int, replicas: Int, optimizerSlots: Int, ranksOnNode: Int,
-                            available: Int? = MemoryInfo.availableBytes()) throws {
+                            gradientSlots: Int = 1, available: Int? = MemoryInfo.availableBytes()) throws {
         let part = batch / replicas + (batch % replicas == 0 ? 0 : 1)
         let one = try footprint(inputShape: inputShape, batch: part)
         func tooLarge() -> ModelSpecError {
             ModelSpecError("model \(name): \(one.parameters) parameters and batches of \(batch) need more memory than 64-bit sizes can count")
         }
-        guard let stateValues = checkedProduct([one.parameters, 1 + replicas + optimizerSlots]),
+        // Parameters, each replica's gradient slots (one per shard it holds), optimizer state.
+        guard let gradientValues = checkedProduct([replicas, max(gradientSlots, 1)]),
+              let stateValues = checkedProduct([one.parameters, 1 + gradientValues + optimizerSlots]),
               let activationValues = checkedProduct([one.activations, replicas]),
               case let (rankValues, false) = stateValues.addingReportingOverflow(activationValues),
               let nodeBytes = checkedProduct([rankValues, 4, max(ranksOnNode, 1)]) else { throw tooLarge() }

@@ -50,7 +50,8 @@ public final class ComputeReplicas {
         self.shardSize = shardSize
         self.maxShards = max(maxShards, 1)
         let memberShards = (self.maxShards + threads - 1) / threads
-        let part = max((maxBatch + threads - 1) / threads, memberShards * shardSize)
+        // A member holds at most its shards' samples, and never more than the rank's batch.
+        let part = max((maxBatch + threads - 1) / threads, min(memberShards * shardSize, maxBatch))
         let first = try spec.build(inputShape: inputShape, maxBatch: part, gradientRoom: gradientRoom, gradientSlots: memberShards)
         var models = [first]
         for _ in 1..<threads {

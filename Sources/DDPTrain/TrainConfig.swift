@@ -261,10 +261,11 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     /// Refuses, before anything is allocated, a model and per-rank batch that this node's
     /// memory cannot hold with `threads` replicas and this optimizer's state, for every rank
     /// on the node (ModelSpec.checkMemory). `training`: false for evaluation (no optimizer).
-    public func checkMemory(spec: ModelSpec, inputShape: Shape, batch: Int, threads: Int, training: Bool = true) throws {
+    public func checkMemory(spec: ModelSpec, inputShape: Shape, batch: Int, threads: Int, training: Bool = true,
+                            gradientSlots: Int = 1) throws {
         let slots = !training ? 0 : optimizer == "sgd" ? (momentum > 0 ? 1 : 0) : 2
         try spec.checkMemory(inputShape: inputShape, batch: batch, replicas: threads, optimizerSlots: slots,
-                             ranksOnNode: ComputeReplicas.localRanks(ProcessInfo.processInfo.environment))
+                             ranksOnNode: ComputeReplicas.localRanks(ProcessInfo.processInfo.environment), gradientSlots: gradientSlots)
     }
 
     /// The warm-up when --warmup-steps is not given: 5% of the run's steps, rounded up, at

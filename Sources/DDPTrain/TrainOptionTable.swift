@@ -26,7 +26,7 @@ extension TrainConfig {
         .value("steps", \.steps, "n", "Steps to train; overrides --epochs.", check: count(atLeast: 1)),
         .value("per-rank-batch", \.perRankBatch, "n", "Samples per rank per step (default \(defaultPerRankBatch)).", check: count(atLeast: 1),
                overrides: "global-batch"),
-        .value("global-batch", \.globalBatch, "n", "Samples per step over all ranks; slices differ by at most one when it does not divide.",
+        .value("global-batch", \.globalBatch, "n", "Samples per step over all ranks, in shards of --shard-size; a rank's slice is a block of whole shards.",
                check: count(atLeast: 1), overrides: "per-rank-batch"),
 
         .value("bn", \.bn, "mode", "Batch-norm statistics: sync (the whole global batch), group:G (each G consecutive shards; group:1 is "

@@ -97,8 +97,11 @@ public final class Trainer {
         }
         let globalBatch = config.resolvedGlobalBatch(worldSize: world.size)
         self.globalBatch = globalBatch
-        let shardSize = config.shardSize ?? TrainConfig.defaultShardSize(globalBatch: globalBatch, worldSize: world.size,
-                                                                         threads: config.threads ?? 1)
+        // The default follows rank 0's thread count: ranks may resolve different counts (plain
+        // mpirun on unlike nodes), and every rank must cut the batch the same way.
+        let shardSize = try config.shardSize ?? decideOnRankZero(world) {
+            TrainConfig.defaultShardSize(globalBatch: globalBatch, worldSize: world.size, threads: config.threads ?? 1)
+        }
         config.shardSize = shardSize
         self.shardSize = shardSize
         baseLearningRate = config.baseLearningRate(worldSize: world.size)
@@ -142,7 +145,8 @@ public final class Trainer {
         let statistics: BatchStatisticsReducer = shardStatistics ?? LocalStatistics.shared
         let threads = config.threads ?? 1
         let replicas = try agreeOnSuccess(world) { () throws -> ComputeReplicas in
-            try config.checkMemory(spec: spec, inputShape: data.sampleShape, batch: localCapacity, threads: threads)
+            try config.checkMemory(spec: spec, inputShape: data.sampleShape, batch: localCapacity, threads: threads,
+                                   gradientSlots: (maxShards + threads - 1) / threads)
             let replicas = try ComputeReplicas(spec: spec, inputShape: data.sampleShape, maxBatch: evalBatch, threads: threads,
                                                classes: data.train.classes, labelSmoothing: Float(config.labelSmoothing),
                                                rankStatistics: statistics, dropout: config.dropout,

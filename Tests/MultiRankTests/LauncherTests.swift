@@ -165,6 +165,22 @@ final class LauncherTests: XCTestCase {
                       "processes left: \(tree.filter { Processes.name(of: $0) != nil })")
     }
 
+    /// --continue-on-fewer-hosts counts a lost host's slots out of the hostfile or --host list
+    /// as Open MPI names hosts (no user@, no domain for a name, addresses whole), and reads a
+    /// hostfile's last line without a final newline. The functions of launch/train, run alone.
+    func testLostHostSlotsAreCountedAsOpenMPINamesHosts() throws {
+        let hostfile = scratch.appendingPathComponent("hosts").path
+        try "node1.cluster.example slots=2\nroot@node2 slots=1\n# a comment\n10.0.0.3 slots=1".write(toFile: hostfile, atomically: false, encoding: .utf8)
+        let script = """
+            source <(sed -n '/^short_host() {/,/^}/p;/^count_slots() {/,/^}/p' "$1")
+            count_slots file "$2" node1; count_slots file "$2" node2; count_slots file "$2" 10.0.0.3; count_slots file "$2" node9
+            count_slots list 'a.b.c:2,b,10.1.1.1' a; count_slots list 'a.b.c:2,b,10.1.1.1' 10.1.1.1
+            """
+        let r = try Background("/bin/bash", ["-c", script, "bash", launcher, hostfile]).wait(timeout: 30)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, "4 2\n4 3\n4 3\n4 4\n4 2\n4 3\n")
+    }
+
     /// launch/mpirun runs mpirun through perl (to block SIGTERM in it): perl says nothing, even
     /// where the locale variables name a locale this machine lacks (as ssh from a Mac sends).
     func testLaunchMpirunAddsNothingToTheOutput() throws {
