@@ -202,6 +202,11 @@ public struct CheckpointReader {
         guard let json = m["config"], let config = try? JSONDecoder().decode(TrainConfig.self, from: Data(json.utf8)) else {
             throw CheckpointError.damaged(path, "damaged metadata 'config': missing or not a valid configuration")
         }
+        // Every recorded value within what its flag accepts (a shard size of 0 or 2^62
+        // would otherwise reach the sampler).
+        do { try config.validateValues() } catch {
+            throw CheckpointError.damaged(path, "damaged metadata 'config': \(error)")
+        }
         self.config = config
     }
 

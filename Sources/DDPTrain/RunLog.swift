@@ -197,11 +197,17 @@ public final class RunLog {
         windowStart = runStart
         let c = trainer.config
         let size = trainer.world.size, global = trainer.globalBatch
-        let batch = size > 1 ? "global batch \(global) (\(size) ranks x \(global % size == 0 ? "" : "~")\(global / size))" : "batch \(global)"
+        // The ranks' slices as the shards fall (blocks of whole shards), not the even split.
+        let plan = trainer.sampler.shardPlan(ofBatch: 0, shardSize: trainer.shardSize)
+        let slices = (0..<size).map { plan.samples(ofShards: plan.block(rank: $0)).count }
+        let split = Set(slices).count == 1 ? "\(size) ranks x \(slices[0])"
+            : "\(size) ranks: " + (slices.count > 6 ? "\(slices.min()!) to \(slices.max()!)" : slices.map(String.init).joined(separator: ", "))
+        let shards = "shards of \(trainer.shardSize)"
+        let batch = size > 1 ? "global batch \(global) (\(split), \(shards))" : "batch \(global) (\(shards))"
         let threads = ", \(plural(trainer.replicas.threads, "compute thread")) per rank"
-        let plan = trainer.schedule
-        let peak = plan.peak(base: Float(trainer.baseLearningRate))
-        let warmup = plan.warmupSteps == 0 ? "no warm-up" : plural(plan.warmupSteps, "warm-up step")
+        let schedule = trainer.schedule
+        let peak = schedule.peak(base: Float(trainer.baseLearningRate))
+        let warmup = schedule.warmupSteps == 0 ? "no warm-up" : plural(schedule.warmupSteps, "warm-up step")
         say("train: \(c.model) on \(c.dataset), \(batch)\(threads), bn \(c.bn.rawValue), \(plural(trainer.totalSteps, "step")), "
             + "\(c.optimizer) lr \(trainer.baseLearningRate) \(c.schedule) with \(warmup): peak lr \(String(format: "%.4g", peak.rate)) "
             + "at step \(peak.step), \(plural(trainer.model.parameterCount, "parameter"))")

@@ -176,7 +176,7 @@ public final class Trainer {
         if let warning = ComputeReplicas.oversubscriptionWarning(threads: threads) { warnings.append(warning) }
         let workers = world.size * threads
         if firstPlan.shardCount < workers {
-            warnings.append("--shard-size \(shardSize): the global batch of \(globalBatch) is \(plural(firstPlan.shardCount, "shard")) for "
+            warnings.append("shard size \(shardSize): the global batch of \(globalBatch) is \(plural(firstPlan.shardCount, "shard")) for "
                             + "\(plural(world.size, "rank")) x \(plural(threads, "thread")): \(workers - firstPlan.shardCount) of them have no shard to train")
         }
         if config.optimizer != "sgd" && config.momentum != TrainConfig().momentum {
@@ -571,14 +571,15 @@ public final class Trainer {
                 samples = stride(from: 0, to: plan.shardCount, by: size).map {
                     plan.samples(ofShards: $0 ..< min($0 + size, plan.shardCount)).count
                 }.min() ?? 0
-                who = "a group of \(plural(size, "shard")) of \(shardSize) (--bn \(config.bn.rawValue))"
+                who = "a statistics group of \(plural(samples, "sample")) (--bn \(config.bn.rawValue), shard size \(shardSize))"
             default:
                 break
             }
             if samples * smallest.values < 2 {
                 let which = k == 0 ? "every batch" : "the last batch of each epoch (\(sampler.datasetSize) samples, global batch \(globalBatch): \(globalSize) left over)"
                 throw ConfigError("batch norm in layer \(smallest.index) (\(model.layers[smallest.index].summary)) would see 1 value per channel "
-                                  + "in \(who) for \(which); change --global-batch, --per-rank-batch or --train-samples")
+                                  + "in \(who) for \(which); change --global-batch, --per-rank-batch, --train-samples"
+                                  + (config.bn.groupSize != nil ? ", --shard-size or --bn" : (config.bn == .local ? " or --bn" : "")))
             }
         }
     }

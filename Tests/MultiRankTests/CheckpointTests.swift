@@ -291,6 +291,26 @@ final class CheckpointTests: XCTestCase {
                       refused.stderr)
     }
 
+    /// A recorded configuration is checked as the flags are: a checkpoint whose config says
+    /// shard size 0 or 2^62 (edited, checksum fixed) is damage, skipped by `auto`, refused by
+    /// name, never a trap in the sampler.
+    func testRecordedConfigurationOutOfRangeIsDamage() throws {
+        let (newest, original) = try checkpointAndItsCopy(run: "config-range")
+        let config = try XCTUnwrap(try SafeTensorsFile(path: original).metadata["config"])
+        XCTAssertTrue(config.contains("\"shard_size\":16"), config)
+        for bad in ["0", String(1 << 62)] {
+            try CheckpointEdit.rewrite(original, to: newest, metadata: ["config": config.replacingOccurrences(of: "\"shard_size\":16", with: "\"shard_size\":\(bad)")])
+            let r = try train(["--steps", "6", "--per-rank-batch", "16", "--resume", "auto"], run: "config-range")
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(r.stderr.contains("skipping damaged checkpoint: \(newest): damaged metadata 'config': --shard-size must be between 1 and 2147483647, got \(bad)"),
+                          r.stderr)
+            let named = try train(["--steps", "6", "--per-rank-batch", "16", "--resume", newest], run: "config-range")
+            XCTAssertEqual(named.status, 65, named.stderr)
+            try FileManager.default.removeItem(atPath: newest)
+            try FileManager.default.copyItem(atPath: original, toPath: newest)
+        }
+    }
+
     /// Damage that passes a checksum (the file was edited, or written by a run that
     /// diverged): metadata out of range and non-finite weights, buffers or optimizer state.
     /// `--resume auto` skips such a file with a warning that names the key or the tensor

@@ -257,7 +257,7 @@ final class EverydayUseTests: XCTestCase {
         }
         let one = try MPIRun.run(ranks: 1, ["train", "--steps", "1", "--threads", "1", "--run-dir", path("one")] + small)
         XCTAssertEqual(one.status, 0, one.stderr)
-        XCTAssertTrue(one.stdout.contains("batch 16, 1 compute thread per rank, bn sync, 1 step, sgd lr 0.1 cosine with 1 warm-up step"), one.stdout)
+        XCTAssertTrue(one.stdout.contains("batch 16 (shards of 16), 1 compute thread per rank, bn sync, 1 step, sgd lr 0.1 cosine with 1 warm-up step"), one.stdout)
         XCTAssertTrue(one.stdout.contains("done: 1 step (0.01 epochs)"), one.stdout)
 
         let version = try Background(MPIRun.binary, ["--version"]).wait(timeout: 30)

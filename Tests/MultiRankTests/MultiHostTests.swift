@@ -73,7 +73,7 @@ final class MultiHostTests: XCTestCase {
         let r = try launchAcrossHosts(common + ["--run-dir", runDir("hosts")]).wait(timeout: 120)
         XCTAssertFalse(r.timedOut, r.stderr)
         XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertTrue(r.stdout.contains("(\(hosts) ranks x 16)"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("(\(hosts) ranks x 16, shards of 16)"), r.stdout)
         let a = try Checkpoints.newest(runDir: runDir("one-host")), b = try Checkpoints.newest(runDir: runDir("hosts"))
         XCTAssertTrue(a.hasSuffix("step-00000030.safetensors") && b.hasSuffix("step-00000030.safetensors"), "\(a) \(b)")
         let difference = try Checkpoints.relativeDifference(a, b)
