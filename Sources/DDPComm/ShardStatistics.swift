@@ -22,6 +22,8 @@ public final class ShardStatistics: BatchStatisticsReducer {
     private var send: [Double] = []
     private var gathered: [Double] = []
     private var seconds = 0.0
+    /// Per group, the index in `gathered` of its combined record (sized with the layout).
+    private var tops: [Int] = []
 
     public init(world: Communicator, groupSize: Int?, plan: ShardPlan) {
         self.world = world
@@ -40,6 +42,8 @@ public final class ShardStatistics: BatchStatisticsReducer {
         var firstOwnPiece: Int
         /// Per group, its pieces' ranges and the index of the first in `pieces`.
         var groupItems: [(ranges: [Range<Int>], first: Int)]
+        /// This rank's pieces as nodes of their group's tree.
+        var ownNodes: [ShardTree.Node]
     }
 
     private func makeLayout() -> Layout {
@@ -66,7 +70,12 @@ public final class ShardStatistics: BatchStatisticsReducer {
             if items[piece.group].ranges.isEmpty { items[piece.group].first = i }
             items[piece.group].ranges.append(piece.shards)
         }
-        return Layout(groups: groups, pieces: pieces, piecesPerRank: perRank, firstOwnPiece: firstOwn, groupItems: items)
+        let ownNodes = (0..<perRank[world.rank]).map { p -> ShardTree.Node in
+            let piece = pieces[firstOwn + p]
+            return ShardTree(span: groups[piece.group]).pieces(of: piece.shards)[0]
+        }
+        tops = [Int](repeating: 0, count: groups.count)
+        return Layout(groups: groups, pieces: pieces, piecesPerRank: perRank, firstOwnPiece: firstOwn, groupItems: items, ownNodes: ownNodes)
     }
 
     /// Combines this rank's shard records (`width` Doubles each, shards of `block`) into
@@ -74,7 +83,7 @@ public final class ShardStatistics: BatchStatisticsReducer {
     /// the layout and the gathered records (one per piece, each group's total at the index
     /// `reduceGroup` reported).
     private func exchange(_ records: UnsafeMutablePointer<Double>, width: Int, shards: Int, firstShard: Int,
-                          _ combine: (UnsafeMutablePointer<Double>, UnsafePointer<Double>) -> Void) throws -> (Layout, [Int]) {
+                          _ combine: (UnsafeMutablePointer<Double>, UnsafePointer<Double>) -> Void) throws -> Layout {
         if layout == nil { layout = makeLayout() }
         let layout = layout!
         let block = plan.block(rank: world.rank)
@@ -89,12 +98,10 @@ public final class ShardStatistics: BatchStatisticsReducer {
         for p in 0..<own {
             let piece = layout.pieces[layout.firstOwnPiece + p]
             let tree = ShardTree(span: layout.groups[piece.group])
-            let node = tree.pieces(of: piece.shards)[0]
-            let items = piece.shards.map { $0 ..< $0 + 1 }
-            let top = tree.reduce(node, items: items) { i, j in
-                combine(records + (items[i].lowerBound - firstShard) * width, records + (items[j].lowerBound - firstShard) * width)
+            let top = tree.reduceShards(layout.ownNodes[p]) { i, j in
+                combine(records + (i - firstShard) * width, records + (j - firstShard) * width)
             }
-            let result = records + (items[top].lowerBound - firstShard) * width
+            let result = records + (top - firstShard) * width
             send.withUnsafeMutableBufferPointer { s in (s.baseAddress! + p * width).update(from: result, count: width) }
         }
         if world.size > 1 {
@@ -110,7 +117,6 @@ public final class ShardStatistics: BatchStatisticsReducer {
             for i in 0..<own * width { gathered[i] = send[i] }
         }
         // Every group's tree, finished the same way on every rank.
-        var tops: [Int] = []
         gathered.withUnsafeMutableBufferPointer { g in
             let base = g.baseAddress!
             for (index, group) in layout.groups.enumerated() {
@@ -119,27 +125,26 @@ public final class ShardStatistics: BatchStatisticsReducer {
                 let top = tree.reduce(tree.root, items: items.ranges) { i, j in
                     combine(base + (items.first + i) * width, base + (items.first + j) * width)
                 }
-                tops.append(items.first + top)
+                tops[index] = items.first + top
             }
             for j in 0..<shards {
                 let group = (firstShard + j) / (groupSize ?? max(plan.shardCount, 1))
                 (records + j * width).update(from: base + tops[group] * width, count: width)
             }
         }
-        return (layout, tops)
+        return layout
     }
 
     public func combineMoments(_ m: ShardMoments) throws {
         let size = m.recordSize, channels = m.channels
-        let (layout, tops) = try exchange(m.records, width: size, shards: m.shards, firstShard: m.firstShard) { a, b in
+        let layout = try exchange(m.records, width: size, shards: m.shards, firstShard: m.firstShard) { a, b in
             mergeMomentRecord(into: a, b, channels: channels)
         }
         // The running statistics follow the whole batch: the groups merged along their tree.
         gathered.withUnsafeMutableBufferPointer { g in
             let base = g.baseAddress!
             let tree = ShardTree(span: 0..<layout.groups.count)
-            let items = layout.groups.indices.map { $0 ..< $0 + 1 }
-            let top = tree.reduce(tree.root, items: items) { i, j in
+            let top = tree.reduceShards(tree.root) { i, j in
                 mergeMomentRecord(into: base + tops[i] * size, base + tops[j] * size, channels: channels)
             }
             m.running.update(from: base + tops[top] * size, count: size)

@@ -108,6 +108,25 @@ public struct ShardTree: Sendable {
         return index
     }
 
+    /// `reduce` with every shard its own item: combines the shards under `node` (which
+    /// `combine(i, j)` folds by shard index, j's shard after i's) and returns the shard that
+    /// holds the node's value. Allocates nothing.
+    @discardableResult
+    public func reduceShards(_ node: Node, _ combine: (Int, Int) throws -> Void) rethrows -> Int {
+        precondition(!node.shards.isEmpty, "reduce over an empty node")
+        return try reduceShardNode(lo: node.lo, size: node.size, combine)!
+    }
+
+    private func reduceShardNode(lo: Int, size: Int, _ combine: (Int, Int) throws -> Void) rethrows -> Int? {
+        let shards = node(lo: lo, size: size).shards
+        if shards.isEmpty { return nil }
+        if shards.count == 1 { return shards.lowerBound }
+        let half = size / 2
+        let left = try reduceShardNode(lo: lo, size: half, combine)!
+        if let right = try reduceShardNode(lo: lo + half, size: half, combine) { try combine(left, right) }
+        return left
+    }
+
     private func reduceNode(lo: Int, size: Int, items: [Range<Int>], _ combine: (Int, Int) throws -> Void) rethrows -> Int? {
         let shards = node(lo: lo, size: size).shards
         if shards.isEmpty { return nil }

@@ -128,8 +128,7 @@ public final class LocalStatistics: BatchStatisticsReducer, Sendable {
         let size = m.recordSize
         if m.shards > 0 {
             let tree = ShardTree(span: 0..<m.shards)
-            let items = (0..<m.shards).map { $0 ..< $0 + 1 }
-            let top = tree.reduce(tree.root, items: items) { i, j in
+            let top = tree.reduceShards(tree.root) { i, j in
                 mergeMomentRecord(into: m.records + i * size, m.records + j * size, channels: m.channels)
             }
             m.running.update(from: m.records + top * size, count: size)
@@ -142,8 +141,7 @@ public final class LocalStatistics: BatchStatisticsReducer, Sendable {
     public func sum(_ records: UnsafeMutablePointer<Double>, width: Int, shards: Int, firstShard: Int) throws {
         guard shards > 1 else { return }
         let tree = ShardTree(span: 0..<shards)
-        let items = (0..<shards).map { $0 ..< $0 + 1 }
-        let top = tree.reduce(tree.root, items: items) { i, j in
+        let top = tree.reduceShards(tree.root) { i, j in
             let a = records + i * width, b = records + j * width
             for k in 0..<width { a[k] += b[k] }
         }

@@ -152,12 +152,11 @@ public final class ComputeReplicas {
             if threads > 1 { try team.barrier() }
             let range = team.part(member, of: width)
             for (p, piece) in pieces.enumerated() {
-                let items = piece.shards.map { $0 ..< $0 + 1 }
-                let top = plan.tree.reduce(piece, items: items) { i, j in
-                    let a = slots[items[i].lowerBound - block.lowerBound], b = slots[items[j].lowerBound - block.lowerBound]
+                let top = plan.tree.reduceShards(piece) { i, j in
+                    let a = slots[i - block.lowerBound], b = slots[j - block.lowerBound]
                     for k in range { a[k] += b[k] }
                 }
-                if member == 0 { tops[p] = items[top].lowerBound - block.lowerBound }
+                if member == 0 { tops[p] = top - block.lowerBound }
             }
         }
         let sums = partialSums()

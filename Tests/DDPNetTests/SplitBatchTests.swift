@@ -251,3 +251,26 @@ final class TeamStatisticsTests: XCTestCase {
         }
     }
 }
+
+/// The shard tree's two ways to combine: shards as items, and `reduceShards`, add in the
+/// same order (the order is the tree's, whoever calls it).
+final class ShardTreeTests: XCTestCase {
+    func testReduceShardsFollowsTheTreeLikeReduce() {
+        for count in 1...13 {
+            let tree = ShardTree(span: 3..<(3 + count))
+            for node in [tree.root] + tree.pieces(of: 3..<(3 + count)) + tree.pieces(of: (3 + count / 2)..<(3 + count)) where !node.shards.isEmpty {
+                var byItems: [String] = [], byShards: [String] = []
+                let items = node.shards.map { $0 ..< $0 + 1 }
+                let a = tree.reduce(node, items: items) { i, j in byItems.append("\(items[i].lowerBound)+\(items[j].lowerBound)") }
+                let b = tree.reduceShards(node) { i, j in byShards.append("\(i)+\(j)") }
+                XCTAssertEqual(byItems, byShards, "\(count) shards, node \(node.shards)")
+                XCTAssertEqual(items[a].lowerBound, b)
+            }
+        }
+        // 5 shards: ((0+1)+(2+3))+4.
+        var order: [String] = []
+        let five = ShardTree(span: 0..<5)
+        five.reduceShards(five.root) { i, j in order.append("\(i)+\(j)") }
+        XCTAssertEqual(order, ["0+1", "2+3", "0+2", "0+4"])
+    }
+}
