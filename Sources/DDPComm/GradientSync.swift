@@ -23,8 +23,6 @@ public final class GradientSync {
     private var send = FloatBuffer(capacity: 0)
     private var receive = FloatBuffer(capacity: 0)
     private var cachedPlan: ShardPlan?
-    private var pieceRanges: [Range<Int>] = []
-    private var piecesPerRank: [Int] = []
 
     public init(parameterCount: Int, world: Communicator) {
         self.parameterCount = parameterCount
@@ -41,74 +39,91 @@ public final class GradientSync {
         g[parameterCount + 2] = Float(samples)
     }
 
-    /// The pieces of the shard tree that rank `rank`'s block covers.
-    public static func pieces(_ plan: ShardPlan, rank: Int) -> [ShardTree.Node] {
-        plan.tree.pieces(of: plan.block(rank: rank))
+    /// What a plan fixes for every step that has it: who holds which piece, and the counts
+    /// and displacements of the two collectives (computed once per plan, not per step).
+    private struct Exchange {
+        var pieceRanges: [Range<Int>] = []
+        var piecesPerRank: [Int] = []
+        /// Chunk d of the vector is finished by rank d.
+        var chunkCounts: [Int32] = []
+        var chunkStarts: [Int32] = []
+        var sendCounts: [Int32] = []
+        var sendDisplacements: [Int32] = []
+        var receiveCounts: [Int32] = []
+        var receiveDisplacements: [Int32] = []
     }
+    private var exchange = Exchange()
 
     private func layout(_ plan: ShardPlan) {
         guard cachedPlan != plan else { return }
         cachedPlan = plan
-        pieceRanges = []
-        piecesPerRank = []
-        for r in 0..<world.size {
-            let pieces = Self.pieces(plan, rank: r)
-            piecesPerRank.append(pieces.count)
-            pieceRanges += pieces.map(\.shards)
+        let size = world.size, n = count
+        var e = Exchange()
+        for r in 0..<size {
+            let pieces = plan.tree.pieces(of: plan.block(rank: r))
+            e.piecesPerRank.append(pieces.count)
+            e.pieceRanges += pieces.map(\.shards)
         }
+        let chunks = (0..<size).map { contiguousPart(0..<n, parts: size, index: $0) }
+        e.chunkCounts = chunks.map { Int32($0.count) }
+        e.chunkStarts = chunks.map { Int32($0.lowerBound) }
+        // A single piece is sent from where it lies (chunk d at its own offset); several are
+        // packed chunk by chunk into `send`.
+        let own = e.piecesPerRank[world.rank]
+        var at = 0
+        for d in 0..<size {
+            e.sendCounts.append(Int32(own * chunks[d].count))
+            e.sendDisplacements.append(own == 1 ? e.chunkStarts[d] : Int32(at))
+            at += own * chunks[d].count
+        }
+        let width = chunks[world.rank].count
+        at = 0
+        for r in 0..<size {
+            e.receiveDisplacements.append(Int32(at))
+            e.receiveCounts.append(Int32(e.piecesPerRank[r] * width))
+            at += e.piecesPerRank[r] * width
+        }
+        if own > 1 && send.capacity < own * n { send = FloatBuffer(capacity: own * n) }
+        if receive.capacity < at { receive = FloatBuffer(capacity: at) }
+        exchange = e
     }
 
     /// Sums the pieces of every rank (`pieces`: this rank's, in order, `count` Floats each)
     /// along the shard tree into `g`, on every rank.
     public func reduce(pieces: [UnsafeMutablePointer<Float>], plan: ShardPlan, into g: UnsafeMutablePointer<Float>) throws {
         layout(plan)
-        let size = world.size, rank = world.rank, n = count
-        precondition(pieces.count == piecesPerRank[rank], "rank \(rank) hands over \(pieces.count) pieces, the plan has \(piecesPerRank[rank])")
+        let size = world.size, rank = world.rank, n = count, e = exchange
+        precondition(pieces.count == e.piecesPerRank[rank], "rank \(rank) hands over \(pieces.count) pieces, the plan has \(e.piecesPerRank[rank])")
         if size == 1 {
             if pieces[0] != g { g.update(from: pieces[0], count: n) }
             return
         }
-        let chunks = (0..<size).map { contiguousPart(0..<n, parts: size, index: $0) }
-        let own = pieces.count
-        // 1. Chunk d of each piece to rank d: a single piece is sent from where it lies.
-        var sendCounts = [Int32](repeating: 0, count: size), sendDisplacements = [Int32](repeating: 0, count: size)
+        // 1. Chunk d of each piece to rank d.
         let source: UnsafePointer<Float>
-        if own == 1 {
+        if pieces.count == 1 {
             source = UnsafePointer(pieces[0])
-            for d in 0..<size { sendCounts[d] = Int32(chunks[d].count); sendDisplacements[d] = Int32(chunks[d].lowerBound) }
         } else {
-            if send.capacity < own * n { send = FloatBuffer(capacity: own * n) }
             var at = 0
             for d in 0..<size {
-                sendDisplacements[d] = Int32(at)
+                let start = Int(e.chunkStarts[d]), length = Int(e.chunkCounts[d])
                 for piece in pieces {
-                    (send.pointer + at).update(from: piece + chunks[d].lowerBound, count: chunks[d].count)
-                    at += chunks[d].count
+                    (send.pointer + at).update(from: piece + start, count: length)
+                    at += length
                 }
-                sendCounts[d] = Int32(at) - sendDisplacements[d]
             }
             source = UnsafePointer(send.pointer)
         }
-        let width = chunks[rank].count, total = pieceRanges.count
-        if receive.capacity < total * width { receive = FloatBuffer(capacity: total * width) }
-        var receiveCounts = [Int32](repeating: 0, count: size), receiveDisplacements = [Int32](repeating: 0, count: size)
-        var at = 0
-        for r in 0..<size {
-            receiveDisplacements[r] = Int32(at)
-            receiveCounts[r] = Int32(piecesPerRank[r] * width)
-            at += piecesPerRank[r] * width
-        }
-        try world.alltoall(source, counts: sendCounts, displacements: sendDisplacements,
-                           into: receive.pointer, counts: receiveCounts, displacements: receiveDisplacements)
+        try world.alltoall(source, counts: e.sendCounts, displacements: e.sendDisplacements,
+                           into: receive.pointer, counts: e.receiveCounts, displacements: e.receiveDisplacements)
         // 2. This rank's chunk of the whole tree; 3. every chunk to every rank.
-        let r = receive.pointer
+        let r = receive.pointer, width = Int(e.chunkCounts[rank])
         let tree = plan.tree
-        let top = tree.reduce(tree.root, items: pieceRanges) { i, j in
+        let top = tree.reduce(tree.root, items: e.pieceRanges) { i, j in
             let a = r + i * width, b = r + j * width
             for k in 0..<width { a[k] += b[k] }
         }
-        (g + chunks[rank].lowerBound).update(from: r + top * width, count: width)
-        try world.allgatherInPlace(g, counts: chunks.map { Int32($0.count) }, displacements: chunks.map { Int32($0.lowerBound) })
+        (g + Int(e.chunkStarts[rank])).update(from: r + top * width, count: width)
+        try world.allgatherInPlace(g, counts: e.chunkCounts, displacements: e.chunkStarts)
     }
 
     /// After `reduce`: divides the gradients by the global sample count; returns the mean
