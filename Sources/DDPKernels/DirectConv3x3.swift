@@ -182,9 +182,10 @@ public func convFlat(_ input: UnsafePointer<Float>, channels c: Int, channelLeng
             var a10 = SIMD8<Float>(), a11 = SIMD8<Float>(), a12 = SIMD8<Float>()
             var a20 = SIMD8<Float>(), a21 = SIMD8<Float>(), a22 = SIMD8<Float>()
             var a30 = SIMD8<Float>(), a31 = SIMD8<Float>(), a32 = SIMD8<Float>()
-            for ci in 0..<c {
-                let src = input + ci * plane + j
-                var w = packed + ci * tapCount * oc + o0
+            // Pointers stepped, not recomputed: checked index products per channel cost
+            // as much as a tap's FMAs.
+            var src = input + j, w = packed + o0
+            for _ in 0..<c {
                 for t in 0..<tapCount {
                     let s = src + taps[t]
                     let v0 = load8(s), v1 = load8(s + 8), v2 = load8(s + 16)
@@ -198,6 +199,7 @@ public func convFlat(_ input: UnsafePointer<Float>, channels c: Int, channelLeng
                     a30.addProduct(v0, w3); a31.addProduct(v1, w3); a32.addProduct(v2, w3)
                     w += oc
                 }
+                src += plane
             }
             let d = out + o0 * length + j
             store8(a00, d); store8(a01, d + 8); store8(a02, d + 16)
@@ -208,9 +210,8 @@ public func convFlat(_ input: UnsafePointer<Float>, channels c: Int, channelLeng
         }
         while j < length {
             var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
-            for ci in 0..<c {
-                let src = input + ci * plane + j
-                var w = packed + ci * tapCount * oc + o0
+            var src = input + j, w = packed + o0
+            for _ in 0..<c {
                 for t in 0..<tapCount {
                     let v = load8(src + taps[t])
                     a0.addProduct(v, SIMD8<Float>(repeating: w[0]))
@@ -219,6 +220,7 @@ public func convFlat(_ input: UnsafePointer<Float>, channels c: Int, channelLeng
                     a3.addProduct(v, SIMD8<Float>(repeating: w[3]))
                     w += oc
                 }
+                src += plane
             }
             let d = out + o0 * length + j
             store8(a0, d); store8(a1, d + length); store8(a2, d + 2 * length); store8(a3, d + 3 * length)

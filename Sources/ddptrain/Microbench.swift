@@ -15,6 +15,8 @@ struct Microbench: ParsableCommand {
     var threads: Int?
     @Option(parsing: .unconditional, help: "Seconds to time each measurement for (after one warm-up call).")
     var seconds = 1.0
+    @Option(parsing: .unconditional, help: "Time only the layers whose name contains this text (e.g. \"32->64\", \"winograd\").")
+    var only: String?
 
     func validate() throws {
         guard batch >= 1 else { throw ValidationError("--batch must be at least 1, got \(batch)") }
@@ -33,8 +35,8 @@ struct Microbench: ParsableCommand {
     func run() throws {
         if let threads { BLASThreads.set(threads) }
         // Every convolution and linear shape of fmnist-cnn and resnet8 (28x28 input), and the
-        // mlp's first layer. 3x3 padding-1 convolutions of stride 1 or 2 run twice: the direct kernels the layer
-        // uses by default, and im2col + GEMM, to compare the two on the same shape.
+        // mlp's first layer. 3x3 padding-1 convolutions run each way the layer can: the direct kernels,
+        // Winograd's F(2x2, 3x3) (stride 1) and im2col + GEMM, to compare them on the same shape.
         var cases: [Case] = []
         func conv(_ cin: Int, _ cout: Int, _ k: Int, stride: Int = 1, padding: Int, at size: Int, _ models: String) {
             let out = (size + 2 * padding - k) / stride + 1
@@ -42,8 +44,11 @@ struct Microbench: ParsableCommand {
             let name = "conv \(cin)->\(cout) \(k)x\(k)" + (stride > 1 ? " s\(stride)" : "") + (padding > 0 ? " p\(padding)" : "")
                 + " @\(size)x\(size) \(models)"
             let direct = k == 3 && stride <= 2 && padding == 1 && cout % 4 == 0
-            for algorithm in direct ? [Conv2d.Algorithm.automatic, .gemm] : [.automatic] {
-                cases.append(Case(name: name + (direct ? (algorithm == .gemm ? " gemm" : " direct") : ""),
+            let algorithms: [(Conv2d.Algorithm, String)] = !direct ? [(.automatic, "")]
+                : stride == 1 ? [(.direct, " direct"), (.winograd, " winograd"), (.gemm, " gemm")]
+                : [(.direct, " direct"), (.gemm, " gemm")]
+            for (algorithm, label) in algorithms {
+                cases.append(Case(name: name + label,
                                   layer: Conv2d(inChannels: cin, outChannels: cout, kernel: k, stride: stride, padding: padding,
                                                 bias: false, algorithm: algorithm),
                                   input: Shape(n: 1, c: cin, h: size, w: size), forwardFLOPs: flops))
@@ -71,7 +76,7 @@ struct Microbench: ParsableCommand {
                      plural(BLASThreads.current, "BLAS thread"), BLASThreads.current > 1 ? "wall clock" : "thread CPU time", peak))
         print("[F] fmnist-cnn, [R] resnet8 (x2: twice in the model)")
         print("layer                                    forward GFLOP/s (% peak) ms/batch   backward GFLOP/s (% peak) ms/batch")
-        for c in cases {
+        for c in cases where only.map({ c.name.contains($0) }) ?? true {
             let model = try Model(layers: [c.layer], inputShape: c.input, maxBatch: batch)
             c.layer.needsInputGradient = true
             _ = try model.initialize(.kaimingNormal(mode: .fanIn), seed: 1)

@@ -63,6 +63,24 @@ final class DirectConvTests: XCTestCase {
         }
     }
 
+    /// Winograd's F(2x2, 3x3) on every stride-1 shape (the layer takes it only where it is
+    /// faster) against the direct kernels: odd and even planes, planes smaller than a tile,
+    /// tile rows wider than a vector (28x28: 14 tiles), bias, and an input channel count
+    /// the input gradient's transposed convolution cannot take.
+    func testWinogradMatchesDirect() throws {
+        var cases = shapes.filter { $0.stride == 1 }
+        cases += [(8, 4, 1, true, Shape(n: 4, c: 8, h: 3, w: 3)), (4, 8, 1, false, Shape(n: 7, c: 4, h: 33, w: 35)),
+                  (12, 4, 1, true, Shape(n: 2, c: 12, h: 7, w: 16))]
+        for t in cases {
+            let winograd = try run(.winograd, inChannels: t.inC, outChannels: t.outC, bias: t.bias, shape: t.shape)
+            let direct = try run(.direct, inChannels: t.inC, outChannels: t.outC, bias: t.bias, shape: t.shape)
+            let name = "\(t.inC)->\(t.outC) on \(t.shape)"
+            assertClose(winograd.y, direct.y, "output, " + name)
+            assertClose(winograd.gradients, direct.gradients, "parameter gradients, " + name)
+            assertClose(winograd.dx, direct.dx, "input gradient, " + name)
+        }
+    }
+
     func testDirectPathAgainstFiniteDifferences() throws {
         let check = GradientCheck()
         let cases: [(make: () -> Conv2d, shape: Shape)] = [
@@ -71,6 +89,8 @@ final class DirectConvTests: XCTestCase {
             ({ Conv2d(inChannels: 8, outChannels: 4, kernel: 3, padding: 1) }, Shape(n: 1, c: 8, h: 2, w: 2)),
             ({ Conv2d(inChannels: 3, outChannels: 4, kernel: 3, stride: 2, padding: 1) }, Shape(n: 2, c: 3, h: 5, w: 6)),
             ({ Conv2d(inChannels: 2, outChannels: 8, kernel: 3, stride: 2, padding: 1, bias: false) }, Shape(n: 1, c: 2, h: 4, w: 3)),
+            ({ Conv2d(inChannels: 4, outChannels: 4, kernel: 3, padding: 1, algorithm: .winograd) }, Shape(n: 2, c: 4, h: 5, w: 7)),
+            ({ Conv2d(inChannels: 8, outChannels: 4, kernel: 3, padding: 1, algorithm: .winograd) }, Shape(n: 4, c: 8, h: 2, w: 2)),
         ]
         for (k, t) in cases.enumerated() {
             for training in [true, false] {
@@ -81,9 +101,9 @@ final class DirectConvTests: XCTestCase {
 
     /// The same configuration twice: bitwise the same outputs and gradients.
     func testDirectPathRepeatsBitForBit() throws {
-        for stride in [1, 2] {
-            let first = try run(.automatic, inChannels: 16, outChannels: 32, stride: stride, bias: true, shape: Shape(n: 3, c: 16, h: 14, w: 14))
-            let second = try run(.automatic, inChannels: 16, outChannels: 32, stride: stride, bias: true, shape: Shape(n: 3, c: 16, h: 14, w: 14))
+        for (algorithm, stride) in [(Conv2d.Algorithm.direct, 1), (.direct, 2), (.winograd, 1)] {
+            let first = try run(algorithm, inChannels: 16, outChannels: 32, stride: stride, bias: true, shape: Shape(n: 3, c: 16, h: 14, w: 14))
+            let second = try run(algorithm, inChannels: 16, outChannels: 32, stride: stride, bias: true, shape: Shape(n: 3, c: 16, h: 14, w: 14))
             XCTAssertEqual(first.y.map(\.bitPattern), second.y.map(\.bitPattern))
             XCTAssertEqual(first.gradients.map(\.bitPattern), second.gradients.map(\.bitPattern))
             XCTAssertEqual(first.dx.map(\.bitPattern), second.dx.map(\.bitPattern))
@@ -93,11 +113,15 @@ final class DirectConvTests: XCTestCase {
     /// Forward of a batch against forward of each sample alone, in the same layer: bitwise equal.
     func testASamplesOutputDoesNotDependOnItsBatch() throws {
         for t in shapes {
-            let conv = Conv2d(inChannels: t.inC, outChannels: t.outC, kernel: 3, stride: t.stride, padding: 1, bias: t.bias)
-            let batch = Shape(n: 5, c: t.inC, h: t.shape.h, w: t.shape.w)
-            let model = try Model(layers: [conv], inputShape: batch, maxBatch: batch.n)
-            randomize(model, seed: 8)
-            try assertSamplesIndependent(model, batch: batch, name: "\(t.inC)->\(t.outC) stride \(t.stride) on \(batch)")
+            // Winograd's groups of 3 samples: a batch of 5 is a group of 3 and one of 2.
+            for algorithm in t.stride == 1 ? [Conv2d.Algorithm.automatic, .winograd] : [.automatic] {
+                let conv = Conv2d(inChannels: t.inC, outChannels: t.outC, kernel: 3, stride: t.stride, padding: 1, bias: t.bias,
+                                  algorithm: algorithm)
+                let batch = Shape(n: 5, c: t.inC, h: t.shape.h, w: t.shape.w)
+                let model = try Model(layers: [conv], inputShape: batch, maxBatch: batch.n)
+                randomize(model, seed: 8)
+                try assertSamplesIndependent(model, batch: batch, name: "\(t.inC)->\(t.outC) stride \(t.stride) \(algorithm) on \(batch)")
+            }
         }
     }
 

@@ -20,7 +20,9 @@ import DDPKernels
 public final class Conv2d: Layer {
     /// How the layer computes: `automatic` takes the direct 3x3 kernels where they apply;
     /// `gemm` always unfolds with im2col (kept to measure one against the other).
-    public enum Algorithm: Sendable { case automatic, gemm }
+    /// `direct` takes the direct kernels but never Winograd's, `winograd` Winograd's on every
+    /// stride-1 3x3 shape the direct kernels take.
+    public enum Algorithm: Sendable { case automatic, direct, winograd, gemm }
     public let inChannels: Int
     public let outChannels: Int
     public let kernel: Int
@@ -33,8 +35,24 @@ public final class Conv2d: Layer {
     private var geometry: ConvGeometry!
     private var isPointwise: Bool { kernel == 1 && stride == 1 && padding == 0 }
     private var isDirect: Bool {
-        algorithm == .automatic && kernel == 3 && (stride == 1 || stride == 2) && padding == 1 && outChannels % 4 == 0
+        algorithm != .gemm && kernel == 3 && (stride == 1 || stride == 2) && padding == 1 && outChannels % 4 == 0
     }
+    /// Whether a stride-1 direct convolution from `channels` to `outChannels` goes by
+    /// Winograd's F(2x2, 3x3) (forward; the input gradient is the convolution from OC to C).
+    /// Measured (docs/PERFORMANCE.md): it wins where there are enough input channels to
+    /// carry its transforms and enough tiles per row to fill its vectors.
+    private func winogradWins(channels: Int, outChannels: Int, width: Int) -> Bool {
+        guard isDirect && stride == 1 && outChannels % 4 == 0 else { return false }
+        return algorithm == .winograd || (algorithm == .automatic && channels >= 32 && width >= 13)
+    }
+    /// The Winograd layouts of forward and of the input gradient, where they run.
+    private var winograd: WinogradLayout?
+    private var winogradGradient: WinogradLayout?
+    /// Transformed weights [16, C, OC] (or [16, OC, C]) and one sample's transformed input
+    /// and products, [16, max(C, OC), tiles] each.
+    private var winogradWeights: FloatBuffer?
+    private var winogradInput: FloatBuffer?
+    private var winogradProducts: FloatBuffer?
     /// The direct path's prepared input [n, C, channelLength] (kept for the weight
     /// gradient) and output gradient [n, OC, gradChannel]: padded for stride 1, as the
     /// flat output for stride 2. Their padding and gaps stay zero.
@@ -99,15 +117,32 @@ public final class Conv2d: Layer {
         let g = try geometry(for: input)
         geometry = g
         capacity = maxBatch
-        output = FloatBuffer(capacity: maxBatch * outChannels * g.outSpatial)
-        inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
+        // Winograd's output transform writes past the last row (floats nobody reads).
+        output = FloatBuffer(capacity: maxBatch * outChannels * g.outSpatial + winogradOutputSlack)
+        inputGrad = FloatBuffer(capacity: maxBatch * input.perSample + winogradOutputSlack)
         if isDirect {
             let l = DirectConvLayout(height: input.h, width: input.w, stride: stride)
             layout = l
             gradChannel = stride == 1 ? l.channelLength : StrideTwoInputGradient.channelLength(l)
             if stride == 2 { strideTwoInputGradient = StrideTwoInputGradient(l) }
-            preparedInput = FloatBuffer(capacity: maxBatch * inChannels * l.channelLength)
-            preparedGrad = FloatBuffer(capacity: maxBatch * outChannels * gradChannel)
+            var inputSlack = 0, gradSlack = 0
+            if winogradWins(channels: inChannels, outChannels: outChannels, width: input.w) {
+                winograd = WinogradLayout(height: input.h, width: input.w)
+                inputSlack = max(0, winograd!.reach - l.channelLength)
+            }
+            if winogradWins(channels: outChannels, outChannels: inChannels, width: input.w) {
+                winogradGradient = WinogradLayout(height: input.h, width: input.w)
+                gradSlack = max(0, winogradGradient!.reach - gradChannel)
+            }
+            if let w = winograd ?? winogradGradient {
+                let channels = max(inChannels, outChannels)
+                winogradWeights = FloatBuffer(capacity: 16 * inChannels * outChannels)
+                winogradInput = FloatBuffer(capacity: winogradGroup * channels * w.floatsPerChannel)
+                winogradProducts = FloatBuffer(capacity: winogradGroup * channels * w.floatsPerChannel)
+            }
+            // The Winograd input transform reads past the last channel (lanes it throws away).
+            preparedInput = FloatBuffer(capacity: maxBatch * inChannels * l.channelLength + inputSlack)
+            preparedGrad = FloatBuffer(capacity: maxBatch * outChannels * gradChannel + gradSlack)
             flatOutput = FloatBuffer(capacity: max(inChannels, outChannels) * l.outLength)
             packedWeights = FloatBuffer(capacity: outChannels * inChannels * 9)
             // The input gradient of a channel count the kernel does not take goes by GEMM
@@ -150,6 +185,20 @@ public final class Conv2d: Layer {
         if isDirect {
             let c = inChannels, l = layout!, prepared = preparedInput!.pointer, flat = flatOutput!.pointer
             let packed = packedWeights!.pointer, plane = x.shape.perSample
+            if let w = winograd {
+                let u = winogradWeights!.pointer, v = winogradInput!.pointer, m = winogradProducts!.pointer
+                winogradWeightTransform(weight, outChannels: oc, inChannels: c, transposed: false, into: u)
+                let sample = c * l.channelLength
+                for first in Swift.stride(from: 0, to: n, by: winogradGroup) {
+                    let count = min(winogradGroup, n - first)
+                    for s in first..<(first + count) {
+                        prepareConvInput(x.data + s * plane, channels: c, l, into: prepared + s * sample)
+                    }
+                    winogradConv3x3(prepared + first * sample, channels: c, channelStride: l.channelLength, sampleStride: sample,
+                                    samples: count, u, outChannels: oc, w, bias: bias, v: v, m: m, into: y.data + first * oc * p)
+                }
+                return y
+            }
             packConv3x3Weights(weight, outChannels: oc, inChannels: c, into: packed)
             for s in 0..<n {
                 let xs = prepared + s * c * l.channelLength
@@ -284,6 +333,15 @@ public final class Conv2d: Layer {
             for s in 0..<n {
                 strideTwo.run(preparedDy + s * oc * gradChannel, outChannels: oc, packed, inChannels: c, l, flat: flat,
                               into: dx.data + s * plane)
+            }
+        } else if let w = winogradGradient {
+            // As below, by F(2x2, 3x3).
+            let u = winogradWeights!.pointer, v = winogradInput!.pointer, m = winogradProducts!.pointer
+            winogradWeightTransform(weight, outChannels: oc, inChannels: c, transposed: true, into: u)
+            for first in Swift.stride(from: 0, to: n, by: winogradGroup) {
+                winogradConv3x3(preparedDy + first * oc * gradChannel, channels: oc, channelStride: gradChannel,
+                                sampleStride: oc * gradChannel, samples: min(winogradGroup, n - first), u, outChannels: c, w,
+                                bias: nil, v: v, m: m, into: dx.data + first * plane)
             }
         } else if c % 4 == 0 {
             // dx = the padded dy convolved with the flipped kernel, channels swapped.
