@@ -33,8 +33,9 @@ public struct DirectConvLayout: Equatable, Sendable {
     public let phaseLength: Int
     public let taps: [Int]
 
-    /// Padding 1 and stride 1 or 2 on an H x W plane.
-    public init(height: Int, width: Int, stride: Int) {
+    /// Padding 1 and stride 1 or 2 on an H x W plane; stride 1 with at least
+    /// `minimumChannelLength` floats per channel (Winograd's transforms read further).
+    public init(height: Int, width: Int, stride: Int, minimumChannelLength: Int = 0) {
         precondition(stride == 1 || stride == 2, "DirectConvLayout takes stride 1 or 2, got \(stride)")
         self.height = height; self.width = width; self.stride = stride
         outHeight = (height - 1) / stride + 1
@@ -44,7 +45,7 @@ public struct DirectConvLayout: Equatable, Sendable {
             outRowStride = rs
             outLength = (height * rs + 7) / 8 * 8
             // The farthest tap of the last vector, and dy read at `origin` (the weight gradient).
-            channelLength = (outLength + 2 * rs + 2 + 7) / 8 * 8
+            channelLength = (max(outLength + 2 * rs + 2, minimumChannelLength) + 7) / 8 * 8
             phaseLength = 0
             taps = (0..<9).map { ($0 / 3) * rs + $0 % 3 }
         } else {

@@ -65,41 +65,40 @@ private func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
 }
 
-/// One row of a tile, for 8 tiles side by side: d B, the row part of Bᵀ d B, from the
-/// padded row at `p` (the first tile's column 0): [p0 - p2, p1 + p2, p2 - p1, p1 - p3].
-@inline(__always)
-private func rowTransform(_ p: UnsafePointer<Float>) -> (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>) {
-    let a = load16(p), b = load16(p + 2)
-    let p0 = a.evenHalf, p1 = a.oddHalf, p2 = b.evenHalf, p3 = b.oddHalf
-    return (p0 - p2, p1 + p2, p2 - p1, p1 - p3)
-}
-
 /// V [16, C, rowLength] = Bᵀ d B of every tile of every channel of one sample, from its
 /// prepared input (`prepareConvInput`, stride 1: padded, row stride W + 2), channel ci at
 /// input + ci * channelStride; the sample's tiles fill the first `tiles` of each row.
 public func winogradInputTransform(_ input: UnsafePointer<Float>, channels c: Int, channelStride: Int,
                                    _ l: WinogradLayout, rowLength: Int, into v: UnsafeMutablePointer<Float>) {
-    let rs = l.rowStride, tiles = rowLength, frequency = c * tiles
-    for ci in 0..<c {
-        for ty in 0..<l.tileRows {
-            for tx in Swift.stride(from: 0, to: l.rowTiles, by: 8) {
-                let p = input + ci * channelStride + 2 * ty * rs + 2 * tx
-                let (a0, a1, a2, a3) = rowTransform(p)
-                let (b0, b1, b2, b3) = rowTransform(p + rs)
-                let (c0, c1, c2, c3) = rowTransform(p + 2 * rs)
-                let (d0, d1, d2, d3) = rowTransform(p + 3 * rs)
-                // Columns: Bᵀ applied to the rows a, b, c, d.
-                let out = v + ci * tiles + ty * l.rowTiles + tx
-                store8(a0 - c0, out); store8(a1 - c1, out + frequency)
-                store8(a2 - c2, out + 2 * frequency); store8(a3 - c3, out + 3 * frequency)
-                store8(b0 + c0, out + 4 * frequency); store8(b1 + c1, out + 5 * frequency)
-                store8(b2 + c2, out + 6 * frequency); store8(b3 + c3, out + 7 * frequency)
-                store8(c0 - b0, out + 8 * frequency); store8(c1 - b1, out + 9 * frequency)
-                store8(c2 - b2, out + 10 * frequency); store8(c3 - b3, out + 11 * frequency)
-                store8(b0 - d0, out + 12 * frequency); store8(b1 - d1, out + 13 * frequency)
-                store8(b2 - d2, out + 14 * frequency); store8(b3 - d3, out + 15 * frequency)
+    // Pointers stepped and offsets added, not index products: the checked multiplies
+    // cost more than the arithmetic here.
+    let rs = l.rowStride, frequency = c &* rowLength
+    var channel = input, channelOut = v
+    for _ in 0..<c {
+        var rowStart = channel, rowOut = channelOut
+        for _ in 0..<l.tileRows {
+            var p = rowStart, out = rowOut
+            for _ in Swift.stride(from: 0, to: l.rowTiles, by: 8) {
+                // Bᵀ on whole rows first (rows 0 - 2, 1 + 2, 2 - 1, 1 - 3), then each combined
+                // row's d B, stored at once: few vectors live at a time, nothing spilled.
+                let r0 = p, r1 = p + rs, r2 = p + 2 &* rs, r3 = p + 3 &* rs
+                var q = out
+                @inline(__always) func put(_ a: SIMD16<Float>, _ b: SIMD16<Float>) {
+                    let p0 = a.evenHalf, p1 = a.oddHalf, p2 = b.evenHalf, p3 = b.oddHalf
+                    store8(p0 - p2, q); q += frequency
+                    store8(p1 + p2, q); q += frequency
+                    store8(p2 - p1, q); q += frequency
+                    store8(p1 - p3, q); q += frequency
+                }
+                put(load16(r0) - load16(r2), load16(r0 + 2) - load16(r2 + 2))
+                put(load16(r1) + load16(r2), load16(r1 + 2) + load16(r2 + 2))
+                put(load16(r2) - load16(r1), load16(r2 + 2) - load16(r1 + 2))
+                put(load16(r1) - load16(r3), load16(r1 + 2) - load16(r3 + 2))
+                p += 16; out += 8
             }
+            rowStart += 2 &* rs; rowOut += l.rowTiles
         }
+        channel += channelStride; channelOut += rowLength
     }
 }
 
@@ -145,35 +144,44 @@ public func winogradWeightTransform(_ weight: UnsafePointer<Float>, outChannels 
 public func winogradOutputTransform(_ m: UnsafePointer<Float>, channels oc: Int, _ l: WinogradLayout, rowLength: Int,
                                     bias: UnsafePointer<Float>?, scratch: UnsafeMutablePointer<Float>,
                                     into y: UnsafeMutablePointer<Float>) {
-    let tiles = rowLength, frequency = oc * tiles, h = l.height, w = l.width
+    let frequency = oc &* rowLength, h = l.height, w = l.width
+    var plane = y, channel = m
     for o in 0..<oc {
         let b = SIMD8<Float>(repeating: bias?[o] ?? 0)
-        let plane = y + o * h * w
+        var rowIn = channel
         for ty in 0..<l.tileRows {
+            var p = rowIn, top = plane + 2 &* ty &* w, lower = scratch
             for tx in Swift.stride(from: 0, to: l.rowTiles, by: 8) {
-                guard 2 * tx < w else { break }
-                let p = m + o * tiles + ty * l.rowTiles + tx
-                @inline(__always) func at(_ f: Int) -> SIMD8<Float> { load8(p + f * frequency) }
+                guard 2 &* tx < w else { break }
+                var q = p
+                @inline(__always) func next() -> SIMD8<Float> { let x = load8(q); q += frequency; return x }
+                let m00 = next(), m01 = next(), m02 = next(), m03 = next()
+                let m10 = next(), m11 = next(), m12 = next(), m13 = next()
+                let m20 = next(), m21 = next(), m22 = next(), m23 = next()
+                let m30 = next(), m31 = next(), m32 = next(), m33 = next()
                 // Rows: Aᵀ = [1 1 1 0; 0 1 -1 -1] on the 4 rows of M, column by column.
-                let s0 = at(0) + at(4) + at(8), t0 = at(4) - at(8) - at(12)
-                let s1 = at(1) + at(5) + at(9), t1 = at(5) - at(9) - at(13)
-                let s2 = at(2) + at(6) + at(10), t2 = at(6) - at(10) - at(14)
-                let s3 = at(3) + at(7) + at(11), t3 = at(7) - at(11) - at(15)
+                let s0 = m00 + m10 + m20, t0 = m10 - m20 - m30
+                let s1 = m01 + m11 + m21, t1 = m11 - m21 - m31
+                let s2 = m02 + m12 + m22, t2 = m12 - m22 - m32
+                let s3 = m03 + m13 + m23, t3 = m13 - m23 - m33
                 // Columns, then the two output rows of the 8 tiles, even and odd columns interleaved.
-                var top = SIMD16<Float>(), bottom = SIMD16<Float>()
-                top.evenHalf = s0 + s1 + s2 + b; top.oddHalf = s1 - s2 - s3 + b
+                var upper = SIMD16<Float>(), bottom = SIMD16<Float>()
+                upper.evenHalf = s0 + s1 + s2 + b; upper.oddHalf = s1 - s2 - s3 + b
                 bottom.evenHalf = t0 + t1 + t2 + b; bottom.oddHalf = t1 - t2 - t3 + b
-                UnsafeMutableRawPointer(plane + 2 * ty * w + 2 * tx).storeBytes(of: top, as: SIMD16<Float>.self)
-                UnsafeMutableRawPointer(scratch + 2 * tx).storeBytes(of: bottom, as: SIMD16<Float>.self)
+                UnsafeMutableRawPointer(top).storeBytes(of: upper, as: SIMD16<Float>.self)
+                UnsafeMutableRawPointer(lower).storeBytes(of: bottom, as: SIMD16<Float>.self)
+                p += 8; top += 16; lower += 16
             }
-            if 2 * ty + 1 < h {
+            if 2 &* ty &+ 1 < h {
                 // Inline: a memmove call per 7 to 28 floats costs more than the copy.
-                let row = plane + (2 * ty + 1) * w
+                let row = plane + (2 &* ty &+ 1) &* w
                 var k = 0
-                while k + 8 <= w { store8(load8(scratch + k), row + k); k += 8 }
-                while k < w { row[k] = scratch[k]; k += 1 }
+                while k &+ 8 <= w { store8(load8(scratch + k), row + k); k &+= 8 }
+                while k < w { row[k] = scratch[k]; k &+= 1 }
             }
+            rowIn += l.rowTiles
         }
+        plane += h &* w; channel += rowLength
     }
 }
 
@@ -240,12 +248,14 @@ public let winogradGroup = 3
 /// The stride-1 3x3 convolution by F(2x2, 3x3) of `samples` consecutive samples (at most
 /// `winogradGroup`): y [samples, OC, H, W] from their prepared inputs (`prepareConvInput`,
 /// sample s at input + s * sampleStride, its channels `channelStride` apart) and the
-/// transformed weights U [16, C, OC] (`winogradWeightTransform`). `v` [16, C, group x tiles]
-/// and `m` [16, OC, group x tiles] are scratch. OC must be a multiple of 4; y needs
+/// transformed weights U [16, C, OC] (`winogradWeightTransform`). The transformed input goes
+/// to `v` [16, C, samples x tiles] (kept for the weight gradient); `m` [16, OC, samples x
+/// tiles] and `scratch` [2 x rowTiles] are scratch. OC must be a multiple of 4; y needs
 /// `winogradOutputSlack` floats past its end.
 public func winogradConv3x3(_ input: UnsafePointer<Float>, channels c: Int, channelStride: Int, sampleStride: Int, samples: Int,
                             _ u: UnsafePointer<Float>, outChannels oc: Int, _ l: WinogradLayout, bias: UnsafePointer<Float>?,
-                            v: UnsafeMutablePointer<Float>, m: UnsafeMutablePointer<Float>, into y: UnsafeMutablePointer<Float>) {
+                            v: UnsafeMutablePointer<Float>, m: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
+                            into y: UnsafeMutablePointer<Float>) {
     precondition(samples >= 1 && samples <= winogradGroup, "winogradConv3x3 takes 1 to \(winogradGroup) samples, got \(samples)")
     let row = samples * l.tiles
     for s in 0..<samples {
@@ -256,7 +266,129 @@ public func winogradConv3x3(_ input: UnsafePointer<Float>, channels c: Int, chan
         winogradProducts(v + f * c * row, channels: c, rowLength: row, u + f * c * oc, outChannels: oc, into: m + f * oc * row)
     }
     for s in 0..<samples {
-        winogradOutputTransform(m + s * l.tiles, channels: oc, l, rowLength: row, bias: bias, scratch: v,
+        winogradOutputTransform(m + s * l.tiles, channels: oc, l, rowLength: row, bias: bias, scratch: scratch,
                                 into: y + s * oc * l.height * l.width)
+    }
+}
+
+// MARK: The weight gradient
+//
+// With U = G g Gᵀ and each tile's output Aᵀ (U ⊙ V) A, the gradient of U is
+// Σ_tiles (A dY Aᵀ) ⊙ V, and that of g is Gᵀ dU G: per frequency, dU[f] [OC, C] is a sum
+// over the tiles of products of the transformed output gradient and the transformed input
+// (kept from forward), 16 multiplies per tile and channel pair where the direct weight
+// gradient does 36.
+
+/// T [16, OC, rowLength] = A dY Aᵀ of every 2x2 tile of one sample's output gradient, read
+/// from its padded copy (stride 1: laid out like a prepared input, zeros around the image,
+/// channel o at dy + o * channelStride); the sample's tiles fill the first `tiles` of each
+/// row. Lanes past the last tile of a tile row are zero, so that sums over all lanes are
+/// sums over the real tiles.
+public func winogradGradientTransform(_ dy: UnsafePointer<Float>, channels oc: Int, channelStride: Int, _ l: WinogradLayout,
+                                      rowLength: Int, into t: UnsafeMutablePointer<Float>) {
+    let rs = l.rowStride, frequency = oc * rowLength
+    let lane = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7)
+    for o in 0..<oc {
+        for ty in 0..<l.tileRows {
+            for tx in Swift.stride(from: 0, to: l.rowTiles, by: 8) {
+                // Output rows 2ty, 2ty + 1 are padded rows 2ty + 1, 2ty + 2; columns likewise.
+                let p = dy + o * channelStride + (2 * ty + 1) * rs + 2 * tx + 1
+                let top = load16(p), bottom = load16(p + rs)
+                let real = lane .< SIMD8<Int32>(repeating: Int32(l.tileColumns - tx))
+                let y00 = top.evenHalf.replacing(with: 0, where: .!real), y01 = top.oddHalf.replacing(with: 0, where: .!real)
+                let y10 = bottom.evenHalf.replacing(with: 0, where: .!real), y11 = bottom.oddHalf.replacing(with: 0, where: .!real)
+                // Rows of A dY: y0, y0 + y1, y0 - y1, -y1 (y0, y1 the tile's rows); then the same on columns.
+                let out = t + o * rowLength + ty * l.rowTiles + tx
+                @inline(__always) func row(_ i: Int, _ a: SIMD8<Float>, _ b: SIMD8<Float>) {
+                    let base = out + 4 * i * frequency
+                    store8(a, base); store8(a + b, base + frequency); store8(a - b, base + 2 * frequency); store8(-b, base + 3 * frequency)
+                }
+                row(0, y00, y01)
+                row(1, y00 + y10, y01 + y11)
+                row(2, y00 - y10, y01 - y11)
+                row(3, -y10, -y11)
+            }
+        }
+    }
+}
+
+/// dU [16, OC, C] += Σ_lanes T[f, o, lane] · V[f, c, lane] over one row of lanes (a group of
+/// samples' tiles): T [16, OC, rowLength] from `winogradGradientTransform`, V [16, C,
+/// rowLength] from `winogradInputTransform`. Blocks of 4 output x 3 input channels keep 12
+/// vector accumulators over the lanes, then add each one's lane sum; a sum over several
+/// groups is the groups' sums added in the order of the calls.
+public func winogradWeightProducts(_ t: UnsafePointer<Float>, outChannels oc: Int, _ v: UnsafePointer<Float>, channels c: Int,
+                                   rowLength: Int, addingInto du: UnsafeMutablePointer<Float>) {
+    for f in 0..<16 {
+        let tf = t + f * oc * rowLength, vf = v + f * c * rowLength, df = du + f * oc * c
+        for o0 in Swift.stride(from: 0, to: oc, by: 4) {
+            let t0 = tf + o0 * rowLength, t1 = t0 + rowLength, t2 = t1 + rowLength, t3 = t2 + rowLength
+            var c0 = 0
+            while c0 + 3 <= c {
+                let x0 = vf + c0 * rowLength, x1 = x0 + rowLength, x2 = x1 + rowLength
+                var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a02 = SIMD8<Float>()
+                var a10 = SIMD8<Float>(), a11 = SIMD8<Float>(), a12 = SIMD8<Float>()
+                var a20 = SIMD8<Float>(), a21 = SIMD8<Float>(), a22 = SIMD8<Float>()
+                var a30 = SIMD8<Float>(), a31 = SIMD8<Float>(), a32 = SIMD8<Float>()
+                var j = 0
+                while j < rowLength {
+                    let v0 = load8(x0 + j), v1 = load8(x1 + j), v2 = load8(x2 + j)
+                    let g0 = load8(t0 + j)
+                    a00.addProduct(g0, v0); a01.addProduct(g0, v1); a02.addProduct(g0, v2)
+                    let g1 = load8(t1 + j)
+                    a10.addProduct(g1, v0); a11.addProduct(g1, v1); a12.addProduct(g1, v2)
+                    let g2 = load8(t2 + j)
+                    a20.addProduct(g2, v0); a21.addProduct(g2, v1); a22.addProduct(g2, v2)
+                    let g3 = load8(t3 + j)
+                    a30.addProduct(g3, v0); a31.addProduct(g3, v1); a32.addProduct(g3, v2)
+                    j += 8
+                }
+                let d = df + o0 * c + c0
+                d[0] += a00.sum(); d[1] += a01.sum(); d[2] += a02.sum()
+                d[c] += a10.sum(); d[c + 1] += a11.sum(); d[c + 2] += a12.sum()
+                d[2 * c] += a20.sum(); d[2 * c + 1] += a21.sum(); d[2 * c + 2] += a22.sum()
+                d[3 * c] += a30.sum(); d[3 * c + 1] += a31.sum(); d[3 * c + 2] += a32.sum()
+                c0 += 3
+            }
+            while c0 < c {
+                let x0 = vf + c0 * rowLength
+                var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+                var j = 0
+                while j < rowLength {
+                    let v0 = load8(x0 + j)
+                    a0.addProduct(load8(t0 + j), v0); a1.addProduct(load8(t1 + j), v0)
+                    a2.addProduct(load8(t2 + j), v0); a3.addProduct(load8(t3 + j), v0)
+                    j += 8
+                }
+                let d = df + o0 * c + c0
+                d[0] += a0.sum(); d[c] += a1.sum(); d[2 * c] += a2.sum(); d[3 * c] += a3.sum()
+                c0 += 1
+            }
+        }
+    }
+}
+
+/// The weight gradient [OC, C, 3, 3] (PyTorch's layout) = Gᵀ dU G of every dU [16, OC, C],
+/// in Float64, rounded once.
+public func winogradWeightGradient(_ du: UnsafePointer<Float>, outChannels oc: Int, inChannels c: Int,
+                                   into grad: UnsafeMutablePointer<Float>) {
+    let frequency = oc * c
+    for o in 0..<oc {
+        for ci in 0..<c {
+            let d = du + o * c + ci
+            @inline(__always) func row(_ i: Int) -> SIMD4<Double> {
+                SIMD4(Double(d[4 * i * frequency]), Double(d[(4 * i + 1) * frequency]),
+                      Double(d[(4 * i + 2) * frequency]), Double(d[(4 * i + 3) * frequency]))
+            }
+            // Gᵀ = [1 ½ ½ 0; 0 ½ -½ 0; 0 ½ ½ 1], on the rows of dU, then on their columns.
+            let u0 = row(0), u1 = row(1), u2 = row(2), u3 = row(3)
+            let g = grad + (o * c + ci) * 9
+            @inline(__always) func emit(_ i: Int, _ r: SIMD4<Double>) {
+                g[3 * i] = Float(r[0] + (r[1] + r[2]) / 2)
+                g[3 * i + 1] = Float((r[1] - r[2]) / 2)
+                g[3 * i + 2] = Float((r[1] + r[2]) / 2 + r[3])
+            }
+            emit(0, u0 + (u1 + u2) / 2); emit(1, (u1 - u2) / 2); emit(2, (u1 + u2) / 2 + u3)
+        }
     }
 }

@@ -48,11 +48,21 @@ public final class Conv2d: Layer {
     /// The Winograd layouts of forward and of the input gradient, where they run.
     private var winograd: WinogradLayout?
     private var winogradGradient: WinogradLayout?
-    /// Transformed weights [16, C, OC] (or [16, OC, C]) and one sample's transformed input
-    /// and products, [16, max(C, OC), tiles] each.
+    /// Transformed weights [16, C, OC] (or [16, OC, C]); a group's transformed input (of
+    /// the input gradient) and products, [16, max(C, OC), group x tiles] each; a row of
+    /// outputs.
     private var winogradWeights: FloatBuffer?
     private var winogradInput: FloatBuffer?
     private var winogradProducts: FloatBuffer?
+    private var winogradRow: FloatBuffer?
+    /// Forward's transformed input of the whole batch, kept for the weight gradient: the
+    /// group of samples starting at s (groups start at each shard's first sample) at
+    /// s x 16 x C x tiles, [16, C, its samples x tiles].
+    private var winogradKept: FloatBuffer?
+    /// The weight gradient's transformed output gradient of a group [16, OC, group x tiles],
+    /// and the sums dU [16, OC, C].
+    private var winogradGradients: FloatBuffer?
+    private var winogradSums: FloatBuffer?
     /// The direct path's prepared input [n, C, channelLength] (kept for the weight
     /// gradient) and output gradient [n, OC, gradChannel]: padded for stride 1, as the
     /// flat output for stride 2. Their padding and gaps stay zero.
@@ -121,28 +131,33 @@ public final class Conv2d: Layer {
         output = FloatBuffer(capacity: maxBatch * outChannels * g.outSpatial + winogradOutputSlack)
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample + winogradOutputSlack)
         if isDirect {
-            let l = DirectConvLayout(height: input.h, width: input.w, stride: stride)
-            layout = l
-            gradChannel = stride == 1 ? l.channelLength : StrideTwoInputGradient.channelLength(l)
-            if stride == 2 { strideTwoInputGradient = StrideTwoInputGradient(l) }
-            var inputSlack = 0, gradSlack = 0
             if winogradWins(channels: inChannels, outChannels: outChannels, width: input.w) {
                 winograd = WinogradLayout(height: input.h, width: input.w)
-                inputSlack = max(0, winograd!.reach - l.channelLength)
             }
             if winogradWins(channels: outChannels, outChannels: inChannels, width: input.w) {
                 winogradGradient = WinogradLayout(height: input.h, width: input.w)
-                gradSlack = max(0, winogradGradient!.reach - gradChannel)
             }
+            // Winograd's transforms read a little past the padded plane (lanes no real
+            // output uses): one more zero row keeps those reads inside the channel.
+            let reach = (winograd ?? winogradGradient)?.reach ?? 0
+            let l = DirectConvLayout(height: input.h, width: input.w, stride: stride, minimumChannelLength: reach)
+            layout = l
+            gradChannel = stride == 1 ? l.channelLength : StrideTwoInputGradient.channelLength(l)
+            if stride == 2 { strideTwoInputGradient = StrideTwoInputGradient(l) }
             if let w = winograd ?? winogradGradient {
                 let channels = max(inChannels, outChannels)
                 winogradWeights = FloatBuffer(capacity: 16 * inChannels * outChannels)
                 winogradInput = FloatBuffer(capacity: winogradGroup * channels * w.floatsPerChannel)
                 winogradProducts = FloatBuffer(capacity: winogradGroup * channels * w.floatsPerChannel)
+                winogradRow = FloatBuffer(capacity: 2 * w.rowTiles)
             }
-            // The Winograd input transform reads past the last channel (lanes it throws away).
-            preparedInput = FloatBuffer(capacity: maxBatch * inChannels * l.channelLength + inputSlack)
-            preparedGrad = FloatBuffer(capacity: maxBatch * outChannels * gradChannel + gradSlack)
+            if let w = winograd {
+                winogradKept = FloatBuffer(capacity: maxBatch * inChannels * w.floatsPerChannel)
+                winogradGradients = FloatBuffer(capacity: winogradGroup * outChannels * w.floatsPerChannel)
+                winogradSums = FloatBuffer(capacity: 16 * outChannels * inChannels)
+            }
+            preparedInput = FloatBuffer(capacity: maxBatch * inChannels * l.channelLength)
+            preparedGrad = FloatBuffer(capacity: maxBatch * outChannels * gradChannel)
             flatOutput = FloatBuffer(capacity: max(inChannels, outChannels) * l.outLength)
             packedWeights = FloatBuffer(capacity: outChannels * inChannels * 9)
             // The input gradient of a channel count the kernel does not take goes by GEMM
@@ -186,16 +201,20 @@ public final class Conv2d: Layer {
             let c = inChannels, l = layout!, prepared = preparedInput!.pointer, flat = flatOutput!.pointer
             let packed = packedWeights!.pointer, plane = x.shape.perSample
             if let w = winograd {
-                let u = winogradWeights!.pointer, v = winogradInput!.pointer, m = winogradProducts!.pointer
+                let u = winogradWeights!.pointer, kept = winogradKept!.pointer, m = winogradProducts!.pointer
                 winogradWeightTransform(weight, outChannels: oc, inChannels: c, transposed: false, into: u)
                 let sample = c * l.channelLength
-                for first in Swift.stride(from: 0, to: n, by: winogradGroup) {
-                    let count = min(winogradGroup, n - first)
-                    for s in first..<(first + count) {
-                        prepareConvInput(x.data + s * plane, channels: c, l, into: prepared + s * sample)
+                for j in 0..<context.shards(batch: n) {
+                    let samples = context.shard(j, batch: n)
+                    for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: winogradGroup) {
+                        let count = min(winogradGroup, samples.upperBound - first)
+                        for s in first..<(first + count) {
+                            prepareConvInput(x.data + s * plane, channels: c, l, into: prepared + s * sample)
+                        }
+                        winogradConv3x3(prepared + first * sample, channels: c, channelStride: l.channelLength, sampleStride: sample,
+                                        samples: count, u, outChannels: oc, w, bias: bias, v: kept + first * c * w.floatsPerChannel,
+                                        m: m, scratch: winogradRow!.pointer, into: y.data + first * oc * p)
                     }
-                    winogradConv3x3(prepared + first * sample, channels: c, channelStride: l.channelLength, sampleStride: sample,
-                                    samples: count, u, outChannels: oc, w, bias: bias, v: v, m: m, into: y.data + first * oc * p)
                 }
                 return y
             }
@@ -313,6 +332,9 @@ public final class Conv2d: Layer {
         // positions share their lane sums (a 7x7 plane is 64 positions); the groups start
         // at the shard's first sample, so they depend on the shard alone.
         let group = max(1, 512 / l.outLength)
+        if let w = winograd {
+            winogradWeightGradients(dy, w, context)
+        } else {
         for j in 0..<context.shards(batch: n) {
             let samples = context.shard(j, batch: n), slot = j * context.gradientSlotStride
             (weightGrad + slot).update(repeating: 0, count: oc * c * 9)
@@ -325,6 +347,7 @@ public final class Conv2d: Layer {
                                       dyChannel: gradChannel, dySample: oc * gradChannel, l, samples: count, addingInto: weightGrad + slot)
             }
             if let biasGrad { sumBias(dy.data, into: biasGrad + slot, samples: samples, spatial: p) }
+        }
         }
         guard needsInputGradient else { return dx }
         let packed = packedWeights!.pointer, plane = x.shape.perSample
@@ -341,7 +364,7 @@ public final class Conv2d: Layer {
             for first in Swift.stride(from: 0, to: n, by: winogradGroup) {
                 winogradConv3x3(preparedDy + first * oc * gradChannel, channels: oc, channelStride: gradChannel,
                                 sampleStride: oc * gradChannel, samples: min(winogradGroup, n - first), u, outChannels: c, w,
-                                bias: nil, v: v, m: m, into: dx.data + first * plane)
+                                bias: nil, v: v, m: m, scratch: winogradRow!.pointer, into: dx.data + first * plane)
             }
         } else if c % 4 == 0 {
             // dx = the padded dy convolved with the flipped kernel, channels swapped.
@@ -359,6 +382,32 @@ public final class Conv2d: Layer {
             }
         }
         return dx
+    }
+
+    /// The weight gradient by F(2x2, 3x3), per shard into its gradient slot: dy padded into
+    /// the prepared gradient (which the input gradient reads too), each group of forward's
+    /// transformed, dU summed over the shard's groups in order, then Gᵀ dU G.
+    private func winogradWeightGradients(_ dy: Tensor, _ w: WinogradLayout, _ context: ForwardContext) {
+        let l = layout!, n = dy.shape.n, oc = outChannels, c = inChannels, p = geometry.outSpatial
+        let preparedDy = preparedGrad!.pointer, kept = winogradKept!.pointer
+        let transformed = winogradGradients!.pointer, sums = winogradSums!.pointer
+        spreadRows(dy.data, count: n * oc, height: l.outHeight, width: l.outWidth, rowStride: l.outRowStride,
+                   channelStride: gradChannel, offset: l.origin, into: preparedDy)
+        for j in 0..<context.shards(batch: n) {
+            let samples = context.shard(j, batch: n), slot = j * context.gradientSlotStride
+            sums.update(repeating: 0, count: 16 * oc * c)
+            for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: winogradGroup) {
+                let count = min(winogradGroup, samples.upperBound - first), row = count * w.tiles
+                for s in first..<(first + count) {
+                    winogradGradientTransform(preparedDy + s * oc * gradChannel, channels: oc, channelStride: gradChannel, w,
+                                              rowLength: row, into: transformed + (s - first) * w.tiles)
+                }
+                winogradWeightProducts(transformed, outChannels: oc, kept + first * c * w.floatsPerChannel, channels: c,
+                                       rowLength: row, addingInto: sums)
+            }
+            winogradWeightGradient(sums, outChannels: oc, inChannels: c, into: weightGrad + slot)
+            if let biasGrad { sumBias(dy.data, into: biasGrad + slot, samples: samples, spatial: p) }
+        }
     }
 
     private func addBias(_ bias: UnsafeMutablePointer<Float>, to y: UnsafeMutablePointer<Float>, samples n: Int, spatial p: Int) {
