@@ -2,7 +2,9 @@ import DDPKernels
 
 /// Max over k x k windows (PyTorch floor mode; padded positions never win). The gradient
 /// goes to the first maximum in window order (row by row), as in PyTorch; the argmax of
-/// every output is kept as an index into its input plane.
+/// every output is kept as an index into its input plane, or, on the 2x2 fast path, as the
+/// position in its window (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right), so that
+/// the backward writes dx in one sequential pass instead of zeroing it and scattering.
 public final class MaxPool2d: Layer {
     public let kernel: Int
     public let stride: Int
@@ -51,12 +53,12 @@ public final class MaxPool2d: Layer {
         let g = geometry!
         let y = output.tensor(g.outputShape(batch: x.shape.n))
         let oh = g.outHeight, ow = g.outWidth, plane = g.height * g.width
-        let indices = argmax.pointer, windows = windows!
         if isEvenTwoByTwo {
-            forward2x2(x.data, y.data, planes: x.shape.n * g.channels)
+            maxPool2x2(x.data, y.data, argmax.pointer, outWidth: ow, rows: x.shape.n * g.channels * oh)
             inputShape = x.shape
             return y
         }
+        let indices = argmax.pointer, windows = windows!
         for planeIndex in 0..<(x.shape.n * g.channels) {
             let src = x.data + planeIndex * plane
             let dst = y.data + planeIndex * oh * ow, arg = indices + planeIndex * oh * ow
@@ -85,42 +87,16 @@ public final class MaxPool2d: Layer {
         return y
     }
 
-    /// The common 2x2, stride-2 window, always inside the input: one pass over each pair of
-    /// input rows, straight to the output and the argmax, with no intermediate arrays. Each
-    /// row's horizontal pairs keep the larger element, then the bottom pair is compared with
-    /// the top one. First maximum in window order wins, NaN propagates (the last NaN in
-    /// window order), exactly as a window at a time would: "a later one wins only if larger
-    /// or NaN" is associative over the two row pairs.
-    private func forward2x2(_ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, planes: Int) {
-        let g = geometry!
-        let w = g.width, oh = g.outHeight, ow = g.outWidth
-        let arg = argmax.pointer
-        let width = Int32(truncatingIfNeeded: w)
-        // "b > a or b is NaN"; the two never hold together, so != is their or, without the
-        // short circuit that would make it a branch.
-        @inline(__always) func later(_ b: Float, beats a: Float) -> Bool { (b > a) != (b != b) }
-        for r in 0..<(planes * oh) {
-            let top = x + 2 * r * w, bottom = top + w
-            let out = y + r * ow, index = arg + r * ow
-            let rowStart = Int32(truncatingIfNeeded: 2 * (r % oh) * w)
-            for ox in 0..<ow {
-                let a = top[2 * ox], b = top[2 * ox + 1], c = bottom[2 * ox], d = bottom[2 * ox + 1]
-                let right = later(b, beats: a), bottomRight = later(d, beats: c)
-                let t = right ? b : a, u = bottomRight ? d : c
-                let down = later(u, beats: t)
-                out[ox] = down ? u : t
-                let side: Int32 = down ? (bottomRight ? 1 : 0) : (right ? 1 : 0)
-                index[ox] = rowStart + (down ? width : 0) + Int32(truncatingIfNeeded: 2 * ox) + side
-            }
-        }
-    }
-
     public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
         try checkBatch(dy.shape, capacity: capacity)
         guard let shape = inputShape else { throw LayerError("MaxPool2d.backward called before forward") }
         let dx = inputGrad.tensor(shape)
         guard needsInputGradient else { return dx }
         let g = geometry!
+        if isEvenTwoByTwo {
+            maxPool2x2Backward(dy.data, dx.data, argmax.pointer, outWidth: g.outWidth, rows: shape.n * g.channels * g.outHeight)
+            return dx
+        }
         let outPlane = g.outSpatial, plane = g.height * g.width
         dx.data.update(repeating: 0, count: dx.count)
         for planeIndex in 0..<(shape.n * g.channels) {
@@ -130,4 +106,105 @@ public final class MaxPool2d: Layer {
         }
         return dx
     }
+}
+
+// MARK: The 2x2, stride-2 kernels
+
+/// Max over 2x2 windows, stride 2, of `rows` pairs of input rows of 2 * ow, in one pass: 8
+/// outputs at a time from 16-wide loads of the two rows, straight to the output and the
+/// winners. Each row's horizontal pairs keep one element, then the bottom pair's is compared
+/// with the top one's. First maximum in window order wins, NaN propagates (the last NaN in
+/// window order), exactly as a window at a time would: "a later one wins only if larger or
+/// NaN" is associative over the two row pairs.
+private func maxPool2x2(_ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                        _ winners: UnsafeMutablePointer<Int32>, outWidth ow: Int, rows: Int) {
+    let w = 2 * ow, vector = vectorRows(rows, outWidth: ow)
+    for r in 0..<vector {
+        let top = x + 2 * r * w, out = y + r * ow, code = winners + r * ow
+        for ox in stride(from: 0, to: ow, by: 8) {
+            // A row's last 8 overlap the ones before when ow is not a multiple of 8.
+            let o = min(ox, max(ow - 8, 0))
+            let (value, winner) = pool8(top + 2 * o, width: w)
+            UnsafeMutableRawPointer(out + o).storeBytes(of: value, as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(code + o).storeBytes(of: winner, as: SIMD8<Int32>.self)
+        }
+    }
+    for r in vector..<rows {
+        let top = x + 2 * r * w, bottom = top + w
+        for ox in 0..<ow {
+            let a = top[2 * ox], b = top[2 * ox + 1], c = bottom[2 * ox], d = bottom[2 * ox + 1]
+            let right = later(b, beats: a), bottomRight = later(d, beats: c)
+            let t = right ? b : a, u = bottomRight ? d : c
+            let down = later(u, beats: t)
+            y[r * ow + ox] = down ? u : t
+            winners[r * ow + ox] = (down ? 2 : 0) + ((down ? bottomRight : right) ? 1 : 0)
+        }
+    }
+}
+
+/// The windows do not overlap, so every dx element is written once, in order: the winner
+/// gets dy + 0, the other three 0. The + 0 keeps the bits of the zero-then-accumulate it
+/// replaces (0 + -0 is +0; a NaN comes out quiet), as the generic path still does.
+private func maxPool2x2Backward(_ dy: UnsafeMutablePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
+                                _ winners: UnsafeMutablePointer<Int32>, outWidth ow: Int, rows: Int) {
+    let w = 2 * ow, vector = vectorRows(rows, outWidth: ow)
+    let none = SIMD8<Float>()
+    let topLeft = SIMD8<Int32>(repeating: 0), topRight = SIMD8<Int32>(repeating: 1)
+    let bottomLeft = SIMD8<Int32>(repeating: 2), bottomRight = SIMD8<Int32>(repeating: 3)
+    for r in 0..<vector {
+        let top = dx + 2 * r * w, grad = dy + r * ow, code = winners + r * ow
+        for ox in stride(from: 0, to: ow, by: 8) {
+            let o = min(ox, max(ow - 8, 0))
+            let d = UnsafeRawPointer(grad + o).loadUnaligned(as: SIMD8<Float>.self) + 0
+            let winner = UnsafeRawPointer(code + o).loadUnaligned(as: SIMD8<Int32>.self)
+            var upper = SIMD16<Float>(), lower = SIMD16<Float>()
+            upper.evenHalf = none.replacing(with: d, where: winner .== topLeft)
+            upper.oddHalf = none.replacing(with: d, where: winner .== topRight)
+            lower.evenHalf = none.replacing(with: d, where: winner .== bottomLeft)
+            lower.oddHalf = none.replacing(with: d, where: winner .== bottomRight)
+            // Upper first: for narrow rows it spills into the lower row, which overwrites it.
+            UnsafeMutableRawPointer(top + 2 * o).storeBytes(of: upper, as: SIMD16<Float>.self)
+            UnsafeMutableRawPointer(top + w + 2 * o).storeBytes(of: lower, as: SIMD16<Float>.self)
+        }
+    }
+    for r in vector..<rows {
+        let top = dx + 2 * r * w
+        for ox in 0..<ow {
+            let d = dy[r * ow + ox] + 0, winner = winners[r * ow + ox]
+            top[2 * ox] = winner == 0 ? d : 0
+            top[2 * ox + 1] = winner == 1 ? d : 0
+            top[w + 2 * ox] = winner == 2 ? d : 0
+            top[w + 2 * ox + 1] = winner == 3 ? d : 0
+        }
+    }
+}
+
+/// How many of the `rows` output rows take the 8-wide path. With ow < 8, the 8 outputs (and
+/// dy) of row r run into the rows after it, as do its 16-wide loads of x and stores of dx;
+/// those rows are done later and overwrite what spilled. Only the last rows, whose 8 outputs
+/// would pass the end of the output, go one window at a time: r * ow + 8 <= rows * ow, that
+/// is r < rows - 7 / ow. Their x and dx then stay inside too: they end at 4 * r * ow + 2 * ow
+/// + 16 <= 4 * (r * ow + 8) when ow < 8. With ow >= 8 no 8 outputs leave their row.
+@inline(__always) private func vectorRows(_ rows: Int, outWidth ow: Int) -> Int { max(rows - 7 / ow, 0) }
+
+/// The 8 windows whose top-left corners are top[0], top[2], ..., top[14]: their maxima and
+/// which of the four won (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right).
+@inline(__always)
+private func pool8(_ top: UnsafeMutablePointer<Float>, width w: Int) -> (SIMD8<Float>, SIMD8<Int32>) {
+    let upper = UnsafeRawPointer(top).loadUnaligned(as: SIMD16<Float>.self)
+    let lower = UnsafeRawPointer(top + w).loadUnaligned(as: SIMD16<Float>.self)
+    let right = later(upper.oddHalf, beats: upper.evenHalf), bottomRight = later(lower.oddHalf, beats: lower.evenHalf)
+    let t = upper.evenHalf.replacing(with: upper.oddHalf, where: right)
+    let u = lower.evenHalf.replacing(with: lower.oddHalf, where: bottomRight)
+    let down = later(u, beats: t)
+    let side = (down .& bottomRight) .| (.!down .& right)
+    let none = SIMD8<Int32>()
+    return (t.replacing(with: u, where: down), none.replacing(with: 2, where: down) &+ none.replacing(with: 1, where: side))
+}
+
+/// "b > a or b is NaN": a later element of a window beats the best so far. The two never
+/// hold together, so != is their or, without the short circuit that would make it a branch.
+@inline(__always) private func later(_ b: Float, beats a: Float) -> Bool { (b > a) != (b != b) }
+@inline(__always) private func later(_ b: SIMD8<Float>, beats a: SIMD8<Float>) -> SIMDMask<SIMD8<Int32>> {
+    (b .> a) .^ (b .!= b)
 }
