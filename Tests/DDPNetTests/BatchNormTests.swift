@@ -131,4 +131,196 @@ final class BatchNormTests: XCTestCase {
         XCTAssertEqual(spatial.layers[0].summary, "BatchNorm2d(8, eps=0.001, momentum=0.01, affine=True, track_running_stats=True)")
         XCTAssertThrowsError(try Model(layers: [BatchNorm(features: 3)], inputShape: Shape(n: 1, features: 4), maxBatch: 2))
     }
+
+    /// A reducer that combines like LocalStatistics and keeps copies of what it was handed
+    /// and what it handed back.
+    final class CapturingStatistics: BatchStatisticsReducer {
+        var momentsIn: [Double] = [], momentsOut: [Double] = [], sumsIn: [Double] = [], sumsOut: [Double] = []
+        func combineMoments(_ m: ShardMoments) throws {
+            momentsIn = Array(UnsafeBufferPointer(start: m.records, count: m.shards * m.recordSize))
+            try LocalStatistics.shared.combineMoments(m)
+            momentsOut = Array(UnsafeBufferPointer(start: m.records, count: m.shards * m.recordSize))
+        }
+        func sum(_ records: UnsafeMutablePointer<Double>, width: Int, shards: Int, firstShard: Int) throws {
+            sumsIn = Array(UnsafeBufferPointer(start: records, count: shards * width))
+            try LocalStatistics.shared.sum(records, width: width, shards: shards, firstShard: firstShard)
+            sumsOut = Array(UnsafeBufferPointer(start: records, count: shards * width))
+        }
+    }
+
+    /// The element passes must give the bits they gave when they ran sample by sample, one
+    /// row at a time (ReferencePasses): each shard's moments and gradient sums as handed to
+    /// the reducer, the output and the input gradient; fused with a ReLU or not, odd plane
+    /// sizes, shards of fewer and more than four samples, means large against the spread.
+    func testElementPassesGiveTheBitsOfTheRowByRowPasses() throws {
+        let C = 3, eps = Double(Float(1e-5))  // BatchNorm.eps, a Float
+        for (h, w) in [(1, 1), (1, 3), (7, 1), (7, 7), (14, 14), (28, 28)] {
+            for n in [2, 3, 5, 9] {
+                for shardSize in [nil, 2, 4] as [Int?] {
+                    for fused in [false, true] {
+                        for (center, spread) in [(Float(0), Float(1)), (1e4, 1e-2), (-300, 5)] {
+                            let shape = Shape(n: n, c: C, h: h, w: w), area = h * w
+                            let label = "\(shape.dims) shards of \(shardSize.map(String.init) ?? "all") fused \(fused) mean \(center)"
+                            let layers: [Layer] = fused ? [BatchNorm(features: C), ReLU()] : [BatchNorm(features: C)]
+                            let model = try Model(layers: layers, inputShape: shape.withBatch(1), maxBatch: n, fuseLayers: fused)
+                            randomize(model, seed: 51)
+                            let bn = model.layers[0]
+                            bn.needsInputGradient = true
+                            let gamma = model.parameters.pointer + model.parameter(named: "0.weight")!.offset
+                            let beta = model.parameters.pointer + model.parameter(named: "0.bias")!.offset
+                            let x = FloatBuffer(capacity: shape.count)
+                            let u = TestData.uniform(shape.count, seed: 52, stream: UInt32(n))
+                            for i in 0..<shape.count { x.pointer[i] = center + spread * u[i] }
+                            let dy = TestData.uniformBuffer(shape.count, seed: 53, stream: UInt32(n))
+                            let reducer = CapturingStatistics()
+                            let context = ForwardContext(training: true, statistics: reducer, shardSize: shardSize)
+                            let y = try model.forward(x.tensor(shape), context)
+                            let dx = try bn.backward(dy.tensor(shape), context)
+
+                            let size = 1 + 2 * C
+                            var moments: [Double] = [], sums: [Double] = []
+                            var expectedY = [Float](repeating: 0, count: shape.count), expectedDx = expectedY
+                            for j in 0..<context.shards(batch: n) {
+                                let samples = context.shard(j, batch: n)
+                                let count = Double(samples.count * area)
+                                var mu = [Double](repeating: 0, count: C), sq = mu
+                                for s in samples { for c in 0..<C { mu[c] += ReferencePasses.sum(x.pointer + (s * C + c) * area, count: area) } }
+                                if count > 0 { for c in 0..<C { mu[c] /= count } }
+                                for s in samples {
+                                    for c in 0..<C {
+                                        sq[c] += ReferencePasses.sumOfSquaredDeviations(x.pointer + (s * C + c) * area, count: area, mean: mu[c])
+                                    }
+                                }
+                                moments += [count] + mu + sq
+                                // The rest follows the group's statistics, as the reducer combined them.
+                                let group = Array(reducer.momentsOut[(j * size)..<((j + 1) * size)])
+                                let mean = Array(group[1...C])
+                                let inv = (0..<C).map { 1 / (group[1 + C + $0] / group[0] + eps).squareRoot() }
+                                let scale = (0..<C).map { Float(inv[$0]) * gamma[$0] }
+                                var sumDy = [Double](repeating: 0, count: C), sumDyXhat = sumDy
+                                for s in samples {
+                                    for c in 0..<C {
+                                        let offset = (s * C + c) * area
+                                        for i in 0..<area {
+                                            let z = Float(Double(x.pointer[offset + i]) - mean[c]) * scale[c] + beta[c]
+                                            expectedY[offset + i] = fused ? max(z, 0) : z
+                                        }
+                                        let (a, b) = fused
+                                            ? ReferencePasses.reluMaskedGradientSums(dy.pointer + offset, x.pointer + offset, count: area,
+                                                                                     mean: mean[c], scale: scale[c], shift: beta[c])
+                                            : ReferencePasses.gradientSums(dy.pointer + offset, x.pointer + offset, count: area, mean: mean[c])
+                                        sumDy[c] += a
+                                        sumDyXhat[c] += b
+                                    }
+                                }
+                                for c in 0..<C { sumDyXhat[c] *= inv[c] }
+                                sums += sumDy + sumDyXhat
+                                let total = reducer.sumsOut[(j * 2 * C)..<((j + 1) * 2 * C)]
+                                for s in samples {
+                                    for c in 0..<C {
+                                        let offset = (s * C + c) * area
+                                        ReferencePasses.inputGradient(&expectedDx, offset, dy.pointer + offset, x.pointer + offset, count: area,
+                                                                      mean: mean[c], scale: fused ? scale[c] : nil, shift: beta[c],
+                                                                      k: Float(Double(gamma[c]) * inv[c]),
+                                                                      a: Float(total[j * 2 * C + c] / group[0]),
+                                                                      b: Float(total[j * 2 * C + C + c] / group[0]), invStd: Float(inv[c]))
+                                    }
+                                }
+                            }
+                            XCTAssertEqual(reducer.momentsIn.map(\.bitPattern), moments.map(\.bitPattern), "moments, \(label)")
+                            XCTAssertEqual(reducer.sumsIn.map(\.bitPattern), sums.map(\.bitPattern), "gradient sums, \(label)")
+                            XCTAssertEqual(Array(y.buffer).map(\.bitPattern), expectedY.map(\.bitPattern), "output, \(label)")
+                            XCTAssertEqual(Array(dx.buffer).map(\.bitPattern), expectedDx.map(\.bitPattern), "input gradient, \(label)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Batch norm's element passes as they were when the statistics ran sample by sample and
+/// one row at a time (as of commit 48f7eef): the
+/// reference the faster passes must match bit for bit.
+enum ReferencePasses {
+    static func sum(_ x: UnsafePointer<Float>, count: Int) -> Double {
+        var a = SIMD4<Double>(), b = SIMD4<Double>()
+        var i = 0
+        while i + 8 <= count {
+            a += SIMD4<Double>(Double(x[i]), Double(x[i + 1]), Double(x[i + 2]), Double(x[i + 3]))
+            b += SIMD4<Double>(Double(x[i + 4]), Double(x[i + 5]), Double(x[i + 6]), Double(x[i + 7]))
+            i += 8
+        }
+        var total = (a + b).sum()
+        while i < count { total += Double(x[i]); i += 1 }
+        return total
+    }
+
+    static func sumOfSquaredDeviations(_ x: UnsafePointer<Float>, count: Int, mean: Double) -> Double {
+        var a = SIMD4<Double>(), b = SIMD4<Double>()
+        let m = SIMD4<Double>(repeating: mean)
+        var i = 0
+        while i + 8 <= count {
+            let u = SIMD4<Double>(Double(x[i]), Double(x[i + 1]), Double(x[i + 2]), Double(x[i + 3])) - m
+            let v = SIMD4<Double>(Double(x[i + 4]), Double(x[i + 5]), Double(x[i + 6]), Double(x[i + 7])) - m
+            a += u * u
+            b += v * v
+            i += 8
+        }
+        var total = (a + b).sum()
+        while i < count { let d = Double(x[i]) - mean; total += d * d; i += 1 }
+        return total
+    }
+
+    static func gradientSums(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, count: Int, mean: Double) -> (Double, Double) {
+        var sg = SIMD4<Double>(), sgx = SIMD4<Double>()
+        let m = SIMD4<Double>(repeating: mean)
+        var i = 0
+        while i + 4 <= count {
+            let gv = SIMD4<Double>(Double(g[i]), Double(g[i + 1]), Double(g[i + 2]), Double(g[i + 3]))
+            let xv = SIMD4<Double>(Double(x[i]), Double(x[i + 1]), Double(x[i + 2]), Double(x[i + 3])) - m
+            sg += gv
+            sgx += gv * xv
+            i += 4
+        }
+        var totalG = sg.sum(), totalGX = sgx.sum()
+        while i < count { let gi = Double(g[i]); totalG += gi; totalGX += gi * (Double(x[i]) - mean); i += 1 }
+        return (totalG, totalGX)
+    }
+
+    static func reluMaskedGradientSums(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, count: Int, mean: Double,
+                                       scale: Float, shift: Float) -> (Double, Double) {
+        var sg = SIMD4<Double>(), sgx = SIMD4<Double>()
+        let m = SIMD4<Double>(repeating: mean)
+        let k = SIMD4<Float>(repeating: scale), b = SIMD4<Float>(repeating: shift)
+        var i = 0
+        while i + 4 <= count {
+            let xv = SIMD4<Double>(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD4<Float>.self)) - m
+            let z = SIMD4<Float>(xv) * k + b
+            let gf = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD4<Float>.self)
+            let gv = SIMD4<Double>(gf.replacing(with: 0, where: .!(z .> 0)))
+            sg += gv
+            sgx += gv * xv
+            i += 4
+        }
+        var totalG = sg.sum(), totalGX = sgx.sum()
+        while i < count {
+            let centred = Double(x[i]) - mean
+            let gi = Float(centred) * scale + shift > 0 ? Double(g[i]) : 0
+            totalG += gi
+            totalGX += gi * centred
+            i += 1
+        }
+        return (totalG, totalGX)
+    }
+
+    /// dx = k·(g - a - x̂·b), g masked where the fused ReLU's input was ≤ 0 when `scale` is given.
+    static func inputGradient(_ dx: inout [Float], _ offset: Int, _ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
+                              count: Int, mean: Double, scale: Float?, shift: Float, k: Float, a: Float, b: Float, invStd: Float) {
+        for i in 0..<count {
+            let centred = Float(Double(x[i]) - mean)
+            let gi = scale.map { centred * $0 + shift > 0 } ?? true ? g[i] : 0
+            dx[offset + i] = k * (gi - a - centred * invStd * b)
+        }
+    }
 }

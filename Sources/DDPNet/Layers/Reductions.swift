@@ -4,37 +4,93 @@ import DDPKernels
 // chain the compiler may not reorder (floating-point addition is not associative), so it
 // runs at one add per FP-latency; independent vector accumulators run several times faster.
 
-/// Σ x[i], accumulated in Float64.
+/// Σ over `rows` rows, `stride` floats apart, of each row's Σ x[i] (accumulated in Float64),
+/// added in row order.
 @inline(__always)
-func sum(_ x: UnsafePointer<Float>, count: Int) -> Double {
-    var a = SIMD4<Double>(), b = SIMD4<Double>()
-    var i = 0
-    while i + 8 <= count {
-        a += SIMD4<Double>(Double(x[i]), Double(x[i + 1]), Double(x[i + 2]), Double(x[i + 3]))
-        b += SIMD4<Double>(Double(x[i + 4]), Double(x[i + 5]), Double(x[i + 6]), Double(x[i + 7]))
-        i += 8
+func rowSums(_ x: UnsafePointer<Float>, rows: Int, stride: Int, count: Int) -> Double {
+    rowTotals(x, rows: rows, stride: stride, count: count, RowSum())
+}
+
+/// Σ over `rows` rows, `stride` floats apart, of each row's Σ (x[i] - mean)² (accumulated in
+/// Float64), added in row order.
+@inline(__always)
+func rowSumsOfSquaredDeviations(_ x: UnsafePointer<Float>, rows: Int, stride: Int, count: Int, mean: Double) -> Double {
+    rowTotals(x, rows: rows, stride: stride, count: count, RowSquaredDeviations(mean: mean))
+}
+
+/// One row's running sum, 8 elements a step: element i goes to lane i mod 8 of two
+/// SIMD4<Double> accumulators; `total` adds the lanes, then the tail in order.
+private protocol RowAccumulator {
+    mutating func add8(_ x: UnsafePointer<Float>)
+    func total(_ x: UnsafePointer<Float>, from start: Int, count: Int) -> Double
+}
+
+/// Each accumulator lane is a chain of dependent adds, so one row at a time runs at the add
+/// latency; four rows side by side are independent chains. Each row takes the same steps as
+/// it would alone, and the rows' totals are added in row order: the same bits.
+@inline(__always)
+private func rowTotals<A: RowAccumulator>(_ x: UnsafePointer<Float>, rows: Int, stride: Int, count: Int, _ start: A) -> Double {
+    var total = 0.0, r = 0
+    while r + 4 <= rows {
+        let x0 = x + r * stride, x1 = x0 + stride, x2 = x1 + stride, x3 = x2 + stride
+        var a0 = start, a1 = start, a2 = start, a3 = start
+        var i = 0
+        while i + 8 <= count { a0.add8(x0 + i); a1.add8(x1 + i); a2.add8(x2 + i); a3.add8(x3 + i); i += 8 }
+        total += a0.total(x0, from: i, count: count)
+        total += a1.total(x1, from: i, count: count)
+        total += a2.total(x2, from: i, count: count)
+        total += a3.total(x3, from: i, count: count)
+        r += 4
     }
-    var total = (a + b).sum()
-    while i < count { total += Double(x[i]); i += 1 }
+    while r < rows {
+        let x0 = x + r * stride
+        var a0 = start, i = 0
+        while i + 8 <= count { a0.add8(x0 + i); i += 8 }
+        total += a0.total(x0, from: i, count: count)
+        r += 1
+    }
     return total
 }
 
-/// Σ (x[i] - mean)², accumulated in Float64.
 @inline(__always)
-func sumOfSquaredDeviations(_ x: UnsafePointer<Float>, count: Int, mean: Double) -> Double {
+private func load8(_ x: UnsafePointer<Float>) -> SIMD8<Float> { UnsafeRawPointer(x).loadUnaligned(as: SIMD8<Float>.self) }
+
+/// Σ x[i].
+private struct RowSum: RowAccumulator {
     var a = SIMD4<Double>(), b = SIMD4<Double>()
-    let m = SIMD4<Double>(repeating: mean)
-    var i = 0
-    while i + 8 <= count {
-        let u = SIMD4<Double>(Double(x[i]), Double(x[i + 1]), Double(x[i + 2]), Double(x[i + 3])) - m
-        let v = SIMD4<Double>(Double(x[i + 4]), Double(x[i + 5]), Double(x[i + 6]), Double(x[i + 7])) - m
-        a += u * u
-        b += v * v
-        i += 8
+
+    @inline(__always) mutating func add8(_ x: UnsafePointer<Float>) {
+        let v = load8(x)
+        a += SIMD4<Double>(v.lowHalf)
+        b += SIMD4<Double>(v.highHalf)
     }
-    var total = (a + b).sum()
-    while i < count { let d = Double(x[i]) - mean; total += d * d; i += 1 }
-    return total
+
+    @inline(__always) func total(_ x: UnsafePointer<Float>, from start: Int, count: Int) -> Double {
+        var t = (a + b).sum()
+        for i in start..<count { t += Double(x[i]) }
+        return t
+    }
+}
+
+/// Σ (x[i] - mean)².
+private struct RowSquaredDeviations: RowAccumulator {
+    var a = SIMD4<Double>(), b = SIMD4<Double>()
+    let mean: Double
+
+    init(mean: Double) { self.mean = mean }
+
+    @inline(__always) mutating func add8(_ x: UnsafePointer<Float>) {
+        let v = load8(x), m = SIMD4<Double>(repeating: mean)
+        let u = SIMD4<Double>(v.lowHalf) - m, w = SIMD4<Double>(v.highHalf) - m
+        a += u * u
+        b += w * w
+    }
+
+    @inline(__always) func total(_ x: UnsafePointer<Float>, from start: Int, count: Int) -> Double {
+        var t = (a + b).sum()
+        for i in start..<count { let d = Double(x[i]) - mean; t += d * d }
+        return t
+    }
 }
 
 /// (Σ g[i], Σ g[i]·(x[i] - mean)), accumulated in Float64.
