@@ -10,7 +10,7 @@
 /// single tap (vector lanes over tiles); the output transform Aᵀ M A gives the 2x2 outputs.
 ///
 /// Tiles are laid out row by row, each tile row padded to a whole number of 8-lane vectors
-/// (`rowTiles`). Every lane is one tile and every output is a fixed sequence of additions
+/// (`rowTiles`), or two rows of 4 tiles a vector on narrow planes. Every lane is one tile and every output is a fixed sequence of additions
 /// and one FMA chain over the input channels, whatever the batch: a sample's outputs depend
 /// on that sample alone, bit for bit. Lanes past the image read whatever follows (the next
 /// row or channel of the prepared input) and are thrown away; no real output reads them:
@@ -18,41 +18,65 @@
 /// likewise), and those are inside the padded image for every tile that has a real output.
 
 /// Where the transforms read and write, for an H x W plane (output the same size).
+///
+/// A vector holds 8 tiles of one tile row (`wide`), or, on planes up to 8 pixels wide,
+/// the 4 tiles of two consecutive tile rows: a 7x7 plane is 4 x 4 tiles, and one row a
+/// vector would leave half the lanes empty.
 public struct WinogradLayout: Equatable, Sendable {
     public let height: Int
     public let width: Int
     /// Tile rows and tiles per row with a real output: ceil(H / 2), ceil(W / 2).
     public let tileRows: Int
     public let tileColumns: Int
-    /// Tiles per tile row as laid out: `tileColumns` rounded up to whole vectors of 8.
+    /// Tiles per tile row as laid out: `tileColumns` rounded up to whole vectors of 8, or 4.
     public let rowTiles: Int
+    public let isWide: Bool
+    /// Vectors down a channel (a tile row each, or two) and across it.
+    public let vectorRows: Int
+    public let vectorsPerRow: Int
     /// Tiles per channel as laid out (a multiple of 8).
     public let tiles: Int
     /// The prepared input's row stride (`DirectConvLayout`'s, stride 1: W + 2).
     public let rowStride: Int
-    /// Floats the input transform reads from the start of a prepared channel: a buffer of
-    /// prepared channels needs max(0, reach - channel length) more floats after its last one.
+    /// Floats from a vector's low lanes' source to its high lanes' (the next 8 columns, or
+    /// the next tile row), and from one vector row's source to the next.
+    public let highOffset: Int
+    public let vectorRowStride: Int
+    /// Floats the transforms read from the start of a prepared channel: a prepared plane
+    /// this long keeps every read inside its channel.
     public let reach: Int
 
     public init(height: Int, width: Int) {
         self.height = height; self.width = width
         tileRows = (height + 1) / 2
         tileColumns = (width + 1) / 2
-        rowTiles = (tileColumns + 7) / 8 * 8
-        tiles = tileRows * rowTiles
         rowStride = width + 2
-        // Last tile row reads padded rows up to 2·tileRows + 1; the last vector's second
-        // load reads 16 floats from column 2·(rowTiles - 8) + 2.
-        reach = (2 * tileRows + 1) * rowStride + 2 * rowTiles + 2
+        isWide = tileColumns > 4
+        if isWide {
+            rowTiles = (tileColumns + 7) / 8 * 8
+            vectorRows = tileRows; vectorsPerRow = rowTiles / 8
+            highOffset = 8; vectorRowStride = 2 * rowStride
+        } else {
+            rowTiles = 4
+            vectorRows = (tileRows + 1) / 2; vectorsPerRow = 1
+            highOffset = 2 * rowStride; vectorRowStride = 4 * rowStride
+        }
+        tiles = vectorRows * vectorsPerRow * 8
+        // The last (padded) tile row reads padded rows up to 2·rows + 1; the last vector's
+        // second loads read 8 floats from column 2·rowTiles - 6.
+        let paddedTileRows = isWide ? tileRows : 2 * vectorRows
+        reach = (2 * paddedTileRows + 1) * rowStride + 2 * rowTiles + 2
     }
 
     /// Floats of the transformed input or of the products per frequency and channel: 16 x tiles.
     public var floatsPerChannel: Int { 16 * tiles }
 }
 
+/// 8 floats at p and 8 at p + high: one vector row's 16 columns (8 tiles), or 8 columns
+/// of two tile rows (4 tiles each).
 @inline(__always)
-private func load16(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
-    UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
+private func loadPair(_ p: UnsafePointer<Float>, _ high: Int) -> SIMD16<Float> {
+    SIMD16(lowHalf: load8(p), highHalf: load8(p + high))
 }
 
 @inline(__always)
@@ -73,12 +97,13 @@ public func winogradInputTransform(_ input: UnsafePointer<Float>, channels c: In
     // Pointers stepped and offsets added, not index products: the checked multiplies
     // cost more than the arithmetic here.
     let rs = l.rowStride, frequency = c &* rowLength
+    let h = l.highOffset
     var channel = input, channelOut = v
     for _ in 0..<c {
-        var rowStart = channel, rowOut = channelOut
-        for _ in 0..<l.tileRows {
-            var p = rowStart, out = rowOut
-            for _ in Swift.stride(from: 0, to: l.rowTiles, by: 8) {
+        var rowStart = channel, out = channelOut
+        for _ in 0..<l.vectorRows {
+            var p = rowStart
+            for _ in 0..<l.vectorsPerRow {
                 // Bᵀ on whole rows first (rows 0 - 2, 1 + 2, 2 - 1, 1 - 3), then each combined
                 // row's d B, stored at once: few vectors live at a time, nothing spilled.
                 let r0 = p, r1 = p + rs, r2 = p + 2 &* rs, r3 = p + 3 &* rs
@@ -90,13 +115,13 @@ public func winogradInputTransform(_ input: UnsafePointer<Float>, channels c: In
                     store8(p2 - p1, q); q += frequency
                     store8(p1 - p3, q); q += frequency
                 }
-                put(load16(r0) - load16(r2), load16(r0 + 2) - load16(r2 + 2))
-                put(load16(r1) + load16(r2), load16(r1 + 2) + load16(r2 + 2))
-                put(load16(r2) - load16(r1), load16(r2 + 2) - load16(r1 + 2))
-                put(load16(r1) - load16(r3), load16(r1 + 2) - load16(r3 + 2))
+                put(loadPair(r0, h) - loadPair(r2, h), loadPair(r0 + 2, h) - loadPair(r2 + 2, h))
+                put(loadPair(r1, h) + loadPair(r2, h), loadPair(r1 + 2, h) + loadPair(r2 + 2, h))
+                put(loadPair(r2, h) - loadPair(r1, h), loadPair(r2 + 2, h) - loadPair(r1 + 2, h))
+                put(loadPair(r1, h) - loadPair(r3, h), loadPair(r1 + 2, h) - loadPair(r3 + 2, h))
                 p += 16; out += 8
             }
-            rowStart += 2 &* rs; rowOut += l.rowTiles
+            rowStart += l.vectorRowStride
         }
         channel += channelStride; channelOut += rowLength
     }
@@ -148,11 +173,10 @@ public func winogradOutputTransform(_ m: UnsafePointer<Float>, channels oc: Int,
     var plane = y, channel = m
     for o in 0..<oc {
         let b = SIMD8<Float>(repeating: bias?[o] ?? 0)
-        var rowIn = channel
-        for ty in 0..<l.tileRows {
-            var p = rowIn, top = plane + 2 &* ty &* w, lower = scratch
-            for tx in Swift.stride(from: 0, to: l.rowTiles, by: 8) {
-                guard 2 &* tx < w else { break }
+        var p = channel
+        for vr in 0..<l.vectorRows {
+            var top = plane + 2 &* vr &* w, lower = scratch
+            for _ in 0..<l.vectorsPerRow {
                 var q = p
                 @inline(__always) func next() -> SIMD8<Float> { let x = load8(q); q += frequency; return x }
                 let m00 = next(), m01 = next(), m02 = next(), m03 = next()
@@ -168,18 +192,30 @@ public func winogradOutputTransform(_ m: UnsafePointer<Float>, channels oc: Int,
                 var upper = SIMD16<Float>(), bottom = SIMD16<Float>()
                 upper.evenHalf = s0 + s1 + s2 + b; upper.oddHalf = s1 - s2 - s3 + b
                 bottom.evenHalf = t0 + t1 + t2 + b; bottom.oddHalf = t1 - t2 - t3 + b
-                UnsafeMutableRawPointer(top).storeBytes(of: upper, as: SIMD16<Float>.self)
-                UnsafeMutableRawPointer(lower).storeBytes(of: bottom, as: SIMD16<Float>.self)
+                if l.isWide {
+                    UnsafeMutableRawPointer(top).storeBytes(of: upper, as: SIMD16<Float>.self)
+                    UnsafeMutableRawPointer(lower).storeBytes(of: bottom, as: SIMD16<Float>.self)
+                } else {
+                    // Rows 4vr to 4vr + 3, each at most 8 wide: copied exactly, in any order.
+                    @inline(__always) func copy(_ half: SIMD8<Float>, toRow r: Int) {
+                        guard r < h else { return }
+                        store8(half, scratch)
+                        let row = plane + r &* w
+                        for i in 0..<w { row[i] = scratch[i] }
+                    }
+                    let first = 4 &* vr
+                    copy(upper.lowHalf, toRow: first); copy(bottom.lowHalf, toRow: first &+ 1)
+                    copy(upper.highHalf, toRow: first &+ 2); copy(bottom.highHalf, toRow: first &+ 3)
+                }
                 p += 8; top += 16; lower += 16
             }
-            if 2 &* ty &+ 1 < h {
+            if l.isWide && 2 &* vr &+ 1 < h {
                 // Inline: a memmove call per 7 to 28 floats costs more than the copy.
-                let row = plane + (2 &* ty &+ 1) &* w
+                let row = plane + (2 &* vr &+ 1) &* w
                 var k = 0
                 while k &+ 8 <= w { store8(load8(scratch + k), row + k); k &+= 8 }
                 while k < w { row[k] = scratch[k]; k &+= 1 }
             }
-            rowIn += l.rowTiles
         }
         plane += h &* w; channel += rowLength
     }
@@ -286,27 +322,35 @@ public func winogradConv3x3(_ input: UnsafePointer<Float>, channels c: Int, chan
 /// sums over the real tiles.
 public func winogradGradientTransform(_ dy: UnsafePointer<Float>, channels oc: Int, channelStride: Int, _ l: WinogradLayout,
                                       rowLength: Int, into t: UnsafeMutablePointer<Float>) {
-    let rs = l.rowStride, frequency = oc * rowLength
+    let rs = l.rowStride, frequency = oc &* rowLength, h = l.highOffset
     let lane = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7)
     for o in 0..<oc {
-        for ty in 0..<l.tileRows {
-            for tx in Swift.stride(from: 0, to: l.rowTiles, by: 8) {
-                // Output rows 2ty, 2ty + 1 are padded rows 2ty + 1, 2ty + 2; columns likewise.
-                let p = dy + o * channelStride + (2 * ty + 1) * rs + 2 * tx + 1
-                let top = load16(p), bottom = load16(p + rs)
-                let real = lane .< SIMD8<Int32>(repeating: Int32(l.tileColumns - tx))
-                let y00 = top.evenHalf.replacing(with: 0, where: .!real), y01 = top.oddHalf.replacing(with: 0, where: .!real)
+        var out = t + o &* rowLength
+        for vr in 0..<l.vectorRows {
+            // Output rows 2ty, 2ty + 1 are padded rows 2ty + 1, 2ty + 2; columns likewise.
+            var p = dy + o &* channelStride + (2 &* vr &* (l.isWide ? 1 : 2) &+ 1) &* rs + 1
+            for chunk in 0..<l.vectorsPerRow {
+                let upper = loadPair(p, h), bottom = loadPair(p + rs, h)
+                // Lanes of a tile past the last column (or, two rows a vector, past the last row).
+                let real = l.isWide
+                    ? lane .< SIMD8<Int32>(repeating: Int32(l.tileColumns - 8 * chunk))
+                    : ((lane & 3) .< SIMD8<Int32>(repeating: Int32(l.tileColumns)))
+                        .& ((lane &>> 2) .< SIMD8<Int32>(repeating: Int32(l.tileRows - 2 * vr)))
+                let y00 = upper.evenHalf.replacing(with: 0, where: .!real), y01 = upper.oddHalf.replacing(with: 0, where: .!real)
                 let y10 = bottom.evenHalf.replacing(with: 0, where: .!real), y11 = bottom.oddHalf.replacing(with: 0, where: .!real)
                 // Rows of A dY: y0, y0 + y1, y0 - y1, -y1 (y0, y1 the tile's rows); then the same on columns.
-                let out = t + o * rowLength + ty * l.rowTiles + tx
-                @inline(__always) func row(_ i: Int, _ a: SIMD8<Float>, _ b: SIMD8<Float>) {
-                    let base = out + 4 * i * frequency
-                    store8(a, base); store8(a + b, base + frequency); store8(a - b, base + 2 * frequency); store8(-b, base + 3 * frequency)
+                var q = out
+                @inline(__always) func row(_ a: SIMD8<Float>, _ b: SIMD8<Float>) {
+                    store8(a, q); q += frequency
+                    store8(a + b, q); q += frequency
+                    store8(a - b, q); q += frequency
+                    store8(-b, q); q += frequency
                 }
-                row(0, y00, y01)
-                row(1, y00 + y10, y01 + y11)
-                row(2, y00 - y10, y01 - y11)
-                row(3, -y10, -y11)
+                row(y00, y01)
+                row(y00 + y10, y01 + y11)
+                row(y00 - y10, y01 - y11)
+                row(-y10, -y11)
+                p += 16; out += 8
             }
         }
     }

@@ -43,7 +43,7 @@ public final class Conv2d: Layer {
     /// carry its transforms and enough tiles per row to fill its vectors.
     private func winogradWins(channels: Int, outChannels: Int, width: Int) -> Bool {
         guard isDirect && stride == 1 && outChannels % 4 == 0 else { return false }
-        return algorithm == .winograd || (algorithm == .automatic && channels >= 32 && width >= 13)
+        return algorithm == .winograd || (algorithm == .automatic && channels >= 32)
     }
     /// The Winograd layouts of forward and of the input gradient, where they run.
     private var winograd: WinogradLayout?
