@@ -68,6 +68,15 @@ public struct WinogradLayout: Equatable, Sendable {
         reach = (2 * paddedTileRows + 1) * rowStride + 2 * rowTiles + 2
     }
 
+    /// Samples per `winogradConv3x3` call: their tiles side by side make one row of lanes.
+    /// Three at 14x14 make 3 x 56 = 7 blocks of 24 lanes for the products, where one sample
+    /// leaves a tail of 8 that runs at a third of the rate. More did not pay at 7x7 (12
+    /// samples, 192 lanes: the weight gradient adds up fewer lane sums, but forward's
+    /// products and transforms no longer stay in cache; 15.7 to 17.0 ms against 13.4 to
+    /// 16.2 ms forward and backward in alternating runs). Lanes are independent: the
+    /// grouping changes no output bit.
+    public var group: Int { 3 }
+
     /// Floats of the transformed input or of the products per frequency and channel: 16 x tiles.
     public var floatsPerChannel: Int { 16 * tiles }
 }
@@ -275,14 +284,9 @@ private func winogradProducts(_ v: UnsafePointer<Float>, channels c: Int, rowLen
     }
 }
 
-/// Samples per `winogradConv3x3` call: three samples' tiles side by side make whole
-/// blocks of 24 lanes for `convFlat` on these planes (3 x 56 at 14x14, 3 x 224 at 28x28),
-/// where one sample leaves a tail of 8 that runs at a third of the rate. Lanes are
-/// independent, so the grouping changes no bit.
-public let winogradGroup = 3
 
 /// The stride-1 3x3 convolution by F(2x2, 3x3) of `samples` consecutive samples (at most
-/// `winogradGroup`): y [samples, OC, H, W] from their prepared inputs (`prepareConvInput`,
+/// the layout's `group`): y [samples, OC, H, W] from their prepared inputs (`prepareConvInput`,
 /// sample s at input + s * sampleStride, its channels `channelStride` apart) and the
 /// transformed weights U [16, C, OC] (`winogradWeightTransform`). The transformed input goes
 /// to `v` [16, C, samples x tiles] (kept for the weight gradient); `m` [16, OC, samples x
@@ -292,7 +296,7 @@ public func winogradConv3x3(_ input: UnsafePointer<Float>, channels c: Int, chan
                             _ u: UnsafePointer<Float>, outChannels oc: Int, _ l: WinogradLayout, bias: UnsafePointer<Float>?,
                             v: UnsafeMutablePointer<Float>, m: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
                             into y: UnsafeMutablePointer<Float>) {
-    precondition(samples >= 1 && samples <= winogradGroup, "winogradConv3x3 takes 1 to \(winogradGroup) samples, got \(samples)")
+    precondition(samples >= 1 && samples <= l.group, "winogradConv3x3 takes 1 to \(l.group) samples, got \(samples)")
     let row = samples * l.tiles
     for s in 0..<samples {
         winogradInputTransform(input + s * sampleStride, channels: c, channelStride: channelStride, l, rowLength: row,

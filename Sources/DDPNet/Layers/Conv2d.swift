@@ -147,13 +147,13 @@ public final class Conv2d: Layer {
             if let w = winograd ?? winogradGradient {
                 let channels = max(inChannels, outChannels)
                 winogradWeights = FloatBuffer(capacity: 16 * inChannels * outChannels)
-                winogradInput = FloatBuffer(capacity: winogradGroup * channels * w.floatsPerChannel)
-                winogradProducts = FloatBuffer(capacity: winogradGroup * channels * w.floatsPerChannel)
+                winogradInput = FloatBuffer(capacity: w.group * channels * w.floatsPerChannel)
+                winogradProducts = FloatBuffer(capacity: w.group * channels * w.floatsPerChannel)
                 winogradRow = FloatBuffer(capacity: 2 * w.rowTiles)
             }
             if let w = winograd {
                 winogradKept = FloatBuffer(capacity: maxBatch * inChannels * w.floatsPerChannel)
-                winogradGradients = FloatBuffer(capacity: winogradGroup * outChannels * w.floatsPerChannel)
+                winogradGradients = FloatBuffer(capacity: w.group * outChannels * w.floatsPerChannel)
                 winogradSums = FloatBuffer(capacity: 16 * outChannels * inChannels)
             }
             preparedInput = FloatBuffer(capacity: maxBatch * inChannels * l.channelLength)
@@ -206,8 +206,8 @@ public final class Conv2d: Layer {
                 let sample = c * l.channelLength
                 for j in 0..<context.shards(batch: n) {
                     let samples = context.shard(j, batch: n)
-                    for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: winogradGroup) {
-                        let count = min(winogradGroup, samples.upperBound - first)
+                    for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: w.group) {
+                        let count = min(w.group, samples.upperBound - first)
                         for s in first..<(first + count) {
                             prepareConvInput(x.data + s * plane, channels: c, l, into: prepared + s * sample)
                         }
@@ -361,9 +361,9 @@ public final class Conv2d: Layer {
             // As below, by F(2x2, 3x3).
             let u = winogradWeights!.pointer, v = winogradInput!.pointer, m = winogradProducts!.pointer
             winogradWeightTransform(weight, outChannels: oc, inChannels: c, transposed: true, into: u)
-            for first in Swift.stride(from: 0, to: n, by: winogradGroup) {
+            for first in Swift.stride(from: 0, to: n, by: w.group) {
                 winogradConv3x3(preparedDy + first * oc * gradChannel, channels: oc, channelStride: gradChannel,
-                                sampleStride: oc * gradChannel, samples: min(winogradGroup, n - first), u, outChannels: c, w,
+                                sampleStride: oc * gradChannel, samples: min(w.group, n - first), u, outChannels: c, w,
                                 bias: nil, v: v, m: m, scratch: winogradRow!.pointer, into: dx.data + first * plane)
             }
         } else if c % 4 == 0 {
@@ -396,8 +396,8 @@ public final class Conv2d: Layer {
         for j in 0..<context.shards(batch: n) {
             let samples = context.shard(j, batch: n), slot = j * context.gradientSlotStride
             sums.update(repeating: 0, count: 16 * oc * c)
-            for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: winogradGroup) {
-                let count = min(winogradGroup, samples.upperBound - first), row = count * w.tiles
+            for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: w.group) {
+                let count = min(w.group, samples.upperBound - first), row = count * w.tiles
                 for s in first..<(first + count) {
                     winogradGradientTransform(preparedDy + s * oc * gradChannel, channels: oc, channelStride: gradChannel, w,
                                               rowLength: row, into: transformed + (s - first) * w.tiles)
