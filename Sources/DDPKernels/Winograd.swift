@@ -143,27 +143,27 @@ public func winogradInputTransform(_ input: UnsafePointer<Float>, channels c: In
 /// Computed in Float64, rounded once.
 public func winogradWeightTransform(_ weight: UnsafePointer<Float>, outChannels oc: Int, inChannels c: Int, transposed: Bool,
                                     into u: UnsafeMutablePointer<Float>) {
-    var g = [Double](repeating: 0, count: 9), gg = [Double](repeating: 0, count: 12)
+    let (rows, columns) = transposed ? (oc, c) : (c, oc)
     for o in 0..<oc {
         for ci in 0..<c {
             let w = weight + (o * c + ci) * 9
-            for t in 0..<9 { g[t] = Double(w[transposed ? 8 - t : t]) }
-            // G g: rows g0, (g0 + g1 + g2)/2, (g0 - g1 + g2)/2, g2 (each a row of 3).
-            for k in 0..<3 {
-                gg[k] = g[k]
-                gg[3 + k] = (g[k] + g[3 + k] + g[6 + k]) / 2
-                gg[6 + k] = (g[k] - g[3 + k] + g[6 + k]) / 2
-                gg[9 + k] = g[6 + k]
+            // Kernel row i (lane 3 unused), flipped for the input gradient.
+            @inline(__always) func kernelRow(_ i: Int) -> SIMD4<Double> {
+                let t = 3 * i
+                return transposed ? SIMD4(Double(w[8 - t]), Double(w[7 - t]), Double(w[6 - t]), 0)
+                                  : SIMD4(Double(w[t]), Double(w[t + 1]), Double(w[t + 2]), 0)
             }
-            // (G g) Gᵀ: the same on each row.
-            let (rows, columns) = transposed ? (oc, c) : (c, oc)
+            let g0 = kernelRow(0), g1 = kernelRow(1), g2 = kernelRow(2)
+            // (G g) Gᵀ: G g has rows g0, (g0 + g1 + g2)/2, (g0 - g1 + g2)/2, g2; then the same on each row.
             let (row, column) = transposed ? (o, ci) : (ci, o)
-            for r in 0..<4 {
-                let a = gg[3 * r], b = gg[3 * r + 1], d = gg[3 * r + 2]
-                let first = u + (4 * r * rows + row) * columns + column, next = rows * columns
+            let next = rows * columns
+            @inline(__always) func emit(_ r: Int, _ v: SIMD4<Double>) {
+                let a = v[0], b = v[1], d = v[2]
+                let first = u + (4 * r * rows + row) * columns + column
                 first[0] = Float(a); first[next] = Float((a + b + d) / 2)
                 first[2 * next] = Float((a - b + d) / 2); first[3 * next] = Float(d)
             }
+            emit(0, g0); emit(1, (g0 + g1 + g2) / 2); emit(2, (g0 - g1 + g2) / 2); emit(3, g2)
         }
     }
 }
