@@ -15,13 +15,16 @@ import DDPKernels
 /// A 3x3, padding-1 convolution of stride 1 or 2 with a multiple of 4 output channels runs
 /// direct kernels instead (DirectConv3x3.swift): forward, weight gradient and input gradient
 /// read padded planes with vector loads, no im2col and no GEMM packing (the input gradient
-/// of an input channel count that is not a multiple of 4 still goes by GEMM). Every output element is one FMA chain in a fixed order per sample, so a
-/// sample's output does not depend on the rest of the batch, nor on the BLAS threads.
+/// of an input channel count that is not a multiple of 4 still goes by GEMM). Stride-1 ones
+/// with at least 32 input channels go by Winograd's F(2x2, 3x3) (Winograd.swift), forward,
+/// weight gradient and input gradient each where it wins. Every output element is one FMA
+/// chain in a fixed order per sample, so a sample's output does not depend on the rest of
+/// the batch, nor on the BLAS threads.
 public final class Conv2d: Layer {
-    /// How the layer computes: `automatic` takes the direct 3x3 kernels where they apply;
-    /// `gemm` always unfolds with im2col (kept to measure one against the other).
-    /// `direct` takes the direct kernels but never Winograd's, `winograd` Winograd's on every
-    /// stride-1 3x3 shape the direct kernels take.
+    /// How the layer computes: `automatic` takes Winograd's or the direct 3x3 kernels where
+    /// they apply and win; `direct` the direct kernels but never Winograd's; `winograd`
+    /// Winograd's on every stride-1 shape the direct kernels take; `gemm` always unfolds
+    /// with im2col (the last three kept to measure one against another).
     public enum Algorithm: Sendable { case automatic, direct, winograd, gemm }
     public let inChannels: Int
     public let outChannels: Int
@@ -39,9 +42,9 @@ public final class Conv2d: Layer {
     }
     /// Whether a stride-1 direct convolution from `channels` to `outChannels` goes by
     /// Winograd's F(2x2, 3x3) (forward; the input gradient is the convolution from OC to C).
-    /// Measured (docs/PERFORMANCE.md): it wins where there are enough input channels to
-    /// carry its transforms and enough tiles per row to fill its vectors.
-    private func winogradWins(channels: Int, outChannels: Int, width: Int) -> Bool {
+    /// Measured (docs/PERFORMANCE.md "Round three"): it wins where there are enough input
+    /// channels to carry its transforms (32 and 64 did at 14x14 and 7x7; 1 and 16 did not).
+    private func winogradWins(channels: Int, outChannels: Int) -> Bool {
         guard isDirect && stride == 1 && outChannels % 4 == 0 else { return false }
         return algorithm == .winograd || (algorithm == .automatic && channels >= 32)
     }
@@ -131,10 +134,10 @@ public final class Conv2d: Layer {
         output = FloatBuffer(capacity: maxBatch * outChannels * g.outSpatial + winogradOutputSlack)
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample + winogradOutputSlack)
         if isDirect {
-            if winogradWins(channels: inChannels, outChannels: outChannels, width: input.w) {
+            if winogradWins(channels: inChannels, outChannels: outChannels) {
                 winograd = WinogradLayout(height: input.h, width: input.w)
             }
-            if winogradWins(channels: outChannels, outChannels: inChannels, width: input.w) {
+            if winogradWins(channels: outChannels, outChannels: inChannels) {
                 winogradGradient = WinogradLayout(height: input.h, width: input.w)
             }
             // Winograd's transforms read a little past the padded plane (lanes no real
