@@ -6,16 +6,19 @@
 ///     Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A
 ///
 /// The input transform V = Bᵀ d B and the weight transform U = G g Gᵀ give 16 frequencies;
-/// for each, M[f] [OC, tiles] = U[f] [OC, C] x V[f] [C, tiles] is one `convFlat` with a
-/// single tap (vector lanes over tiles); the output transform Aᵀ M A gives the 2x2 outputs.
+/// for each, M[f] [OC, tiles] = U[f] [OC, C] x V[f] [C, tiles] (`winogradProducts`, vector
+/// lanes over tiles); the output transform Aᵀ M A gives the 2x2 outputs. The weight
+/// gradient is Gᵀ (Σ_tiles (A dY Aᵀ) ⊙ V) G, with V kept from forward.
 ///
 /// Tiles are laid out row by row, each tile row padded to a whole number of 8-lane vectors
-/// (`rowTiles`), or two rows of 4 tiles a vector on narrow planes. Every lane is one tile and every output is a fixed sequence of additions
-/// and one FMA chain over the input channels, whatever the batch: a sample's outputs depend
-/// on that sample alone, bit for bit. Lanes past the image read whatever follows (the next
-/// row or channel of the prepared input) and are thrown away; no real output reads them:
-/// output column 0 of a tile uses input columns 0 to 2 only, column 1 columns 1 to 3 (rows
-/// likewise), and those are inside the padded image for every tile that has a real output.
+/// (`rowTiles`), or two rows of 4 tiles a vector on narrow planes. Every lane is one tile
+/// and every output is a fixed sequence of additions and one FMA chain over the input
+/// channels, whatever the batch: a sample's outputs depend on that sample alone, bit for
+/// bit. Lanes past the image read whatever follows in the channel's prepared plane (which
+/// is `reach` long for that) and are thrown away, or zeroed before the weight gradient sums
+/// them; no real output reads them: output column 0 of a tile uses input columns 0 to 2
+/// only, column 1 columns 1 to 3 (rows likewise), and those are inside the padded image for
+/// every tile that has a real output.
 
 /// Where the transforms read and write, for an H x W plane (output the same size).
 ///
@@ -137,7 +140,7 @@ public func winogradInputTransform(_ input: UnsafePointer<Float>, channels c: In
 }
 
 /// U [16, C, OC] = G g Gᵀ of every kernel g = weight[o, c] ([OC, C, 3, 3], PyTorch's
-/// layout), the packed weights of `convFlat` per frequency. With `transposed`, the kernels
+/// layout), the weights of `winogradProducts` per frequency. With `transposed`, the kernels
 /// of the input gradient instead: flipped, channels swapped, U [16, OC, C] (the input
 /// gradient of a stride-1 convolution is the padded output gradient convolved with them).
 /// Computed in Float64, rounded once.
