@@ -5,24 +5,35 @@ import Foundation
 // Release builds of the numeric targets use AVX2 and FMA when the build machine has them
 // (swiftc -target-cpu haswell: the x86-64-v3 feature set, which swiftc does not accept by
 // that name; every AVX2 Intel and AMD Zen CPU has it), so that element-wise loops vectorize
-// 8 floats wide; a machine without them gets baseline x86-64 (SSE2) code. A binary built
-// with AVX2 dies with SIGILL on a CPU without it: build where you run (launch/setup does).
-// DDPTRAIN_TARGET_CPU overrides: a CPU name for -target-cpu, or "baseline".
+// 8 floats wide; a machine without them gets baseline x86-64 (SSE2) code. Where the build
+// machine also has AVX-512 (F, CD, BW, DQ, VL: the x86-64-v4 set, skylake-avx512 to swiftc)
+// the convolution kernels run 16 floats wide (DDPTRAIN_AVX512, DESIGN.md "Kernels"), with
+// the same bits as the 8-wide ones. A binary built with AVX2 or AVX-512 dies with SIGILL on
+// a CPU without it: build where you run (launch/setup does).
+// DDPTRAIN_TARGET_CPU overrides: a CPU name for -target-cpu (AVX-512 kernels when the name
+// is skylake-avx512 or a later AVX-512 Intel CPU), or "baseline".
 let numericFlags: [String] = {
     // -O, not -Ounchecked: preconditions and bounds stay checked (a wrong batch traps with
     // a message rather than writing past a buffer); entry points check once per call and
     // the inner loops run over unsafe pointers, so the checks cost next to nothing.
     var flags = ["-O", "-Xcc", "-fno-math-errno"]
     let requested = ProcessInfo.processInfo.environment["DDPTRAIN_TARGET_CPU"]
+    let avx512CPUs: Set<String> = ["skylake-avx512", "cascadelake", "cooperlake", "icelake-server", "icelake-client",
+                                   "tigerlake", "sapphirerapids", "emeraldrapids", "graniterapids", "znver4", "znver5"]
     if let cpu = requested, !cpu.isEmpty {
         if cpu != "baseline" { flags += ["-target-cpu", cpu] }
+        if avx512CPUs.contains(cpu) { flags += ["-D", "DDPTRAIN_AVX512"] }
         return flags
     }
     #if arch(x86_64) && os(Linux)
     if let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
        let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) {
         let features = Set(line.split(separator: " ").map(String.init))
-        if ["avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave", "popcnt"].allSatisfy(features.contains) {
+        let v3 = ["avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave", "popcnt"]
+        let v4 = v3 + ["avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"]
+        if v4.allSatisfy(features.contains) {
+            flags += ["-target-cpu", "skylake-avx512", "-D", "DDPTRAIN_AVX512"]
+        } else if v3.allSatisfy(features.contains) {
             flags += ["-target-cpu", "haswell"]
         }
     }

@@ -33,6 +33,61 @@ public enum BLASThreads {
     }
 }
 
+/// OpenBLAS picks its kernels by CPU model when it loads (DYNAMIC_ARCH). A release older
+/// than the CPU does not know its model and falls back to its Prescott (SSE3) kernels: Debian
+/// 12's 0.3.21 does so on Sapphire and Emerald Rapids Xeons, where its sgemm then runs at a
+/// third of what its SkylakeX kernels reach (32 against 114 GFLOP/s on one core, measured).
+/// `chooseByFeatures()` picks the kernels by the CPU's features instead, as later OpenBLAS
+/// releases do for models they do not know, and as OPENBLAS_CORETYPE would.
+public enum BLASCore {
+    /// What `chooseByFeatures()` did, for doctor and bench to report; nil when OpenBLAS's
+    /// own choice stood.
+    public nonisolated(unsafe) private(set) static var replaced: (detected: String, chosen: String)?
+
+    /// Call before any BLAS call. Leaves OpenBLAS alone when OPENBLAS_CORETYPE is set (the
+    /// user chose), when it knew the CPU (any choice but Prescott), when it was not built
+    /// with DYNAMIC_ARCH, or when the CPU has nothing better than SSE3.
+    public static func chooseByFeatures() {
+        guard getenv("OPENBLAS_CORETYPE") == nil, BLASThreads.coreName == "Prescott",
+              let chosen = coreType(forFeatures: cpuFeatures()),
+              let library = dlopen(nil, RTLD_NOW),
+              let quit = dlsym(library, "gotoblas_dynamic_quit"),
+              let initialize = dlsym(library, "gotoblas_dynamic_init") else { return }
+        typealias Entry = @convention(c) () -> Void
+        // gotoblas_dynamic_init reads OPENBLAS_CORETYPE; quit first, or it keeps its choice.
+        setenv("OPENBLAS_CORETYPE", chosen, 1)
+        unsafeBitCast(quit, to: Entry.self)()
+        unsafeBitCast(initialize, to: Entry.self)()
+        unsetenv("OPENBLAS_CORETYPE")
+        replaced = ("Prescott", BLASThreads.coreName)
+    }
+
+    /// OpenBLAS's name for the best kernels these CPU flags (/proc/cpuinfo's) run, or nil.
+    public static func coreType(forFeatures features: Set<String>) -> String? {
+        if ["avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"].allSatisfy(features.contains) { return "SkylakeX" }
+        if ["avx2", "fma"].allSatisfy(features.contains) { return "Haswell" }
+        if features.contains("avx") { return "SandyBridge" }
+        if features.contains("sse4_2") { return "Nehalem" }
+        return nil
+    }
+
+    /// The flags of the first processor in /proc/cpuinfo (empty where there is none).
+    static func cpuFeatures() -> Set<String> {
+        guard let file = fopen("/proc/cpuinfo", "r") else { return [] }
+        defer { fclose(file) }
+        var line: UnsafeMutablePointer<CChar>?
+        var capacity = 0
+        defer { free(line) }
+        while getline(&line, &capacity, file) > 0, let line {
+            let text = String(cString: line)
+            guard text.hasPrefix("flags") else { continue }
+            guard let colon = text.firstIndex(of: ":") else { return [] }
+            return Set(text[text.index(after: colon)...].split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "\t" }).map(String.init))
+        }
+        return []
+    }
+}
+
 extension String {
     func trimmingCharacters(in character: Character) -> String {
         var s = Substring(self)

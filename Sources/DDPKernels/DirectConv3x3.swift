@@ -154,6 +154,16 @@ private func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
 }
 
 @inline(__always)
+func load16(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
+    UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
+}
+
+@inline(__always)
+func store16(_ v: SIMD16<Float>, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD16<Float>.self)
+}
+
+@inline(__always)
 private func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
 }
@@ -178,6 +188,38 @@ public func convFlat(_ input: UnsafePointer<Float>, channels c: Int, channelLeng
     tapList.withUnsafeBufferPointer { taps in
     for o0 in stride(from: 0, to: oc, by: 4) {
         var j = 0
+        #if DDPTRAIN_AVX512
+        // 4 x 48: the same chains 16 lanes wide (zmm), then the 8-wide blocks for the rest.
+        while j + 48 <= length {
+            var a00 = SIMD16<Float>(), a01 = SIMD16<Float>(), a02 = SIMD16<Float>()
+            var a10 = SIMD16<Float>(), a11 = SIMD16<Float>(), a12 = SIMD16<Float>()
+            var a20 = SIMD16<Float>(), a21 = SIMD16<Float>(), a22 = SIMD16<Float>()
+            var a30 = SIMD16<Float>(), a31 = SIMD16<Float>(), a32 = SIMD16<Float>()
+            var src = input + j, w = packed + o0
+            for _ in 0..<c {
+                for t in 0..<tapCount {
+                    let s = src + taps[t]
+                    let v0 = load16(s), v1 = load16(s + 16), v2 = load16(s + 32)
+                    let w0 = SIMD16<Float>(repeating: w[0])
+                    a00.addProduct(v0, w0); a01.addProduct(v1, w0); a02.addProduct(v2, w0)
+                    let w1 = SIMD16<Float>(repeating: w[1])
+                    a10.addProduct(v0, w1); a11.addProduct(v1, w1); a12.addProduct(v2, w1)
+                    let w2 = SIMD16<Float>(repeating: w[2])
+                    a20.addProduct(v0, w2); a21.addProduct(v1, w2); a22.addProduct(v2, w2)
+                    let w3 = SIMD16<Float>(repeating: w[3])
+                    a30.addProduct(v0, w3); a31.addProduct(v1, w3); a32.addProduct(v2, w3)
+                    w += oc
+                }
+                src += plane
+            }
+            let d = out + o0 * length + j
+            store16(a00, d); store16(a01, d + 16); store16(a02, d + 32)
+            store16(a10, d + length); store16(a11, d + length + 16); store16(a12, d + length + 32)
+            store16(a20, d + 2 * length); store16(a21, d + 2 * length + 16); store16(a22, d + 2 * length + 32)
+            store16(a30, d + 3 * length); store16(a31, d + 3 * length + 16); store16(a32, d + 3 * length + 32)
+            j += 48
+        }
+        #endif
         while j + 24 <= length {
             var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a02 = SIMD8<Float>()
             var a10 = SIMD8<Float>(), a11 = SIMD8<Float>(), a12 = SIMD8<Float>()
@@ -314,6 +356,13 @@ public func conv3x3WeightGradient(_ x: UnsafePointer<Float>, channels c: Int, _ 
     precondition(oc % 2 == 0, "conv3x3WeightGradient needs an even number of output channels, got \(oc)")
     let length = l.outLength, plane = l.channelLength
     let xSample = c * plane
+    #if DDPTRAIN_AVX512
+    if oc % 8 == 0 {
+        conv3x3WeightGradientPaired(x, channels: c, dy, outChannels: oc, dyChannel: dyChannel, dySample: dySample, l,
+                                    samples: samples, addingInto: grad)
+        return
+    }
+    #endif
     for o0 in stride(from: 0, to: oc, by: 2) {
         for ci in 0..<c {
             for ky in 0..<3 {
@@ -342,3 +391,67 @@ public func conv3x3WeightGradient(_ x: UnsafePointer<Float>, channels c: Int, _ 
         }
     }
 }
+
+#if DDPTRAIN_AVX512
+/// `conv3x3WeightGradient` 16 lanes wide, with its bits: each SIMD16 accumulator holds two
+/// output channels' 8-lane accumulators side by side (dy of channel o in the low half, o + 1
+/// in the high half, the same x in both), so every lane runs the chain of the 8-wide kernel
+/// and each half's lane sum is the 8-wide sum. Blocks of 8 output channels x 3 taps: 12
+/// accumulators, which AVX-512's 32 registers hold.
+private func conv3x3WeightGradientPaired(_ x: UnsafePointer<Float>, channels c: Int, _ dy: UnsafePointer<Float>, outChannels oc: Int,
+                                         dyChannel: Int, dySample: Int, _ l: DirectConvLayout, samples: Int,
+                                         addingInto grad: UnsafeMutablePointer<Float>) {
+    let length = l.outLength, plane = l.channelLength
+    let xSample = c * plane
+    for o0 in stride(from: 0, to: oc, by: 8) {
+        for ci in 0..<c {
+            for ky in 0..<3 {
+                let t0 = l.taps[3 * ky], t1 = l.taps[3 * ky + 1], t2 = l.taps[3 * ky + 2]
+                var a00 = SIMD16<Float>(), a01 = SIMD16<Float>(), a02 = SIMD16<Float>()
+                var a10 = SIMD16<Float>(), a11 = SIMD16<Float>(), a12 = SIMD16<Float>()
+                var a20 = SIMD16<Float>(), a21 = SIMD16<Float>(), a22 = SIMD16<Float>()
+                var a30 = SIMD16<Float>(), a31 = SIMD16<Float>(), a32 = SIMD16<Float>()
+                for s in 0..<samples {
+                    let src = x + s * xSample + ci * plane
+                    let d0 = dy + s * dySample + o0 * dyChannel
+                    let d2 = d0 + 2 * dyChannel, d4 = d0 + 4 * dyChannel, d6 = d0 + 6 * dyChannel
+                    var j = 0
+                    while j < length {
+                        let x0 = twice(src + j + t0), x1 = twice(src + j + t1), x2 = twice(src + j + t2)
+                        let g0 = pairOfRows(d0 + j, dyChannel)
+                        a00.addProduct(g0, x0); a01.addProduct(g0, x1); a02.addProduct(g0, x2)
+                        let g1 = pairOfRows(d2 + j, dyChannel)
+                        a10.addProduct(g1, x0); a11.addProduct(g1, x1); a12.addProduct(g1, x2)
+                        let g2 = pairOfRows(d4 + j, dyChannel)
+                        a20.addProduct(g2, x0); a21.addProduct(g2, x1); a22.addProduct(g2, x2)
+                        let g3 = pairOfRows(d6 + j, dyChannel)
+                        a30.addProduct(g3, x0); a31.addProduct(g3, x1); a32.addProduct(g3, x2)
+                        j += 8
+                    }
+                }
+                let g = grad + (o0 * c + ci) * 9 + ky * 3, step = c * 9
+                @inline(__always) func add(_ pair: Int, _ a0: SIMD16<Float>, _ a1: SIMD16<Float>, _ a2: SIMD16<Float>) {
+                    let low = g + 2 * pair * step, high = low + step
+                    low[0] += a0.lowHalf.sum(); low[1] += a1.lowHalf.sum(); low[2] += a2.lowHalf.sum()
+                    high[0] += a0.highHalf.sum(); high[1] += a1.highHalf.sum(); high[2] += a2.highHalf.sum()
+                }
+                add(0, a00, a01, a02); add(1, a10, a11, a12); add(2, a20, a21, a22); add(3, a30, a31, a32)
+            }
+        }
+    }
+}
+
+/// The 8 floats at p in both halves.
+@inline(__always)
+func twice(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
+    let v = UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+    return SIMD16(lowHalf: v, highHalf: v)
+}
+
+/// The 8 floats at p in the low half, the 8 at p + distance in the high half.
+@inline(__always)
+func pairOfRows(_ p: UnsafePointer<Float>, _ distance: Int) -> SIMD16<Float> {
+    SIMD16(lowHalf: UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self),
+           highHalf: UnsafeRawPointer(p + distance).loadUnaligned(as: SIMD8<Float>.self))
+}
+#endif

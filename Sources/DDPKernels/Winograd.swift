@@ -246,6 +246,33 @@ private func winogradProducts(_ v: UnsafePointer<Float>, channels c: Int, rowLen
                               outChannels oc: Int, into out: UnsafeMutablePointer<Float>) {
     for o0 in Swift.stride(from: 0, to: oc, by: 4) {
         var j = 0
+        #if DDPTRAIN_AVX512
+        while j + 48 <= rowLength {
+            var a00 = SIMD16<Float>(), a01 = SIMD16<Float>(), a02 = SIMD16<Float>()
+            var a10 = SIMD16<Float>(), a11 = SIMD16<Float>(), a12 = SIMD16<Float>()
+            var a20 = SIMD16<Float>(), a21 = SIMD16<Float>(), a22 = SIMD16<Float>()
+            var a30 = SIMD16<Float>(), a31 = SIMD16<Float>(), a32 = SIMD16<Float>()
+            var src = v + j, w = u + o0
+            for _ in 0..<c {
+                let v0 = load16(src), v1 = load16(src + 16), v2 = load16(src + 32)
+                let w0 = SIMD16<Float>(repeating: w[0])
+                a00.addProduct(v0, w0); a01.addProduct(v1, w0); a02.addProduct(v2, w0)
+                let w1 = SIMD16<Float>(repeating: w[1])
+                a10.addProduct(v0, w1); a11.addProduct(v1, w1); a12.addProduct(v2, w1)
+                let w2 = SIMD16<Float>(repeating: w[2])
+                a20.addProduct(v0, w2); a21.addProduct(v1, w2); a22.addProduct(v2, w2)
+                let w3 = SIMD16<Float>(repeating: w[3])
+                a30.addProduct(v0, w3); a31.addProduct(v1, w3); a32.addProduct(v2, w3)
+                src += rowLength; w += oc
+            }
+            let d = out + o0 * rowLength + j, r = rowLength
+            store16(a00, d); store16(a01, d + 16); store16(a02, d + 32)
+            store16(a10, d + r); store16(a11, d + r + 16); store16(a12, d + r + 32)
+            store16(a20, d + 2 * r); store16(a21, d + 2 * r + 16); store16(a22, d + 2 * r + 32)
+            store16(a30, d + 3 * r); store16(a31, d + 3 * r + 16); store16(a32, d + 3 * r + 32)
+            j += 48
+        }
+        #endif
         while j + 24 <= rowLength {
             var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a02 = SIMD8<Float>()
             var a10 = SIMD8<Float>(), a11 = SIMD8<Float>(), a12 = SIMD8<Float>()
@@ -363,15 +390,24 @@ public func winogradGradientTransform(_ dy: UnsafePointer<Float>, channels oc: I
     }
 }
 
-/// dU [16, OC, C] += Σ_lanes T[f, o, lane] · V[f, c, lane] over one row of lanes (a group of
-/// samples' tiles): T [16, OC, rowLength] from `winogradGradientTransform`, V [16, C,
-/// rowLength] from `winogradInputTransform`. Blocks of 4 output x 3 input channels keep 12
-/// vector accumulators over the lanes, then add each one's lane sum; a sum over several
-/// groups is the groups' sums added in the order of the calls.
+/// dU's 8 lane sums [16, OC, C, 8] += T[f, o, lanes] · V[f, c, lanes] over one row of lanes (a
+/// group of samples' tiles), lane l of the 8 collecting the row's lanes l, l + 8, ...: T [16,
+/// OC, rowLength] from `winogradGradientTransform`, V [16, C, rowLength] from
+/// `winogradInputTransform`. Blocks of 4 output x 3 input channels keep 12 vector
+/// accumulators over the row, then add them to the lane sums; `sumLanes` ends a sum over
+/// several groups (added in the order of the calls). Summing lanes once, not per group,
+/// took 12 horizontal sums per 4 x 3 block and group off the kernel (on a 7x7 plane a group
+/// is only 6 vectors long).
 public func winogradWeightProducts(_ t: UnsafePointer<Float>, outChannels oc: Int, _ v: UnsafePointer<Float>, channels c: Int,
-                                   rowLength: Int, addingInto du: UnsafeMutablePointer<Float>) {
+                                   rowLength: Int, addingInto lanes: UnsafeMutablePointer<Float>) {
+    #if DDPTRAIN_AVX512
+    if oc % 8 == 0 {
+        winogradWeightProductsPaired(t, outChannels: oc, v, channels: c, rowLength: rowLength, addingInto: lanes)
+        return
+    }
+    #endif
     for f in 0..<16 {
-        let tf = t + f * oc * rowLength, vf = v + f * c * rowLength, df = du + f * oc * c
+        let tf = t + f * oc * rowLength, vf = v + f * c * rowLength, df = lanes + f * oc * c * 8
         for o0 in Swift.stride(from: 0, to: oc, by: 4) {
             let t0 = tf + o0 * rowLength, t1 = t0 + rowLength, t2 = t1 + rowLength, t3 = t2 + rowLength
             var c0 = 0
@@ -394,11 +430,12 @@ public func winogradWeightProducts(_ t: UnsafePointer<Float>, outChannels oc: In
                     a30.addProduct(g3, v0); a31.addProduct(g3, v1); a32.addProduct(g3, v2)
                     j += 8
                 }
-                let d = df + o0 * c + c0
-                d[0] += a00.sum(); d[1] += a01.sum(); d[2] += a02.sum()
-                d[c] += a10.sum(); d[c + 1] += a11.sum(); d[c + 2] += a12.sum()
-                d[2 * c] += a20.sum(); d[2 * c + 1] += a21.sum(); d[2 * c + 2] += a22.sum()
-                d[3 * c] += a30.sum(); d[3 * c + 1] += a31.sum(); d[3 * c + 2] += a32.sum()
+                let d = df + (o0 * c + c0) * 8
+                let r = 8 * c
+                accumulate(a00, d); accumulate(a01, d + 8); accumulate(a02, d + 16)
+                accumulate(a10, d + r); accumulate(a11, d + r + 8); accumulate(a12, d + r + 16)
+                accumulate(a20, d + 2 * r); accumulate(a21, d + 2 * r + 8); accumulate(a22, d + 2 * r + 16)
+                accumulate(a30, d + 3 * r); accumulate(a31, d + 3 * r + 8); accumulate(a32, d + 3 * r + 16)
                 c0 += 3
             }
             while c0 < c {
@@ -411,12 +448,83 @@ public func winogradWeightProducts(_ t: UnsafePointer<Float>, outChannels oc: In
                     a2.addProduct(load8(t2 + j), v0); a3.addProduct(load8(t3 + j), v0)
                     j += 8
                 }
-                let d = df + o0 * c + c0
-                d[0] += a0.sum(); d[c] += a1.sum(); d[2 * c] += a2.sum(); d[3 * c] += a3.sum()
+                let d = df + (o0 * c + c0) * 8
+                accumulate(a0, d); accumulate(a1, d + 8 * c); accumulate(a2, d + 16 * c); accumulate(a3, d + 24 * c)
                 c0 += 1
             }
         }
     }
+}
+
+#if DDPTRAIN_AVX512
+/// `winogradWeightProducts` 16 lanes wide, with its bits: each SIMD16 accumulator holds two
+/// output channels' 8-lane accumulators side by side (T of channel o in the low half, o + 1
+/// in the high half, the same V in both), so each half is the 8-wide kernel's accumulator.
+/// Blocks of 8 output x 3 input channels: 12 accumulators.
+private func winogradWeightProductsPaired(_ t: UnsafePointer<Float>, outChannels oc: Int, _ v: UnsafePointer<Float>, channels c: Int,
+                                          rowLength: Int, addingInto lanes: UnsafeMutablePointer<Float>) {
+    for f in 0..<16 {
+        let tf = t + f * oc * rowLength, vf = v + f * c * rowLength, df = lanes + f * oc * c * 8
+        for o0 in Swift.stride(from: 0, to: oc, by: 8) {
+            let t0 = tf + o0 * rowLength, t2 = t0 + 2 * rowLength, t4 = t0 + 4 * rowLength, t6 = t0 + 6 * rowLength
+            @inline(__always) func add(_ d: UnsafeMutablePointer<Float>, _ pair: Int, _ a: SIMD16<Float>) {
+                accumulate(a.lowHalf, d + 16 * pair * c); accumulate(a.highHalf, d + (16 * pair + 8) * c)
+            }
+            var c0 = 0
+            while c0 + 3 <= c {
+                let x0 = vf + c0 * rowLength, x1 = x0 + rowLength, x2 = x1 + rowLength
+                var a00 = SIMD16<Float>(), a01 = SIMD16<Float>(), a02 = SIMD16<Float>()
+                var a10 = SIMD16<Float>(), a11 = SIMD16<Float>(), a12 = SIMD16<Float>()
+                var a20 = SIMD16<Float>(), a21 = SIMD16<Float>(), a22 = SIMD16<Float>()
+                var a30 = SIMD16<Float>(), a31 = SIMD16<Float>(), a32 = SIMD16<Float>()
+                var j = 0
+                while j < rowLength {
+                    let v0 = twice(x0 + j), v1 = twice(x1 + j), v2 = twice(x2 + j)
+                    let g0 = pairOfRows(t0 + j, rowLength)
+                    a00.addProduct(g0, v0); a01.addProduct(g0, v1); a02.addProduct(g0, v2)
+                    let g1 = pairOfRows(t2 + j, rowLength)
+                    a10.addProduct(g1, v0); a11.addProduct(g1, v1); a12.addProduct(g1, v2)
+                    let g2 = pairOfRows(t4 + j, rowLength)
+                    a20.addProduct(g2, v0); a21.addProduct(g2, v1); a22.addProduct(g2, v2)
+                    let g3 = pairOfRows(t6 + j, rowLength)
+                    a30.addProduct(g3, v0); a31.addProduct(g3, v1); a32.addProduct(g3, v2)
+                    j += 8
+                }
+                let d = df + (o0 * c + c0) * 8
+                add(d, 0, a00); add(d + 8, 0, a01); add(d + 16, 0, a02)
+                add(d, 1, a10); add(d + 8, 1, a11); add(d + 16, 1, a12)
+                add(d, 2, a20); add(d + 8, 2, a21); add(d + 16, 2, a22)
+                add(d, 3, a30); add(d + 8, 3, a31); add(d + 16, 3, a32)
+                c0 += 3
+            }
+            while c0 < c {
+                let x0 = vf + c0 * rowLength
+                var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
+                var j = 0
+                while j < rowLength {
+                    let v0 = twice(x0 + j)
+                    a0.addProduct(pairOfRows(t0 + j, rowLength), v0); a1.addProduct(pairOfRows(t2 + j, rowLength), v0)
+                    a2.addProduct(pairOfRows(t4 + j, rowLength), v0); a3.addProduct(pairOfRows(t6 + j, rowLength), v0)
+                    j += 8
+                }
+                let d = df + (o0 * c + c0) * 8
+                add(d, 0, a0); add(d, 1, a1); add(d, 2, a2); add(d, 3, a3)
+                c0 += 1
+            }
+        }
+    }
+}
+#endif
+
+/// Adds 8 floats at p to the vector `a` and stores the sum there.
+@inline(__always)
+private func accumulate(_ a: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
+    store8(load8(p) + a, p)
+}
+
+/// dU [count] = the lane sums of `winogradWeightProducts`' [count, 8].
+public func sumLanes(_ lanes: UnsafePointer<Float>, count: Int, into du: UnsafeMutablePointer<Float>) {
+    for i in 0..<count { du[i] = load8(lanes + 8 * i).sum() }
 }
 
 /// The weight gradient [OC, C, 3, 3] (PyTorch's layout) = Gᵀ dU G of every dU [16, OC, C],

@@ -1,6 +1,7 @@
 import ArgumentParser
 import DDPComm
 import DDPData
+import DDPKernels
 import DDPSystem
 import DDPTrain
 import Foundation
@@ -21,6 +22,7 @@ struct DDPTrainCommand: ParsableCommand {
     /// have none and would wait for it in MPI_Init. (Files named by the arguments are read
     /// once MPI runs, under agreeOnSuccess.)
     static func main() {
+        BLASCore.chooseByFeatures()
         // Every command but `train` (which stops gracefully) ends at once on SIGTERM, SIGINT
         // or SIGUSR1, with 128 + the signal's number and no temporary file left behind.
         StopRequest.install(graceful: false, announce: false)

@@ -51,7 +51,8 @@ struct Doctor: ParsableCommand {
                             + (over ? "; ranks outnumber cores (oversubscribed)" : ""))
             }
             report.line("MPI", Communicator.libraryVersion())
-            report.line("OpenBLAS", "\(BLASThreads.configuration) (core \(BLASThreads.coreName))")
+            let coreNote = BLASCore.replaced.map { "; chosen by the CPU's features: this OpenBLAS does not know the CPU and took \($0.detected)" } ?? ""
+            report.line("OpenBLAS", "\(BLASThreads.configuration) (core \(BLASThreads.coreName)\(coreNote))")
             let threads = try world.allgather([Int64(BLASThreads.current)])
             report.line("BLAS threads per rank", threads.map { String($0) }.joined(separator: ","))
 

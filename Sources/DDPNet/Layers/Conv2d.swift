@@ -66,6 +66,8 @@ public final class Conv2d: Layer {
     /// and the sums dU [16, OC, C].
     private var winogradGradients: FloatBuffer?
     private var winogradSums: FloatBuffer?
+    /// dU's lane sums before `sumLanes`, [16, OC, C, 8].
+    private var winogradLanes: FloatBuffer?
     /// The direct path's prepared input [n, C, channelLength] (kept for the weight
     /// gradient) and output gradient [n, OC, gradChannel]: padded for stride 1, as the
     /// flat output for stride 2. Their padding and gaps stay zero.
@@ -158,6 +160,7 @@ public final class Conv2d: Layer {
                 winogradKept = FloatBuffer(capacity: maxBatch * inChannels * w.floatsPerChannel)
                 winogradGradients = FloatBuffer(capacity: w.group * outChannels * w.floatsPerChannel)
                 winogradSums = FloatBuffer(capacity: 16 * outChannels * inChannels)
+                winogradLanes = FloatBuffer(capacity: 16 * outChannels * inChannels * 8)
             }
             preparedInput = FloatBuffer(capacity: maxBatch * inChannels * l.channelLength)
             preparedGrad = FloatBuffer(capacity: maxBatch * outChannels * gradChannel)
@@ -389,16 +392,17 @@ public final class Conv2d: Layer {
 
     /// The weight gradient by F(2x2, 3x3), per shard into its gradient slot: dy padded into
     /// the prepared gradient (which the input gradient reads too), each group of forward's
-    /// transformed, dU summed over the shard's groups in order, then Gᵀ dU G.
+    /// transformed, dU's 8 lane sums summed over the shard's groups in order, the lanes
+    /// summed, then Gᵀ dU G.
     private func winogradWeightGradients(_ dy: Tensor, _ w: WinogradLayout, _ context: ForwardContext) {
         let l = layout!, n = dy.shape.n, oc = outChannels, c = inChannels, p = geometry.outSpatial
         let preparedDy = preparedGrad!.pointer, kept = winogradKept!.pointer
-        let transformed = winogradGradients!.pointer, sums = winogradSums!.pointer
+        let transformed = winogradGradients!.pointer, sums = winogradSums!.pointer, lanes = winogradLanes!.pointer
         spreadRows(dy.data, count: n * oc, height: l.outHeight, width: l.outWidth, rowStride: l.outRowStride,
                    channelStride: gradChannel, offset: l.origin, into: preparedDy)
         for j in 0..<context.shards(batch: n) {
             let samples = context.shard(j, batch: n), slot = j * context.gradientSlotStride
-            sums.update(repeating: 0, count: 16 * oc * c)
+            lanes.update(repeating: 0, count: 16 * oc * c * 8)
             for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: w.group) {
                 let count = min(w.group, samples.upperBound - first), row = count * w.tiles
                 for s in first..<(first + count) {
@@ -406,8 +410,9 @@ public final class Conv2d: Layer {
                                               rowLength: row, into: transformed + (s - first) * w.tiles)
                 }
                 winogradWeightProducts(transformed, outChannels: oc, kept + first * c * w.floatsPerChannel, channels: c,
-                                       rowLength: row, addingInto: sums)
+                                       rowLength: row, addingInto: lanes)
             }
+            sumLanes(lanes, count: 16 * oc * c, into: sums)
             winogradWeightGradient(sums, outChannels: oc, inChannels: c, into: weightGrad + slot)
             if let biasGrad { sumBias(dy.data, into: biasGrad + slot, samples: samples, spatial: p) }
         }

@@ -14,8 +14,8 @@ public final class Linear: Layer {
     private var output: FloatBuffer!
     /// The batch the buffers were sized for.
     private var capacity = 0
-    /// yᵀ, [out, batch]: see `forward`.
-    private var transposed: FloatBuffer!
+    /// Wᵀ, [in, out]: see `forward`.
+    private var transposedWeight: FloatBuffer!
     private var inputGrad: FloatBuffer!
     private var input: Tensor?
 
@@ -38,7 +38,7 @@ public final class Linear: Layer {
         _ = try outputShape(for: input)
         capacity = maxBatch
         output = FloatBuffer(capacity: maxBatch * outFeatures)
-        transposed = FloatBuffer(capacity: maxBatch * outFeatures)
+        transposedWeight = FloatBuffer(capacity: inFeatures * outFeatures)
         inputGrad = FloatBuffer(capacity: maxBatch * inFeatures)
     }
 
@@ -58,22 +58,16 @@ public final class Linear: Layer {
         let n = x.shape.n
         input = x
         let y = output.tensor(Shape(n: n, features: outFeatures))
-        // Shard by shard (the shard is the unit of every result, DESIGN I2), yᵀ = W xᵀ with
-        // the samples in GEMM's column dimension. OpenBLAS picks kernels (and so the rounding
-        // of each sample's outputs) by the matrix sizes, so a sample's outputs are the same
-        // wherever its shard is computed: on any rank, beside any other shards.
-        let t = transposed.pointer
-        for j in 0..<context.shards(batch: n) {
-            let rows = context.shard(j, batch: n), m = rows.count
-            sgemm(transB: true, m: outFeatures, n: m, k: inFeatures, a: weight, lda: inFeatures,
-                  b: x.data + rows.lowerBound * inFeatures, ldb: inFeatures, c: t, ldc: m)
-            for i in 0..<m {
-                let row = y.data + (rows.lowerBound + i) * outFeatures
-                if let bias {
-                    for o in 0..<outFeatures { row[o] = t[o * m + i] + bias[o] }
-                } else {
-                    for o in 0..<outFeatures { row[o] = t[o * m + i] }
-                }
+        // y = x Wᵀ by `rowProducts`, every output one FMA chain over the inputs in order: a
+        // sample's outputs depend on that sample alone (not on its batch, shard, rank or
+        // thread), which OpenBLAS's size-dependent kernels do not promise.
+        let wt = transposedWeight.pointer
+        transpose(weight, rows: outFeatures, columns: inFeatures, into: wt)
+        rowProducts(x.data, rows: n, inner: inFeatures, wt, columns: outFeatures, into: y.data)
+        if let bias {
+            for s in 0..<n {
+                let row = y.data + s * outFeatures
+                for o in 0..<outFeatures { row[o] += bias[o] }
             }
         }
         return y

@@ -1,0 +1,181 @@
+/// y [rows, n] = x [rows, k] · b [k, n], every element one FMA chain over k in order,
+/// whatever the number of rows, the block it falls in or the vector width: a row's result
+/// depends on that row alone, bit for bit. Linear's forward runs on it, so that a sample's
+/// outputs do not depend on the samples beside it. OpenBLAS does not promise that: which
+/// kernel it runs, and so each element's rounding, depends on the matrix sizes (its
+/// SkylakeX and Prescott kernels give a sample alone other bits than in a batch of 4).
+///
+/// Blocks of 4 rows x 24 columns keep 12 vector accumulators (with AVX-512, 8 rows x 32
+/// and 4 x 48, 16 lanes wide); b's rows are read as vectors, x's elements broadcast. Columns past the last multiple of 8 run one
+/// scalar FMA chain each, in the same order.
+public func rowProducts(_ x: UnsafePointer<Float>, rows: Int, inner k: Int, _ b: UnsafePointer<Float>, columns n: Int,
+                        into y: UnsafeMutablePointer<Float>) {
+    var r = 0
+    #if DDPTRAIN_AVX512
+    while r + 8 <= rows {
+        eightRows(x + r * k, inner: k, b, columns: n, into: y + r * n)
+        r += 8
+    }
+    #endif
+    while r + 4 <= rows {
+        rowBlock(x + r * k, rowCount: 4, inner: k, b, columns: n, stride: n, into: y + r * n)
+        r += 4
+    }
+    while r < rows {
+        rowBlock(x + r * k, rowCount: 1, inner: k, b, columns: n, stride: n, into: y + r * n)
+        r += 1
+    }
+}
+
+#if DDPTRAIN_AVX512
+/// 8 rows of x times b: blocks of 8 rows x 32 columns (16 accumulators of AVX-512's 32
+/// registers), which read b half as often as 4 x 48; the rest as `rowBlock` does.
+private func eightRows(_ x: UnsafePointer<Float>, inner k: Int, _ b: UnsafePointer<Float>, columns n: Int,
+                       into y: UnsafeMutablePointer<Float>) {
+    var j = 0
+    while j + 32 <= n {
+        var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
+        var a4 = SIMD16<Float>(), a5 = SIMD16<Float>(), a6 = SIMD16<Float>(), a7 = SIMD16<Float>()
+        var c0 = SIMD16<Float>(), c1 = SIMD16<Float>(), c2 = SIMD16<Float>(), c3 = SIMD16<Float>()
+        var c4 = SIMD16<Float>(), c5 = SIMD16<Float>(), c6 = SIMD16<Float>(), c7 = SIMD16<Float>()
+        var src = b + j, xi = x
+        for _ in 0..<k {
+            let v0 = load16(src), v1 = load16(src + 16)
+            var w = SIMD16<Float>(repeating: xi[0]); a0.addProduct(v0, w); c0.addProduct(v1, w)
+            w = SIMD16<Float>(repeating: xi[k]); a1.addProduct(v0, w); c1.addProduct(v1, w)
+            w = SIMD16<Float>(repeating: xi[2 * k]); a2.addProduct(v0, w); c2.addProduct(v1, w)
+            w = SIMD16<Float>(repeating: xi[3 * k]); a3.addProduct(v0, w); c3.addProduct(v1, w)
+            w = SIMD16<Float>(repeating: xi[4 * k]); a4.addProduct(v0, w); c4.addProduct(v1, w)
+            w = SIMD16<Float>(repeating: xi[5 * k]); a5.addProduct(v0, w); c5.addProduct(v1, w)
+            w = SIMD16<Float>(repeating: xi[6 * k]); a6.addProduct(v0, w); c6.addProduct(v1, w)
+            w = SIMD16<Float>(repeating: xi[7 * k]); a7.addProduct(v0, w); c7.addProduct(v1, w)
+            src += n; xi += 1
+        }
+        let d = y + j
+        store16(a0, d); store16(c0, d + 16); store16(a1, d + n); store16(c1, d + n + 16)
+        store16(a2, d + 2 * n); store16(c2, d + 2 * n + 16); store16(a3, d + 3 * n); store16(c3, d + 3 * n + 16)
+        store16(a4, d + 4 * n); store16(c4, d + 4 * n + 16); store16(a5, d + 5 * n); store16(c5, d + 5 * n + 16)
+        store16(a6, d + 6 * n); store16(c6, d + 6 * n + 16); store16(a7, d + 7 * n); store16(c7, d + 7 * n + 16)
+        j += 32
+    }
+    if j < n {
+        // The columns past the last 32, 4 rows at a time.
+        rowBlock(x, rowCount: 4, inner: k, b + j, columns: n - j, stride: n, into: y + j)
+        rowBlock(x + 4 * k, rowCount: 4, inner: k, b + j, columns: n - j, stride: n, into: y + 4 * n + j)
+    }
+}
+#endif
+
+/// `rowCount` (4 or 1) rows of x times `columns` columns of b, whose rows (and y's) are
+/// `stride` floats apart.
+@inline(__always)
+private func rowBlock(_ x: UnsafePointer<Float>, rowCount: Int, inner k: Int, _ b: UnsafePointer<Float>, columns: Int,
+                      stride n: Int, into y: UnsafeMutablePointer<Float>) {
+    // A single row reads its x four times over, as row 0 of a block of 4: one kernel.
+    let x0 = x, x1 = rowCount == 4 ? x + k : x, x2 = rowCount == 4 ? x + 2 * k : x, x3 = rowCount == 4 ? x + 3 * k : x
+    var j = 0
+    #if DDPTRAIN_AVX512
+    while j + 48 <= columns {
+        var a00 = SIMD16<Float>(), a01 = SIMD16<Float>(), a02 = SIMD16<Float>()
+        var a10 = SIMD16<Float>(), a11 = SIMD16<Float>(), a12 = SIMD16<Float>()
+        var a20 = SIMD16<Float>(), a21 = SIMD16<Float>(), a22 = SIMD16<Float>()
+        var a30 = SIMD16<Float>(), a31 = SIMD16<Float>(), a32 = SIMD16<Float>()
+        var src = b + j
+        for i in 0..<k {
+            let v0 = load16(src), v1 = load16(src + 16), v2 = load16(src + 32)
+            let w0 = SIMD16<Float>(repeating: x0[i])
+            a00.addProduct(v0, w0); a01.addProduct(v1, w0); a02.addProduct(v2, w0)
+            let w1 = SIMD16<Float>(repeating: x1[i])
+            a10.addProduct(v0, w1); a11.addProduct(v1, w1); a12.addProduct(v2, w1)
+            let w2 = SIMD16<Float>(repeating: x2[i])
+            a20.addProduct(v0, w2); a21.addProduct(v1, w2); a22.addProduct(v2, w2)
+            let w3 = SIMD16<Float>(repeating: x3[i])
+            a30.addProduct(v0, w3); a31.addProduct(v1, w3); a32.addProduct(v2, w3)
+            src += n
+        }
+        let d = y + j
+        store16(a00, d); store16(a01, d + 16); store16(a02, d + 32)
+        if rowCount == 4 {
+            store16(a10, d + n); store16(a11, d + n + 16); store16(a12, d + n + 32)
+            store16(a20, d + 2 * n); store16(a21, d + 2 * n + 16); store16(a22, d + 2 * n + 32)
+            store16(a30, d + 3 * n); store16(a31, d + 3 * n + 16); store16(a32, d + 3 * n + 32)
+        }
+        j += 48
+    }
+    #endif
+    while j + 24 <= columns {
+        var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a02 = SIMD8<Float>()
+        var a10 = SIMD8<Float>(), a11 = SIMD8<Float>(), a12 = SIMD8<Float>()
+        var a20 = SIMD8<Float>(), a21 = SIMD8<Float>(), a22 = SIMD8<Float>()
+        var a30 = SIMD8<Float>(), a31 = SIMD8<Float>(), a32 = SIMD8<Float>()
+        var src = b + j
+        for i in 0..<k {
+            let v0 = load8(src), v1 = load8(src + 8), v2 = load8(src + 16)
+            let w0 = SIMD8<Float>(repeating: x0[i])
+            a00.addProduct(v0, w0); a01.addProduct(v1, w0); a02.addProduct(v2, w0)
+            let w1 = SIMD8<Float>(repeating: x1[i])
+            a10.addProduct(v0, w1); a11.addProduct(v1, w1); a12.addProduct(v2, w1)
+            let w2 = SIMD8<Float>(repeating: x2[i])
+            a20.addProduct(v0, w2); a21.addProduct(v1, w2); a22.addProduct(v2, w2)
+            let w3 = SIMD8<Float>(repeating: x3[i])
+            a30.addProduct(v0, w3); a31.addProduct(v1, w3); a32.addProduct(v2, w3)
+            src += n
+        }
+        let d = y + j
+        store8(a00, d); store8(a01, d + 8); store8(a02, d + 16)
+        if rowCount == 4 {
+            store8(a10, d + n); store8(a11, d + n + 8); store8(a12, d + n + 16)
+            store8(a20, d + 2 * n); store8(a21, d + 2 * n + 8); store8(a22, d + 2 * n + 16)
+            store8(a30, d + 3 * n); store8(a31, d + 3 * n + 8); store8(a32, d + 3 * n + 16)
+        }
+        j += 24
+    }
+    while j + 8 <= columns {
+        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+        var src = b + j
+        for i in 0..<k {
+            let v = load8(src)
+            a0.addProduct(v, SIMD8<Float>(repeating: x0[i])); a1.addProduct(v, SIMD8<Float>(repeating: x1[i]))
+            a2.addProduct(v, SIMD8<Float>(repeating: x2[i])); a3.addProduct(v, SIMD8<Float>(repeating: x3[i]))
+            src += n
+        }
+        store8(a0, y + j)
+        if rowCount == 4 { store8(a1, y + n + j); store8(a2, y + 2 * n + j); store8(a3, y + 3 * n + j) }
+        j += 8
+    }
+    while j < columns {
+        for row in 0..<rowCount {
+            let xr = x + row * k
+            var acc: Float = 0
+            for i in 0..<k { acc = acc.addingProduct(xr[i], b[i * n + j]) }
+            y[row * n + j] = acc
+        }
+        j += 1
+    }
+}
+
+/// b [columns, rows] = aᵀ for a [rows, columns], in 16 x 16 tiles so that both sides stay
+/// in cache lines (a row-at-a-time loop writes each float to another line).
+public func transpose(_ a: UnsafePointer<Float>, rows: Int, columns: Int, into b: UnsafeMutablePointer<Float>) {
+    let tile = 16
+    for r0 in stride(from: 0, to: rows, by: tile) {
+        let r1 = min(r0 + tile, rows)
+        for c0 in stride(from: 0, to: columns, by: tile) {
+            let c1 = min(c0 + tile, columns)
+            for r in r0..<r1 {
+                let src = a + r * columns
+                for c in c0..<c1 { b[c * rows + r] = src[c] }
+            }
+        }
+    }
+}
+
+@inline(__always)
+private func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+    UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+}
+
+@inline(__always)
+private func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
+}

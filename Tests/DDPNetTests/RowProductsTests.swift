@@ -1,0 +1,51 @@
+import DDPKernels
+import DDPNet
+import XCTest
+
+/// `rowProducts` (Linear's forward) against its definition, bit for bit: every element one
+/// fused multiply-add chain over k in order, whatever the block it falls in (4 rows or 1;
+/// 48, 24 or 8 columns, or the scalar tail). And Linear's outputs per sample do not depend
+/// on the batch, whichever kernels OpenBLAS picked on this CPU.
+final class RowProductsTests: XCTestCase {
+    func testEveryElementIsOneFusedChainInOrder() {
+        for rows in [1, 3, 4, 5, 9] {
+            for k in [0, 1, 7, 37] {
+                for n in [1, 7, 8, 10, 23, 24, 25, 47, 48, 49, 64, 100, 128] {
+                    let x = TestData.uniform(rows * k, seed: 1, stream: UInt32(n)), b = TestData.uniform(k * n, seed: 2, stream: UInt32(rows))
+                    var y = [Float](repeating: .nan, count: rows * n)
+                    x.withUnsafeBufferPointer { xp in
+                        b.withUnsafeBufferPointer { bp in
+                            y.withUnsafeMutableBufferPointer { yp in
+                                rowProducts(xp.baseAddress!, rows: rows, inner: k, bp.baseAddress!, columns: n, into: yp.baseAddress!)
+                            }
+                        }
+                    }
+                    var expected = [Float](repeating: 0, count: rows * n)
+                    for r in 0..<rows {
+                        for j in 0..<n {
+                            var acc: Float = 0
+                            for i in 0..<k { acc = acc.addingProduct(x[r * k + i], b[i * n + j]) }
+                            expected[r * n + j] = acc
+                        }
+                    }
+                    XCTAssertEqual(y.map(\.bitPattern), expected.map(\.bitPattern), "rows \(rows), k \(k), n \(n)")
+                }
+            }
+        }
+    }
+
+    func testLinearOutputsDoNotDependOnTheBatch() throws {
+        for (inFeatures, outFeatures) in [(3136, 128), (64, 10), (37, 49)] {
+            let batch = Shape(n: 7, features: inFeatures)
+            let model = try Model(layers: [Linear(inFeatures, outFeatures)], inputShape: batch, maxBatch: batch.n)
+            randomize(model, seed: 3)
+            let x = TestData.uniformBuffer(batch.count, seed: 4, stream: 1)
+            let whole = Array(try model.forward(x.tensor(batch), ForwardContext(training: true)).buffer)
+            for s in 0..<batch.n {
+                let alone = Array(try model.forward(Tensor(x.pointer + s * inFeatures, batch.withBatch(1)), ForwardContext(training: true)).buffer)
+                XCTAssertEqual(alone.map(\.bitPattern), whole[(s * outFeatures)..<((s + 1) * outFeatures)].map(\.bitPattern),
+                               "Linear(\(inFeatures), \(outFeatures)): sample \(s) alone differs from the same sample in a batch of 7")
+            }
+        }
+    }
+}
