@@ -72,7 +72,7 @@ public enum BLASCore {
     }
 
     /// The flags of the first processor in /proc/cpuinfo (empty where there is none).
-    static func cpuFeatures() -> Set<String> {
+    public static func cpuFeatures() -> Set<String> {
         guard let file = fopen("/proc/cpuinfo", "r") else { return [] }
         defer { fclose(file) }
         var line: UnsafeMutablePointer<CChar>?
