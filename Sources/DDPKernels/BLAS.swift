@@ -40,9 +40,8 @@ public enum BLASThreads {
 /// `chooseByFeatures()` picks the kernels by the CPU's features instead, as later OpenBLAS
 /// releases do for models they do not know, and as OPENBLAS_CORETYPE would.
 public enum BLASCore {
-    /// What `chooseByFeatures()` did, for doctor and bench to report; nil when OpenBLAS's
-    /// own choice stood.
-    public nonisolated(unsafe) private(set) static var replaced: (detected: String, chosen: String)?
+    /// Whether `chooseByFeatures()` replaced OpenBLAS's Prescott fallback, for doctor to say.
+    public nonisolated(unsafe) private(set) static var replacedPrescott = false
 
     /// Call before any BLAS call. Leaves OpenBLAS alone when OPENBLAS_CORETYPE is set (the
     /// user chose), when it knew the CPU (any choice but Prescott), when it was not built
@@ -59,7 +58,7 @@ public enum BLASCore {
         unsafeBitCast(quit, to: Entry.self)()
         unsafeBitCast(initialize, to: Entry.self)()
         unsetenv("OPENBLAS_CORETYPE")
-        replaced = ("Prescott", BLASThreads.coreName)
+        replacedPrescott = true
     }
 
     /// OpenBLAS's name for the best kernels these CPU flags (/proc/cpuinfo's) run, or nil.

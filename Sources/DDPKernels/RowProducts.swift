@@ -5,77 +5,31 @@
 /// kernel it runs, and so each element's rounding, depends on the matrix sizes (its
 /// SkylakeX and Prescott kernels give a sample alone other bits than in a batch of 4).
 ///
-/// Blocks of 4 rows x 24 columns keep 12 vector accumulators (with AVX-512, 8 rows x 32
-/// and 4 x 48, 16 lanes wide); b's rows are read as vectors, x's elements broadcast. Columns past the last multiple of 8 run one
+/// Blocks of 4 rows x 24 columns (x 48 with AVX-512, 16 lanes wide) keep 12 vector
+/// accumulators; b's rows are read as vectors, x's elements broadcast. Columns past the last multiple of 8 run one
 /// scalar FMA chain each, in the same order.
 public func rowProducts(_ x: UnsafePointer<Float>, rows: Int, inner k: Int, _ b: UnsafePointer<Float>, columns n: Int,
                         into y: UnsafeMutablePointer<Float>) {
     var r = 0
-    #if DDPTRAIN_AVX512
-    while r + 8 <= rows {
-        eightRows(x + r * k, inner: k, b, columns: n, into: y + r * n)
-        r += 8
-    }
-    #endif
     while r + 4 <= rows {
-        rowBlock(x + r * k, rowCount: 4, inner: k, b, columns: n, stride: n, into: y + r * n)
+        rowBlock(x + r * k, rowCount: 4, inner: k, b, columns: n, into: y + r * n)
         r += 4
     }
     while r < rows {
-        rowBlock(x + r * k, rowCount: 1, inner: k, b, columns: n, stride: n, into: y + r * n)
+        rowBlock(x + r * k, rowCount: 1, inner: k, b, columns: n, into: y + r * n)
         r += 1
     }
 }
 
-#if DDPTRAIN_AVX512
-/// 8 rows of x times b: blocks of 8 rows x 32 columns (16 accumulators of AVX-512's 32
-/// registers), which read b half as often as 4 x 48; the rest as `rowBlock` does.
-private func eightRows(_ x: UnsafePointer<Float>, inner k: Int, _ b: UnsafePointer<Float>, columns n: Int,
-                       into y: UnsafeMutablePointer<Float>) {
-    var j = 0
-    while j + 32 <= n {
-        var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
-        var a4 = SIMD16<Float>(), a5 = SIMD16<Float>(), a6 = SIMD16<Float>(), a7 = SIMD16<Float>()
-        var c0 = SIMD16<Float>(), c1 = SIMD16<Float>(), c2 = SIMD16<Float>(), c3 = SIMD16<Float>()
-        var c4 = SIMD16<Float>(), c5 = SIMD16<Float>(), c6 = SIMD16<Float>(), c7 = SIMD16<Float>()
-        var src = b + j, xi = x
-        for _ in 0..<k {
-            let v0 = load16(src), v1 = load16(src + 16)
-            var w = SIMD16<Float>(repeating: xi[0]); a0.addProduct(v0, w); c0.addProduct(v1, w)
-            w = SIMD16<Float>(repeating: xi[k]); a1.addProduct(v0, w); c1.addProduct(v1, w)
-            w = SIMD16<Float>(repeating: xi[2 * k]); a2.addProduct(v0, w); c2.addProduct(v1, w)
-            w = SIMD16<Float>(repeating: xi[3 * k]); a3.addProduct(v0, w); c3.addProduct(v1, w)
-            w = SIMD16<Float>(repeating: xi[4 * k]); a4.addProduct(v0, w); c4.addProduct(v1, w)
-            w = SIMD16<Float>(repeating: xi[5 * k]); a5.addProduct(v0, w); c5.addProduct(v1, w)
-            w = SIMD16<Float>(repeating: xi[6 * k]); a6.addProduct(v0, w); c6.addProduct(v1, w)
-            w = SIMD16<Float>(repeating: xi[7 * k]); a7.addProduct(v0, w); c7.addProduct(v1, w)
-            src += n; xi += 1
-        }
-        let d = y + j
-        store16(a0, d); store16(c0, d + 16); store16(a1, d + n); store16(c1, d + n + 16)
-        store16(a2, d + 2 * n); store16(c2, d + 2 * n + 16); store16(a3, d + 3 * n); store16(c3, d + 3 * n + 16)
-        store16(a4, d + 4 * n); store16(c4, d + 4 * n + 16); store16(a5, d + 5 * n); store16(c5, d + 5 * n + 16)
-        store16(a6, d + 6 * n); store16(c6, d + 6 * n + 16); store16(a7, d + 7 * n); store16(c7, d + 7 * n + 16)
-        j += 32
-    }
-    if j < n {
-        // The columns past the last 32, 4 rows at a time.
-        rowBlock(x, rowCount: 4, inner: k, b + j, columns: n - j, stride: n, into: y + j)
-        rowBlock(x + 4 * k, rowCount: 4, inner: k, b + j, columns: n - j, stride: n, into: y + 4 * n + j)
-    }
-}
-#endif
-
-/// `rowCount` (4 or 1) rows of x times `columns` columns of b, whose rows (and y's) are
-/// `stride` floats apart.
+/// `rowCount` (4 or 1) rows of x times b.
 @inline(__always)
-private func rowBlock(_ x: UnsafePointer<Float>, rowCount: Int, inner k: Int, _ b: UnsafePointer<Float>, columns: Int,
-                      stride n: Int, into y: UnsafeMutablePointer<Float>) {
+private func rowBlock(_ x: UnsafePointer<Float>, rowCount: Int, inner k: Int, _ b: UnsafePointer<Float>, columns n: Int,
+                      into y: UnsafeMutablePointer<Float>) {
     // A single row reads its x four times over, as row 0 of a block of 4: one kernel.
     let x0 = x, x1 = rowCount == 4 ? x + k : x, x2 = rowCount == 4 ? x + 2 * k : x, x3 = rowCount == 4 ? x + 3 * k : x
     var j = 0
     #if DDPTRAIN_AVX512
-    while j + 48 <= columns {
+    while j + 48 <= n {
         var a00 = SIMD16<Float>(), a01 = SIMD16<Float>(), a02 = SIMD16<Float>()
         var a10 = SIMD16<Float>(), a11 = SIMD16<Float>(), a12 = SIMD16<Float>()
         var a20 = SIMD16<Float>(), a21 = SIMD16<Float>(), a22 = SIMD16<Float>()
@@ -103,7 +57,7 @@ private func rowBlock(_ x: UnsafePointer<Float>, rowCount: Int, inner k: Int, _ 
         j += 48
     }
     #endif
-    while j + 24 <= columns {
+    while j + 24 <= n {
         var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a02 = SIMD8<Float>()
         var a10 = SIMD8<Float>(), a11 = SIMD8<Float>(), a12 = SIMD8<Float>()
         var a20 = SIMD8<Float>(), a21 = SIMD8<Float>(), a22 = SIMD8<Float>()
@@ -130,7 +84,7 @@ private func rowBlock(_ x: UnsafePointer<Float>, rowCount: Int, inner k: Int, _ 
         }
         j += 24
     }
-    while j + 8 <= columns {
+    while j + 8 <= n {
         var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
         var src = b + j
         for i in 0..<k {
@@ -143,7 +97,7 @@ private func rowBlock(_ x: UnsafePointer<Float>, rowCount: Int, inner k: Int, _ 
         if rowCount == 4 { store8(a1, y + n + j); store8(a2, y + 2 * n + j); store8(a3, y + 3 * n + j) }
         j += 8
     }
-    while j < columns {
+    while j < n {
         for row in 0..<rowCount {
             let xr = x + row * k
             var acc: Float = 0

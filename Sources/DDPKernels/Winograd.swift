@@ -394,8 +394,8 @@ public func winogradGradientTransform(_ dy: UnsafePointer<Float>, channels oc: I
 /// group of samples' tiles), lane l of the 8 collecting the row's lanes l, l + 8, ...: T [16,
 /// OC, rowLength] from `winogradGradientTransform`, V [16, C, rowLength] from
 /// `winogradInputTransform`. Blocks of 4 output x 3 input channels keep 12 vector
-/// accumulators over the row, then add them to the lane sums; `sumLanes` ends a sum over
-/// several groups (added in the order of the calls). Summing lanes once, not per group,
+/// accumulators over the row, then add them to the lane sums (a sum over several groups
+/// is added in the order of the calls; `winogradWeightGradient` sums the lanes). Summing lanes once, not per group,
 /// took 12 horizontal sums per 4 x 3 block and group off the kernel (on a 7x7 plane a group
 /// is only 6 vectors long).
 public func winogradWeightProducts(_ t: UnsafePointer<Float>, outChannels oc: Int, _ v: UnsafePointer<Float>, channels c: Int,
@@ -522,22 +522,18 @@ private func accumulate(_ a: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
     store8(load8(p) + a, p)
 }
 
-/// dU [count] = the lane sums of `winogradWeightProducts`' [count, 8].
-public func sumLanes(_ lanes: UnsafePointer<Float>, count: Int, into du: UnsafeMutablePointer<Float>) {
-    for i in 0..<count { du[i] = load8(lanes + 8 * i).sum() }
-}
-
 /// The weight gradient [OC, C, 3, 3] (PyTorch's layout) = Gᵀ dU G of every dU [16, OC, C],
 /// in Float64, rounded once.
-public func winogradWeightGradient(_ du: UnsafePointer<Float>, outChannels oc: Int, inChannels c: Int,
+public func winogradWeightGradient(_ lanes: UnsafePointer<Float>, outChannels oc: Int, inChannels c: Int,
                                    into grad: UnsafeMutablePointer<Float>) {
-    let frequency = oc * c
+    let frequency = oc * c * 8
     for o in 0..<oc {
         for ci in 0..<c {
-            let d = du + o * c + ci
+            let d = lanes + (o * c + ci) * 8
+            // dU[f, o, c] is the sum of its 8 lanes.
+            @inline(__always) func du(_ f: Int) -> Double { Double(load8(d + f * frequency).sum()) }
             @inline(__always) func row(_ i: Int) -> SIMD4<Double> {
-                SIMD4(Double(d[4 * i * frequency]), Double(d[(4 * i + 1) * frequency]),
-                      Double(d[(4 * i + 2) * frequency]), Double(d[(4 * i + 3) * frequency]))
+                SIMD4(du(4 * i), du(4 * i + 1), du(4 * i + 2), du(4 * i + 3))
             }
             // Gᵀ = [1 ½ ½ 0; 0 ½ -½ 0; 0 ½ ½ 1], on the rows of dU, then on their columns.
             let u0 = row(0), u1 = row(1), u2 = row(2), u3 = row(3)

@@ -51,7 +51,7 @@ struct Doctor: ParsableCommand {
                             + (over ? "; ranks outnumber cores (oversubscribed)" : ""))
             }
             report.line("MPI", Communicator.libraryVersion())
-            let coreNote = BLASCore.replaced.map { "; chosen by the CPU's features: this OpenBLAS does not know the CPU and took \($0.detected)" } ?? ""
+            let coreNote = BLASCore.replacedPrescott ? "; chosen by the CPU's features: this OpenBLAS does not know the CPU and took Prescott" : ""
             report.line("OpenBLAS", "\(BLASThreads.configuration) (core \(BLASThreads.coreName)\(coreNote))")
             let threads = try world.allgather([Int64(BLASThreads.current)])
             report.line("BLAS threads per rank", threads.map { String($0) }.joined(separator: ","))

@@ -62,11 +62,9 @@ public final class Conv2d: Layer {
     /// group of samples starting at s (groups start at each shard's first sample) at
     /// s x 16 x C x tiles, [16, C, its samples x tiles].
     private var winogradKept: FloatBuffer?
-    /// The weight gradient's transformed output gradient of a group [16, OC, group x tiles],
-    /// and the sums dU [16, OC, C].
+    /// The weight gradient's transformed output gradient of a group [16, OC, group x tiles].
     private var winogradGradients: FloatBuffer?
-    private var winogradSums: FloatBuffer?
-    /// dU's lane sums before `sumLanes`, [16, OC, C, 8].
+    /// dU's 8 lane sums, [16, OC, C, 8].
     private var winogradLanes: FloatBuffer?
     /// The direct path's prepared input [n, C, channelLength] (kept for the weight
     /// gradient) and output gradient [n, OC, gradChannel]: padded for stride 1, as the
@@ -159,7 +157,6 @@ public final class Conv2d: Layer {
             if let w = winograd {
                 winogradKept = FloatBuffer(capacity: maxBatch * inChannels * w.floatsPerChannel)
                 winogradGradients = FloatBuffer(capacity: w.group * outChannels * w.floatsPerChannel)
-                winogradSums = FloatBuffer(capacity: 16 * outChannels * inChannels)
                 winogradLanes = FloatBuffer(capacity: 16 * outChannels * inChannels * 8)
             }
             preparedInput = FloatBuffer(capacity: maxBatch * inChannels * l.channelLength)
@@ -397,7 +394,7 @@ public final class Conv2d: Layer {
     private func winogradWeightGradients(_ dy: Tensor, _ w: WinogradLayout, _ context: ForwardContext) {
         let l = layout!, n = dy.shape.n, oc = outChannels, c = inChannels, p = geometry.outSpatial
         let preparedDy = preparedGrad!.pointer, kept = winogradKept!.pointer
-        let transformed = winogradGradients!.pointer, sums = winogradSums!.pointer, lanes = winogradLanes!.pointer
+        let transformed = winogradGradients!.pointer, lanes = winogradLanes!.pointer
         spreadRows(dy.data, count: n * oc, height: l.outHeight, width: l.outWidth, rowStride: l.outRowStride,
                    channelStride: gradChannel, offset: l.origin, into: preparedDy)
         for j in 0..<context.shards(batch: n) {
@@ -412,8 +409,7 @@ public final class Conv2d: Layer {
                 winogradWeightProducts(transformed, outChannels: oc, kept + first * c * w.floatsPerChannel, channels: c,
                                        rowLength: row, addingInto: lanes)
             }
-            sumLanes(lanes, count: 16 * oc * c, into: sums)
-            winogradWeightGradient(sums, outChannels: oc, inChannels: c, into: weightGrad + slot)
+            winogradWeightGradient(lanes, outChannels: oc, inChannels: c, into: weightGrad + slot)
             if let biasGrad { sumBias(dy.data, into: biasGrad + slot, samples: samples, spatial: p) }
         }
     }
