@@ -272,45 +272,37 @@ enum ReferencePasses {
         return total
     }
 
+    /// Σg and Σg·(x - mean) with element i in lane i mod 8 (lanes 0-3 in `a`, 4-7 in `b`),
+    /// the lanes added, then the tail in order (8 lanes since the row pairs of round five;
+    /// 4 lanes before).
     static func gradientSums(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, count: Int, mean: Double) -> (Double, Double) {
-        var sg = SIMD4<Double>(), sgx = SIMD4<Double>()
-        let m = SIMD4<Double>(repeating: mean)
-        var i = 0
-        while i + 4 <= count {
-            let gv = SIMD4<Double>(Double(g[i]), Double(g[i + 1]), Double(g[i + 2]), Double(g[i + 3]))
-            let xv = SIMD4<Double>(Double(x[i]), Double(x[i + 1]), Double(x[i + 2]), Double(x[i + 3])) - m
-            sg += gv
-            sgx += gv * xv
-            i += 4
-        }
-        var totalG = sg.sum(), totalGX = sgx.sum()
-        while i < count { let gi = Double(g[i]); totalG += gi; totalGX += gi * (Double(x[i]) - mean); i += 1 }
-        return (totalG, totalGX)
+        maskedGradientSums(g, x, count: count, mean: mean, mask: nil)
     }
 
     static func reluMaskedGradientSums(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, count: Int, mean: Double,
                                        scale: Float, shift: Float) -> (Double, Double) {
-        var sg = SIMD4<Double>(), sgx = SIMD4<Double>()
-        let m = SIMD4<Double>(repeating: mean)
-        let k = SIMD4<Float>(repeating: scale), b = SIMD4<Float>(repeating: shift)
-        var i = 0
-        while i + 4 <= count {
-            let xv = SIMD4<Double>(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD4<Float>.self)) - m
-            let z = SIMD4<Float>(xv) * k + b
-            let gf = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD4<Float>.self)
-            let gv = SIMD4<Double>(gf.replacing(with: 0, where: .!(z .> 0)))
-            sg += gv
-            sgx += gv * xv
-            i += 4
-        }
-        var totalG = sg.sum(), totalGX = sgx.sum()
-        while i < count {
+        maskedGradientSums(g, x, count: count, mean: mean, mask: (scale, shift))
+    }
+
+    private static func maskedGradientSums(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, count: Int, mean: Double,
+                                           mask: (scale: Float, shift: Float)?) -> (Double, Double) {
+        var ga = SIMD4<Double>(), gb = SIMD4<Double>(), gxa = SIMD4<Double>(), gxb = SIMD4<Double>()
+        func masked(_ i: Int) -> (g: Double, centred: Double) {
             let centred = Double(x[i]) - mean
-            let gi = Float(centred) * scale + shift > 0 ? Double(g[i]) : 0
-            totalG += gi
-            totalGX += gi * centred
-            i += 1
+            guard let mask else { return (Double(g[i]), centred) }
+            return (Float(centred) * mask.scale + mask.shift > 0 ? Double(g[i]) : 0, centred)
         }
+        var i = 0
+        while i + 8 <= count {
+            for l in 0..<4 {
+                let (u, cu) = masked(i + l), (v, cv) = masked(i + 4 + l)
+                ga[l] += u; gxa[l] += u * cu
+                gb[l] += v; gxb[l] += v * cv
+            }
+            i += 8
+        }
+        var totalG = (ga + gb).sum(), totalGX = (gxa + gxb).sum()
+        while i < count { let (gi, ci) = masked(i); totalG += gi; totalGX += gi * ci; i += 1 }
         return (totalG, totalGX)
     }
 

@@ -239,13 +239,14 @@ public final class BatchNorm: Layer {
                         sumDyXhat[c] += g * (Double(src[c]) - mu[c])
                     }
                 } else {
-                    for c in 0..<C {
-                        let offset = (s * C + c) * area
-                        let (a, b) = fused
-                            ? reluMaskedGradientSums(dy.data + offset, x.data + offset, count: area, mean: mu[c], scale: scale[c], shift: beta[c])
-                            : gradientSums(dy.data + offset, x.data + offset, count: area, mean: mu[c])
-                        sumDy[c] += a
-                        sumDyXhat[c] += b
+                    let offset = s * C * area
+                    // Two calls, so that each is compiled for its constant `masked`.
+                    if fused {
+                        addGradientSums(dy.data + offset, x.data + offset, rows: C, stride: area, count: area,
+                                        mean: mu, scale: scale, shift: beta, masked: true, sumG: sumDy, sumGX: sumDyXhat)
+                    } else {
+                        addGradientSums(dy.data + offset, x.data + offset, rows: C, stride: area, count: area,
+                                        mean: mu, scale: scale, shift: beta, masked: false, sumG: sumDy, sumGX: sumDyXhat)
                     }
                 }
             }

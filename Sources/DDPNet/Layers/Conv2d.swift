@@ -159,8 +159,14 @@ public final class Conv2d: Layer {
                 winogradGradients = FloatBuffer(capacity: w.group * outChannels * w.floatsPerChannel)
                 winogradLanes = FloatBuffer(capacity: 16 * outChannels * inChannels * 8)
             }
-            preparedInput = FloatBuffer(capacity: maxBatch * inChannels * l.channelLength)
-            preparedGrad = FloatBuffer(capacity: maxBatch * outChannels * gradChannel)
+            // Winograd's forward prepares a group of samples at a time, and keeps their
+            // transform (not the prepared input) for the weight gradient; with both gradients
+            // by Winograd, backward pads the output gradient a group at a time too. Group-sized
+            // buffers stay in cache between their writer and their readers.
+            let groupOnly = winograd.map { $0.group }
+            preparedInput = FloatBuffer(capacity: (groupOnly ?? maxBatch) * inChannels * l.channelLength)
+            let gradSamples = winograd != nil && winogradGradient != nil ? winograd!.group : maxBatch
+            preparedGrad = FloatBuffer(capacity: gradSamples * outChannels * gradChannel)
             flatOutput = FloatBuffer(capacity: max(inChannels, outChannels) * l.outLength)
             packedWeights = FloatBuffer(capacity: outChannels * inChannels * 9)
             // The input gradient of a channel count the kernel does not take goes by GEMM
@@ -212,9 +218,9 @@ public final class Conv2d: Layer {
                     for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: w.group) {
                         let count = min(w.group, samples.upperBound - first)
                         for s in first..<(first + count) {
-                            prepareConvInput(x.data + s * plane, channels: c, l, into: prepared + s * sample)
+                            prepareConvInput(x.data + s * plane, channels: c, l, into: prepared + (s - first) * sample)
                         }
-                        winogradConv3x3(prepared + first * sample, channels: c, channelStride: l.channelLength, sampleStride: sample,
+                        winogradConv3x3(prepared, channels: c, channelStride: l.channelLength, sampleStride: sample,
                                         samples: count, u, outChannels: oc, w, bias: bias, v: kept + first * c * w.floatsPerChannel,
                                         m: m, scratch: winogradRow!.pointer, into: y.data + first * oc * p)
                     }
@@ -335,6 +341,11 @@ public final class Conv2d: Layer {
         // positions share their lane sums (a 7x7 plane is 64 positions); the groups start
         // at the shard's first sample, so they depend on the shard alone.
         let group = max(1, 512 / l.outLength)
+        if let w = winograd, winogradGradient != nil { return winogradBackward(dy, dx: dx, w, context) }
+        // The input gradient reads the padded output gradient of the whole batch only where
+        // it goes by a kernel (input channels a multiple of 4); otherwise each group's lands
+        // at the start of the buffer, which then stays in cache.
+        let keepsPaddedDy = needsInputGradient && c % 4 == 0
         if let w = winograd {
             winogradWeightGradients(dy, w, context)
         } else {
@@ -343,7 +354,7 @@ public final class Conv2d: Layer {
             (weightGrad + slot).update(repeating: 0, count: oc * c * 9)
             for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: group) {
                 let count = min(group, samples.upperBound - first)
-                let dys = preparedDy + first * oc * gradChannel
+                let dys = preparedDy + (keepsPaddedDy ? first * oc * gradChannel : 0)
                 spreadRows(dy.data + first * oc * p, count: count * oc, height: l.outHeight, width: l.outWidth,
                            rowStride: l.outRowStride, channelStride: gradChannel, offset: dyOffset, into: dys)
                 conv3x3WeightGradient(preparedX + first * c * l.channelLength, channels: c, dys + dyOffset, outChannels: oc,
@@ -412,6 +423,45 @@ public final class Conv2d: Layer {
             winogradWeightGradient(lanes, outChannels: oc, inChannels: c, into: weightGrad + slot)
             if let biasGrad { sumBias(dy.data, into: biasGrad + slot, samples: samples, spatial: p) }
         }
+    }
+
+    /// Both gradients by F(2x2, 3x3), a group of samples at a time (groups start at each
+    /// shard's first sample): the group's output gradient padded into `preparedGrad` (group
+    /// sized, in cache for its two readers), its transform, dU's 8 lane sums summed over the
+    /// shard's groups in order, and the group's input gradient (the padded output gradient
+    /// convolved with the flipped kernel, channels swapped). Per shard, the lanes summed and
+    /// Gᵀ dU G into its gradient slot. Winograd's lanes are independent, so the input
+    /// gradient's grouping changes none of its bits.
+    private func winogradBackward(_ dy: Tensor, dx: Tensor, _ w: WinogradLayout, _ context: ForwardContext) -> Tensor {
+        let l = layout!, n = dy.shape.n, oc = outChannels, c = inChannels, p = geometry.outSpatial
+        let groupDy = preparedGrad!.pointer, kept = winogradKept!.pointer
+        let transformed = winogradGradients!.pointer, lanes = winogradLanes!.pointer
+        let u = winogradWeights!.pointer, v = winogradInput!.pointer, m = winogradProducts!.pointer
+        let plane = dx.shape.perSample, sampleDy = oc * gradChannel
+        if needsInputGradient { winogradWeightTransform(weight, outChannels: oc, inChannels: c, transposed: true, into: u) }
+        for j in 0..<context.shards(batch: n) {
+            let samples = context.shard(j, batch: n), slot = j * context.gradientSlotStride
+            lanes.update(repeating: 0, count: 16 * oc * c * 8)
+            for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: w.group) {
+                let count = min(w.group, samples.upperBound - first), row = count * w.tiles
+                spreadRows(dy.data + first * oc * p, count: count * oc, height: l.outHeight, width: l.outWidth,
+                           rowStride: l.outRowStride, channelStride: gradChannel, offset: l.origin, into: groupDy)
+                for s in 0..<count {
+                    winogradGradientTransform(groupDy + s * sampleDy, channels: oc, channelStride: gradChannel, w,
+                                              rowLength: row, into: transformed + s * w.tiles)
+                }
+                winogradWeightProducts(transformed, outChannels: oc, kept + first * c * w.floatsPerChannel, channels: c,
+                                       rowLength: row, addingInto: lanes)
+                if needsInputGradient {
+                    winogradConv3x3(groupDy, channels: oc, channelStride: gradChannel, sampleStride: sampleDy, samples: count,
+                                    u, outChannels: c, w, bias: nil, v: v, m: m, scratch: winogradRow!.pointer,
+                                    into: dx.data + first * plane)
+                }
+            }
+            winogradWeightGradient(lanes, outChannels: oc, inChannels: c, into: weightGrad + slot)
+            if let biasGrad { sumBias(dy.data, into: biasGrad + slot, samples: samples, spatial: p) }
+        }
+        return dx
     }
 
     private func addBias(_ bias: UnsafeMutablePointer<Float>, to y: UnsafeMutablePointer<Float>, samples n: Int, spatial p: Int) {

@@ -93,53 +93,77 @@ private struct RowSquaredDeviations: RowAccumulator {
     }
 }
 
-/// (Σ g[i], Σ g[i]·(x[i] - mean)), accumulated in Float64.
+/// Per row r of `rows` rows of `count` floats, `stride` apart in g and x:
+/// `sumG[r] += Σ g[i]` and `sumGX[r] += Σ g[i]·(x[i] - mean[r])`, accumulated in Float64,
+/// 8 elements a step: element i goes to lane i mod 8 of each sum, the lanes are added, then
+/// the tail in order. With `masked`, g[i] counts only where the pre-ReLU output
+/// z = Float(x[i] - mean[r])·scale[r] + shift[r], computed as the forward pass computed it,
+/// was positive (a batch norm whose output went through a ReLU).
+///
+/// One row's chains run at the add latency, so two rows go side by side; each takes the
+/// steps it would take alone: the same bits.
 @inline(__always)
-func gradientSums(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, count: Int, mean: Double) -> (Double, Double) {
-    var sg = SIMD4<Double>(), sgx = SIMD4<Double>()
-    let m = SIMD4<Double>(repeating: mean)
-    var i = 0
-    while i + 4 <= count {
-        let gv = SIMD4<Double>(Double(g[i]), Double(g[i + 1]), Double(g[i + 2]), Double(g[i + 3]))
-        let xv = SIMD4<Double>(Double(x[i]), Double(x[i + 1]), Double(x[i + 2]), Double(x[i + 3])) - m
+func addGradientSums(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, rows: Int, stride: Int, count: Int,
+                     mean: UnsafePointer<Double>, scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, masked: Bool,
+                     sumG: UnsafeMutablePointer<Double>, sumGX: UnsafeMutablePointer<Double>) {
+    @inline(__always) func step(_ gp: UnsafePointer<Float>, _ xp: UnsafePointer<Float>, _ m: SIMD8<Double>,
+                                _ k: SIMD8<Float>, _ b: SIMD8<Float>, _ sg: inout SIMD8<Double>, _ sgx: inout SIMD8<Double>) {
+        let centred = widen(UnsafeRawPointer(xp).loadUnaligned(as: SIMD8<Float>.self)) - m
+        var gf = UnsafeRawPointer(gp).loadUnaligned(as: SIMD8<Float>.self)
+        if masked { gf = gf.replacing(with: 0, where: .!(narrow(centred) * k + b .> 0)) }
+        let gv = widen(gf)
         sg += gv
-        sgx += gv * xv
-        i += 4
+        sgx += gv * centred
     }
-    var totalG = sg.sum(), totalGX = sgx.sum()
-    while i < count { let gi = Double(g[i]); totalG += gi; totalGX += gi * (Double(x[i]) - mean); i += 1 }
-    return (totalG, totalGX)
+    @inline(__always) func finish(_ r: Int, _ from: Int, _ sg: SIMD8<Double>, _ sgx: SIMD8<Double>) {
+        var totalG = (sg.lowHalf + sg.highHalf).sum(), totalGX = (sgx.lowHalf + sgx.highHalf).sum()
+        let gp = g + r * stride, xp = x + r * stride, m = mean[r], k = scale[r], b = shift[r]
+        for i in from..<count {
+            let centred = Double(xp[i]) - m
+            let gi = !masked || Float(centred) * k + b > 0 ? Double(gp[i]) : 0
+            totalG += gi
+            totalGX += gi * centred
+        }
+        sumG[r] += totalG
+        sumGX[r] += totalGX
+    }
+    var r = 0
+    while r + 2 <= rows {
+        let g0 = g + r * stride, x0 = x + r * stride, g1 = g0 + stride, x1 = x0 + stride
+        let m0 = SIMD8<Double>(repeating: mean[r]), m1 = SIMD8<Double>(repeating: mean[r + 1])
+        let k0 = SIMD8<Float>(repeating: scale[r]), k1 = SIMD8<Float>(repeating: scale[r + 1])
+        let b0 = SIMD8<Float>(repeating: shift[r]), b1 = SIMD8<Float>(repeating: shift[r + 1])
+        var sg0 = SIMD8<Double>(), sgx0 = SIMD8<Double>(), sg1 = SIMD8<Double>(), sgx1 = SIMD8<Double>()
+        var i = 0
+        while i + 8 <= count {
+            step(g0 + i, x0 + i, m0, k0, b0, &sg0, &sgx0)
+            step(g1 + i, x1 + i, m1, k1, b1, &sg1, &sgx1)
+            i += 8
+        }
+        finish(r, i, sg0, sgx0)
+        finish(r + 1, i, sg1, sgx1)
+        r += 2
+    }
+    if r < rows {
+        let g0 = g + r * stride, x0 = x + r * stride
+        let m0 = SIMD8<Double>(repeating: mean[r]), k0 = SIMD8<Float>(repeating: scale[r]), b0 = SIMD8<Float>(repeating: shift[r])
+        var sg0 = SIMD8<Double>(), sgx0 = SIMD8<Double>()
+        var i = 0
+        while i + 8 <= count { step(g0 + i, x0 + i, m0, k0, b0, &sg0, &sgx0); i += 8 }
+        finish(r, i, sg0, sgx0)
+    }
 }
 
-/// `gradientSums` of a batch norm whose output went through a ReLU: g[i] counts only where
-/// the pre-ReLU output z = Float(x[i] - mean)·scale + shift, computed as the forward pass
-/// computed it, was positive. Same accumulation order as `gradientSums` over the masked g,
-/// so the same bits.
+/// Float32 to Float64 lane by lane (by halves: the SIMD8 conversion is not always inlined).
 @inline(__always)
-func reluMaskedGradientSums(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, count: Int, mean: Double,
-                            scale: Float, shift: Float) -> (Double, Double) {
-    var sg = SIMD4<Double>(), sgx = SIMD4<Double>()
-    let m = SIMD4<Double>(repeating: mean)
-    let k = SIMD4<Float>(repeating: scale), b = SIMD4<Float>(repeating: shift)
-    var i = 0
-    while i + 4 <= count {
-        let xv = SIMD4<Double>(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD4<Float>.self)) - m
-        let z = SIMD4<Float>(xv) * k + b
-        let gf = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD4<Float>.self)
-        let gv = SIMD4<Double>(gf.replacing(with: 0, where: .!(z .> 0)))
-        sg += gv
-        sgx += gv * xv
-        i += 4
-    }
-    var totalG = sg.sum(), totalGX = sgx.sum()
-    while i < count {
-        let centred = Double(x[i]) - mean
-        let gi = Float(centred) * scale + shift > 0 ? Double(g[i]) : 0
-        totalG += gi
-        totalGX += gi * centred
-        i += 1
-    }
-    return (totalG, totalGX)
+func widen(_ v: SIMD8<Float>) -> SIMD8<Double> {
+    SIMD8<Double>(lowHalf: SIMD4<Double>(v.lowHalf), highHalf: SIMD4<Double>(v.highHalf))
+}
+
+/// Float64 to Float32 lane by lane, rounding to nearest.
+@inline(__always)
+func narrow(_ v: SIMD8<Double>) -> SIMD8<Float> {
+    SIMD8<Float>(lowHalf: SIMD4<Float>(v.lowHalf), highHalf: SIMD4<Float>(v.highHalf))
 }
 
 /// dx[i] = k·(g[i] - a - x̂[i]·b) with x̂ = Float(x - mean)·invStd, where g is the incoming
