@@ -108,14 +108,45 @@ private func rowBlock(_ x: UnsafePointer<Float>, rowCount: Int, inner k: Int, _ 
     }
 }
 
-/// b [columns, rows] = aᵀ for a [rows, columns], in 16 x 16 tiles so that both sides stay
-/// in cache lines (a row-at-a-time loop writes each float to another line).
+/// b [columns, rows] = aᵀ for a [rows, columns]: 8 x 8 blocks in registers where whole
+/// blocks fit, 16 x 16 tiles of single floats along the edges (a row-at-a-time loop writes
+/// each float to another line). A copy: every float keeps its bits.
 public func transpose(_ a: UnsafePointer<Float>, rows: Int, columns: Int, into b: UnsafeMutablePointer<Float>) {
+    let fullRows = rows / 8 * 8, fullColumns = columns / 8 * 8
+    for r0 in stride(from: 0, to: fullRows, by: 8) {
+        for c0 in stride(from: 0, to: fullColumns, by: 8) {
+            transpose8x8(a + r0 * columns + c0, stride: columns, into: b + c0 * rows + r0, stride: rows)
+        }
+    }
+    transposeTiles(a, rows: rows, columns: columns, rowRange: 0..<fullRows, columnRange: fullColumns..<columns, into: b)
+    transposeTiles(a, rows: rows, columns: columns, rowRange: fullRows..<rows, columnRange: 0..<columns, into: b)
+}
+
+/// One 8 x 8 block: three perfect unshuffles of its 64 floats (evens of each pair of
+/// vectors, then odds) move float 8r + c to 8c + r, the transpose.
+@inline(__always)
+private func transpose8x8(_ a: UnsafePointer<Float>, stride sa: Int, into b: UnsafeMutablePointer<Float>, stride sb: Int) {
+    var v = (load8(a), load8(a + sa), load8(a + 2 * sa), load8(a + 3 * sa),
+             load8(a + 4 * sa), load8(a + 5 * sa), load8(a + 6 * sa), load8(a + 7 * sa))
+    @inline(__always) func unshuffle(_ v: inout (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>,
+                                                 SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>)) {
+        let p0 = SIMD16(lowHalf: v.0, highHalf: v.1), p1 = SIMD16(lowHalf: v.2, highHalf: v.3)
+        let p2 = SIMD16(lowHalf: v.4, highHalf: v.5), p3 = SIMD16(lowHalf: v.6, highHalf: v.7)
+        v = (p0.evenHalf, p1.evenHalf, p2.evenHalf, p3.evenHalf, p0.oddHalf, p1.oddHalf, p2.oddHalf, p3.oddHalf)
+    }
+    unshuffle(&v); unshuffle(&v); unshuffle(&v)
+    store8(v.0, b); store8(v.1, b + sb); store8(v.2, b + 2 * sb); store8(v.3, b + 3 * sb)
+    store8(v.4, b + 4 * sb); store8(v.5, b + 5 * sb); store8(v.6, b + 6 * sb); store8(v.7, b + 7 * sb)
+}
+
+/// The transpose of a's part rowRange x columnRange, in 16 x 16 tiles.
+private func transposeTiles(_ a: UnsafePointer<Float>, rows: Int, columns: Int, rowRange: Range<Int>, columnRange: Range<Int>,
+                            into b: UnsafeMutablePointer<Float>) {
     let tile = 16
-    for r0 in stride(from: 0, to: rows, by: tile) {
-        let r1 = min(r0 + tile, rows)
-        for c0 in stride(from: 0, to: columns, by: tile) {
-            let c1 = min(c0 + tile, columns)
+    for r0 in stride(from: rowRange.lowerBound, to: rowRange.upperBound, by: tile) {
+        let r1 = min(r0 + tile, rowRange.upperBound)
+        for c0 in stride(from: columnRange.lowerBound, to: columnRange.upperBound, by: tile) {
+            let c1 = min(c0 + tile, columnRange.upperBound)
             for r in r0..<r1 {
                 let src = a + r * columns
                 for c in c0..<c1 { b[c * rows + r] = src[c] }

@@ -34,6 +34,21 @@ final class RowProductsTests: XCTestCase {
         }
     }
 
+    /// `transpose` (Linear's Wᵀ): every float where the definition puts it, in 8 x 8
+    /// register blocks, edge tiles, and shapes of only edges.
+    func testTransposeMovesEveryFloat() {
+        for (rows, columns) in [(1, 1), (1, 9), (9, 1), (7, 7), (8, 8), (8, 16), (16, 8), (13, 21), (24, 17), (128, 3136), (10, 128)] {
+            let a = TestData.uniform(rows * columns, seed: 5, stream: UInt32(rows))
+            var b = [Float](repeating: .nan, count: rows * columns)
+            a.withUnsafeBufferPointer { ap in
+                b.withUnsafeMutableBufferPointer { transpose(ap.baseAddress!, rows: rows, columns: columns, into: $0.baseAddress!) }
+            }
+            var expected = [Float](repeating: 0, count: rows * columns)
+            for r in 0..<rows { for c in 0..<columns { expected[c * rows + r] = a[r * columns + c] } }
+            XCTAssertEqual(b.map(\.bitPattern), expected.map(\.bitPattern), "\(rows) x \(columns)")
+        }
+    }
+
     func testLinearOutputsDoNotDependOnTheBatch() throws {
         for (inFeatures, outFeatures) in [(3136, 128), (64, 10), (37, 49)] {
             let batch = Shape(n: 7, features: inFeatures)

@@ -17,6 +17,17 @@ public final class BatchNorm: Layer {
     /// exactly as forward computed it. The ReLU then hands tensors through, saving one pass
     /// over the activations each way; every value is bitwise what the two layers give.
     public internal(set) var fusesReLU = false
+    /// Set by `Model` when, after the fused ReLU, a 2x2 max pool on its fast path follows:
+    /// forward pools each sample's ReLU(BN(x)) from a sample-sized scratch straight into the
+    /// pool's output (the full-size output is never written nor read back), and backward
+    /// rebuilds each sample's gradient from the pool's output gradient and winners in that
+    /// scratch, as the pool's backward would have written it. Same bits, and two full-size
+    /// tensors less through memory each way.
+    public var fusesPool: Bool { pool != nil }
+    private var pool: MaxPool2d?
+    /// One sample's planes [C, H, W] (the pool's input or its input gradient).
+    private var sampleScratch: FloatBuffer?
+    private var perSample = 0
 
     private var isSpatial: Bool?
     private var gamma: UnsafeMutablePointer<Float>!
@@ -71,6 +82,7 @@ public final class BatchNorm: Layer {
         _ = try outputShape(for: input)
         isSpatial = input.rank == 4
         capacity = maxBatch
+        perSample = input.perSample
         output = FloatBuffer(capacity: maxBatch * input.perSample)
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
         let shards = max(maxBatch, 1)
@@ -82,6 +94,17 @@ public final class BatchNorm: Layer {
         sums = DoubleBuffer(capacity: shards * 2 * features)
         coefficients = FloatBuffer(capacity: 4 * features)
         forwardScale = FloatBuffer(capacity: shards * features)
+    }
+
+    /// Pools through `candidate` (see `fusesPool`) when it runs its 2x2 fast path on this
+    /// layer's spatial output; nil, or a pool it cannot take, undoes the fusion.
+    func fusePool(_ candidate: MaxPool2d?) {
+        pool?.setPassesThrough(false)
+        pool = nil
+        guard let candidate, isSpatial == true, candidate.isEvenTwoByTwo else { return }
+        pool = candidate
+        candidate.setPassesThrough(true)
+        if sampleScratch == nil { sampleScratch = FloatBuffer(capacity: perSample) }
     }
 
     public var parameterSpecs: [ParameterSpec] {
@@ -134,9 +157,10 @@ public final class BatchNorm: Layer {
                         for c in 0..<C { dst[c] = Float(Double(src[c]) - mu[c]) * scale[c] + beta[c] }
                     }
                 } else {
+                    // Fused with the pool: the sample's output goes to the scratch, then pooled.
+                    let out = pool == nil ? y.data + s * C * area : sampleScratch!.pointer
                     for c in 0..<C {
-                        let offset = (s * C + c) * area
-                        let src = x.data + offset, dst = y.data + offset
+                        let src = x.data + (s * C + c) * area, dst = out + c * area
                         let m = mu[c], k = scale[c], shift = beta[c]
                         if fusesReLU {
                             for i in 0..<area { dst[i] = max(Float(Double(src[i]) - m) * k + shift, 0) }
@@ -144,10 +168,19 @@ public final class BatchNorm: Layer {
                             for i in 0..<area { dst[i] = Float(Double(src[i]) - m) * k + shift }
                         }
                     }
+                    pool?.poolSample(out, sample: s)
                 }
             }
         }
-        return y
+        return pool?.pooledOutput(batch: n) ?? y
+    }
+
+    /// Sample s's output gradient [C, H, W]: dy's, or, pooled, rebuilt in the scratch.
+    @inline(__always)
+    private func sampleGradient(_ dy: Tensor, _ s: Int) -> UnsafeMutablePointer<Float> {
+        guard let pool else { return dy.data + s * perSample }
+        pool.spreadSampleGradient(dy.data, sample: s, into: sampleScratch!.pointer)
+        return sampleScratch!.pointer
     }
 
     /// Fills `mean`, `invStd` and `groupCount` per shard with its statistics group's
@@ -239,13 +272,13 @@ public final class BatchNorm: Layer {
                         sumDyXhat[c] += g * (Double(src[c]) - mu[c])
                     }
                 } else {
-                    let offset = s * C * area
+                    let offset = s * C * area, grad = sampleGradient(dy, s)
                     // Two calls, so that each is compiled for its constant `masked`.
                     if fused {
-                        addGradientSums(dy.data + offset, x.data + offset, rows: C, stride: area, count: area,
+                        addGradientSums(grad, x.data + offset, rows: C, stride: area, count: area,
                                         mean: mu, scale: scale, shift: beta, masked: true, sumG: sumDy, sumGX: sumDyXhat)
                     } else {
-                        addGradientSums(dy.data + offset, x.data + offset, rows: C, stride: area, count: area,
+                        addGradientSums(grad, x.data + offset, rows: C, stride: area, count: area,
                                         mean: mu, scale: scale, shift: beta, masked: false, sumG: sumDy, sumGX: sumDyXhat)
                     }
                 }
@@ -286,9 +319,10 @@ public final class BatchNorm: Layer {
                         d[c] = k[c] * (g - a[c] - xhat * b[c])
                     }
                 } else {
+                    let sampleGrad = sampleGradient(dy, s)
                     for c in 0..<C {
                         let offset = (s * C + c) * area
-                        let src = x.data + offset, grad = dy.data + offset, d = dx.data + offset
+                        let src = x.data + offset, grad = sampleGrad + c * area, d = dx.data + offset
                         let m = mu[c], kc = k[c], invC = invF[c], ac = a[c], bc = b[c]
                         if fused {
                             reluMaskedInputGradient(d, grad, src, count: area, mean: m, scale: scale[c], shift: beta[c],

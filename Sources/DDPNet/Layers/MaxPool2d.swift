@@ -19,9 +19,13 @@ public final class MaxPool2d: Layer {
     private var argmax: OwnedBuffer<Int32>!
     private var windows: PoolWindows!
     private var inputShape: Shape?
+    /// Set when the batch norm before it (with its ReLU) pools its own output
+    /// (`BatchNorm.fusesPool`): forward and backward then hand tensors through, and the batch
+    /// norm calls `poolSample` and `spreadSampleGradient`.
+    public private(set) var passesThrough = false
 
     /// A 2x2, stride-2 window over an even-sized input: the one-pass fast path.
-    private var isEvenTwoByTwo: Bool {
+    var isEvenTwoByTwo: Bool {
         kernel == 2 && stride == 2 && padding == 0 && geometry.width % 2 == 0 && geometry.height % 2 == 0
     }
 
@@ -48,8 +52,30 @@ public final class MaxPool2d: Layer {
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
     }
 
+    func setPassesThrough(_ on: Bool) { passesThrough = on }
+
+    /// Pools sample `s`'s planes `input` [C, H, W] (fast path only) into the output and the
+    /// winners, as `forward` pools them.
+    func poolSample(_ input: UnsafeMutablePointer<Float>, sample s: Int) {
+        let g = geometry!, outSample = g.channels * g.outSpatial
+        maxPool2x2(input, output.pointer + s * outSample, argmax.pointer + s * outSample, outWidth: g.outWidth,
+                   rows: g.channels * g.outHeight)
+    }
+
+    /// The pooled output of the first `batch` samples (after `poolSample`).
+    func pooledOutput(batch: Int) -> Tensor { output.tensor(geometry.outputShape(batch: batch)) }
+
+    /// Sample `s`'s input gradient [C, H, W] from the output gradient `dy` of the batch (fast
+    /// path only), as `backward` writes it.
+    func spreadSampleGradient(_ dy: UnsafeMutablePointer<Float>, sample s: Int, into dx: UnsafeMutablePointer<Float>) {
+        let g = geometry!, outSample = g.channels * g.outSpatial
+        maxPool2x2Backward(dy + s * outSample, dx, argmax.pointer + s * outSample, outWidth: g.outWidth,
+                           rows: g.channels * g.outHeight)
+    }
+
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
         try checkBatch(x.shape, capacity: capacity)
+        if passesThrough { return x }
         let g = geometry!
         let y = output.tensor(g.outputShape(batch: x.shape.n))
         let oh = g.outHeight, ow = g.outWidth, plane = g.height * g.width
@@ -89,6 +115,7 @@ public final class MaxPool2d: Layer {
 
     public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
         try checkBatch(dy.shape, capacity: capacity)
+        if passesThrough { return dy }
         guard let shape = inputShape else { throw LayerError("MaxPool2d.backward called before forward") }
         let dx = inputGrad.tensor(shape)
         guard needsInputGradient else { return dx }
@@ -116,7 +143,7 @@ public final class MaxPool2d: Layer {
 /// with the top one's. First maximum in window order wins, NaN propagates (the last NaN in
 /// window order), exactly as a window at a time would: "a later one wins only if larger or
 /// NaN" is associative over the two row pairs.
-private func maxPool2x2(_ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+func maxPool2x2(_ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>,
                         _ winners: UnsafeMutablePointer<Int32>, outWidth ow: Int, rows: Int) {
     let w = 2 * ow, vector = vectorRows(rows, outWidth: ow)
     for r in 0..<vector {
@@ -145,7 +172,7 @@ private func maxPool2x2(_ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePoin
 /// The windows do not overlap, so every dx element is written once, in order: the winner
 /// gets dy + 0, the other three 0. The + 0 keeps the bits of the zero-then-accumulate it
 /// replaces (0 + -0 is +0; a NaN comes out quiet), as the generic path still does.
-private func maxPool2x2Backward(_ dy: UnsafeMutablePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
+func maxPool2x2Backward(_ dy: UnsafeMutablePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
                                 _ winners: UnsafeMutablePointer<Int32>, outWidth ow: Int, rows: Int) {
     let w = 2 * ow, vector = vectorRows(rows, outWidth: ow)
     let none = SIMD8<Float>()
