@@ -99,11 +99,11 @@ public final class BatchNorm: Layer {
     /// Pools through `candidate` (see `fusesPool`) when it runs its 2x2 fast path on this
     /// layer's spatial output; nil, or a pool it cannot take, undoes the fusion.
     func fusePool(_ candidate: MaxPool2d?) {
-        pool?.setPassesThrough(false)
+        pool?.passesThrough = false
         pool = nil
         guard let candidate, isSpatial == true, candidate.isEvenTwoByTwo else { return }
         pool = candidate
-        candidate.setPassesThrough(true)
+        candidate.passesThrough = true
         if sampleScratch == nil { sampleScratch = FloatBuffer(capacity: perSample) }
     }
 

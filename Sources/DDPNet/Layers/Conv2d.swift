@@ -55,6 +55,9 @@ public final class Conv2d: Layer {
     /// the input gradient) and products, [16, max(C, OC), group x tiles] each; a row of
     /// outputs.
     private var winogradWeights: FloatBuffer?
+    /// Both gradients by Winograd: backward runs the input gradient on each group of samples
+    /// while the group's padded output gradient is in cache (`winogradWeightGradients`).
+    private var winogradGradientsInGroups: Bool { winograd != nil && winogradGradient != nil }
     private var winogradInput: FloatBuffer?
     private var winogradProducts: FloatBuffer?
     private var winogradRow: FloatBuffer?
@@ -163,10 +166,8 @@ public final class Conv2d: Layer {
             // transform (not the prepared input) for the weight gradient; with both gradients
             // by Winograd, backward pads the output gradient a group at a time too. Group-sized
             // buffers stay in cache between their writer and their readers.
-            let groupOnly = winograd.map { $0.group }
-            preparedInput = FloatBuffer(capacity: (groupOnly ?? maxBatch) * inChannels * l.channelLength)
-            let gradSamples = winograd != nil && winogradGradient != nil ? winograd!.group : maxBatch
-            preparedGrad = FloatBuffer(capacity: gradSamples * outChannels * gradChannel)
+            preparedInput = FloatBuffer(capacity: (winograd?.group ?? maxBatch) * inChannels * l.channelLength)
+            preparedGrad = FloatBuffer(capacity: (winogradGradientsInGroups ? winograd!.group : maxBatch) * outChannels * gradChannel)
             flatOutput = FloatBuffer(capacity: max(inChannels, outChannels) * l.outLength)
             packedWeights = FloatBuffer(capacity: outChannels * inChannels * 9)
             // The input gradient of a channel count the kernel does not take goes by GEMM
@@ -341,13 +342,14 @@ public final class Conv2d: Layer {
         // positions share their lane sums (a 7x7 plane is 64 positions); the groups start
         // at the shard's first sample, so they depend on the shard alone.
         let group = max(1, 512 / l.outLength)
-        if let w = winograd, winogradGradient != nil { return winogradBackward(dy, dx: dx, w, context) }
-        // The input gradient reads the padded output gradient of the whole batch only where
-        // it goes by a kernel (input channels a multiple of 4); otherwise each group's lands
-        // at the start of the buffer, which then stays in cache.
-        let keepsPaddedDy = needsInputGradient && c % 4 == 0
+        // The input gradient reads the padded output gradient of the whole batch after the
+        // weight gradient only where it goes by a kernel (input channels a multiple of 4) and
+        // not group by group; otherwise each group's lands at the start of the buffer, which
+        // then stays in cache.
+        let groupInputGradient = needsInputGradient && winogradGradientsInGroups
+        let keepsPaddedDy = needsInputGradient && c % 4 == 0 && !groupInputGradient
         if let w = winograd {
-            winogradWeightGradients(dy, w, context)
+            winogradWeightGradients(dy, dx: dx, w, keepsPaddedDy: keepsPaddedDy, inputGradient: groupInputGradient, context)
         } else {
         for j in 0..<context.shards(batch: n) {
             let samples = context.shard(j, batch: n), slot = j * context.gradientSlotStride
@@ -363,7 +365,7 @@ public final class Conv2d: Layer {
             if let biasGrad { sumBias(dy.data, into: biasGrad + slot, samples: samples, spatial: p) }
         }
         }
-        guard needsInputGradient else { return dx }
+        guard needsInputGradient && !groupInputGradient else { return dx }
         let packed = packedWeights!.pointer, plane = x.shape.perSample
         if let strideTwo = strideTwoInputGradient, c % 4 == 0 {
             strideTwo.pack(weight, outChannels: oc, inChannels: c, into: packed)
@@ -398,62 +400,38 @@ public final class Conv2d: Layer {
         return dx
     }
 
-    /// The weight gradient by F(2x2, 3x3), per shard into its gradient slot: dy padded into
-    /// the prepared gradient (which the input gradient reads too), each group of forward's
-    /// transformed, dU's 8 lane sums summed over the shard's groups in order, the lanes
-    /// summed, then Gᵀ dU G.
-    private func winogradWeightGradients(_ dy: Tensor, _ w: WinogradLayout, _ context: ForwardContext) {
+    /// The weight gradient by F(2x2, 3x3), per shard into its gradient slot, a group of
+    /// samples at a time (groups start at each shard's first sample): the group's output
+    /// gradient padded into `preparedGrad` (at the group's place in the batch if
+    /// `keepsPaddedDy`, for the input gradient after; else at its start, in cache), its
+    /// transform, dU's 8 lane sums summed over the shard's groups in order; per shard, the
+    /// lanes summed and Gᵀ dU G. With `inputGradient`, each group's input gradient too (the
+    /// padded output gradient convolved with the flipped kernel, channels swapped) while its
+    /// padding is in cache: Winograd's lanes are independent, so the grouping changes no bit.
+    private func winogradWeightGradients(_ dy: Tensor, dx: Tensor, _ w: WinogradLayout, keepsPaddedDy: Bool, inputGradient: Bool,
+                                         _ context: ForwardContext) {
         let l = layout!, n = dy.shape.n, oc = outChannels, c = inChannels, p = geometry.outSpatial
         let preparedDy = preparedGrad!.pointer, kept = winogradKept!.pointer
         let transformed = winogradGradients!.pointer, lanes = winogradLanes!.pointer
-        spreadRows(dy.data, count: n * oc, height: l.outHeight, width: l.outWidth, rowStride: l.outRowStride,
-                   channelStride: gradChannel, offset: l.origin, into: preparedDy)
-        for j in 0..<context.shards(batch: n) {
-            let samples = context.shard(j, batch: n), slot = j * context.gradientSlotStride
-            lanes.update(repeating: 0, count: 16 * oc * c * 8)
-            for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: w.group) {
-                let count = min(w.group, samples.upperBound - first), row = count * w.tiles
-                for s in first..<(first + count) {
-                    winogradGradientTransform(preparedDy + s * oc * gradChannel, channels: oc, channelStride: gradChannel, w,
-                                              rowLength: row, into: transformed + (s - first) * w.tiles)
-                }
-                winogradWeightProducts(transformed, outChannels: oc, kept + first * c * w.floatsPerChannel, channels: c,
-                                       rowLength: row, addingInto: lanes)
-            }
-            winogradWeightGradient(lanes, outChannels: oc, inChannels: c, into: weightGrad + slot)
-            if let biasGrad { sumBias(dy.data, into: biasGrad + slot, samples: samples, spatial: p) }
-        }
-    }
-
-    /// Both gradients by F(2x2, 3x3), a group of samples at a time (groups start at each
-    /// shard's first sample): the group's output gradient padded into `preparedGrad` (group
-    /// sized, in cache for its two readers), its transform, dU's 8 lane sums summed over the
-    /// shard's groups in order, and the group's input gradient (the padded output gradient
-    /// convolved with the flipped kernel, channels swapped). Per shard, the lanes summed and
-    /// Gᵀ dU G into its gradient slot. Winograd's lanes are independent, so the input
-    /// gradient's grouping changes none of its bits.
-    private func winogradBackward(_ dy: Tensor, dx: Tensor, _ w: WinogradLayout, _ context: ForwardContext) -> Tensor {
-        let l = layout!, n = dy.shape.n, oc = outChannels, c = inChannels, p = geometry.outSpatial
-        let groupDy = preparedGrad!.pointer, kept = winogradKept!.pointer
-        let transformed = winogradGradients!.pointer, lanes = winogradLanes!.pointer
         let u = winogradWeights!.pointer, v = winogradInput!.pointer, m = winogradProducts!.pointer
         let plane = dx.shape.perSample, sampleDy = oc * gradChannel
-        if needsInputGradient { winogradWeightTransform(weight, outChannels: oc, inChannels: c, transposed: true, into: u) }
+        if inputGradient { winogradWeightTransform(weight, outChannels: oc, inChannels: c, transposed: true, into: u) }
         for j in 0..<context.shards(batch: n) {
             let samples = context.shard(j, batch: n), slot = j * context.gradientSlotStride
             lanes.update(repeating: 0, count: 16 * oc * c * 8)
             for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: w.group) {
                 let count = min(w.group, samples.upperBound - first), row = count * w.tiles
+                let dys = preparedDy + (keepsPaddedDy ? first * sampleDy : 0)
                 spreadRows(dy.data + first * oc * p, count: count * oc, height: l.outHeight, width: l.outWidth,
-                           rowStride: l.outRowStride, channelStride: gradChannel, offset: l.origin, into: groupDy)
+                           rowStride: l.outRowStride, channelStride: gradChannel, offset: l.origin, into: dys)
                 for s in 0..<count {
-                    winogradGradientTransform(groupDy + s * sampleDy, channels: oc, channelStride: gradChannel, w,
+                    winogradGradientTransform(dys + s * sampleDy, channels: oc, channelStride: gradChannel, w,
                                               rowLength: row, into: transformed + s * w.tiles)
                 }
                 winogradWeightProducts(transformed, outChannels: oc, kept + first * c * w.floatsPerChannel, channels: c,
                                        rowLength: row, addingInto: lanes)
-                if needsInputGradient {
-                    winogradConv3x3(groupDy, channels: oc, channelStride: gradChannel, sampleStride: sampleDy, samples: count,
+                if inputGradient {
+                    winogradConv3x3(dys, channels: oc, channelStride: gradChannel, sampleStride: sampleDy, samples: count,
                                     u, outChannels: c, w, bias: nil, v: v, m: m, scratch: winogradRow!.pointer,
                                     into: dx.data + first * plane)
                 }
@@ -461,7 +439,6 @@ public final class Conv2d: Layer {
             winogradWeightGradient(lanes, outChannels: oc, inChannels: c, into: weightGrad + slot)
             if let biasGrad { sumBias(dy.data, into: biasGrad + slot, samples: samples, spatial: p) }
         }
-        return dx
     }
 
     private func addBias(_ bias: UnsafeMutablePointer<Float>, to y: UnsafeMutablePointer<Float>, samples n: Int, spatial p: Int) {

@@ -22,7 +22,7 @@ public final class MaxPool2d: Layer {
     /// Set when the batch norm before it (with its ReLU) pools its own output
     /// (`BatchNorm.fusesPool`): forward and backward then hand tensors through, and the batch
     /// norm calls `poolSample` and `spreadSampleGradient`.
-    public private(set) var passesThrough = false
+    public internal(set) var passesThrough = false
 
     /// A 2x2, stride-2 window over an even-sized input: the one-pass fast path.
     var isEvenTwoByTwo: Bool {
@@ -51,8 +51,6 @@ public final class MaxPool2d: Layer {
         windows = PoolWindows(g)
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
     }
-
-    func setPassesThrough(_ on: Bool) { passesThrough = on }
 
     /// Pools sample `s`'s planes `input` [C, H, W] (fast path only) into the output and the
     /// winners, as `forward` pools them.
