@@ -88,25 +88,45 @@ public func prepareConvInput(_ x: UnsafePointer<Float>, channels c: Int, _ l: Di
         return
     }
     let rs = l.outRowStride, rows = l.outHeight + 1
+    let evenCount = (w + 1) / 2, oddCount = w / 2
     for ci in 0..<c {
-        let image = x + ci * h * w
+        let image = x + ci * h * w, channel = prepared + ci * l.channelLength
         for a in 0..<2 {
-            for b in 0..<2 {
-                let phase = prepared + ci * l.channelLength + (a * 2 + b) * l.phaseLength
-                // Phase (a, b) at (r, q) is padded pixel (2r + a, 2q + b) = image (2r + a - 1, 2q + b - 1).
-                for r in 0..<rows {
-                    let iy = 2 * r + a - 1
-                    let line = phase + r * rs
-                    guard iy >= 0 && iy < h else { line.update(repeating: 0, count: rs); continue }
-                    let src = image + iy * w
-                    for q in 0..<rs {
-                        let ix = 2 * q + b - 1
-                        line[q] = ix >= 0 && ix < w ? src[ix] : 0
-                    }
+            // Phase (a, b) at (r, q) is padded pixel (2r + a, 2q + b) = image (2r + a - 1, 2q + b - 1):
+            // phase (a, 1) holds the image's even columns from q = 0, phase (a, 0) its odd
+            // columns from q = 1, zeros elsewhere.
+            let evenPhase = channel + (a * 2 + 1) * l.phaseLength, oddPhase = channel + a * 2 * l.phaseLength
+            for r in 0..<rows {
+                let iy = 2 * r + a - 1
+                let even = evenPhase + r * rs, odd = oddPhase + r * rs
+                guard iy >= 0 && iy < h else {
+                    even.update(repeating: 0, count: rs); odd.update(repeating: 0, count: rs); continue
                 }
+                splitColumns(image + iy * w, width: w, even: even, odd: odd + 1)
+                odd[0] = 0
+                (even + evenCount).update(repeating: 0, count: rs - evenCount)
+                (odd + 1 + oddCount).update(repeating: 0, count: rs - 1 - oddCount)
             }
         }
     }
+}
+
+/// Splits a row of `w` floats into its even columns (`even`, (w + 1) / 2 floats) and its odd
+/// ones (`odd`, w / 2), 16 or 8 at a time; an even width of at least 8 ends with an
+/// overlapping block (the same floats written twice), an odd one with the last even column.
+@inline(__always)
+private func splitColumns(_ src: UnsafePointer<Float>, width w: Int, even: UnsafeMutablePointer<Float>,
+                          odd: UnsafeMutablePointer<Float>) {
+    var i = 0
+    while i + 16 <= w { let v = load16(src + i); store8(v.evenHalf, even + i / 2); store8(v.oddHalf, odd + i / 2); i += 16 }
+    while i + 8 <= w { let v = load8(src + i); store4(v.evenHalf, even + i / 2); store4(v.oddHalf, odd + i / 2); i += 8 }
+    if i < w && w >= 8 && w % 2 == 0 {
+        let last = w - 8, v = load8(src + last)
+        store4(v.evenHalf, even + last / 2); store4(v.oddHalf, odd + last / 2)
+        return
+    }
+    while i + 2 <= w { even[i / 2] = src[i]; odd[i / 2] = src[i + 1]; i += 2 }
+    if i < w { even[i / 2] = src[i] }
 }
 
 /// Copies flat outputs [count, outLength] into planes [count, OH, OW], adding `bias[i]` to
@@ -118,7 +138,7 @@ public func unflattenOutput(_ flat: UnsafePointer<Float>, count: Int, _ l: Direc
         let src = flat + i * l.outLength, dst = planes + i * h * w
         if let bias {
             let b = bias[i]
-            for y in 0..<h { for x in 0..<w { dst[y * w + x] = src[y * rs + x] + b } }
+            for y in 0..<h { copyRow(src + y * rs, dst + y * w, count: w, adding: b) }
         } else {
             for y in 0..<h { copyRow(src + y * rs, dst + y * w, count: w) }
         }
@@ -140,32 +160,47 @@ public func packConv3x3WeightsTransposed(_ weight: UnsafePointer<Float>, outChan
 }
 
 /// Copies a short row (7 to 28 floats here) inline: memmove's call and dispatch cost more
-/// than the copy at these lengths (7.5% of resnet8's step in memmove).
+/// than the copy at these lengths (7.5% of resnet8's step in memmove). The last vector
+/// overlaps the one before it (writing some floats twice) instead of a scalar tail.
 @inline(__always)
 private func copyRow(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int) {
+    copyRow(src, dst, count: count, adding: nil)
+}
+
+/// `copyRow`, adding `bias` to every float if given.
+@inline(__always)
+private func copyRow(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int, adding bias: Float?) {
+    @inline(__always) func move8(_ i: Int) {
+        if let bias { store8(load8(src + i) + bias, dst + i) } else { store8(load8(src + i), dst + i) }
+    }
+    @inline(__always) func move4(_ i: Int) {
+        if let bias { store4(load4(src + i) + bias, dst + i) } else { store4(load4(src + i), dst + i) }
+    }
+    if count >= 8 {
+        var i = 0
+        while i + 8 < count { move8(i); i += 8 }
+        move8(count - 8)
+    } else if count >= 4 {
+        move4(0); move4(count - 4)
+    } else {
+        for i in 0..<count { dst[i] = bias.map { src[i] + $0 } ?? src[i] }
+    }
+}
+
+/// Writes `w` floats to dst, column 2q from even[q] and 2q + 1 from odd[q]; an even width of
+/// at least 8 ends with an overlapping block.
+@inline(__always)
+private func mergeColumns(even: UnsafePointer<Float>, odd: UnsafePointer<Float>, width w: Int, into dst: UnsafeMutablePointer<Float>) {
     var i = 0
-    while i + 8 <= count { store8(load8(src + i), dst + i); i += 8 }
-    while i < count { dst[i] = src[i]; i += 1 }
-}
-
-@inline(__always)
-private func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
-    UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
-}
-
-@inline(__always)
-func load16(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
-    UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
-}
-
-@inline(__always)
-func store16(_ v: SIMD16<Float>, _ p: UnsafeMutablePointer<Float>) {
-    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD16<Float>.self)
-}
-
-@inline(__always)
-private func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
-    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
+    while i + 16 <= w { store16(interleave(load8(even + i / 2), load8(odd + i / 2)), dst + i); i += 16 }
+    while i + 8 <= w { store8(interleave(load4(even + i / 2), load4(odd + i / 2)), dst + i); i += 8 }
+    if i < w && w >= 8 && w % 2 == 0 {
+        let last = w - 8
+        store8(interleave(load4(even + last / 2), load4(odd + last / 2)), dst + last)
+        return
+    }
+    while i + 2 <= w { dst[i] = even[i / 2]; dst[i + 1] = odd[i / 2]; i += 2 }
+    if i < w { dst[i] = even[i / 2] }
 }
 
 /// One sample: out [OC, outLength] = conv3x3(prepared input [C, channelLength], packed
@@ -323,20 +358,23 @@ public struct StrideTwoInputGradient: Sendable {
         }
     }
 
-    /// One sample: dx [C, H, W] from its dy [OC, channelLength]; `flat` [C, outLength] is scratch.
+    /// One sample: dx [C, H, W] from its dy [OC, channelLength]; `flat` [4, C, outLength] is scratch.
     public func run(_ dy: UnsafePointer<Float>, outChannels oc: Int, _ packed: UnsafePointer<Float>, inChannels c: Int,
                     _ l: DirectConvLayout, flat: UnsafeMutablePointer<Float>, into dx: UnsafeMutablePointer<Float>) {
         let dyChannel = Self.channelLength(l), rs = l.outRowStride, h = l.height, w = l.width
+        let phaseStride = c * l.outLength
         var p = packed
         for phase in 0..<4 {
-            let a = phase / 2, b = phase % 2
-            convFlat(dy, channels: oc, channelLength: dyChannel, taps: taps[phase], p, outChannels: c, outLength: l.outLength, into: flat)
+            convFlat(dy, channels: oc, channelLength: dyChannel, taps: taps[phase], p, outChannels: c, outLength: l.outLength,
+                     into: flat + phase * phaseStride)
             p += oc * taps[phase].count * c
-            // Rows 2r + a < H, columns 2q + b < W.
-            let rowsOut = (h - a + 1) / 2, colsOut = (w - b + 1) / 2
-            for ci in 0..<c {
-                let src = flat + ci * l.outLength, dst = dx + ci * h * w + a * w + b
-                for r in 0..<rowsOut { for q in 0..<colsOut { dst[2 * r * w + 2 * q] = src[r * rs + q] } }
+        }
+        // dx row y = 2r + a: columns 2q from phase (a, 0), 2q + 1 from phase (a, 1), row r.
+        for ci in 0..<c {
+            for y in 0..<h {
+                let a = y % 2, row = ci * l.outLength + (y / 2) * rs
+                mergeColumns(even: flat + 2 * a * phaseStride + row, odd: flat + (2 * a + 1) * phaseStride + row, width: w,
+                             into: dx + (ci * h + y) * w)
             }
         }
     }

@@ -60,6 +60,15 @@ public func im2col(_ input: UnsafePointer<Float>, batch n: Int, _ g: ConvGeometr
                             if lo > 0 { line.update(repeating: 0, count: lo) }
                             if hi > lo { (line + lo).update(from: src + lo + shift, count: hi - lo) }
                             if hi < ow { (line + hi).update(repeating: 0, count: ow - hi) }
+                        } else if g.strideW == 2 {
+                            // Every other element of the interior, 16 or 8 read at a time.
+                            let shift = kx - g.padW, (lo, hi) = strideTwoInterior(shift: shift, width: g.width, outWidth: ow)
+                            if lo > 0 { line.update(repeating: 0, count: lo) }
+                            var ox = lo, from = src + shift
+                            while ox + 8 <= hi && 2 * ox + shift + 16 <= g.width { store8(load16(from + 2 * ox).evenHalf, line + ox); ox += 8 }
+                            while ox + 4 <= hi && 2 * ox + shift + 8 <= g.width { store4(load8(from + 2 * ox).evenHalf, line + ox); ox += 4 }
+                            while ox < hi { line[ox] = from[2 * ox]; ox += 1 }
+                            if hi < ow { (line + hi).update(repeating: 0, count: ow - hi) }
                         } else {
                             for ox in 0..<ow {
                                 let ix = ox * g.strideW - g.padW + kx
@@ -71,6 +80,13 @@ public func im2col(_ input: UnsafePointer<Float>, batch n: Int, _ g: ConvGeometr
             }
         }
     }
+}
+
+/// Stride 2: the outputs ox whose input column 2 ox + shift lies in 0..<width.
+@inline(__always)
+private func strideTwoInterior(shift: Int, width: Int, outWidth ow: Int) -> (Int, Int) {
+    let lo = min(max(0, -shift + 1) / 2, ow)
+    return (lo, max(lo, min(ow, (width - shift + 1) / 2)))
 }
 
 /// One sample's column row (ky, kx) for stride 1 and ow == width: element (oy, ox) is
@@ -144,10 +160,15 @@ public func col2im(_ columns: UnsafePointer<Float>, batch n: Int, _ g: ConvGeome
 /// `col2im` for a caller that no longer needs the columns: it may overwrite them. For stride
 /// 1 and ow == width it zeroes the elements that stand for padding (they wrap around a row
 /// edge) and then adds each column row's valid rows as one contiguous block, where `col2im`
-/// adds row by row. Every pixel receives the same additions in the same order, plus some
+/// adds row by row. For stride 2 it adds 8 columns at a time into 16 pixels, +0 into every
+/// other one. Every pixel receives the same additions in the same order, plus some
 /// additions of +0, which change no value (a -0 sum becomes +0).
 public func col2imOverwriting(_ columns: UnsafeMutablePointer<Float>, batch n: Int, _ g: ConvGeometry, into output: UnsafeMutablePointer<Float>) {
     let oh = g.outHeight, ow = g.outWidth, w = g.width
+    if g.strideW == 2 {
+        col2imStrideTwo(columns, batch: n, g, into: output)
+        return
+    }
     guard g.strideH == 1 && g.strideW == 1 && ow == w else {
         col2im(columns, batch: n, g, into: output)
         return
@@ -176,6 +197,37 @@ public func col2imOverwriting(_ columns: UnsafeMutablePointer<Float>, batch n: I
                     let lo = max(0, -shift), hi = count - max(0, shift)
                     var j = lo
                     while j < hi { dst[j] += col[j]; j += 1 }
+                }
+            }
+        }
+    }
+}
+
+/// `col2im`'s loops for a column stride of 2, each row's interior 8 columns at a time:
+/// dst[2 ox + shift] += line[ox], with +0 added to the pixels between.
+private func col2imStrideTwo(_ columns: UnsafePointer<Float>, batch n: Int, _ g: ConvGeometry, into output: UnsafeMutablePointer<Float>) {
+    let oh = g.outHeight, ow = g.outWidth, w = g.width
+    let pixels = n * oh * ow, plane = g.height * w
+    for c in 0..<g.channels {
+        for ky in 0..<g.kernelH {
+            for kx in 0..<g.kernelW {
+                let row = columns + ((c * g.kernelH + ky) * g.kernelW + kx) * pixels
+                let shift = kx - g.padW, (lo, hi) = strideTwoInterior(shift: shift, width: w, outWidth: ow)
+                for s in 0..<n {
+                    let image = output + (s * g.channels + c) * plane
+                    let col = row + s * oh * ow
+                    for oy in 0..<oh {
+                        let iy = oy * g.strideH - g.padH + ky
+                        if iy < 0 || iy >= g.height { continue }
+                        let dst = image + iy * w + shift, line = col + oy * ow
+                        var ox = lo
+                        while ox + 8 <= hi && 2 * ox + shift + 16 <= w {
+                            let d = dst + 2 * ox
+                            store16(load16(d) + interleave(load8(line + ox), SIMD8()), d)
+                            ox += 8
+                        }
+                        while ox < hi { dst[2 * ox] += line[ox]; ox += 1 }
+                    }
                 }
             }
         }

@@ -91,16 +91,6 @@ private func loadPair(_ p: UnsafePointer<Float>, _ high: Int) -> SIMD16<Float> {
     SIMD16(lowHalf: load8(p), highHalf: load8(p + high))
 }
 
-@inline(__always)
-private func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
-    UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
-}
-
-@inline(__always)
-private func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
-    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
-}
-
 /// V [16, C, rowLength] = Bᵀ d B of every tile of every channel of one sample, from its
 /// prepared input (`prepareConvInput`, stride 1: padded, row stride W + 2), channel ci at
 /// input + ci * channelStride; the sample's tiles fill the first `tiles` of each row.
@@ -313,7 +303,6 @@ private func winogradProducts(_ v: UnsafePointer<Float>, channels c: Int, rowLen
         }
     }
 }
-
 
 /// The stride-1 3x3 convolution by F(2x2, 3x3) of `samples` consecutive samples (at most
 /// the layout's `group`): y [samples, OC, H, W] from their prepared inputs (`prepareConvInput`,

@@ -33,7 +33,7 @@ final class DirectConvTests: XCTestCase {
     }
 
     /// The layer shapes of fmnist-cnn and resnet8, and odd ones: one-pixel and non-square
-    /// planes, an input channel count the transposed kernel cannot take (its input gradient
+    /// planes of odd and even widths, an input channel count the transposed kernel cannot take (its input gradient
     /// goes by GEMM), bias.
     let shapes: [(inC: Int, outC: Int, stride: Int, bias: Bool, shape: Shape)] = [
         (1, 16, 1, false, Shape(n: 3, c: 1, h: 28, w: 28)),
@@ -50,6 +50,13 @@ final class DirectConvTests: XCTestCase {
         (4, 8, 2, true, Shape(n: 2, c: 4, h: 5, w: 9)),
         (3, 4, 2, false, Shape(n: 2, c: 3, h: 1, w: 1)),
         (2, 4, 2, true, Shape(n: 1, c: 2, h: 2, w: 8)),
+        // Stride 2's phase split and merge at every row width kind: 16- and 8-float blocks,
+        // an overlapping last block (even widths), scalar tails (odd and short widths).
+        (4, 4, 2, true, Shape(n: 2, c: 4, h: 6, w: 33)),
+        (4, 8, 2, false, Shape(n: 2, c: 4, h: 7, w: 10)),
+        (8, 4, 2, true, Shape(n: 1, c: 8, h: 5, w: 20)),
+        (4, 4, 2, false, Shape(n: 2, c: 4, h: 4, w: 6)),
+        (4, 4, 2, true, Shape(n: 1, c: 4, h: 3, w: 13)),
     ]
 
     func testDirectMatchesGEMM() throws {

@@ -168,7 +168,8 @@ public final class Conv2d: Layer {
             // buffers stay in cache between their writer and their readers.
             preparedInput = FloatBuffer(capacity: (winograd?.group ?? maxBatch) * inChannels * l.channelLength)
             preparedGrad = FloatBuffer(capacity: (winogradGradientsInGroups ? winograd!.group : maxBatch) * outChannels * gradChannel)
-            flatOutput = FloatBuffer(capacity: max(inChannels, outChannels) * l.outLength)
+            // Stride 2's input gradient keeps its four phases' outputs.
+            flatOutput = FloatBuffer(capacity: max(inChannels, outChannels) * l.outLength * (stride == 2 ? 4 : 1))
             packedWeights = FloatBuffer(capacity: outChannels * inChannels * 9)
             // The input gradient of a channel count the kernel does not take goes by GEMM
             // and col2im, a sample at a time.
