@@ -58,6 +58,13 @@ public final class Conv2d: Layer {
     /// Both gradients by Winograd: backward runs the input gradient on each group of samples
     /// while the group's padded output gradient is in cache (`winogradWeightGradients`).
     private var winogradGradientsInGroups: Bool { winograd != nil && winogradGradient != nil }
+    /// Both gradients by the direct kernels: backward runs the input gradient of each
+    /// sample right after the weight gradient of its group, while the group's padded output
+    /// gradient is in cache.
+    private var directGradientsInGroups: Bool { winograd == nil && winogradGradient == nil && inChannels % 4 == 0 }
+    /// Samples whose weight gradients share their lane sums: groups of at least 512 output
+    /// positions (a 7x7 plane is 64 positions).
+    private var weightGradientGroup: Int { max(1, 512 / layout.outLength) }
     private var winogradInput: FloatBuffer?
     private var winogradProducts: FloatBuffer?
     private var winogradRow: FloatBuffer?
@@ -167,7 +174,9 @@ public final class Conv2d: Layer {
             // by Winograd, backward pads the output gradient a group at a time too. Group-sized
             // buffers stay in cache between their writer and their readers.
             preparedInput = FloatBuffer(capacity: (winograd?.group ?? maxBatch) * inChannels * l.channelLength)
-            preparedGrad = FloatBuffer(capacity: (winogradGradientsInGroups ? winograd!.group : maxBatch) * outChannels * gradChannel)
+            let gradSamples = winogradGradientsInGroups ? winograd!.group
+                : directGradientsInGroups ? min(weightGradientGroup, maxBatch) : maxBatch
+            preparedGrad = FloatBuffer(capacity: max(gradSamples, 1) * outChannels * gradChannel)
             // Stride 2's input gradient keeps its four phases' outputs.
             flatOutput = FloatBuffer(capacity: max(inChannels, outChannels) * l.outLength * (stride == 2 ? 4 : 1))
             packedWeights = FloatBuffer(capacity: outChannels * inChannels * 9)
@@ -339,57 +348,69 @@ public final class Conv2d: Layer {
         // output layout starting at `origin`; stride 2: dy in the flat output layout, with
         // room for the input gradient's farthest taps.
         let dyOffset = stride == 1 ? l.origin : 0
-        // Per shard, into its gradient slot. Samples in groups of at least 512 output
-        // positions share their lane sums (a 7x7 plane is 64 positions); the groups start
+        // Per shard, into its gradient slot, a group of samples at a time; the groups start
         // at the shard's first sample, so they depend on the shard alone.
-        let group = max(1, 512 / l.outLength)
-        // The input gradient reads the padded output gradient of the whole batch after the
-        // weight gradient only where it goes by a kernel (input channels a multiple of 4) and
-        // not group by group; otherwise each group's lands at the start of the buffer, which
-        // then stays in cache.
-        let groupInputGradient = needsInputGradient && winogradGradientsInGroups
-        let keepsPaddedDy = needsInputGradient && c % 4 == 0 && !groupInputGradient
+        let group = weightGradientGroup
+        // Where both gradients go by Winograd or both by the direct kernels, each group's
+        // input gradient follows its weight gradient, and its padded output gradient lands at
+        // the start of the buffer, in cache. Otherwise the input gradient reads the padded
+        // output gradient of the whole batch after the weight gradient, where it goes by a
+        // kernel (input channels a multiple of 4).
+        let winogradGroups = needsInputGradient && winogradGradientsInGroups
+        let directGroups = needsInputGradient && directGradientsInGroups
+        let keepsPaddedDy = needsInputGradient && c % 4 == 0 && !winogradGroups && !directGroups
+        let packed = packedWeights!.pointer, plane = x.shape.perSample, sampleDy = oc * gradChannel
+        // One sample's input gradient by the direct kernels, from its padded output gradient.
+        func directInputGradient(_ dys: UnsafePointer<Float>, sample s: Int) {
+            if let strideTwo = strideTwoInputGradient {
+                strideTwo.run(dys, outChannels: oc, packed, inChannels: c, l, flat: flat, into: dx.data + s * plane)
+            } else {
+                // dx = the padded dy convolved with the flipped kernel, channels swapped.
+                conv3x3Flat(dys, channels: oc, packed, outChannels: c, l, into: flat)
+                unflattenOutput(flat, count: c, l, bias: nil, into: dx.data + s * plane)
+            }
+        }
+        func packDirectInputGradientWeights() {
+            if let strideTwo = strideTwoInputGradient {
+                strideTwo.pack(weight, outChannels: oc, inChannels: c, into: packed)
+            } else {
+                packConv3x3WeightsTransposed(weight, outChannels: oc, inChannels: c, into: packed)
+            }
+        }
         if let w = winograd {
-            winogradWeightGradients(dy, dx: dx, w, keepsPaddedDy: keepsPaddedDy, inputGradient: groupInputGradient, context)
+            winogradWeightGradients(dy, dx: dx, w, keepsPaddedDy: keepsPaddedDy, inputGradient: winogradGroups, context)
         } else {
-        for j in 0..<context.shards(batch: n) {
-            let samples = context.shard(j, batch: n), slot = j * context.gradientSlotStride
-            (weightGrad + slot).update(repeating: 0, count: oc * c * 9)
-            for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: group) {
-                let count = min(group, samples.upperBound - first)
-                let dys = preparedDy + (keepsPaddedDy ? first * oc * gradChannel : 0)
-                spreadRows(dy.data + first * oc * p, count: count * oc, height: l.outHeight, width: l.outWidth,
-                           rowStride: l.outRowStride, channelStride: gradChannel, offset: dyOffset, into: dys)
-                conv3x3WeightGradient(preparedX + first * c * l.channelLength, channels: c, dys + dyOffset, outChannels: oc,
-                                      dyChannel: gradChannel, dySample: oc * gradChannel, l, samples: count, addingInto: weightGrad + slot)
+            if directGroups { packDirectInputGradientWeights() }
+            for j in 0..<context.shards(batch: n) {
+                let samples = context.shard(j, batch: n), slot = j * context.gradientSlotStride
+                (weightGrad + slot).update(repeating: 0, count: oc * c * 9)
+                for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: group) {
+                    let count = min(group, samples.upperBound - first)
+                    let dys = preparedDy + (keepsPaddedDy ? first * sampleDy : 0)
+                    spreadRows(dy.data + first * oc * p, count: count * oc, height: l.outHeight, width: l.outWidth,
+                               rowStride: l.outRowStride, channelStride: gradChannel, offset: dyOffset, into: dys)
+                    conv3x3WeightGradient(preparedX + first * c * l.channelLength, channels: c, dys + dyOffset, outChannels: oc,
+                                          dyChannel: gradChannel, dySample: sampleDy, l, samples: count, addingInto: weightGrad + slot)
+                    if directGroups {
+                        for s in first..<(first + count) { directInputGradient(dys + (s - first) * sampleDy, sample: s) }
+                    }
+                }
+                if let biasGrad { sumBias(dy.data, into: biasGrad + slot, samples: samples, spatial: p) }
             }
-            if let biasGrad { sumBias(dy.data, into: biasGrad + slot, samples: samples, spatial: p) }
         }
-        }
-        guard needsInputGradient && !groupInputGradient else { return dx }
-        let packed = packedWeights!.pointer, plane = x.shape.perSample
-        if let strideTwo = strideTwoInputGradient, c % 4 == 0 {
-            strideTwo.pack(weight, outChannels: oc, inChannels: c, into: packed)
-            for s in 0..<n {
-                strideTwo.run(preparedDy + s * oc * gradChannel, outChannels: oc, packed, inChannels: c, l, flat: flat,
-                              into: dx.data + s * plane)
-            }
-        } else if let w = winogradGradient {
+        guard needsInputGradient && !winogradGroups && !directGroups else { return dx }
+        if let w = winogradGradient {
             // As below, by F(2x2, 3x3).
             let u = winogradWeights!.pointer, v = winogradInput!.pointer, m = winogradProducts!.pointer
             winogradWeightTransform(weight, outChannels: oc, inChannels: c, transposed: true, into: u)
             for first in Swift.stride(from: 0, to: n, by: w.group) {
-                winogradConv3x3(preparedDy + first * oc * gradChannel, channels: oc, channelStride: gradChannel,
-                                sampleStride: oc * gradChannel, samples: min(w.group, n - first), u, outChannels: c, w,
+                winogradConv3x3(preparedDy + first * sampleDy, channels: oc, channelStride: gradChannel,
+                                sampleStride: sampleDy, samples: min(w.group, n - first), u, outChannels: c, w,
                                 bias: nil, v: v, m: m, scratch: winogradRow!.pointer, into: dx.data + first * plane)
             }
         } else if c % 4 == 0 {
-            // dx = the padded dy convolved with the flipped kernel, channels swapped.
-            packConv3x3WeightsTransposed(weight, outChannels: oc, inChannels: c, into: packed)
-            for s in 0..<n {
-                conv3x3Flat(preparedDy + s * oc * gradChannel, channels: oc, packed, outChannels: c, l, into: flat)
-                unflattenOutput(flat, count: c, l, bias: nil, into: dx.data + s * plane)
-            }
+            packDirectInputGradientWeights()
+            for s in 0..<n { directInputGradient(preparedDy + s * sampleDy, sample: s) }
         } else {
             let ckk = g.patchSize, dcols = sampleColumns!.pointer
             dx.data.update(repeating: 0, count: dx.count)
