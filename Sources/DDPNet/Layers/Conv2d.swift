@@ -76,9 +76,12 @@ public final class Conv2d: Layer {
     private var winogradGradients: FloatBuffer?
     /// dU's 8 lane sums, [16, OC, C, 8].
     private var winogradLanes: FloatBuffer?
-    /// The direct path's prepared input [n, C, channelLength] (kept for the weight
-    /// gradient) and output gradient [n, OC, gradChannel]: padded for stride 1, as the
-    /// flat output for stride 2. Their padding and gaps stay zero.
+    /// The direct path's prepared input and output gradient [n, OC, gradChannel]: padded
+    /// for stride 1, as the flat output for stride 2. Their padding and gaps stay zero. The
+    /// prepared input holds a group of samples [group, C, channelLength] (forward's a sample
+    /// or a Winograd group at a time, backward's a weight-gradient group, prepared again from
+    /// the kept input): a group stays in cache, where the whole batch's went to memory and
+    /// back. The output gradient is group-sized too where each group's input gradient follows.
     private var preparedInput: FloatBuffer?
     private var preparedGrad: FloatBuffer?
     private var gradChannel = 0
@@ -173,7 +176,7 @@ public final class Conv2d: Layer {
             // transform (not the prepared input) for the weight gradient; with both gradients
             // by Winograd, backward pads the output gradient a group at a time too. Group-sized
             // buffers stay in cache between their writer and their readers.
-            preparedInput = FloatBuffer(capacity: (winograd?.group ?? maxBatch) * inChannels * l.channelLength)
+            preparedInput = FloatBuffer(capacity: max(winograd?.group ?? min(weightGradientGroup, maxBatch), 1) * inChannels * l.channelLength)
             let gradSamples = winogradGradientsInGroups ? winograd!.group
                 : directGradientsInGroups ? min(weightGradientGroup, maxBatch) : maxBatch
             preparedGrad = FloatBuffer(capacity: max(gradSamples, 1) * outChannels * gradChannel)
@@ -240,9 +243,8 @@ public final class Conv2d: Layer {
             }
             packConv3x3Weights(weight, outChannels: oc, inChannels: c, into: packed)
             for s in 0..<n {
-                let xs = prepared + s * c * l.channelLength
-                prepareConvInput(x.data + s * plane, channels: c, l, into: xs)
-                conv3x3Flat(xs, channels: c, packed, outChannels: oc, l, into: flat)
+                prepareConvInput(x.data + s * plane, channels: c, l, into: prepared)
+                conv3x3Flat(prepared, channels: c, packed, outChannels: oc, l, into: flat)
                 unflattenOutput(flat, count: oc, l, bias: bias, into: y.data + s * oc * p)
             }
             return y
@@ -389,7 +391,10 @@ public final class Conv2d: Layer {
                     let dys = preparedDy + (keepsPaddedDy ? first * sampleDy : 0)
                     spreadRows(dy.data + first * oc * p, count: count * oc, height: l.outHeight, width: l.outWidth,
                                rowStride: l.outRowStride, channelStride: gradChannel, offset: dyOffset, into: dys)
-                    conv3x3WeightGradient(preparedX + first * c * l.channelLength, channels: c, dys + dyOffset, outChannels: oc,
+                    for s in first..<(first + count) {
+                        prepareConvInput(x.data + s * plane, channels: c, l, into: preparedX + (s - first) * c * l.channelLength)
+                    }
+                    conv3x3WeightGradient(preparedX, channels: c, dys + dyOffset, outChannels: oc,
                                           dyChannel: gradChannel, dySample: sampleDy, l, samples: count, addingInto: weightGrad + slot)
                     if directGroups {
                         for s in first..<(first + count) { directInputGradient(dys + (s - first) * sampleDy, sample: s) }
