@@ -338,17 +338,21 @@ public func winogradConv3x3(_ input: UnsafePointer<Float>, channels c: Int, chan
 // (kept from forward), 16 multiplies per tile and channel pair where the direct weight
 // gradient does 36.
 
-/// T [16, OC, rowLength] = A dY Aᵀ of every 2x2 tile of one sample's output gradient, read
-/// from its padded copy (stride 1: laid out like a prepared input, zeros around the image,
-/// channel o at dy + o * channelStride); the sample's tiles fill the first `tiles` of each
-/// row. Lanes past the last tile of a tile row are zero, so that sums over all lanes are
-/// sums over the real tiles.
+/// T = A dY Aᵀ of every 2x2 tile of one sample's output gradient, read from its padded copy
+/// (stride 1: laid out like a prepared input, zeros around the image, channel o at dy + o *
+/// channelStride), into rows of `rowLength` lanes of which the sample's tiles fill the
+/// first `tiles` (the sample's tiles start at t + 2 x its first lane). Output channels go
+/// in pairs, a pair's rows interleaved 8 lanes at a time, [16, OC / 2, rowLength / 8, 2, 8]:
+/// the weight products load both channels' lanes as one 16-float vector. OC must be even.
+/// Lanes past the last tile of a tile row are zero, so that sums over all lanes are sums
+/// over the real tiles.
 public func winogradGradientTransform(_ dy: UnsafePointer<Float>, channels oc: Int, channelStride: Int, _ l: WinogradLayout,
                                       rowLength: Int, into t: UnsafeMutablePointer<Float>) {
+    precondition(oc % 2 == 0, "winogradGradientTransform needs an even number of channels, got \(oc)")
     let rs = l.rowStride, frequency = oc &* rowLength, h = l.highOffset
     let lane = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7)
     for o in 0..<oc {
-        var out = t + o &* rowLength
+        var out = t + (o / 2) &* 2 &* rowLength + (o % 2) &* 8
         for vr in 0..<l.vectorRows {
             // Output rows 2ty, 2ty + 1 are padded rows 2ty + 1, 2ty + 2; columns likewise.
             var p = dy + o &* channelStride + (2 &* vr &* (l.isWide ? 1 : 2) &+ 1) &* rs + 1
@@ -373,15 +377,15 @@ public func winogradGradientTransform(_ dy: UnsafePointer<Float>, channels oc: I
                 row(y00 + y10, y01 + y11)
                 row(y00 - y10, y01 - y11)
                 row(-y10, -y11)
-                p += 16; out += 8
+                p += 16; out += 16
             }
         }
     }
 }
 
 /// dU's 8 lane sums [16, OC, C, 8] += T[f, o, lanes] · V[f, c, lanes] over one row of lanes (a
-/// group of samples' tiles), lane l of the 8 collecting the row's lanes l, l + 8, ...: T [16,
-/// OC, rowLength] from `winogradGradientTransform`, V [16, C, rowLength] from
+/// group of samples' tiles), lane l of the 8 collecting the row's lanes l, l + 8, ...: T
+/// from `winogradGradientTransform` (channel pairs interleaved), V [16, C, rowLength] from
 /// `winogradInputTransform`. Blocks of 4 output x 3 input channels keep 12 vector
 /// accumulators over the row, then add them to the lane sums (a sum over several groups
 /// is added in the order of the calls; `winogradWeightGradient` sums the lanes). Summing lanes once, not per group,
@@ -398,7 +402,8 @@ public func winogradWeightProducts(_ t: UnsafePointer<Float>, outChannels oc: In
     for f in 0..<16 {
         let tf = t + f * oc * rowLength, vf = v + f * c * rowLength, df = lanes + f * oc * c * 8
         for o0 in Swift.stride(from: 0, to: oc, by: 4) {
-            let t0 = tf + o0 * rowLength, t1 = t0 + rowLength, t2 = t1 + rowLength, t3 = t2 + rowLength
+            // Channel o's lanes j..<j + 8 at 2j (its pair's row) + 8 (odd o).
+            let t0 = tf + o0 * rowLength, t1 = t0 + 8, t2 = t0 + 2 * rowLength, t3 = t2 + 8
             var c0 = 0
             while c0 + 3 <= c {
                 let x0 = vf + c0 * rowLength, x1 = x0 + rowLength, x2 = x1 + rowLength
@@ -409,13 +414,13 @@ public func winogradWeightProducts(_ t: UnsafePointer<Float>, outChannels oc: In
                 var j = 0
                 while j < rowLength {
                     let v0 = load8(x0 + j), v1 = load8(x1 + j), v2 = load8(x2 + j)
-                    let g0 = load8(t0 + j)
+                    let g0 = load8(t0 + 2 * j)
                     a00.addProduct(g0, v0); a01.addProduct(g0, v1); a02.addProduct(g0, v2)
-                    let g1 = load8(t1 + j)
+                    let g1 = load8(t1 + 2 * j)
                     a10.addProduct(g1, v0); a11.addProduct(g1, v1); a12.addProduct(g1, v2)
-                    let g2 = load8(t2 + j)
+                    let g2 = load8(t2 + 2 * j)
                     a20.addProduct(g2, v0); a21.addProduct(g2, v1); a22.addProduct(g2, v2)
-                    let g3 = load8(t3 + j)
+                    let g3 = load8(t3 + 2 * j)
                     a30.addProduct(g3, v0); a31.addProduct(g3, v1); a32.addProduct(g3, v2)
                     j += 8
                 }
@@ -433,8 +438,8 @@ public func winogradWeightProducts(_ t: UnsafePointer<Float>, outChannels oc: In
                 var j = 0
                 while j < rowLength {
                     let v0 = load8(x0 + j)
-                    a0.addProduct(load8(t0 + j), v0); a1.addProduct(load8(t1 + j), v0)
-                    a2.addProduct(load8(t2 + j), v0); a3.addProduct(load8(t3 + j), v0)
+                    a0.addProduct(load8(t0 + 2 * j), v0); a1.addProduct(load8(t1 + 2 * j), v0)
+                    a2.addProduct(load8(t2 + 2 * j), v0); a3.addProduct(load8(t3 + 2 * j), v0)
                     j += 8
                 }
                 let d = df + (o0 * c + c0) * 8
@@ -448,7 +453,8 @@ public func winogradWeightProducts(_ t: UnsafePointer<Float>, outChannels oc: In
 #if DDPTRAIN_AVX512
 /// `winogradWeightProducts` 16 lanes wide, with its bits: each SIMD16 accumulator holds two
 /// output channels' 8-lane accumulators side by side (T of channel o in the low half, o + 1
-/// in the high half, the same V in both), so each half is the 8-wide kernel's accumulator.
+/// in the high half: one load of the interleaved pair; the same V in both), so each half is
+/// the 8-wide kernel's accumulator.
 /// Blocks of 8 output x 3 input channels: 12 accumulators.
 private func winogradWeightProductsPaired(_ t: UnsafePointer<Float>, outChannels oc: Int, _ v: UnsafePointer<Float>, channels c: Int,
                                           rowLength: Int, addingInto lanes: UnsafeMutablePointer<Float>) {
@@ -469,13 +475,13 @@ private func winogradWeightProductsPaired(_ t: UnsafePointer<Float>, outChannels
                 var j = 0
                 while j < rowLength {
                     let v0 = twice(x0 + j), v1 = twice(x1 + j), v2 = twice(x2 + j)
-                    let g0 = pairOfRows(t0 + j, rowLength)
+                    let g0 = load16(t0 + 2 * j)
                     a00.addProduct(g0, v0); a01.addProduct(g0, v1); a02.addProduct(g0, v2)
-                    let g1 = pairOfRows(t2 + j, rowLength)
+                    let g1 = load16(t2 + 2 * j)
                     a10.addProduct(g1, v0); a11.addProduct(g1, v1); a12.addProduct(g1, v2)
-                    let g2 = pairOfRows(t4 + j, rowLength)
+                    let g2 = load16(t4 + 2 * j)
                     a20.addProduct(g2, v0); a21.addProduct(g2, v1); a22.addProduct(g2, v2)
-                    let g3 = pairOfRows(t6 + j, rowLength)
+                    let g3 = load16(t6 + 2 * j)
                     a30.addProduct(g3, v0); a31.addProduct(g3, v1); a32.addProduct(g3, v2)
                     j += 8
                 }
@@ -492,8 +498,8 @@ private func winogradWeightProductsPaired(_ t: UnsafePointer<Float>, outChannels
                 var j = 0
                 while j < rowLength {
                     let v0 = twice(x0 + j)
-                    a0.addProduct(pairOfRows(t0 + j, rowLength), v0); a1.addProduct(pairOfRows(t2 + j, rowLength), v0)
-                    a2.addProduct(pairOfRows(t4 + j, rowLength), v0); a3.addProduct(pairOfRows(t6 + j, rowLength), v0)
+                    a0.addProduct(load16(t0 + 2 * j), v0); a1.addProduct(load16(t2 + 2 * j), v0)
+                    a2.addProduct(load16(t4 + 2 * j), v0); a3.addProduct(load16(t6 + 2 * j), v0)
                     j += 8
                 }
                 let d = df + (o0 * c + c0) * 8

@@ -453,7 +453,7 @@ public final class Conv2d: Layer {
                            rowStride: l.outRowStride, channelStride: gradChannel, offset: l.origin, into: dys)
                 for s in 0..<count {
                     winogradGradientTransform(dys + s * sampleDy, channels: oc, channelStride: gradChannel, w,
-                                              rowLength: row, into: transformed + s * w.tiles)
+                                              rowLength: row, into: transformed + 2 * s * w.tiles)
                 }
                 winogradWeightProducts(transformed, outChannels: oc, kept + first * c * w.floatsPerChannel, channels: c,
                                        rowLength: row, addingInto: lanes)
