@@ -130,15 +130,19 @@ private func splitColumns(_ src: UnsafePointer<Float>, width w: Int, even: Unsaf
 }
 
 /// Copies flat outputs [count, outLength] into planes [count, OH, OW], adding `bias[i]` to
-/// plane i if given.
+/// plane i, or `addend`'s planes [count, OH, OW] element by element, if given (not both).
 public func unflattenOutput(_ flat: UnsafePointer<Float>, count: Int, _ l: DirectConvLayout, bias: UnsafePointer<Float>?,
-                            into planes: UnsafeMutablePointer<Float>) {
+                            adding addend: UnsafePointer<Float>? = nil, into planes: UnsafeMutablePointer<Float>) {
+    precondition(bias == nil || addend == nil, "unflattenOutput adds a bias or planes, not both")
     let h = l.outHeight, w = l.outWidth, rs = l.outRowStride
     for i in 0..<count {
         let src = flat + i * l.outLength, dst = planes + i * h * w
         if let bias {
             let b = bias[i]
             for y in 0..<h { copyRow(src + y * rs, dst + y * w, count: w, adding: b) }
+        } else if let addend {
+            let more = addend + i * h * w
+            for y in 0..<h { addRow(src + y * rs, more + y * w, dst + y * w, count: w) }
         } else {
             for y in 0..<h { copyRow(src + y * rs, dst + y * w, count: w) }
         }
@@ -168,6 +172,20 @@ private func copyRow(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Fl
 }
 
 /// `copyRow`, adding `bias` to every float if given.
+/// dst = a + b over a short row, like `copyRow` (dst must not overlap a or b).
+@inline(__always)
+private func addRow(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int) {
+    if count >= 8 {
+        var i = 0
+        while i + 8 < count { store8(load8(a + i) + load8(b + i), dst + i); i += 8 }
+        store8(load8(a + count - 8) + load8(b + count - 8), dst + count - 8)
+    } else if count >= 4 {
+        store4(load4(a) + load4(b), dst); store4(load4(a + count - 4) + load4(b + count - 4), dst + count - 4)
+    } else {
+        for i in 0..<count { dst[i] = a[i] + b[i] }
+    }
+}
+
 @inline(__always)
 private func copyRow(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int, adding bias: Float?) {
     @inline(__always) func move8(_ i: Int) {
@@ -187,20 +205,25 @@ private func copyRow(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Fl
     }
 }
 
-/// Writes `w` floats to dst, column 2q from even[q] and 2q + 1 from odd[q]; an even width of
-/// at least 8 ends with an overlapping block.
+/// Writes `w` floats to dst, column 2q from even[q] and 2q + 1 from odd[q], plus the float
+/// at the same column of `addend` if given; an even width of at least 8 ends with an
+/// overlapping block.
 @inline(__always)
-private func mergeColumns(even: UnsafePointer<Float>, odd: UnsafePointer<Float>, width w: Int, into dst: UnsafeMutablePointer<Float>) {
+private func mergeColumns(even: UnsafePointer<Float>, odd: UnsafePointer<Float>, width w: Int, adding addend: UnsafePointer<Float>?,
+                          into dst: UnsafeMutablePointer<Float>) {
+    @inline(__always) func put16(_ v: SIMD16<Float>, _ i: Int) { store16(addend.map { v + load16($0 + i) } ?? v, dst + i) }
+    @inline(__always) func put8(_ v: SIMD8<Float>, _ i: Int) { store8(addend.map { v + load8($0 + i) } ?? v, dst + i) }
+    @inline(__always) func put(_ v: Float, _ i: Int) { dst[i] = addend.map { v + $0[i] } ?? v }
     var i = 0
-    while i + 16 <= w { store16(interleave(load8(even + i / 2), load8(odd + i / 2)), dst + i); i += 16 }
-    while i + 8 <= w { store8(interleave(load4(even + i / 2), load4(odd + i / 2)), dst + i); i += 8 }
+    while i + 16 <= w { put16(interleave(load8(even + i / 2), load8(odd + i / 2)), i); i += 16 }
+    while i + 8 <= w { put8(interleave(load4(even + i / 2), load4(odd + i / 2)), i); i += 8 }
     if i < w && w >= 8 && w % 2 == 0 {
         let last = w - 8
-        store8(interleave(load4(even + last / 2), load4(odd + last / 2)), dst + last)
+        put8(interleave(load4(even + last / 2), load4(odd + last / 2)), last)
         return
     }
-    while i + 2 <= w { dst[i] = even[i / 2]; dst[i + 1] = odd[i / 2]; i += 2 }
-    if i < w { dst[i] = even[i / 2] }
+    while i + 2 <= w { put(even[i / 2], i); put(odd[i / 2], i + 1); i += 2 }
+    if i < w { put(even[i / 2], i) }
 }
 
 /// One sample: out [OC, outLength] = conv3x3(prepared input [C, channelLength], packed
@@ -358,9 +381,11 @@ public struct StrideTwoInputGradient: Sendable {
         }
     }
 
-    /// One sample: dx [C, H, W] from its dy [OC, channelLength]; `flat` [4, C, outLength] is scratch.
+    /// One sample: dx [C, H, W] from its dy [OC, channelLength], plus `addend` [C, H, W] if
+    /// given; `flat` [4, C, outLength] is scratch.
     public func run(_ dy: UnsafePointer<Float>, outChannels oc: Int, _ packed: UnsafePointer<Float>, inChannels c: Int,
-                    _ l: DirectConvLayout, flat: UnsafeMutablePointer<Float>, into dx: UnsafeMutablePointer<Float>) {
+                    _ l: DirectConvLayout, flat: UnsafeMutablePointer<Float>, adding addend: UnsafePointer<Float>? = nil,
+                    into dx: UnsafeMutablePointer<Float>) {
         let dyChannel = Self.channelLength(l), rs = l.outRowStride, h = l.height, w = l.width
         let phaseStride = c * l.outLength
         var p = packed
@@ -372,9 +397,14 @@ public struct StrideTwoInputGradient: Sendable {
         // dx row y = 2r + a: columns 2q from phase (a, 0), 2q + 1 from phase (a, 1), row r.
         for ci in 0..<c {
             for y in 0..<h {
-                let a = y % 2, row = ci * l.outLength + (y / 2) * rs
-                mergeColumns(even: flat + 2 * a * phaseStride + row, odd: flat + (2 * a + 1) * phaseStride + row, width: w,
-                             into: dx + (ci * h + y) * w)
+                let a = y % 2, row = ci * l.outLength + (y / 2) * rs, at = (ci * h + y) * w
+                let even = flat + 2 * a * phaseStride + row, odd = flat + (2 * a + 1) * phaseStride + row
+                // Two calls, so that each is compiled for its case.
+                if let addend {
+                    mergeColumns(even: even, odd: odd, width: w, adding: addend + at, into: dx + at)
+                } else {
+                    mergeColumns(even: even, odd: odd, width: w, adding: nil, into: dx + at)
+                }
             }
         }
     }

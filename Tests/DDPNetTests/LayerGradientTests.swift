@@ -109,6 +109,10 @@ final class LayerGradientTests: XCTestCase {
             ({ ResidualBlock(inChannels: 3, outChannels: 3) }, Shape(n: 2, c: 3, h: 4, w: 4)),
             ({ ResidualBlock(inChannels: 3, outChannels: 4, stride: 2) }, Shape(n: 2, c: 3, h: 5, w: 5)),
             ({ ResidualBlock(inChannels: 2, outChannels: 3) }, Shape(n: 1, c: 2, h: 3, w: 3)),
+            // Channel counts the direct kernels take: the skip gradient is added in conv1's
+            // input-gradient pass (stride 1 and stride 2; odd and even planes).
+            ({ ResidualBlock(inChannels: 4, outChannels: 4) }, Shape(n: 2, c: 4, h: 5, w: 6)),
+            ({ ResidualBlock(inChannels: 4, outChannels: 8, stride: 2) }, Shape(n: 2, c: 4, h: 7, w: 10)),
         ]
         for (k, t) in cases.enumerated() {
             for training in [true, false] {

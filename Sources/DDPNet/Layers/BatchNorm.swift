@@ -126,6 +126,22 @@ public final class BatchNorm: Layer {
     }
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try normalize(x, context, residual: nil, into: output)
+    }
+
+    /// A residual block's end in one pass: ReLU(BN(x) + residual) into `destination`, where
+    /// `forward` and then the block's add and ReLU would write BN(x) and read it back. Each
+    /// value is bitwise what the three steps give; backward is this layer's own (it
+    /// recomputes from x). For a layer without a fused ReLU or pool.
+    func forward(_ x: Tensor, addingResidual residual: Tensor, _ context: ForwardContext,
+                 into destination: FloatBuffer) throws -> Tensor {
+        precondition(!fusesReLU && pool == nil && residual.shape == x.shape, "BatchNorm: no residual add here")
+        return try normalize(x, context, residual: residual.data, into: destination)
+    }
+
+    /// `forward`, into `destination`, with ReLU(· + residual) if a residual is given.
+    private func normalize(_ x: Tensor, _ context: ForwardContext, residual: UnsafePointer<Float>?,
+                           into destination: FloatBuffer) throws -> Tensor {
         try checkBatch(x.shape, capacity: capacity)
         input = x
         trainedForward = context.training
@@ -142,7 +158,7 @@ public final class BatchNorm: Layer {
                 }
             }
         }
-        let y = output.tensor(x.shape)
+        let y = destination.tensor(x.shape)
         for j in 0..<shards {
             let mu = mean.pointer + j * C, scale = forwardScale.pointer + j * C, inv = invStd.pointer + j * C
             for c in 0..<C { scale[c] = Float(inv[c]) * gamma[c] }
@@ -151,7 +167,10 @@ public final class BatchNorm: Layer {
             for s in shardRange(j, batch: n, shardSize: shardSize) {
                 if area == 1 {
                     let src = x.data + s * C, dst = y.data + s * C
-                    if fusesReLU {
+                    if let residual {
+                        let r = residual + s * C
+                        for c in 0..<C { dst[c] = max(Float(Double(src[c]) - mu[c]) * scale[c] + beta[c] + r[c], 0) }
+                    } else if fusesReLU {
                         for c in 0..<C { dst[c] = max(Float(Double(src[c]) - mu[c]) * scale[c] + beta[c], 0) }
                     } else {
                         for c in 0..<C { dst[c] = Float(Double(src[c]) - mu[c]) * scale[c] + beta[c] }
@@ -162,7 +181,10 @@ public final class BatchNorm: Layer {
                     for c in 0..<C {
                         let src = x.data + (s * C + c) * area, dst = out + c * area
                         let m = mu[c], k = scale[c], shift = beta[c]
-                        if fusesReLU {
+                        if let residual {
+                            let r = residual + (s * C + c) * area
+                            for i in 0..<area { dst[i] = max(Float(Double(src[i]) - m) * k + shift + r[i], 0) }
+                        } else if fusesReLU {
                             for i in 0..<area { dst[i] = max(Float(Double(src[i]) - m) * k + shift, 0) }
                         } else {
                             for i in 0..<area { dst[i] = Float(Double(src[i]) - m) * k + shift }

@@ -276,6 +276,29 @@ public final class Conv2d: Layer {
     }
 
     public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try backward(dy, context, addingToInputGradient: nil)
+    }
+
+    /// `backward`, with `addend` (shaped like the input) added to the input gradient: a
+    /// residual block's skip gradient. The direct kernels add it in the pass that writes the
+    /// input gradient, the other paths in one pass after; each value is bitwise the sum of
+    /// the two gradients.
+    func backward(_ dy: Tensor, _ context: ForwardContext, addingToInputGradient addend: Tensor?) throws -> Tensor {
+        if let addend, let x = input, addend.shape != x.shape {
+            throw LayerError("Conv2d: a gradient of shape \(addend.shape.dims) cannot be added to one of \(x.shape.dims)")
+        }
+        var unadded = needsInputGradient ? addend.map { UnsafePointer($0.data) } : nil
+        let dx = try inputAndParameterGradients(dy, context, adding: &unadded)
+        if let more = unadded {
+            let d = dx.data
+            for i in 0..<dx.count { d[i] = d[i] + more[i] }
+        }
+        return dx
+    }
+
+    /// The gradients; the direct kernels add `addend` into the input gradient and set it to nil.
+    private func inputAndParameterGradients(_ dy: Tensor, _ context: ForwardContext,
+                                            adding addend: inout UnsafePointer<Float>?) throws -> Tensor {
         try checkBatch(dy.shape, capacity: capacity)
         guard let x = input else { throw LayerError("Conv2d.backward called before forward") }
         let g = geometry!
@@ -303,7 +326,7 @@ public final class Conv2d: Layer {
             }
             return dx
         }
-        if isDirect { return directBackward(dy, x: x, dx: dx, context) }
+        if isDirect { return directBackward(dy, x: x, dx: dx, context, adding: &addend) }
         let cols = columns!.pointer, dyp = product!.pointer
         let pixels = n * p
         // [n, OC, P] -> [OC, n, P]
@@ -342,7 +365,8 @@ public final class Conv2d: Layer {
         return dx
     }
 
-    private func directBackward(_ dy: Tensor, x: Tensor, dx: Tensor, _ context: ForwardContext) -> Tensor {
+    private func directBackward(_ dy: Tensor, x: Tensor, dx: Tensor, _ context: ForwardContext,
+                                adding addend: inout UnsafePointer<Float>?) -> Tensor {
         let g = geometry!, l = layout!
         let n = dy.shape.n, oc = outChannels, c = inChannels, p = g.outSpatial
         let preparedX = preparedInput!.pointer, preparedDy = preparedGrad!.pointer, flat = flatOutput!.pointer
@@ -362,14 +386,17 @@ public final class Conv2d: Layer {
         let directGroups = needsInputGradient && directGradientsInGroups
         let keepsPaddedDy = needsInputGradient && c % 4 == 0 && !winogradGroups && !directGroups
         let packed = packedWeights!.pointer, plane = x.shape.perSample, sampleDy = oc * gradChannel
-        // One sample's input gradient by the direct kernels, from its padded output gradient.
+        // One sample's input gradient by the direct kernels, from its padded output gradient,
+        // plus the addend's sample.
+        let sampleAddend = addend
         func directInputGradient(_ dys: UnsafePointer<Float>, sample s: Int) {
+            let more = sampleAddend.map { $0 + s * plane }
             if let strideTwo = strideTwoInputGradient {
-                strideTwo.run(dys, outChannels: oc, packed, inChannels: c, l, flat: flat, into: dx.data + s * plane)
+                strideTwo.run(dys, outChannels: oc, packed, inChannels: c, l, flat: flat, adding: more, into: dx.data + s * plane)
             } else {
                 // dx = the padded dy convolved with the flipped kernel, channels swapped.
                 conv3x3Flat(dys, channels: oc, packed, outChannels: c, l, into: flat)
-                unflattenOutput(flat, count: c, l, bias: nil, into: dx.data + s * plane)
+                unflattenOutput(flat, count: c, l, bias: nil, adding: more, into: dx.data + s * plane)
             }
         }
         func packDirectInputGradientWeights() {
@@ -382,7 +409,7 @@ public final class Conv2d: Layer {
         if let w = winograd {
             winogradWeightGradients(dy, dx: dx, w, keepsPaddedDy: keepsPaddedDy, inputGradient: winogradGroups, context)
         } else {
-            if directGroups { packDirectInputGradientWeights() }
+            if directGroups { packDirectInputGradientWeights(); addend = nil }
             for j in 0..<context.shards(batch: n) {
                 let samples = context.shard(j, batch: n), slot = j * context.gradientSlotStride
                 (weightGrad + slot).update(repeating: 0, count: oc * c * 9)
@@ -416,6 +443,7 @@ public final class Conv2d: Layer {
         } else if c % 4 == 0 {
             packDirectInputGradientWeights()
             for s in 0..<n { directInputGradient(preparedDy + s * sampleDy, sample: s) }
+            addend = nil
         } else {
             let ckk = g.patchSize, dcols = sampleColumns!.pointer
             dx.data.update(repeating: 0, count: dx.count)

@@ -25,7 +25,6 @@ public final class ResidualBlock: Layer {
     /// The batch the buffers were sized for.
     private var capacity = 0
     private var sumGrad: FloatBuffer!
-    private var inputGrad: FloatBuffer!
     private var lastOutput: Tensor?
 
     public init(inChannels: Int, outChannels: Int, stride: Int = 1) {
@@ -69,7 +68,6 @@ public final class ResidualBlock: Layer {
         capacity = maxBatch
         output = FloatBuffer(capacity: maxBatch * inner.perSample)
         sumGrad = FloatBuffer(capacity: maxBatch * inner.perSample)
-        inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
     }
 
     public var parameterSpecs: [ParameterSpec] {
@@ -106,12 +104,10 @@ public final class ResidualBlock: Layer {
         h = try bn1.forward(h, context)
         h = try relu.forward(h, context)
         h = try conv2.forward(h, context)
-        h = try bn2.forward(h, context)
         var skip = x
         if let downsample { skip = try downsample.bn.forward(try downsample.conv.forward(x, context), context) }
-        let y = output.tensor(h.shape)
-        let a = h.data, b = skip.data, out = y.data
-        for i in 0..<y.count { out[i] = max(a[i] + b[i], 0) }
+        // relu(bn2(h) + skip), in bn2's pass over h.
+        let y = try bn2.forward(h, addingResidual: skip, context, into: output)
         lastOutput = y
         return y
     }
@@ -124,19 +120,14 @@ public final class ResidualBlock: Layer {
         let out = y.data, src = dy.data, dst = g.data
         for i in 0..<g.count { let gi = src[i]; dst[i] = out[i] > 0 ? gi : 0 }
 
+        var dxSkip = g
+        if let downsample { dxSkip = try downsample.conv.backward(try downsample.bn.backward(g, context), context) }
         var h = try bn2.backward(g, context)
         h = try conv2.backward(h, context)
         h = try relu.backward(h, context)
         h = try bn1.backward(h, context)
-        let dxMain = try conv1.backward(h, context)
-        var dxSkip = g
-        if let downsample { dxSkip = try downsample.conv.backward(try downsample.bn.backward(g, context), context) }
-
-        let dx = inputGrad.tensor(dxMain.shape)
-        guard needsInputGradient else { return dx }
-        let a = dxMain.data, b = dxSkip.data, d = dx.data
-        for i in 0..<dx.count { d[i] = a[i] + b[i] }
-        return dx
+        // conv1's input gradient plus the skip's, in conv1's pass that writes it.
+        return try conv1.backward(h, context, addingToInputGradient: dxSkip)
     }
 }
 
