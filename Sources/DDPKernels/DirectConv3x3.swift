@@ -164,44 +164,43 @@ public func packConv3x3WeightsTransposed(_ weight: UnsafePointer<Float>, outChan
 }
 
 /// Copies a short row (7 to 28 floats here) inline: memmove's call and dispatch cost more
-/// than the copy at these lengths (7.5% of resnet8's step in memmove). The last vector
-/// overlaps the one before it (writing some floats twice) instead of a scalar tail.
+/// than the copy at these lengths (7.5% of resnet8's step in memmove).
 @inline(__always)
 private func copyRow(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int) {
     copyRow(src, dst, count: count, adding: nil)
 }
 
 /// `copyRow`, adding `bias` to every float if given.
-/// dst = a + b over a short row, like `copyRow` (dst must not overlap a or b).
-@inline(__always)
-private func addRow(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int) {
-    if count >= 8 {
-        var i = 0
-        while i + 8 < count { store8(load8(a + i) + load8(b + i), dst + i); i += 8 }
-        store8(load8(a + count - 8) + load8(b + count - 8), dst + count - 8)
-    } else if count >= 4 {
-        store4(load4(a) + load4(b), dst); store4(load4(a + count - 4) + load4(b + count - 4), dst + count - 4)
-    } else {
-        for i in 0..<count { dst[i] = a[i] + b[i] }
-    }
-}
-
 @inline(__always)
 private func copyRow(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int, adding bias: Float?) {
-    @inline(__always) func move8(_ i: Int) {
-        if let bias { store8(load8(src + i) + bias, dst + i) } else { store8(load8(src + i), dst + i) }
-    }
-    @inline(__always) func move4(_ i: Int) {
-        if let bias { store4(load4(src + i) + bias, dst + i) } else { store4(load4(src + i), dst + i) }
-    }
+    overRow(count: count,
+            { i in store8(bias.map { load8(src + i) + $0 } ?? load8(src + i), dst + i) },
+            { i in store4(bias.map { load4(src + i) + $0 } ?? load4(src + i), dst + i) },
+            { i in dst[i] = bias.map { src[i] + $0 } ?? src[i] })
+}
+
+/// dst = a + b over a short row (dst must not overlap a or b).
+@inline(__always)
+private func addRow(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int) {
+    overRow(count: count,
+            { i in store8(load8(a + i) + load8(b + i), dst + i) },
+            { i in store4(load4(a + i) + load4(b + i), dst + i) },
+            { i in dst[i] = a[i] + b[i] })
+}
+
+/// Runs over a short row of `count` floats 8 at a time, the last 8 overlapping the ones before
+/// (their floats written twice, with the same values) instead of a scalar tail; 4 at a time
+/// the same way below 8, one at a time below 4.
+@inline(__always)
+private func overRow(count: Int, _ by8: (Int) -> Void, _ by4: (Int) -> Void, _ by1: (Int) -> Void) {
     if count >= 8 {
         var i = 0
-        while i + 8 < count { move8(i); i += 8 }
-        move8(count - 8)
+        while i + 8 < count { by8(i); i += 8 }
+        by8(count - 8)
     } else if count >= 4 {
-        move4(0); move4(count - 4)
+        by4(0); by4(count - 4)
     } else {
-        for i in 0..<count { dst[i] = bias.map { src[i] + $0 } ?? src[i] }
+        for i in 0..<count { by1(i) }
     }
 }
 

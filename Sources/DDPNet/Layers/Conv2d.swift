@@ -76,12 +76,13 @@ public final class Conv2d: Layer {
     private var winogradGradients: FloatBuffer?
     /// dU's 8 lane sums, [16, OC, C, 8].
     private var winogradLanes: FloatBuffer?
-    /// The direct path's prepared input and output gradient [n, OC, gradChannel]: padded
-    /// for stride 1, as the flat output for stride 2. Their padding and gaps stay zero. The
-    /// prepared input holds a group of samples [group, C, channelLength] (forward's a sample
-    /// or a Winograd group at a time, backward's a weight-gradient group, prepared again from
-    /// the kept input): a group stays in cache, where the whole batch's went to memory and
-    /// back. The output gradient is group-sized too where each group's input gradient follows.
+    /// The direct path's prepared input [group, C, channelLength] and padded output gradient
+    /// [group or n, OC, gradChannel]: padded for stride 1, as the flat output for stride 2;
+    /// their padding and gaps stay zero. The input is prepared a sample (or a Winograd group)
+    /// at a time in forward and a weight-gradient group at a time, again from the kept input,
+    /// in backward; the output gradient holds a group where each group's input gradient
+    /// follows its weight gradient, else the whole batch. A group stays in cache, where the
+    /// whole batch's copy went to memory and back.
     private var preparedInput: FloatBuffer?
     private var preparedGrad: FloatBuffer?
     private var gradChannel = 0
@@ -432,7 +433,7 @@ public final class Conv2d: Layer {
         }
         guard needsInputGradient && !winogradGroups && !directGroups else { return dx }
         if let w = winogradGradient {
-            // As below, by F(2x2, 3x3).
+            // The padded dy convolved with the flipped kernel, channels swapped, by F(2x2, 3x3).
             let u = winogradWeights!.pointer, v = winogradInput!.pointer, m = winogradProducts!.pointer
             winogradWeightTransform(weight, outChannels: oc, inChannels: c, transposed: true, into: u)
             for first in Swift.stride(from: 0, to: n, by: w.group) {
