@@ -111,6 +111,80 @@ final class FusionTests: XCTestCase {
     }
 }
 
+extension FusionTests {
+    /// A residual block ends in its neighbours' passes (bn2 adds the skip and applies the
+    /// ReLU; conv1 adds the skip's gradient into its input gradient): output, input gradient
+    /// and parameter gradients must be bitwise those of its layers run apart with a separate
+    /// add. The direct kernels add in their own pass (4 -> 4; 4 -> 8 stride 2 on odd and
+    /// even planes), the GEMM path after it (3 -> 3).
+    func testResidualBlockIsItsLayersApart() throws {
+        let cases: [(inC: Int, outC: Int, stride: Int, shape: Shape)] = [
+            (4, 4, 1, Shape(n: 3, c: 4, h: 6, w: 7)), (4, 8, 2, Shape(n: 3, c: 4, h: 9, w: 10)),
+            (3, 3, 1, Shape(n: 2, c: 3, h: 5, w: 5)),
+        ]
+        for (k, t) in cases.enumerated() {
+            let name = "block \(t.inC) -> \(t.outC), stride \(t.stride), input \(t.shape)"
+            let block = try Model(layers: [ResidualBlock(inChannels: t.inC, outChannels: t.outC, stride: t.stride)],
+                                  inputShape: t.shape.withBatch(1), maxBatch: t.shape.n)
+            block.layers[0].needsInputGradient = true
+            randomize(block, seed: 50 + UInt64(k))
+            let main = try Model(layers: [
+                Conv2d(inChannels: t.inC, outChannels: t.outC, kernel: 3, stride: t.stride, padding: 1, bias: false),
+                BatchNorm(features: t.outC), ReLU(),
+                Conv2d(inChannels: t.outC, outChannels: t.outC, kernel: 3, padding: 1, bias: false), BatchNorm(features: t.outC),
+            ], inputShape: t.shape.withBatch(1), maxBatch: t.shape.n)
+            let projects = t.stride != 1 || t.inC != t.outC
+            let skip = projects ? try Model(layers: [
+                Conv2d(inChannels: t.inC, outChannels: t.outC, kernel: 1, stride: t.stride, bias: false), BatchNorm(features: t.outC),
+            ], inputShape: t.shape.withBatch(1), maxBatch: t.shape.n) : nil
+            // The block's parameters under the apart layers' names.
+            let names = ["conv1.weight": (main, "0.weight"), "bn1.weight": (main, "1.weight"), "bn1.bias": (main, "1.bias"),
+                         "conv2.weight": (main, "3.weight"), "bn2.weight": (main, "4.weight"), "bn2.bias": (main, "4.bias")]
+                .merging(skip.map { ["downsample.0.weight": ($0, "0.weight"), "downsample.1.weight": ($0, "1.weight"),
+                                     "downsample.1.bias": ($0, "1.bias")] } ?? [:]) { a, _ in a }
+            XCTAssertEqual(block.parameterViews.count, names.count, name)
+            for view in block.parameterViews {
+                let own = String(view.name.dropFirst(2))
+                guard let (model, apartName) = names[own], let apart = model.parameter(named: apartName) else {
+                    XCTFail("\(name): no apart parameter for \(view.name)"); continue
+                }
+                (model.parameters.pointer + apart.offset).update(from: block.parameters.pointer + view.offset, count: view.count)
+            }
+            for model in [main] + (skip.map { [$0] } ?? []) { model.layers[0].needsInputGradient = true }
+
+            // The buffers stay bound to names: a tensor only points into its buffer.
+            let xBuffer = TestData.uniformBuffer(t.shape.count, seed: 60 + UInt64(k), stream: 1)
+            let x = xBuffer.tensor(t.shape)
+            let context = ForwardContext(training: true)
+            let y = try block.forward(x, context)
+            let h = try main.forward(x, context), s = try skip?.forward(x, context) ?? x
+            let expected = (0..<y.count).map { max(h[$0] + s[$0], 0) }
+            XCTAssertEqual((0..<y.count).map { y[$0].bitPattern }, expected.map(\.bitPattern), "output, " + name)
+            XCTAssertTrue(expected.contains { $0 > 0 } && expected.contains { $0 == 0 }, name)
+
+            let dyBuffer = TestData.uniformBuffer(y.count, seed: 70 + UInt64(k), stream: 2)
+            let dx = try block.layers[0].backward(dyBuffer.tensor(y.shape), context)
+            let gBuffer = FloatBuffer(capacity: y.count)
+            for i in 0..<y.count { gBuffer.pointer[i] = expected[i] > 0 ? dyBuffer.pointer[i] : 0 }
+            func backward(_ model: Model) throws -> Tensor {
+                var g = gBuffer.tensor(y.shape)
+                for layer in model.layers.reversed() { g = try layer.backward(g, context) }
+                return g
+            }
+            let dMain = try backward(main), dSkip = try skip.map(backward) ?? gBuffer.tensor(y.shape)
+            XCTAssertEqual((0..<dx.count).map { dx[$0].bitPattern }, (0..<dx.count).map { (dMain[$0] + dSkip[$0]).bitPattern },
+                           "input gradient, " + name)
+            for view in block.parameterViews {
+                guard let (model, apartName) = names[String(view.name.dropFirst(2))], let apart = model.parameter(named: apartName) else { continue }
+                let own = (0..<view.count).map { block.gradients.pointer[view.offset + $0].bitPattern }
+                let other = (0..<view.count).map { model.gradients.pointer[apart.offset + $0].bitPattern }
+                XCTAssertEqual(own, other, "gradient of \(view.name), " + name)
+            }
+            withExtendedLifetime((xBuffer, dyBuffer, gBuffer)) {}
+        }
+    }
+}
+
 private extension MaxPool2d {
     /// Features after this pool (floor mode, no padding) of `channels` planes h x w.
     func outputShapeFlat(_ h: Int, _ w: Int, channels: Int) -> Int {
