@@ -124,6 +124,13 @@ private func im2colSameWidthRow(_ image: UnsafePointer<Float>, _ g: ConvGeometry
 /// The adjoint of `im2col`: adds columns [C*KH*KW, n*OH*OW] back into images [n, C, H, W].
 /// `output` must be zeroed by the caller (it accumulates).
 public func col2im(_ columns: UnsafePointer<Float>, batch n: Int, _ g: ConvGeometry, into output: UnsafeMutablePointer<Float>) {
+    col2im(columns, batch: n, g, addingZeros: false, into: output)
+}
+
+/// `col2im`; with `addingZeros`, a column stride of 2 adds each row's interior 8 columns at a
+/// time into 16 pixels, +0 into every other one.
+private func col2im(_ columns: UnsafePointer<Float>, batch n: Int, _ g: ConvGeometry, addingZeros: Bool,
+                    into output: UnsafeMutablePointer<Float>) {
     let oh = g.outHeight, ow = g.outWidth
     let pixels = n * oh * ow
     let plane = g.height * g.width
@@ -144,6 +151,16 @@ public func col2im(_ columns: UnsafePointer<Float>, batch n: Int, _ g: ConvGeome
                             let lo = min(max(0, -shift), ow), hi = max(lo, min(ow, g.width - shift))
                             var ox = lo
                             while ox < hi { dst[ox + shift] += line[ox]; ox += 1 }
+                        } else if addingZeros && g.strideW == 2 {
+                            let shift = kx - g.padW, (lo, hi) = strideTwoInterior(shift: shift, width: g.width, outWidth: ow)
+                            let from = dst + shift
+                            var ox = lo
+                            while ox + 8 <= hi && 2 * ox + shift + 16 <= g.width {
+                                let d = from + 2 * ox
+                                store16(load16(d) + interleave(load8(line + ox), SIMD8()), d)
+                                ox += 8
+                            }
+                            while ox < hi { from[2 * ox] += line[ox]; ox += 1 }
                         } else {
                             for ox in 0..<ow {
                                 let ix = ox * g.strideW - g.padW + kx
@@ -166,7 +183,7 @@ public func col2im(_ columns: UnsafePointer<Float>, batch n: Int, _ g: ConvGeome
 public func col2imOverwriting(_ columns: UnsafeMutablePointer<Float>, batch n: Int, _ g: ConvGeometry, into output: UnsafeMutablePointer<Float>) {
     let oh = g.outHeight, ow = g.outWidth, w = g.width
     if g.strideW == 2 {
-        col2imStrideTwo(columns, batch: n, g, into: output)
+        col2im(columns, batch: n, g, addingZeros: true, into: output)
         return
     }
     guard g.strideH == 1 && g.strideW == 1 && ow == w else {
@@ -197,37 +214,6 @@ public func col2imOverwriting(_ columns: UnsafeMutablePointer<Float>, batch n: I
                     let lo = max(0, -shift), hi = count - max(0, shift)
                     var j = lo
                     while j < hi { dst[j] += col[j]; j += 1 }
-                }
-            }
-        }
-    }
-}
-
-/// `col2im`'s loops for a column stride of 2, each row's interior 8 columns at a time:
-/// dst[2 ox + shift] += line[ox], with +0 added to the pixels between.
-private func col2imStrideTwo(_ columns: UnsafePointer<Float>, batch n: Int, _ g: ConvGeometry, into output: UnsafeMutablePointer<Float>) {
-    let oh = g.outHeight, ow = g.outWidth, w = g.width
-    let pixels = n * oh * ow, plane = g.height * w
-    for c in 0..<g.channels {
-        for ky in 0..<g.kernelH {
-            for kx in 0..<g.kernelW {
-                let row = columns + ((c * g.kernelH + ky) * g.kernelW + kx) * pixels
-                let shift = kx - g.padW, (lo, hi) = strideTwoInterior(shift: shift, width: w, outWidth: ow)
-                for s in 0..<n {
-                    let image = output + (s * g.channels + c) * plane
-                    let col = row + s * oh * ow
-                    for oy in 0..<oh {
-                        let iy = oy * g.strideH - g.padH + ky
-                        if iy < 0 || iy >= g.height { continue }
-                        let dst = image + iy * w + shift, line = col + oy * ow
-                        var ox = lo
-                        while ox + 8 <= hi && 2 * ox + shift + 16 <= w {
-                            let d = dst + 2 * ox
-                            store16(load16(d) + interleave(load8(line + ox), SIMD8()), d)
-                            ox += 8
-                        }
-                        while ox < hi { dst[2 * ox] += line[ox]; ox += 1 }
-                    }
                 }
             }
         }
