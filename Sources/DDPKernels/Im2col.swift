@@ -64,7 +64,8 @@ public func im2col(_ input: UnsafePointer<Float>, batch n: Int, _ g: ConvGeometr
                             // Every other element of the interior, 16 or 8 read at a time.
                             let shift = kx - g.padW, (lo, hi) = strideTwoInterior(shift: shift, width: g.width, outWidth: ow)
                             if lo > 0 { line.update(repeating: 0, count: lo) }
-                            var ox = lo, from = src + shift
+                            let from = src + shift
+                            var ox = lo
                             while ox + 8 <= hi && 2 * ox + shift + 16 <= g.width { store8(load16(from + 2 * ox).evenHalf, line + ox); ox += 8 }
                             while ox + 4 <= hi && 2 * ox + shift + 8 <= g.width { store4(load8(from + 2 * ox).evenHalf, line + ox); ox += 4 }
                             while ox < hi { line[ox] = from[2 * ox]; ox += 1 }
