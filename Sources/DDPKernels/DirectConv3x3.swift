@@ -416,17 +416,18 @@ public struct StrideTwoInputGradient: Sendable {
 /// dy + s * dySample + o * dyChannel. OC must be even. Each (2 output channels, c, kernel
 /// row) keeps 2 x 3 vector accumulators over the samples' planes (4 x 3 left too few
 /// registers and spilled), then sums their lanes in a fixed order: on small planes (7x7
-/// is 8 vectors) several samples share one lane sum.
+/// is 8 vectors) several samples share one lane sum. `scratch` holds
+/// `conv3x3WeightGradientScratch(l, samples:)` floats, 64-byte aligned.
 public func conv3x3WeightGradient(_ x: UnsafePointer<Float>, channels c: Int, _ dy: UnsafePointer<Float>, outChannels oc: Int,
                                   dyChannel: Int, dySample: Int, _ l: DirectConvLayout, samples: Int,
-                                  addingInto grad: UnsafeMutablePointer<Float>) {
+                                  scratch: UnsafeMutablePointer<Float>, addingInto grad: UnsafeMutablePointer<Float>) {
     precondition(oc % 2 == 0, "conv3x3WeightGradient needs an even number of output channels, got \(oc)")
     let length = l.outLength, plane = l.channelLength
     let xSample = c * plane
     #if DDPTRAIN_AVX512
     if oc % 8 == 0 {
         conv3x3WeightGradientPaired(x, channels: c, dy, outChannels: oc, dyChannel: dyChannel, dySample: dySample, l,
-                                    samples: samples, addingInto: grad)
+                                    samples: samples, pairs: scratch, addingInto: grad)
         return
     }
     #endif
@@ -459,18 +460,33 @@ public func conv3x3WeightGradient(_ x: UnsafePointer<Float>, channels c: Int, _ 
     }
 }
 
+/// Floats of `conv3x3WeightGradient`'s scratch for `samples` samples: 8 output channels' dy.
+public func conv3x3WeightGradientScratch(_ l: DirectConvLayout, samples: Int) -> Int { 8 * l.outLength * samples }
+
 #if DDPTRAIN_AVX512
 /// `conv3x3WeightGradient` 16 lanes wide, with its bits: each SIMD16 accumulator holds two
 /// output channels' 8-lane accumulators side by side (dy of channel o in the low half, o + 1
 /// in the high half, the same x in both), so every lane runs the chain of the 8-wide kernel
 /// and each half's lane sum is the 8-wide sum. Blocks of 8 output channels x 3 taps: 12
-/// accumulators, which AVX-512's 32 registers hold.
+/// accumulators, which AVX-512's 32 registers hold. The block's dy is first copied with its
+/// channel pairs interleaved 8 lanes at a time, so that each pair is one 64-byte load: put
+/// together from two rows, a pair took a shuffle on the port that also does half the FMAs
+/// (4 per 12 FMAs), for every input channel and kernel row again.
 private func conv3x3WeightGradientPaired(_ x: UnsafePointer<Float>, channels c: Int, _ dy: UnsafePointer<Float>, outChannels oc: Int,
                                          dyChannel: Int, dySample: Int, _ l: DirectConvLayout, samples: Int,
-                                         addingInto grad: UnsafeMutablePointer<Float>) {
+                                         pairs: UnsafeMutablePointer<Float>, addingInto grad: UnsafeMutablePointer<Float>) {
     let length = l.outLength, plane = l.channelLength
     let xSample = c * plane
+    // `pairs`: the block's 4 pairs of each sample, [samples, 4, length / 8, 2, 8].
     for o0 in stride(from: 0, to: oc, by: 8) {
+        for s in 0..<samples {
+            for pair in 0..<4 {
+                let low = dy + s * dySample + (o0 + 2 * pair) * dyChannel, high = low + dyChannel
+                let into = pairs + (4 * s + pair) * 2 * length
+                var j = 0
+                while j < length { store8(load8(low + j), into + 2 * j); store8(load8(high + j), into + 2 * j + 8); j += 8 }
+            }
+        }
         for ci in 0..<c {
             for ky in 0..<3 {
                 let t0 = l.taps[3 * ky], t1 = l.taps[3 * ky + 1], t2 = l.taps[3 * ky + 2]
@@ -480,20 +496,20 @@ private func conv3x3WeightGradientPaired(_ x: UnsafePointer<Float>, channels c: 
                 var a30 = SIMD16<Float>(), a31 = SIMD16<Float>(), a32 = SIMD16<Float>()
                 for s in 0..<samples {
                     let src = x + s * xSample + ci * plane
-                    let d0 = dy + s * dySample + o0 * dyChannel
-                    let d2 = d0 + 2 * dyChannel, d4 = d0 + 4 * dyChannel, d6 = d0 + 6 * dyChannel
-                    var j = 0
-                    while j < length {
-                        let x0 = twice(src + j + t0), x1 = twice(src + j + t1), x2 = twice(src + j + t2)
-                        let g0 = pairOfRows(d0 + j, dyChannel)
+                    // Pointers stepped: index products cost an overflow check each.
+                    var d = pairs + 8 * s * length, p = src, end = src + length
+                    let pairStride = 2 * length
+                    while p < end {
+                        let x0 = twice(p + t0), x1 = twice(p + t1), x2 = twice(p + t2)
+                        let g0 = load16(d)
                         a00.addProduct(g0, x0); a01.addProduct(g0, x1); a02.addProduct(g0, x2)
-                        let g1 = pairOfRows(d2 + j, dyChannel)
+                        let g1 = load16(d + pairStride)
                         a10.addProduct(g1, x0); a11.addProduct(g1, x1); a12.addProduct(g1, x2)
-                        let g2 = pairOfRows(d4 + j, dyChannel)
+                        let g2 = load16(d + 2 * pairStride)
                         a20.addProduct(g2, x0); a21.addProduct(g2, x1); a22.addProduct(g2, x2)
-                        let g3 = pairOfRows(d6 + j, dyChannel)
+                        let g3 = load16(d + 3 * pairStride)
                         a30.addProduct(g3, x0); a31.addProduct(g3, x1); a32.addProduct(g3, x2)
-                        j += 8
+                        p += 8; d += 16
                     }
                 }
                 let g = grad + (o0 * c + ci) * 9 + ky * 3, step = c * 9

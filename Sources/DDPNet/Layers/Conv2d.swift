@@ -88,6 +88,8 @@ public final class Conv2d: Layer {
     private var gradChannel = 0
     /// One sample's flat output [max(C, OC), outLength], and the repacked weights.
     private var flatOutput: FloatBuffer?
+    /// The direct weight gradient's copy of a group's output gradient, channel pairs interleaved.
+    private var weightGradientScratch: FloatBuffer?
     private var packedWeights: FloatBuffer?
     private var layout: DirectConvLayout!
     private var strideTwoInputGradient: StrideTwoInputGradient?
@@ -184,6 +186,9 @@ public final class Conv2d: Layer {
             // Stride 2's input gradient keeps its four phases' outputs.
             flatOutput = FloatBuffer(capacity: max(inChannels, outChannels) * l.outLength * (stride == 2 ? 4 : 1))
             packedWeights = FloatBuffer(capacity: outChannels * inChannels * 9)
+            if winograd == nil {
+                weightGradientScratch = FloatBuffer(capacity: conv3x3WeightGradientScratch(l, samples: max(min(weightGradientGroup, maxBatch), 1)))
+            }
             // The input gradient of a channel count the kernel does not take goes by GEMM
             // and col2im, a sample at a time.
             if inChannels % 4 != 0 { sampleColumns = FloatBuffer(capacity: g.patchSize * g.outSpatial) }
@@ -423,7 +428,8 @@ public final class Conv2d: Layer {
                         prepareConvInput(x.data + s * plane, channels: c, l, into: preparedX + (s - first) * c * l.channelLength)
                     }
                     conv3x3WeightGradient(preparedX, channels: c, dys + dyOffset, outChannels: oc,
-                                          dyChannel: gradChannel, dySample: sampleDy, l, samples: count, addingInto: weightGrad + slot)
+                                          dyChannel: gradChannel, dySample: sampleDy, l, samples: count,
+                                          scratch: weightGradientScratch!.pointer, addingInto: weightGrad + slot)
                     if directGroups {
                         for s in first..<(first + count) { directInputGradient(dys + (s - first) * sampleDy, sample: s) }
                     }
