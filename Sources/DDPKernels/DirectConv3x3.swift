@@ -530,11 +530,4 @@ func twice(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
     let v = UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
     return SIMD16(lowHalf: v, highHalf: v)
 }
-
-/// The 8 floats at p in the low half, the 8 at p + distance in the high half.
-@inline(__always)
-func pairOfRows(_ p: UnsafePointer<Float>, _ distance: Int) -> SIMD16<Float> {
-    SIMD16(lowHalf: UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self),
-           highHalf: UnsafeRawPointer(p + distance).loadUnaligned(as: SIMD8<Float>.self))
-}
 #endif
