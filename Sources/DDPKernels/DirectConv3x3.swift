@@ -468,23 +468,50 @@ public func conv3x3WeightGradientScratch(_ l: DirectConvLayout, samples: Int) ->
 /// output channels' 8-lane accumulators side by side (dy of channel o in the low half, o + 1
 /// in the high half, the same x in both), so every lane runs the chain of the 8-wide kernel
 /// and each half's lane sum is the 8-wide sum. Blocks of 8 output channels x 3 taps: 12
-/// accumulators, which AVX-512's 32 registers hold. The block's dy is first copied with its
-/// channel pairs interleaved 8 lanes at a time, so that each pair is one 64-byte load: put
-/// together from two rows, a pair took a shuffle on the port that also does half the FMAs
-/// (4 per 12 FMAs), for every input channel and kernel row again.
+/// accumulators, which AVX-512's 32 registers hold.
+///
+/// A pair put together from its two rows takes a shuffle on the port that also does half
+/// the FMAs (4 per 12 FMAs), for every input channel and kernel row again. With 4 input
+/// channels or more, the block's dy is first copied with its channel pairs interleaved 8
+/// lanes at a time (`pairs`), so that each pair is one 64-byte load; with fewer (a first
+/// layer's one channel), the copy would cost more than the shuffles it saves.
 private func conv3x3WeightGradientPaired(_ x: UnsafePointer<Float>, channels c: Int, _ dy: UnsafePointer<Float>, outChannels oc: Int,
                                          dyChannel: Int, dySample: Int, _ l: DirectConvLayout, samples: Int,
                                          pairs: UnsafeMutablePointer<Float>, addingInto grad: UnsafeMutablePointer<Float>) {
+    if c >= 4 {
+        weightGradientPaired(x, channels: c, dy, outChannels: oc, dyChannel: dyChannel, dySample: dySample, l, samples: samples,
+                             interleavingInto: pairs, addingInto: grad)
+    } else {
+        weightGradientPaired(x, channels: c, dy, outChannels: oc, dyChannel: dyChannel, dySample: dySample, l, samples: samples,
+                             interleavingInto: nil, addingInto: grad)
+    }
+}
+
+/// `conv3x3WeightGradientPaired`, reading the pairs from `pairs` [samples, 4, length / 8, 2, 8]
+/// after copying them there, or, without it, from dy's rows.
+@inline(__always)
+private func weightGradientPaired(_ x: UnsafePointer<Float>, channels c: Int, _ dy: UnsafePointer<Float>, outChannels oc: Int,
+                                  dyChannel: Int, dySample: Int, _ l: DirectConvLayout, samples: Int,
+                                  interleavingInto pairs: UnsafeMutablePointer<Float>?, addingInto grad: UnsafeMutablePointer<Float>) {
     let length = l.outLength, plane = l.channelLength
     let xSample = c * plane
-    // `pairs`: the block's 4 pairs of each sample, [samples, 4, length / 8, 2, 8].
+    // From a pair's lanes j..<j + 8 to the next pair's, and to its lanes j + 8..<j + 16.
+    let pairStride = pairs == nil ? 2 * dyChannel : 2 * length, laneStep = pairs == nil ? 8 : 16
+    @inline(__always) func pair(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
+        pairs == nil ? SIMD16(lowHalf: load8(p), highHalf: load8(p + dyChannel)) : load16(p)
+    }
     for o0 in stride(from: 0, to: oc, by: 8) {
-        for s in 0..<samples {
-            for pair in 0..<4 {
-                let low = dy + s * dySample + (o0 + 2 * pair) * dyChannel, high = low + dyChannel
-                let into = pairs + (4 * s + pair) * 2 * length
-                var j = 0
-                while j < length { store8(load8(low + j), into + 2 * j); store8(load8(high + j), into + 2 * j + 8); j += 8 }
+        @inline(__always) func firstPair(_ s: Int) -> UnsafePointer<Float> {
+            pairs.map { UnsafePointer($0 + 8 * s * length) } ?? dy + s * dySample + o0 * dyChannel
+        }
+        if let pairs {
+            for s in 0..<samples {
+                for pair in 0..<4 {
+                    let low = dy + s * dySample + (o0 + 2 * pair) * dyChannel, high = low + dyChannel
+                    let into = pairs + (4 * s + pair) * 2 * length
+                    var j = 0
+                    while j < length { store8(load8(low + j), into + 2 * j); store8(load8(high + j), into + 2 * j + 8); j += 8 }
+                }
             }
         }
         for ci in 0..<c {
@@ -497,19 +524,18 @@ private func conv3x3WeightGradientPaired(_ x: UnsafePointer<Float>, channels c: 
                 for s in 0..<samples {
                     let src = x + s * xSample + ci * plane
                     // Pointers stepped: index products cost an overflow check each.
-                    var d = pairs + 8 * s * length, p = src, end = src + length
-                    let pairStride = 2 * length
+                    var d = firstPair(s), p = src, end = src + length
                     while p < end {
                         let x0 = twice(p + t0), x1 = twice(p + t1), x2 = twice(p + t2)
-                        let g0 = load16(d)
+                        let g0 = pair(d)
                         a00.addProduct(g0, x0); a01.addProduct(g0, x1); a02.addProduct(g0, x2)
-                        let g1 = load16(d + pairStride)
+                        let g1 = pair(d + pairStride)
                         a10.addProduct(g1, x0); a11.addProduct(g1, x1); a12.addProduct(g1, x2)
-                        let g2 = load16(d + 2 * pairStride)
+                        let g2 = pair(d + 2 * pairStride)
                         a20.addProduct(g2, x0); a21.addProduct(g2, x1); a22.addProduct(g2, x2)
-                        let g3 = load16(d + 3 * pairStride)
+                        let g3 = pair(d + 3 * pairStride)
                         a30.addProduct(g3, x0); a31.addProduct(g3, x1); a32.addProduct(g3, x2)
-                        p += 8; d += 16
+                        p += 8; d += laneStep
                     }
                 }
                 let g = grad + (o0 * c + ci) * 9 + ky * 3, step = c * 9
