@@ -478,7 +478,13 @@ public func conv3x3WeightGradientScratch(_ l: DirectConvLayout, samples: Int) ->
 private func conv3x3WeightGradientPaired(_ x: UnsafePointer<Float>, channels c: Int, _ dy: UnsafePointer<Float>, outChannels oc: Int,
                                          dyChannel: Int, dySample: Int, _ l: DirectConvLayout, samples: Int,
                                          pairs: UnsafeMutablePointer<Float>, addingInto grad: UnsafeMutablePointer<Float>) {
-    if c >= 4 {
+    // One sample (planes of 512 positions or more) compiled apart: without the loop over
+    // samples, the compiler keeps the accumulators in place instead of copying 7 of them
+    // between registers every step (6% of the kernel's time on resnet8's 28x28 layers).
+    if c >= 4 && samples == 1 {
+        weightGradientPaired(x, channels: c, dy, outChannels: oc, dyChannel: dyChannel, dySample: dySample, l, samples: 1,
+                             interleavingInto: pairs, addingInto: grad)
+    } else if c >= 4 {
         weightGradientPaired(x, channels: c, dy, outChannels: oc, dyChannel: dyChannel, dySample: dySample, l, samples: samples,
                              interleavingInto: pairs, addingInto: grad)
     } else {
