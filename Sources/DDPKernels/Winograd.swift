@@ -231,9 +231,18 @@ public let winogradOutputSlack = 16
 /// single tap, without its tap loop: with one tap its loop bookkeeping cost a third of the
 /// time). Blocks of 4 output channels x 24 lanes keep 12 accumulators in registers; the
 /// tail runs 4 x 8 in the same order. rowLength must be a multiple of 8, OC of 4.
+///
+/// With AVX-512, blocks of 4 x 48 lanes (zmm); with OC a multiple of 8, the lanes after the
+/// last whole 48 go 8 channels at a time (`productsTail`): as 4 x 24 ymm lanes they ran at
+/// half rate, a group of three 14x14 planes being 3 x 48 + 24 lanes.
 @inline(__always)
 private func winogradProducts(_ v: UnsafePointer<Float>, channels c: Int, rowLength: Int, _ u: UnsafePointer<Float>,
                               outChannels oc: Int, into out: UnsafeMutablePointer<Float>) {
+    #if DDPTRAIN_AVX512
+    let wideLanes = rowLength / 48 * 48
+    let tailByEights = oc % 8 == 0 && wideLanes < rowLength
+    if tailByEights { productsTail(v, channels: c, rowLength: rowLength, from: wideLanes, u, outChannels: oc, into: out) }
+    #endif
     for o0 in Swift.stride(from: 0, to: oc, by: 4) {
         var j = 0
         #if DDPTRAIN_AVX512
@@ -262,6 +271,7 @@ private func winogradProducts(_ v: UnsafePointer<Float>, channels c: Int, rowLen
             store16(a30, d + 3 * r); store16(a31, d + 3 * r + 16); store16(a32, d + 3 * r + 32)
             j += 48
         }
+        if tailByEights { continue }
         #endif
         while j + 24 <= rowLength {
             var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a02 = SIMD8<Float>()
@@ -303,6 +313,52 @@ private func winogradProducts(_ v: UnsafePointer<Float>, channels c: Int, rowLen
         }
     }
 }
+
+#if DDPTRAIN_AVX512
+/// `winogradProducts`' lanes from `start` (a multiple of 8) to rowLength, 8 output channels at
+/// a time: 16 lanes (8 zmm accumulators), then 8 (8 ymm), each element the same FMA chain
+/// over c. OC must be a multiple of 8.
+@inline(__always)
+private func productsTail(_ v: UnsafePointer<Float>, channels c: Int, rowLength: Int, from start: Int, _ u: UnsafePointer<Float>,
+                          outChannels oc: Int, into out: UnsafeMutablePointer<Float>) {
+    for o0 in Swift.stride(from: 0, to: oc, by: 8) {
+        var j = start
+        while j + 16 <= rowLength {
+            var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
+            var a4 = SIMD16<Float>(), a5 = SIMD16<Float>(), a6 = SIMD16<Float>(), a7 = SIMD16<Float>()
+            var src = v + j, w = u + o0
+            for _ in 0..<c {
+                let x = load16(src)
+                a0.addProduct(x, SIMD16(repeating: w[0])); a1.addProduct(x, SIMD16(repeating: w[1]))
+                a2.addProduct(x, SIMD16(repeating: w[2])); a3.addProduct(x, SIMD16(repeating: w[3]))
+                a4.addProduct(x, SIMD16(repeating: w[4])); a5.addProduct(x, SIMD16(repeating: w[5]))
+                a6.addProduct(x, SIMD16(repeating: w[6])); a7.addProduct(x, SIMD16(repeating: w[7]))
+                src += rowLength; w += oc
+            }
+            let d = out + o0 * rowLength + j, r = rowLength
+            store16(a0, d); store16(a1, d + r); store16(a2, d + 2 * r); store16(a3, d + 3 * r)
+            store16(a4, d + 4 * r); store16(a5, d + 5 * r); store16(a6, d + 6 * r); store16(a7, d + 7 * r)
+            j += 16
+        }
+        if j < rowLength {
+            var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+            var a4 = SIMD8<Float>(), a5 = SIMD8<Float>(), a6 = SIMD8<Float>(), a7 = SIMD8<Float>()
+            var src = v + j, w = u + o0
+            for _ in 0..<c {
+                let x = load8(src)
+                a0.addProduct(x, SIMD8(repeating: w[0])); a1.addProduct(x, SIMD8(repeating: w[1]))
+                a2.addProduct(x, SIMD8(repeating: w[2])); a3.addProduct(x, SIMD8(repeating: w[3]))
+                a4.addProduct(x, SIMD8(repeating: w[4])); a5.addProduct(x, SIMD8(repeating: w[5]))
+                a6.addProduct(x, SIMD8(repeating: w[6])); a7.addProduct(x, SIMD8(repeating: w[7]))
+                src += rowLength; w += oc
+            }
+            let d = out + o0 * rowLength + j, r = rowLength
+            store8(a0, d); store8(a1, d + r); store8(a2, d + 2 * r); store8(a3, d + 3 * r)
+            store8(a4, d + 4 * r); store8(a5, d + 5 * r); store8(a6, d + 6 * r); store8(a7, d + 7 * r)
+        }
+    }
+}
+#endif
 
 /// The stride-1 3x3 convolution by F(2x2, 3x3) of `samples` consecutive samples (at most
 /// the layout's `group`): y [samples, OC, H, W] from their prepared inputs (`prepareConvInput`,
