@@ -511,7 +511,8 @@ public func winogradWeightProducts(_ t: UnsafePointer<Float>, outChannels oc: In
 /// output channels' 8-lane accumulators side by side (T of channel o in the low half, o + 1
 /// in the high half: one load of the interleaved pair; the same V in both), so each half is
 /// the 8-wide kernel's accumulator.
-/// Blocks of 8 output x 3 input channels: 12 accumulators.
+/// Blocks of 8 output x 3 input channels: 12 accumulators; two channels left over go as a
+/// block of 8 accumulators (4 alone wait on the FMA latency at half rate: 32 channels leave 2).
 private func winogradWeightProductsPaired(_ t: UnsafePointer<Float>, outChannels oc: Int, _ v: UnsafePointer<Float>, channels c: Int,
                                           rowLength: Int, addingInto lanes: UnsafeMutablePointer<Float>) {
     for f in 0..<16 {
@@ -547,6 +548,23 @@ private func winogradWeightProductsPaired(_ t: UnsafePointer<Float>, outChannels
                 add(d, 2, a20); add(d + 8, 2, a21); add(d + 16, 2, a22)
                 add(d, 3, a30); add(d + 8, 3, a31); add(d + 16, 3, a32)
                 c0 += 3
+            }
+            if c0 + 2 <= c {
+                let x0 = vf + c0 * rowLength, x1 = x0 + rowLength
+                var a00 = SIMD16<Float>(), a01 = SIMD16<Float>(), a10 = SIMD16<Float>(), a11 = SIMD16<Float>()
+                var a20 = SIMD16<Float>(), a21 = SIMD16<Float>(), a30 = SIMD16<Float>(), a31 = SIMD16<Float>()
+                var j = 0
+                while j < rowLength {
+                    let v0 = twice(x0 + j), v1 = twice(x1 + j)
+                    let g0 = load16(t0 + 2 * j), g1 = load16(t2 + 2 * j), g2 = load16(t4 + 2 * j), g3 = load16(t6 + 2 * j)
+                    a00.addProduct(g0, v0); a01.addProduct(g0, v1); a10.addProduct(g1, v0); a11.addProduct(g1, v1)
+                    a20.addProduct(g2, v0); a21.addProduct(g2, v1); a30.addProduct(g3, v0); a31.addProduct(g3, v1)
+                    j += 8
+                }
+                let d = df + (o0 * c + c0) * 8
+                add(d, 0, a00); add(d + 8, 0, a01); add(d, 1, a10); add(d + 8, 1, a11)
+                add(d, 2, a20); add(d + 8, 2, a21); add(d, 3, a30); add(d + 8, 3, a31)
+                c0 += 2
             }
             while c0 < c {
                 let x0 = vf + c0 * rowLength
