@@ -6,8 +6,10 @@
 /// SkylakeX and Prescott kernels give a sample alone other bits than in a batch of 4).
 ///
 /// Blocks of 4 rows x 24 columns (x 48 with AVX-512, 16 lanes wide) keep 12 vector
-/// accumulators; b's rows are read as vectors, x's elements broadcast. Columns past the last multiple of 8 run one
-/// scalar FMA chain each, in the same order.
+/// accumulators; b's rows are read as vectors, x's elements broadcast. With AVX-512, 32
+/// columns left (Linear's 128 outputs are 2 x 48 + 32) go as 4 x 32 (8 accumulators), where
+/// 4 x 24 and 4 x 8 ymm blocks ran at half and a quarter of the rate. Columns past the last
+/// multiple of 8 run one scalar FMA chain each, in the same order.
 public func rowProducts(_ x: UnsafePointer<Float>, rows: Int, inner k: Int, _ b: UnsafePointer<Float>, columns n: Int,
                         into y: UnsafeMutablePointer<Float>) {
     var r = 0
@@ -55,6 +57,27 @@ private func rowBlock(_ x: UnsafePointer<Float>, rowCount: Int, inner k: Int, _ 
             store16(a30, d + 3 * n); store16(a31, d + 3 * n + 16); store16(a32, d + 3 * n + 32)
         }
         j += 48
+    }
+    if j + 32 <= n {
+        var a00 = SIMD16<Float>(), a01 = SIMD16<Float>(), a10 = SIMD16<Float>(), a11 = SIMD16<Float>()
+        var a20 = SIMD16<Float>(), a21 = SIMD16<Float>(), a30 = SIMD16<Float>(), a31 = SIMD16<Float>()
+        var src = b + j
+        for i in 0..<k {
+            let v0 = load16(src), v1 = load16(src + 16)
+            let w0 = SIMD16<Float>(repeating: x0[i]), w1 = SIMD16<Float>(repeating: x1[i])
+            a00.addProduct(v0, w0); a01.addProduct(v1, w0); a10.addProduct(v0, w1); a11.addProduct(v1, w1)
+            let w2 = SIMD16<Float>(repeating: x2[i]), w3 = SIMD16<Float>(repeating: x3[i])
+            a20.addProduct(v0, w2); a21.addProduct(v1, w2); a30.addProduct(v0, w3); a31.addProduct(v1, w3)
+            src += n
+        }
+        let d = y + j
+        store16(a00, d); store16(a01, d + 16)
+        if rowCount == 4 {
+            store16(a10, d + n); store16(a11, d + n + 16)
+            store16(a20, d + 2 * n); store16(a21, d + 2 * n + 16)
+            store16(a30, d + 3 * n); store16(a31, d + 3 * n + 16)
+        }
+        j += 32
     }
     #endif
     while j + 24 <= n {
