@@ -439,7 +439,9 @@ public func winogradGradientTransform(_ dy: UnsafePointer<Float>, channels oc: I
     }
 }
 
-/// dU's 8 lane sums [16, OC, C, 8] += T[f, o, lanes] · V[f, c, lanes] over one row of lanes (a
+/// dU's 8 lane sums [16, OC / 2, C, 2, 8] (output channels in pairs, a pair's two sums side by
+/// side: the paired kernel adds a whole accumulator with one 64-byte load and store; see
+/// `laneSums`) += T[f, o, lanes] · V[f, c, lanes] over one row of lanes (a
 /// group of samples' tiles), lane l of the 8 collecting the row's lanes l, l + 8, ...: T
 /// from `winogradGradientTransform` (channel pairs interleaved), V [16, C, rowLength] from
 /// `winogradInputTransform`. Blocks of 4 output x 3 input channels keep 12 vector
@@ -460,6 +462,9 @@ public func winogradWeightProducts(_ t: UnsafePointer<Float>, outChannels oc: In
         for o0 in Swift.stride(from: 0, to: oc, by: 4) {
             // Channel o's lanes j..<j + 8 at 2j (its pair's row) + 8 (odd o).
             let t0 = tf + o0 * rowLength, t1 = t0 + 8, t2 = t0 + 2 * rowLength, t3 = t2 + 8
+            // The lane sums of channels o0, o0 + 1 (one pair) and o0 + 2, o0 + 3 (the next),
+            // input channel c0 + k at 16k.
+            let p0 = df + (o0 / 2) * c * 16, p1 = p0 + 16 * c
             var c0 = 0
             while c0 + 3 <= c {
                 let x0 = vf + c0 * rowLength, x1 = x0 + rowLength, x2 = x1 + rowLength
@@ -480,12 +485,11 @@ public func winogradWeightProducts(_ t: UnsafePointer<Float>, outChannels oc: In
                     a30.addProduct(g3, v0); a31.addProduct(g3, v1); a32.addProduct(g3, v2)
                     j += 8
                 }
-                let d = df + (o0 * c + c0) * 8
-                let r = 8 * c
-                accumulate(a00, d); accumulate(a01, d + 8); accumulate(a02, d + 16)
-                accumulate(a10, d + r); accumulate(a11, d + r + 8); accumulate(a12, d + r + 16)
-                accumulate(a20, d + 2 * r); accumulate(a21, d + 2 * r + 8); accumulate(a22, d + 2 * r + 16)
-                accumulate(a30, d + 3 * r); accumulate(a31, d + 3 * r + 8); accumulate(a32, d + 3 * r + 16)
+                let d0 = p0 + 16 * c0, d1 = p1 + 16 * c0
+                accumulate(a00, d0); accumulate(a01, d0 + 16); accumulate(a02, d0 + 32)
+                accumulate(a10, d0 + 8); accumulate(a11, d0 + 24); accumulate(a12, d0 + 40)
+                accumulate(a20, d1); accumulate(a21, d1 + 16); accumulate(a22, d1 + 32)
+                accumulate(a30, d1 + 8); accumulate(a31, d1 + 24); accumulate(a32, d1 + 40)
                 c0 += 3
             }
             while c0 < c {
@@ -498,8 +502,8 @@ public func winogradWeightProducts(_ t: UnsafePointer<Float>, outChannels oc: In
                     a2.addProduct(load8(t2 + 2 * j), v0); a3.addProduct(load8(t3 + 2 * j), v0)
                     j += 8
                 }
-                let d = df + (o0 * c + c0) * 8
-                accumulate(a0, d); accumulate(a1, d + 8 * c); accumulate(a2, d + 16 * c); accumulate(a3, d + 24 * c)
+                let d0 = p0 + 16 * c0, d1 = p1 + 16 * c0
+                accumulate(a0, d0); accumulate(a1, d0 + 8); accumulate(a2, d1); accumulate(a3, d1 + 8)
                 c0 += 1
             }
         }
@@ -519,8 +523,10 @@ private func winogradWeightProductsPaired(_ t: UnsafePointer<Float>, outChannels
         let tf = t + f * oc * rowLength, vf = v + f * c * rowLength, df = lanes + f * oc * c * 8
         for o0 in Swift.stride(from: 0, to: oc, by: 8) {
             let t0 = tf + o0 * rowLength, t2 = t0 + 2 * rowLength, t4 = t0 + 4 * rowLength, t6 = t0 + 6 * rowLength
+            // Pair `pair` of the block (channels o0 + 2 pair, + 1), input channel c0 + k at d + 16k.
             @inline(__always) func add(_ d: UnsafeMutablePointer<Float>, _ pair: Int, _ a: SIMD16<Float>) {
-                accumulate(a.lowHalf, d + 16 * pair * c); accumulate(a.highHalf, d + (16 * pair + 8) * c)
+                let at = d + 16 * pair * c
+                store16(load16(at) + a, at)
             }
             var c0 = 0
             while c0 + 3 <= c {
@@ -542,11 +548,11 @@ private func winogradWeightProductsPaired(_ t: UnsafePointer<Float>, outChannels
                     a30.addProduct(g3, v0); a31.addProduct(g3, v1); a32.addProduct(g3, v2)
                     j += 8
                 }
-                let d = df + (o0 * c + c0) * 8
-                add(d, 0, a00); add(d + 8, 0, a01); add(d + 16, 0, a02)
-                add(d, 1, a10); add(d + 8, 1, a11); add(d + 16, 1, a12)
-                add(d, 2, a20); add(d + 8, 2, a21); add(d + 16, 2, a22)
-                add(d, 3, a30); add(d + 8, 3, a31); add(d + 16, 3, a32)
+                let d = df + ((o0 / 2) * c + c0) * 16
+                add(d, 0, a00); add(d + 16, 0, a01); add(d + 32, 0, a02)
+                add(d, 1, a10); add(d + 16, 1, a11); add(d + 32, 1, a12)
+                add(d, 2, a20); add(d + 16, 2, a21); add(d + 32, 2, a22)
+                add(d, 3, a30); add(d + 16, 3, a31); add(d + 32, 3, a32)
                 c0 += 3
             }
             if c0 + 2 <= c {
@@ -561,9 +567,9 @@ private func winogradWeightProductsPaired(_ t: UnsafePointer<Float>, outChannels
                     a20.addProduct(g2, v0); a21.addProduct(g2, v1); a30.addProduct(g3, v0); a31.addProduct(g3, v1)
                     j += 8
                 }
-                let d = df + (o0 * c + c0) * 8
-                add(d, 0, a00); add(d + 8, 0, a01); add(d, 1, a10); add(d + 8, 1, a11)
-                add(d, 2, a20); add(d + 8, 2, a21); add(d, 3, a30); add(d + 8, 3, a31)
+                let d = df + ((o0 / 2) * c + c0) * 16
+                add(d, 0, a00); add(d + 16, 0, a01); add(d, 1, a10); add(d + 16, 1, a11)
+                add(d, 2, a20); add(d + 16, 2, a21); add(d, 3, a30); add(d + 16, 3, a31)
                 c0 += 2
             }
             while c0 < c {
@@ -576,7 +582,7 @@ private func winogradWeightProductsPaired(_ t: UnsafePointer<Float>, outChannels
                     a2.addProduct(load16(t4 + 2 * j), v0); a3.addProduct(load16(t6 + 2 * j), v0)
                     j += 8
                 }
-                let d = df + (o0 * c + c0) * 8
+                let d = df + ((o0 / 2) * c + c0) * 16
                 add(d, 0, a0); add(d, 1, a1); add(d, 2, a2); add(d, 3, a3)
                 c0 += 1
             }
@@ -591,6 +597,13 @@ private func accumulate(_ a: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
     store8(load8(p) + a, p)
 }
 
+/// Where output channel o's and input channel c's 8 lane sums are in one frequency's
+/// [OC / 2, C, 2, 8] (`winogradWeightProducts`).
+@inline(__always)
+private func laneSums(_ lanes: UnsafePointer<Float>, outChannel o: Int, inChannel ci: Int, inChannels c: Int) -> UnsafePointer<Float> {
+    lanes + ((o / 2 * c + ci) * 2 + o % 2) * 8
+}
+
 /// The weight gradient [OC, C, 3, 3] (PyTorch's layout) = Gᵀ dU G of every dU [16, OC, C],
 /// in Float64, rounded once.
 public func winogradWeightGradient(_ lanes: UnsafePointer<Float>, outChannels oc: Int, inChannels c: Int,
@@ -598,7 +611,7 @@ public func winogradWeightGradient(_ lanes: UnsafePointer<Float>, outChannels oc
     let frequency = oc * c * 8
     for o in 0..<oc {
         for ci in 0..<c {
-            let d = lanes + (o * c + ci) * 8
+            let d = laneSums(lanes, outChannel: o, inChannel: ci, inChannels: c)
             // dU[f, o, c] is the sum of its 8 lanes.
             @inline(__always) func du(_ f: Int) -> Double { Double(load8(d + f * frequency).sum()) }
             @inline(__always) func row(_ i: Int) -> SIMD4<Double> {
