@@ -417,7 +417,7 @@ public struct StrideTwoInputGradient: Sendable {
 /// row) keeps 2 x 3 vector accumulators over the samples' planes (4 x 3 left too few
 /// registers and spilled), then sums their lanes in a fixed order: on small planes (7x7
 /// is 8 vectors) several samples share one lane sum. `scratch` holds
-/// `conv3x3WeightGradientScratch(l, samples:)` floats, 64-byte aligned.
+/// `conv3x3WeightGradientScratch(l, samples:)` floats.
 public func conv3x3WeightGradient(_ x: UnsafePointer<Float>, channels c: Int, _ dy: UnsafePointer<Float>, outChannels oc: Int,
                                   dyChannel: Int, dySample: Int, _ l: DirectConvLayout, samples: Int,
                                   scratch: UnsafeMutablePointer<Float>, addingInto grad: UnsafeMutablePointer<Float>) {

@@ -74,7 +74,7 @@ public final class Conv2d: Layer {
     private var winogradKept: FloatBuffer?
     /// The weight gradient's transformed output gradient of a group [16, OC, group x tiles].
     private var winogradGradients: FloatBuffer?
-    /// dU's 8 lane sums, [16, OC, C, 8].
+    /// dU's 8 lane sums, [16, OC / 2, C, 2, 8] (`winogradWeightProducts`).
     private var winogradLanes: FloatBuffer?
     /// The direct path's prepared input [group, C, channelLength] and padded output gradient
     /// [group or n, OC, gradChannel]: padded for stride 1, as the flat output for stride 2;
