@@ -68,10 +68,9 @@ public final class Conv2d: Layer {
     private var winogradInput: FloatBuffer?
     private var winogradProducts: FloatBuffer?
     private var winogradRow: FloatBuffer?
-    /// Forward's transformed input of the whole batch, kept for the weight gradient: the
-    /// group of samples starting at s (groups start at each shard's first sample) at
-    /// s x 16 x C x tiles, [16, C, its samples x tiles].
-    private var winogradKept: FloatBuffer?
+    /// The weight gradient's transformed input of a group [16, C, group x tiles], computed
+    /// again from the layer's input rather than kept from forward (see `winogradWeightGradients`).
+    private var winogradGroupInput: FloatBuffer?
     /// The weight gradient's transformed output gradient of a group [16, OC, group x tiles].
     private var winogradGradients: FloatBuffer?
     /// dU's 8 lane sums, [16, OC / 2, C, 2, 8] (`winogradWeightProducts`).
@@ -171,7 +170,7 @@ public final class Conv2d: Layer {
                 winogradRow = FloatBuffer(capacity: 2 * w.rowTiles)
             }
             if let w = winograd {
-                winogradKept = FloatBuffer(capacity: maxBatch * inChannels * w.floatsPerChannel)
+                winogradGroupInput = FloatBuffer(capacity: w.group * inChannels * w.floatsPerChannel)
                 winogradGradients = FloatBuffer(capacity: w.group * outChannels * w.floatsPerChannel)
                 winogradLanes = FloatBuffer(capacity: 16 * outChannels * inChannels * 8)
             }
@@ -230,7 +229,7 @@ public final class Conv2d: Layer {
             let c = inChannels, l = layout!, prepared = preparedInput!.pointer, flat = flatOutput!.pointer
             let packed = packedWeights!.pointer, plane = x.shape.perSample
             if let w = winograd {
-                let u = winogradWeights!.pointer, kept = winogradKept!.pointer, m = winogradProducts!.pointer
+                let u = winogradWeights!.pointer, v = winogradInput!.pointer, m = winogradProducts!.pointer
                 winogradWeightTransform(weight, outChannels: oc, inChannels: c, transposed: false, into: u)
                 let sample = c * l.channelLength
                 for j in 0..<context.shards(batch: n) {
@@ -241,7 +240,7 @@ public final class Conv2d: Layer {
                             prepareConvInput(x.data + s * plane, channels: c, l, into: prepared + (s - first) * sample)
                         }
                         winogradConv3x3(prepared, channels: c, channelStride: l.channelLength, sampleStride: sample,
-                                        samples: count, u, outChannels: oc, w, bias: bias, v: kept + first * c * w.floatsPerChannel,
+                                        samples: count, u, outChannels: oc, w, bias: bias, v: v,
                                         m: m, scratch: winogradRow!.pointer, into: y.data + first * oc * p)
                     }
                 }
@@ -413,7 +412,7 @@ public final class Conv2d: Layer {
             }
         }
         if let w = winograd {
-            winogradWeightGradients(dy, dx: dx, w, keepsPaddedDy: keepsPaddedDy, inputGradient: winogradGroups, context)
+            winogradWeightGradients(dy, x: x, dx: dx, w, keepsPaddedDy: keepsPaddedDy, inputGradient: winogradGroups, context)
         } else {
             if directGroups { packDirectInputGradientWeights(); addend = nil }
             for j in 0..<context.shards(batch: n) {
@@ -470,10 +469,10 @@ public final class Conv2d: Layer {
     /// lanes summed and Gᵀ dU G. With `inputGradient`, each group's input gradient too (the
     /// padded output gradient convolved with the flipped kernel, channels swapped) while its
     /// padding is in cache: Winograd's lanes are independent, so the grouping changes no bit.
-    private func winogradWeightGradients(_ dy: Tensor, dx: Tensor, _ w: WinogradLayout, keepsPaddedDy: Bool, inputGradient: Bool,
+    private func winogradWeightGradients(_ dy: Tensor, x: Tensor, dx: Tensor, _ w: WinogradLayout, keepsPaddedDy: Bool, inputGradient: Bool,
                                          _ context: ForwardContext) {
         let l = layout!, n = dy.shape.n, oc = outChannels, c = inChannels, p = geometry.outSpatial
-        let preparedDy = preparedGrad!.pointer, kept = winogradKept!.pointer
+        let preparedDy = preparedGrad!.pointer, preparedX = preparedInput!.pointer, groupInput = winogradGroupInput!.pointer
         let transformed = winogradGradients!.pointer, lanes = winogradLanes!.pointer
         let u = winogradWeights!.pointer, v = winogradInput!.pointer, m = winogradProducts!.pointer
         let plane = dx.shape.perSample, sampleDy = oc * gradChannel
@@ -489,8 +488,12 @@ public final class Conv2d: Layer {
                 for s in 0..<count {
                     winogradGradientTransform(dys + s * sampleDy, channels: oc, channelStride: gradChannel, w,
                                               rowLength: row, into: transformed + 2 * s * w.tiles)
+                    let prepared = preparedX + s * c * l.channelLength
+                    prepareConvInput(x.data + (first + s) * plane, channels: c, l, into: prepared)
+                    winogradInputTransform(prepared, channels: c, channelStride: l.channelLength, w, rowLength: row,
+                                           into: groupInput + s * w.tiles)
                 }
-                winogradWeightProducts(transformed, outChannels: oc, kept + first * c * w.floatsPerChannel, channels: c,
+                winogradWeightProducts(transformed, outChannels: oc, groupInput, channels: c,
                                        rowLength: row, addingInto: lanes)
                 if inputGradient {
                     winogradConv3x3(dys, channels: oc, channelStride: gradChannel, sampleStride: sampleDy, samples: count,
