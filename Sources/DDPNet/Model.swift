@@ -99,6 +99,7 @@ public final class Model {
             layer.needsInputGradient = false
             if !layer.parameterSpecs.isEmpty { break }
         }
+        handConvolutionWeightGradients(in: layers, enabled: fuseLayers)
         outputShape = shape
         layerOutputShapes = shapes
         parameterViews = params
@@ -181,6 +182,17 @@ public final class Model {
     /// The parameters as a buffer pointer (without the gradient tail).
     public var parameterBuffer: UnsafeMutableBufferPointer<Float> {
         UnsafeMutableBufferPointer(start: parameters.pointer, count: parameterCount)
+    }
+}
+
+/// Lets every batch norm directly after a convolution that can take it hand that
+/// convolution its weight gradient a group of samples at a time (`BatchNorm.handsWeightGradient`,
+/// same bits); after `needsInputGradient` is settled, which decides it.
+func handConvolutionWeightGradients(in layers: [Layer], enabled: Bool) {
+    for i in layers.indices.dropLast() {
+        if let conv = layers[i] as? Conv2d, let norm = layers[i + 1] as? BatchNorm {
+            norm.handWeightGradient(to: enabled ? conv : nil)
+        }
     }
 }
 

@@ -89,6 +89,45 @@ final class FusionTests: XCTestCase {
         }
     }
 
+    /// A batch norm right after a model's first convolution (direct kernels, no input
+    /// gradient to take) adds that convolution's weight gradient a group of samples at a time
+    /// (BatchNorm.handsWeightGradient): the same bits as the layers apart, at stride 1 and 2,
+    /// with and without bias, in groups of one sample (28x28) and of several (7x7), in
+    /// shards; a convolution then asked for its input gradient takes its gradients itself.
+    func testBatchNormHandsTheConvolutionItsWeightGradient() throws {
+        for (size, stride) in [(28, 1), (7, 1), (9, 2)] {
+            for bias in [true, false] {
+                for shardSize in [nil, 3] as [Int?] {
+                    for inputGradient in [false, true] {
+                        let shape = Shape(n: 7, c: 4, h: size, w: size), out = (size + stride - 1) / stride
+                        func run(fused: Bool) throws -> (output: [Float], gradients: [Float], hands: Bool) {
+                            let conv = Conv2d(inChannels: 4, outChannels: 8, kernel: 3, stride: stride, padding: 1, bias: bias)
+                            let norm = BatchNorm(features: 8)
+                            let model = try Model(layers: [conv, norm, ReLU(), Flatten(), Linear(8 * out * out, 3)],
+                                                  inputShape: shape.withBatch(1), maxBatch: shape.n, fuseLayers: fused)
+                            if inputGradient { conv.needsInputGradient = true }
+                            randomize(model, seed: 71)
+                            let x = TestData.uniformBuffer(shape.count, seed: 72, stream: UInt32(size))
+                            let context = ForwardContext(training: true, shardSize: shardSize)
+                            let y = try model.forward(x.tensor(shape), context)
+                            let dy = TestData.uniformBuffer(y.count, seed: 73, stream: 2)
+                            try model.backward(dy.tensor(y.shape), context)
+                            return (Array(y.buffer), Array(model.gradients.buffer.prefix(model.parameterCount)), norm.handsWeightGradient)
+                        }
+                        let label = "\(size)x\(size) stride \(stride) bias \(bias) shards \(shardSize.map(String.init) ?? "all")"
+                            + " input gradient \(inputGradient)"
+                        let apart = try run(fused: false), fused = try run(fused: true)
+                        XCTAssertFalse(apart.hands, label)
+                        XCTAssertEqual(fused.hands, !inputGradient, label)
+                        XCTAssertEqual(fused.output.map(\.bitPattern), apart.output.map(\.bitPattern), "output, \(label)")
+                        XCTAssertEqual(fused.gradients.map(\.bitPattern), apart.gradients.map(\.bitPattern), "gradients, \(label)")
+                        XCTAssertTrue(apart.gradients.prefix(8 * 4 * 9).contains { $0 != 0 }, label)
+                    }
+                }
+            }
+        }
+    }
+
     /// The batch norm and ReLU inside a residual block fuse too.
     func testResidualBlockFusesItsBatchNormReLU() throws {
         let shape = Shape(n: 4, c: 3, h: 6, w: 6)

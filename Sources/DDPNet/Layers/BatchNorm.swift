@@ -25,6 +25,17 @@ public final class BatchNorm: Layer {
     /// tensors less through memory each way.
     public var fusesPool: Bool { pool != nil }
     private var pool: MaxPool2d?
+    /// Set by `Model` when this layer directly follows a convolution that takes its weight
+    /// gradient a group of samples at a time (`Conv2d.weightGradientGroupSize`: direct
+    /// kernels, and no input gradient to take, as a model's first layer): backward writes
+    /// each group's input gradient to a group-sized scratch and adds the convolution's weight
+    /// gradient from it while it is in cache, where the whole batch's input gradient went to
+    /// memory for the convolution to read back. Same bits: the convolution's own groups, in
+    /// its order.
+    public var handsWeightGradient: Bool { weightGradientTaker?.weightGradientGroupSize != nil }
+    private var weightGradientTaker: Conv2d?
+    /// One group's input gradient [group, C, H, W] for `weightGradientTaker`.
+    private var groupScratch: FloatBuffer?
     /// One sample's planes [C, H, W] (the pool's input or its input gradient).
     private var sampleScratch: FloatBuffer?
     private var perSample = 0
@@ -105,6 +116,17 @@ public final class BatchNorm: Layer {
         pool = candidate
         candidate.passesThrough = true
         if sampleScratch == nil { sampleScratch = FloatBuffer(capacity: perSample) }
+    }
+
+    /// Hands the weight gradient of `conv` (the layer before this one) as `handsWeightGradient`
+    /// says, where it can take it; nil, or a convolution that cannot, undoes it.
+    func handWeightGradient(to conv: Conv2d?) {
+        weightGradientTaker?.weightGradientByNorm = false
+        weightGradientTaker = nil
+        guard let conv, isSpatial == true, let group = conv.weightGradientGroupSize else { return }
+        weightGradientTaker = conv
+        conv.weightGradientByNorm = true
+        groupScratch = FloatBuffer(capacity: max(min(group, capacity), 1) * perSample)
     }
 
     public var parameterSpecs: [ParameterSpec] {
@@ -332,31 +354,41 @@ public final class BatchNorm: Layer {
                 a[c] = trainedForward ? Float(sumDy[c] / total) : 0
                 b[c] = trainedForward ? Float(sumDyXhat[c] / total) : 0
             }
-            for s in shardRange(j, batch: n, shardSize: shardSize) {
-                if area == 1 {
-                    let src = x.data + s * C, grad = dy.data + s * C, d = dx.data + s * C
-                    for c in 0..<C {
-                        let xhat = Float(Double(src[c]) - mu[c]) * invF[c]
-                        let g = !fused || Float(Double(src[c]) - mu[c]) * scale[c] + beta[c] > 0 ? grad[c] : 0
-                        d[c] = k[c] * (g - a[c] - xhat * b[c])
-                    }
-                } else {
-                    let sampleGrad = sampleGradient(dy, s)
-                    for c in 0..<C {
-                        let offset = (s * C + c) * area
-                        let src = x.data + offset, grad = sampleGrad + c * area, d = dx.data + offset
-                        let m = mu[c], kc = k[c], invC = invF[c], ac = a[c], bc = b[c]
-                        if fused {
-                            reluMaskedInputGradient(d, grad, src, count: area, mean: m, scale: scale[c], shift: beta[c],
-                                                    k: kc, a: ac, b: bc, invStd: invC)
-                        } else {
-                            for i in 0..<area {
-                                let xhat = Float(Double(src[i]) - m) * invC
-                                d[i] = kc * (grad[i] - ac - xhat * bc)
+            // A group of samples at a time where the convolution before takes their input
+            // gradient as its output gradient (its groups), else the whole shard.
+            let range = shardRange(j, batch: n, shardSize: shardSize)
+            let taker = weightGradientTaker?.weightGradientGroupSize == nil ? nil : weightGradientTaker
+            taker?.startWeightGradient(shard: j, context)
+            let group = taker?.weightGradientGroupSize ?? max(range.count, 1)
+            for first in Swift.stride(from: range.lowerBound, to: range.upperBound, by: group) {
+                let samples = first..<min(first + group, range.upperBound)
+                for s in samples {
+                    if area == 1 {
+                        let src = x.data + s * C, grad = dy.data + s * C, d = dx.data + s * C
+                        for c in 0..<C {
+                            let xhat = Float(Double(src[c]) - mu[c]) * invF[c]
+                            let g = !fused || Float(Double(src[c]) - mu[c]) * scale[c] + beta[c] > 0 ? grad[c] : 0
+                            d[c] = k[c] * (g - a[c] - xhat * b[c])
+                        }
+                    } else {
+                        let sampleGrad = sampleGradient(dy, s)
+                        let out = taker == nil ? dx.data + s * perSample : groupScratch!.pointer + (s - first) * perSample
+                        for c in 0..<C {
+                            let src = x.data + (s * C + c) * area, grad = sampleGrad + c * area, d = out + c * area
+                            let m = mu[c], kc = k[c], invC = invF[c], ac = a[c], bc = b[c]
+                            if fused {
+                                reluMaskedInputGradient(d, grad, src, count: area, mean: m, scale: scale[c], shift: beta[c],
+                                                        k: kc, a: ac, b: bc, invStd: invC)
+                            } else {
+                                for i in 0..<area {
+                                    let xhat = Float(Double(src[i]) - m) * invC
+                                    d[i] = kc * (grad[i] - ac - xhat * bc)
+                                }
                             }
                         }
                     }
                 }
+                taker?.addWeightGradient(groupScratch!.pointer, samples: samples, shard: j, context)
             }
         }
         return dx

@@ -34,6 +34,11 @@ public final class Conv2d: Layer {
     public let hasBias: Bool
     public var needsInputGradient = true
     public let algorithm: Algorithm
+    /// Set by `Model` when the batch norm right after this layer adds this layer's weight
+    /// gradient a group of samples at a time (`BatchNorm.handsWeightGradient`): backward
+    /// then has nothing left to do, as long as `weightGradientGroupSize` still says it can
+    /// (both layers look at it each step: a caller may still ask for the input gradient).
+    var weightGradientByNorm = false
 
     private var geometry: ConvGeometry!
     private var isPointwise: Bool { kernel == 1 && stride == 1 && padding == 0 }
@@ -374,11 +379,7 @@ public final class Conv2d: Layer {
                                 adding addend: inout UnsafePointer<Float>?) -> Tensor {
         let g = geometry!, l = layout!
         let n = dy.shape.n, oc = outChannels, c = inChannels, p = g.outSpatial
-        let preparedX = preparedInput!.pointer, preparedDy = preparedGrad!.pointer, flat = flatOutput!.pointer
-        // Stride 1: dy padded like an input (the input gradient convolves it), its flat
-        // output layout starting at `origin`; stride 2: dy in the flat output layout, with
-        // room for the input gradient's farthest taps.
-        let dyOffset = stride == 1 ? l.origin : 0
+        let preparedDy = preparedGrad!.pointer, flat = flatOutput!.pointer
         // Per shard, into its gradient slot, a group of samples at a time; the groups start
         // at the shard's first sample, so they depend on the shard alone.
         let group = weightGradientGroup
@@ -414,6 +415,7 @@ public final class Conv2d: Layer {
         if let w = winograd {
             winogradWeightGradients(dy, x: x, dx: dx, w, keepsPaddedDy: keepsPaddedDy, inputGradient: winogradGroups, context)
         } else {
+            if weightGradientByNorm && weightGradientGroupSize != nil { return dx }
             if directGroups { packDirectInputGradientWeights(); addend = nil }
             for j in 0..<context.shards(batch: n) {
                 let samples = context.shard(j, batch: n), slot = j * context.gradientSlotStride
@@ -421,14 +423,8 @@ public final class Conv2d: Layer {
                 for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: group) {
                     let count = min(group, samples.upperBound - first)
                     let dys = preparedDy + (keepsPaddedDy ? first * sampleDy : 0)
-                    spreadRows(dy.data + first * oc * p, count: count * oc, height: l.outHeight, width: l.outWidth,
-                               rowStride: l.outRowStride, channelStride: gradChannel, offset: dyOffset, into: dys)
-                    for s in first..<(first + count) {
-                        prepareConvInput(x.data + s * plane, channels: c, l, into: preparedX + (s - first) * c * l.channelLength)
-                    }
-                    conv3x3WeightGradient(preparedX, channels: c, dys + dyOffset, outChannels: oc,
-                                          dyChannel: gradChannel, dySample: sampleDy, l, samples: count,
-                                          scratch: weightGradientScratch!.pointer, addingInto: weightGrad + slot)
+                    addDirectWeightGradient(dy.data + first * oc * p, samples: first..<(first + count), x: x,
+                                            paddingInto: dys, slot: slot)
                     if directGroups {
                         for s in first..<(first + count) { directInputGradient(dys + (s - first) * sampleDy, sample: s) }
                     }
@@ -459,6 +455,58 @@ public final class Conv2d: Layer {
             }
         }
         return dx
+    }
+
+    /// The direct weight gradient of `samples` (a group; groups start at their shard's first
+    /// sample) from their output gradient dy [samples, OC, OH, OW], added into gradient
+    /// slot `slot`; their output gradient is padded into `paddingInto`, their input into
+    /// `preparedInput`.
+    private func addDirectWeightGradient(_ dy: UnsafePointer<Float>, samples: Range<Int>, x: Tensor,
+                                         paddingInto dys: UnsafeMutablePointer<Float>, slot: Int) {
+        let l = layout!, c = inChannels, oc = outChannels, count = samples.count
+        let preparedX = preparedInput!.pointer, plane = x.shape.perSample
+        // Stride 1: dy padded like an input (the input gradient convolves it), its flat
+        // output layout starting at `origin`; stride 2: dy in the flat output layout, with
+        // room for the input gradient's farthest taps.
+        let dyOffset = stride == 1 ? l.origin : 0
+        spreadRows(dy, count: count * oc, height: l.outHeight, width: l.outWidth, rowStride: l.outRowStride,
+                   channelStride: gradChannel, offset: dyOffset, into: dys)
+        for s in samples {
+            prepareConvInput(x.data + s * plane, channels: c, l, into: preparedX + (s - samples.lowerBound) * c * l.channelLength)
+        }
+        conv3x3WeightGradient(preparedX, channels: c, dys + dyOffset, outChannels: oc,
+                              dyChannel: gradChannel, dySample: oc * gradChannel, l, samples: count,
+                              scratch: weightGradientScratch!.pointer, addingInto: weightGrad + slot)
+    }
+
+    /// Samples per `addWeightGradient` call, where a batch norm after this layer may hand it
+    /// its output gradient a group at a time: the direct weight gradient, no Winograd, and
+    /// no input gradient to take (it needs the whole output gradient); else nil.
+    var weightGradientGroupSize: Int? {
+        guard isDirect, winograd == nil, !needsInputGradient else { return nil }
+        return weightGradientGroup
+    }
+
+    /// Zeroes shard j's weight (and bias) gradient slot, before its groups' `addWeightGradient`.
+    func startWeightGradient(shard j: Int, _ context: ForwardContext) {
+        let slot = j * context.gradientSlotStride
+        (weightGrad + slot).update(repeating: 0, count: outChannels * inChannels * 9)
+        if let biasGrad { (biasGrad + slot).update(repeating: 0, count: outChannels) }
+    }
+
+    /// Adds to shard j's gradient slot the weight (and bias) gradient of `samples`, a group
+    /// of `weightGradientGroupSize` or the shard's last (groups start at the shard's first
+    /// sample), from their output gradient dy [samples, OC, OH, OW]: what backward adds for
+    /// that group, in the same order.
+    func addWeightGradient(_ dy: UnsafePointer<Float>, samples: Range<Int>, shard j: Int, _ context: ForwardContext) {
+        guard let x = input else { preconditionFailure("Conv2d.addWeightGradient called before forward") }
+        let slot = j * context.gradientSlotStride, p = geometry.outSpatial
+        addDirectWeightGradient(dy, samples: samples, x: x, paddingInto: preparedGrad!.pointer, slot: slot)
+        if let biasGrad {
+            for s in 0..<samples.count {
+                for o in 0..<outChannels { biasGrad[slot + o] += sumFloat(dy + (s * outChannels + o) * p, count: p) }
+            }
+        }
     }
 
     /// The weight gradient by F(2x2, 3x3), per shard into its gradient slot, a group of
