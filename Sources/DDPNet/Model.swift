@@ -57,8 +57,9 @@ public final class Model {
     /// parameters from the same buffer and has its own gradients, buffers and activations;
     /// one per compute thread of a rank.
     /// `fuseLayers`: batch norm followed by ReLU runs as one layer (`BatchNorm.fusesReLU`),
-    /// and with a 2x2 max pool after them too (`BatchNorm.fusesPool`), which gives the same
-    /// bits with fewer passes over the activations each way.
+    /// and with a 2x2 max pool after them too (`BatchNorm.fusesPool`), and a batch norm
+    /// runs the gradients of the convolution before it (`BatchNorm.handsGradients`), which
+    /// gives the same bits with fewer passes over the activations each way.
     /// `gradientRoom`: Floats of room after the gradients (see `gradients`);
     /// `gradientSlots`: the most shards a batch of this model will hold.
     public init(layers: [Layer], inputShape: Shape, maxBatch: Int, sharingParametersOf shared: Model? = nil,
@@ -99,7 +100,6 @@ public final class Model {
             layer.needsInputGradient = false
             if !layer.parameterSpecs.isEmpty { break }
         }
-        handConvolutionWeightGradients(in: layers, enabled: fuseLayers)
         outputShape = shape
         layerOutputShapes = shapes
         parameterViews = params
@@ -185,22 +185,16 @@ public final class Model {
     }
 }
 
-/// Lets every batch norm directly after a convolution that can take it hand that
-/// convolution its weight gradient a group of samples at a time (`BatchNorm.handsWeightGradient`,
-/// same bits); after `needsInputGradient` is settled, which decides it.
-func handConvolutionWeightGradients(in layers: [Layer], enabled: Bool) {
-    for i in layers.indices.dropLast() {
-        if let conv = layers[i] as? Conv2d, let norm = layers[i + 1] as? BatchNorm {
-            norm.handWeightGradient(to: enabled ? conv : nil)
-        }
-    }
-}
-
 /// Fuses every batch norm directly followed by a ReLU in a sequence of layers
 /// (`BatchNorm.fusesReLU`, same bits), and a 2x2 max pool after them on its fast path
-/// (`BatchNorm.fusesPool`, same bits), and asks each layer to do so with its own sequence.
+/// (`BatchNorm.fusesPool`, same bits), lets every batch norm directly after a convolution
+/// run that convolution's gradients group by group (`BatchNorm.handsGradients`, same
+/// bits), and asks each layer to do so with its own sequence.
 func fuseBatchNormReLU(in layers: [Layer], enabled: Bool) {
     for i in layers.indices.dropLast() {
+        if let conv = layers[i] as? Conv2d, let norm = layers[i + 1] as? BatchNorm {
+            norm.handGradients(to: enabled ? conv : nil)
+        }
         if let norm = layers[i] as? BatchNorm, let relu = layers[i + 1] as? ReLU {
             norm.fusesReLU = enabled
             relu.passesThrough = enabled

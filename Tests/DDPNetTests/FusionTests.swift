@@ -89,39 +89,45 @@ final class FusionTests: XCTestCase {
         }
     }
 
-    /// A batch norm right after a model's first convolution (direct kernels, no input
-    /// gradient to take) adds that convolution's weight gradient a group of samples at a time
-    /// (BatchNorm.handsWeightGradient): the same bits as the layers apart, at stride 1 and 2,
-    /// with and without bias, in groups of one sample (28x28) and of several (7x7), in
-    /// shards; a convolution then asked for its input gradient takes its gradients itself.
-    func testBatchNormHandsTheConvolutionItsWeightGradient() throws {
-        for (size, stride) in [(28, 1), (7, 1), (9, 2)] {
+    /// A batch norm right after a convolution runs that convolution's gradients a group of
+    /// samples at a time (BatchNorm.handsGradients): the same bits as the layers apart, for
+    /// the direct kernels at stride 1 and 2 and Winograd's, with and without bias, in groups
+    /// of one sample (28x28) and of several (7x7), in shards, with and without an input
+    /// gradient to take (a first layer's convolution, or one behind another); a convolution
+    /// whose input gradient needs the whole batch (32 -> 4: Winograd forward, direct input
+    /// gradient) runs its own.
+    func testBatchNormRunsTheConvolutionsGradients() throws {
+        let cases: [(inC: Int, outC: Int, size: Int, stride: Int, hands: Bool)] = [
+            (4, 8, 28, 1, true), (4, 8, 7, 1, true), (4, 8, 9, 2, true), (32, 32, 7, 1, true), (32, 4, 7, 1, false),
+        ]
+        for t in cases {
             for bias in [true, false] {
                 for shardSize in [nil, 3] as [Int?] {
-                    for inputGradient in [false, true] {
-                        let shape = Shape(n: 7, c: 4, h: size, w: size), out = (size + stride - 1) / stride
+                    for behind in [false, true] {
+                        let shape = Shape(n: 7, c: t.inC, h: t.size, w: t.size), out = (t.size + t.stride - 1) / t.stride
                         func run(fused: Bool) throws -> (output: [Float], gradients: [Float], hands: Bool) {
-                            let conv = Conv2d(inChannels: 4, outChannels: 8, kernel: 3, stride: stride, padding: 1, bias: bias)
-                            let norm = BatchNorm(features: 8)
-                            let model = try Model(layers: [conv, norm, ReLU(), Flatten(), Linear(8 * out * out, 3)],
+                            let conv = Conv2d(inChannels: t.inC, outChannels: t.outC, kernel: 3, stride: t.stride, padding: 1, bias: bias)
+                            let norm = BatchNorm(features: t.outC)
+                            let front: [Layer] = behind
+                                ? [Conv2d(inChannels: t.inC, outChannels: t.inC, kernel: 3, padding: 1), BatchNorm(features: t.inC), ReLU()] : []
+                            let model = try Model(layers: front + [conv, norm, ReLU(), Flatten(), Linear(t.outC * out * out, 3)],
                                                   inputShape: shape.withBatch(1), maxBatch: shape.n, fuseLayers: fused)
-                            if inputGradient { conv.needsInputGradient = true }
                             randomize(model, seed: 71)
-                            let x = TestData.uniformBuffer(shape.count, seed: 72, stream: UInt32(size))
+                            let x = TestData.uniformBuffer(shape.count, seed: 72, stream: UInt32(t.size))
                             let context = ForwardContext(training: true, shardSize: shardSize)
                             let y = try model.forward(x.tensor(shape), context)
                             let dy = TestData.uniformBuffer(y.count, seed: 73, stream: 2)
                             try model.backward(dy.tensor(y.shape), context)
-                            return (Array(y.buffer), Array(model.gradients.buffer.prefix(model.parameterCount)), norm.handsWeightGradient)
+                            return (Array(y.buffer), Array(model.gradients.buffer.prefix(model.parameterCount)), norm.handsGradients)
                         }
-                        let label = "\(size)x\(size) stride \(stride) bias \(bias) shards \(shardSize.map(String.init) ?? "all")"
-                            + " input gradient \(inputGradient)"
+                        let label = "\(t.inC) -> \(t.outC) at \(t.size)x\(t.size) stride \(t.stride) bias \(bias)"
+                            + " shards \(shardSize.map(String.init) ?? "all") behind a convolution \(behind)"
                         let apart = try run(fused: false), fused = try run(fused: true)
                         XCTAssertFalse(apart.hands, label)
-                        XCTAssertEqual(fused.hands, !inputGradient, label)
+                        XCTAssertEqual(fused.hands, t.hands || !behind, label)
                         XCTAssertEqual(fused.output.map(\.bitPattern), apart.output.map(\.bitPattern), "output, \(label)")
                         XCTAssertEqual(fused.gradients.map(\.bitPattern), apart.gradients.map(\.bitPattern), "gradients, \(label)")
-                        XCTAssertTrue(apart.gradients.prefix(8 * 4 * 9).contains { $0 != 0 }, label)
+                        XCTAssertTrue(apart.gradients.prefix(t.inC * t.inC * 9).contains { $0 != 0 }, label)
                     }
                 }
             }
@@ -155,11 +161,12 @@ extension FusionTests {
     /// ReLU; conv1 adds the skip's gradient into its input gradient): output, input gradient
     /// and parameter gradients must be bitwise those of its layers run apart with a separate
     /// add. The direct kernels add in their own pass (4 -> 4; 4 -> 8 stride 2 on odd and
-    /// even planes), the GEMM path after it (3 -> 3).
+    /// even planes), Winograd's after each group's input gradient (32 -> 32, 4 samples: a
+    /// group of 3 and one of 1), the GEMM path after it (3 -> 3).
     func testResidualBlockIsItsLayersApart() throws {
         let cases: [(inC: Int, outC: Int, stride: Int, shape: Shape)] = [
             (4, 4, 1, Shape(n: 3, c: 4, h: 6, w: 7)), (4, 8, 2, Shape(n: 3, c: 4, h: 9, w: 10)),
-            (3, 3, 1, Shape(n: 2, c: 3, h: 5, w: 5)),
+            (32, 32, 1, Shape(n: 4, c: 32, h: 6, w: 6)), (3, 3, 1, Shape(n: 2, c: 3, h: 5, w: 5)),
         ]
         for (k, t) in cases.enumerated() {
             let name = "block \(t.inC) -> \(t.outC), stride \(t.stride), input \(t.shape)"

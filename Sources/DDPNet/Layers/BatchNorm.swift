@@ -25,16 +25,16 @@ public final class BatchNorm: Layer {
     /// tensors less through memory each way.
     public var fusesPool: Bool { pool != nil }
     private var pool: MaxPool2d?
-    /// Set by `Model` when this layer directly follows a convolution that takes its weight
-    /// gradient a group of samples at a time (`Conv2d.weightGradientGroupSize`: direct
-    /// kernels, and no input gradient to take, as a model's first layer): backward writes
-    /// each group's input gradient to a group-sized scratch and adds the convolution's weight
-    /// gradient from it while it is in cache, where the whole batch's input gradient went to
-    /// memory for the convolution to read back. Same bits: the convolution's own groups, in
-    /// its order.
-    public var handsWeightGradient: Bool { weightGradientTaker?.weightGradientGroupSize != nil }
-    private var weightGradientTaker: Conv2d?
-    /// One group's input gradient [group, C, H, W] for `weightGradientTaker`.
+    /// Set by `Model` (or a residual block) when this layer directly follows a convolution
+    /// that takes its gradients a group of samples at a time (`Conv2d.gradientGroupSize`):
+    /// backward writes each group's input gradient to a group-sized scratch and runs the
+    /// convolution's backward for that group from it while it is in cache (its weight
+    /// gradient, and its input gradient if wanted), where the whole batch's input gradient
+    /// went to memory for the convolution to read back. Same bits: the convolution's own
+    /// groups, in its order.
+    public var handsGradients: Bool { gradientTaker?.gradientGroupSize != nil }
+    private var gradientTaker: Conv2d?
+    /// One group's input gradient [group, C, H, W] for `gradientTaker`.
     private var groupScratch: FloatBuffer?
     /// One sample's planes [C, H, W] (the pool's input or its input gradient).
     private var sampleScratch: FloatBuffer?
@@ -118,14 +118,14 @@ public final class BatchNorm: Layer {
         if sampleScratch == nil { sampleScratch = FloatBuffer(capacity: perSample) }
     }
 
-    /// Hands the weight gradient of `conv` (the layer before this one) as `handsWeightGradient`
-    /// says, where it can take it; nil, or a convolution that cannot, undoes it.
-    func handWeightGradient(to conv: Conv2d?) {
-        weightGradientTaker?.weightGradientByNorm = false
-        weightGradientTaker = nil
-        guard let conv, isSpatial == true, let group = conv.weightGradientGroupSize else { return }
-        weightGradientTaker = conv
-        conv.weightGradientByNorm = true
+    /// Runs the gradients of `conv` (the layer before this one) as `handsGradients` says,
+    /// where it can take them; nil, or a convolution that cannot, undoes it.
+    func handGradients(to conv: Conv2d?) {
+        gradientTaker?.gradientsByNorm = false
+        gradientTaker = nil
+        guard let conv, isSpatial == true, let group = conv.largestGradientGroup else { return }
+        gradientTaker = conv
+        conv.gradientsByNorm = true
         groupScratch = FloatBuffer(capacity: max(min(group, capacity), 1) * perSample)
     }
 
@@ -295,6 +295,13 @@ public final class BatchNorm: Layer {
     }
 
     public func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor {
+        try backward(dy, context, addingToConvolutionInputGradient: nil)
+    }
+
+    /// `backward`; where this layer runs the convolution before it (`handsGradients`),
+    /// `addend` (shaped like that convolution's input) is added to its input gradient, as
+    /// the convolution's own backward would add it.
+    func backward(_ dy: Tensor, _ context: ForwardContext, addingToConvolutionInputGradient addend: Tensor?) throws -> Tensor {
         try checkBatch(dy.shape, capacity: capacity)
         guard let x = input else { throw LayerError("BatchNorm.backward called before forward") }
         let n = x.shape.n, area = x.shape.spatial, C = features, fused = fusesReLU
@@ -345,6 +352,9 @@ public final class BatchNorm: Layer {
             try context.statistics.sum(sums.pointer, width: 2 * C, shards: shards, firstShard: context.firstShard)
         }
         let k = coefficients.pointer, invF = k + C, a = k + 2 * C, b = k + 3 * C
+        // The convolution before, where this layer runs its gradients group by group.
+        let taker = gradientTaker?.gradientGroupSize == nil ? nil : gradientTaker
+        taker?.startHandedGradients(adding: addend.map { UnsafePointer($0.data) })
         for j in 0..<shards {
             let mu = mean.pointer + j * C, inv = invStd.pointer + j * C, scale = forwardScale.pointer + j * C
             let sumDy = sums.pointer + j * 2 * C, sumDyXhat = sumDy + C, total = groupCount.pointer[j]
@@ -357,9 +367,8 @@ public final class BatchNorm: Layer {
             // A group of samples at a time where the convolution before takes their input
             // gradient as its output gradient (its groups), else the whole shard.
             let range = shardRange(j, batch: n, shardSize: shardSize)
-            let taker = weightGradientTaker?.weightGradientGroupSize == nil ? nil : weightGradientTaker
-            taker?.startWeightGradient(shard: j, context)
-            let group = taker?.weightGradientGroupSize ?? max(range.count, 1)
+            taker?.startShard(j, context)
+            let group = taker?.gradientGroupSize ?? max(range.count, 1)
             for first in Swift.stride(from: range.lowerBound, to: range.upperBound, by: group) {
                 let samples = first..<min(first + group, range.upperBound)
                 for s in samples {
@@ -388,8 +397,10 @@ public final class BatchNorm: Layer {
                         }
                     }
                 }
-                taker?.addWeightGradient(groupScratch!.pointer, samples: samples, shard: j, context)
+                taker?.addHandedGroup(groupScratch!.pointer, samples: samples, shard: j, context,
+                                      adding: addend.map { UnsafePointer($0.data) })
             }
+            taker?.finishShard(j, context)
         }
         return dx
     }

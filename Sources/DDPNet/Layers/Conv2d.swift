@@ -34,11 +34,6 @@ public final class Conv2d: Layer {
     public let hasBias: Bool
     public var needsInputGradient = true
     public let algorithm: Algorithm
-    /// Set by `Model` when the batch norm right after this layer adds this layer's weight
-    /// gradient a group of samples at a time (`BatchNorm.handsWeightGradient`): backward
-    /// then has nothing left to do, as long as `weightGradientGroupSize` still says it can
-    /// (both layers look at it each step: a caller may still ask for the input gradient).
-    var weightGradientByNorm = false
 
     private var geometry: ConvGeometry!
     private var isPointwise: Bool { kernel == 1 && stride == 1 && padding == 0 }
@@ -61,7 +56,7 @@ public final class Conv2d: Layer {
     /// outputs.
     private var winogradWeights: FloatBuffer?
     /// Both gradients by Winograd: backward runs the input gradient on each group of samples
-    /// while the group's padded output gradient is in cache (`winogradWeightGradients`).
+    /// while the group's padded output gradient is in cache (`addGroupGradients`).
     private var winogradGradientsInGroups: Bool { winograd != nil && winogradGradient != nil }
     /// Both gradients by the direct kernels: backward runs the input gradient of each
     /// sample right after the weight gradient of its group, while the group's padded output
@@ -74,7 +69,7 @@ public final class Conv2d: Layer {
     private var winogradProducts: FloatBuffer?
     private var winogradRow: FloatBuffer?
     /// The weight gradient's transformed input of a group [16, C, group x tiles], computed
-    /// again from the layer's input rather than kept from forward (see `winogradWeightGradients`).
+    /// again from the layer's input rather than kept from forward (see `addGroupGradients`).
     private var winogradGroupInput: FloatBuffer?
     /// The weight gradient's transformed output gradient of a group [16, OC, group x tiles].
     private var winogradGradients: FloatBuffer?
@@ -377,62 +372,42 @@ public final class Conv2d: Layer {
 
     private func directBackward(_ dy: Tensor, x: Tensor, dx: Tensor, _ context: ForwardContext,
                                 adding addend: inout UnsafePointer<Float>?) -> Tensor {
-        let g = geometry!, l = layout!
+        let g = geometry!
         let n = dy.shape.n, oc = outChannels, c = inChannels, p = g.outSpatial
-        let preparedDy = preparedGrad!.pointer, flat = flatOutput!.pointer
+        let grouped = gradientGroupSize != nil
+        if grouped && handedGroupsRan {
+            // The batch norm after this layer has run every group (`BatchNorm.handsGradients`).
+            handedGroupsRan = false
+            precondition(addend == handedAddend, "Conv2d: backward's addend is not the one its batch norm added")
+            addend = nil
+            return dx
+        }
+        let preparedDy = preparedGrad!.pointer, plane = x.shape.perSample, sampleDy = oc * gradChannel
         // Per shard, into its gradient slot, a group of samples at a time; the groups start
-        // at the shard's first sample, so they depend on the shard alone.
-        let group = weightGradientGroup
-        // Where both gradients go by Winograd or both by the direct kernels, each group's
-        // input gradient follows its weight gradient, and its padded output gradient lands at
-        // the start of the buffer, in cache. Otherwise the input gradient reads the padded
-        // output gradient of the whole batch after the weight gradient, where it goes by a
-        // kernel (input channels a multiple of 4).
-        let winogradGroups = needsInputGradient && winogradGradientsInGroups
-        let directGroups = needsInputGradient && directGradientsInGroups
-        let keepsPaddedDy = needsInputGradient && c % 4 == 0 && !winogradGroups && !directGroups
-        let packed = packedWeights!.pointer, plane = x.shape.perSample, sampleDy = oc * gradChannel
-        // One sample's input gradient by the direct kernels, from its padded output gradient,
-        // plus the addend's sample.
-        let sampleAddend = addend
-        func directInputGradient(_ dys: UnsafePointer<Float>, sample s: Int) {
-            let more = sampleAddend.map { $0 + s * plane }
-            if let strideTwo = strideTwoInputGradient {
-                strideTwo.run(dys, outChannels: oc, packed, inChannels: c, l, flat: flat, adding: more, into: dx.data + s * plane)
-            } else {
-                // dx = the padded dy convolved with the flipped kernel, channels swapped.
-                conv3x3Flat(dys, channels: oc, packed, outChannels: c, l, into: flat)
-                unflattenOutput(flat, count: c, l, bias: nil, adding: more, into: dx.data + s * plane)
+        // at the shard's first sample, so they depend on the shard alone. Grouped, each
+        // group's input gradient follows its weight gradient, and its padded output gradient
+        // lands at the start of the buffer, in cache. Otherwise the input gradient reads the
+        // padded output gradient of the whole batch after the weight gradient, where it goes
+        // by a kernel (input channels a multiple of 4).
+        let keepsPaddedDy = needsInputGradient && !grouped && c % 4 == 0
+        if grouped { startGradients() }
+        let group = winograd?.group ?? weightGradientGroup
+        for j in 0..<context.shards(batch: n) {
+            let samples = context.shard(j, batch: n)
+            startShard(j, context)
+            for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: group) {
+                let count = min(group, samples.upperBound - first)
+                addGroupGradients(dy.data + first * oc * p, samples: first..<(first + count), shard: j, context, x: x, dx: dx,
+                                  paddingInto: preparedDy + (keepsPaddedDy ? first * sampleDy : 0),
+                                  inputGradient: grouped && needsInputGradient, adding: addend)
             }
+            finishShard(j, context)
         }
-        func packDirectInputGradientWeights() {
-            if let strideTwo = strideTwoInputGradient {
-                strideTwo.pack(weight, outChannels: oc, inChannels: c, into: packed)
-            } else {
-                packConv3x3WeightsTransposed(weight, outChannels: oc, inChannels: c, into: packed)
-            }
+        if grouped {
+            addend = nil
+            return dx
         }
-        if let w = winograd {
-            winogradWeightGradients(dy, x: x, dx: dx, w, keepsPaddedDy: keepsPaddedDy, inputGradient: winogradGroups, context)
-        } else {
-            if weightGradientByNorm && weightGradientGroupSize != nil { return dx }
-            if directGroups { packDirectInputGradientWeights(); addend = nil }
-            for j in 0..<context.shards(batch: n) {
-                let samples = context.shard(j, batch: n), slot = j * context.gradientSlotStride
-                (weightGrad + slot).update(repeating: 0, count: oc * c * 9)
-                for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: group) {
-                    let count = min(group, samples.upperBound - first)
-                    let dys = preparedDy + (keepsPaddedDy ? first * sampleDy : 0)
-                    addDirectWeightGradient(dy.data + first * oc * p, samples: first..<(first + count), x: x,
-                                            paddingInto: dys, slot: slot)
-                    if directGroups {
-                        for s in first..<(first + count) { directInputGradient(dys + (s - first) * sampleDy, sample: s) }
-                    }
-                }
-                if let biasGrad { sumBias(dy.data, into: biasGrad + slot, samples: samples, spatial: p) }
-            }
-        }
-        guard needsInputGradient && !winogradGroups && !directGroups else { return dx }
+        guard needsInputGradient else { return dx }
         if let w = winogradGradient {
             // The padded dy convolved with the flipped kernel, channels swapped, by F(2x2, 3x3).
             let u = winogradWeights!.pointer, v = winogradInput!.pointer, m = winogradProducts!.pointer
@@ -444,7 +419,7 @@ public final class Conv2d: Layer {
             }
         } else if c % 4 == 0 {
             packDirectInputGradientWeights()
-            for s in 0..<n { directInputGradient(preparedDy + s * sampleDy, sample: s) }
+            for s in 0..<n { directInputGradient(preparedDy + s * sampleDy, sample: s, adding: addend, into: dx) }
             addend = nil
         } else {
             let ckk = g.patchSize, dcols = sampleColumns!.pointer
@@ -457,100 +432,168 @@ public final class Conv2d: Layer {
         return dx
     }
 
-    /// The direct weight gradient of `samples` (a group; groups start at their shard's first
-    /// sample) from their output gradient dy [samples, OC, OH, OW], added into gradient
-    /// slot `slot`; their output gradient is padded into `paddingInto`, their input into
-    /// `preparedInput`.
-    private func addDirectWeightGradient(_ dy: UnsafePointer<Float>, samples: Range<Int>, x: Tensor,
-                                         paddingInto dys: UnsafeMutablePointer<Float>, slot: Int) {
-        let l = layout!, c = inChannels, oc = outChannels, count = samples.count
-        let preparedX = preparedInput!.pointer, plane = x.shape.perSample
-        // Stride 1: dy padded like an input (the input gradient convolves it), its flat
-        // output layout starting at `origin`; stride 2: dy in the flat output layout, with
-        // room for the input gradient's farthest taps.
-        let dyOffset = stride == 1 ? l.origin : 0
-        spreadRows(dy, count: count * oc, height: l.outHeight, width: l.outWidth, rowStride: l.outRowStride,
-                   channelStride: gradChannel, offset: dyOffset, into: dys)
-        for s in samples {
-            prepareConvInput(x.data + s * plane, channels: c, l, into: preparedX + (s - samples.lowerBound) * c * l.channelLength)
+    // MARK: Gradients a group of samples at a time
+
+    /// Samples per group where backward takes both gradients a group of samples at a time,
+    /// each group's input gradient right after its weight gradient (both by Winograd or both
+    /// by the direct kernels), or the weight gradient alone where no input gradient is
+    /// wanted; nil where the input gradient needs the whole batch's output gradient. A batch
+    /// norm right after this layer may then hand it its output gradient a group at a time
+    /// (`BatchNorm.handsGradients`). Asked each step: a caller may still change
+    /// `needsInputGradient`.
+    var gradientGroupSize: Int? {
+        guard isDirect else { return nil }
+        if let w = winograd { return !needsInputGradient || winogradGradient != nil ? w.group : nil }
+        return !needsInputGradient || directGradientsInGroups ? weightGradientGroup : nil
+    }
+
+    /// The largest `gradientGroupSize` can be, whatever `needsInputGradient`.
+    var largestGradientGroup: Int? { isDirect ? winograd?.group ?? weightGradientGroup : nil }
+
+    /// Set while the batch norm right after this layer runs this layer's gradients group by
+    /// group (`BatchNorm.handsGradients`).
+    var gradientsByNorm = false
+    /// Set when that batch norm has started this step's groups: backward then has nothing
+    /// left to do (and clears it).
+    private var handedGroupsRan = false
+    /// The addend that batch norm adds to the input gradient (backward checks it is its own).
+    private var handedAddend: UnsafePointer<Float>?
+
+    /// `startGradients` for the batch norm after this layer, which then adds `addend` to
+    /// the input gradient and runs every group.
+    func startHandedGradients(adding addend: UnsafePointer<Float>?) {
+        handedGroupsRan = true
+        handedAddend = needsInputGradient ? addend : nil
+        startGradients()
+    }
+
+    /// Before the groups of a grouped backward: the input gradient's weights, repacked for
+    /// the direct kernels or transformed for Winograd's.
+    private func startGradients() {
+        guard needsInputGradient else { return }
+        if winograd != nil {
+            winogradWeightTransform(weight, outChannels: outChannels, inChannels: inChannels, transposed: true,
+                                    into: winogradWeights!.pointer)
+        } else {
+            packDirectInputGradientWeights()
         }
-        conv3x3WeightGradient(preparedX, channels: c, dys + dyOffset, outChannels: oc,
-                              dyChannel: gradChannel, dySample: oc * gradChannel, l, samples: count,
-                              scratch: weightGradientScratch!.pointer, addingInto: weightGrad + slot)
     }
 
-    /// Samples per `addWeightGradient` call, where a batch norm after this layer may hand it
-    /// its output gradient a group at a time: the direct weight gradient, no Winograd, and
-    /// no input gradient to take (it needs the whole output gradient); else nil.
-    var weightGradientGroupSize: Int? {
-        guard isDirect, winograd == nil, !needsInputGradient else { return nil }
-        return weightGradientGroup
-    }
-
-    /// Zeroes shard j's weight (and bias) gradient slot, before its groups' `addWeightGradient`.
-    func startWeightGradient(shard j: Int, _ context: ForwardContext) {
+    /// Before shard j's groups: its weight gradient slot (Winograd's: the lane sums) and
+    /// bias gradient slot zeroed.
+    func startShard(_ j: Int, _ context: ForwardContext) {
         let slot = j * context.gradientSlotStride
-        (weightGrad + slot).update(repeating: 0, count: outChannels * inChannels * 9)
+        if winograd != nil {
+            winogradLanes!.pointer.update(repeating: 0, count: 16 * outChannels * inChannels * 8)
+        } else {
+            (weightGrad + slot).update(repeating: 0, count: outChannels * inChannels * 9)
+        }
         if let biasGrad { (biasGrad + slot).update(repeating: 0, count: outChannels) }
     }
 
-    /// Adds to shard j's gradient slot the weight (and bias) gradient of `samples`, a group
-    /// of `weightGradientGroupSize` or the shard's last (groups start at the shard's first
-    /// sample), from their output gradient dy [samples, OC, OH, OW]: what backward adds for
-    /// that group, in the same order.
-    func addWeightGradient(_ dy: UnsafePointer<Float>, samples: Range<Int>, shard j: Int, _ context: ForwardContext) {
-        guard let x = input else { preconditionFailure("Conv2d.addWeightGradient called before forward") }
-        let slot = j * context.gradientSlotStride, p = geometry.outSpatial
-        addDirectWeightGradient(dy, samples: samples, x: x, paddingInto: preparedGrad!.pointer, slot: slot)
+    /// After shard j's groups: Winograd's lane sums summed into its weight gradient slot (Gᵀ dU G).
+    func finishShard(_ j: Int, _ context: ForwardContext) {
+        guard winograd != nil else { return }
+        winogradWeightGradient(winogradLanes!.pointer, outChannels: outChannels, inChannels: inChannels,
+                               into: weightGrad + j * context.gradientSlotStride)
+    }
+
+    /// The gradients of `samples`, a group of shard j (groups start at the shard's first
+    /// sample), from their output gradient dy [samples, OC, OH, OW]: the weight (and bias)
+    /// gradient added into shard j's slot, and with `inputGradient` their input gradient
+    /// into dx, plus `addend`'s samples. Their output gradient is padded into `paddingInto`.
+    ///
+    /// Winograd: the group's transformed output gradient and input (prepared again from x:
+    /// forward's transform of the whole batch went to memory and back), dU's 8 lane sums
+    /// added over the shard's groups in order (`finishShard` sums the lanes), then the input
+    /// gradient by F(2x2, 3x3) while the padded output gradient is in cache. Winograd's lanes
+    /// are independent, so the grouping changes no bit.
+    private func addGroupGradients(_ dy: UnsafePointer<Float>, samples: Range<Int>, shard j: Int, _ context: ForwardContext,
+                                   x: Tensor, dx: Tensor, paddingInto dys: UnsafeMutablePointer<Float>, inputGradient: Bool,
+                                   adding addend: UnsafePointer<Float>?) {
+        let l = layout!, oc = outChannels, c = inChannels, p = geometry.outSpatial
+        let slot = j * context.gradientSlotStride, count = samples.count, first = samples.lowerBound
+        let plane = x.shape.perSample, sampleDy = oc * gradChannel
+        if let w = winograd {
+            let preparedX = preparedInput!.pointer, groupInput = winogradGroupInput!.pointer
+            let transformed = winogradGradients!.pointer, row = count * w.tiles
+            spreadRows(dy, count: count * oc, height: l.outHeight, width: l.outWidth,
+                       rowStride: l.outRowStride, channelStride: gradChannel, offset: l.origin, into: dys)
+            for s in 0..<count {
+                winogradGradientTransform(dys + s * sampleDy, channels: oc, channelStride: gradChannel, w,
+                                          rowLength: row, into: transformed + 2 * s * w.tiles)
+                let prepared = preparedX + s * c * l.channelLength
+                prepareConvInput(x.data + (first + s) * plane, channels: c, l, into: prepared)
+                winogradInputTransform(prepared, channels: c, channelStride: l.channelLength, w, rowLength: row,
+                                       into: groupInput + s * w.tiles)
+            }
+            winogradWeightProducts(transformed, outChannels: oc, groupInput, channels: c, rowLength: row,
+                                   addingInto: winogradLanes!.pointer)
+            if inputGradient {
+                let d = dx.data + first * plane
+                winogradConv3x3(dys, channels: oc, channelStride: gradChannel, sampleStride: sampleDy, samples: count,
+                                winogradWeights!.pointer, outChannels: c, w, bias: nil, v: winogradInput!.pointer,
+                                m: winogradProducts!.pointer, scratch: winogradRow!.pointer, into: d)
+                if let addend {
+                    let more = addend + first * plane
+                    for i in 0..<(count * plane) { d[i] = d[i] + more[i] }
+                }
+            }
+        } else {
+            let preparedX = preparedInput!.pointer
+            // Stride 1: dy padded like an input (the input gradient convolves it), its flat
+            // output layout starting at `origin`; stride 2: dy in the flat output layout, with
+            // room for the input gradient's farthest taps.
+            let dyOffset = stride == 1 ? l.origin : 0
+            spreadRows(dy, count: count * oc, height: l.outHeight, width: l.outWidth, rowStride: l.outRowStride,
+                       channelStride: gradChannel, offset: dyOffset, into: dys)
+            for s in samples {
+                prepareConvInput(x.data + s * plane, channels: c, l, into: preparedX + (s - first) * c * l.channelLength)
+            }
+            conv3x3WeightGradient(preparedX, channels: c, dys + dyOffset, outChannels: oc,
+                                  dyChannel: gradChannel, dySample: sampleDy, l, samples: count,
+                                  scratch: weightGradientScratch!.pointer, addingInto: weightGrad + slot)
+            if inputGradient {
+                for s in samples { directInputGradient(dys + (s - first) * sampleDy, sample: s, adding: addend, into: dx) }
+            }
+        }
         if let biasGrad {
-            for s in 0..<samples.count {
-                for o in 0..<outChannels { biasGrad[slot + o] += sumFloat(dy + (s * outChannels + o) * p, count: p) }
+            for s in 0..<count {
+                for o in 0..<oc { biasGrad[slot + o] += sumFloat(dy + (s * oc + o) * p, count: p) }
             }
         }
     }
 
-    /// The weight gradient by F(2x2, 3x3), per shard into its gradient slot, a group of
-    /// samples at a time (groups start at each shard's first sample): the group's output
-    /// gradient padded into `preparedGrad` (at the group's place in the batch if
-    /// `keepsPaddedDy`, for the input gradient after; else at its start, in cache), its
-    /// transform, dU's 8 lane sums summed over the shard's groups in order; per shard, the
-    /// lanes summed and Gᵀ dU G. With `inputGradient`, each group's input gradient too (the
-    /// padded output gradient convolved with the flipped kernel, channels swapped) while its
-    /// padding is in cache: Winograd's lanes are independent, so the grouping changes no bit.
-    private func winogradWeightGradients(_ dy: Tensor, x: Tensor, dx: Tensor, _ w: WinogradLayout, keepsPaddedDy: Bool, inputGradient: Bool,
-                                         _ context: ForwardContext) {
-        let l = layout!, n = dy.shape.n, oc = outChannels, c = inChannels, p = geometry.outSpatial
-        let preparedDy = preparedGrad!.pointer, preparedX = preparedInput!.pointer, groupInput = winogradGroupInput!.pointer
-        let transformed = winogradGradients!.pointer, lanes = winogradLanes!.pointer
-        let u = winogradWeights!.pointer, v = winogradInput!.pointer, m = winogradProducts!.pointer
-        let plane = dx.shape.perSample, sampleDy = oc * gradChannel
-        if inputGradient { winogradWeightTransform(weight, outChannels: oc, inChannels: c, transposed: true, into: u) }
-        for j in 0..<context.shards(batch: n) {
-            let samples = context.shard(j, batch: n), slot = j * context.gradientSlotStride
-            lanes.update(repeating: 0, count: 16 * oc * c * 8)
-            for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: w.group) {
-                let count = min(w.group, samples.upperBound - first), row = count * w.tiles
-                let dys = preparedDy + (keepsPaddedDy ? first * sampleDy : 0)
-                spreadRows(dy.data + first * oc * p, count: count * oc, height: l.outHeight, width: l.outWidth,
-                           rowStride: l.outRowStride, channelStride: gradChannel, offset: l.origin, into: dys)
-                for s in 0..<count {
-                    winogradGradientTransform(dys + s * sampleDy, channels: oc, channelStride: gradChannel, w,
-                                              rowLength: row, into: transformed + 2 * s * w.tiles)
-                    let prepared = preparedX + s * c * l.channelLength
-                    prepareConvInput(x.data + (first + s) * plane, channels: c, l, into: prepared)
-                    winogradInputTransform(prepared, channels: c, channelStride: l.channelLength, w, rowLength: row,
-                                           into: groupInput + s * w.tiles)
-                }
-                winogradWeightProducts(transformed, outChannels: oc, groupInput, channels: c,
-                                       rowLength: row, addingInto: lanes)
-                if inputGradient {
-                    winogradConv3x3(dys, channels: oc, channelStride: gradChannel, sampleStride: sampleDy, samples: count,
-                                    u, outChannels: c, w, bias: nil, v: v, m: m, scratch: winogradRow!.pointer,
-                                    into: dx.data + first * plane)
-                }
-            }
-            winogradWeightGradient(lanes, outChannels: oc, inChannels: c, into: weightGrad + slot)
-            if let biasGrad { sumBias(dy.data, into: biasGrad + slot, samples: samples, spatial: p) }
+    /// `addGroupGradients` for the batch norm after this layer (`BatchNorm.handsGradients`):
+    /// into the layer's own input gradient, the padded output gradient at the start of its buffer.
+    func addHandedGroup(_ dy: UnsafePointer<Float>, samples: Range<Int>, shard j: Int, _ context: ForwardContext,
+                        adding addend: UnsafePointer<Float>?) {
+        guard let x = input else { preconditionFailure("Conv2d: gradients handed before forward") }
+        addGroupGradients(dy, samples: samples, shard: j, context, x: x, dx: inputGrad.tensor(x.shape),
+                          paddingInto: preparedGrad!.pointer, inputGradient: needsInputGradient, adding: addend)
+    }
+
+    /// One sample's input gradient by the direct kernels, from its padded output gradient,
+    /// plus the addend's sample.
+    private func directInputGradient(_ dys: UnsafePointer<Float>, sample s: Int, adding addend: UnsafePointer<Float>?,
+                                     into dx: Tensor) {
+        let l = layout!, plane = dx.shape.perSample, flat = flatOutput!.pointer, packed = packedWeights!.pointer
+        let more = addend.map { $0 + s * plane }
+        if let strideTwo = strideTwoInputGradient {
+            strideTwo.run(dys, outChannels: outChannels, packed, inChannels: inChannels, l, flat: flat, adding: more,
+                          into: dx.data + s * plane)
+        } else {
+            // dx = the padded dy convolved with the flipped kernel, channels swapped.
+            conv3x3Flat(dys, channels: outChannels, packed, outChannels: inChannels, l, into: flat)
+            unflattenOutput(flat, count: inChannels, l, bias: nil, adding: more, into: dx.data + s * plane)
+        }
+    }
+
+    private func packDirectInputGradientWeights() {
+        if let strideTwo = strideTwoInputGradient {
+            strideTwo.pack(weight, outChannels: outChannels, inChannels: inChannels, into: packedWeights!.pointer)
+        } else {
+            packConv3x3WeightsTransposed(weight, outChannels: outChannels, inChannels: inChannels, into: packedWeights!.pointer)
         }
     }
 

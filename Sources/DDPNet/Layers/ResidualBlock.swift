@@ -125,8 +125,9 @@ public final class ResidualBlock: Layer {
         var h = try bn2.backward(g, context)
         h = try conv2.backward(h, context)
         h = try relu.backward(h, context)
-        h = try bn1.backward(h, context)
-        // conv1's input gradient plus the skip's, in conv1's pass that writes it.
+        // conv1's input gradient plus the skip's, in conv1's pass that writes it (bn1's,
+        // where bn1 runs conv1's gradients).
+        h = try bn1.backward(h, context, addingToConvolutionInputGradient: dxSkip)
         return try conv1.backward(h, context, addingToInputGradient: dxSkip)
     }
 }
