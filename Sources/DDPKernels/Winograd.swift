@@ -455,7 +455,7 @@ public func winogradConv3x3(_ input: UnsafePointer<Float>, channels c: Int, chan
 // With U = G g Gᵀ and each tile's output Aᵀ (U ⊙ V) A, the gradient of U is
 // Σ_tiles (A dY Aᵀ) ⊙ V, and that of g is Gᵀ dU G: per frequency, dU[f] [OC, C] is a sum
 // over the tiles of products of the transformed output gradient and the transformed input
-// (kept from forward), 16 multiplies per tile and channel pair where the direct weight
+// (transformed again in backward), 16 multiplies per tile and channel pair where the direct weight
 // gradient does 36.
 
 /// T = A dY Aᵀ of every 2x2 tile of one sample's output gradient, read from its padded copy
@@ -469,6 +469,9 @@ public func winogradConv3x3(_ input: UnsafePointer<Float>, channels c: Int, chan
 public func winogradGradientTransform(_ dy: UnsafePointer<Float>, channels oc: Int, channelStride: Int, _ l: WinogradLayout,
                                       rowLength: Int, into t: UnsafeMutablePointer<Float>) {
     precondition(oc % 2 == 0, "winogradGradientTransform needs an even number of channels, got \(oc)")
+    #if DDPTRAIN_AVX512
+    winogradGradientTransformPaired(dy, channels: oc, channelStride: channelStride, l, rowLength: rowLength, into: t)
+    #else
     let rs = l.rowStride, frequency = oc &* rowLength, h = l.highOffset
     let lane = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7)
     for o in 0..<oc {
@@ -501,7 +504,53 @@ public func winogradGradientTransform(_ dy: UnsafePointer<Float>, channels oc: I
             }
         }
     }
+    #endif
 }
+
+#if DDPTRAIN_AVX512
+/// `winogradGradientTransform` a channel pair at a time: the pair's 8 + 8 lanes of a vector
+/// of tiles are consecutive in t, so each row goes with one 16-lane store and 16-lane
+/// arithmetic, where a channel at a time took two 8-lane halves. The same arithmetic on the
+/// same values: the same bits.
+@inline(__always)
+private func winogradGradientTransformPaired(_ dy: UnsafePointer<Float>, channels oc: Int, channelStride: Int,
+                                             _ l: WinogradLayout, rowLength: Int, into t: UnsafeMutablePointer<Float>) {
+    let rs = l.rowStride, frequency = oc &* rowLength, h = l.highOffset
+    let lane = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7)
+    for o in Swift.stride(from: 0, to: oc, by: 2) {
+        var out = t + (o / 2) &* 2 &* rowLength
+        for vr in 0..<l.vectorRows {
+            // Output rows 2ty, 2ty + 1 are padded rows 2ty + 1, 2ty + 2; columns likewise.
+            var p = dy + o &* channelStride + (2 &* vr &* (l.isWide ? 1 : 2) &+ 1) &* rs + 1
+            for chunk in 0..<l.vectorsPerRow {
+                let q = p + channelStride
+                let upper = SIMD32(lowHalf: loadPair(p, h), highHalf: loadPair(q, h))
+                let bottom = SIMD32(lowHalf: loadPair(p + rs, h), highHalf: loadPair(q + rs, h))
+                // Lanes of a tile past the last column (or, two rows a vector, past the last row).
+                let real = l.isWide
+                    ? lane .< SIMD16<Int32>(repeating: Int32(l.tileColumns - 8 * chunk))
+                    : ((lane & 3) .< SIMD16<Int32>(repeating: Int32(l.tileColumns)))
+                        .& ((lane &>> 2) .< SIMD16<Int32>(repeating: Int32(l.tileRows - 2 * vr)))
+                let y00 = upper.evenHalf.replacing(with: 0, where: .!real), y01 = upper.oddHalf.replacing(with: 0, where: .!real)
+                let y10 = bottom.evenHalf.replacing(with: 0, where: .!real), y11 = bottom.oddHalf.replacing(with: 0, where: .!real)
+                // Rows of A dY: y0, y0 + y1, y0 - y1, -y1 (y0, y1 the tile's rows); then the same on columns.
+                var dst = out
+                @inline(__always) func row(_ a: SIMD16<Float>, _ b: SIMD16<Float>) {
+                    store16(a, dst); dst += frequency
+                    store16(a + b, dst); dst += frequency
+                    store16(a - b, dst); dst += frequency
+                    store16(-b, dst); dst += frequency
+                }
+                row(y00, y01)
+                row(y00 + y10, y01 + y11)
+                row(y00 - y10, y01 - y11)
+                row(-y10, -y11)
+                p += 16; out += 16
+            }
+        }
+    }
+}
+#endif
 
 /// dU's 8 lane sums [16, OC / 2, C, 2, 8] (output channels in pairs, a pair's two sums side by
 /// side: the paired kernel adds a whole accumulator with one 64-byte load and store; see
