@@ -62,10 +62,12 @@ let package = Package(
 
         // The stop-signal handler: async-signal-safe, so in C.
         .target(name: "CStopSignal"),
+        // A cache prefetch hint for the kernels' streaming passes (Swift has none).
+        .target(name: "CPrefetch"),
         .target(name: "DDPSystem", dependencies: ["CStopSignal"]),
-        .target(name: "DDPKernels", dependencies: ["COpenBLAS"],
+        .target(name: "DDPKernels", dependencies: ["COpenBLAS", "CPrefetch"],
                 swiftSettings: [.unsafeFlags(numericFlags, .when(configuration: .release))]),
-        .target(name: "DDPNet", dependencies: ["DDPKernels", "DDPSystem", "Yams"],
+        .target(name: "DDPNet", dependencies: ["DDPKernels", "DDPSystem", "CPrefetch", "Yams"],
                 swiftSettings: [.unsafeFlags(numericFlags, .when(configuration: .release))]),
         .target(name: "DDPData", dependencies: ["DDPKernels", "DDPSystem", "CZlib"]),
         // Distribution (DESIGN layer 6): everything ranks do together, and the only module that calls MPI.

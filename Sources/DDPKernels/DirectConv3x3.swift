@@ -1,3 +1,4 @@
+import CPrefetch
 /// Direct 3x3 convolution, padding 1, stride 1 or 2, for small channel counts (16 to 64)
 /// on small planes (28x28 down to 7x7), where im2col + GEMM spends more time copying and
 /// packing than multiplying (an output channel count of 16 gives GEMM 32 FLOPs per packed
@@ -73,7 +74,12 @@ public func spreadRows(_ source: UnsafePointer<Float>, count: Int, height h: Int
                        channelStride: Int, offset: Int, into destination: UnsafeMutablePointer<Float>) {
     for i in 0..<count {
         let src = source + i * h * w, dst = destination + i * channelStride + offset
-        for y in 0..<h { copyRow(src + y * w, dst + y * rowStride, count: w) }
+        for y in 0..<h {
+            // 1 KB ahead in the source, both lines a row of up to 32 floats spans (CPrefetch).
+            let row = src + y * w
+            ddptrain_prefetch(row + 256); ddptrain_prefetch(row + 256 + 16)
+            copyRow(row, dst + y * rowStride, count: w)
+        }
     }
 }
 
@@ -102,6 +108,8 @@ public func prepareConvInput(_ x: UnsafePointer<Float>, channels c: Int, _ l: Di
                 guard iy >= 0 && iy < h else {
                     even.update(repeating: 0, count: rs); odd.update(repeating: 0, count: rs); continue
                 }
+                // 8 rows ahead (CPrefetch).
+                ddptrain_prefetch(image + (iy + 8) * w); ddptrain_prefetch(image + (iy + 8) * w + 16)
                 splitColumns(image + iy * w, width: w, even: even, odd: odd + 1)
                 odd[0] = 0
                 (even + evenCount).update(repeating: 0, count: rs - evenCount)
