@@ -201,19 +201,45 @@ private func winogradInputTransformPaired(_ input: UnsafePointer<Float>, channel
 public func winogradWeightTransform(_ weight: UnsafePointer<Float>, outChannels oc: Int, inChannels c: Int, transposed: Bool,
                                     into u: UnsafeMutablePointer<Float>) {
     let (rows, columns) = transposed ? (oc, c) : (c, oc)
-    for o in 0..<oc {
-        for ci in 0..<c {
-            let w = weight + (o * c + ci) * 9
-            // Kernel row i (lane 3 unused), flipped for the input gradient.
+    let next = rows * columns
+    // The kernel at (row, column) of U: weight[column, row] (or, transposed, weight[row, column]).
+    @inline(__always) func kernel(_ row: Int, _ column: Int) -> UnsafePointer<Float> {
+        transposed ? weight + (row * c + column) * 9 : weight + (column * c + row) * 9
+    }
+    // Tap t of the kernel (flipped for the input gradient).
+    @inline(__always) func tap(_ w: UnsafePointer<Float>, _ t: Int) -> Double { Double(w[transposed ? 8 - t : t]) }
+    for row in 0..<rows {
+        // 8 kernels of a row of U at a time, one per lane (their 16 values of each frequency
+        // are consecutive in U); each lane does the scalar loop's arithmetic below.
+        var column = 0
+        while column + 8 <= columns {
+            @inline(__always) func taps(_ t: Int) -> SIMD8<Double> {
+                var v = SIMD8<Double>()
+                for k in 0..<8 { v[k] = tap(kernel(row, column + k), t) }
+                return v
+            }
+            let t00 = taps(0), t01 = taps(1), t02 = taps(2)
+            let t10 = taps(3), t11 = taps(4), t12 = taps(5)
+            let t20 = taps(6), t21 = taps(7), t22 = taps(8)
+            @inline(__always) func emit(_ r: Int, _ a: SIMD8<Double>, _ b: SIMD8<Double>, _ d: SIMD8<Double>) {
+                let first = u + (4 * r * rows + row) * columns + column
+                store8(rounded(a), first); store8(rounded((a + b + d) / 2), first + next)
+                store8(rounded((a - b + d) / 2), first + 2 * next); store8(rounded(d), first + 3 * next)
+            }
+            emit(0, t00, t01, t02)
+            emit(1, (t00 + t10 + t20) / 2, (t01 + t11 + t21) / 2, (t02 + t12 + t22) / 2)
+            emit(2, (t00 - t10 + t20) / 2, (t01 - t11 + t21) / 2, (t02 - t12 + t22) / 2)
+            emit(3, t20, t21, t22)
+            column += 8
+        }
+        while column < columns {
+            let w = kernel(row, column)
+            // Kernel row i (lane 3 unused).
             @inline(__always) func kernelRow(_ i: Int) -> SIMD4<Double> {
-                let t = 3 * i
-                return transposed ? SIMD4(Double(w[8 - t]), Double(w[7 - t]), Double(w[6 - t]), 0)
-                                  : SIMD4(Double(w[t]), Double(w[t + 1]), Double(w[t + 2]), 0)
+                SIMD4(tap(w, 3 * i), tap(w, 3 * i + 1), tap(w, 3 * i + 2), 0)
             }
             let g0 = kernelRow(0), g1 = kernelRow(1), g2 = kernelRow(2)
             // (G g) Gᵀ: G g has rows g0, (g0 + g1 + g2)/2, (g0 - g1 + g2)/2, g2; then the same on each row.
-            let (row, column) = transposed ? (o, ci) : (ci, o)
-            let next = rows * columns
             @inline(__always) func emit(_ r: Int, _ v: SIMD4<Double>) {
                 let a = v[0], b = v[1], d = v[2]
                 let first = u + (4 * r * rows + row) * columns + column
@@ -221,8 +247,15 @@ public func winogradWeightTransform(_ weight: UnsafePointer<Float>, outChannels 
                 first[2 * next] = Float((a - b + d) / 2); first[3 * next] = Float(d)
             }
             emit(0, g0); emit(1, (g0 + g1 + g2) / 2); emit(2, (g0 - g1 + g2) / 2); emit(3, g2)
+            column += 1
         }
     }
+}
+
+/// Float64 to Float32 lane by lane, rounding to nearest (as Float(x) does).
+@inline(__always)
+private func rounded(_ v: SIMD8<Double>) -> SIMD8<Float> {
+    SIMD8<Float>(lowHalf: SIMD4<Float>(v.lowHalf), highHalf: SIMD4<Float>(v.highHalf))
 }
 
 /// Y [OC, H, W] = Aᵀ M A of every tile, from the products M [16, OC, rowLength] (the
