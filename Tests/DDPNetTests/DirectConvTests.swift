@@ -117,6 +117,36 @@ final class DirectConvTests: XCTestCase {
         }
     }
 
+    /// A slice of no samples after a full one: every weight and bias gradient is zero, not
+    /// what the full slice left (Winograd's lane sums are stored by a shard's first group,
+    /// and a shard of none has no group), for each algorithm alone and behind a batch norm
+    /// that runs its gradients.
+    func testAnEmptySliceHasZeroGradients() throws {
+        for (algorithm, stride) in [(Conv2d.Algorithm.direct, 1), (.direct, 2), (.winograd, 1)] {
+            for withNorm in [false, true] {
+                let conv = Conv2d(inChannels: 8, outChannels: 8, kernel: 3, stride: stride, padding: 1, bias: true, algorithm: algorithm)
+                let layers: [Layer] = withNorm ? [conv, BatchNorm(features: 8)] : [conv]
+                let full = Shape(n: 3, c: 8, h: 6, w: 6)
+                let model = try Model(layers: layers, inputShape: full.withBatch(1), maxBatch: full.n)
+                randomize(model, seed: 81)
+                let label = "\(algorithm) stride \(stride), batch norm after it \(withNorm)"
+                for shape in [full, full.withBatch(0)] {
+                    let x = TestData.uniformBuffer(max(shape.count, 1), seed: 82, stream: 1)
+                    let context = ForwardContext(training: true)
+                    let y = try model.forward(x.tensor(shape), context)
+                    let dy = TestData.uniformBuffer(max(y.count, 1), seed: 83, stream: 2)
+                    try model.backward(dy.tensor(y.shape), context)
+                    let gradients = Array(model.gradients.buffer.prefix(8 * 8 * 9 + 8))
+                    if shape.n > 0 {
+                        XCTAssertTrue(gradients.contains { $0 != 0 }, label)
+                    } else {
+                        XCTAssertEqual(gradients.filter { $0 != 0 }.count, 0, label)
+                    }
+                }
+            }
+        }
+    }
+
     /// Forward of a batch against forward of each sample alone, in the same layer: bitwise equal.
     func testASamplesOutputDoesNotDependOnItsBatch() throws {
         // Winograd's groups of 3 samples: a batch of 5 is a group of 3 and one of 2, one of 13
