@@ -8,7 +8,7 @@
 /// The input transform V = Bᵀ d B and the weight transform U = G g Gᵀ give 16 frequencies;
 /// for each, M[f] [OC, tiles] = U[f] [OC, C] x V[f] [C, tiles] (`winogradProducts`, vector
 /// lanes over tiles); the output transform Aᵀ M A gives the 2x2 outputs. The weight
-/// gradient is Gᵀ (Σ_tiles (A dY Aᵀ) ⊙ V) G, with V kept from forward.
+/// gradient is Gᵀ (Σ_tiles (A dY Aᵀ) ⊙ V) G, with V transformed again in backward.
 ///
 /// Tiles are laid out row by row, each tile row padded to a whole number of 8-lane vectors
 /// (`rowTiles`), or two rows of 4 tiles a vector on narrow planes. Every lane is one tile
@@ -461,7 +461,7 @@ private func productsTail(_ v: UnsafePointer<Float>, channels c: Int, rowLength:
 /// the layout's `group`): y [samples, OC, H, W] from their prepared inputs (`prepareConvInput`,
 /// sample s at input + s * sampleStride, its channels `channelStride` apart) and the
 /// transformed weights U [16, C, OC] (`winogradWeightTransform`). The transformed input goes
-/// to `v` [16, C, samples x tiles] (kept for the weight gradient); `m` [16, OC, samples x
+/// to `v` [16, C, samples x tiles]; `m` [16, OC, samples x
 /// tiles] and `scratch` [2 x rowTiles] are scratch. OC must be a multiple of 4; y needs
 /// `winogradOutputSlack` floats past its end.
 public func winogradConv3x3(_ input: UnsafePointer<Float>, channels c: Int, channelStride: Int, sampleStride: Int, samples: Int,

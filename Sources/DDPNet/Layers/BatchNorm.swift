@@ -121,11 +121,9 @@ public final class BatchNorm: Layer {
     /// Runs the gradients of `conv` (the layer before this one) as `handsGradients` says,
     /// where it can take them; nil, or a convolution that cannot, undoes it.
     func handGradients(to conv: Conv2d?) {
-        gradientTaker?.gradientsByNorm = false
         gradientTaker = nil
         guard let conv, isSpatial == true, let group = conv.largestGradientGroup else { return }
         gradientTaker = conv
-        conv.gradientsByNorm = true
         groupScratch = FloatBuffer(capacity: max(min(group, capacity), 1) * perSample)
     }
 

@@ -450,11 +450,8 @@ public final class Conv2d: Layer {
     /// The largest `gradientGroupSize` can be, whatever `needsInputGradient`.
     var largestGradientGroup: Int? { isDirect ? winograd?.group ?? weightGradientGroup : nil }
 
-    /// Set while the batch norm right after this layer runs this layer's gradients group by
-    /// group (`BatchNorm.handsGradients`).
-    var gradientsByNorm = false
-    /// Set when that batch norm has started this step's groups: backward then has nothing
-    /// left to do (and clears it).
+    /// Set when the batch norm right after this layer has started this step's groups
+    /// (`BatchNorm.handsGradients`): backward then has nothing left to do (and clears it).
     private var handedGroupsRan = false
     /// The addend that batch norm adds to the input gradient (backward checks it is its own).
     private var handedAddend: UnsafePointer<Float>?
