@@ -133,11 +133,13 @@ private func rowBlock(_ x: UnsafePointer<Float>, rowCount: Int, inner k: Int, _ 
 
 /// b [columns, rows] = aᵀ for a [rows, columns]: 8 x 8 blocks in registers where whole
 /// blocks fit, 16 x 16 tiles of single floats along the edges (a row-at-a-time loop writes
-/// each float to another line). A copy: every float keeps its bits.
+/// each float to another line). A copy: every float keeps its bits. Blocks go down a's
+/// columns, so that b is written row after row and a's lines are read again from L1 (across
+/// a's rows first, b's rows took 25% longer: 8 half-written lines of b a block).
 public func transpose(_ a: UnsafePointer<Float>, rows: Int, columns: Int, into b: UnsafeMutablePointer<Float>) {
     let fullRows = rows / 8 * 8, fullColumns = columns / 8 * 8
-    for r0 in stride(from: 0, to: fullRows, by: 8) {
-        for c0 in stride(from: 0, to: fullColumns, by: 8) {
+    for c0 in stride(from: 0, to: fullColumns, by: 8) {
+        for r0 in stride(from: 0, to: fullRows, by: 8) {
             transpose8x8(a + r0 * columns + c0, stride: columns, into: b + c0 * rows + r0, stride: rows)
         }
     }
