@@ -1,3 +1,4 @@
+import CPrefetch
 import DDPKernels
 
 /// Max over k x k windows (PyTorch floor mode; padded positions never win). The gradient
@@ -178,6 +179,8 @@ func maxPool2x2Backward(_ dy: UnsafeMutablePointer<Float>, _ dx: UnsafeMutablePo
     let bottomLeft = SIMD8<Int32>(repeating: 2), bottomRight = SIMD8<Int32>(repeating: 3)
     for r in 0..<vector {
         let top = dx + 2 * r * w, grad = dy + r * ow, code = winners + r * ow
+        // 1 KB ahead in both streams (CPrefetch): rows of 4 to 14 outputs.
+        ddptrain_prefetch(grad + 256); ddptrain_prefetch(code + 256)
         for ox in stride(from: 0, to: ow, by: 8) {
             let o = min(ox, max(ow - 8, 0))
             let d = UnsafeRawPointer(grad + o).loadUnaligned(as: SIMD8<Float>.self) + 0
