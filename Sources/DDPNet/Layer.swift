@@ -228,7 +228,7 @@ public protocol Layer: AnyObject {
     /// Takes the gradient of the loss with respect to this layer's output; returns the one
     /// with respect to its input (unspecified contents when `needsInputGradient` is false).
     func backward(_ dy: Tensor, _ context: ForwardContext) throws -> Tensor
-    /// A layer made of layers runs `fuseBatchNormReLU` over its own sequence.
+    /// A layer made of layers runs `fuseNeighbours` over its own sequence.
     func fuseInnerLayers(_ enabled: Bool)
 }
 

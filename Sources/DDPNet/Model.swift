@@ -93,7 +93,7 @@ public final class Model {
                 if spec.isCounter { counterOffset += spec.count } else { bufferOffset += spec.count }
             }
         }
-        fuseBatchNormReLU(in: layers, enabled: fuseLayers)
+        fuseNeighbours(in: layers, enabled: fuseLayers)
         // Nothing uses the input gradient of the layers up to and including the first one
         // with parameters (e.g. Flatten then Linear), so they do not compute it.
         for layer in layers {
@@ -185,12 +185,12 @@ public final class Model {
     }
 }
 
-/// Fuses every batch norm directly followed by a ReLU in a sequence of layers
-/// (`BatchNorm.fusesReLU`, same bits), and a 2x2 max pool after them on its fast path
-/// (`BatchNorm.fusesPool`, same bits), lets every batch norm directly after a convolution
-/// run that convolution's gradients group by group (`BatchNorm.handsGradients`, same
-/// bits), and asks each layer to do so with its own sequence.
-func fuseBatchNormReLU(in layers: [Layer], enabled: Bool) {
+/// Fuses neighbours in a sequence of layers, each with the same bits: every batch norm
+/// directly followed by a ReLU (`BatchNorm.fusesReLU`), and by a 2x2 max pool on its fast
+/// path after them (`BatchNorm.fusesPool`); every batch norm directly after a convolution
+/// runs that convolution's gradients group by group (`BatchNorm.handsGradients`); and each
+/// layer made of layers does the same with its own sequence.
+func fuseNeighbours(in layers: [Layer], enabled: Bool) {
     for i in layers.indices.dropLast() {
         if let conv = layers[i] as? Conv2d, let norm = layers[i + 1] as? BatchNorm {
             norm.handGradients(to: enabled ? conv : nil)

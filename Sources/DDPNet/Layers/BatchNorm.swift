@@ -352,7 +352,8 @@ public final class BatchNorm: Layer {
         let k = coefficients.pointer, invF = k + C, a = k + 2 * C, b = k + 3 * C
         // The convolution before, where this layer runs its gradients group by group.
         let taker = gradientTaker?.gradientGroupSize == nil ? nil : gradientTaker
-        taker?.startHandedGradients(adding: addend.map { UnsafePointer($0.data) })
+        let handedAddend = addend.map { UnsafePointer($0.data) }
+        taker?.startHandedGradients(adding: handedAddend)
         for j in 0..<shards {
             let mu = mean.pointer + j * C, inv = invStd.pointer + j * C, scale = forwardScale.pointer + j * C
             let sumDy = sums.pointer + j * 2 * C, sumDyXhat = sumDy + C, total = groupCount.pointer[j]
@@ -395,8 +396,7 @@ public final class BatchNorm: Layer {
                         }
                     }
                 }
-                taker?.addHandedGroup(groupScratch!.pointer, samples: samples, shard: j, context,
-                                      adding: addend.map { UnsafePointer($0.data) })
+                taker?.addHandedGroup(groupScratch!.pointer, samples: samples, shard: j, context, adding: handedAddend)
             }
             taker?.finishShard(j, context)
         }

@@ -294,11 +294,14 @@ public final class Conv2d: Layer {
         }
         var unadded = needsInputGradient ? addend.map { UnsafePointer($0.data) } : nil
         let dx = try inputAndParameterGradients(dy, context, adding: &unadded)
-        if let more = unadded {
-            let d = dx.data
-            for i in 0..<dx.count { d[i] = d[i] + more[i] }
-        }
+        if let more = unadded { add(more, into: dx.data, count: dx.count) }
         return dx
+    }
+
+    /// d[i] = d[i] + more[i]: the skip gradient added after a path that does not add it in
+    /// its own pass.
+    private func add(_ more: UnsafePointer<Float>, into d: UnsafeMutablePointer<Float>, count: Int) {
+        for i in 0..<count { d[i] = d[i] + more[i] }
     }
 
     /// The gradients; the direct kernels add `addend` into the input gradient and set it to nil.
@@ -531,10 +534,7 @@ public final class Conv2d: Layer {
                 winogradConv3x3(dys, channels: oc, channelStride: gradChannel, sampleStride: sampleDy, samples: count,
                                 winogradWeights!.pointer, outChannels: c, w, bias: nil, v: winogradInput!.pointer,
                                 m: winogradProducts!.pointer, scratch: winogradRow!.pointer, into: d)
-                if let addend {
-                    let more = addend + first * plane
-                    for i in 0..<(count * plane) { d[i] = d[i] + more[i] }
-                }
+                if let addend { add(addend + first * plane, into: d, count: count * plane) }
             }
         } else {
             let preparedX = preparedInput!.pointer

@@ -52,7 +52,7 @@ public final class ResidualBlock: Layer {
 
     public func outputShape(for input: Shape) throws -> Shape { try conv1.outputShape(for: input) }
 
-    public func fuseInnerLayers(_ enabled: Bool) { fuseBatchNormReLU(in: [conv1, bn1, relu, conv2, bn2], enabled: enabled) }
+    public func fuseInnerLayers(_ enabled: Bool) { fuseNeighbours(in: [conv1, bn1, relu, conv2, bn2], enabled: enabled) }
 
     public func configure(input: Shape, maxBatch: Int, index: Int) throws {
         let inner = try conv1.outputShape(for: input)
