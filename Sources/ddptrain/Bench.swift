@@ -73,10 +73,13 @@ struct Bench: ParsableCommand {
         try withWorld { world in
             let config = try config(in: world)
             let trainer = try Trainer(config: config, world: world)
-            let timer = StepTimer(untimedSteps: untimedSteps, timedSteps: timedSteps)
+            // The sgemm probe runs beside the timed steps on every rank at once, as the steps do.
+            let timer = StepTimer(untimedSteps: untimedSteps, timedSteps: timedSteps, probe: SgemmProbe(),
+                                  lineUp: { if world.size > 1 { try world.barrier() } })
             trainer.observer = timer
             let log = try RunLog(rank: world.rank, logEvery: Int.max, json: false, metricsPath: nil, quiet: true)
             let summary = try trainer.run(log: log, checkpointDirectory: nil)
+            if let error = timer.probeError { throw error }
 
             // Peak memory of training (and evaluation), before the measurements below allocate.
             let rss = Double(ProcessClock.peakRSSBytes())
@@ -98,10 +101,14 @@ struct Bench: ParsableCommand {
             try world.allreduce(&slowest, op: .max)
 
             let t = timer.total, steps = Double(max(timer.steps, 1))
-            let sgemm = sgemmPeakGFLOPS(threads: 1)
+            // The peak: the probe's best run beside the timed steps; and its rate over all its
+            // runs, what sgemm got from the core in the same window on average.
+            let probes = timer.probeSeconds
+            let sgemm = SgemmProbe.flops / (probes.min() ?? .infinity) / 1e9
+            let sgemmAlongside = SgemmProbe.flops * Double(probes.count) / probes.reduce(0, +) / 1e9
             let mine = [t.data / steps, t.forward / steps, t.backward / steps, t.communication / steps, t.optimizer / steps,
                         timer.wallSeconds, rss, sgemm, Double(trainer.replicas.threads),
-                        timer.cpuSeconds / steps]
+                        timer.cpuSeconds / steps, sgemmAlongside]
             let all = try world.allgather(mine)
             // Every timed step's split (data, forward, backward, communication, optimizer) of
             // every rank, rank after rank.
@@ -154,6 +161,7 @@ struct Bench: ParsableCommand {
             let coresUsed = min(ranks * threads, cores)
             let peak = sgemm * Double(coresUsed)
             let achieved = samplesPerSecond * flops / 1e9
+            let alongside = sgemmAlongside * Double(coresUsed)
 
             let result = BenchResult(
                 model: config.model, dataset: config.dataset, worldSize: ranks, perRankBatch: trainer.globalBatch / ranks,
@@ -164,8 +172,10 @@ struct Bench: ParsableCommand {
                 communicationShare: commShares.max() ?? 0, communicationSharePerRank: commShares,
                 peakRSSMiBPerRank: column(6).map { $0 / 1_048_576 },
                 secondsToFirstStep: summary.secondsToFirstStep, firstStepUnixTime: summary.firstStepUnixTime,
-                sgemmGFLOPSOneCore: sgemm, sgemmGFLOPSOneCorePerRank: column(7), flopsPerSample: flops,
+                sgemmGFLOPSOneCore: sgemm, sgemmGFLOPSOneCorePerRank: column(7), sgemmRuns: probes.count,
+                sgemmGFLOPSOneCoreAlongside: sgemmAlongside, sgemmGFLOPSOneCoreAlongsidePerRank: column(10), flopsPerSample: flops,
                 achievedGFLOPS: achieved, coresUsed: coresUsed, shareOfPeak: achieved / max(peak, 1e-12),
+                shareOfSgemmAlongside: achieved / max(alongside, 1e-12),
                 machine: BenchResult.Machine(cores: cores, cpu: cpuModel(), openBLAS: BLASThreads.configuration,
                                              mpi: Communicator.libraryVersion()),
                 cpuMillisecondsPerStepPerRank: column(9).map { $0 * 1e3 },
@@ -218,12 +228,20 @@ struct BenchResult: Codable {
     var peakRSSMiBPerRank: [Double]
     var secondsToFirstStep: Double?
     var firstStepUnixTime: Double?
+    /// The sgemm probe's best run beside the timed steps (the peak), per rank too.
     var sgemmGFLOPSOneCore: Double
     var sgemmGFLOPSOneCorePerRank: [Double]
+    /// The probe's runs: one before the first timed step and one after each.
+    var sgemmRuns: Int
+    /// The probe's rate over all its runs (total FLOPs over total time), per rank too.
+    var sgemmGFLOPSOneCoreAlongside: Double
+    var sgemmGFLOPSOneCoreAlongsidePerRank: [Double]
     var flopsPerSample: Double
     var achievedGFLOPS: Double
     var coresUsed: Int
     var shareOfPeak: Double
+    /// The FLOP rate's share of the probe's rate over all its runs (times the cores).
+    var shareOfSgemmAlongside: Double
     var machine: Machine
     /// CPU time (user + system, all threads) per step: with other load on the machine this
     /// stays close to the unloaded step time where the wall-clock figures do not.
@@ -250,6 +268,9 @@ struct BenchResult: Codable {
         case peakRSSMiBPerRank = "peak_rss_mib_per_rank", secondsToFirstStep = "seconds_to_first_step"
         case firstStepUnixTime = "first_step_unix_time", sgemmGFLOPSOneCore = "sgemm_gflops_one_core"
         case sgemmGFLOPSOneCorePerRank = "sgemm_gflops_one_core_per_rank", flopsPerSample = "flops_per_sample"
+        case sgemmRuns = "sgemm_runs", sgemmGFLOPSOneCoreAlongside = "sgemm_gflops_one_core_alongside"
+        case sgemmGFLOPSOneCoreAlongsidePerRank = "sgemm_gflops_one_core_alongside_per_rank"
+        case shareOfSgemmAlongside = "share_of_sgemm_alongside"
         case achievedGFLOPS = "achieved_gflops", coresUsed = "cores_used", shareOfPeak = "share_of_peak"
         case finalTrainLoss = "final_train_loss", testAccuracy = "test_accuracy",
         gradientAllreduceMilliseconds = "gradient_allreduce_ms", gradientBytes = "gradient_bytes", cpuMillisecondsPerStepPerRank = "cpu_ms_per_step_per_rank"
@@ -276,8 +297,10 @@ struct BenchResult: Codable {
         out += "peak RSS per rank    " + peakRSSMiBPerRank.map { String(format: "%.1f MiB", $0) }.joined(separator: ", ") + "\n"
         if let first = secondsToFirstStep { out += String(format: "process start to first step  %.3f s (largest over ranks)\n", first) }
         out += String(format: "model                %.2f MFLOP per sample (forward + backward)\n", flopsPerSample / 1e6)
-        out += String(format: "sgemm one core       %.1f GFLOP/s; reached %.1f GFLOP/s = %.1f%% of %@\n",
-                      sgemmGFLOPSOneCore, achievedGFLOPS, shareOfPeak * 100, plural(coresUsed, "core"))
+        out += String(format: "sgemm one core       %.1f GFLOP/s at best, %.1f over all %d runs beside the timed steps\n",
+                      sgemmGFLOPSOneCore, sgemmGFLOPSOneCoreAlongside, sgemmRuns)
+        out += String(format: "reached              %.1f GFLOP/s = %.1f%% of %@ at the sgemm peak (%.1f%% at its rate over all runs)\n",
+                      achievedGFLOPS, shareOfPeak * 100, plural(coresUsed, "core"), shareOfSgemmAlongside * 100)
         out += "machine              \(machine.cores) cores, \(machine.cpu), \(machine.openBLAS)\n"
         return out
     }
@@ -288,6 +311,12 @@ struct BenchResult: Codable {
 /// before the first step, so observing allocates nothing), and measures the wall time from
 /// the end of the untimed steps (or the run's start) to the end of the last step, and this
 /// process's CPU time over the same window (read once at each end).
+///
+/// With a probe, it also runs one sgemm of the probe right before the first timed step and
+/// after every timed step, then lines the ranks up (`lineUp`), and takes both out of the
+/// wall and CPU times: the core's speed on a shared machine drifts over tenths of a
+/// second, so the peak that the steps' FLOP rate is set against is measured across the same
+/// window, not at one moment after it.
 final class StepTimer: TrainingObserver {
     let untimedSteps: Int
     let timedSteps: Int
@@ -296,19 +325,32 @@ final class StepTimer: TrainingObserver {
     private(set) var log: [StepTimes] = []
     private(set) var wallSeconds = 0.0
     private(set) var cpuSeconds = 0.0
+    /// The probe's runs beside the timed steps: seconds each.
+    private(set) var probeSeconds: [Double] = []
+    /// The first error of `lineUp`; probing stops there.
+    private(set) var probeError: Error?
     private var observed = 0
     private var start = 0.0
     private var cpuStart = 0.0
+    /// Wall and CPU seconds spent probing and lining up since `start`.
+    private var excludedWall = 0.0
+    private var excludedCPU = 0.0
+    private let probe: SgemmProbe?
+    private let lineUp: () throws -> Void
 
-    init(untimedSteps: Int, timedSteps: Int) {
+    init(untimedSteps: Int, timedSteps: Int, probe: SgemmProbe? = nil, lineUp: @escaping () throws -> Void = {}) {
         self.untimedSteps = untimedSteps
         self.timedSteps = timedSteps
+        self.probe = probe
+        self.lineUp = lineUp
         log.reserveCapacity(timedSteps)
+        probeSeconds.reserveCapacity(timedSteps + 1)
     }
 
     func runWillStart() {
         start = Clock.seconds()
         cpuStart = ProcessClock.cpuSeconds()
+        if untimedSteps == 0 { runProbe() }
     }
 
     func stepDidEnd(_ outcome: StepOutcome) {
@@ -316,12 +358,26 @@ final class StepTimer: TrainingObserver {
         if observed == untimedSteps {
             start = outcome.endTime
             cpuStart = ProcessClock.cpuSeconds()
+            runProbe()
         } else if observed > untimedSteps {
             total += outcome.times
             steps += 1
             log.append(outcome.times)
-            wallSeconds = outcome.endTime - start
-            if steps == timedSteps { cpuSeconds = ProcessClock.cpuSeconds() - cpuStart }
+            wallSeconds = outcome.endTime - start - excludedWall
+            if steps == timedSteps { cpuSeconds = ProcessClock.cpuSeconds() - cpuStart - excludedCPU }
+            runProbe()
         }
+    }
+
+    /// One run of the probe, then the ranks lined up; both left out of the timed window.
+    private func runProbe() {
+        guard let probe, probeError == nil else { return }
+        let wall = Clock.seconds(), cpu = ProcessClock.cpuSeconds()
+        // The first run after a step finds its matrices out of cache; the second is timed.
+        _ = probe.seconds(threads: 1)
+        probeSeconds.append(probe.seconds(threads: 1))
+        do { try lineUp() } catch { probeError = error }
+        excludedWall += Clock.seconds() - wall
+        excludedCPU += ProcessClock.cpuSeconds() - cpu
     }
 }

@@ -33,6 +33,18 @@ final class BenchTests: XCTestCase {
         XCTAssertGreaterThan(json["gradient_allreduce_ms"] as? Double ?? 0, 0)
         XCTAssertEqual((json["work_ms_p50_per_rank"] as? [Double])?.count, 2)
         XCTAssertGreaterThanOrEqual(json["imbalance_ms"] as? Double ?? -1, 0)
+        // The sgemm peak: the best of the probe's runs, one before the first timed step and one
+        // after each, on every rank; its rate over all runs cannot exceed it.
+        XCTAssertEqual(json["sgemm_runs"] as? Int, 7)
+        let best = try XCTUnwrap(json["sgemm_gflops_one_core"] as? Double)
+        let alongside = try XCTUnwrap(json["sgemm_gflops_one_core_alongside"] as? Double)
+        XCTAssertGreaterThan(alongside, 0)
+        XCTAssertLessThanOrEqual(alongside, best * (1 + 1e-12))
+        XCTAssertEqual((json["sgemm_gflops_one_core_per_rank"] as? [Double])?.first, best)
+        XCTAssertEqual((json["sgemm_gflops_one_core_alongside_per_rank"] as? [Double])?.first, alongside)
+        let achieved = try XCTUnwrap(json["achieved_gflops"] as? Double), cores = try XCTUnwrap(json["cores_used"] as? Int)
+        XCTAssertEqual(json["share_of_peak"] as? Double ?? -1, achieved / (best * Double(cores)), accuracy: 1e-9)
+        XCTAssertEqual(json["share_of_sgemm_alongside"] as? Double ?? -1, achieved / (alongside * Double(cores)), accuracy: 1e-9)
         // The MLP's FLOPs per sample: 2 x (784·256 + 256·128 + 128·10) forward, 3x that with backward.
         XCTAssertEqual(json["flops_per_sample"] as? Double, 3 * 2 * Double(784 * 256 + 256 * 128 + 128 * 10))
 
@@ -44,6 +56,18 @@ final class BenchTests: XCTestCase {
         XCTAssertEqual(Set(rows.map { $0["rank"] ?? -1 }), [0, 1])
         let meanForward = rows.map { $0["forward"] ?? 0 }.reduce(0, +) / Double(rows.count)
         XCTAssertEqual(meanForward, split["forward"] ?? -1, accuracy: 0.01 + 1e-3 * meanForward)
+    }
+
+    /// With no untimed step, the probe's first run comes before the first step.
+    func testProbeRunsBeforeTheFirstStepWithoutWarmUp() throws {
+        let r = try MPIRun.run(ranks: 1, ["bench", "--model", "mlp", "--dataset", "synthetic", "--per-rank-batch", "8",
+                                          "--untimed-steps", "0", "--timed-steps", "3", "--json"], timeout: 120)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let line = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
+        let json = try XCTUnwrap((try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any], r.stdout)
+        XCTAssertEqual(json["timed_steps"] as? Int, 3)
+        XCTAssertEqual(json["sgemm_runs"] as? Int, 4)
+        XCTAssertGreaterThan(json["share_of_peak"] as? Double ?? 0, 0)
     }
 
     func testBadArgumentsAreNamed() throws {
