@@ -259,9 +259,16 @@ public func convFlat(_ input: UnsafePointer<Float>, channels c: Int, channelLeng
                      from: wideLanes, into: out)
     }
     #endif
+    #if DDPTRAIN_AVX512
+    if oc % 8 == 0 {
+        convFlatEights(input, channels: c, channelLength: plane, taps: taps, packed, outChannels: oc, outLength: length,
+                       upTo: wideLanes, into: out)
+    }
+    #endif
     for o0 in stride(from: 0, to: oc, by: 4) {
         var j = 0
         #if DDPTRAIN_AVX512
+        if oc % 8 == 0 { j = wideLanes }
         // 4 x 48: the same chains 16 lanes wide (zmm), then the 8-wide blocks for the rest.
         while j + 48 <= length {
             var a00 = SIMD16<Float>(), a01 = SIMD16<Float>(), a02 = SIMD16<Float>()
@@ -346,6 +353,65 @@ public func convFlat(_ input: UnsafePointer<Float>, channels c: Int, channelLeng
     }
     }
 }
+
+#if DDPTRAIN_AVX512
+/// `convFlat`'s positions below `upTo` (a multiple of 48) in blocks of 8 output channels x 48
+/// positions: 24 zmm accumulators, 3 loads and 8 broadcasts a tap for 24 FMAs, where 4 x 48
+/// took 3 loads (most of them split across two cache lines) and 4 broadcasts for 12 and
+/// waited on the load ports. Each element the same FMA chain over (channel, tap). OC must be
+/// a multiple of 8.
+@inline(__always)
+private func convFlatEights(_ input: UnsafePointer<Float>, channels c: Int, channelLength plane: Int, taps: UnsafeBufferPointer<Int>,
+                            _ packed: UnsafePointer<Float>, outChannels oc: Int, outLength length: Int, upTo end: Int,
+                            into out: UnsafeMutablePointer<Float>) {
+    let tapCount = taps.count
+    for o0 in stride(from: 0, to: oc, by: 8) {
+        var j = 0
+        while j + 48 <= end {
+            var a00 = SIMD16<Float>(), a01 = SIMD16<Float>(), a02 = SIMD16<Float>()
+            var a10 = SIMD16<Float>(), a11 = SIMD16<Float>(), a12 = SIMD16<Float>()
+            var a20 = SIMD16<Float>(), a21 = SIMD16<Float>(), a22 = SIMD16<Float>()
+            var a30 = SIMD16<Float>(), a31 = SIMD16<Float>(), a32 = SIMD16<Float>()
+            var a40 = SIMD16<Float>(), a41 = SIMD16<Float>(), a42 = SIMD16<Float>()
+            var a50 = SIMD16<Float>(), a51 = SIMD16<Float>(), a52 = SIMD16<Float>()
+            var a60 = SIMD16<Float>(), a61 = SIMD16<Float>(), a62 = SIMD16<Float>()
+            var a70 = SIMD16<Float>(), a71 = SIMD16<Float>(), a72 = SIMD16<Float>()
+            var src = input + j, w = packed + o0
+            for _ in 0..<c {
+                for t in 0..<tapCount {
+                    let s = src + taps[t]
+                    let v0 = load16(s), v1 = load16(s + 16), v2 = load16(s + 32)
+                    let w0 = SIMD16<Float>(repeating: w[0])
+                    a00.addProduct(v0, w0); a01.addProduct(v1, w0); a02.addProduct(v2, w0)
+                    let w1 = SIMD16<Float>(repeating: w[1])
+                    a10.addProduct(v0, w1); a11.addProduct(v1, w1); a12.addProduct(v2, w1)
+                    let w2 = SIMD16<Float>(repeating: w[2])
+                    a20.addProduct(v0, w2); a21.addProduct(v1, w2); a22.addProduct(v2, w2)
+                    let w3 = SIMD16<Float>(repeating: w[3])
+                    a30.addProduct(v0, w3); a31.addProduct(v1, w3); a32.addProduct(v2, w3)
+                    let w4 = SIMD16<Float>(repeating: w[4])
+                    a40.addProduct(v0, w4); a41.addProduct(v1, w4); a42.addProduct(v2, w4)
+                    let w5 = SIMD16<Float>(repeating: w[5])
+                    a50.addProduct(v0, w5); a51.addProduct(v1, w5); a52.addProduct(v2, w5)
+                    let w6 = SIMD16<Float>(repeating: w[6])
+                    a60.addProduct(v0, w6); a61.addProduct(v1, w6); a62.addProduct(v2, w6)
+                    let w7 = SIMD16<Float>(repeating: w[7])
+                    a70.addProduct(v0, w7); a71.addProduct(v1, w7); a72.addProduct(v2, w7)
+                    w += oc
+                }
+                src += plane
+            }
+            var d = out + o0 * length + j
+            @inline(__always) func put(_ x: SIMD16<Float>, _ y: SIMD16<Float>, _ z: SIMD16<Float>) {
+                store16(x, d); store16(y, d + 16); store16(z, d + 32); d += length
+            }
+            put(a00, a01, a02); put(a10, a11, a12); put(a20, a21, a22); put(a30, a31, a32)
+            put(a40, a41, a42); put(a50, a51, a52); put(a60, a61, a62); put(a70, a71, a72)
+            j += 48
+        }
+    }
+}
+#endif
 
 #if DDPTRAIN_AVX512
 /// `convFlat`'s positions from `start` (a multiple of 8) to outLength, 8 output channels at a
