@@ -8,11 +8,21 @@
 /// Blocks of 4 rows x 24 columns (x 48 with AVX-512, 16 lanes wide) keep 12 vector
 /// accumulators; b's rows are read as vectors, x's elements broadcast. With AVX-512, 32
 /// columns left (Linear's 128 outputs are 2 x 48 + 32) go as 4 x 32 (8 accumulators), where
-/// 4 x 24 and 4 x 8 ymm blocks ran at half and a quarter of the rate. Columns past the last
-/// multiple of 8 run one scalar FMA chain each, in the same order.
+/// 4 x 24 and 4 x 8 ymm blocks ran at half and a quarter of the rate; and rows go 8 at a
+/// time first (`rowBlockOfEight`). Columns past the last multiple of 8 run one scalar FMA
+/// chain each, in the same order.
 public func rowProducts(_ x: UnsafePointer<Float>, rows: Int, inner k: Int, _ b: UnsafePointer<Float>, columns n: Int,
                         into y: UnsafeMutablePointer<Float>) {
     var r = 0
+    #if DDPTRAIN_AVX512
+    while r + 8 <= rows {
+        let done = rowBlockOfEight(x + r * k, inner: k, b, columns: n, into: y + r * n)
+        // The columns the block of 8 leaves (fewer than 32) as two blocks of 4.
+        rowBlock(x + r * k, rowCount: 4, inner: k, b, columns: n, from: done, into: y + r * n)
+        rowBlock(x + (r + 4) * k, rowCount: 4, inner: k, b, columns: n, from: done, into: y + (r + 4) * n)
+        r += 8
+    }
+    #endif
     while r + 4 <= rows {
         rowBlock(x + r * k, rowCount: 4, inner: k, b, columns: n, into: y + r * n)
         r += 4
@@ -23,13 +33,87 @@ public func rowProducts(_ x: UnsafePointer<Float>, rows: Int, inner k: Int, _ b:
     }
 }
 
-/// `rowCount` (4 or 1) rows of x times b.
+#if DDPTRAIN_AVX512
+/// 8 rows of x times b's columns in blocks of 48 (24 zmm accumulators), then one of 32 (16):
+/// each of b's lines read from L2 feeds 8 rows, where blocks of 4 rows read b twice as often
+/// (Linear's Wᵀ, 3136 x 128, is 1.6 MB). Returns the columns done.
+@inline(__always)
+private func rowBlockOfEight(_ x: UnsafePointer<Float>, inner k: Int, _ b: UnsafePointer<Float>, columns n: Int,
+                             into y: UnsafeMutablePointer<Float>) -> Int {
+    let x0 = x, x1 = x + k, x2 = x + 2 * k, x3 = x + 3 * k, x4 = x + 4 * k, x5 = x + 5 * k, x6 = x + 6 * k, x7 = x + 7 * k
+    var j = 0
+    while j + 48 <= n {
+        var a00 = SIMD16<Float>(), a01 = SIMD16<Float>(), a02 = SIMD16<Float>()
+        var a10 = SIMD16<Float>(), a11 = SIMD16<Float>(), a12 = SIMD16<Float>()
+        var a20 = SIMD16<Float>(), a21 = SIMD16<Float>(), a22 = SIMD16<Float>()
+        var a30 = SIMD16<Float>(), a31 = SIMD16<Float>(), a32 = SIMD16<Float>()
+        var a40 = SIMD16<Float>(), a41 = SIMD16<Float>(), a42 = SIMD16<Float>()
+        var a50 = SIMD16<Float>(), a51 = SIMD16<Float>(), a52 = SIMD16<Float>()
+        var a60 = SIMD16<Float>(), a61 = SIMD16<Float>(), a62 = SIMD16<Float>()
+        var a70 = SIMD16<Float>(), a71 = SIMD16<Float>(), a72 = SIMD16<Float>()
+        var src = b + j
+        for i in 0..<k {
+            let v0 = load16(src), v1 = load16(src + 16), v2 = load16(src + 32)
+            let w0 = SIMD16<Float>(repeating: x0[i])
+            a00.addProduct(v0, w0); a01.addProduct(v1, w0); a02.addProduct(v2, w0)
+            let w1 = SIMD16<Float>(repeating: x1[i])
+            a10.addProduct(v0, w1); a11.addProduct(v1, w1); a12.addProduct(v2, w1)
+            let w2 = SIMD16<Float>(repeating: x2[i])
+            a20.addProduct(v0, w2); a21.addProduct(v1, w2); a22.addProduct(v2, w2)
+            let w3 = SIMD16<Float>(repeating: x3[i])
+            a30.addProduct(v0, w3); a31.addProduct(v1, w3); a32.addProduct(v2, w3)
+            let w4 = SIMD16<Float>(repeating: x4[i])
+            a40.addProduct(v0, w4); a41.addProduct(v1, w4); a42.addProduct(v2, w4)
+            let w5 = SIMD16<Float>(repeating: x5[i])
+            a50.addProduct(v0, w5); a51.addProduct(v1, w5); a52.addProduct(v2, w5)
+            let w6 = SIMD16<Float>(repeating: x6[i])
+            a60.addProduct(v0, w6); a61.addProduct(v1, w6); a62.addProduct(v2, w6)
+            let w7 = SIMD16<Float>(repeating: x7[i])
+            a70.addProduct(v0, w7); a71.addProduct(v1, w7); a72.addProduct(v2, w7)
+            src += n
+        }
+        var d = y + j
+        @inline(__always) func put(_ p: SIMD16<Float>, _ q: SIMD16<Float>, _ r: SIMD16<Float>) {
+            store16(p, d); store16(q, d + 16); store16(r, d + 32); d += n
+        }
+        put(a00, a01, a02); put(a10, a11, a12); put(a20, a21, a22); put(a30, a31, a32)
+        put(a40, a41, a42); put(a50, a51, a52); put(a60, a61, a62); put(a70, a71, a72)
+        j += 48
+    }
+    if j + 32 <= n {
+        var a00 = SIMD16<Float>(), a01 = SIMD16<Float>(), a10 = SIMD16<Float>(), a11 = SIMD16<Float>()
+        var a20 = SIMD16<Float>(), a21 = SIMD16<Float>(), a30 = SIMD16<Float>(), a31 = SIMD16<Float>()
+        var a40 = SIMD16<Float>(), a41 = SIMD16<Float>(), a50 = SIMD16<Float>(), a51 = SIMD16<Float>()
+        var a60 = SIMD16<Float>(), a61 = SIMD16<Float>(), a70 = SIMD16<Float>(), a71 = SIMD16<Float>()
+        var src = b + j
+        for i in 0..<k {
+            let v0 = load16(src), v1 = load16(src + 16)
+            let w0 = SIMD16<Float>(repeating: x0[i]), w1 = SIMD16<Float>(repeating: x1[i])
+            a00.addProduct(v0, w0); a01.addProduct(v1, w0); a10.addProduct(v0, w1); a11.addProduct(v1, w1)
+            let w2 = SIMD16<Float>(repeating: x2[i]), w3 = SIMD16<Float>(repeating: x3[i])
+            a20.addProduct(v0, w2); a21.addProduct(v1, w2); a30.addProduct(v0, w3); a31.addProduct(v1, w3)
+            let w4 = SIMD16<Float>(repeating: x4[i]), w5 = SIMD16<Float>(repeating: x5[i])
+            a40.addProduct(v0, w4); a41.addProduct(v1, w4); a50.addProduct(v0, w5); a51.addProduct(v1, w5)
+            let w6 = SIMD16<Float>(repeating: x6[i]), w7 = SIMD16<Float>(repeating: x7[i])
+            a60.addProduct(v0, w6); a61.addProduct(v1, w6); a70.addProduct(v0, w7); a71.addProduct(v1, w7)
+            src += n
+        }
+        var d = y + j
+        @inline(__always) func put(_ p: SIMD16<Float>, _ q: SIMD16<Float>) { store16(p, d); store16(q, d + 16); d += n }
+        put(a00, a01); put(a10, a11); put(a20, a21); put(a30, a31); put(a40, a41); put(a50, a51); put(a60, a61); put(a70, a71)
+        j += 32
+    }
+    return j
+}
+#endif
+
+/// `rowCount` (4 or 1) rows of x times b's columns from `start`.
 @inline(__always)
 private func rowBlock(_ x: UnsafePointer<Float>, rowCount: Int, inner k: Int, _ b: UnsafePointer<Float>, columns n: Int,
-                      into y: UnsafeMutablePointer<Float>) {
+                      from start: Int = 0, into y: UnsafeMutablePointer<Float>) {
     // A single row reads its x four times over, as row 0 of a block of 4: one kernel.
     let x0 = x, x1 = rowCount == 4 ? x + k : x, x2 = rowCount == 4 ? x + 2 * k : x, x3 = rowCount == 4 ? x + 3 * k : x
-    var j = 0
+    var j = start
     #if DDPTRAIN_AVX512
     while j + 48 <= n {
         var a00 = SIMD16<Float>(), a01 = SIMD16<Float>(), a02 = SIMD16<Float>()

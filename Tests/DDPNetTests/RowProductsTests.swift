@@ -3,12 +3,12 @@ import DDPNet
 import XCTest
 
 /// `rowProducts` (Linear's forward) against its definition, bit for bit: every element one
-/// fused multiply-add chain over k in order, whatever the block it falls in (4 rows or 1;
+/// fused multiply-add chain over k in order, whatever the block it falls in (8 rows, 4 or 1;
 /// 48, 32, 24 or 8 columns, or the scalar tail). And Linear's outputs per sample do not depend
 /// on the batch, whichever kernels OpenBLAS picked on this CPU.
 final class RowProductsTests: XCTestCase {
     func testEveryElementIsOneFusedChainInOrder() {
-        for rows in [1, 3, 4, 5, 9] {
+        for rows in [1, 3, 4, 5, 8, 9, 13, 17] {
             for k in [0, 1, 7, 37] {
                 for n in [1, 7, 8, 10, 23, 24, 25, 47, 48, 49, 64, 80, 90, 100, 128] {
                     let x = TestData.uniform(rows * k, seed: 1, stream: UInt32(n)), b = TestData.uniform(k * n, seed: 2, stream: UInt32(rows))
