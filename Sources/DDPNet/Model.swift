@@ -187,7 +187,8 @@ public final class Model {
 
 /// Fuses neighbours in a sequence of layers, each with the same bits: every batch norm
 /// directly followed by a ReLU (`BatchNorm.fusesReLU`), and by a 2x2 max pool on its fast
-/// path after them (`BatchNorm.fusesPool`); every batch norm directly after a convolution
+/// path after them (`BatchNorm.fusesPool`) or a convolution that takes its input prepared
+/// (`BatchNorm.writesPreparedInput`); every batch norm directly after a convolution
 /// runs that convolution's gradients group by group (`BatchNorm.handsGradients`); and each
 /// layer made of layers does the same with its own sequence.
 func fuseNeighbours(in layers: [Layer], enabled: Bool) {
@@ -200,6 +201,8 @@ func fuseNeighbours(in layers: [Layer], enabled: Bool) {
             relu.passesThrough = enabled
             let pool = i + 2 < layers.count ? layers[i + 2] as? MaxPool2d : nil
             norm.fusePool(enabled ? pool : nil)
+            let conv = i + 2 < layers.count ? layers[i + 2] as? Conv2d : nil
+            norm.writePreparedInput(of: enabled ? conv : nil)
         }
     }
     for layer in layers { layer.fuseInnerLayers(enabled) }

@@ -134,6 +134,47 @@ final class FusionTests: XCTestCase {
         }
     }
 
+    /// A batch norm and ReLU write the next convolution's prepared input (BatchNorm.
+    /// writesPreparedInput) where it is a stride-1 direct (4 -> 8) or Winograd (32 -> 8) one:
+    /// output, gradients and running statistics bitwise those of the layers apart, in training
+    /// and evaluation, for a full batch and a smaller one; a stride-2 convolution does not
+    /// take its input prepared.
+    func testBatchNormWritesTheNextConvolutionsPreparedInput() throws {
+        for (c, size, stride, writes) in [(4, 9, 1, true), (32, 7, 1, true), (4, 9, 2, false)] {
+            for training in [true, false] {
+                for n in [5, 3] {
+                    let shape = Shape(n: n, c: 3, h: size, w: size), out = (size + stride - 1) / stride
+                    func run(fused: Bool) throws -> (output: [Float], gradients: [Float], buffers: [Float], writes: Bool) {
+                        let norm = BatchNorm(features: c)
+                        let model = try Model(layers: [Conv2d(inChannels: 3, outChannels: c, kernel: 3, padding: 1), norm, ReLU(),
+                                                       Conv2d(inChannels: c, outChannels: 8, kernel: 3, stride: stride, padding: 1),
+                                                       BatchNorm(features: 8), ReLU(), Flatten(), Linear(8 * out * out, 3)],
+                                              inputShape: shape.withBatch(1), maxBatch: 5, fuseLayers: fused)
+                        randomize(model, seed: 81)
+                        if let beta = model.parameter(named: "1.bias") { model.parameters.pointer[beta.offset] = -0.5 }
+                        let x = TestData.uniformBuffer(shape.count, seed: 82, stream: UInt32(c))
+                        let context = ForwardContext(training: training)
+                        if !training { _ = try model.forward(x.tensor(shape), ForwardContext(training: true)) }
+                        let y = try model.forward(x.tensor(shape), context)
+                        let output = Array(y.buffer)
+                        let dy = TestData.uniformBuffer(y.count, seed: 83, stream: 2)
+                        try model.backward(dy.tensor(y.shape), context)
+                        return (output, Array(model.gradients.buffer.prefix(model.parameterCount)), Array(model.buffers.buffer),
+                                norm.writesPreparedInput)
+                    }
+                    let label = "\(c) -> 8 at \(size)x\(size) stride \(stride), batch \(n), training \(training)"
+                    let apart = try run(fused: false), fused = try run(fused: true)
+                    XCTAssertFalse(apart.writes, label)
+                    XCTAssertEqual(fused.writes, writes, label)
+                    XCTAssertEqual(fused.output.map(\.bitPattern), apart.output.map(\.bitPattern), "output, \(label)")
+                    XCTAssertEqual(fused.gradients.map(\.bitPattern), apart.gradients.map(\.bitPattern), "gradients, \(label)")
+                    XCTAssertEqual(fused.buffers.map(\.bitPattern), apart.buffers.map(\.bitPattern), "running statistics, \(label)")
+                    XCTAssertTrue(apart.gradients.contains { $0 != 0 } && apart.output.contains { $0 != 0 }, label)
+                }
+            }
+        }
+    }
+
     /// The batch norm and ReLU inside a residual block fuse too.
     func testResidualBlockFusesItsBatchNormReLU() throws {
         let shape = Shape(n: 4, c: 3, h: 6, w: 6)

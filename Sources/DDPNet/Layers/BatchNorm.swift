@@ -25,6 +25,14 @@ public final class BatchNorm: Layer {
     /// tensors less through memory each way.
     public var fusesPool: Bool { pool != nil }
     private var pool: MaxPool2d?
+    /// Set by `Model` (or a residual block) when, after the fused ReLU, a convolution follows
+    /// that takes its input prepared (`Conv2d.takePreparedInput`): forward writes ReLU(BN(x))
+    /// straight into that convolution's prepared input, the padded planes its kernels read,
+    /// and returns that buffer as its output, which the ReLU hands through; the convolution
+    /// then prepares nothing, in forward or in backward. Same bits.
+    public var writesPreparedInput: Bool { preparedOutput != nil }
+    private var preparedOutput: (buffer: FloatBuffer, layout: DirectConvLayout)?
+    private var preparedTaker: Conv2d?
     /// Set by `Model` (or a residual block) when this layer directly follows a convolution
     /// that takes its gradients a group of samples at a time (`Conv2d.gradientGroupSize`):
     /// backward writes each group's input gradient to a group-sized scratch and runs the
@@ -118,6 +126,19 @@ public final class BatchNorm: Layer {
         if sampleScratch == nil { sampleScratch = FloatBuffer(capacity: perSample) }
     }
 
+    /// Writes the prepared input of `conv` (the layer after the fused ReLU) as
+    /// `writesPreparedInput` says, where it takes one; nil, or a convolution that does not,
+    /// undoes it.
+    func writePreparedInput(of conv: Conv2d?) {
+        if preparedOutput != nil { _ = preparedTaker?.takePreparedInput(false) }
+        preparedOutput = nil
+        preparedTaker = nil
+        guard let conv, isSpatial == true, fusesReLU, pool == nil, let l = conv.preparedInputLayout,
+              let buffer = conv.takePreparedInput(true) else { return }
+        preparedOutput = (buffer, l)
+        preparedTaker = conv
+    }
+
     /// Runs the gradients of `conv` (the layer before this one) as `handsGradients` says,
     /// where it can take them; nil, or a convolution that cannot, undoes it.
     func handGradients(to conv: Conv2d?) {
@@ -179,6 +200,8 @@ public final class BatchNorm: Layer {
             }
         }
         let y = destination.tensor(x.shape)
+        // ReLU(BN(x)) into the next convolution's prepared input (`writesPreparedInput`).
+        let prepared = residual == nil && area > 1 ? preparedOutput : nil
         for j in 0..<shards {
             let mu = mean.pointer + j * C, scale = forwardScale.pointer + j * C, inv = invStd.pointer + j * C
             for c in 0..<C { scale[c] = Float(inv[c]) * gamma[c] }
@@ -194,6 +217,17 @@ public final class BatchNorm: Layer {
                         for c in 0..<C { dst[c] = max(Float(Double(src[c]) - mu[c]) * scale[c] + beta[c], 0) }
                     } else {
                         for c in 0..<C { dst[c] = Float(Double(src[c]) - mu[c]) * scale[c] + beta[c] }
+                    }
+                } else if let (buffer, l) = prepared {
+                    // Row by row into the padded planes; the padding stays zero.
+                    let h = x.shape.h, w = x.shape.w
+                    for c in 0..<C {
+                        let src = x.data + (s * C + c) * area, dst = buffer.pointer + (s * C + c) * l.channelLength + l.origin
+                        let m = mu[c], k = scale[c], shift = beta[c]
+                        for r in 0..<h {
+                            let from = src + r * w, to = dst + r * l.outRowStride
+                            for i in 0..<w { to[i] = max(Float(Double(from[i]) - m) * k + shift, 0) }
+                        }
                     }
                 } else {
                     // Fused with the pool: the sample's output goes to the scratch, then pooled.
@@ -214,6 +248,7 @@ public final class BatchNorm: Layer {
                 }
             }
         }
+        if let prepared { return prepared.buffer.tensor(x.shape) }
         return pool?.pooledOutput(batch: n) ?? y
     }
 

@@ -83,6 +83,12 @@ public final class Conv2d: Layer {
     /// follows its weight gradient, else the whole batch. A group stays in cache, where the
     /// whole batch's copy went to memory and back.
     private var preparedInput: FloatBuffer?
+    /// The whole batch's prepared input [n, C, channelLength] where the batch norm and ReLU
+    /// before this layer write their output straight into it (`takePreparedInput`); its
+    /// padding stays zero (they write the image only).
+    private var preparedBatch: FloatBuffer?
+    /// Whether the last forward's input was `preparedBatch` (see `takePreparedInput`).
+    private var inputPrepared = false
     private var preparedGrad: FloatBuffer?
     private var gradChannel = 0
     /// One sample's flat output [max(C, OC), outLength], and the repacked weights.
@@ -227,7 +233,8 @@ public final class Conv2d: Layer {
         }
         if isDirect {
             let c = inChannels, l = layout!, prepared = preparedInput!.pointer, flat = flatOutput!.pointer
-            let packed = packedWeights!.pointer, plane = x.shape.perSample
+            let packed = packedWeights!.pointer
+            inputPrepared = preparedBatch.map { x.data == $0.pointer } ?? false
             if let w = winograd {
                 let u = winogradWeights!.pointer, v = winogradInput!.pointer, m = winogradProducts!.pointer
                 winogradWeightTransform(weight, outChannels: oc, inChannels: c, transposed: false, into: u)
@@ -236,10 +243,8 @@ public final class Conv2d: Layer {
                     let samples = context.shard(j, batch: n)
                     for first in Swift.stride(from: samples.lowerBound, to: samples.upperBound, by: w.group) {
                         let count = min(w.group, samples.upperBound - first)
-                        for s in first..<(first + count) {
-                            prepareConvInput(x.data + s * plane, channels: c, l, into: prepared + (s - first) * sample)
-                        }
-                        winogradConv3x3(prepared, channels: c, channelStride: l.channelLength, sampleStride: sample,
+                        let group = preparedSamples(x, first..<(first + count), into: prepared)
+                        winogradConv3x3(group, channels: c, channelStride: l.channelLength, sampleStride: sample,
                                         samples: count, u, outChannels: oc, w, bias: bias, v: v,
                                         m: m, scratch: winogradRow!.pointer, into: y.data + first * oc * p)
                     }
@@ -248,8 +253,7 @@ public final class Conv2d: Layer {
             }
             packConv3x3Weights(weight, outChannels: oc, inChannels: c, into: packed)
             for s in 0..<n {
-                prepareConvInput(x.data + s * plane, channels: c, l, into: prepared)
-                conv3x3Flat(prepared, channels: c, packed, outChannels: oc, l, into: flat)
+                conv3x3Flat(preparedSamples(x, s..<(s + 1), into: prepared), channels: c, packed, outChannels: oc, l, into: flat)
                 unflattenOutput(flat, count: oc, l, bias: bias, into: y.data + s * oc * p)
             }
             return y
@@ -435,6 +439,39 @@ public final class Conv2d: Layer {
         return dx
     }
 
+    /// The prepared input of consecutive `samples`, [samples, C, channelLength]: in the
+    /// batch the layer before wrote (`takePreparedInput`), or prepared from x into `scratch`.
+    private func preparedSamples(_ x: Tensor, _ samples: Range<Int>, into scratch: UnsafeMutablePointer<Float>) -> UnsafePointer<Float> {
+        let l = layout!, sample = inChannels * l.channelLength
+        if inputPrepared { return UnsafePointer(preparedBatch!.pointer + samples.lowerBound * sample) }
+        for s in samples {
+            prepareConvInput(x.data + s * x.shape.perSample, channels: inChannels, l, into: scratch + (s - samples.lowerBound) * sample)
+        }
+        return UnsafePointer(scratch)
+    }
+
+    // MARK: Input prepared by the layer before
+
+    /// Where the batch norm (and ReLU) before this layer may write its output as this
+    /// layer's prepared input: stride 1, by the direct kernels or Winograd's, whose prepared
+    /// input is the padded image, channel after channel (`DirectConvLayout`, stride 1).
+    var preparedInputLayout: DirectConvLayout? { isDirect && stride == 1 ? layout : nil }
+
+    /// The buffer [maxBatch, C, channelLength] that the layer before writes this layer's
+    /// prepared input into, allocated on the first call; nil (and none kept) when not
+    /// `enabled` or the layer takes none. A forward whose input tensor is this buffer reads
+    /// its samples from it, as backward does, instead of preparing each sample from the
+    /// input, once in forward and again in backward. Same bits: the same floats in the same
+    /// places.
+    func takePreparedInput(_ enabled: Bool) -> FloatBuffer? {
+        guard enabled, let l = preparedInputLayout else {
+            preparedBatch = nil
+            return nil
+        }
+        if preparedBatch == nil { preparedBatch = FloatBuffer(capacity: max(capacity, 1) * inChannels * l.channelLength) }
+        return preparedBatch
+    }
+
     // MARK: Gradients a group of samples at a time
 
     /// Samples per group where backward takes both gradients a group of samples at a time,
@@ -522,8 +559,7 @@ public final class Conv2d: Layer {
             for s in 0..<count {
                 winogradGradientTransform(dys + s * sampleDy, channels: oc, channelStride: gradChannel, w,
                                           rowLength: row, into: transformed + 2 * s * w.tiles)
-                let prepared = preparedX + s * c * l.channelLength
-                prepareConvInput(x.data + (first + s) * plane, channels: c, l, into: prepared)
+                let prepared = preparedSamples(x, (first + s)..<(first + s + 1), into: preparedX + s * c * l.channelLength)
                 winogradInputTransform(prepared, channels: c, channelStride: l.channelLength, w, rowLength: row,
                                        into: groupInput + s * w.tiles)
             }
@@ -544,10 +580,7 @@ public final class Conv2d: Layer {
             let dyOffset = stride == 1 ? l.origin : 0
             spreadRows(dy, count: count * oc, height: l.outHeight, width: l.outWidth, rowStride: l.outRowStride,
                        channelStride: gradChannel, offset: dyOffset, into: dys)
-            for s in samples {
-                prepareConvInput(x.data + s * plane, channels: c, l, into: preparedX + (s - first) * c * l.channelLength)
-            }
-            conv3x3WeightGradient(preparedX, channels: c, dys + dyOffset, outChannels: oc,
+            conv3x3WeightGradient(preparedSamples(x, samples, into: preparedX), channels: c, dys + dyOffset, outChannels: oc,
                                   dyChannel: gradChannel, dySample: sampleDy, l, samples: count,
                                   scratch: weightGradientScratch!.pointer, addingInto: weightGrad + slot)
             if inputGradient {
