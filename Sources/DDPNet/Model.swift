@@ -201,8 +201,8 @@ func fuseNeighbours(in layers: [Layer], enabled: Bool) {
             relu.passesThrough = enabled
             let pool = i + 2 < layers.count ? layers[i + 2] as? MaxPool2d : nil
             norm.fusePool(enabled ? pool : nil)
-            let conv = i + 2 < layers.count ? layers[i + 2] as? Conv2d : nil
-            norm.writePreparedInput(of: enabled ? conv : nil)
+            let next = i + (norm.fusesPool ? 3 : 2)
+            norm.writePreparedInput(of: enabled && next < layers.count ? layers[next] as? Conv2d : nil)
         }
     }
     for layer in layers { layer.fuseInnerLayers(enabled) }

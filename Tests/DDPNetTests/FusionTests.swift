@@ -134,19 +134,23 @@ final class FusionTests: XCTestCase {
         }
     }
 
-    /// A batch norm and ReLU write the next convolution's prepared input (BatchNorm.
-    /// writesPreparedInput) where it is a stride-1 direct (4 -> 8) or Winograd (32 -> 8) one:
-    /// output, gradients and running statistics bitwise those of the layers apart, in training
-    /// and evaluation, for a full batch and a smaller one; a stride-2 convolution does not
-    /// take its input prepared.
+    /// A batch norm and ReLU (and a fused 2x2 pool) write the next convolution's prepared
+    /// input (BatchNorm.writesPreparedInput) where it is a stride-1 direct (4 -> 8) or
+    /// Winograd (32 -> 8) one: output, gradients and running statistics bitwise those of the
+    /// layers apart, in training and evaluation, for a full batch and a smaller one; a
+    /// stride-2 convolution does not take its input prepared, nor does a pool write pooled
+    /// rows under 8 wide into it (5x5).
     func testBatchNormWritesTheNextConvolutionsPreparedInput() throws {
-        for (c, size, stride, writes) in [(4, 9, 1, true), (32, 7, 1, true), (4, 9, 2, false)] {
+        for (c, size, stride, pooled, writes) in [(4, 9, 1, false, true), (32, 7, 1, false, true), (4, 9, 2, false, false),
+                                                  (4, 16, 1, true, true), (32, 18, 1, true, true), (4, 10, 1, true, false)] {
             for training in [true, false] {
                 for n in [5, 3] {
-                    let shape = Shape(n: n, c: 3, h: size, w: size), out = (size + stride - 1) / stride
+                    let shape = Shape(n: n, c: 3, h: size, w: size)
+                    let inner = pooled ? size / 2 : size, out = (inner + stride - 1) / stride
                     func run(fused: Bool) throws -> (output: [Float], gradients: [Float], buffers: [Float], writes: Bool) {
                         let norm = BatchNorm(features: c)
-                        let model = try Model(layers: [Conv2d(inChannels: 3, outChannels: c, kernel: 3, padding: 1), norm, ReLU(),
+                        let model = try Model(layers: [Conv2d(inChannels: 3, outChannels: c, kernel: 3, padding: 1), norm, ReLU()]
+                                                       + (pooled ? [MaxPool2d(kernel: 2)] : []) + [
                                                        Conv2d(inChannels: c, outChannels: 8, kernel: 3, stride: stride, padding: 1),
                                                        BatchNorm(features: 8), ReLU(), Flatten(), Linear(8 * out * out, 3)],
                                               inputShape: shape.withBatch(1), maxBatch: 5, fuseLayers: fused)
@@ -162,7 +166,7 @@ final class FusionTests: XCTestCase {
                         return (output, Array(model.gradients.buffer.prefix(model.parameterCount)), Array(model.buffers.buffer),
                                 norm.writesPreparedInput)
                     }
-                    let label = "\(c) -> 8 at \(size)x\(size) stride \(stride), batch \(n), training \(training)"
+                    let label = "\(c) -> 8 at \(inner)x\(inner) stride \(stride), pooled \(pooled), batch \(n), training \(training)"
                     let apart = try run(fused: false), fused = try run(fused: true)
                     XCTAssertFalse(apart.writes, label)
                     XCTAssertEqual(fused.writes, writes, label)

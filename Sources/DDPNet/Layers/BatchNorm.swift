@@ -25,11 +25,12 @@ public final class BatchNorm: Layer {
     /// tensors less through memory each way.
     public var fusesPool: Bool { pool != nil }
     private var pool: MaxPool2d?
-    /// Set by `Model` (or a residual block) when, after the fused ReLU, a convolution follows
-    /// that takes its input prepared (`Conv2d.takePreparedInput`): forward writes ReLU(BN(x))
+    /// Set by `Model` (or a residual block) when, after the fused ReLU (and pool, if fused), a
+    /// convolution follows that takes its input prepared (`Conv2d.takePreparedInput`):
+    /// forward writes ReLU(BN(x)) (pooled, where the pooled rows are 8 wide or more)
     /// straight into that convolution's prepared input, the padded planes its kernels read,
-    /// and returns that buffer as its output, which the ReLU hands through; the convolution
-    /// then prepares nothing, in forward or in backward. Same bits.
+    /// and returns that buffer as its output, which the ReLU (and pool) hand through; the
+    /// convolution then prepares nothing, in forward or in backward. Same bits.
     public var writesPreparedInput: Bool { preparedOutput != nil }
     private var preparedOutput: (buffer: FloatBuffer, layout: DirectConvLayout)?
     private var preparedTaker: Conv2d?
@@ -126,14 +127,14 @@ public final class BatchNorm: Layer {
         if sampleScratch == nil { sampleScratch = FloatBuffer(capacity: perSample) }
     }
 
-    /// Writes the prepared input of `conv` (the layer after the fused ReLU) as
+    /// Writes the prepared input of `conv` (the layer after the fused ReLU, or pool) as
     /// `writesPreparedInput` says, where it takes one; nil, or a convolution that does not,
     /// undoes it.
     func writePreparedInput(of conv: Conv2d?) {
         if preparedOutput != nil { _ = preparedTaker?.takePreparedInput(false) }
         preparedOutput = nil
         preparedTaker = nil
-        guard let conv, isSpatial == true, fusesReLU, pool == nil, let l = conv.preparedInputLayout,
+        guard let conv, isSpatial == true, fusesReLU, pool?.poolsIntoPreparedPlanes ?? true, let l = conv.preparedInputLayout,
               let buffer = conv.takePreparedInput(true) else { return }
         preparedOutput = (buffer, l)
         preparedTaker = conv
@@ -218,7 +219,7 @@ public final class BatchNorm: Layer {
                     } else {
                         for c in 0..<C { dst[c] = Float(Double(src[c]) - mu[c]) * scale[c] + beta[c] }
                     }
-                } else if let (buffer, l) = prepared {
+                } else if let (buffer, l) = prepared, pool == nil {
                     // Row by row into the padded planes; the padding stays zero.
                     let h = x.shape.h, w = x.shape.w
                     for c in 0..<C {
@@ -244,12 +245,14 @@ public final class BatchNorm: Layer {
                             for i in 0..<area { dst[i] = Float(Double(src[i]) - m) * k + shift }
                         }
                     }
-                    pool?.poolSample(out, sample: s)
+                    pool?.poolSample(out, sample: s, intoPrepared: prepared.map { (buffer, l) in
+                        (buffer.pointer + s * C * l.channelLength, l)
+                    })
                 }
             }
         }
-        if let prepared { return prepared.buffer.tensor(x.shape) }
-        return pool?.pooledOutput(batch: n) ?? y
+        let output = pool?.pooledOutput(batch: n) ?? y
+        return prepared.map { $0.buffer.tensor(output.shape) } ?? output
     }
 
     /// Sample s's output gradient [C, H, W]: dy's, or, pooled, rebuilt in the scratch.

@@ -54,12 +54,26 @@ public final class MaxPool2d: Layer {
     }
 
     /// Pools sample `s`'s planes `input` [C, H, W] (fast path only) into the output and the
-    /// winners, as `forward` pools them.
-    func poolSample(_ input: UnsafeMutablePointer<Float>, sample s: Int) {
+    /// winners, as `forward` pools them; with `prepared`, the pooled planes go instead into a
+    /// convolution's prepared input (`BatchNorm.writesPreparedInput`): the padded planes of
+    /// layout `l`, the sample's first at `prepared.pointer` (pooled rows of 8 or more).
+    func poolSample(_ input: UnsafeMutablePointer<Float>, sample s: Int,
+                    intoPrepared prepared: (pointer: UnsafeMutablePointer<Float>, layout: DirectConvLayout)? = nil) {
         let g = geometry!, outSample = g.channels * g.outSpatial
+        if let (pointer, l) = prepared {
+            for c in 0..<g.channels {
+                maxPool2x2(input + c * g.height * g.width, pointer + c * l.channelLength + l.origin, argmax.pointer + s * outSample + c * g.outSpatial,
+                           outWidth: g.outWidth, rows: g.outHeight, outRowStride: l.outRowStride)
+            }
+            return
+        }
         maxPool2x2(input, output.pointer + s * outSample, argmax.pointer + s * outSample, outWidth: g.outWidth,
                    rows: g.channels * g.outHeight)
     }
+
+    /// Whether `poolSample` can write into prepared planes: its 8-wide stores stay inside a
+    /// row of at least 8 outputs.
+    var poolsIntoPreparedPlanes: Bool { geometry.outWidth >= 8 }
 
     /// The pooled output of the first `batch` samples (after `poolSample`).
     func pooledOutput(batch: Int) -> Tensor { output.tensor(geometry.outputShape(batch: batch)) }
@@ -143,10 +157,13 @@ public final class MaxPool2d: Layer {
 /// window order), exactly as a window at a time would: "a later one wins only if larger or
 /// NaN" is associative over the two row pairs.
 func maxPool2x2(_ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>,
-                        _ winners: UnsafeMutablePointer<Int32>, outWidth ow: Int, rows: Int) {
-    let w = 2 * ow, vector = vectorRows(rows, outWidth: ow)
+                _ winners: UnsafeMutablePointer<Int32>, outWidth ow: Int, rows: Int, outRowStride: Int? = nil) {
+    // Output rows outRowStride apart (a prepared plane's) take a row of at least 8: an 8-wide
+    // store stays inside it.
+    precondition(outRowStride == nil || ow >= 8, "maxPool2x2: rows apart need 8 outputs or more")
+    let w = 2 * ow, vector = vectorRows(rows, outWidth: ow), rowStride = outRowStride ?? ow
     for r in 0..<vector {
-        let top = x + 2 * r * w, out = y + r * ow, code = winners + r * ow
+        let top = x + 2 * r * w, out = y + r * rowStride, code = winners + r * ow
         for ox in stride(from: 0, to: ow, by: 8) {
             // A row's last 8 overlap the ones before when ow is not a multiple of 8.
             let o = min(ox, max(ow - 8, 0))
@@ -162,7 +179,7 @@ func maxPool2x2(_ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Floa
             let right = later(b, beats: a), bottomRight = later(d, beats: c)
             let t = right ? b : a, u = bottomRight ? d : c
             let down = later(u, beats: t)
-            y[r * ow + ox] = down ? u : t
+            y[r * rowStride + ox] = down ? u : t
             winners[r * ow + ox] = (down ? 2 : 0) + ((down ? bottomRight : right) ? 1 : 0)
         }
     }
