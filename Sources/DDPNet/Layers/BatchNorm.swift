@@ -226,8 +226,7 @@ public final class BatchNorm: Layer {
                         let src = x.data + (s * C + c) * area, dst = buffer.pointer + (s * C + c) * l.channelLength + l.origin
                         let m = mu[c], k = scale[c], shift = beta[c]
                         for r in 0..<h {
-                            let from = src + r * w, to = dst + r * l.outRowStride
-                            for i in 0..<w { to[i] = max(Float(Double(from[i]) - m) * k + shift, 0) }
+                            normalizedReLURow(src + r * w, into: dst + r * l.outRowStride, count: w, mean: m, scale: k, shift: shift)
                         }
                     }
                 } else {

@@ -204,6 +204,27 @@ func reluMaskedInputGradient(_ dx: UnsafeMutablePointer<Float>, _ g: UnsafePoint
     }
 }
 
+/// y[i] = max(Float(x[i] - mean) · scale + shift, 0) over a row of `count` floats (ReLU's own
+/// max, which keeps NaN), 8 at a time, the last 8 overlapping the ones before (the same
+/// values written twice) where the compiler's loop ran the rest one at a time: batch norm's
+/// rows of 28 and 14 into a convolution's prepared planes, whose padding it must not write.
+@inline(__always)
+func normalizedReLURow(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int,
+                       mean: Double, scale: Float, shift: Float) {
+    guard count >= 8 else {
+        for i in 0..<count { y[i] = max(Float(Double(x[i]) - mean) * scale + shift, 0) }
+        return
+    }
+    let m = SIMD8<Double>(repeating: mean), k = SIMD8<Float>(repeating: scale), b = SIMD8<Float>(repeating: shift)
+    @inline(__always) func eight(_ i: Int) {
+        let z = SIMD8<Float>(SIMD8<Double>(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)) - m) * k + b
+        UnsafeMutableRawPointer(y + i).storeBytes(of: z.replacing(with: 0, where: z .<= 0), as: SIMD8<Float>.self)
+    }
+    var i = 0
+    while i + 8 < count { eight(i); i += 8 }
+    eight(count - 8)
+}
+
 /// Σ x[i] in Float32 (for gradients, where Float32 is what the result is stored in).
 @inline(__always)
 func sumFloat(_ x: UnsafePointer<Float>, count: Int) -> Float {
