@@ -102,6 +102,8 @@ public final class SgemmProbe {
     public static let size = 512
     /// FLOPs of one run.
     public static let flops = 2.0 * Double(size * size * size)
+    /// Bytes of its three matrices.
+    public static let bytes = 3 * size * size * 4
     private let a: FloatBuffer, b: FloatBuffer, c: FloatBuffer
 
     public init() {

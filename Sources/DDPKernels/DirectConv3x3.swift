@@ -234,9 +234,7 @@ private func mergeColumns(even: UnsafePointer<Float>, odd: UnsafePointer<Float>,
 }
 
 /// One sample: out [OC, outLength] = conv3x3(prepared input [C, channelLength], packed
-/// weights [C, 9, OC]). OC must be a multiple of 4. Blocks of 4 output channels x 24
-/// positions keep 12 accumulators in registers; the tail runs 4 x 8. Both accumulate in the
-/// same order.
+/// weights [C, 9, OC]) by `convFlat`. OC must be a multiple of 4.
 public func conv3x3Flat(_ input: UnsafePointer<Float>, channels c: Int, _ packed: UnsafePointer<Float>, outChannels oc: Int,
                         _ l: DirectConvLayout, into out: UnsafeMutablePointer<Float>) {
     convFlat(input, channels: c, channelLength: l.channelLength, taps: l.taps, packed, outChannels: oc,
@@ -244,7 +242,11 @@ public func conv3x3Flat(_ input: UnsafePointer<Float>, channels c: Int, _ packed
 }
 
 /// `conv3x3Flat` with any list of taps: out [OC, outLength] where
-/// out[o, j] = Σ_c Σ_t packed[c, t, o] · input[c * channelLength + j + taps[t]].
+/// out[o, j] = Σ_c Σ_t packed[c, t, o] · input[c * channelLength + j + taps[t]], each element
+/// one FMA chain over (c, t) in order, whatever block it falls in. Blocks of 4 output
+/// channels x 24 positions keep 12 accumulators in registers, the tail 4 x 8; with AVX-512,
+/// 8 x 48 (`convFlatEights`) and 8 x 16 or 8 x 8 after the last 48 (`convFlatTail`) where OC
+/// is a multiple of 8, else 4 x 48.
 public func convFlat(_ input: UnsafePointer<Float>, channels c: Int, channelLength plane: Int, taps tapList: [Int],
                      _ packed: UnsafePointer<Float>, outChannels oc: Int, outLength length: Int,
                      into out: UnsafeMutablePointer<Float>) {
@@ -269,7 +271,8 @@ public func convFlat(_ input: UnsafePointer<Float>, channels c: Int, channelLeng
         var j = 0
         #if DDPTRAIN_AVX512
         if oc % 8 == 0 { j = wideLanes }
-        // 4 x 48: the same chains 16 lanes wide (zmm), then the 8-wide blocks for the rest.
+        // 4 x 48 (OC a multiple of 4 but not of 8): the same chains 16 lanes wide (zmm), then
+        // the 8-wide blocks for the rest.
         while j + 48 <= length {
             var a00 = SIMD16<Float>(), a01 = SIMD16<Float>(), a02 = SIMD16<Float>()
             var a10 = SIMD16<Float>(), a11 = SIMD16<Float>(), a12 = SIMD16<Float>()

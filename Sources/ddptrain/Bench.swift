@@ -2,6 +2,7 @@ import ArgumentParser
 import DDPComm
 import DDPKernels
 import DDPNet
+import DDPSystem
 import DDPTrain
 import Foundation
 
@@ -74,15 +75,24 @@ struct Bench: ParsableCommand {
             let config = try config(in: world)
             let trainer = try Trainer(config: config, world: world)
             // The sgemm probe runs beside the timed steps on every rank at once, as the steps do.
-            let timer = StepTimer(untimedSteps: untimedSteps, timedSteps: timedSteps, probe: SgemmProbe(),
-                                  lineUp: { if world.size > 1 { try world.barrier() } })
+            // A rank whose barrier failed would leave the others' barriers to pair with its next
+            // collective: the whole job stops instead, the error named first.
+            let probe = SgemmProbe()
+            let timer = StepTimer(untimedSteps: untimedSteps, timedSteps: timedSteps, probe: probe, lineUp: {
+                guard world.size > 1 else { return }
+                do { try world.barrier() } catch {
+                    FileHandle.standardError.write(Data("ddptrain bench: rank \(world.rank): lining the ranks up after the sgemm probe failed: \(error)\n".utf8))
+                    world.abort(exitCode: ExitStatus.runtimeFailure)
+                }
+            })
             trainer.observer = timer
             let log = try RunLog(rank: world.rank, logEvery: Int.max, json: false, metricsPath: nil, quiet: true)
             let summary = try trainer.run(log: log, checkpointDirectory: nil)
-            if let error = timer.probeError { throw error }
 
-            // Peak memory of training (and evaluation), before the measurements below allocate.
-            let rss = Double(ProcessClock.peakRSSBytes())
+            // Peak memory of training (and evaluation), before the measurements below allocate,
+            // less the sgemm probe's matrices (allocated and filled before the first step, so
+            // resident throughout): what training alone holds.
+            let rss = Double(ProcessClock.peakRSSBytes() - SgemmProbe.bytes)
             // The gradient reduction alone (GradientSync's ordered all-to-all, ordered sums and
             // all-gather, one piece per rank), ranks lined up by a barrier first: what moving
             // the buffer costs, as against the step's communication time, which also holds the
@@ -231,7 +241,7 @@ struct BenchResult: Codable {
     /// The sgemm probe's best run beside the timed steps (the peak), per rank too.
     var sgemmGFLOPSOneCore: Double
     var sgemmGFLOPSOneCorePerRank: [Double]
-    /// The probe's runs: one before the first timed step and one after each.
+    /// The probe's runs: one after each timed step and one after the last untimed step.
     var sgemmRuns: Int
     /// The probe's rate over all its runs (total FLOPs over total time), per rank too.
     var sgemmGFLOPSOneCoreAlongside: Double
@@ -312,11 +322,14 @@ struct BenchResult: Codable {
 /// the end of the untimed steps (or the run's start) to the end of the last step, and this
 /// process's CPU time over the same window (read once at each end).
 ///
-/// With a probe, it also runs one sgemm of the probe right before the first timed step and
-/// after every timed step, then lines the ranks up (`lineUp`), and takes both out of the
-/// wall and CPU times: the core's speed on a shared machine drifts over tenths of a
-/// second, so the peak that the steps' FLOP rate is set against is measured across the same
-/// window, not at one moment after it.
+/// With a probe, it also runs the probe after every timed step (and after the last untimed
+/// one: not before a first step, whose start bench reports), two sgemms of which the
+/// second is timed (the first brings the matrices back into cache), then lines the ranks up
+/// (`lineUp`, which does not return if it fails), and takes all of it out of the wall and
+/// CPU times: the core's speed on a shared machine drifts over tenths of a second, so the
+/// peak that the steps' FLOP rate is set against is measured across the same window, not at
+/// one moment after it. The time is left out; what the probe leaves in the caches is not:
+/// each timed step starts with the probe's 3 MiB where its own data was.
 final class StepTimer: TrainingObserver {
     let untimedSteps: Int
     let timedSteps: Int
@@ -327,8 +340,6 @@ final class StepTimer: TrainingObserver {
     private(set) var cpuSeconds = 0.0
     /// The probe's runs beside the timed steps: seconds each.
     private(set) var probeSeconds: [Double] = []
-    /// The first error of `lineUp`; probing stops there.
-    private(set) var probeError: Error?
     private var observed = 0
     private var start = 0.0
     private var cpuStart = 0.0
@@ -336,9 +347,9 @@ final class StepTimer: TrainingObserver {
     private var excludedWall = 0.0
     private var excludedCPU = 0.0
     private let probe: SgemmProbe?
-    private let lineUp: () throws -> Void
+    private let lineUp: () -> Void
 
-    init(untimedSteps: Int, timedSteps: Int, probe: SgemmProbe? = nil, lineUp: @escaping () throws -> Void = {}) {
+    init(untimedSteps: Int, timedSteps: Int, probe: SgemmProbe? = nil, lineUp: @escaping () -> Void = {}) {
         self.untimedSteps = untimedSteps
         self.timedSteps = timedSteps
         self.probe = probe
@@ -350,7 +361,6 @@ final class StepTimer: TrainingObserver {
     func runWillStart() {
         start = Clock.seconds()
         cpuStart = ProcessClock.cpuSeconds()
-        if untimedSteps == 0 { runProbe() }
     }
 
     func stepDidEnd(_ outcome: StepOutcome) {
@@ -371,12 +381,12 @@ final class StepTimer: TrainingObserver {
 
     /// One run of the probe, then the ranks lined up; both left out of the timed window.
     private func runProbe() {
-        guard let probe, probeError == nil else { return }
+        guard let probe else { return }
         let wall = Clock.seconds(), cpu = ProcessClock.cpuSeconds()
         // The first run after a step finds its matrices out of cache; the second is timed.
         _ = probe.seconds(threads: 1)
         probeSeconds.append(probe.seconds(threads: 1))
-        do { try lineUp() } catch { probeError = error }
+        lineUp()
         excludedWall += Clock.seconds() - wall
         excludedCPU += ProcessClock.cpuSeconds() - cpu
     }

@@ -59,6 +59,46 @@ final class DirectConvTests: XCTestCase {
         (4, 4, 2, true, Shape(n: 1, c: 4, h: 3, w: 13)),
     ]
 
+    /// `convFlat` against its definition, bit for bit: every element one FMA chain over
+    /// (channel, tap) in order, whatever block it falls in (8 x 48, 4 x 48, 8 x 16 and 8 x 8
+    /// after the last 48, 4 x 24, 4 x 8), for output channels that are and are not a
+    /// multiple of 8 and lengths with every kind of tail (56 = 48 + 8, 216 = 4 x 48 + 24).
+    func testConvFlatIsOneFusedChainPerElement() {
+        for taps in [[0], [0, 1, 2, 9, 10, 11, 18, 19, 20]] {
+            for channels in [1, 3] {
+                for oc in [4, 8, 12, 16] {
+                    for length in [8, 16, 24, 40, 48, 56, 64, 104, 216] {
+                        let plane = length + 24, input = TestData.uniform(channels * plane, seed: 5, stream: UInt32(length))
+                        let packed = TestData.uniform(channels * taps.count * oc, seed: 6, stream: UInt32(oc))
+                        var out = [Float](repeating: .nan, count: oc * length)
+                        input.withUnsafeBufferPointer { x in
+                            packed.withUnsafeBufferPointer { w in
+                                out.withUnsafeMutableBufferPointer { y in
+                                    convFlat(x.baseAddress!, channels: channels, channelLength: plane, taps: taps, w.baseAddress!,
+                                             outChannels: oc, outLength: length, into: y.baseAddress!)
+                                }
+                            }
+                        }
+                        var expected = [Float](repeating: 0, count: oc * length)
+                        for o in 0..<oc {
+                            for j in 0..<length {
+                                var acc: Float = 0
+                                for c in 0..<channels {
+                                    for (t, tap) in taps.enumerated() {
+                                        acc = acc.addingProduct(packed[(c * taps.count + t) * oc + o], input[c * plane + j + tap])
+                                    }
+                                }
+                                expected[o * length + j] = acc
+                            }
+                        }
+                        XCTAssertEqual(out.map(\.bitPattern), expected.map(\.bitPattern),
+                                       "taps \(taps.count), channels \(channels), OC \(oc), length \(length)")
+                    }
+                }
+            }
+        }
+    }
+
     func testDirectMatchesGEMM() throws {
         for t in shapes {
             let direct = try run(.automatic, inChannels: t.inC, outChannels: t.outC, stride: t.stride, bias: t.bias, shape: t.shape)

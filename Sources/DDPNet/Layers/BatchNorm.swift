@@ -30,7 +30,9 @@ public final class BatchNorm: Layer {
     /// forward writes ReLU(BN(x)) (pooled, where the pooled rows are 8 wide or more)
     /// straight into that convolution's prepared input, the padded planes its kernels read,
     /// and returns that buffer as its output, which the ReLU (and pool) hand through; the
-    /// convolution then prepares nothing, in forward or in backward. Same bits.
+    /// convolution then prepares nothing, in forward or in backward. Same bits. (On planes of
+    /// one pixel forward writes its own output as before, and the convolution, given another
+    /// buffer, prepares it.)
     public var writesPreparedInput: Bool { preparedOutput != nil }
     private var preparedOutput: (buffer: FloatBuffer, layout: DirectConvLayout)?
     private var preparedTaker: Conv2d?

@@ -466,6 +466,7 @@ public final class Conv2d: Layer {
     func takePreparedInput(_ enabled: Bool) -> FloatBuffer? {
         guard enabled, let l = preparedInputLayout else {
             preparedBatch = nil
+            inputPrepared = false
             return nil
         }
         if preparedBatch == nil { preparedBatch = FloatBuffer(capacity: max(capacity, 1) * inChannels * l.channelLength) }
@@ -540,8 +541,9 @@ public final class Conv2d: Layer {
     /// gradient added into shard j's slot, and with `inputGradient` their input gradient
     /// into dx, plus `addend`'s samples. Their output gradient is padded into `paddingInto`.
     ///
-    /// Winograd: the group's transformed output gradient and input (prepared again from x:
-    /// forward's transform of the whole batch went to memory and back), dU's 8 lane sums
+    /// Winograd: the group's transformed output gradient and input (prepared again from x, or
+    /// read from the batch the layer before prepared: forward's transform of the whole batch
+    /// went to memory and back), dU's 8 lane sums
     /// added over the shard's groups in order (`finishShard` sums the lanes), then the input
     /// gradient by F(2x2, 3x3) while the padded output gradient is in cache. Winograd's lanes
     /// are independent, so the grouping changes no bit.
