@@ -33,9 +33,13 @@ public final class BatchNorm: Layer {
     /// convolution then prepares nothing, in forward or in backward. Same bits. (On planes of
     /// one pixel forward writes its own output as before, and the convolution, given another
     /// buffer, prepares it.)
-    public var writesPreparedInput: Bool { preparedOutput != nil }
-    private var preparedOutput: (buffer: FloatBuffer, layout: DirectConvLayout)?
+    public var writesPreparedInput: Bool { preparedTaker != nil }
     private var preparedTaker: Conv2d?
+    /// The taker's prepared batch and its layout.
+    private var preparedOutput: (buffer: FloatBuffer, layout: DirectConvLayout)? {
+        guard let conv = preparedTaker, let buffer = conv.preparedBatch, let l = conv.preparedInputLayout else { return nil }
+        return (buffer, l)
+    }
     /// Set by `Model` (or a residual block) when this layer directly follows a convolution
     /// that takes its gradients a group of samples at a time (`Conv2d.gradientGroupSize`):
     /// backward writes each group's input gradient to a group-sized scratch and runs the
@@ -133,12 +137,10 @@ public final class BatchNorm: Layer {
     /// `writesPreparedInput` says, where it takes one; nil, or a convolution that does not,
     /// undoes it.
     func writePreparedInput(of conv: Conv2d?) {
-        if preparedOutput != nil { _ = preparedTaker?.takePreparedInput(false) }
-        preparedOutput = nil
+        _ = preparedTaker?.takePreparedInput(false)
         preparedTaker = nil
-        guard let conv, isSpatial == true, fusesReLU, pool?.poolsIntoPreparedPlanes ?? true, let l = conv.preparedInputLayout,
-              let buffer = conv.takePreparedInput(true) else { return }
-        preparedOutput = (buffer, l)
+        guard let conv, isSpatial == true, fusesReLU, pool?.poolsIntoPreparedPlanes ?? true,
+              conv.takePreparedInput(true) != nil else { return }
         preparedTaker = conv
     }
 

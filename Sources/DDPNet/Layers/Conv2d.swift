@@ -86,9 +86,7 @@ public final class Conv2d: Layer {
     /// The whole batch's prepared input [n, C, channelLength] where the batch norm and ReLU
     /// before this layer write their output straight into it (`takePreparedInput`); its
     /// padding stays zero (they write the image only).
-    private var preparedBatch: FloatBuffer?
-    /// Whether the last forward's input was `preparedBatch` (see `takePreparedInput`).
-    private var inputPrepared = false
+    private(set) var preparedBatch: FloatBuffer?
     private var preparedGrad: FloatBuffer?
     private var gradChannel = 0
     /// One sample's flat output [max(C, OC), outLength], and the repacked weights.
@@ -234,7 +232,6 @@ public final class Conv2d: Layer {
         if isDirect {
             let c = inChannels, l = layout!, prepared = preparedInput!.pointer, flat = flatOutput!.pointer
             let packed = packedWeights!.pointer
-            inputPrepared = preparedBatch.map { x.data == $0.pointer } ?? false
             if let w = winograd {
                 let u = winogradWeights!.pointer, v = winogradInput!.pointer, m = winogradProducts!.pointer
                 winogradWeightTransform(weight, outChannels: oc, inChannels: c, transposed: false, into: u)
@@ -440,10 +437,11 @@ public final class Conv2d: Layer {
     }
 
     /// The prepared input of consecutive `samples`, [samples, C, channelLength]: in the
-    /// batch the layer before wrote (`takePreparedInput`), or prepared from x into `scratch`.
+    /// batch the layer before wrote (`takePreparedInput`: x is that buffer), or prepared from
+    /// x into `scratch`.
     private func preparedSamples(_ x: Tensor, _ samples: Range<Int>, into scratch: UnsafeMutablePointer<Float>) -> UnsafePointer<Float> {
         let l = layout!, sample = inChannels * l.channelLength
-        if inputPrepared { return UnsafePointer(preparedBatch!.pointer + samples.lowerBound * sample) }
+        if let batch = preparedBatch, x.data == batch.pointer { return UnsafePointer(batch.pointer + samples.lowerBound * sample) }
         for s in samples {
             prepareConvInput(x.data + s * x.shape.perSample, channels: inChannels, l, into: scratch + (s - samples.lowerBound) * sample)
         }
@@ -466,7 +464,6 @@ public final class Conv2d: Layer {
     func takePreparedInput(_ enabled: Bool) -> FloatBuffer? {
         guard enabled, let l = preparedInputLayout else {
             preparedBatch = nil
-            inputPrepared = false
             return nil
         }
         if preparedBatch == nil { preparedBatch = FloatBuffer(capacity: max(capacity, 1) * inChannels * l.channelLength) }
