@@ -34,6 +34,66 @@ final class RowProductsTests: XCTestCase {
         }
     }
 
+    /// Past a chunk of the inner dimension (512) an element's chain goes on from the sums the
+    /// chunk before left in y, and past a panel of columns (192) the next panel starts: still
+    /// one chain in order, bit for bit, at and around both edges.
+    func testChunksAndPanelsKeepEachChain() {
+        for rows in [3, 8, 9] {
+            for k in [511, 512, 513, 1100] {
+                for n in [10, 191, 192, 193, 400] {
+                    let x = TestData.uniform(rows * k, seed: 6, stream: UInt32(n)), b = TestData.uniform(k * n, seed: 7, stream: UInt32(k))
+                    var y = [Float](repeating: .nan, count: rows * n)
+                    x.withUnsafeBufferPointer { xp in
+                        b.withUnsafeBufferPointer { bp in
+                            y.withUnsafeMutableBufferPointer { yp in
+                                rowProducts(xp.baseAddress!, rows: rows, inner: k, bp.baseAddress!, columns: n, into: yp.baseAddress!)
+                            }
+                        }
+                    }
+                    XCTAssertEqual(y.map(\.bitPattern), Self.chains(x, b, rows: rows, k: k, n: n).map(\.bitPattern),
+                                   "rows \(rows), k \(k), n \(n)")
+                }
+            }
+        }
+    }
+
+    /// `rowProductsTransposing` (Linear's forward, Wᵀ a chunk at a time through a scratch)
+    /// gives x · wᵀ as the definition does, bit for bit, and leaves w as it was.
+    func testTransposingGivesTheChainsOfTheTranspose() {
+        for (rows, k, n) in [(7, 3136, 128), (9, 1100, 10), (5, 513, 33), (8, 1, 3), (4, 0, 5)] {
+            let x = TestData.uniform(rows * k, seed: 8, stream: UInt32(n)), w = TestData.uniform(n * k, seed: 9, stream: UInt32(k))
+            var wt = [Float](repeating: 0, count: k * n)
+            for o in 0..<n { for i in 0..<k { wt[i * n + o] = w[o * k + i] } }
+            var y = [Float](repeating: .nan, count: rows * n)
+            var scratch = [Float](repeating: .nan, count: transposeScratchCount(columns: n))
+            x.withUnsafeBufferPointer { xp in
+                w.withUnsafeBufferPointer { wp in
+                    scratch.withUnsafeMutableBufferPointer { sp in
+                        y.withUnsafeMutableBufferPointer { yp in
+                            rowProductsTransposing(xp.baseAddress!, rows: rows, inner: k, wp.baseAddress!, columns: n,
+                                                   scratch: sp.baseAddress!, into: yp.baseAddress!)
+                        }
+                    }
+                }
+            }
+            XCTAssertEqual(y.map(\.bitPattern), Self.chains(x, wt, rows: rows, k: k, n: n).map(\.bitPattern),
+                           "rows \(rows), k \(k), n \(n)")
+        }
+    }
+
+    /// y[r, j] = Σ_i x[r, i] · b[i, j], one FMA chain in i's order.
+    private static func chains(_ x: [Float], _ b: [Float], rows: Int, k: Int, n: Int) -> [Float] {
+        var expected = [Float](repeating: 0, count: rows * n)
+        for r in 0..<rows {
+            for j in 0..<n {
+                var acc: Float = 0
+                for i in 0..<k { acc = acc.addingProduct(x[r * k + i], b[i * n + j]) }
+                expected[r * n + j] = acc
+            }
+        }
+        return expected
+    }
+
     /// `transpose` (Linear's Wᵀ): every float where the definition puts it, in 8 x 8
     /// register blocks, edge tiles, and shapes of only edges.
     func testTransposeMovesEveryFloat() {
@@ -47,6 +107,18 @@ final class RowProductsTests: XCTestCase {
             for r in 0..<rows { for c in 0..<columns { expected[c * rows + r] = a[r * columns + c] } }
             XCTAssertEqual(b.map(\.bitPattern), expected.map(\.bitPattern), "\(rows) x \(columns)")
         }
+        // Columns 3 to 3 + 21 of rows 29 floats apart (a chunk of a wider matrix).
+        let (rows, columns, stride, first) = (13, 21, 29, 3)
+        let a = TestData.uniform(rows * stride, seed: 6, stream: 1)
+        var b = [Float](repeating: .nan, count: rows * columns)
+        a.withUnsafeBufferPointer { ap in
+            b.withUnsafeMutableBufferPointer {
+                transpose(ap.baseAddress! + first, rows: rows, columns: columns, rowStride: stride, into: $0.baseAddress!)
+            }
+        }
+        var expected = [Float](repeating: 0, count: rows * columns)
+        for r in 0..<rows { for c in 0..<columns { expected[c * rows + r] = a[r * stride + first + c] } }
+        XCTAssertEqual(b.map(\.bitPattern), expected.map(\.bitPattern), "rows \(stride) apart")
     }
 
     func testLinearOutputsDoNotDependOnTheBatch() throws {

@@ -14,8 +14,8 @@ public final class Linear: Layer {
     private var output: FloatBuffer!
     /// The batch the buffers were sized for.
     private var capacity = 0
-    /// Wᵀ, [in, out]: see `forward`.
-    private var transposedWeight: FloatBuffer!
+    /// Forward's chunks of Wᵀ (`rowProductsTransposing`), or backward's dyᵀ [out, batch].
+    private var transposed: FloatBuffer!
     private var inputGrad: FloatBuffer!
     private var input: Tensor?
 
@@ -38,7 +38,7 @@ public final class Linear: Layer {
         _ = try outputShape(for: input)
         capacity = maxBatch
         output = FloatBuffer(capacity: maxBatch * outFeatures)
-        transposedWeight = FloatBuffer(capacity: inFeatures * outFeatures)
+        transposed = FloatBuffer(capacity: max(transposeScratchCount(columns: outFeatures), outFeatures * maxBatch))
         inputGrad = FloatBuffer(capacity: maxBatch * inFeatures)
     }
 
@@ -61,9 +61,7 @@ public final class Linear: Layer {
         // y = x Wᵀ by `rowProducts`, every output one FMA chain over the inputs in order: a
         // sample's outputs depend on that sample alone (not on its batch, shard, rank or
         // thread), which OpenBLAS's size-dependent kernels do not promise.
-        let wt = transposedWeight.pointer
-        transpose(weight, rows: outFeatures, columns: inFeatures, into: wt)
-        rowProducts(x.data, rows: n, inner: inFeatures, wt, columns: outFeatures, into: y.data)
+        rowProductsTransposing(x.data, rows: n, inner: inFeatures, weight, columns: outFeatures, scratch: transposed.pointer, into: y.data)
         if let bias {
             for s in 0..<n {
                 let row = y.data + s * outFeatures
@@ -77,11 +75,15 @@ public final class Linear: Layer {
         try checkBatch(dy.shape, capacity: capacity)
         guard let x = input else { throw LayerError("Linear.backward called before forward") }
         let n = dy.shape.n
-        // Per shard j, into gradient slot j: dW = dyᵀ x : [out, m] x [m, in].
+        // Per shard j, into gradient slot j: dW = dyᵀ x : [out, m] x [m, in]. `rowProducts`
+        // rather than sgemm: it packs nothing (OpenBLAS copied x and W into its panels on every
+        // call, a fifth of the time) and reads b a cache-sized panel at a time.
         for j in 0..<context.shards(batch: n) {
             let rows = context.shard(j, batch: n), slot = j * context.gradientSlotStride
-            sgemm(transA: true, m: outFeatures, n: inFeatures, k: rows.count, a: dy.data + rows.lowerBound * outFeatures, lda: outFeatures,
-                  b: x.data + rows.lowerBound * inFeatures, ldb: inFeatures, c: weightGrad + slot, ldc: inFeatures)
+            let dyT = transposed.pointer
+            transpose(dy.data + rows.lowerBound * outFeatures, rows: rows.count, columns: outFeatures, into: dyT)
+            rowProducts(dyT, rows: outFeatures, inner: rows.count, x.data + rows.lowerBound * inFeatures, columns: inFeatures,
+                        into: weightGrad + slot)
             if let biasGrad {
                 let grad = biasGrad + slot
                 grad.update(repeating: 0, count: outFeatures)
@@ -96,8 +98,8 @@ public final class Linear: Layer {
             // dx = dy W : [m, out] x [out, in], shard by shard as in forward
             for j in 0..<context.shards(batch: n) {
                 let rows = context.shard(j, batch: n)
-                sgemm(m: rows.count, n: inFeatures, k: outFeatures, a: dy.data + rows.lowerBound * outFeatures, lda: outFeatures,
-                      b: weight, ldb: inFeatures, c: dx.data + rows.lowerBound * inFeatures, ldc: inFeatures)
+                rowProducts(dy.data + rows.lowerBound * outFeatures, rows: rows.count, inner: outFeatures, weight, columns: inFeatures,
+                            into: dx.data + rows.lowerBound * inFeatures)
             }
         }
         return dx
