@@ -93,15 +93,18 @@ final class FusionTests: XCTestCase {
     /// samples at a time (BatchNorm.handsGradients): the same bits as the layers apart, for
     /// the direct kernels at stride 1 and 2 and Winograd's, with and without bias, in groups
     /// of one sample (28x28) and of several (7x7), in shards, with and without an input
-    /// gradient to take (a first layer's convolution, or one behind another); a convolution
+    /// gradient to take (a first layer's convolution, or one behind another), with and without
+    /// a ReLU after the batch norm; rows of 8 or more (28, 14, 9) go straight into the
+    /// convolution's padded output gradient (`Conv2d.handedGradientRows`); a convolution
     /// whose input gradient needs the whole batch (32 -> 4: Winograd forward, direct input
     /// gradient) runs its own.
     func testBatchNormRunsTheConvolutionsGradients() throws {
         let cases: [(inC: Int, outC: Int, size: Int, stride: Int, hands: Bool)] = [
-            (4, 8, 28, 1, true), (4, 8, 7, 1, true), (4, 8, 9, 2, true), (32, 32, 7, 1, true), (32, 4, 7, 1, false),
+            (4, 8, 28, 1, true), (4, 8, 7, 1, true), (4, 8, 9, 2, true), (4, 8, 18, 2, true), (32, 32, 7, 1, true),
+            (32, 32, 14, 1, true), (32, 4, 7, 1, false),
         ]
         for t in cases {
-            for bias in [true, false] {
+            for (bias, relu) in [(true, true), (false, true), (false, false)] {
                 for shardSize in [nil, 3] as [Int?] {
                     for behind in [false, true] {
                         let shape = Shape(n: 7, c: t.inC, h: t.size, w: t.size), out = (t.size + t.stride - 1) / t.stride
@@ -110,7 +113,7 @@ final class FusionTests: XCTestCase {
                             let norm = BatchNorm(features: t.outC)
                             let front: [Layer] = behind
                                 ? [Conv2d(inChannels: t.inC, outChannels: t.inC, kernel: 3, padding: 1), BatchNorm(features: t.inC), ReLU()] : []
-                            let model = try Model(layers: front + [conv, norm, ReLU(), Flatten(), Linear(t.outC * out * out, 3)],
+                            let model = try Model(layers: front + [conv, norm] + (relu ? [ReLU()] : []) + [Flatten(), Linear(t.outC * out * out, 3)],
                                                   inputShape: shape.withBatch(1), maxBatch: shape.n, fuseLayers: fused)
                             randomize(model, seed: 71)
                             let x = TestData.uniformBuffer(shape.count, seed: 72, stream: UInt32(t.size))
@@ -120,7 +123,7 @@ final class FusionTests: XCTestCase {
                             try model.backward(dy.tensor(y.shape), context)
                             return (Array(y.buffer), Array(model.gradients.buffer.prefix(model.parameterCount)), norm.handsGradients)
                         }
-                        let label = "\(t.inC) -> \(t.outC) at \(t.size)x\(t.size) stride \(t.stride) bias \(bias)"
+                        let label = "\(t.inC) -> \(t.outC) at \(t.size)x\(t.size) stride \(t.stride) bias \(bias) ReLU \(relu)"
                             + " shards \(shardSize.map(String.init) ?? "all") behind a convolution \(behind)"
                         let apart = try run(fused: false), fused = try run(fused: true)
                         XCTAssertFalse(apart.hands, label)

@@ -544,17 +544,20 @@ public final class Conv2d: Layer {
     /// added over the shard's groups in order (`finishShard` sums the lanes), then the input
     /// gradient by F(2x2, 3x3) while the padded output gradient is in cache. Winograd's lanes
     /// are independent, so the grouping changes no bit.
-    private func addGroupGradients(_ dy: UnsafePointer<Float>, samples: Range<Int>, shard j: Int, _ context: ForwardContext,
+    /// With dy nil, the group's output gradient is already padded in `dys` (`handedGradientRows`).
+    private func addGroupGradients(_ dy: UnsafePointer<Float>?, samples: Range<Int>, shard j: Int, _ context: ForwardContext,
                                    x: Tensor, dx: Tensor, paddingInto dys: UnsafeMutablePointer<Float>, inputGradient: Bool,
                                    adding addend: UnsafePointer<Float>?) {
         let l = layout!, oc = outChannels, c = inChannels, p = geometry.outSpatial
         let slot = j * context.gradientSlotStride, count = samples.count, first = samples.lowerBound
         let plane = x.shape.perSample, sampleDy = oc * gradChannel
+        if let dy {
+            spreadRows(dy, count: count * oc, height: l.outHeight, width: l.outWidth, rowStride: l.outRowStride,
+                       channelStride: gradChannel, offset: paddedGradientOffset, into: dys)
+        }
         if let w = winograd {
             let preparedX = preparedInput!.pointer, groupInput = winogradGroupInput!.pointer
             let transformed = winogradGradients!.pointer, row = count * w.tiles
-            spreadRows(dy, count: count * oc, height: l.outHeight, width: l.outWidth,
-                       rowStride: l.outRowStride, channelStride: gradChannel, offset: l.origin, into: dys)
             for s in 0..<count {
                 winogradGradientTransform(dys + s * sampleDy, channels: oc, channelStride: gradChannel, w,
                                           rowLength: row, into: transformed + 2 * s * w.tiles)
@@ -572,13 +575,7 @@ public final class Conv2d: Layer {
                 if let addend { add(addend + first * plane, into: d, count: count * plane) }
             }
         } else {
-            let preparedX = preparedInput!.pointer
-            // Stride 1: dy padded like an input (the input gradient convolves it), its flat
-            // output layout starting at `origin`; stride 2: dy in the flat output layout, with
-            // room for the input gradient's farthest taps.
-            let dyOffset = stride == 1 ? l.origin : 0
-            spreadRows(dy, count: count * oc, height: l.outHeight, width: l.outWidth, rowStride: l.outRowStride,
-                       channelStride: gradChannel, offset: dyOffset, into: dys)
+            let preparedX = preparedInput!.pointer, dyOffset = paddedGradientOffset
             conv3x3WeightGradient(preparedSamples(x, samples, into: preparedX), channels: c, dys + dyOffset, outChannels: oc,
                                   dyChannel: gradChannel, dySample: sampleDy, l, samples: count,
                                   scratch: weightGradientScratch!.pointer, addingInto: weightGrad + slot)
@@ -587,15 +584,35 @@ public final class Conv2d: Layer {
             }
         }
         if let biasGrad {
+            guard let dy else { preconditionFailure("Conv2d: a bias gradient needs the unpadded output gradient") }
             for s in 0..<count {
                 for o in 0..<oc { biasGrad[slot + o] += sumFloat(dy + (s * oc + o) * p, count: p) }
             }
         }
     }
 
+    /// Where a group's output gradient starts in each padded channel of `preparedGrad`.
+    /// Stride 1 (and Winograd): padded like an input (the input gradient convolves it), its
+    /// flat output layout starting at `origin`; stride 2: the flat output layout, with room
+    /// for the input gradient's farthest taps.
+    private var paddedGradientOffset: Int { stride == 1 ? layout!.origin : 0 }
+
+    /// Where the batch norm after this layer (`BatchNorm.handsGradients`) writes each group's
+    /// output gradient straight into the padded rows the kernels read, which `spreadRows`
+    /// would otherwise copy it into from the batch norm's group buffer: row y of channel o of
+    /// the group's sample s at `pointer + s * sampleStride + o * channelStride + y * rowStride`.
+    /// The gaps between the rows stay zero: nothing else writes there. nil for a layer with a
+    /// bias (its gradient sums the unpadded rows) or off the grouped path.
+    var handedGradientRows: PaddedRows? {
+        guard bias == nil, largestGradientGroup != nil, let l = layout, let buffer = preparedGrad else { return nil }
+        return PaddedRows(pointer: buffer.pointer + paddedGradientOffset, sampleStride: outChannels * gradChannel,
+                          channelStride: gradChannel, rowStride: l.outRowStride)
+    }
+
     /// `addGroupGradients` for the batch norm after this layer (`BatchNorm.handsGradients`):
     /// into the layer's own input gradient, the padded output gradient at the start of its buffer.
-    func addHandedGroup(_ dy: UnsafePointer<Float>, samples: Range<Int>, shard j: Int, _ context: ForwardContext,
+    /// dy nil: the batch norm wrote the group into `handedGradientRows`.
+    func addHandedGroup(_ dy: UnsafePointer<Float>?, samples: Range<Int>, shard j: Int, _ context: ForwardContext,
                         adding addend: UnsafePointer<Float>?) {
         guard let x = input else { preconditionFailure("Conv2d: gradients handed before forward") }
         addGroupGradients(dy, samples: samples, shard: j, context, x: x, dx: inputGrad.tensor(x.shape),
@@ -643,4 +660,11 @@ public final class Conv2d: Layer {
             }
         }
     }
+}
+
+/// Rows of planes laid out with gaps (a convolution's padded channels), by where row 0 of
+/// sample 0's channel 0 is and how far apart samples, channels and rows are.
+struct PaddedRows {
+    let pointer: UnsafeMutablePointer<Float>
+    let sampleStride: Int, channelStride: Int, rowStride: Int
 }

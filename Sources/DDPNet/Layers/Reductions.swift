@@ -204,6 +204,45 @@ func reluMaskedInputGradient(_ dx: UnsafeMutablePointer<Float>, _ g: UnsafePoint
     }
 }
 
+/// `reluMaskedInputGradient` (masked) or dx[i] = k·(g[i] - a - x̂[i]·b) over `rows` rows of
+/// `width` floats, g and x contiguous, dx's rows `rowStride` apart: 8 at a time, each row's
+/// last 8 overlapping the ones before (the same values written twice) rather than a scalar
+/// tail: batch norm's rows of 28 or 14 into a convolution's padded output gradient, whose
+/// gaps it must not write. The same operations on each element as those loops: the same bits.
+@inline(__always)
+func inputGradientRows(_ dx: UnsafeMutablePointer<Float>, rowStride: Int, _ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
+                       rows: Int, width: Int, masked: Bool, mean: Double, scale: Float, shift: Float,
+                       k: Float, a: Float, b: Float, invStd: Float) {
+    guard width >= 8 else {
+        for r in 0..<rows {
+            for i in 0..<width {
+                let centred = Float(Double(x[r * width + i]) - mean)
+                let gi = !masked || centred * scale + shift > 0 ? g[r * width + i] : 0
+                dx[r * rowStride + i] = k * (gi - a - centred * invStd * b)
+            }
+        }
+        return
+    }
+    let m = SIMD8<Double>(repeating: mean)
+    let ks = SIMD8<Float>(repeating: scale), sh = SIMD8<Float>(repeating: shift)
+    let kv = SIMD8<Float>(repeating: k), av = SIMD8<Float>(repeating: a), bv = SIMD8<Float>(repeating: b)
+    let inv = SIMD8<Float>(repeating: invStd)
+    var x = x, g = g, dx = dx
+    @inline(__always) func eight(_ i: Int) {
+        let centred = SIMD8<Float>(SIMD8<Double>(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)) - m)
+        var gv = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD8<Float>.self)
+        if masked { gv = gv.replacing(with: 0, where: .!(centred * ks + sh .> 0)) }
+        UnsafeMutableRawPointer(dx + i).storeBytes(of: kv * (gv - av - centred * inv * bv), as: SIMD8<Float>.self)
+    }
+    for _ in 0..<rows {
+        ddptrain_prefetch(x + 256); ddptrain_prefetch(g + 256)  // CPrefetch: 1 KB ahead
+        var i = 0
+        while i + 8 < width { eight(i); i += 8 }
+        eight(width - 8)
+        x += width; g += width; dx += rowStride
+    }
+}
+
 /// y[i] = max(Float(x[i] - mean) · scale + shift, 0) over a row of `count` floats (ReLU's own
 /// max, which keeps NaN), 8 at a time, the last 8 overlapping the ones before (the same
 /// values written twice) where the compiler's loop ran the rest one at a time: batch norm's
