@@ -151,10 +151,16 @@ public func unflattenOutput(_ flat: UnsafePointer<Float>, count: Int, _ l: Direc
         } else if let addend {
             let more = addend + i * h * w
             for y in 0..<h { addRow(src + y * rs, more + y * w, dst + y * w, count: w) }
+        } else if w % 4 == 0 && Int(bitPattern: planes) % 16 == 0 {
+            for y in 0..<h {
+                let from = src + y * rs, to = dst + y * w
+                for i in Swift.stride(from: 0, to: w, by: 4) { ddptrain_stream4(to + i, from + i) }
+            }
         } else {
             for y in 0..<h { copyRow(src + y * rs, dst + y * w, count: w) }
         }
     }
+    ddptrain_stream_fence()
 }
 
 /// Weights [OC, C, 3, 3] (PyTorch's layout) repacked for `conv3x3Flat`: [C, 9, OC].
