@@ -47,8 +47,8 @@ public func transposeScratchCount(columns n: Int) -> Int { innerChunk * n }
 
 /// b's columns and rows `rowProducts` takes at a time. Linear's products at batch 64, 1
 /// thread (`ddptrain microbench --only 3136`, runs alternating on a busy machine): forward
-/// 0.91 to 0.97 ms with Wᵀ whole, 0.56 to 0.66 in chunks of 256 rows, 0.50 to 0.55 of 512
-/// or 1024; backward (panels; its inner dimension is 64 or 128) 0.80 to 1.10 ms in panels
+/// 0.91 to 0.97 ms with Wᵀ whole, 0.56 to 0.66 in chunks of 256 rows, 0.50 to 0.72 of 512,
+/// 0.50 to 0.55 of 1024; backward (panels; its inner dimension is 64 or 128) 0.80 to 1.10 ms in panels
 /// of 192 columns, 0.94 to 1.19 of 96, 1.13 to 1.46 by sgemm.
 private let panelColumns = 192
 private let innerChunk = 512

@@ -77,7 +77,7 @@ public final class Linear: Layer {
         let n = dy.shape.n
         // Per shard j, into gradient slot j: dW = dyᵀ x : [out, m] x [m, in]. `rowProducts`
         // rather than sgemm: it packs nothing (OpenBLAS copied x and W into its panels on every
-        // call, a fifth of the time) and reads b a cache-sized panel at a time.
+        // call, a sixth of its time) and reads b a cache-sized panel at a time.
         for j in 0..<context.shards(batch: n) {
             let rows = context.shard(j, batch: n), slot = j * context.gradientSlotStride
             let dyT = transposed.pointer
