@@ -175,6 +175,36 @@ private func col2im(_ columns: UnsafePointer<Float>, batch n: Int, _ g: ConvGeom
     }
 }
 
+/// The input gradient of a 1x1, stride-2, unpadded convolution (a ResNet downsample) for one
+/// sample: its columns [C, OH * OW] into the image [C, H, W], every pixel written once, 0 +
+/// its column where a column lands (even rows and columns), 0 elsewhere: the bits of zeroing
+/// the image and adding the columns (`col2im`), without the pass that zeroed it first or
+/// reading it back.
+public func strideTwoPointwiseInputGradient(_ columns: UnsafePointer<Float>, _ g: ConvGeometry,
+                                            into output: UnsafeMutablePointer<Float>) {
+    precondition(g.kernelH == 1 && g.kernelW == 1 && g.strideH == 2 && g.strideW == 2 && g.padH == 0 && g.padW == 0,
+                 "strideTwoPointwiseInputGradient takes a 1x1, stride-2, unpadded convolution")
+    let oh = g.outHeight, ow = g.outWidth, w = g.width
+    for c in 0..<g.channels {
+        let col = columns + c * oh * ow, image = output + c * g.height * w
+        for iy in 0..<g.height {
+            let dst = image + iy * w
+            guard iy % 2 == 0 else { dst.update(repeating: 0, count: w); continue }
+            let line = col + (iy / 2) * ow
+            var ox = 0
+            while ox + 8 <= ow && 2 * ox + 16 <= w {
+                store16(interleave(SIMD8<Float>() + load8(line + ox), SIMD8()), dst + 2 * ox)
+                ox += 8
+            }
+            while ox < ow {
+                dst[2 * ox] = 0 + line[ox]
+                if 2 * ox + 1 < w { dst[2 * ox + 1] = 0 }
+                ox += 1
+            }
+        }
+    }
+}
+
 /// `col2im` for a caller that no longer needs the columns: it may overwrite them. For stride
 /// 1 and ow == width it zeroes the elements that stand for padding (they wrap around a row
 /// edge) and then adds each column row's valid rows as one contiguous block, where `col2im`

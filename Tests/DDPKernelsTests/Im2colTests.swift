@@ -61,4 +61,24 @@ extension Im2colTests {
             XCTAssertEqual(actual.map(\.bitPattern), expected.map(\.bitPattern), "case \(t)")
         }
     }
+
+    /// A 1x1 stride-2 downsample's input gradient written whole (every pixel once, over
+    /// garbage) has the bits of col2im adding its columns into zeros: +0 where no column lands,
+    /// 0 + the column where one does (a -0 column gives +0), NaN carried; even and odd sizes,
+    /// rows of 16 pixels and more (the vector path) and fewer.
+    func testStrideTwoPointwiseInputGradientIsCol2imIntoZeros() {
+        for (c, h, w) in [(3, 28, 28), (2, 14, 14), (2, 7, 7), (1, 9, 8), (2, 8, 9), (1, 33, 35), (1, 1, 1), (1, 2, 3)] {
+            let g = ConvGeometry(channels: c, height: h, width: w, kernelH: 1, kernelW: 1, strideH: 2, strideW: 2)
+            var columns = (0..<(c * g.outSpatial)).map { Float(($0 * 37) % 101) * 0.25 - 12 }
+            columns[0] = -0.0
+            if columns.count > 5 { columns[5] = .nan }
+            var expected = [Float](repeating: 0, count: c * h * w)
+            var actual = [Float](repeating: .infinity, count: c * h * w)
+            columns.withUnsafeBufferPointer { cols in
+                expected.withUnsafeMutableBufferPointer { col2im(cols.baseAddress!, batch: 1, g, into: $0.baseAddress!) }
+                actual.withUnsafeMutableBufferPointer { strideTwoPointwiseInputGradient(cols.baseAddress!, g, into: $0.baseAddress!) }
+            }
+            XCTAssertEqual(actual.map(\.bitPattern), expected.map(\.bitPattern), "\(c) x \(h) x \(w)")
+        }
+    }
 }

@@ -363,12 +363,18 @@ public final class Conv2d: Layer {
             dx.data.update(repeating: 0, count: dx.count)
             col2imOverwriting(cols, batch: n, g, into: dx.data)
         } else if needsInputGradient {
-            // Per sample: dcols_s = Wᵀ [CKK, OC] x dy_s [OC, P], folded into dx_s while in cache.
+            // Per sample: dcols_s = Wᵀ [CKK, OC] x dy_s [OC, P], folded into dx_s while in cache
+            // (a 1x1 stride-2 downsample's written whole, with its zeros, not added into zeros).
             let dcols = sampleColumns!.pointer, plane = x.shape.perSample
-            dx.data.update(repeating: 0, count: dx.count)
+            let downsample = g.kernelH == 1 && g.kernelW == 1 && g.strideH == 2 && g.strideW == 2 && g.padH == 0 && g.padW == 0
+            if !downsample { dx.data.update(repeating: 0, count: dx.count) }
             for s in 0..<n {
                 sgemm(transA: true, m: ckk, n: p, k: oc, a: weight, lda: ckk, b: dy.data + s * oc * p, ldb: p, c: dcols, ldc: p)
-                col2imOverwriting(dcols, batch: 1, g, into: dx.data + s * plane)
+                if downsample {
+                    strideTwoPointwiseInputGradient(dcols, g, into: dx.data + s * plane)
+                } else {
+                    col2imOverwriting(dcols, batch: 1, g, into: dx.data + s * plane)
+                }
             }
         }
         return dx
