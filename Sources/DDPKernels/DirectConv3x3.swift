@@ -152,10 +152,11 @@ public func unflattenOutput(_ flat: UnsafePointer<Float>, count: Int, _ l: Direc
             let more = addend + i * h * w
             for y in 0..<h { addRow(src + y * rs, more + y * w, dst + y * w, count: w) }
         } else if w % 4 == 0 && Int(bitPattern: planes) % 16 == 0 {
-            // Past the caches (`ddptrain_stream4`): a whole batch's output, read back by the
-            // batch norm after the last sample is written, where each line was first read in
-            // to be overwritten (the copy 0.18 -> 0.11 of Winograd's forward in fmnist-cnn's
-            // profile, the batch norm's statistics +0.02).
+            // Past the caches (`ddptrain_stream4`): a whole batch's output (or input
+            // gradient), read back by the next layer (or the previous one's backward) only
+            // after the last sample is written, where each line was first read in to be
+            // overwritten. In fmnist-cnn's profile the copy went from 0.18 to 0.11 (in units of
+            // Winograd's forward kernel), the batch norm's statistics up 0.02.
             for y in 0..<h {
                 let from = src + y * rs, to = dst + y * w
                 for i in Swift.stride(from: 0, to: w, by: 4) { ddptrain_stream4(to + i, from + i) }

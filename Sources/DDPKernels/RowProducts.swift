@@ -1,7 +1,7 @@
 /// y [rows, n] = x [rows, k] · b [k, n], every element one FMA chain over k in order,
 /// whatever the number of rows, the block it falls in or the vector width: a row's result
 /// depends on that row alone, bit for bit. Linear's forward runs on it, so that a sample's
-/// outputs do not depend on the samples beside it. OpenBLAS does not promise that: which
+/// outputs do not depend on the samples beside it (and its gradients, shard by shard). OpenBLAS does not promise that: which
 /// kernel it runs, and so each element's rounding, depends on the matrix sizes (its
 /// SkylakeX and Prescott kernels give a sample alone other bits than in a batch of 4).
 ///
@@ -42,8 +42,8 @@ public func rowProductsTransposing(_ x: UnsafePointer<Float>, rows: Int, inner k
     }
 }
 
-/// Floats of `rowProductsTransposing`'s scratch for n columns.
-public func transposeScratchCount(columns n: Int) -> Int { innerChunk * n }
+/// Floats of `rowProductsTransposing`'s scratch for an inner dimension k and n columns.
+public func transposeScratchCount(inner k: Int, columns n: Int) -> Int { min(k, innerChunk) * n }
 
 /// b's columns and rows `rowProducts` takes at a time. Linear's products at batch 64, 1
 /// thread (`ddptrain microbench --only 3136`, runs alternating on a busy machine): forward

@@ -94,13 +94,14 @@ final class FusionTests: XCTestCase {
     /// the direct kernels at stride 1 and 2 and Winograd's, with and without bias, in groups
     /// of one sample (28x28) and of several (7x7), in shards, with and without an input
     /// gradient to take (a first layer's convolution, or one behind another), with and without
-    /// a ReLU after the batch norm; rows of 8 or more (28, 14, 9) go straight into the
+    /// a ReLU after the batch norm; rows of 8 or more (28, 16, 14, 9, 8) go straight into the
     /// convolution's padded output gradient (`Conv2d.handedGradientRows`); a convolution
     /// whose input gradient needs the whole batch (32 -> 4: Winograd forward, direct input
     /// gradient) runs its own.
     func testBatchNormRunsTheConvolutionsGradients() throws {
         let cases: [(inC: Int, outC: Int, size: Int, stride: Int, hands: Bool)] = [
-            (4, 8, 28, 1, true), (4, 8, 7, 1, true), (4, 8, 9, 2, true), (4, 8, 18, 2, true), (32, 32, 7, 1, true),
+            (4, 8, 28, 1, true), (4, 8, 16, 1, true), (4, 8, 8, 1, true), (4, 8, 7, 1, true), (4, 8, 9, 2, true),
+            (4, 8, 18, 2, true), (32, 32, 7, 1, true),
             (32, 32, 14, 1, true), (32, 4, 7, 1, false),
         ]
         for t in cases {

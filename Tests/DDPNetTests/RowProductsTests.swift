@@ -2,7 +2,7 @@ import DDPKernels
 import DDPNet
 import XCTest
 
-/// `rowProducts` (Linear's forward) against its definition, bit for bit: every element one
+/// `rowProducts` (Linear's forward and gradients) against its definition, bit for bit: every element one
 /// fused multiply-add chain over k in order, whatever the block it falls in (8 rows, 4 or 1;
 /// 48, 32, 24 or 8 columns, or the scalar tail). And Linear's outputs per sample do not depend
 /// on the batch, whichever kernels OpenBLAS picked on this CPU.
@@ -38,7 +38,7 @@ final class RowProductsTests: XCTestCase {
     /// chunk before left in y, and past a panel of columns (192) the next panel starts: still
     /// one chain in order, bit for bit, at and around both edges.
     func testChunksAndPanelsKeepEachChain() {
-        for rows in [3, 8, 9] {
+        for rows in [3, 4, 8, 9, 12] {
             for k in [511, 512, 513, 1100] {
                 for n in [10, 191, 192, 193, 400] {
                     let x = TestData.uniform(rows * k, seed: 6, stream: UInt32(n)), b = TestData.uniform(k * n, seed: 7, stream: UInt32(k))
@@ -65,7 +65,7 @@ final class RowProductsTests: XCTestCase {
             var wt = [Float](repeating: 0, count: k * n)
             for o in 0..<n { for i in 0..<k { wt[i * n + o] = w[o * k + i] } }
             var y = [Float](repeating: .nan, count: rows * n)
-            var scratch = [Float](repeating: .nan, count: transposeScratchCount(columns: n))
+            var scratch = [Float](repeating: .nan, count: transposeScratchCount(inner: k, columns: n))
             x.withUnsafeBufferPointer { xp in
                 w.withUnsafeBufferPointer { wp in
                     scratch.withUnsafeMutableBufferPointer { sp in
@@ -78,6 +78,56 @@ final class RowProductsTests: XCTestCase {
             }
             XCTAssertEqual(y.map(\.bitPattern), Self.chains(x, wt, rows: rows, k: k, n: n).map(\.bitPattern),
                            "rows \(rows), k \(k), n \(n)")
+            XCTAssertEqual(w.map(\.bitPattern), TestData.uniform(n * k, seed: 9, stream: UInt32(k)).map(\.bitPattern),
+                           "w changed: rows \(rows), k \(k), n \(n)")
+        }
+    }
+
+    /// Linear's backward: dW = dyᵀ x shard by shard into the shard's gradient slot, each
+    /// element one FMA chain over the shard's samples in order, and dx = dy W, each element
+    /// one chain over the outputs, bit for bit, across the panels of 192 inputs and the
+    /// chunks of 512, in one shard and in shards of 3 (the last short).
+    func testLinearGradientsAreOneChainPerElement() throws {
+        for (inFeatures, outFeatures) in [(400, 10), (1100, 33), (3136, 128)] {
+            for shardSize in [nil, 3] as [Int?] {
+                let n = 7, layer = Linear(inFeatures, outFeatures, bias: true)
+                try layer.configure(input: Shape(n: n, features: inFeatures), maxBatch: n, index: 0)
+                let shards = shardSize.map { (n + $0 - 1) / $0 } ?? 1, stride = outFeatures * inFeatures + outFeatures
+                let weight = TestData.uniformBuffer(outFeatures * inFeatures, seed: 11, stream: 1)
+                let bias = TestData.uniformBuffer(outFeatures, seed: 11, stream: 2)
+                let gradients = FloatBuffer(capacity: shards * stride)
+                var storage = LayerStorage()
+                storage.parameters = [weight.pointer, bias.pointer]
+                storage.gradients = [gradients.pointer, gradients.pointer + outFeatures * inFeatures]
+                layer.bind(storage)
+                let x = TestData.uniformBuffer(n * inFeatures, seed: 12, stream: 1), dy = TestData.uniformBuffer(n * outFeatures, seed: 12, stream: 2)
+                let context = ForwardContext(training: true, shardSize: shardSize, gradientSlotStride: stride)
+                _ = try layer.forward(x.tensor(Shape(n: n, features: inFeatures)), context)
+                let dx = Array(try layer.backward(dy.tensor(Shape(n: n, features: outFeatures)), context).buffer)
+                var expectedDx = [Float](repeating: 0, count: n * inFeatures)
+                for s in 0..<n {
+                    for i in 0..<inFeatures {
+                        var acc: Float = 0
+                        for o in 0..<outFeatures { acc = acc.addingProduct(dy.pointer[s * outFeatures + o], weight.pointer[o * inFeatures + i]) }
+                        expectedDx[s * inFeatures + i] = acc
+                    }
+                }
+                let label = "Linear(\(inFeatures), \(outFeatures)), shards of \(shardSize.map(String.init) ?? "all")"
+                XCTAssertEqual(dx.map(\.bitPattern), expectedDx.map(\.bitPattern), "dx, \(label)")
+                for j in 0..<shards {
+                    let samples = context.shard(j, batch: n), slot = gradients.pointer + j * stride
+                    var expected = [Float](repeating: 0, count: outFeatures * inFeatures), actual = expected
+                    for o in 0..<outFeatures {
+                        for i in 0..<inFeatures {
+                            var acc: Float = 0
+                            for s in samples { acc = acc.addingProduct(dy.pointer[s * outFeatures + o], x.pointer[s * inFeatures + i]) }
+                            expected[o * inFeatures + i] = acc
+                            actual[o * inFeatures + i] = slot[o * inFeatures + i]
+                        }
+                    }
+                    XCTAssertEqual(actual.map(\.bitPattern), expected.map(\.bitPattern), "dW of shard \(j), \(label)")
+                }
+            }
         }
     }
 

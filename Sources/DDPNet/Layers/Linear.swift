@@ -38,7 +38,7 @@ public final class Linear: Layer {
         _ = try outputShape(for: input)
         capacity = maxBatch
         output = FloatBuffer(capacity: maxBatch * outFeatures)
-        transposed = FloatBuffer(capacity: max(transposeScratchCount(columns: outFeatures), outFeatures * maxBatch))
+        transposed = FloatBuffer(capacity: max(transposeScratchCount(inner: inFeatures, columns: outFeatures), outFeatures * maxBatch))
         inputGrad = FloatBuffer(capacity: maxBatch * inFeatures)
     }
 
@@ -58,7 +58,7 @@ public final class Linear: Layer {
         let n = x.shape.n
         input = x
         let y = output.tensor(Shape(n: n, features: outFeatures))
-        // y = x Wᵀ by `rowProducts`, every output one FMA chain over the inputs in order: a
+        // y = x Wᵀ by `rowProductsTransposing`, every output one FMA chain over the inputs in order: a
         // sample's outputs depend on that sample alone (not on its batch, shard, rank or
         // thread), which OpenBLAS's size-dependent kernels do not promise.
         rowProductsTransposing(x.data, rows: n, inner: inFeatures, weight, columns: outFeatures, scratch: transposed.pointer, into: y.data)
@@ -95,7 +95,8 @@ public final class Linear: Layer {
         }
         let dx = inputGrad.tensor(x.shape)
         if needsInputGradient {
-            // dx = dy W : [m, out] x [out, in], shard by shard as in forward
+            // dx = dy W : [m, out] x [out, in], shard by shard (each row one chain: the shards
+            // change no bit)
             for j in 0..<context.shards(batch: n) {
                 let rows = context.shard(j, batch: n)
                 rowProducts(dy.data + rows.lowerBound * outFeatures, rows: rows.count, inner: outFeatures, weight, columns: inFeatures,

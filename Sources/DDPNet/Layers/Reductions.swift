@@ -205,7 +205,7 @@ func reluMaskedInputGradient(_ dx: UnsafeMutablePointer<Float>, _ g: UnsafePoint
 }
 
 /// `reluMaskedInputGradient` (masked) or dx[i] = k·(g[i] - a - x̂[i]·b) over `rows` rows of
-/// `width` floats, g and x contiguous, dx's rows `rowStride` apart: 8 at a time, each row's
+/// `width` (8 or more) floats, g and x contiguous, dx's rows `rowStride` apart: 8 at a time, each row's
 /// last 8 overlapping the ones before (the same values written twice) rather than a scalar
 /// tail: batch norm's rows of 28 or 14 into a convolution's padded output gradient, whose
 /// gaps it must not write. The same operations on each element as those loops: the same bits.
@@ -213,16 +213,7 @@ func reluMaskedInputGradient(_ dx: UnsafeMutablePointer<Float>, _ g: UnsafePoint
 func inputGradientRows(_ dx: UnsafeMutablePointer<Float>, rowStride: Int, _ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
                        rows: Int, width: Int, masked: Bool, mean: Double, scale: Float, shift: Float,
                        k: Float, a: Float, b: Float, invStd: Float) {
-    guard width >= 8 else {
-        for r in 0..<rows {
-            for i in 0..<width {
-                let centred = Float(Double(x[r * width + i]) - mean)
-                let gi = !masked || centred * scale + shift > 0 ? g[r * width + i] : 0
-                dx[r * rowStride + i] = k * (gi - a - centred * invStd * b)
-            }
-        }
-        return
-    }
+    precondition(width >= 8, "inputGradientRows takes rows of 8 or more")
     let m = SIMD8<Double>(repeating: mean)
     let ks = SIMD8<Float>(repeating: scale), sh = SIMD8<Float>(repeating: shift)
     let kv = SIMD8<Float>(repeating: k), av = SIMD8<Float>(repeating: a), bv = SIMD8<Float>(repeating: b)
