@@ -12,23 +12,8 @@ final class RowProductsTests: XCTestCase {
             for k in [0, 1, 7, 37] {
                 for n in [1, 7, 8, 10, 23, 24, 25, 47, 48, 49, 64, 80, 90, 100, 128] {
                     let x = TestData.uniform(rows * k, seed: 1, stream: UInt32(n)), b = TestData.uniform(k * n, seed: 2, stream: UInt32(rows))
-                    var y = [Float](repeating: .nan, count: rows * n)
-                    x.withUnsafeBufferPointer { xp in
-                        b.withUnsafeBufferPointer { bp in
-                            y.withUnsafeMutableBufferPointer { yp in
-                                rowProducts(xp.baseAddress!, rows: rows, inner: k, bp.baseAddress!, columns: n, into: yp.baseAddress!)
-                            }
-                        }
-                    }
-                    var expected = [Float](repeating: 0, count: rows * n)
-                    for r in 0..<rows {
-                        for j in 0..<n {
-                            var acc: Float = 0
-                            for i in 0..<k { acc = acc.addingProduct(x[r * k + i], b[i * n + j]) }
-                            expected[r * n + j] = acc
-                        }
-                    }
-                    XCTAssertEqual(y.map(\.bitPattern), expected.map(\.bitPattern), "rows \(rows), k \(k), n \(n)")
+                    XCTAssertEqual(Self.products(x, b, rows: rows, k: k, n: n).map(\.bitPattern),
+                                   Self.chains(x, b, rows: rows, k: k, n: n).map(\.bitPattern), "rows \(rows), k \(k), n \(n)")
                 }
             }
         }
@@ -42,16 +27,8 @@ final class RowProductsTests: XCTestCase {
             for k in [511, 512, 513, 1100] {
                 for n in [10, 191, 192, 193, 400] {
                     let x = TestData.uniform(rows * k, seed: 6, stream: UInt32(n)), b = TestData.uniform(k * n, seed: 7, stream: UInt32(k))
-                    var y = [Float](repeating: .nan, count: rows * n)
-                    x.withUnsafeBufferPointer { xp in
-                        b.withUnsafeBufferPointer { bp in
-                            y.withUnsafeMutableBufferPointer { yp in
-                                rowProducts(xp.baseAddress!, rows: rows, inner: k, bp.baseAddress!, columns: n, into: yp.baseAddress!)
-                            }
-                        }
-                    }
-                    XCTAssertEqual(y.map(\.bitPattern), Self.chains(x, b, rows: rows, k: k, n: n).map(\.bitPattern),
-                                   "rows \(rows), k \(k), n \(n)")
+                    XCTAssertEqual(Self.products(x, b, rows: rows, k: k, n: n).map(\.bitPattern),
+                                   Self.chains(x, b, rows: rows, k: k, n: n).map(\.bitPattern), "rows \(rows), k \(k), n \(n)")
                 }
             }
         }
@@ -129,6 +106,19 @@ final class RowProductsTests: XCTestCase {
                 }
             }
         }
+    }
+
+    /// `rowProducts` of x [rows, k] and b [k, n], into a y that starts as NaN.
+    private static func products(_ x: [Float], _ b: [Float], rows: Int, k: Int, n: Int) -> [Float] {
+        var y = [Float](repeating: .nan, count: rows * n)
+        x.withUnsafeBufferPointer { xp in
+            b.withUnsafeBufferPointer { bp in
+                y.withUnsafeMutableBufferPointer { yp in
+                    rowProducts(xp.baseAddress!, rows: rows, inner: k, bp.baseAddress!, columns: n, into: yp.baseAddress!)
+                }
+            }
+        }
+        return y
     }
 
     /// y[r, j] = Σ_i x[r, i] · b[i, j], one FMA chain in i's order.
