@@ -428,13 +428,8 @@ public final class BatchNorm: Layer {
                         for c in 0..<C {
                             let src = x.data + (s * C + c) * area, grad = sampleGrad + c * area, d = out + c * rows.channelStride
                             let m = mu[c], kc = k[c], invC = invF[c], ac = a[c], bc = b[c], sc = scale[c], shift = beta[c]
-                            if fused {
-                                inputGradientRows(d, rowStride: rows.rowStride, grad, src, rows: h, width: w, masked: true,
-                                                  mean: m, scale: sc, shift: shift, k: kc, a: ac, b: bc, invStd: invC)
-                            } else {
-                                inputGradientRows(d, rowStride: rows.rowStride, grad, src, rows: h, width: w, masked: false,
-                                                  mean: m, scale: sc, shift: shift, k: kc, a: ac, b: bc, invStd: invC)
-                            }
+                            inputGradientRows(d, rowStride: rows.rowStride, grad, src, rows: h, width: w, masked: fused,
+                                              mean: m, scale: sc, shift: shift, k: kc, a: ac, b: bc, invStd: invC)
                         }
                     } else {
                         let sampleGrad = sampleGradient(dy, s)

@@ -95,13 +95,9 @@ public final class Linear: Layer {
         }
         let dx = inputGrad.tensor(x.shape)
         if needsInputGradient {
-            // dx = dy W : [m, out] x [out, in], shard by shard (each row one chain: the shards
-            // change no bit)
-            for j in 0..<context.shards(batch: n) {
-                let rows = context.shard(j, batch: n)
-                rowProducts(dy.data + rows.lowerBound * outFeatures, rows: rows.count, inner: outFeatures, weight, columns: inFeatures,
-                            into: dx.data + rows.lowerBound * inFeatures)
-            }
+            // dx = dy W : [n, out] x [out, in], the whole batch at once: each row is one chain
+            // per element, so shards would change no bit.
+            rowProducts(dy.data, rows: n, inner: outFeatures, weight, columns: inFeatures, into: dx.data)
         }
         return dx
     }
