@@ -21,8 +21,10 @@ public final class BatchNorm: Layer {
     /// forward pools each sample's ReLU(BN(x)) from a sample-sized scratch straight into the
     /// pool's output (the full-size output is never written nor read back), and backward
     /// rebuilds each sample's gradient from the pool's output gradient and winners in that
-    /// scratch, as the pool's backward would have written it. Same bits, and two full-size
-    /// tensors less through memory each way.
+    /// scratch, as the pool's and the ReLU's backward would have written it (a window whose
+    /// maximum is not positive has no winner: the ReLU's mask, kept from forward rather than
+    /// recomputed in both backward passes). Same bits, and two full-size tensors less
+    /// through memory each way.
     public var fusesPool: Bool { pool != nil }
     private var pool: MaxPool2d?
     /// Set by `Model` (or a residual block) when, after the fused ReLU (and pool, if fused), a
@@ -258,7 +260,8 @@ public final class BatchNorm: Layer {
         return prepared.map { $0.buffer.tensor(output.shape) } ?? output
     }
 
-    /// Sample s's output gradient [C, H, W]: dy's, or, pooled, rebuilt in the scratch.
+    /// Sample s's output gradient [C, H, W]: dy's, or, pooled, rebuilt in the scratch, the
+    /// ReLU's mask applied already (the pool's `noWinner`).
     @inline(__always)
     private func sampleGradient(_ dy: Tensor, _ s: Int) -> UnsafeMutablePointer<Float> {
         guard let pool else { return dy.data + s * perSample }
@@ -363,8 +366,9 @@ public final class BatchNorm: Layer {
                     }
                 } else {
                     let offset = s * C * area, grad = sampleGradient(dy, s)
-                    // Two calls, so that each is compiled for its constant `masked`.
-                    if fused {
+                    // Two calls, so that each is compiled for its constant `masked`. The
+                    // fused pool's gradient is masked already (`noWinner`).
+                    if fused && pool == nil {
                         addGradientSums(grad, x.data + offset, rows: C, stride: area, count: area,
                                         mean: mu, scale: scale, shift: beta, masked: true, sumG: sumDy, sumGX: sumDyXhat)
                     } else {
@@ -428,7 +432,7 @@ public final class BatchNorm: Layer {
                         for c in 0..<C {
                             let src = x.data + (s * C + c) * area, grad = sampleGrad + c * area, d = out + c * rows.channelStride
                             let m = mu[c], kc = k[c], invC = invF[c], ac = a[c], bc = b[c], sc = scale[c], shift = beta[c]
-                            inputGradientRows(d, rowStride: rows.rowStride, grad, src, rows: h, width: w, masked: fused,
+                            inputGradientRows(d, rowStride: rows.rowStride, grad, src, rows: h, width: w, masked: fused && pool == nil,
                                               mean: m, scale: sc, shift: shift, k: kc, a: ac, b: bc, invStd: invC)
                         }
                     } else {
@@ -437,7 +441,7 @@ public final class BatchNorm: Layer {
                         for c in 0..<C {
                             let src = x.data + (s * C + c) * area, grad = sampleGrad + c * area, d = out + c * area
                             let m = mu[c], kc = k[c], invC = invF[c], ac = a[c], bc = b[c]
-                            if fused {
+                            if fused && pool == nil {
                                 reluMaskedInputGradient(d, grad, src, count: area, mean: m, scale: scale[c], shift: beta[c],
                                                         k: kc, a: ac, b: bc, invStd: invC)
                             } else {

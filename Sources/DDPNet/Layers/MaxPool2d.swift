@@ -54,21 +54,24 @@ public final class MaxPool2d: Layer {
     }
 
     /// Pools sample `s`'s planes `input` [C, H, W] (fast path only) into the output and the
-    /// winners, as `forward` pools them; with `prepared`, the pooled planes go instead into a
-    /// convolution's prepared input (`BatchNorm.writesPreparedInput`): the padded planes of
-    /// layout `l`, the sample's first at `prepared.pointer` (pooled rows of 8 or more).
+    /// winners, as `forward` pools them, for the batch norm whose ReLU'd output `input` is:
+    /// a window whose maximum is not positive gets no winner (`noWinner`), since the ReLU
+    /// passes no gradient there; its backward then needs no mask. With `prepared`, the
+    /// pooled planes go instead into a convolution's prepared input
+    /// (`BatchNorm.writesPreparedInput`): the padded planes of layout `l`, the sample's
+    /// first at `prepared.pointer` (pooled rows of 8 or more).
     func poolSample(_ input: UnsafeMutablePointer<Float>, sample s: Int,
                     intoPrepared prepared: (pointer: UnsafeMutablePointer<Float>, layout: DirectConvLayout)? = nil) {
         let g = geometry!, outSample = g.channels * g.outSpatial
         if let (pointer, l) = prepared {
             for c in 0..<g.channels {
                 maxPool2x2(input + c * g.height * g.width, pointer + c * l.channelLength + l.origin, argmax.pointer + s * outSample + c * g.outSpatial,
-                           outWidth: g.outWidth, rows: g.outHeight, outRowStride: l.outRowStride)
+                           outWidth: g.outWidth, rows: g.outHeight, outRowStride: l.outRowStride, reluMasked: true)
             }
             return
         }
         maxPool2x2(input, output.pointer + s * outSample, argmax.pointer + s * outSample, outWidth: g.outWidth,
-                   rows: g.channels * g.outHeight)
+                   rows: g.channels * g.outHeight, reluMasked: true)
     }
 
     /// Whether `poolSample` can write into prepared planes: its 8-wide stores stay inside a
@@ -155,9 +158,13 @@ public final class MaxPool2d: Layer {
 /// winners. Each row's horizontal pairs keep one element, then the bottom pair's is compared
 /// with the top one's. First maximum in window order wins, NaN propagates (the last NaN in
 /// window order), exactly as a window at a time would: "a later one wins only if larger or
-/// NaN" is associative over the two row pairs.
+/// NaN" is associative over the two row pairs. With `reluMasked` (x is a ReLU's output), a
+/// window whose maximum is not greater than 0 (0, or NaN) gets `noWinner`: the ReLU before
+/// passes it no gradient, so `maxPool2x2Backward` gives all four zeros, as the pool's and
+/// then the ReLU's backward would.
 func maxPool2x2(_ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>,
-                _ winners: UnsafeMutablePointer<Int32>, outWidth ow: Int, rows: Int, outRowStride: Int? = nil) {
+                _ winners: UnsafeMutablePointer<Int32>, outWidth ow: Int, rows: Int, outRowStride: Int? = nil,
+                reluMasked: Bool = false) {
     // Output rows outRowStride apart (a prepared plane's) take a row of at least 8: an 8-wide
     // store stays inside it.
     precondition(outRowStride == nil || ow >= 8, "maxPool2x2: rows apart need 8 outputs or more")
@@ -169,7 +176,8 @@ func maxPool2x2(_ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Floa
             let o = min(ox, max(ow - 8, 0))
             let (value, winner) = pool8(top + 2 * o, width: w)
             UnsafeMutableRawPointer(out + o).storeBytes(of: value, as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(code + o).storeBytes(of: winner, as: SIMD8<Int32>.self)
+            let kept = reluMasked ? winner.replacing(with: noWinner, where: .!(value .> 0)) : winner
+            UnsafeMutableRawPointer(code + o).storeBytes(of: kept, as: SIMD8<Int32>.self)
         }
     }
     for r in vector..<rows {
@@ -179,14 +187,18 @@ func maxPool2x2(_ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Floa
             let right = later(b, beats: a), bottomRight = later(d, beats: c)
             let t = right ? b : a, u = bottomRight ? d : c
             let down = later(u, beats: t)
-            y[r * rowStride + ox] = down ? u : t
-            winners[r * ow + ox] = (down ? 2 : 0) + ((down ? bottomRight : right) ? 1 : 0)
+            let value = down ? u : t
+            y[r * rowStride + ox] = value
+            winners[r * ow + ox] = reluMasked && !(value > 0) ? noWinner : (down ? 2 : 0) + ((down ? bottomRight : right) ? 1 : 0)
         }
     }
 }
 
+/// The winner code of a window that passes no gradient (`maxPool2x2`'s `reluMasked`).
+let noWinner: Int32 = 4
+
 /// The windows do not overlap, so every dx element is written once, in order: the winner
-/// gets dy + 0, the other three 0. The + 0 keeps the bits of the zero-then-accumulate it
+/// (if any) gets dy + 0, the other three 0. The + 0 keeps the bits of the zero-then-accumulate it
 /// replaces (0 + -0 is +0; a NaN comes out quiet), as the generic path still does.
 func maxPool2x2Backward(_ dy: UnsafeMutablePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
                                 _ winners: UnsafeMutablePointer<Int32>, outWidth ow: Int, rows: Int) {
