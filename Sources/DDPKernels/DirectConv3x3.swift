@@ -111,9 +111,12 @@ public func prepareConvInput(_ x: UnsafePointer<Float>, channels c: Int, _ l: Di
                 // 8 rows ahead (CPrefetch).
                 ddptrain_prefetch(image + (iy + 8) * w); ddptrain_prefetch(image + (iy + 8) * w + 16)
                 splitColumns(image + iy * w, width: w, even: even, odd: odd + 1)
+                // After the columns, rs = (w - 1) / 2 + 2 leaves one float of the even phase's
+                // row and, for an odd w, one of the odd phase's: stores, where
+                // `update(repeating:count:)` called memset for them.
                 odd[0] = 0
-                (even + evenCount).update(repeating: 0, count: rs - evenCount)
-                (odd + 1 + oddCount).update(repeating: 0, count: rs - 1 - oddCount)
+                even[evenCount] = 0
+                if 1 + oddCount < rs { odd[1 + oddCount] = 0 }
             }
         }
     }
