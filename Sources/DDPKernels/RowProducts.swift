@@ -282,8 +282,8 @@ private func rowBlock(_ x: UnsafePointer<Float>, rowCount: Int, inner k: Int, _ 
 /// a's rows are `rowStride` floats apart (`columns` if nil); b's are `rows` apart.
 public func transpose(_ a: UnsafePointer<Float>, rows: Int, columns: Int, rowStride: Int? = nil, into b: UnsafeMutablePointer<Float>) {
     let fullRows = rows / 8 * 8, fullColumns = columns / 8 * 8, sa = rowStride ?? columns
-    for c0 in stride(from: 0, to: fullColumns, by: 8) {
-        for r0 in stride(from: 0, to: fullRows, by: 8) {
+    for r0 in stride(from: 0, to: fullRows, by: 8) {
+        for c0 in stride(from: 0, to: fullColumns, by: 8) {
             transpose8x8(a + r0 * sa + c0, stride: sa, into: b + c0 * rows + r0, stride: rows)
         }
     }
