@@ -51,17 +51,19 @@ final class FusionTests: XCTestCase {
 
     /// Batch norm, ReLU and a 2x2 max pool (BatchNorm.fusesPool): the same bits as the three
     /// apart, on planes whose pooled rows are shorter than a vector (6x6, 10x4) and longer
-    /// (28x28, 14x14), in shards, training and evaluation; a pool off its fast path (odd
-    /// plane, 3x3 window) does not fuse.
+    /// (28x28, 14x14), with channels that go through the batch norm's scratch in one chunk and
+    /// in several (11 at 28x28: 5 + 5 + 1; 23 at 14x14: 20 + 3), in shards, training and
+    /// evaluation; a pool off its fast path (odd plane, 3x3 window) does not fuse.
     func testFusedPoolGivesTheSameBits() throws {
-        for (h, w, kernel) in [(8, 8, 2), (6, 6, 2), (10, 4, 2), (28, 28, 2), (14, 14, 2), (7, 7, 2), (9, 9, 3)] {
+        for (h, w, kernel, c) in [(8, 8, 2, 4), (6, 6, 2, 4), (10, 4, 2, 4), (28, 28, 2, 4), (14, 14, 2, 4), (7, 7, 2, 4), (9, 9, 3, 4),
+                                  (28, 28, 2, 11), (14, 14, 2, 23)] {
             for shardSize in [nil, 2] as [Int?] {
                 for training in [true, false] {
                     let shape = Shape(n: 5, c: 3, h: h, w: w)
                     func run(fused: Bool) throws -> (output: [Float], gradients: [Float], buffers: [Float], pooled: Bool) {
                         let pool = MaxPool2d(kernel: kernel)
-                        let model = try Model(layers: [Conv2d(inChannels: 3, outChannels: 4, kernel: 3, padding: 1), BatchNorm(features: 4),
-                                                       ReLU(), pool, Flatten(), Linear(pool.outputShapeFlat(h, w, channels: 4), 3)],
+                        let model = try Model(layers: [Conv2d(inChannels: 3, outChannels: c, kernel: 3, padding: 1), BatchNorm(features: c),
+                                                       ReLU(), pool, Flatten(), Linear(pool.outputShapeFlat(h, w, channels: c), 3)],
                                               inputShape: shape.withBatch(1), maxBatch: shape.n, fuseLayers: fused)
                         randomize(model, seed: 61)
                         if let beta = model.parameter(named: "1.bias") { model.parameters.pointer[beta.offset] = -0.5 }
@@ -76,7 +78,7 @@ final class FusionTests: XCTestCase {
                         return (output, Array(model.gradients.buffer.prefix(model.parameterCount)), Array(model.buffers.buffer),
                                 norm.fusesPool && pool.passesThrough)
                     }
-                    let label = "\(h)x\(w) window \(kernel) shards \(shardSize.map(String.init) ?? "all") training \(training)"
+                    let label = "\(c) channels \(h)x\(w) window \(kernel) shards \(shardSize.map(String.init) ?? "all") training \(training)"
                     let apart = try run(fused: false), fused = try run(fused: true)
                     XCTAssertFalse(apart.pooled, label)
                     XCTAssertEqual(fused.pooled, kernel == 2 && h % 2 == 0 && w % 2 == 0, label)

@@ -53,8 +53,12 @@ public final class BatchNorm: Layer {
     private var gradientTaker: Conv2d?
     /// One group's input gradient [group, C, H, W] for `gradientTaker`.
     private var groupScratch: FloatBuffer?
-    /// One sample's planes [C, H, W] (the pool's input or its input gradient).
-    private var sampleScratch: FloatBuffer?
+    /// A few channels' planes of one sample [poolChunk, H, W] (the fused pool's input or its
+    /// input gradient), small enough to stay in L1 between their writer and their reader
+    /// (the whole sample, 100 KB on fmnist-cnn's first layer, went through L2).
+    private var poolScratch: FloatBuffer?
+    /// Channels per `poolScratch`: 16 KB of planes.
+    private var poolChunk = 1
     private var perSample = 0
 
     private var isSpatial: Bool?
@@ -132,7 +136,9 @@ public final class BatchNorm: Layer {
         guard let candidate, isSpatial == true, candidate.isEvenTwoByTwo else { return }
         pool = candidate
         candidate.passesThrough = true
-        if sampleScratch == nil { sampleScratch = FloatBuffer(capacity: perSample) }
+        let area = perSample / features
+        poolChunk = max(1, min(features, 4096 / max(area, 1)))
+        if poolScratch == nil { poolScratch = FloatBuffer(capacity: poolChunk * area) }
     }
 
     /// Writes the prepared input of `conv` (the layer after the fused ReLU, or pool) as
@@ -235,9 +241,22 @@ public final class BatchNorm: Layer {
                             normalizedReLURow(src + r * w, into: dst + r * l.outRowStride, count: w, mean: m, scale: k, shift: shift)
                         }
                     }
+                } else if let pool {
+                    // Fused with the pool (after the fused ReLU): a chunk of channels at a time
+                    // into the scratch, then pooled.
+                    let out = poolScratch!.pointer
+                    for channels in poolChunks {
+                        for c in channels {
+                            let src = x.data + (s * C + c) * area, dst = out + (c - channels.lowerBound) * area
+                            let m = mu[c], k = scale[c], shift = beta[c]
+                            for i in 0..<area { dst[i] = max(Float(Double(src[i]) - m) * k + shift, 0) }
+                        }
+                        pool.poolSample(out, sample: s, channels: channels, intoPrepared: prepared.map { (buffer, l) in
+                            (buffer.pointer + s * C * l.channelLength, l)
+                        })
+                    }
                 } else {
-                    // Fused with the pool: the sample's output goes to the scratch, then pooled.
-                    let out = pool == nil ? y.data + s * C * area : sampleScratch!.pointer
+                    let out = y.data + s * C * area
                     for c in 0..<C {
                         let src = x.data + (s * C + c) * area, dst = out + c * area
                         let m = mu[c], k = scale[c], shift = beta[c]
@@ -250,9 +269,6 @@ public final class BatchNorm: Layer {
                             for i in 0..<area { dst[i] = Float(Double(src[i]) - m) * k + shift }
                         }
                     }
-                    pool?.poolSample(out, sample: s, intoPrepared: prepared.map { (buffer, l) in
-                        (buffer.pointer + s * C * l.channelLength, l)
-                    })
                 }
             }
         }
@@ -260,13 +276,17 @@ public final class BatchNorm: Layer {
         return prepared.map { $0.buffer.tensor(output.shape) } ?? output
     }
 
-    /// Sample s's output gradient [C, H, W]: dy's, or, pooled, rebuilt in the scratch, the
-    /// ReLU's mask applied already (the pool's `noWinner`).
+    /// The chunks of channels that go through `poolScratch` together (with the pool fused),
+    /// else all channels at once.
+    private var poolChunks: ChannelChunks { ChannelChunks(count: features, size: pool == nil ? features : poolChunk) }
+
+    /// The output gradient [channels, H, W] of sample s: dy's, or, pooled, rebuilt in the
+    /// scratch, the ReLU's mask applied already (the pool's `noWinner`).
     @inline(__always)
-    private func sampleGradient(_ dy: Tensor, _ s: Int) -> UnsafeMutablePointer<Float> {
-        guard let pool else { return dy.data + s * perSample }
-        pool.spreadSampleGradient(dy.data, sample: s, into: sampleScratch!.pointer)
-        return sampleScratch!.pointer
+    private func sampleGradient(_ dy: Tensor, _ s: Int, channels: Range<Int>) -> UnsafeMutablePointer<Float> {
+        guard let pool else { return dy.data + s * perSample + channels.lowerBound * (perSample / features) }
+        pool.spreadSampleGradient(dy.data, sample: s, channels: channels, into: poolScratch!.pointer)
+        return poolScratch!.pointer
     }
 
     /// Fills `mean`, `invStd` and `groupCount` per shard with its statistics group's
@@ -365,15 +385,18 @@ public final class BatchNorm: Layer {
                         sumDyXhat[c] += g * (Double(src[c]) - mu[c])
                     }
                 } else {
-                    let offset = s * C * area, grad = sampleGradient(dy, s)
-                    // Two calls, so that each is compiled for its constant `masked`. The
-                    // fused pool's gradient is masked already (`noWinner`).
-                    if fused && pool == nil {
-                        addGradientSums(grad, x.data + offset, rows: C, stride: area, count: area,
-                                        mean: mu, scale: scale, shift: beta, masked: true, sumG: sumDy, sumGX: sumDyXhat)
-                    } else {
-                        addGradientSums(grad, x.data + offset, rows: C, stride: area, count: area,
-                                        mean: mu, scale: scale, shift: beta, masked: false, sumG: sumDy, sumGX: sumDyXhat)
+                    for channels in poolChunks {
+                        let c0 = channels.lowerBound, grad = sampleGradient(dy, s, channels: channels)
+                        let src = x.data + (s * C + c0) * area
+                        // Two calls, so that each is compiled for its constant `masked`. The
+                        // fused pool's gradient is masked already (`noWinner`).
+                        if fused && pool == nil {
+                            addGradientSums(grad, src, rows: channels.count, stride: area, count: area, mean: mu + c0, scale: scale + c0,
+                                            shift: beta + c0, masked: true, sumG: sumDy + c0, sumGX: sumDyXhat + c0)
+                        } else {
+                            addGradientSums(grad, src, rows: channels.count, stride: area, count: area, mean: mu + c0, scale: scale + c0,
+                                            shift: beta + c0, masked: false, sumG: sumDy + c0, sumGX: sumDyXhat + c0)
+                        }
                     }
                 }
             }
@@ -427,27 +450,33 @@ public final class BatchNorm: Layer {
                             d[c] = k[c] * (g - a[c] - xhat * b[c])
                         }
                     } else if let rows = paddedRows {
-                        let sampleGrad = sampleGradient(dy, s), h = x.shape.h, w = x.shape.w
-                        let out = rows.pointer + (s - first) * rows.sampleStride
-                        for c in 0..<C {
-                            let src = x.data + (s * C + c) * area, grad = sampleGrad + c * area, d = out + c * rows.channelStride
-                            let m = mu[c], kc = k[c], invC = invF[c], ac = a[c], bc = b[c], sc = scale[c], shift = beta[c]
-                            inputGradientRows(d, rowStride: rows.rowStride, grad, src, rows: h, width: w, masked: fused && pool == nil,
-                                              mean: m, scale: sc, shift: shift, k: kc, a: ac, b: bc, invStd: invC)
+                        let h = x.shape.h, w = x.shape.w, out = rows.pointer + (s - first) * rows.sampleStride
+                        for channels in poolChunks {
+                            let chunkGrad = sampleGradient(dy, s, channels: channels)
+                            for c in channels {
+                                let src = x.data + (s * C + c) * area, grad = chunkGrad + (c - channels.lowerBound) * area
+                                let d = out + c * rows.channelStride
+                                let m = mu[c], kc = k[c], invC = invF[c], ac = a[c], bc = b[c], sc = scale[c], shift = beta[c]
+                                inputGradientRows(d, rowStride: rows.rowStride, grad, src, rows: h, width: w, masked: fused && pool == nil,
+                                                  mean: m, scale: sc, shift: shift, k: kc, a: ac, b: bc, invStd: invC)
+                            }
                         }
                     } else {
-                        let sampleGrad = sampleGradient(dy, s)
                         let out = taker == nil ? dx.data + s * perSample : groupScratch!.pointer + (s - first) * perSample
-                        for c in 0..<C {
-                            let src = x.data + (s * C + c) * area, grad = sampleGrad + c * area, d = out + c * area
-                            let m = mu[c], kc = k[c], invC = invF[c], ac = a[c], bc = b[c]
-                            if fused && pool == nil {
-                                reluMaskedInputGradient(d, grad, src, count: area, mean: m, scale: scale[c], shift: beta[c],
-                                                        k: kc, a: ac, b: bc, invStd: invC)
-                            } else {
-                                for i in 0..<area {
-                                    let xhat = Float(Double(src[i]) - m) * invC
-                                    d[i] = kc * (grad[i] - ac - xhat * bc)
+                        for channels in poolChunks {
+                            let chunkGrad = sampleGradient(dy, s, channels: channels)
+                            for c in channels {
+                                let src = x.data + (s * C + c) * area, grad = chunkGrad + (c - channels.lowerBound) * area
+                                let d = out + c * area
+                                let m = mu[c], kc = k[c], invC = invF[c], ac = a[c], bc = b[c]
+                                if fused && pool == nil {
+                                    reluMaskedInputGradient(d, grad, src, count: area, mean: m, scale: scale[c], shift: beta[c],
+                                                            k: kc, a: ac, b: bc, invStd: invC)
+                                } else {
+                                    for i in 0..<area {
+                                        let xhat = Float(Double(src[i]) - m) * invC
+                                        d[i] = kc * (grad[i] - ac - xhat * bc)
+                                    }
                                 }
                             }
                         }
@@ -459,5 +488,22 @@ public final class BatchNorm: Layer {
             taker?.finishShard(j, context)
         }
         return dx
+    }
+}
+
+/// Consecutive ranges of `size` channels (the last one shorter) that cover 0..<count.
+struct ChannelChunks: Sequence, IteratorProtocol {
+    let count: Int, size: Int
+    private var start = 0
+
+    init(count: Int, size: Int) {
+        precondition(size >= 1, "ChannelChunks needs chunks of at least one channel")
+        self.count = count; self.size = size
+    }
+
+    mutating func next() -> Range<Int>? {
+        guard start < count else { return nil }
+        defer { start += size }
+        return start..<Swift.min(start + size, count)
     }
 }

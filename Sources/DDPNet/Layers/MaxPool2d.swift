@@ -53,25 +53,28 @@ public final class MaxPool2d: Layer {
         inputGrad = FloatBuffer(capacity: maxBatch * input.perSample)
     }
 
-    /// Pools sample `s`'s planes `input` [C, H, W] (fast path only) into the output and the
-    /// winners, as `forward` pools them, for the batch norm whose ReLU'd output `input` is:
+    /// Pools the planes `input` [channels, H, W] of sample `s` (fast path only) into the
+    /// output and the winners, as `forward` pools them, for the batch norm whose ReLU'd output
+    /// `input` is:
     /// a window whose maximum is not positive gets no winner (`noWinner`), since the ReLU
     /// passes no gradient there; its backward then needs no mask. With `prepared`, the
     /// pooled planes go instead into a convolution's prepared input
     /// (`BatchNorm.writesPreparedInput`): the padded planes of layout `l`, the sample's
     /// first at `prepared.pointer` (pooled rows of 8 or more).
-    func poolSample(_ input: UnsafeMutablePointer<Float>, sample s: Int,
+    func poolSample(_ input: UnsafeMutablePointer<Float>, sample s: Int, channels: Range<Int>,
                     intoPrepared prepared: (pointer: UnsafeMutablePointer<Float>, layout: DirectConvLayout)? = nil) {
-        let g = geometry!, outSample = g.channels * g.outSpatial
+        let g = geometry!, first = channels.lowerBound
+        let winners = argmax.pointer + (s * g.channels + first) * g.outSpatial
         if let (pointer, l) = prepared {
-            for c in 0..<g.channels {
-                maxPool2x2(input + c * g.height * g.width, pointer + c * l.channelLength + l.origin, argmax.pointer + s * outSample + c * g.outSpatial,
-                           outWidth: g.outWidth, rows: g.outHeight, outRowStride: l.outRowStride, reluMasked: true)
+            for c in channels {
+                maxPool2x2(input + (c - first) * g.height * g.width, pointer + c * l.channelLength + l.origin,
+                           winners + (c - first) * g.outSpatial, outWidth: g.outWidth, rows: g.outHeight,
+                           outRowStride: l.outRowStride, reluMasked: true)
             }
             return
         }
-        maxPool2x2(input, output.pointer + s * outSample, argmax.pointer + s * outSample, outWidth: g.outWidth,
-                   rows: g.channels * g.outHeight, reluMasked: true)
+        maxPool2x2(input, output.pointer + (s * g.channels + first) * g.outSpatial, winners, outWidth: g.outWidth,
+                   rows: channels.count * g.outHeight, reluMasked: true)
     }
 
     /// Whether `poolSample` can write into prepared planes: its 8-wide stores stay inside a
@@ -81,12 +84,12 @@ public final class MaxPool2d: Layer {
     /// The pooled output of the first `batch` samples (after `poolSample`).
     func pooledOutput(batch: Int) -> Tensor { output.tensor(geometry.outputShape(batch: batch)) }
 
-    /// Sample `s`'s input gradient [C, H, W] from the output gradient `dy` of the batch (fast
-    /// path only), as `backward` writes it.
-    func spreadSampleGradient(_ dy: UnsafeMutablePointer<Float>, sample s: Int, into dx: UnsafeMutablePointer<Float>) {
-        let g = geometry!, outSample = g.channels * g.outSpatial
-        maxPool2x2Backward(dy + s * outSample, dx, argmax.pointer + s * outSample, outWidth: g.outWidth,
-                           rows: g.channels * g.outHeight)
+    /// The input gradient [channels, H, W] of sample `s` from the output gradient `dy` of the
+    /// batch (fast path only), as `backward` writes it.
+    func spreadSampleGradient(_ dy: UnsafeMutablePointer<Float>, sample s: Int, channels: Range<Int>,
+                              into dx: UnsafeMutablePointer<Float>) {
+        let g = geometry!, offset = (s * g.channels + channels.lowerBound) * g.outSpatial
+        maxPool2x2Backward(dy + offset, dx, argmax.pointer + offset, outWidth: g.outWidth, rows: channels.count * g.outHeight)
     }
 
     public func forward(_ x: Tensor, _ context: ForwardContext) throws -> Tensor {
