@@ -220,6 +220,8 @@ public struct ModelSpec: Sendable {
         spec.momentum = try float("momentum")
         if let i = settings["init"] {
             guard let s = i as? String else { throw ModelSpecError("\(place): 'init' must be a name like he-normal, got \(i)") }
+            // Checked here, so that the error names the file and the layer (and `summary` refuses it too).
+            do { _ = try Initializer(parsing: s) } catch { throw ModelSpecError("\(place) (\(kind.rawValue)): 'init': \(error)") }
             spec.initializer = s
         }
         switch kind {

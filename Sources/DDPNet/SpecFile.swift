@@ -57,6 +57,10 @@ public enum SpecFile {
             // Yams force-unwraps a key as a string, so a list or map used as a key would crash
             // it (found by fuzzing).
             var nextIsKey: [Bool?] = []
+            // Per open collection: a map's keys so far, with their lines. Yams keeps the last
+            // of two equal keys without a word, so a repeated key (`lr: 0.1` ... `lr: 0.5`)
+            // would silently override the first.
+            var keyLines: [[String: Int]] = []
             while true {
                 var event = yaml_event_t()
                 guard yaml_parser_parse(&parser, &event) == 1 else {
@@ -106,12 +110,19 @@ public enum SpecFile {
                     if isKey && event.type != YAML_SCALAR_EVENT {
                         throw SpecFileError(source, "line \(line): a key must be a plain name, not a list or a map")
                     }
+                    if isKey, let value = event.data.scalar.value {
+                        let key = String(decoding: UnsafeBufferPointer(start: value, count: event.data.scalar.length), as: UTF8.self)
+                        if let first = keyLines[keyLines.count - 1][key] {
+                            throw SpecFileError(source, "line \(line): key '\(key)' is given twice in one map (first at line \(first))")
+                        }
+                        keyLines[keyLines.count - 1][key] = line
+                    }
                     nextIsKey[nextIsKey.count - 1] = !isKey
                 }
                 switch event.type {
-                case YAML_MAPPING_START_EVENT: nextIsKey.append(true)
-                case YAML_SEQUENCE_START_EVENT: nextIsKey.append(nil)
-                case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT: _ = nextIsKey.popLast()
+                case YAML_MAPPING_START_EVENT: nextIsKey.append(true); keyLines.append([:])
+                case YAML_SEQUENCE_START_EVENT: nextIsKey.append(nil); keyLines.append([:])
+                case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT: _ = nextIsKey.popLast(); _ = keyLines.popLast()
                 default: break
                 }
                 if depth > maxDepth {

@@ -102,6 +102,58 @@ public enum RegularFile {
     }
 }
 
+/// What is at a path a command is about to write its output to (lstat: a link is not
+/// followed). The output is written next to it and renamed over it (`AtomicFile`), which
+/// would replace whatever is there, a device node or a FIFO included: the callers refuse
+/// anything but a regular file.
+public enum OutputTarget: Equatable, Sendable {
+    case absent
+    case regularFile
+    /// Something else: what, in words ("a directory", "a character device", ...).
+    case other(String)
+    /// lstat failed with another error than ENOENT.
+    case unreadable(SystemCallFailure)
+
+    public static func at(_ path: String) -> OutputTarget {
+        var info = stat()
+        guard lstat(path, &info) == 0 else {
+            return errno == ENOENT ? .absent : .unreadable(SystemCallFailure("lstat", path: path))
+        }
+        switch info.st_mode & S_IFMT {
+        case S_IFREG: return .regularFile
+        case S_IFDIR: return .other("a directory")
+        case S_IFLNK: return .other("a symbolic link")
+        case S_IFCHR: return .other("a character device")
+        case S_IFBLK: return .other("a block device")
+        case S_IFIFO: return .other("a FIFO")
+        case S_IFSOCK: return .other("a socket")
+        default: return .other("not a regular file")
+        }
+    }
+}
+
+extension RegularFile {
+    /// The first `count` bytes (or fewer) of a regular file, without following a link.
+    public static func prefix(_ path: String, count: Int) -> Result<[UInt8], RegularFileProblem> {
+        let opened: (descriptor: Int32, size: Int)
+        switch open(path, followingLinks: false) {
+        case .success(let file): opened = file
+        case .failure(let problem): return .failure(problem)
+        }
+        defer { close(opened.descriptor) }
+        var bytes = [UInt8](repeating: 0, count: count)
+        var filled = 0
+        while filled < count {
+            let n = bytes.withUnsafeMutableBytes { Glibc.read(opened.descriptor, $0.baseAddress! + filled, count - filled) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { return .failure(.failed(SystemCallFailure("read"))) }
+            if n == 0 { break }
+            filled += n
+        }
+        return .success(Array(bytes[..<filled]))
+    }
+}
+
 public enum TemporaryFile {
     /// How many names are tried before giving up: a clash of 64-bit random names means
     /// someone is planting them.

@@ -261,9 +261,6 @@ public struct CheckpointReader {
         if m["dataset"] != datasetName {
             throw CheckpointError(path, "was trained on dataset '\(m["dataset"] ?? "?")', this run uses '\(datasetName)'")
         }
-        if m["normalize.mean"] != String(normalization.mean) || m["normalize.std"] != String(normalization.std) {
-            throw CheckpointError(path, "normalization mean \(m["normalize.mean"] ?? "?"), std \(m["normalize.std"] ?? "?") differs from this run's \(normalization.mean), \(normalization.std)")
-        }
         if m["model"] != config.model {
             throw CheckpointError(path, "holds model '\(m["model"] ?? "?")', this run uses '\(config.model)'")
         }
@@ -274,6 +271,11 @@ public struct CheckpointReader {
             if let mismatch = option.resumeMismatch(saved: saved, now: config) {
                 throw CheckpointError(path, "\(mismatch); use another --run-dir for another configuration")
             }
+        }
+        // After the options: a run given another --seed or --train-samples than its
+        // checkpoint's computes another normalization, and the option is what to name.
+        if m["normalize.mean"] != String(normalization.mean) || m["normalize.std"] != String(normalization.std) {
+            throw CheckpointError(path, "normalization mean \(m["normalize.mean"] ?? "?"), std \(m["normalize.std"] ?? "?") differs from this run's \(normalization.mean), \(normalization.std)")
         }
         if !allowBatchChange, self.globalBatch != globalBatch {
             throw CheckpointError(path, "was trained with global batch \(self.globalBatch), this run uses \(globalBatch); pass --allow-batch-change to continue anyway")

@@ -18,8 +18,9 @@ public struct Variation: Sendable {
             throw ConfigError("--vary: unknown key '\(parts[0])'; keys: \(Variation.keys.joined(separator: ", "))")
         }
         key = parts[0]
-        values = parts[1].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-        guard Set(values).count == values.count, !values.contains("") else {
+        // Empty pieces kept, so that "lr=,," (no value at all) and "lr=0.1,,0.2" are refused.
+        values = parts[1].split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        guard !values.isEmpty, Set(values).count == values.count, !values.contains("") else {
             throw ConfigError("--vary \(key): values must be distinct and non-empty; got '\(parts[1])'")
         }
     }

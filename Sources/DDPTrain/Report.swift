@@ -45,7 +45,8 @@ public struct LineChart {
         let fy: (Double) -> Double = { logY ? log10($0) : $0 }
         var (x0, x1) = (all.map(\.x).min() ?? 0, all.map(\.x).max() ?? 1)
         var (y0, y1) = (all.map { fy($0.y) }.min() ?? 0, all.map { fy($0.y) }.max() ?? 1)
-        if x1 <= x0 { x1 = x0 + 1 }
+        // One x value: a span of 1, or of the spacing of doubles there (x0 + 1 == x0 past 2^53).
+        if x1 <= x0 { x1 = x0 + max(1, x0.ulp) }
         if !logY, y1 - y0 < minimumYSpan {
             let middle = (y0 + y1) / 2
             (y0, y1) = (middle - minimumYSpan / 2, middle + minimumYSpan / 2)
@@ -119,6 +120,9 @@ public struct LineChart {
 func niceTicks(_ a: Double, _ b: Double, minimumStep: Double = 0) -> [Double] {
     let span = b - a
     let raw = span / 5
+    // No span a tick step can divide (one point, or values so large that a + step == a:
+    // steps near 2^62): the two ends. Never an empty list.
+    guard raw > 0, raw.isFinite, a + raw != a else { return a == b ? [a] : [a, b] }
     let magnitude = pow(10, floor(log10(raw)))
     let nice = [1.0, 2, 2.5, 5, 10].map { $0 * magnitude }.first { $0 >= raw } ?? 10 * magnitude
     let step = max(nice, minimumStep)
@@ -132,12 +136,13 @@ func niceTicks(_ a: Double, _ b: Double, minimumStep: Double = 0) -> [Double] {
     return ticks
 }
 
-/// The start of a self-contained report page (compare's report, plot's page): head, one
-/// style sheet, and the title as a heading.
-func reportPageStart(title: String) -> String {
+/// The start of a self-contained report page (compare's report, plot's page): head (naming
+/// `generator`, by which a page is known again before it is replaced), one style sheet, and
+/// the title as a heading.
+func reportPageStart(title: String, generator: String = "ddptrain") -> String {
     """
     <!DOCTYPE html>
-    <html><head><meta charset="utf-8"><title>\(escapeHTML(title))</title>
+    <html><head><meta charset="utf-8"><meta name="generator" content="\(escapeHTML(generator))"><title>\(escapeHTML(title))</title>
     <style>body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:12px 0}
     td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}
     th{background:#f3f3f3}pre{background:#f6f6f6;padding:6px 8px;white-space:pre-wrap}.charts{display:flex;flex-wrap:wrap;gap:8px}

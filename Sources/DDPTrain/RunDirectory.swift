@@ -70,6 +70,9 @@ public struct RunDirectory: Sendable {
     /// metrics.jsonl. Returns warnings for the user. Nothing is overwritten before every check passed.
     public func create(config: TrainConfig, configJSON: String? = nil, keepMetricsUpTo resumedStep: Int?) throws -> [String] {
         var warnings = try claim(acceptingOldComparison: false)
+        // Locked for this run (a file system without locks says so in a warning): any
+        // temporary file of ours here was left by a run killed while writing it.
+        if warnings.isEmpty { warnings += removeLeftTemporaryFiles() }
         if resumedStep == nil, config.resume == nil,
            let existing = try CheckpointStore(directory: checkpointsPath, keep: config.keep).files().first {
             throw TrainingError("run dir \(path) already holds checkpoints (\(existing)); continue that run "
@@ -97,6 +100,30 @@ public struct RunDirectory: Sendable {
         }
         try writeAtomically((configJSON ?? config.json) + "\n", to: configPath)
         return warnings
+    }
+
+    /// Removes the temporary files (`.<name>.tmp.<16 hex digits>`, TemporaryFile) that a run
+    /// killed while writing a checkpoint or metrics left in the folder and in checkpoints/
+    /// (SIGKILL, the OOM killer: a signal that can be caught removes its own): each as large
+    /// as what it was writing, they would pile up with every such kill. Returns a note.
+    func removeLeftTemporaryFiles() -> [String] {
+        var removed: [String] = []
+        for folder in [path, checkpointsPath] {
+            guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder) else { continue }
+            for name in names.sorted() where RunDirectory.isTemporaryName(name) {
+                let file = folder + "/" + name
+                if fileType(file) == S_IFREG, unlink(file) == 0 { removed.append(file) }
+            }
+        }
+        guard !removed.isEmpty else { return [] }
+        return ["removed \(removed.count) temporary file\(removed.count == 1 ? "" : "s") a killed run left: \(removed.joined(separator: ", "))"]
+    }
+
+    /// Whether `name` is one `TemporaryFile.create` makes: "." + name + ".tmp." + 16 hex digits.
+    static func isTemporaryName(_ name: String) -> Bool {
+        let parts = name.components(separatedBy: ".tmp.")
+        guard name.hasPrefix("."), parts.count == 2, parts[0].count > 1, parts[1].utf8.count == 16 else { return false }
+        return parts[1].utf8.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0) }
     }
 
     /// Makes sure the folder is new, empty or ddptrain's, creates it, locks it for this process
@@ -178,8 +205,10 @@ public struct RunDirectory: Sendable {
         var unterminated = false
         let decoder = JSONDecoder()
         struct StepOnly: Decodable { var step: Int }
+        // Failing calls here write (the temporary file, the rename): disk full is 74, as for
+        // any metrics line; a metrics.jsonl that cannot be read stays an input error.
         try DDPSystem.AtomicFile.replace(metricsPath, failure: { failure in
-            TrainingError("\(failure.path ?? metricsPath): \(failure.call) failed: \(failure.reason)", exitCode: ExitStatus.inputError)
+            TrainingError("\(failure.path ?? metricsPath): \(failure.call) failed: \(failure.reason)", exitCode: ExitStatus.checkpointWriteFailed)
         }) { output, temporary throws(TrainingError) in
             do {
                 try forEachLine(fd: input, path: metricsPath) { piece in

@@ -147,7 +147,7 @@ func writeEvery<Bytes: Collection>(_ bytes: Bytes, to fd: Int32, path: String) t
     let failure = Array(bytes).withUnsafeBytes { DDPSystem.writeAll(fd, $0) }
     guard let failure else { return }
     throw TrainingError("\(path): cannot write: " + (failure.code == 0 ? "the write made no progress" : failure.reason),
-                        exitCode: ExitStatus.inputError)
+                        exitCode: ExitStatus.checkpointWriteFailed)
 }
 
 /// The type of what is at `path` (S_IFREG, S_IFDIR, ...), nil when nothing is there or it cannot be examined.

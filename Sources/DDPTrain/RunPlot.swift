@@ -139,8 +139,16 @@ public struct RunPlot {
         return facts
     }
 
+    /// The page's generator meta tag: `plot --out` replaces a file only if it carries it.
+    public static let generator = "ddptrain plot"
+
+    /// Whether a page's first bytes say `plot` wrote it.
+    public static func isPlotPage(_ start: String) -> Bool {
+        start.hasPrefix("<!DOCTYPE html>") && start.contains("<meta name=\"generator\" content=\"\(generator)\">")
+    }
+
     public var html: String {
-        var h = reportPageStart(title: title) + "\n<table>\n"
+        var h = reportPageStart(title: title, generator: RunPlot.generator) + "\n<table>\n"
         for (name, value) in facts { h += "<tr><th>\(escapeHTML(name))</th><td>\(escapeHTML(value))</td></tr>\n" }
         h += "</table>\n"
         h += "<div class=\"charts\">\n"

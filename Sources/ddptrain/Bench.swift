@@ -30,13 +30,19 @@ struct Bench: ParsableCommand {
     @Flag(help: "Print one JSON object.")
     var json = false
 
-    @Option(help: "Write every timed step's split, for every rank, to this file (JSON lines: step, rank, data, forward, backward, communication, optimizer in ms).")
+    @Option(help: "Write every timed step's split, for every rank, to this file (JSON lines: step, rank, data, forward, backward, communication, optimizer in ms). An existing file there must be a step log, or give --force.")
     var stepLog: String?
+    @Flag(help: "Replace the regular file at --step-log whatever wrote it (never a device, a FIFO, a directory or a link).")
+    var force = false
 
     func validate() throws {
         if let stepLog {
+            // Checked before the run (the log is written after it).
             let folder = URL(fileURLWithPath: stepLog).deletingLastPathComponent().path
             guard access(folder, W_OK) == 0 else { throw ValidationError("--step-log \(stepLog): cannot write into \(folder)") }
+            try OutputFile(path: stepLog, option: "--step-log", kind: "a step log bench wrote", isOwnKind: { path in
+                OutputFile.starts(path, within: 64) { $0.starts(with: Array("{\"step\":".utf8)) }
+            }).check(force: force)
         }
         guard untimedSteps >= 0 else { throw ValidationError("--untimed-steps must be at least 0, got \(untimedSteps)") }
         guard timedSteps >= 1 else { throw ValidationError("--timed-steps must be at least 1, got \(timedSteps)") }
@@ -133,8 +139,8 @@ struct Bench: ParsableCommand {
                         lines += "{\"step\":\(k),\"rank\":\(r),\"data\":\(v[0]),\"forward\":\(v[1]),\"backward\":\(v[2]),\"communication\":\(v[3]),\"optimizer\":\(v[4])}\n"
                     }
                 }
-                guard FileManager.default.createFile(atPath: path, contents: Data(lines.utf8)) else {
-                    throw ValidationError("--step-log: cannot write \(path)")
+                do { try writeAtomically(lines, to: path) } catch {
+                    throw ValidationError("--step-log: \(error)")
                 }
             }
             guard world.rank == 0 else { return }

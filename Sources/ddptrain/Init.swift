@@ -1,7 +1,10 @@
 import ArgumentParser
 import DDPKernels
 import DDPNet
+import DDPSystem
 import DDPTrain
+import Foundation
+import SafeTensors
 
 struct Init: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -15,29 +18,45 @@ struct Init: ParsableCommand {
     var seed: UInt64 = 0
     @Option(help: "Input shape of one sample, C,H,W.")
     var input = "1,28,28"
-    @Option(help: "Output file (.safetensors).")
+    @Option(help: "Output file (.safetensors). An existing file there must be one init wrote, or give --force.")
     var out: String
+    @Flag(help: "Replace the regular file at --out whatever wrote it, a checkpoint too (never a device, a FIFO, a directory or a link).")
+    var force = false
+
+    /// The metadata `format` of the files init writes.
+    static let format = "ddptrain-init"
 
     func validate() throws {
         guard out.hasSuffix(".safetensors") else { throw ValidationError("--out must end in .safetensors, got '\(out)'") }
         do { _ = try Initializer(parsing: initializer) } catch { throw ValidationError("--init: \(error)") }
+        try OutputFile(path: out, option: "--out", kind: "a file init wrote (a checkpoint, say)", isOwnKind: { path in
+            (try? SafeTensorsFile(path: path, verifyingChecksum: false))?.metadata["format"] == Init.format
+        }).check(force: force)
     }
 
     func run() throws {
         let shape = try sampleShape(input)
+        let spec: ModelSpec, built: Model
         do {
-            let spec = try ModelSpec.named(model)
+            spec = try ModelSpec.named(model)
             try spec.checkMemory(inputShape: shape, batch: 1, replicas: 1, optimizerSlots: 0, ranksOnNode: 1)
-            let built = try spec.build(inputShape: shape, maxBatch: 1)
+            built = try spec.build(inputShape: shape, maxBatch: 1)
             let perLayer = try spec.layerInitializers.mapValues { try Initializer(parsing: $0) }
             for warning in try built.initialize(try Initializer(parsing: initializer), perLayer: perLayer, seed: seed) {
                 print("warning: \(warning)")
             }
-            try StateDict.write(model: built, optimizer: nil,
-                                metadata: ["format": "ddptrain-init", "model": model, "init": initializer, "seed": String(seed)], to: out)
-            print("wrote \(out): \(plural(built.parameterCount, "parameter")) of \(spec.name)")
-        } catch let error as ModelSpecError {
-            throw ValidationError(error.message)
+        } catch {
+            // A model file that cannot be used is bad input, as in train.
+            FileHandle.standardError.write("ddptrain init: \(error)\n")
+            throw ExitCode(ExitStatus.inputError)
         }
+        do {
+            try StateDict.write(model: built, optimizer: nil,
+                                metadata: ["format": Init.format, "model": model, "init": initializer, "seed": String(seed)], to: out)
+        } catch {
+            FileHandle.standardError.write("ddptrain init: \(error)\n")
+            throw ExitCode(ExitStatus.checkpointWriteFailed)
+        }
+        print("wrote \(out): \(plural(built.parameterCount, "parameter")) of \(spec.name)")
     }
 }

@@ -18,10 +18,24 @@ struct Microbench: ParsableCommand {
     @Option(parsing: .unconditional, help: "Time only the layers whose name contains this text (e.g. \"32->64\", \"winograd\").")
     var only: String?
 
+    /// The largest batch: the widest case's im2col columns (16 -> 16 at 28x28) take 450 KB a
+    /// sample, so 1024 samples are half a GiB.
+    static let maxBatch = 1024
+    /// The most BLAS threads asked for (OpenBLAS caps them at its own build's maximum).
+    static let maxThreads = 1024
+    /// The longest measurement: an hour.
+    static let maxSeconds = 3600.0
+
     func validate() throws {
-        guard batch >= 1 else { throw ValidationError("--batch must be at least 1, got \(batch)") }
-        guard seconds > 0 else { throw ValidationError("--seconds must be positive, got \(seconds)") }
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
+        guard batch >= 1 && batch <= Microbench.maxBatch else {
+            throw ValidationError("--batch must be 1 to \(Microbench.maxBatch), got \(batch)")
+        }
+        guard seconds > 0 && seconds <= Microbench.maxSeconds else {
+            throw ValidationError("--seconds must be more than 0 and at most \(Int(Microbench.maxSeconds)), got \(seconds)")
+        }
+        if let threads, !(1...Microbench.maxThreads).contains(threads) {
+            throw ValidationError("--threads must be 1 to \(Microbench.maxThreads), got \(threads)")
+        }
     }
 
     /// A layer to time: its input shape and its forward FLOPs per sample.

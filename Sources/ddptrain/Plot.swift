@@ -14,11 +14,20 @@ struct Plot: ParsableCommand {
 
     @Argument(help: "The run dir (it holds metrics.jsonl).")
     var runDir: String
-    @Option(help: "Where to write the page (default RUN_DIR/plot.html).")
+    @Option(help: "Where to write the page (default RUN_DIR/plot.html). An existing file there must be a page plot wrote, or give --force.")
     var out: String?
+    @Flag(help: "Replace the regular file at --out whatever wrote it (never a device, a FIFO, a directory or a link).")
+    var force = false
+
+    private var output: String { out ?? runDir + "/plot.html" }
+
+    func validate() throws {
+        try OutputFile(path: output, option: out == nil ? "the page" : "--out", kind: "a page plot wrote", isOwnKind: { path in
+            OutputFile.starts(path, within: 512) { RunPlot.isPlotPage(String(decoding: $0, as: UTF8.self)) }
+        }).check(force: force)
+    }
 
     func run() throws {
-        let output = out ?? runDir + "/plot.html"
         do {
             let plot = try RunPlot(runDir: runDir)
             let metrics = plot.metrics

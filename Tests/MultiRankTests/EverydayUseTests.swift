@@ -248,7 +248,7 @@ final class EverydayUseTests: XCTestCase {
     func testNegativeNumbersPluralsAndVersion() throws {
         for (args, expected) in [(["train", "--lr", "-1"], "--lr must be a positive number, got -1.0"),
                                  (["train", "--warmup-steps", "-3"], "--warmup-steps must be between 0 and 2147483647, got -3"),
-                                 (["microbench", "--batch", "-1"], "--batch must be at least 1, got -1"),
+                                 (["microbench", "--batch", "-1"], "--batch must be 1 to 1024, got -1"),
                                  (["init", "--seed", "-1", "--out", path("x.safetensors")], "The value '-1' is invalid for '--seed <seed>'")] {
             let r = try Background(MPIRun.binary, args).wait(timeout: 30)
             XCTAssertEqual(r.status, 64, "\(args): \(r.stderr)")

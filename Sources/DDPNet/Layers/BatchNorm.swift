@@ -331,7 +331,9 @@ public final class BatchNorm: Layer {
         let running = runningMoments.pointer
         try context.statistics.combineMoments(ShardMoments(records: moments.pointer, shards: shards, channels: C,
                                                            firstShard: context.firstShard, running: running))
-        batchesTracked.pointee += 1
+        // Saturating: a loaded state dict may hold any Int64 here (it counts only; the running
+        // statistics use `momentum`), and at Int64.max the next batch would overflow.
+        if batchesTracked.pointee < Int64.max { batchesTracked.pointee += 1 }
         for j in 0..<shards {
             let record = moments.pointer + j * size, count = record[0]
             // An empty batch (one shard of none): nothing to normalize.
