@@ -29,7 +29,7 @@ struct Init: ParsableCommand {
     func validate() throws {
         guard out.hasSuffix(".safetensors") else { throw ValidationError("--out must end in .safetensors, got '\(out)'") }
         do { _ = try Initializer(parsing: initializer) } catch { throw ValidationError("--init: \(error)") }
-        try OutputFile(path: out, option: "--out", kind: "a file init wrote (a checkpoint, say)", isOwnKind: { path in
+        try OutputFile(path: out, option: "--out", kind: "a file init wrote", isOwnKind: { path in
             (try? SafeTensorsFile(path: path, verifyingChecksum: false))?.metadata["format"] == Init.format
         }).check(force: force)
     }

@@ -18,10 +18,11 @@ public final class BatchNorm: Layer {
     /// over the activations each way; every value is bitwise what the two layers give.
     public internal(set) var fusesReLU = false
     /// Set by `Model` when, after the fused ReLU, a 2x2 max pool on its fast path follows:
-    /// forward pools each sample's ReLU(BN(x)) from a sample-sized scratch straight into the
-    /// pool's output (the full-size output is never written nor read back), and backward
-    /// rebuilds each sample's gradient from the pool's output gradient and winners in that
-    /// scratch, as the pool's and the ReLU's backward would have written it (a window whose
+    /// forward pools each sample's ReLU(BN(x)) a chunk of channels at a time from a scratch
+    /// (`poolScratch`, in L1) straight into the pool's output (the full-size output is never
+    /// written nor read back), and backward rebuilds each chunk's gradient from the pool's
+    /// output gradient and winners in that scratch, as the pool's and the ReLU's backward
+    /// would have written it (a window whose
     /// maximum is not positive has no winner: the ReLU's mask, kept from forward rather than
     /// recomputed in both backward passes). Same bits, and two full-size tensors less
     /// through memory each way.

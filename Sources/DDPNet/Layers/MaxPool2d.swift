@@ -55,9 +55,8 @@ public final class MaxPool2d: Layer {
 
     /// Pools the planes `input` [channels, H, W] of sample `s` (fast path only) into the
     /// output and the winners, as `forward` pools them, for the batch norm whose ReLU'd output
-    /// `input` is:
-    /// a window whose maximum is not positive gets no winner (`noWinner`), since the ReLU
-    /// passes no gradient there; its backward then needs no mask. With `prepared`, the
+    /// `input` is: a window whose maximum is not positive gets no winner (`noWinner`), since
+    /// the ReLU passes no gradient there; its backward then needs no mask. With `prepared`, the
     /// pooled planes go instead into a convolution's prepared input
     /// (`BatchNorm.writesPreparedInput`): the padded planes of layout `l`, the sample's
     /// first at `prepared.pointer` (pooled rows of 8 or more).
