@@ -1,3 +1,4 @@
+#include <stdio.h>
 #include "stop_signal.h"
 
 #include <errno.h>
@@ -140,3 +141,8 @@ void ddp_stop_temporary_file(const char *path) {
 }
 
 void ddp_stop_raise_in_next_temporary_file(int signal) { atomic_store(&raise_in_next_temporary, signal); }
+
+int ddp_stdout_failed(void) {
+    int flushed = fflush(stdout);
+    return flushed != 0 || ferror(stdout) != 0;
+}

@@ -102,6 +102,14 @@ public enum RegularFile {
     }
 }
 
+/// Flushes standard output; the reason (errno's words) if anything written there was lost
+/// (a full disk, an I/O error), else nil.
+public func standardOutputFailure() -> String? {
+    errno = 0
+    guard ddp_stdout_failed() != 0 else { return nil }
+    return errno == 0 ? "an earlier write failed" : errnoText(errno)
+}
+
 /// What is at a path a command is about to write its output to (lstat: a link is not
 /// followed). The output is written next to it and renamed over it (`AtomicFile`), which
 /// would replace whatever is there, a device node or a FIFO included: the callers refuse

@@ -62,15 +62,34 @@ public func makeVariants(base: TrainConfig, variations: [Variation]) throws -> [
         }
         variants = next
     }
+    var folders: [String: String] = [:]
     return try variants.map { parts, config in
         let name = parts.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
         let others = parts.filter { $0.key != "seed" }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
         var variant = Variant(name: name, group: others.isEmpty ? "all" : others, config: config)
-        let folder = name.map { $0.isLetter || $0.isNumber || "-_.=".contains($0) ? $0 : "_" }
-        variant.config.runDir = base.resolvedRunDir + "/variants/" + String(folder)
+        let folder = String(name.map { $0.isLetter || $0.isNumber || "-_.=".contains($0) ? $0 : "_" })
+        // Two variants in one folder would be one run counted twice (model=m/x.yaml and
+        // model=m_x.yaml both make "model=m_x.yaml").
+        if let other = folders[folder] {
+            throw ConfigError("--vary: variants '\(other)' and '\(name)' would share the folder variants/\(folder); "
+                              + "give values that differ in letters, digits or -_.= (e.g. copy or rename one of the files)")
+        }
+        folders[folder] = name
+        variant.config.runDir = base.resolvedRunDir + "/variants/" + folder
         variant.config.resume = base.resume == nil ? nil : "auto"
         try variant.config.validate()
         return variant
+    }
+}
+
+extension Variant {
+    /// Refuses a variant folder that is not a directory of the comparison's own: a link
+    /// there would train, and rewrite the config of, whatever run it points to.
+    public func checkFolder() throws {
+        if let type = fileType(config.resolvedRunDir), type != S_IFDIR {
+            throw TrainingError("\(config.resolvedRunDir) is \(describeFileType(type)), not a variant's folder; move it away",
+                                exitCode: ExitStatus.inputError)
+        }
     }
 }
 
@@ -122,6 +141,32 @@ public struct VariantResult: Codable, Sendable {
     }
 
     public static func losses(metricsPath: String) throws -> [StepLoss] { try records(metricsPath: metricsPath).steps }
+
+    /// A summary of an attempt that trained no step (a variant resumed at its last step: its
+    /// summary.json was lost, say to a kill between its last checkpoint and that file) has
+    /// no loss and no evaluation of its own: they come from the run's metrics, its last step
+    /// and its evaluations, as the attempt that trained them would have reported them.
+    public static func completing(_ summary: TrainSummary, trainedNoStep: Bool, steps: [StepLoss], evaluations: [Evaluation]) -> TrainSummary {
+        guard trainedNoStep, let last = steps.last, last.step == summary.steps else { return summary }
+        var completed = summary
+        completed.finalTrainLoss = last.loss
+        if completed.testAccuracy == nil, let evaluation = evaluations.last {
+            completed.testAccuracy = evaluation.testAccuracy
+            completed.testLoss = evaluation.testLoss
+        }
+        // Each evaluation's epoch from its step (an epoch's evaluation follows its last step).
+        let stepsPerEpoch = summary.epochs > 0 ? Double(summary.steps) / summary.epochs : 1
+        let epochs = evaluations.map { Int((Double($0.step) / stepsPerEpoch).rounded(.up)) }
+        if completed.bestTestAccuracy == nil, let best = evaluations.indices.max(by: { evaluations[$0].testAccuracy < evaluations[$1].testAccuracy }) {
+            completed.bestTestAccuracy = evaluations[best].testAccuracy
+            completed.bestEpoch = epochs[best]
+        }
+        if completed.accuracyPerEpoch.isEmpty {
+            completed.accuracyPerEpoch = evaluations.map(\.testAccuracy)
+            completed.evaluatedEpochs = epochs
+        }
+        return completed
+    }
 
     /// Adds now to RUN_DIR/attempts.json, the start times of a variant's attempts (a fresh
     /// start forgets the earlier ones; so does a file that does not read as a list of times),

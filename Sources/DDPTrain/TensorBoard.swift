@@ -125,6 +125,11 @@ public final class EventFileWriter {
             name.hasPrefix(prefix) ? Int(name.dropFirst(prefix.count).prefix(while: \.isNumber)) : nil
         }.max()
         guard let newest, newest >= now else { return now }
+        // A name at the largest time (a file planted or damaged by hand) leaves no later one.
+        guard newest < Int.max else {
+            throw TrainingError("\(directory): an event file is named for time \(newest), the largest there is, so no later "
+                                + "name sorts after it; move it away", exitCode: ExitStatus.inputError)
+        }
         return newest + 1
     }
 

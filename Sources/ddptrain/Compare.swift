@@ -83,6 +83,7 @@ struct Compare: ParsableCommand {
             }
             var results: [VariantResult] = []
             for (i, variant) in variants.enumerated() {
+                try agreeOnSuccess(world) { try variant.checkFolder() }
                 let summaryPath = variant.config.resolvedRunDir + "/summary.json"
                 // Rank 0 decides whether the variant is finished, and everyone follows it:
                 // ranks that looked for themselves might see a shared folder differently.
@@ -109,8 +110,11 @@ struct Compare: ParsableCommand {
                     try RunLog(rank: world.rank, logEvery: variant.config.logEvery, json: false, metricsPath: run.metricsPath,
                                tensorboardPath: run.tensorboardPath)
                 }
-                let summary = try trainer.run(log: log, checkpointDirectory: run.checkpointsPath)
+                let startStep = trainer.step
+                var summary = try trainer.run(log: log, checkpointDirectory: run.checkpointsPath)
                 let records = try VariantResult.records(metricsPath: run.metricsPath)
+                summary = VariantResult.completing(summary, trainedNoStep: startStep >= summary.steps, steps: records.steps,
+                                                   evaluations: records.evaluations)
                 let rowTimes = records.steps.compactMap(\.time) + records.evaluations.map(\.time)
                 let result = VariantResult(name: variant.name, summary: summary, losses: records.steps, group: variant.group,
                                            evaluations: records.evaluations,

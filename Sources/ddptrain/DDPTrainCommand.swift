@@ -28,10 +28,15 @@ struct DDPTrainCommand: ParsableCommand {
         StopRequest.install(graceful: false, announce: false)
         do {
             var command = try parseAsRoot()
+            parsed = command
             if !(command is Train) { StopRequest.takeLauncherRequest() }
             try command.run()
+            try finishStandardOutput()
         } catch {
-            if launchRank == 0 { exit(withError: error) }
+            // Commands that never start MPI report their own errors on every process: a
+            // rank variable left in the environment must not silence them.
+            let startsMPI = parsed.map { $0 is Train || $0 is Compare || $0 is Eval || $0 is Doctor || $0 is Bench } ?? true
+            if launchRank == 0 || !startsMPI { exit(withError: error) }
             if hasOwnCommandLine {
                 FileHandle.standardError.write("ddptrain: error on rank \(launchRank), which has a command line of its own:\n")
                 exit(withError: error)
@@ -43,11 +48,30 @@ struct DDPTrainCommand: ParsableCommand {
     }
 }
 
-/// This process's rank as the launcher numbered it, read before MPI starts (0 when alone).
+/// The command parsed from the command line, once it is (nil while parsing).
+nonisolated(unsafe) private var parsed: ParsableCommand?
+
+/// Flushes standard output and fails if anything written there was lost (a full disk, an
+/// I/O error): the output is what the command was run for, so a lost one is an error, 74,
+/// not a success with an empty file. (A pipe closed by its reader ends the process by
+/// SIGPIPE, status 141, as it ends other tools.)
+func finishStandardOutput() throws {
+    guard let reason = standardOutputFailure() else { return }
+    FileHandle.standardError.write("ddptrain: cannot write the standard output: \(reason)\n")
+    throw ExitCode(ExitStatus.checkpointWriteFailed)
+}
+
+/// This process's rank as the launcher numbered it, read before MPI starts (0 when alone):
+/// a rank variable counts only with its launcher's size variable beside it, larger than the
+/// rank (a SLURM_PROCID left in a shell alone does not make a process a hushed rank).
 let launchRank: Int = {
     let env = ProcessInfo.processInfo.environment
-    for key in ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"] {
-        if let value = env[key], let rank = Int(value) { return rank }
+    for (key, sizes) in [("OMPI_COMM_WORLD_RANK", ["OMPI_COMM_WORLD_SIZE"]), ("PMI_RANK", ["PMI_SIZE"]),
+                         ("PMIX_RANK", ["PMIX_SIZE", "OMPI_COMM_WORLD_SIZE"]),
+                         ("SLURM_PROCID", ["SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"])] {
+        guard let value = env[key], let rank = Int(value) else { continue }
+        let size = sizes.lazy.compactMap { env[$0].flatMap { Int($0) } }.first
+        return size.map { rank >= 0 && rank < $0 } == true ? rank : 0
     }
     return 0
 }()

@@ -1,5 +1,6 @@
 import ArgumentParser
 import DDPComm
+import DDPData
 import DDPKernels
 import Foundation
 
@@ -56,17 +57,22 @@ struct Doctor: ParsableCommand {
             let threads = try world.allgather([Int64(BLASThreads.current)])
             report.line("BLAS threads per rank", threads.map { String($0) }.joined(separator: ","))
 
-            // Data.
-            let files = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-            let missing = files.filter { name in
-                !FileManager.default.fileExists(atPath: "\(dataDir)/\(name).gz") && !FileManager.default.fileExists(atPath: "\(dataDir)/\(name)")
+            // Data: read and checked as train reads it (through the cache), not only found:
+            // a folder, a FIFO or a sparse file of zeros under a data file's name is no data.
+            var problem: String?
+            do {
+                for split in [Split.train, .test] { _ = try Dataset.load(try DataSource.idx(directory: dataDir, split: split)) }
+            } catch {
+                problem = "\(error)"
             }
-            let missingAnywhere = try world.allreduce(Int64(missing.count), op: .max)
-            if missingAnywhere == 0 {
-                report.line("Fashion-MNIST", "found in \(dataDir) on every rank")
+            let bad = try world.allgather([Int64(problem == nil ? 0 : 1)])
+            let badRanks = bad.indices.filter { bad[$0] != 0 }
+            if badRanks.isEmpty {
+                report.line("Fashion-MNIST", "read and checked in \(dataDir) on every rank")
             } else {
-                report.line("Fashion-MNIST", "MISSING on some rank: \(missing.joined(separator: ", ")) in \(dataDir)")
-                failures.append("Fashion-MNIST files missing in \(dataDir)")
+                let ranks = badRanks.map(String.init).joined(separator: ",")
+                report.line("Fashion-MNIST", "FAILED on rank\(badRanks.count == 1 ? "" : "s") \(ranks)" + (problem.map { ": \($0)" } ?? ""))
+                failures.append("Fashion-MNIST in \(dataDir) cannot be read on rank\(badRanks.count == 1 ? "" : "s") \(ranks)")
             }
 
             // Collectives on known patterns: results must be exact.

@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 
 final class DoctorTests: XCTestCase {
@@ -16,7 +17,23 @@ final class DoctorTests: XCTestCase {
     func testDoctorFailsWhenDataIsMissing() throws {
         let r = try MPIRun.run(ranks: 2, ["doctor", "--no-bench", "--data-dir", "/nonexistent"], timeout: 60)
         XCTAssertNotEqual(r.status, 0)
-        XCTAssertTrue(r.stdout.contains("doctor: FAILED: Fashion-MNIST files missing in /nonexistent"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("doctor: FAILED: Fashion-MNIST in /nonexistent cannot be read on ranks 0,1"), r.stdout)
+    }
+
+    /// Folders and a FIFO under the data files' names are found but are no data: doctor reads
+    /// the files as train does and fails, naming the file, where it passed and train failed.
+    func testDoctorReadsTheDataAsTrainDoes() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ddptrain-doctor-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        for name in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"] {
+            try FileManager.default.createDirectory(at: dir.appendingPathComponent(name), withIntermediateDirectories: true)
+        }
+        XCTAssertEqual(mkfifo(dir.appendingPathComponent("t10k-labels-idx1-ubyte").path, 0o644), 0)
+        let r = try MPIRun.run(ranks: 2, ["doctor", "--no-bench", "--data-dir", dir.path], timeout: 60)
+        XCTAssertNotEqual(r.status, 0, r.stdout)
+        XCTAssertTrue(r.stdout.contains("train-images-idx3-ubyte: not a regular file"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("doctor: FAILED: Fashion-MNIST in \(dir.path) cannot be read on ranks 0,1"), r.stdout)
     }
 
     /// A failing MPI call on one rank surfaces as an error naming the call and that rank,

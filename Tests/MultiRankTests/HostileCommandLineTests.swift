@@ -248,3 +248,133 @@ final class HostileCommandLineTests: XCTestCase {
         for file in kept { XCTAssertTrue(FileManager.default.fileExists(atPath: file), file) }
     }
 }
+
+/// The second probe's classes: names and files a run dir holds that were planted or left
+/// behind, launcher values, a comparison's folders, a full standard output, rank variables
+/// left in a shell.
+final class HostileRunFilesTests: XCTestCase {
+    var scratch: URL!
+
+    override func setUpWithError() throws {
+        scratch = FileManager.default.temporaryDirectory.appendingPathComponent("ddptrain-hostile2-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: scratch)
+    }
+
+    func path(_ name: String) -> String { scratch.appendingPathComponent(name).path }
+
+    let tiny = ["--dataset", "synthetic", "--model", "mlp", "--train-samples", "256", "--per-rank-batch", "16", "--eval-every", "0"]
+
+    /// An event file named for the largest time leaves no later name: the resume stops with
+    /// an error naming the folder (65), where `newest + 1` trapped (132).
+    func testAnEventFileAtTheLargestTimeIsRefused() throws {
+        let runDir = path("run")
+        XCTAssertEqual(try MPIRun.run(ranks: 1, ["train", "--steps", "2", "--run-dir", runDir] + tiny).status, 0)
+        let planted = runDir + "/tensorboard/events.out.tfevents.\(Int.max).vm"
+        try Data().write(to: URL(fileURLWithPath: planted))
+        let r = try MPIRun.run(ranks: 1, ["train", "--steps", "4", "--resume", "auto", "--run-dir", runDir] + tiny)
+        XCTAssertEqual(r.status, 65, r.stderr)
+        XCTAssertTrue(r.stderr.contains("\(runDir)/tensorboard: an event file is named for time \(Int.max)"), r.stderr)
+    }
+
+    /// Commands that never start MPI report their errors even with a rank variable left in
+    /// the environment; a rank variable without its launcher's size beside it is no rank.
+    func testAStrayRankVariableDoesNotSilenceErrors() throws {
+        for environment in [["SLURM_PROCID": "1"], ["OMPI_COMM_WORLD_RANK": "3"], ["PMI_RANK": "1", "PMI_SIZE": "1"]] {
+            let env = environment
+            let summary = try Background(MPIRun.binary, ["summary", "--model", path("missing.yaml")], environment: env).wait(timeout: 30)
+            XCTAssertNotEqual(summary.status, 0, "\(environment)")
+            XCTAssertTrue(summary.stderr.contains("missing.yaml"), "\(environment): \(summary.stderr)")
+            let train = try Background(MPIRun.binary, ["train", "--lr", "-1"], environment: env).wait(timeout: 30)
+            XCTAssertEqual(train.status, 64, "\(environment): \(train.stderr)")
+            XCTAssertTrue(train.stderr.contains("--lr must be a positive number"), "\(environment): \(train.stderr)")
+        }
+    }
+
+    /// Standard output that cannot take the output (a full disk: /dev/full) is an error, 74,
+    /// not a success with an empty file.
+    func testAFullStandardOutputIsAnError() throws {
+        let initFile = path("init.safetensors")
+        XCTAssertEqual(try Background(MPIRun.binary, ["init", "--model", "mlp", "--out", initFile]).wait(timeout: 30).status, 0)
+        for args in [["inspect", initFile], ["summary", "--model", "mlp"]] {
+            let r = try Background("/bin/sh", ["-c", "exec \"$0\" \"$@\" > /dev/full", MPIRun.binary] + args).wait(timeout: 30)
+            XCTAssertEqual(r.status, 74, "\(args): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains("cannot write the standard output: No space left on device"), "\(args): \(r.stderr)")
+        }
+    }
+
+    /// Two --vary values that make one folder name are refused before anything trains, and a
+    /// variant folder that is a link is refused rather than trained through.
+    func testCompareRefusesVariantsThatShareOrLeaveTheirFolder() throws {
+        try FileManager.default.createDirectory(atPath: path("m"), withIntermediateDirectories: true)
+        for file in ["m/x.yaml", "m_x.yaml"] {
+            try Data("layers:\n  - flatten\n  - {type: linear, out: 10}\n".utf8).write(to: URL(fileURLWithPath: path(file)))
+        }
+        let shared = try MPIRun.run(ranks: 1, ["compare", "--steps", "1", "--vary", "model=\(path("m/x.yaml")),\(path("m_x.yaml"))",
+                                               "--run-dir", path("cmp")] + tiny.filter { $0 != "mlp" && $0 != "--model" })
+        XCTAssertEqual(shared.status, 64, shared.stderr)
+        XCTAssertTrue(shared.stderr.contains("would share the folder variants/"), shared.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("cmp/variants")))
+
+        let other = path("other")
+        XCTAssertEqual(try MPIRun.run(ranks: 1, ["train", "--steps", "1", "--run-dir", other] + tiny).status, 0)
+        let config = try Data(contentsOf: URL(fileURLWithPath: other + "/config.json"))
+        let first = try MPIRun.run(ranks: 1, ["compare", "--steps", "1", "--vary", "lr=0.1,0.2", "--run-dir", path("cl")] + tiny)
+        XCTAssertEqual(first.status, 0, first.stderr)
+        try FileManager.default.removeItem(atPath: path("cl/variants/lr=0.2"))
+        try FileManager.default.createSymbolicLink(atPath: path("cl/variants/lr=0.2"), withDestinationPath: other)
+        let linked = try MPIRun.run(ranks: 1, ["compare", "--steps", "1", "--vary", "lr=0.1,0.2", "--resume", "auto",
+                                               "--run-dir", path("cl")] + tiny)
+        XCTAssertEqual(linked.status, 65, linked.stderr)
+        XCTAssertTrue(linked.stderr.contains("variants/lr=0.2 is a symbolic link, not a variant's folder"), linked.stderr)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: other + "/config.json")), config)
+    }
+
+    /// A finished variant whose summary.json was lost (a kill between its last checkpoint and
+    /// that file) is resumed with no step left to train; its row still has its loss and
+    /// accuracy, from its metrics, where it read "diverged".
+    func testAFinishedVariantWithoutItsSummaryKeepsItsRow() throws {
+        let args = ["compare", "--steps", "4", "--eval-every", "1", "--vary", "lr=0.1,0.2", "--run-dir", path("cs")]
+            + tiny.filter { $0 != "--eval-every" && $0 != "0" }
+        let first = try MPIRun.run(ranks: 1, args)
+        XCTAssertEqual(first.status, 0, first.stderr)
+        let report = try String(contentsOfFile: path("cs/report.md"), encoding: .utf8)
+        try FileManager.default.removeItem(atPath: path("cs/variants/lr=0.2/summary.json"))
+        let again = try MPIRun.run(ranks: 1, args + ["--resume", "auto"])
+        XCTAssertEqual(again.status, 0, again.stderr)
+        let resumed = try String(contentsOfFile: path("cs/report.md"), encoding: .utf8)
+        let row = { (text: String) in text.split(separator: "\n").first { $0.hasPrefix("| lr=0.2 ") }.map(String.init) ?? "" }
+        XCTAssertFalse(row(resumed).contains("diverged"), resumed)
+        // The same loss and accuracy columns as the first report's (the time columns differ).
+        XCTAssertEqual(row(resumed).split(separator: "|").prefix(4), row(report).split(separator: "|").prefix(4), resumed)
+    }
+
+    /// launch/train appends to launch.log only as a regular file of its own: a FIFO there
+    /// (which blocked it for good) or a link (which wrote outside the run dir) is refused, 65.
+    /// launch/mpirun refuses a rank count that is not a whole number from 1 up, 64, which
+    /// launch/train does not retry.
+    func testLaunchersRefuseOddLogsAndCounts() throws {
+        let launcher = MPIRun.repoRoot.appendingPathComponent("launch/train").path
+        let env = ["DDPTRAIN_BIN": MPIRun.binary]
+        let runDir = path("run")
+        try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
+        XCTAssertEqual(mkfifo(runDir + "/launch.log", 0o644), 0)
+        let fifo = try Background(launcher, ["-n", "1", "--", "--steps", "1", "--run-dir", runDir] + tiny, environment: env).wait(timeout: 60)
+        XCTAssertFalse(fifo.timedOut, "blocked on the FIFO")
+        XCTAssertEqual(fifo.status, 65, fifo.stderr)
+        XCTAssertTrue(fifo.stderr.contains("launch.log exists and is not a regular file"), fifo.stderr)
+        for count in ["abc", "0", "-2", "99999999999999999999"] {
+            let r = try Background(launcher, ["-n", count, "--max-restarts", "2", "--", "--steps", "1", "--run-dir", path("n\(count)")] + tiny,
+                                   environment: env).wait(timeout: 60)
+            XCTAssertEqual(r.status, 64, "\(count): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains("the rank count (-n, or SLURM_NTASKS) must be a whole number from 1 to 1048576, got '\(count)'"), r.stderr)
+            XCTAssertFalse(r.stderr.contains("attempt 2"), r.stderr)
+        }
+        let restarts = try Background(launcher, ["--max-restarts", "99999999999999999999", "-n", "1", "--", "--steps", "1"], environment: env)
+            .wait(timeout: 30)
+        XCTAssertEqual(restarts.status, 64, restarts.stderr)
+    }
+}

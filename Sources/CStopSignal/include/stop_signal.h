@@ -35,4 +35,9 @@ void ddp_stop_temporary_file(const char *path);
 /// or agreed already, after waiting until a signal counts as a second request (2 s).
 void ddp_stop_raise_in_next_temporary_file(int signal);
 
+/// Flushes stdout and says whether anything written to it was lost: 1 when the flush
+/// failed or the stream's error flag is set (errno tells why), else 0. In C because Swift 6
+/// does not let code read the global `stdout`.
+int ddp_stdout_failed(void);
+
 #endif
