@@ -18,8 +18,10 @@ public struct Variation: Sendable {
             throw ConfigError("--vary: unknown key '\(parts[0])'; keys: \(Variation.keys.joined(separator: ", "))")
         }
         key = parts[0]
-        // Empty pieces kept, so that "lr=,," (no value at all) and "lr=0.1,,0.2" are refused.
+        // Empty pieces kept, so that "lr=,," (no value at all) and "lr=0.1,,0.2" are refused;
+        // one trailing comma ("lr=0.1,0.2,") is no value, as it always was.
         values = parts[1].split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        if values.count > 1, values.last == "" { values.removeLast() }
         guard !values.isEmpty, Set(values).count == values.count, !values.contains("") else {
             throw ConfigError("--vary \(key): values must be distinct and non-empty; got '\(parts[1])'")
         }
@@ -154,9 +156,10 @@ public struct VariantResult: Codable, Sendable {
             completed.testAccuracy = evaluation.testAccuracy
             completed.testLoss = evaluation.testLoss
         }
-        // Each evaluation's epoch from its step (an epoch's evaluation follows its last step).
-        let stepsPerEpoch = summary.epochs > 0 ? Double(summary.steps) / summary.epochs : 1
-        let epochs = evaluations.map { Int((Double($0.step) / stepsPerEpoch).rounded(.up)) }
+        // Each evaluation's epoch from its step (an epoch's evaluation follows its last step),
+        // in whole steps per epoch: steps / (steps / perEpoch) is not exact in Float64.
+        let stepsPerEpoch = max(1, Int((summary.epochs > 0 ? Double(summary.steps) / summary.epochs : 1).rounded()))
+        let epochs = evaluations.map { ($0.step + stepsPerEpoch - 1) / stepsPerEpoch }
         if completed.bestTestAccuracy == nil, let best = evaluations.indices.max(by: { evaluations[$0].testAccuracy < evaluations[$1].testAccuracy }) {
             completed.bestTestAccuracy = evaluations[best].testAccuracy
             completed.bestEpoch = epochs[best]

@@ -106,11 +106,13 @@ public struct RunDirectory: Sendable {
     /// killed while writing a checkpoint or metrics left in the folder and in checkpoints/
     /// (SIGKILL, the OOM killer: a signal that can be caught removes its own): each as large
     /// as what it was writing, they would pile up with every such kill. Returns a note.
+    /// Only the names train writes: `plot` and `eval` work beside a run without its lock, and
+    /// their temporary files are theirs.
     func removeLeftTemporaryFiles() -> [String] {
         var removed: [String] = []
-        for folder in [path, checkpointsPath] {
+        for (folder, prefixes) in [(path, [".metrics.jsonl.tmp.", ".config.json.tmp."]), (checkpointsPath, [".step-"])] {
             guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder) else { continue }
-            for name in names.sorted() where RunDirectory.isTemporaryName(name) {
+            for name in names.sorted() where RunDirectory.isTemporaryName(name) && prefixes.contains(where: { name.hasPrefix($0) }) {
                 let file = folder + "/" + name
                 if fileType(file) == S_IFREG, unlink(file) == 0 { removed.append(file) }
             }

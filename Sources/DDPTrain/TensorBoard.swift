@@ -121,15 +121,16 @@ public final class EventFileWriter {
         } catch {
             throw TrainingError("\(directory): cannot list it: \(describe(error))", exitCode: ExitStatus.inputError)
         }
-        let newest = entries.compactMap { name in
-            name.hasPrefix(prefix) ? Int(name.dropFirst(prefix.count).prefix(while: \.isNumber)) : nil
-        }.max()
-        guard let newest, newest >= now else { return now }
-        // A name at the largest time (a file planted or damaged by hand) leaves no later one.
-        guard newest < Int.max else {
-            throw TrainingError("\(directory): an event file is named for time \(newest), the largest there is, so no later "
-                                + "name sorts after it; move it away", exitCode: ExitStatus.inputError)
+        // Names sort as text: a time with more digits than now's (a file planted or damaged by
+        // hand, or from a clock centuries ahead) would sort before or after ours by its length,
+        // not its time, and one past Int.max cannot be counted from at all.
+        let times = entries.filter { $0.hasPrefix(prefix) }.map { String($0.dropFirst(prefix.count).prefix(while: \.isNumber)) }
+        if let odd = times.first(where: { $0.count > String(now).count }) {
+            throw TrainingError("\(directory): an event file is named for time \(odd), later than any clock time this run could "
+                                + "take a name from (now \(now)); move it away", exitCode: ExitStatus.inputError)
         }
+        let newest = times.compactMap { Int($0) }.max()
+        guard let newest, newest >= now else { return now }
         return newest + 1
     }
 

@@ -139,9 +139,7 @@ struct Bench: ParsableCommand {
                         lines += "{\"step\":\(k),\"rank\":\(r),\"data\":\(v[0]),\"forward\":\(v[1]),\"backward\":\(v[2]),\"communication\":\(v[3]),\"optimizer\":\(v[4])}\n"
                     }
                 }
-                do { try writeAtomically(lines, to: path) } catch {
-                    throw ValidationError("--step-log: \(error)")
-                }
+                try writeAtomically(lines, to: path)  // a failure is 74, as for any file written
             }
             guard world.rank == 0 else { return }
 

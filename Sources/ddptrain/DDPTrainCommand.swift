@@ -62,16 +62,18 @@ func finishStandardOutput() throws {
 }
 
 /// This process's rank as the launcher numbered it, read before MPI starts (0 when alone):
-/// a rank variable counts only with its launcher's size variable beside it, larger than the
-/// rank (a SLURM_PROCID left in a shell alone does not make a process a hushed rank).
+/// a rank variable counts only with a size variable of its launcher beside it, larger than
+/// the rank (a SLURM_PROCID left in a shell alone does not make a process a hushed rank).
+/// A rank variable without one is passed over for the next: srun --mpi=pmix sets PMIX_RANK
+/// but no PMIX_SIZE, and SLURM_PROCID with SLURM_STEP_NUM_TASKS.
 let launchRank: Int = {
     let env = ProcessInfo.processInfo.environment
     for (key, sizes) in [("OMPI_COMM_WORLD_RANK", ["OMPI_COMM_WORLD_SIZE"]), ("PMI_RANK", ["PMI_SIZE"]),
-                         ("PMIX_RANK", ["PMIX_SIZE", "OMPI_COMM_WORLD_SIZE"]),
+                         ("PMIX_RANK", ["PMIX_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS"]),
                          ("SLURM_PROCID", ["SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"])] {
-        guard let value = env[key], let rank = Int(value) else { continue }
-        let size = sizes.lazy.compactMap { env[$0].flatMap { Int($0) } }.first
-        return size.map { rank >= 0 && rank < $0 } == true ? rank : 0
+        guard let value = env[key], let rank = Int(value),
+              let size = sizes.lazy.compactMap({ env[$0].flatMap { Int($0) } }).first, rank >= 0, rank < size else { continue }
+        return rank
     }
     return 0
 }()

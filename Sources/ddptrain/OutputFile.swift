@@ -20,12 +20,12 @@ struct OutputFile {
 
     func check(force: Bool) throws {
         switch OutputTarget.at(path) {
-        case .absent:
+        case .absent, .unreadable:
+            // Nothing there, or nothing to tell (a folder that is not one, no permission):
+            // the command's own checks or its write report it, with their status.
             break
         case .other(let what):
             throw ValidationError("\(option) \(path) is \(what); the output may replace only a regular file")
-        case .unreadable(let failure):
-            throw ValidationError("\(option) \(path): \(failure.call) failed: \(failure.reason)")
         case .regularFile:
             guard force || isOwnKind(path) else {
                 throw ValidationError("\(option) \(path) exists and is not \(kind); give --force to replace it")

@@ -22,8 +22,10 @@ struct Plot: ParsableCommand {
     private var output: String { out ?? runDir + "/plot.html" }
 
     func validate() throws {
+        // RUN_DIR/plot.html is plot's own by name (pages of earlier versions carry no
+        // generator tag); another path must hold a page plot wrote.
         try OutputFile(path: output, option: out == nil ? "the page" : "--out", kind: "a page plot wrote", isOwnKind: { path in
-            OutputFile.starts(path, within: 512) { RunPlot.isPlotPage(String(decoding: $0, as: UTF8.self)) }
+            out == nil || OutputFile.starts(path, within: 512) { RunPlot.isPlotPage(String(decoding: $0, as: UTF8.self)) }
         }).check(force: force)
     }
 

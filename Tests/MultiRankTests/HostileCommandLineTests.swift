@@ -77,8 +77,12 @@ final class HostileCommandLineTests: XCTestCase {
         XCTAssertTrue(linked.stderr.contains("is a symbolic link"), linked.stderr)
         XCTAssertEqual(try contents(metrics), metricsBefore)
         XCTAssertEqual(try contents(checkpoint), checkpointBefore)
-        // Its own page is written again, as often as asked; another file only with --force.
+        // Its own page is written again, as often as asked (RUN_DIR/plot.html also when an
+        // earlier version wrote it, without the generator tag); another file only with --force.
+        try Data("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>old</title>\n".utf8)
+            .write(to: URL(fileURLWithPath: runDir + "/plot.html"))
         for _ in 0..<2 { XCTAssertEqual(try run(["plot", runDir]).status, 0) }
+        XCTAssertTrue(try String(contentsOfFile: runDir + "/plot.html", encoding: .utf8).contains("content=\"ddptrain plot\""))
         let page = path("notes.txt")
         try Data("my notes\n".utf8).write(to: URL(fileURLWithPath: page))
         XCTAssertEqual(try run(["plot", runDir, "--out", page]).status, 64)
@@ -282,15 +286,23 @@ final class HostileRunFilesTests: XCTestCase {
 
     /// Commands that never start MPI report their errors even with a rank variable left in
     /// the environment; a rank variable without its launcher's size beside it is no rank.
+    /// A real rank other than 0 stays quiet, srun --mpi=pmix's too (PMIX_RANK, no PMIX_SIZE).
     func testAStrayRankVariableDoesNotSilenceErrors() throws {
+        // No size variables of a Slurm step this test may run in.
+        let noStep = ["SLURM_STEP_NUM_TASKS": "", "SLURM_NTASKS": ""]
         for environment in [["SLURM_PROCID": "1"], ["OMPI_COMM_WORLD_RANK": "3"], ["PMI_RANK": "1", "PMI_SIZE": "1"]] {
-            let env = environment
+            let env = environment.merging(noStep) { a, _ in a }
             let summary = try Background(MPIRun.binary, ["summary", "--model", path("missing.yaml")], environment: env).wait(timeout: 30)
             XCTAssertNotEqual(summary.status, 0, "\(environment)")
             XCTAssertTrue(summary.stderr.contains("missing.yaml"), "\(environment): \(summary.stderr)")
             let train = try Background(MPIRun.binary, ["train", "--lr", "-1"], environment: env).wait(timeout: 30)
             XCTAssertEqual(train.status, 64, "\(environment): \(train.stderr)")
             XCTAssertTrue(train.stderr.contains("--lr must be a positive number"), "\(environment): \(train.stderr)")
+        }
+        for rank in [["PMIX_RANK": "1", "SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2"], ["OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2"]] {
+            let train = try Background(MPIRun.binary, ["train", "--lr", "-1"], environment: rank).wait(timeout: 30)
+            XCTAssertEqual(train.status, 0, "\(rank): \(train.stderr)")
+            XCTAssertEqual(train.stderr, "", "\(rank)")
         }
     }
 
