@@ -81,17 +81,23 @@ public enum RegularFile {
         }
         defer { close(opened.descriptor) }
         guard opened.size <= limit else { return .failure(.tooLarge(opened.size)) }
-        var bytes = [UInt8](repeating: 0, count: limit + 1)
-        var count = 0
-        while count < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { Glibc.read(opened.descriptor, $0.baseAddress! + count, $0.count - count) }
+        return readBytes(opened.descriptor, upTo: limit + 1).flatMap { bytes in
+            bytes.count <= limit ? .success(bytes) : .failure(.tooLarge(nil))
+        }
+    }
+
+    /// Up to `count` bytes from `fd`, fewer at its end.
+    private static func readBytes(_ fd: Int32, upTo count: Int) -> Result<[UInt8], RegularFileProblem> {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var filled = 0
+        while filled < count {
+            let n = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + filled, count - filled) }
             if n < 0 && errno == EINTR { continue }
             guard n >= 0 else { return .failure(.failed(SystemCallFailure("read"))) }
             if n == 0 { break }
-            count += n
+            filled += n
         }
-        guard count <= limit else { return .failure(.tooLarge(nil)) }
-        return .success(Array(bytes[..<count]))
+        return .success(Array(bytes[..<filled]))
     }
 
     private static func closing<T>(_ fd: Int32, _ problem: RegularFileProblem) -> Result<T, RegularFileProblem> {
@@ -127,16 +133,7 @@ public enum OutputTarget: Equatable, Sendable {
         guard lstat(path, &info) == 0 else {
             return errno == ENOENT ? .absent : .unreadable(SystemCallFailure("lstat", path: path))
         }
-        switch info.st_mode & S_IFMT {
-        case S_IFREG: return .regularFile
-        case S_IFDIR: return .other("a directory")
-        case S_IFLNK: return .other("a symbolic link")
-        case S_IFCHR: return .other("a character device")
-        case S_IFBLK: return .other("a block device")
-        case S_IFIFO: return .other("a FIFO")
-        case S_IFSOCK: return .other("a socket")
-        default: return .other("not a regular file")
-        }
+        return info.st_mode & S_IFMT == S_IFREG ? .regularFile : .other(describeFileType(info.st_mode))
     }
 }
 
@@ -149,16 +146,7 @@ extension RegularFile {
         case .failure(let problem): return .failure(problem)
         }
         defer { close(opened.descriptor) }
-        var bytes = [UInt8](repeating: 0, count: count)
-        var filled = 0
-        while filled < count {
-            let n = bytes.withUnsafeMutableBytes { Glibc.read(opened.descriptor, $0.baseAddress! + filled, count - filled) }
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { return .failure(.failed(SystemCallFailure("read"))) }
-            if n == 0 { break }
-            filled += n
-        }
-        return .success(Array(bytes[..<filled]))
+        return readBytes(opened.descriptor, upTo: count)
     }
 }
 
@@ -183,6 +171,16 @@ public enum TemporaryFile {
             if fd >= 0 { return .success((fd, candidate)) }
             if errno != EEXIST || tried == attempts { return .failure(SystemCallFailure("open", path: candidate)) }
         }
+    }
+
+    /// Whether `name` (a file name, no folder) is one `create` makes with `randomSuffix`:
+    /// "." + a name + ".tmp." + 16 lowercase hex digits.
+    public static func isTemporaryName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8), marker = Array(".tmp.".utf8)
+        // "." + at least one byte + ".tmp." + 16 digits.
+        guard bytes.count >= 2 + marker.count + 16, bytes[0] == UInt8(ascii: "."),
+              bytes[(bytes.count - 16 - marker.count)..<(bytes.count - 16)].elementsEqual(marker) else { return false }
+        return bytes.suffix(16).allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0) }
     }
 
     /// 16 lowercase hex digits from the system's random source.

@@ -112,20 +112,13 @@ public struct RunDirectory: Sendable {
         var removed: [String] = []
         for (folder, prefixes) in [(path, [".metrics.jsonl.tmp.", ".config.json.tmp."]), (checkpointsPath, [".step-"])] {
             guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder) else { continue }
-            for name in names.sorted() where RunDirectory.isTemporaryName(name) && prefixes.contains(where: { name.hasPrefix($0) }) {
+            for name in names.sorted() where TemporaryFile.isTemporaryName(name) && prefixes.contains(where: { name.hasPrefix($0) }) {
                 let file = folder + "/" + name
                 if fileType(file) == S_IFREG, unlink(file) == 0 { removed.append(file) }
             }
         }
         guard !removed.isEmpty else { return [] }
         return ["removed \(removed.count) temporary file\(removed.count == 1 ? "" : "s") a killed run left: \(removed.joined(separator: ", "))"]
-    }
-
-    /// Whether `name` is one `TemporaryFile.create` makes: "." + name + ".tmp." + 16 hex digits.
-    static func isTemporaryName(_ name: String) -> Bool {
-        let parts = name.components(separatedBy: ".tmp.")
-        guard name.hasPrefix("."), parts.count == 2, parts[0].count > 1, parts[1].utf8.count == 16 else { return false }
-        return parts[1].utf8.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0) }
     }
 
     /// Makes sure the folder is new, empty or ddptrain's, creates it, locks it for this process

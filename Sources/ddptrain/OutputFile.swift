@@ -38,11 +38,4 @@ struct OutputFile {
         guard case .success(let bytes) = RegularFile.prefix(path, count: count) else { return false }
         return test(bytes)
     }
-
-    /// Whether `bytes` contains `text`.
-    static func contains(_ bytes: [UInt8], _ text: String) -> Bool {
-        let needle = Array(text.utf8)
-        guard needle.count <= bytes.count else { return false }
-        return (0...(bytes.count - needle.count)).contains { bytes[$0..<($0 + needle.count)].elementsEqual(needle) }
-    }
 }

@@ -6,19 +6,7 @@ import XCTest
 /// earlier output, counters and steps at the edge of Int64, numbers no measurement can take,
 /// repeated keys, empty lists, errors that did not name their cause, and the temporary files
 /// a killed run leaves.
-final class HostileCommandLineTests: XCTestCase {
-    var scratch: URL!
-
-    override func setUpWithError() throws {
-        scratch = FileManager.default.temporaryDirectory.appendingPathComponent("ddptrain-hostile-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: scratch)
-    }
-
-    func path(_ name: String) -> String { scratch.appendingPathComponent(name).path }
+final class HostileCommandLineTests: ScratchFolderTestCase {
 
     /// `ddptrain args` without MPI (plot, init, inspect, microbench, summary).
     func run(_ args: [String]) throws -> MPIRun.Result {
@@ -256,19 +244,7 @@ final class HostileCommandLineTests: XCTestCase {
 /// The second probe's classes: names and files a run dir holds that were planted or left
 /// behind, launcher values, a comparison's folders, a full standard output, rank variables
 /// left in a shell.
-final class HostileRunFilesTests: XCTestCase {
-    var scratch: URL!
-
-    override func setUpWithError() throws {
-        scratch = FileManager.default.temporaryDirectory.appendingPathComponent("ddptrain-hostile2-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: scratch)
-    }
-
-    func path(_ name: String) -> String { scratch.appendingPathComponent(name).path }
+final class HostileRunFilesTests: ScratchFolderTestCase {
 
     let tiny = ["--dataset", "synthetic", "--model", "mlp", "--train-samples", "256", "--per-rank-batch", "16", "--eval-every", "0"]
 
@@ -389,4 +365,20 @@ final class HostileRunFilesTests: XCTestCase {
             .wait(timeout: 30)
         XCTAssertEqual(restarts.status, 64, restarts.stderr)
     }
+}
+
+/// A test case with a folder of its own, made before each test and removed after it.
+class ScratchFolderTestCase: XCTestCase {
+    var scratch: URL!
+
+    override func setUpWithError() throws {
+        scratch = FileManager.default.temporaryDirectory.appendingPathComponent("ddptrain-\(type(of: self))-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: scratch)
+    }
+
+    func path(_ name: String) -> String { scratch.appendingPathComponent(name).path }
 }
