@@ -263,8 +263,10 @@ public final class RunLog {
             windowSamples = 0
         } else if record.step % logEvery == 0 || record.step == totalSteps {
             let rate = Double(windowSamples) / max(now - windowStart, 1e-9)
-            say(String(format: "step %d/%d epoch %d loss %.4f acc %.2f%% lr %.4g grad-norm %.3f %.0f samples/s",
-                       record.step, totalSteps, record.epoch, lastLoss, lastAccuracy * 100, record.lr, record.gradNorm, rate))
+            // A skipped step has no loss of its own: the line says so beside the last one.
+            let state = record.skipped ? "skipped (non-finite), last loss" : "loss"
+            say(String(format: "step %d/%d epoch %d %@ %.4f acc %.2f%% lr %.4g grad-norm %.3f %.0f samples/s",
+                       record.step, totalSteps, record.epoch, state, lastLoss, lastAccuracy * 100, record.lr, record.gradNorm, rate))
             windowStart = now
             windowSamples = 0
         }

@@ -263,6 +263,12 @@ public final class Trainer {
 
             // 9. The cadence: log, replica check, evaluation at an epoch's end, checkpoint.
             try log.step(StepRecord(outcome), totalSteps: totalSteps, stepsPerEpoch: stepsPerEpoch)
+            if outcome.skipped && consecutiveSkips >= config.maxSkippedSteps {
+                // Every rank decided on the same reduced numbers: reported once, all leave
+                // together, the step logged like the skipped ones before it.
+                throw CollectiveFailure(message: "stopping at step \(step): \(consecutiveSkips) consecutive steps had non-finite gradients "
+                                        + "(--max-skipped-steps \(config.maxSkippedSteps))", exitCode: ExitStatus.diverged)
+            }
             var checkpointDue = config.checkpointEvery > 0 && step % config.checkpointEvery == 0
             if config.checkReplicas > 0 && step % config.checkReplicas == 0 {
                 try verifyReplicas(includeBuffers: config.bn.isWorldInvariant)
@@ -366,12 +372,8 @@ public final class Trainer {
             model.counters.update(from: countersBeforeStep, count: model.counterCount)
             consecutiveSkips += 1
             skippedSteps += 1
-            log.warn("step \(step): non-finite gradient or loss; step skipped (\(consecutiveSkips) in a row)")
-            if consecutiveSkips >= config.maxSkippedSteps {
-                // Every rank decided on the same reduced numbers: reported once, all leave together.
-                throw CollectiveFailure(message: "stopping at step \(step): \(consecutiveSkips) consecutive steps had non-finite gradients (--max-skipped-steps \(config.maxSkippedSteps))",
-                                        exitCode: ExitStatus.diverged)
-            }
+            // Steps are numbered from 1, as in metrics.jsonl and the checkpoints' names.
+            log.warn("step \(step + 1): non-finite gradient or loss; step skipped (\(consecutiveSkips) in a row)")
         } else {
             consecutiveSkips = 0
             samplesSinceAveraging += n

@@ -158,10 +158,19 @@ final class TrainTests: XCTestCase {
                                   environment: ["DDPTRAIN_INJECT_NAN": "1:2"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(json["skipped_steps"] as? Int, 1)
-        XCTAssertTrue(r.stderr.contains("step 2: non-finite gradient or loss; step skipped"), r.stderr)
+        // Injected at step index 2: the third step, named as metrics.jsonl and checkpoints number it.
+        XCTAssertTrue(r.stderr.contains("step 3: non-finite gradient or loss; step skipped"), r.stderr)
         XCTAssertEqual(Set(json["parameter_hashes"] as? [String] ?? []).count, 1)
-        let metrics = try String(contentsOf: scratch.appendingPathComponent("nan/metrics.jsonl"), encoding: .utf8)
-        XCTAssertEqual(metrics.split(separator: "\n").filter { $0.contains("\"skipped\":true") }.count, 1, metrics)
+        XCTAssertEqual(try skippedSteps(run: "nan"), [3])
+    }
+
+    /// The steps metrics.jsonl marks as skipped.
+    func skippedSteps(run: String) throws -> [Int] {
+        let metrics = try String(contentsOf: scratch.appendingPathComponent(run + "/metrics.jsonl"), encoding: .utf8)
+        return try metrics.split(separator: "\n").compactMap { line in
+            let record = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            return record?["skipped"] as? Bool == true ? record?["step"] as? Int : nil
+        }
     }
 
     /// Every tensor of a run's last checkpoint (optimizer state and counters included), as bits.
@@ -230,7 +239,10 @@ final class TrainTests: XCTestCase {
                                run: "nan-stop", environment: ["DDPTRAIN_INJECT_NAN": "0:4+"])
         XCTAssertEqual(r.status, 70, r.stderr)
         // Every rank knows it at the same step: said once, by rank 0, and no MPI_Abort.
-        XCTAssertEqual(r.stderr.components(separatedBy: "stopping at step 6: 3 consecutive steps had non-finite gradients").count, 2, r.stderr)
+        // Step indexes 4, 5, 6 are steps 5, 6 and 7, each logged as skipped, the last one too.
+        XCTAssertEqual(r.stderr.components(separatedBy: "stopping at step 7: 3 consecutive steps had non-finite gradients").count, 2, r.stderr)
+        for step in 5...7 { XCTAssertTrue(r.stderr.contains("step \(step): non-finite gradient or loss; step skipped"), r.stderr) }
+        XCTAssertEqual(try skippedSteps(run: "nan-stop"), [5, 6, 7])
         XCTAssertFalse(r.stderr.contains("MPI_ABORT"), r.stderr)
         XCTAssertLessThan(r.seconds, 30)
     }
