@@ -123,7 +123,12 @@ final class Storage {
     init(allocating layout: Layout, path: String, what: String) throws {
         if let problem = layout.problem { throw DataError(path, "\(what): \(problem)") }
         try MemoryBudget.check(layout.byteCount, for: what, path: path)
-        base = UnsafeMutableRawPointer.allocate(byteCount: layout.byteCount, alignment: 64)
+        var raw: UnsafeMutableRawPointer?
+        let code = posix_memalign(&raw, 64, max(layout.byteCount, 1))
+        guard code == 0, let raw else {
+            throw DataError(path, "\(what): posix_memalign of \(layout.byteCount) bytes failed: \(String(cString: strerror(code))) (errno \(code))")
+        }
+        base = raw
         self.layout = layout
         isMapped = false
         layout.writeHeader(to: base)
@@ -206,7 +211,7 @@ final class Storage {
     }
 
     deinit {
-        if isMapped { munmap(base, layout.byteCount) } else { base.deallocate() }
+        if isMapped { munmap(base, layout.byteCount) } else { free(base) }
     }
 }
 

@@ -66,15 +66,16 @@ public final class FloatBuffer {
     public init(capacity: Int) {
         self.capacity = capacity
         let bytes = max(capacity, 1) * 4
-        if bytes >= FloatBuffer.mapThreshold,
-           let raw = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), raw != MAP_FAILED {
+        if bytes >= FloatBuffer.mapThreshold {
+            guard let raw = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), raw != MAP_FAILED else {
+                OutOfMemory.fail(bytes: bytes, call: "mmap", code: errno)
+            }
             // Page-aligned and already zero.
             mappedBytes = bytes
             pointer = raw.bindMemory(to: Float.self, capacity: max(capacity, 1))
         } else {
             mappedBytes = 0
-            let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
-            pointer = raw.bindMemory(to: Float.self, capacity: max(capacity, 1))
+            pointer = OutOfMemory.allocate(bytes: bytes).bindMemory(to: Float.self, capacity: max(capacity, 1))
             pointer.initialize(repeating: 0, count: max(capacity, 1))
         }
     }
@@ -83,7 +84,7 @@ public final class FloatBuffer {
         if mappedBytes > 0 {
             munmap(UnsafeMutableRawPointer(pointer), mappedBytes)
         } else {
-            UnsafeMutableRawPointer(pointer).deallocate()
+            free(pointer)
         }
     }
 
@@ -93,6 +94,32 @@ public final class FloatBuffer {
         return Tensor(pointer, shape)
     }
     public func zero() { pointer.update(repeating: 0, count: capacity) }
+}
+
+/// A buffer the kernel would not give: beyond what the checks before allocation foresee
+/// (ModelSpec.checkMemory, the datasets' budget), a limit such as `ulimit -v` can still be
+/// met by a layer's scratch. Swift's own allocator would end the process with a crash
+/// report; this ends it with a message and exit 65, through `handler`, which the command
+/// line sets to name the rank and end the whole MPI job.
+public enum OutOfMemory {
+    nonisolated(unsafe) public static var handler: (String) -> Never = { message in
+        let line = Array("ddptrain: \(message)\n".utf8)
+        _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+        exit(65)
+    }
+
+    public static func fail(bytes: Int, call: String, code: Int32) -> Never {
+        handler("out of memory: \(call) of \(bytes) bytes failed: \(String(cString: strerror(code))) (errno \(code)); the model, "
+                + "its batch or the data need more memory than this process may have (the machine's, or limits such as ulimit -v)")
+    }
+
+    /// `bytes` (at least 1) aligned to 64, from posix_memalign; released with free().
+    public static func allocate(bytes: Int) -> UnsafeMutableRawPointer {
+        var raw: UnsafeMutableRawPointer?
+        let code = posix_memalign(&raw, 64, max(bytes, 1))
+        guard code == 0, let raw else { fail(bytes: bytes, call: "posix_memalign", code: code) }
+        return raw
+    }
 }
 
 /// An owned, zero-initialized Float64 buffer of fixed capacity.

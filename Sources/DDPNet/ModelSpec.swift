@@ -377,9 +377,11 @@ extension ModelSpec {
     /// allocated: one parameter buffer, a gradient buffer and the activations of its part of
     /// the batch per replica (compute thread), `optimizerSlots` state buffers, for every
     /// rank on this node, against `available` bytes (MemAvailable; nil: not known, only
-    /// the overflow checks apply). `batch` is the rank's largest batch.
+    /// the overflow checks apply); and one rank's part against what the process's own
+    /// limits leave (`processRoom`: `ulimit -v`, `ulimit -d`). `batch` is the rank's largest batch.
     public func checkMemory(inputShape: Shape, batch: Int, replicas: Int, optimizerSlots: Int, ranksOnNode: Int,
-                            gradientSlots: Int = 1, available: Int? = MemoryInfo.availableBytes()) throws {
+                            gradientSlots: Int = 1, available: Int? = MemoryInfo.availableBytes(),
+                            processRoom: (bytes: Int, limit: String)? = MemoryInfo.processRoom()) throws {
         let part = batch / replicas + (batch % replicas == 0 ? 0 : 1)
         let one = try footprint(inputShape: inputShape, batch: part)
         func tooLarge() -> ModelSpecError {
@@ -391,14 +393,18 @@ extension ModelSpec {
               let activationValues = checkedProduct([one.activations, replicas]),
               case let (rankValues, false) = stateValues.addingReportingOverflow(activationValues),
               let nodeBytes = checkedProduct([rankValues, 4, max(ranksOnNode, 1)]) else { throw tooLarge() }
-        guard let available, nodeBytes > available else { return }
         func size(_ bytes: Int) -> String {
             bytes >= 1_000_000_000 ? String(format: "%.1f GB", Double(bytes) / 1e9) : String(format: "%.1f MB", Double(bytes) / 1e6)
         }
-        let ranks = ranksOnNode > 1 ? ", times \(ranksOnNode) ranks on this node" : ""
-        throw ModelSpecError("model \(name) needs \(size(rankValues * 4)) per rank (\(size(stateValues * 4)) for \(one.parameters) parameters, "
-                             + "gradients and optimizer state; \(size(activationValues * 4)) for the activations of batches of \(batch))\(ranks); "
-                             + "this machine has \(size(available)) available")
+        let needs = "model \(name) needs \(size(rankValues * 4)) per rank (\(size(stateValues * 4)) for \(one.parameters) parameters, "
+            + "gradients and optimizer state; \(size(activationValues * 4)) for the activations of batches of \(batch))"
+        if let available, nodeBytes > available {
+            let ranks = ranksOnNode > 1 ? ", times \(ranksOnNode) ranks on this node" : ""
+            throw ModelSpecError("\(needs)\(ranks); this machine has \(size(available)) available")
+        }
+        if let processRoom, rankValues * 4 > processRoom.bytes {
+            throw ModelSpecError("\(needs); \(processRoom.limit): raise the limit or train a smaller model or batch")
+        }
     }
 }
 

@@ -102,8 +102,8 @@ public struct CheckpointStore: Sendable {
     }
 
     /// Writes, then keeps the newest `keep` files at or before `step`. Files of later steps
-    /// are left alone (a damaged one that resume skipped is overwritten when the run gets
-    /// there), so pruning never deletes the file just written. Only regular files are
+    /// are left alone (a resume sets them aside: RunDirectory.setAsideCheckpoints), so
+    /// pruning never deletes the file just written. Only regular files are
     /// counted and deleted: anything else under a checkpoint's name (a directory, a FIFO, a
     /// dangling link) is not ours to judge and stays.
     public func save(model: Model, optimizer: Optimizer, metadata: [String: String], step: Int) throws {

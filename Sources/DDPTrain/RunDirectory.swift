@@ -98,8 +98,41 @@ public struct RunDirectory: Sendable {
         } catch let error as TrainingError {
             throw TrainingError("run dir \(path): \(error.message)", exitCode: ExitStatus.inputError)
         }
+        if let resumedStep { warnings += try setAsideCheckpoints(after: resumedStep) }
         try writeAtomically((configJSON ?? config.json) + "\n", to: configPath)
         return warnings
+    }
+
+    /// On resume from step S: checkpoints of later steps belong to the future this run
+    /// replaces (a resume from an older file, e.g. one before a divergence; or damaged newer
+    /// files that `--resume auto` passed over). Left in place, the next `--resume auto`
+    /// would continue from them, the replaced run, as if it were this one. They are moved,
+    /// never deleted, into checkpoints/superseded-after-step-<S> (-2, -3, ... when taken),
+    /// where no resume and no pruning looks. Returns a note naming them.
+    func setAsideCheckpoints(after resumedStep: Int) throws -> [String] {
+        let later = try CheckpointStore(directory: checkpointsPath, keep: 1).checkpoints().filter { $0.step > resumedStep }
+        guard !later.isEmpty else { return [] }
+        func fail(_ call: String, _ file: String) -> TrainingError {
+            TrainingError("run dir \(path): cannot set aside the checkpoints after step \(resumedStep): \(call) \(file) failed: \(errnoText(errno))",
+                          exitCode: ExitStatus.checkpointWriteFailed)
+        }
+        let base = checkpointsPath + "/" + String(format: "superseded-after-step-%08d", resumedStep)
+        var folder: String?
+        for n in 1...1000 {
+            let candidate = base + (n == 1 ? "" : "-\(n)")
+            if mkdir(candidate, 0o755) == 0 { folder = candidate; break }
+            guard errno == EEXIST else { throw fail("mkdir", candidate) }
+        }
+        guard let folder else {
+            throw TrainingError("run dir \(path): \(base) and 999 more names are taken; move them away", exitCode: ExitStatus.inputError)
+        }
+        for file in later.reversed() {
+            let name = splitPath(file.path).name
+            guard rename(file.path, folder + "/" + name) == 0 else { throw fail("rename", file.path) }
+        }
+        let names = later.reversed().map { splitPath($0.path).name }
+        return ["resumed at step \(resumedStep): the checkpoints of later steps (\(names.joined(separator: ", "))) belong to the run "
+                + "this one replaces; moved to \(folder), so that --resume auto continues this run"]
     }
 
     /// Removes the temporary files (`.<name>.tmp.<16 hex digits>`, TemporaryFile) that a run

@@ -46,9 +46,9 @@ public enum StateDict {
 
     /// Checks, without copying anything, that `file` holds every tensor of `model` (and of
     /// `optimizer`) with the right shape and dtype, and nothing else but optimizer state;
-    /// and that every value is finite (counters not negative): a NaN or infinity in a
-    /// weight, a running statistic or the optimizer state is damage, named with the tensor
-    /// and the index of its first such value.
+    /// and that every value is finite (counters and variances not negative): a NaN or
+    /// infinity in a weight, a running statistic or the optimizer state is damage, named
+    /// with the tensor and the index of its first such value (`valueProblem`).
     public static func check(_ file: SafeTensorsFile, fits model: Model, optimizer: Optimizer? = nil) throws {
         var expected = Set<String>()
         var floats: [String] = []
@@ -77,15 +77,26 @@ public enum StateDict {
             }
         }
         for name in floats {
-            if let (index, value) = file.firstNonFinite(in: name) {
-                throw CheckpointError.damaged(file.path, "damaged: tensor \(name) holds a non-finite value (\(value)) at index \(index)")
-            }
+            if let problem = valueProblem(in: file, name) { throw CheckpointError.damaged(file.path, "damaged: \(problem)") }
         }
         for v in model.bufferViews where v.isCounter {
             if let index = try file.values(of: v.name, as: Int64.self).firstIndex(where: { $0 < 0 }) {
                 throw CheckpointError.damaged(file.path, "damaged: tensor \(v.name) holds a negative count at index \(index)")
             }
         }
+    }
+
+    /// What is wrong with tensor `name`'s values, if anything: a NaN or an infinity, or in a
+    /// tensor of variances (batch norm's running_var, Adam's exp_avg_sq) a negative value,
+    /// which no training writes and which turns every output it scales into NaN.
+    public static func valueProblem(in file: SafeTensorsFile, _ name: String) -> String? {
+        if let (index, value) = file.firstNonFinite(in: name) {
+            return "tensor \(name) holds a non-finite value (\(value)) at index \(index)"
+        }
+        if name.hasSuffix(".running_var") || name.hasSuffix(".exp_avg_sq"), let (index, value) = file.firstNegative(in: name) {
+            return "tensor \(name) holds a negative variance (\(value)) at index \(index)"
+        }
+        return nil
     }
 
     /// Copies every parameter and buffer of `model` from `file` after `check` passed, so a

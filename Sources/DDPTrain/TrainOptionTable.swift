@@ -41,27 +41,29 @@ extension TrainConfig {
         .value("optimizer", \.optimizer, "name", "sgd, adam or adamw.", check: { _, v in
             if !["sgd", "adam", "adamw"].contains(v) { throw ConfigError("--optimizer must be sgd, adam or adamw; got '\(v)'") }
         }, resume: .mustMatch),
-        .value("lr", \.lr, "x", "Base learning rate.", check: positive),
+        .value("lr", \.lr, "x", "Base learning rate.", check: positive, resume: .warns),
         .value("lr-reference-batch", \.lrReferenceBatch, "b",
-               "Scale the learning rate to the global batch: lr x global batch / B (the linear scaling rule).", check: count(atLeast: 1)),
-        .value("momentum", \.momentum, "x", "SGD momentum.", check: fraction),
-        .toggle("nesterov", \.nesterov, sets: true, "Nesterov momentum (SGD)."),
+               "Scale the learning rate to the global batch: lr x global batch / B (the linear scaling rule).", check: count(atLeast: 1),
+               resume: .warns),
+        .value("momentum", \.momentum, "x", "SGD momentum.", check: fraction, resume: .warns),
+        .toggle("nesterov", \.nesterov, sets: true, "Nesterov momentum (SGD).", resume: .warns),
         .value("weight-decay", \.weightDecay, "x", "L2 weight decay on weights, never biases or batch-norm parameters.", check: { name, v in
             if !(v >= 0 && v.isFinite) { throw ConfigError("--\(name) must be a finite number >= 0, got \(v)") }
             if !Double(Float(v)).isFinite { throw ConfigError("--\(name) \(v) is outside Float32's range (up to \(Float.greatestFiniteMagnitude))") }
-        }),
+        }, resume: .warns),
         .value("schedule", \.schedule, "s", "constant, step:EVERY:GAMMA or cosine.", check: { name, v in
             // The spelling alone; the run's length is known once the data is.
             do { _ = try LRSchedule(parsing: v, totalSteps: 1) } catch { throw ConfigError("--\(name): \(error)") }
         }),
         .value("warmup-steps", \.warmupSteps, "n", "Linear warm-up steps (default: 5% of the run's steps, at most \(maxDefaultWarmupSteps)).",
                check: count(atLeast: 0)),
-        .value("clip-norm", \.clipNorm, "x", "Clip the global gradient L2 norm to X; off: no clipping by norm.", check: positive, none: "off"),
+        .value("clip-norm", \.clipNorm, "x", "Clip the global gradient L2 norm to X; off: no clipping by norm.", check: positive, none: "off",
+               resume: .warns),
         .toggle("no-clip-norm", \.clipNormOff, sets: true, "Turn off clipping by norm (as --clip-norm off).", inFiles: false,
                 conflicts: "clip-norm"),
-        .value("clip-value", \.clipValue, "x", "Clamp every gradient element to [-X, X].", check: positive),
-        .value("dropout", \.dropout, "p", "Dropout rate for every dropout layer (overrides the model's).", check: fraction),
-        .value("label-smoothing", \.labelSmoothing, "x", "Label smoothing of the cross-entropy.", check: fraction),
+        .value("clip-value", \.clipValue, "x", "Clamp every gradient element to [-X, X].", check: positive, resume: .warns),
+        .value("dropout", \.dropout, "p", "Dropout rate for every dropout layer (overrides the model's).", check: fraction, resume: .warns),
+        .value("label-smoothing", \.labelSmoothing, "x", "Label smoothing of the cross-entropy.", check: fraction, resume: .warns),
         .value("seed", \.seed, "n", "Seed of initialization, shuffling and dropout.", resume: .mustMatch),
         .toggle("no-shuffle", \.shuffle, sets: false, "Global batch k is samples kB to kB+B-1.", key: "shuffle", resume: .mustMatch),
 
@@ -126,9 +128,12 @@ extension TrainConfig {
 
 /// One training option (see `TrainConfig.options`).
 public struct TrainOption: @unchecked Sendable {  // immutable; its closures capture key paths and constants only
-    /// Whether a resumed run must use the checkpoint's value: what decides the weights'
-    /// shapes, the optimizer state or the data order.
-    public enum Resume: Sendable { case free, mustMatch }
+    /// Whether a resumed run must use the checkpoint's value (`mustMatch`: what decides the
+    /// weights' shapes, the optimizer state or the data order), may change it with a warning
+    /// (`warns`: what changes the optimization from the resumed step on, such as the learning
+    /// rate, which a user may well mean to change, but should not change unawares), or may
+    /// change it freely (`free`: logging, checkpoints, the length of the run).
+    public enum Resume: Sendable { case free, warns, mustMatch }
 
     /// The flag without its dashes (`per-rank-batch`).
     public let name: String
@@ -254,6 +259,13 @@ public struct TrainOption: @unchecked Sendable {  // immutable; its closures cap
     public func describe(_ config: TrainConfig) -> String {
         guard valueName == nil else { return "--\(name) \(text(config))" }
         return isSet(config) ? "--\(name)" : "no --\(name)"
+    }
+
+    /// What a resume changes of a `warns` option, "--lr 0.1 -> 0.05"; nil when it agrees.
+    public func resumeChange(saved: TrainConfig, now config: TrainConfig) -> String? {
+        guard resume == .warns, text(saved) != text(config) else { return nil }
+        guard valueName == nil else { return "--\(name) \(text(saved)) -> \(text(config))" }
+        return isSet(config) ? "--\(name) now on" : "--\(name) now off"
     }
 
     /// Why a resume may not continue `saved` with `config`; nil when this option agrees.

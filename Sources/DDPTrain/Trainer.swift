@@ -487,6 +487,10 @@ public final class Trainer {
                 try StateDict.loadOptimizer(reader.file, into: optimizer, model: model)
                 if let batchChange { warnings.append(batchChange) }
                 if let change = scheduleChange(from: reader, atStep: position.step) { warnings.append(change) }
+                let changes = TrainConfig.options.compactMap { $0.resumeChange(saved: reader.config, now: config) }
+                if !changes.isEmpty {
+                    warnings.append("\(path) was trained with other settings: \(changes.joined(separator: ", ")); the run goes on with the new ones from step \(position.step)")
+                }
                 return ResumePoint(path: path, position: position)
             }
             return nil

@@ -226,20 +226,30 @@ public struct SafeTensorsFile: Sendable {
     /// The first NaN or infinity in tensor `name` (F32 or F64): its flat index and value;
     /// nil when every value is finite, or the tensor holds another dtype or does not exist.
     public func firstNonFinite(in name: String) -> (index: Int, value: Double)? {
+        firstValue(in: name) { !$0.isFinite }
+    }
+
+    /// The first value below zero in tensor `name` (F32 or F64), as `firstNonFinite`.
+    public func firstNegative(in name: String) -> (index: Int, value: Double)? {
+        firstValue(in: name) { $0 < 0 }
+    }
+
+    private func firstValue(in name: String, where test: (Double) -> Bool) -> (index: Int, value: Double)? {
         guard let tensor = tensor(named: name) else { return nil }
         switch tensor.dtype {
-        case .f32: return firstNonFinite(in: tensor, as: Float.self)
-        case .f64: return firstNonFinite(in: tensor, as: Double.self)
+        case .f32: return firstValue(in: tensor, as: Float.self, where: test)
+        case .f64: return firstValue(in: tensor, as: Double.self, where: test)
         default: return nil
         }
     }
 
     /// Loads are unaligned: other writers need not align a tensor to its element size.
-    private func firstNonFinite<Value: BinaryFloatingPoint>(in tensor: TensorInfo, as type: Value.Type) -> (index: Int, value: Double)? {
+    private func firstValue<Value: BinaryFloatingPoint>(in tensor: TensorInfo, as type: Value.Type,
+                                                        where test: (Double) -> Bool) -> (index: Int, value: Double)? {
         data[tensor.dataOffsets].withUnsafeBytes { bytes in
             for index in 0..<tensor.elementCount {
-                let value = bytes.loadUnaligned(fromByteOffset: index * MemoryLayout<Value>.size, as: Value.self)
-                if !value.isFinite { return (index, Double(value)) }
+                let value = Double(bytes.loadUnaligned(fromByteOffset: index * MemoryLayout<Value>.size, as: Value.self))
+                if test(value) { return (index, value) }
             }
             return nil
         }

@@ -22,11 +22,23 @@ struct DDPTrainCommand: ParsableCommand {
     /// have none and would wait for it in MPI_Init. (Files named by the arguments are read
     /// once MPI runs, under agreeOnSuccess.)
     static func main() {
+        // A file-size limit (`ulimit -f`, which Slurm passes on to jobs) makes a write past
+        // it fail with EFBIG, reported like a full disk (74, the temporary file removed),
+        // instead of SIGXFSZ ending the process without a word mid-file.
+        signal(SIGXFSZ, SIG_IGN)
+        // A buffer the kernel refuses (OutOfMemory): the rank says so and the whole job ends.
+        OutOfMemory.handler = { message in
+            let world = Communicator.current
+            FileHandle.standardError.write("ddptrain: error on rank \(world?.rank ?? launchRank)\(world.map { " of \($0.size)" } ?? ""): \(message)\n")
+            if let world, world.size > 1 { world.abort(exitCode: ExitStatus.inputError) }
+            Foundation.exit(ExitStatus.inputError)
+        }
         BLASCore.chooseByFeatures()
         // Every command but `train` (which stops gracefully) ends at once on SIGTERM, SIGINT
         // or SIGUSR1, with 128 + the signal's number and no temporary file left behind.
         StopRequest.install(graceful: false, announce: false)
         do {
+            if let problem = nonUTF8Argument() { throw ValidationError(problem) }
             var command = try parseAsRoot()
             parsed = command
             if !(command is Train) { StopRequest.takeLauncherRequest() }
@@ -46,6 +58,20 @@ struct DDPTrainCommand: ParsableCommand {
             Foundation.exit(0)
         }
     }
+}
+
+/// Why an argument cannot be taken, when one is not UTF-8: Swift reads arguments as text and
+/// replaces bytes that are not UTF-8 with U+FFFD, so `run\xff` would quietly name another
+/// folder (`run\u{FFFD}`) than the one given. Such an argument is refused, shown with escapes.
+func nonUTF8Argument() -> String? {
+    for index in 1..<Int(CommandLine.argc) {
+        guard let raw = CommandLine.unsafeArgv[index] else { continue }
+        let bytes = UnsafeBufferPointer(start: UnsafeRawPointer(raw).assumingMemoryBound(to: UInt8.self), count: strlen(raw))
+        guard String(validating: bytes, as: UTF8.self) == nil else { continue }
+        let shown = bytes.map { (32..<127).contains($0) ? String(UnicodeScalar($0)) : String(format: "\\x%02x", $0) }.joined()
+        return "argument \(index), '\(shown)', is not UTF-8 text: ddptrain takes paths and values as UTF-8 (rename the file or folder)"
+    }
+    return nil
 }
 
 /// The command parsed from the command line, once it is (nil while parsing).

@@ -32,9 +32,7 @@ struct Inspect: ParsableCommand {
         let checksumProblem: String? = checksumOK == false ? "the \(covered) does not match the CRC-32 in the header" : nil
         var problems = checksumProblem.map { [$0] } ?? []
         for t in opened.tensors {
-            if let (index, value) = opened.firstNonFinite(in: t.name) {
-                problems.append("tensor \(t.name) holds a non-finite value (\(value)) at index \(index)")
-            }
+            if let problem = StateDict.valueProblem(in: opened, t.name) { problems.append(problem) }
         }
         if opened.metadata["format"] == "ddptrain-checkpoint" && checksumOK != false {
             do { _ = try CheckpointReader(path: file) } catch let error as CheckpointError { problems.append(error.problem) } catch {

@@ -188,7 +188,17 @@ extension ModelSpecTests {
             XCTAssertNoThrow(try ModelSpec.named(name).checkMemory(inputShape: mnist, batch: 256, replicas: 2, optimizerSlots: 2, ranksOnNode: 8,
                                                                     available: 8_000_000_000))
         }
-        XCTAssertNoThrow(try wide.checkMemory(inputShape: mnist, batch: 32, replicas: 1, optimizerSlots: 1, ranksOnNode: 1, available: nil))
+        XCTAssertNoThrow(try wide.checkMemory(inputShape: mnist, batch: 32, replicas: 1, optimizerSlots: 1, ranksOnNode: 1, available: nil,
+                                              processRoom: nil))
+        // The process's own limit (ulimit -v) counts per rank, whatever the machine has free.
+        let mlp = try ModelSpec.named("mlp")
+        let mlpBytes = try mlp.footprint(inputShape: mnist, batch: 64)
+        let needed = 4 * (mlpBytes.parameters * 3 + mlpBytes.activations)
+        expectError(try mlp.checkMemory(inputShape: mnist, batch: 64, replicas: 1, optimizerSlots: 1, ranksOnNode: 4, available: nil,
+                                        processRoom: (needed - 1, "the process's address-space limit (ulimit -v) of 9 bytes leaves \(needed - 1)")),
+                    "; the process's address-space limit (ulimit -v) of 9 bytes leaves \(needed - 1): raise the limit or train a smaller model or batch")
+        XCTAssertNoThrow(try mlp.checkMemory(inputShape: mnist, batch: 64, replicas: 1, optimizerSlots: 1, ranksOnNode: 4, available: nil,
+                                             processRoom: (needed, "exactly enough")))
         // Widths grown by padding until one sample's output no longer fits 32-bit BLAS sizes.
         let growing = "layers: [" + Array(repeating: "{type: conv2d, out: 65536, kernel: 1, padding: 64}", count: 3).joined(separator: ", ") + "]"
         expectError(try ModelSpec.parse(growing, source: "g.yaml").makeLayers(inputShape: mnist),

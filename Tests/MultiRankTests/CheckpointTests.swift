@@ -300,13 +300,15 @@ final class CheckpointTests: XCTestCase {
         XCTAssertTrue(config.contains("\"shard_size\":16"), config)
         for bad in ["0", String(1 << 62)] {
             try CheckpointEdit.rewrite(original, to: newest, metadata: ["config": config.replacingOccurrences(of: "\"shard_size\":16", with: "\"shard_size\":\(bad)")])
+            let named = try train(["--steps", "6", "--per-rank-batch", "16", "--resume", newest], run: "config-range")
+            XCTAssertEqual(named.status, 65, named.stderr)
+            XCTAssertTrue(named.stderr.contains("--shard-size must be between 1 and 2147483647, got \(bad)"), named.stderr)
             let r = try train(["--steps", "6", "--per-rank-batch", "16", "--resume", "auto"], run: "config-range")
             XCTAssertEqual(r.status, 0, r.stderr)
             XCTAssertTrue(r.stderr.contains("skipping damaged checkpoint: \(newest): damaged metadata 'config': --shard-size must be between 1 and 2147483647, got \(bad)"),
                           r.stderr)
-            let named = try train(["--steps", "6", "--per-rank-batch", "16", "--resume", newest], run: "config-range")
-            XCTAssertEqual(named.status, 65, named.stderr)
-            try FileManager.default.removeItem(atPath: newest)
+            // Resumed at step 4, the damaged step 8 was set aside; the next case puts a copy back.
+            XCTAssertFalse(FileManager.default.fileExists(atPath: newest))
             try FileManager.default.copyItem(atPath: original, toPath: newest)
         }
     }
@@ -333,6 +335,10 @@ final class CheckpointTests: XCTestCase {
             ("damaged: tensor optim.8.bias.momentum_buffer holds a non-finite value (-inf) at index 1", [:], { name, bytes in
                 if name == "optim.8.bias.momentum_buffer" { CheckpointEdit.setFloat(&bytes, at: 1, to: -.infinity) }
             }),
+            // No training writes a negative variance; evaluated, it makes every output NaN.
+            ("damaged: tensor 2.running_var holds a negative variance (-2.0) at index 5", [:], { name, bytes in
+                if name == "2.running_var" { CheckpointEdit.setFloat(&bytes, at: 5, to: -2) }
+            }),
         ]
         for (message, metadata, edit) in cases {
             try CheckpointEdit.rewrite(original, to: newest, metadata: metadata, tensors: edit)
@@ -341,6 +347,15 @@ final class CheckpointTests: XCTestCase {
             XCTAssertTrue(r.stderr.contains("skipping damaged checkpoint: \(newest): \(message)"), r.stderr)
             XCTAssertTrue(r.stdout.contains("resumed from \(runDir("edited"))/checkpoints/step-00000004.safetensors at step 4"), r.stdout)
         }
+        // Each damaged file that auto passed over was moved aside on resume, not deleted
+        // (and not left where the next --resume auto would meet it again).
+        let checkpoints = runDir("edited") + "/checkpoints"
+        let setAside = try FileManager.default.contentsOfDirectory(atPath: checkpoints).filter { $0.hasPrefix("superseded-") }.sorted()
+        XCTAssertEqual(setAside, ["superseded-after-step-00000004"] + (2...cases.count).map { "superseded-after-step-00000004-\($0)" })
+        let lastCase = checkpoints + "/superseded-after-step-00000004-\(cases.count)/step-00000008.safetensors"
+        let inspect = try MPIRun.run(ranks: 1, ["inspect", lastCase])
+        XCTAssertEqual(inspect.status, 1, inspect.stderr)
+        XCTAssertTrue(inspect.stdout.contains("problem: tensor 2.running_var holds a negative variance (-2.0) at index 5"), inspect.stdout)
         let named = try train(["--steps", "12", "--per-rank-batch", "16", "--resume", poisoned], run: "edited")
         XCTAssertEqual(named.status, 65, named.stderr)
         XCTAssertTrue(named.stderr.contains("\(poisoned): damaged: tensor 5.weight holds a non-finite value (nan) at index 3"), named.stderr)

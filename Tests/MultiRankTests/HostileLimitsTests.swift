@@ -1,0 +1,114 @@
+import Foundation
+import XCTest
+
+/// Classes a third probe found (2026-12-04): the process's own resource limits (which shells
+/// and Slurm pass on to jobs), a resume from an earlier checkpoint that left the replaced
+/// run's later checkpoints for the next `--resume auto`, and arguments that are not UTF-8.
+final class HostileLimitsTests: ScratchFolderTestCase {
+
+    /// `mpirun -n ranks bash -c 'ulimit LIMIT; exec ddptrain args'`: every rank under the limit.
+    func runLimited(ranks: Int, _ limit: String, _ args: [String]) throws -> MPIRun.Result {
+        let env = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OPENBLAS_NUM_THREADS": "1", "DDPTRAIN_PROGRESS": "lines"]
+        let r = try Background("/usr/bin/env", ["mpirun", "-n", String(ranks), "--oversubscribe", "--bind-to", "none",
+                                                "/bin/bash", "-c", "ulimit \(limit) && exec \"$0\" \"$@\"", MPIRun.binary] + args,
+                               environment: env).wait(timeout: 120)
+        XCTAssertFalse(r.timedOut, "\(args): \(r.stderr)")
+        return r
+    }
+
+    func writeModel(_ name: String, width: Int) throws -> String {
+        let file = path(name)
+        try "layers:\n  - flatten\n  - {type: linear, out: \(width)}\n  - relu\n  - {type: linear, out: 10}\n"
+            .write(toFile: file, atomically: false, encoding: .utf8)
+        return file
+    }
+
+    func assertNoCrash(_ r: MPIRun.Result, file: StaticString = #filePath, line: UInt = #line) {
+        for trace in ["Fatal error", "Program crashed", "Signal 6", "Signal 11", "core dumped"] {
+            XCTAssertFalse(r.stderr.contains(trace), r.stderr, file: file, line: line)
+        }
+    }
+
+    /// A model of 52 M parameters (625 MB with gradients and momentum) under `ulimit -v`
+    /// 900 MB, where the ranks themselves map some 300 MB: refused before anything is
+    /// allocated, naming the limit, exit 65 (it was Swift's allocation trap, 134). Under a
+    /// limit the estimate passes but a layer's buffers do not, the allocation that fails
+    /// ends the job with the same status and says what failed.
+    func testAddressSpaceLimitIsAnErrorNamingIt() throws {
+        let model = try writeModel("huge.yaml", width: 65536)
+        let args = ["train", "--dataset", "synthetic", "--model", model, "--per-rank-batch", "16", "--steps", "2", "--eval-every", "0"]
+        let refused = try runLimited(ranks: 2, "-v 900000", args + ["--threads", "1", "--run-dir", path("refused")])
+        XCTAssertEqual(refused.status, 65, refused.stderr)
+        assertNoCrash(refused)
+        XCTAssertTrue(refused.stderr.contains("model huge needs 629.4 MB per rank"), refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("the process's address-space limit (ulimit -v) of 921600000 bytes leaves"), refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("raise the limit or train a smaller model or batch"), refused.stderr)
+
+        // 1.1 GB: the estimate (629 MB beside some 330 MB mapped) passes; the buffers, which
+        // need up to 1.4 GB of address space, do not.
+        let failed = try runLimited(ranks: 1, "-v 1100000", args + ["--threads", "1", "--run-dir", path("failed")])
+        XCTAssertEqual(failed.status, 65, failed.stderr)
+        assertNoCrash(failed)
+        XCTAssertTrue(failed.stderr.contains("out of memory: mmap of") || failed.stderr.contains("address-space limit (ulimit -v)"), failed.stderr)
+    }
+
+    /// Past `ulimit -f`, a write fails with EFBIG: a checkpoint that does not fit is exit 74
+    /// with the reason and no temporary file left (SIGXFSZ ended the ranks without a word,
+    /// status 153, half a file behind, and launch/train restarted into the same wall).
+    func testFileSizeLimitIsAWriteFailure() throws {
+        let model = try writeModel("big.yaml", width: 2048)  // 1.6 M parameters: 13 MB with momentum
+        let run = path("limited")
+        let r = try runLimited(ranks: 2, "-f 6000", ["train", "--dataset", "synthetic", "--model", model, "--per-rank-batch", "16",
+                                                     "--steps", "4", "--checkpoint-every", "4", "--eval-every", "0", "--run-dir", run])
+        XCTAssertEqual(r.status, 74, r.stderr)
+        assertNoCrash(r)
+        XCTAssertTrue(r.stderr.contains("\(run)/checkpoints/step-00000004.safetensors: write(\(run)/checkpoints/.step-00000004.safetensors.tmp."),
+                      r.stderr)
+        XCTAssertTrue(r.stderr.contains("failed: File too large (errno 27)"), r.stderr)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints"), [], "no temporary file is left")
+    }
+
+    /// Resuming from an earlier checkpoint (one before a divergence, with a lower --lr)
+    /// replaces the run from that step on: the replaced run's later checkpoints are moved
+    /// aside, byte for byte, so that the next `--resume auto` continues the new run, not the
+    /// old one's step 16 (it did, with the old learning rate, and exit 0). A changed --lr
+    /// is said on resume.
+    func testResumeFromAnEarlierCheckpointSetsTheLaterOnesAside() throws {
+        let run = path("lineage")
+        func train(_ extra: [String]) throws -> MPIRun.Result {
+            try MPIRun.run(ranks: 2, ["train", "--dataset", "synthetic", "--model", "mlp", "--train-samples", "256", "--per-rank-batch", "16",
+                                      "--checkpoint-every", "4", "--keep", "10", "--eval-every", "0", "--run-dir", run] + extra)
+        }
+        XCTAssertEqual(try train(["--steps", "16"]).status, 0)
+        let checkpoints = run + "/checkpoints"
+        let later = ["step-00000008.safetensors", "step-00000012.safetensors", "step-00000016.safetensors"]
+        let bytes = try later.map { try Data(contentsOf: URL(fileURLWithPath: checkpoints + "/" + $0)) }
+
+        let earlier = try train(["--steps", "6", "--lr", "0.05", "--resume", checkpoints + "/step-00000004.safetensors"])
+        XCTAssertEqual(earlier.status, 0, earlier.stderr)
+        let aside = checkpoints + "/superseded-after-step-00000004"
+        XCTAssertTrue(earlier.stderr.contains("resumed at step 4: the checkpoints of later steps (\(later.joined(separator: ", "))) belong to the run "
+                                              + "this one replaces; moved to \(aside)"), earlier.stderr)
+        XCTAssertTrue(earlier.stderr.contains("step-00000004.safetensors was trained with other settings: --lr 0.1 -> 0.05; "
+                                              + "the run goes on with the new ones from step 4"), earlier.stderr)
+        XCTAssertEqual(try later.map { try Data(contentsOf: URL(fileURLWithPath: aside + "/" + $0)) }, bytes, "moved, byte for byte")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: checkpoints).sorted(),
+                       ["step-00000004.safetensors", "step-00000006.safetensors", "superseded-after-step-00000004"])
+
+        let auto = try train(["--steps", "16", "--lr", "0.05", "--resume", "auto"])
+        XCTAssertEqual(auto.status, 0, auto.stderr)
+        XCTAssertTrue(auto.stdout.contains("resumed from \(checkpoints)/step-00000006.safetensors at step 6"), auto.stdout)
+        XCTAssertFalse(auto.stderr.contains("other settings"), auto.stderr)
+        XCTAssertEqual(try later.map { try Data(contentsOf: URL(fileURLWithPath: aside + "/" + $0)) }, bytes, "pruning does not look there")
+    }
+
+    /// An argument that is not UTF-8 is refused with the bytes shown (Swift replaced them
+    /// with U+FFFD, so `run\xff` created or read another folder than the one given).
+    func testArgumentsThatAreNotUTF8AreRefused() throws {
+        let shell = "cd \"$0\" && exec \"$1\" train --dataset synthetic --model mlp --steps 1 --run-dir \"$(printf 'run\\377')\""
+        let r = try Background("/bin/bash", ["-c", shell, scratch.path, MPIRun.binary]).wait(timeout: 60)
+        XCTAssertEqual(r.status, 64, r.stderr)
+        XCTAssertTrue(r.stderr.contains("argument 9, 'run\\xff', is not UTF-8 text: ddptrain takes paths and values as UTF-8"), r.stderr)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: scratch.path), [], "no folder under another name")
+    }
+}
