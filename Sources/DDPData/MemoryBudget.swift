@@ -19,7 +19,7 @@ enum MemoryBudget {
             throw DataError(path, "\(what) need \(bytes) bytes of memory, more than the \(available) bytes available (\(source))")
         }
         if let room = MemoryInfo.processRoom(), bytes > room.bytes {
-            throw DataError(path, "\(what) need \(bytes) bytes of memory; \(room.limit)")
+            throw DataError(path, "\(what) need \(bytes) bytes of memory; \(room.limit): raise the limit or use fewer samples")
         }
     }
 }

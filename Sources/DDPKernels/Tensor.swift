@@ -105,7 +105,7 @@ public enum OutOfMemory {
     nonisolated(unsafe) public static var handler: (String) -> Never = { message in
         let line = Array("ddptrain: \(message)\n".utf8)
         _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-        exit(65)
+        _exit(65)
     }
 
     public static func fail(bytes: Int, call: String, code: Int32) -> Never {

@@ -11,6 +11,13 @@ import Foundation
 /// neither marked nor a run dir of an earlier version (a ddptrain config.json and checkpoints/)
 /// is refused. The lock is a kernel lock (flock), dropped when the process ends however it ends,
 /// so a crashed run never blocks its own restart; readers (eval, inspect) take no lock.
+/// The checkpoint a run resumed from: its path, and the step it records, which numbers the
+/// checkpoints' names (a resume with `--allow-batch-change` counts its own steps anew).
+public struct ResumedCheckpoint: Sendable {
+    public var path: String
+    public var step: Int
+}
+
 public struct RunDirectory: Sendable {
     public let path: String
     public var metricsPath: String { path + "/metrics.jsonl" }
@@ -33,11 +40,12 @@ public struct RunDirectory: Sendable {
     /// already (they belong to another run, and `--resume auto` would later mix them up
     /// with this one's). Otherwise metrics.jsonl keeps the steps up to the resumed one.
     /// `configJSON`: what config.json holds (Trainer.resolvedConfigJSON), else `config.json`.
-    public static func prepare(config: TrainConfig, configJSON: String? = nil, world: Communicator, resumedAtStep: Int?) throws -> RunDirectory {
+    public static func prepare(config: TrainConfig, configJSON: String? = nil, world: Communicator, resumedAtStep: Int?,
+                               resumedCheckpoint: ResumedCheckpoint? = nil) throws -> RunDirectory {
         let run = RunDirectory(path: config.resolvedRunDir)
         let warnings = try agreeOnSuccess(world) { () throws -> [String] in
             guard world.rank == 0 else { return [] }
-            return try run.create(config: config, configJSON: configJSON, keepMetricsUpTo: resumedAtStep)
+            return try run.create(config: config, configJSON: configJSON, keepMetricsUpTo: resumedAtStep, resumedCheckpoint: resumedCheckpoint)
         }
         for warning in warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
         return run
@@ -68,7 +76,8 @@ public struct RunDirectory: Sendable {
 
     /// Rank 0's part of `prepare`: claims and locks the folder, then writes config.json and
     /// metrics.jsonl. Returns warnings for the user. Nothing is overwritten before every check passed.
-    public func create(config: TrainConfig, configJSON: String? = nil, keepMetricsUpTo resumedStep: Int?) throws -> [String] {
+    public func create(config: TrainConfig, configJSON: String? = nil, keepMetricsUpTo resumedStep: Int?,
+                       resumedCheckpoint: ResumedCheckpoint? = nil) throws -> [String] {
         var warnings = try claim(acceptingOldComparison: false)
         // Locked for this run (a file system without locks says so in a warning): any
         // temporary file of ours here was left by a run killed while writing it.
@@ -87,6 +96,7 @@ public struct RunDirectory: Sendable {
         if let type = fileType(checkpointsPath, following: true), type != S_IFDIR {
             throw TrainingError("run dir \(path): checkpoints is \(describeFileType(type)), not a directory", exitCode: ExitStatus.inputError)
         }
+        if let resumedCheckpoint { warnings += try setAsideCheckpoints(after: resumedCheckpoint) }
         // metrics.jsonl first: if it cannot be read, config.json stays as it was too.
         if let resumedStep {
             warnings += try keepMetrics(upTo: resumedStep)
@@ -98,19 +108,31 @@ public struct RunDirectory: Sendable {
         } catch let error as TrainingError {
             throw TrainingError("run dir \(path): \(error.message)", exitCode: ExitStatus.inputError)
         }
-        if let resumedStep { warnings += try setAsideCheckpoints(after: resumedStep) }
         try writeAtomically((configJSON ?? config.json) + "\n", to: configPath)
         return warnings
     }
 
-    /// On resume from step S: checkpoints of later steps belong to the future this run
-    /// replaces (a resume from an older file, e.g. one before a divergence; or damaged newer
-    /// files that `--resume auto` passed over). Left in place, the next `--resume auto`
-    /// would continue from them, the replaced run, as if it were this one. They are moved,
-    /// never deleted, into checkpoints/superseded-after-step-<S> (-2, -3, ... when taken),
-    /// where no resume and no pruning looks. Returns a note naming them.
-    func setAsideCheckpoints(after resumedStep: Int) throws -> [String] {
-        let later = try CheckpointStore(directory: checkpointsPath, keep: 1).checkpoints().filter { $0.step > resumedStep }
+    /// On resume from a checkpoint of step S: checkpoints of later steps belong to the future
+    /// this run replaces (a resume from an older file, e.g. one before a divergence; damaged
+    /// newer files that `--resume auto` passed over; or, for a resume from a file set aside
+    /// earlier in superseded-after-step-K, this folder's checkpoints after K). Left in place,
+    /// the next `--resume auto` would continue from them, the replaced run, as if it were this
+    /// one. They are moved, never deleted, into checkpoints/superseded-after-step-<S> (-2, -3,
+    /// ... when taken), where no resume and no pruning looks. S is the step the checkpoint
+    /// records, the numbering of the files' names (after `--allow-batch-change` the run counts
+    /// its steps anew). The resumed file itself and anything but regular files stay. Moved
+    /// before metrics.jsonl is cut, and moved back if a move fails, so that a failure leaves
+    /// the folder as it was. Returns a note naming them.
+    func setAsideCheckpoints(after resumed: ResumedCheckpoint) throws -> [String] {
+        var resumedStep = resumed.step
+        let (resumedFolder, _) = splitPath(resumed.path)
+        if let match = resumedFolder.wholeMatch(of: /.*\/superseded-after-step-([0-9]{8,})(-[0-9]+)?/),
+           Self.sameFile(splitPath(resumedFolder).directory, checkpointsPath), let k = Int(match.1) {
+            resumedStep = min(resumedStep, k)
+        }
+        let later = try CheckpointStore(directory: checkpointsPath, keep: 1).checkpoints()
+            .filter { $0.step > resumedStep && fileType($0.path) == S_IFREG && !Self.sameFile($0.path, resumed.path) }
+            .reversed()
         guard !later.isEmpty else { return [] }
         func fail(_ call: String, _ file: String) -> TrainingError {
             TrainingError("run dir \(path): cannot set aside the checkpoints after step \(resumedStep): \(call) \(file) failed: \(errnoText(errno))",
@@ -126,13 +148,26 @@ public struct RunDirectory: Sendable {
         guard let folder else {
             throw TrainingError("run dir \(path): \(base) and 999 more names are taken; move them away", exitCode: ExitStatus.inputError)
         }
-        for file in later.reversed() {
-            let name = splitPath(file.path).name
-            guard rename(file.path, folder + "/" + name) == 0 else { throw fail("rename", file.path) }
+        var moved: [(from: String, to: String)] = []
+        for file in later {
+            let target = folder + "/" + splitPath(file.path).name
+            guard rename(file.path, target) == 0 else {
+                let failure = fail("rename", file.path)
+                for move in moved.reversed() { rename(move.to, move.from) }
+                rmdir(folder)
+                throw failure
+            }
+            moved.append((file.path, target))
         }
-        let names = later.reversed().map { splitPath($0.path).name }
-        return ["resumed at step \(resumedStep): the checkpoints of later steps (\(names.joined(separator: ", "))) belong to the run "
-                + "this one replaces; moved to \(folder), so that --resume auto continues this run"]
+        let names = later.map { splitPath($0.path).name }
+        return ["resumed from \(resumed.path) (step \(resumed.step)): the checkpoints of later steps (\(names.joined(separator: ", "))) "
+                + "belong to the run this one replaces; moved to \(folder), so that --resume auto continues this run"]
+    }
+
+    /// Whether two paths name the same file (device and inode), following links.
+    static func sameFile(_ a: String, _ b: String) -> Bool {
+        var x = stat(), y = stat()
+        return stat(a, &x) == 0 && stat(b, &y) == 0 && x.st_dev == y.st_dev && x.st_ino == y.st_ino
     }
 
     /// Removes the temporary files (`.<name>.tmp.<16 hex digits>`, TemporaryFile) that a run

@@ -51,6 +51,8 @@ public final class Trainer {
     public private(set) var step = 0
     /// The checkpoint this run resumed from, if any.
     public private(set) var resumedFrom: String?
+    /// The checkpoint resumed from, with the step it records (RunDirectory sets aside later ones).
+    public private(set) var resumedCheckpoint: ResumedCheckpoint?
     var checkpoints: CheckpointStore?
     /// The step of the newest checkpoint in the run dir that this run wrote or resumed from.
     var checkpointedStep: Int?
@@ -453,7 +455,7 @@ public final class Trainer {
     /// sound checkpoint of another configuration (dataset, normalization, model, optimizer,
     /// seed, data order, batch-norm mode, global batch): that run dir belongs to another run.
     /// The checkpoint a resume continues from, and where in the run it is.
-    struct ResumePoint: Codable { var path: String; var position: TrainingPosition }
+    struct ResumePoint: Codable { var path: String; var recordedStep: Int; var position: TrainingPosition }
 
     func resumeFrom(_ resume: String) throws {
         let store = CheckpointStore(directory: RunDirectory(path: config.resolvedRunDir).checkpointsPath, keep: config.keep)
@@ -491,7 +493,7 @@ public final class Trainer {
                 if !changes.isEmpty {
                     warnings.append("\(path) was trained with other settings: \(changes.joined(separator: ", ")); the run goes on with the new ones from step \(position.step)")
                 }
-                return ResumePoint(path: path, position: position)
+                return ResumePoint(path: path, recordedStep: reader.step, position: position)
             }
             return nil
         }
@@ -507,6 +509,7 @@ public final class Trainer {
         skippedSteps = position.skippedSteps
         consecutiveSkips = position.consecutiveSkips
         resumedFrom = path
+        resumedCheckpoint = ResumedCheckpoint(path: path, step: found.recordedStep)
         if resume == "auto" { checkpointedStep = step }
         if step > totalSteps {
             throw CollectiveFailure(message: "\(path) is at step \(step), past this run's \(plural(totalSteps, "step"))")

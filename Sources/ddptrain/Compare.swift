@@ -100,7 +100,8 @@ struct Compare: ParsableCommand {
                 if world.rank == 0 { print("compare: [\(i + 1)/\(variants.count)] \(variant.name)") }
                 let trainer = try Trainer(config: variant.config, world: world)
                 trainer.hooks = FaultInjection.fromEnvironment(rank: world.rank, resumed: trainer.resumedFrom != nil)
-                let run = try RunDirectory.prepare(config: trainer.config, configJSON: trainer.resolvedConfigJSON, world: world, resumedAtStep: trainer.resumedFrom == nil ? nil : trainer.step)
+                let run = try RunDirectory.prepare(config: trainer.config, configJSON: trainer.resolvedConfigJSON, world: world, resumedAtStep: trainer.resumedFrom == nil ? nil : trainer.step,
+                                                   resumedCheckpoint: trainer.resumedCheckpoint)
                 // When each attempt started, so that a resumed variant reports its whole wall time.
                 let attemptStarts = try agreeOnSuccess(world) {
                     world.rank == 0 ? try VariantResult.recordAttempt(runDir: variant.config.resolvedRunDir, resumed: trainer.resumedFrom != nil) : []

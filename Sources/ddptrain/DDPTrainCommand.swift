@@ -27,11 +27,13 @@ struct DDPTrainCommand: ParsableCommand {
         // instead of SIGXFSZ ending the process without a word mid-file.
         signal(SIGXFSZ, SIG_IGN)
         // A buffer the kernel refuses (OutOfMemory): the rank says so and the whole job ends.
+        // (_exit: no atexit handlers or destructors while other threads may still run.)
         OutOfMemory.handler = { message in
             let world = Communicator.current
-            FileHandle.standardError.write("ddptrain: error on rank \(world?.rank ?? launchRank)\(world.map { " of \($0.size)" } ?? ""): \(message)\n")
+            let limit = MemoryInfo.processRoom().map { "; \($0.limit)" } ?? ""
+            FileHandle.standardError.write("ddptrain: error on rank \(world?.rank ?? launchRank)\(world.map { " of \($0.size)" } ?? ""): \(message)\(limit)\n")
             if let world, world.size > 1 { world.abort(exitCode: ExitStatus.inputError) }
-            Foundation.exit(ExitStatus.inputError)
+            _exit(ExitStatus.inputError)
         }
         BLASCore.chooseByFeatures()
         // Every command but `train` (which stops gracefully) ends at once on SIGTERM, SIGINT
@@ -64,7 +66,7 @@ struct DDPTrainCommand: ParsableCommand {
 /// replaces bytes that are not UTF-8 with U+FFFD, so `run\xff` would quietly name another
 /// folder (`run\u{FFFD}`) than the one given. Such an argument is refused, shown with escapes.
 func nonUTF8Argument() -> String? {
-    for index in 1..<Int(CommandLine.argc) {
+    for index in 1..<max(Int(CommandLine.argc), 1) {
         guard let raw = CommandLine.unsafeArgv[index] else { continue }
         let bytes = UnsafeBufferPointer(start: UnsafeRawPointer(raw).assumingMemoryBound(to: UInt8.self), count: strlen(raw))
         guard String(validating: bytes, as: UTF8.self) == nil else { continue }

@@ -27,7 +27,8 @@ struct Train: ParsableCommand {
                     let trainer = try Trainer(config: config, world: world)
                     // Tests' faults and holds (DDPTRAIN_INJECT_*), from outside the loop.
                     trainer.hooks = FaultInjection.fromEnvironment(rank: world.rank, resumed: trainer.resumedFrom != nil)
-                    let run = try RunDirectory.prepare(config: trainer.config, configJSON: trainer.resolvedConfigJSON, world: world, resumedAtStep: trainer.resumedFrom == nil ? nil : trainer.step)
+                    let run = try RunDirectory.prepare(config: trainer.config, configJSON: trainer.resolvedConfigJSON, world: world, resumedAtStep: trainer.resumedFrom == nil ? nil : trainer.step,
+                                                   resumedCheckpoint: trainer.resumedCheckpoint)
                     // Rank 0 opens metrics.jsonl and creates TensorBoard's file; every rank learns whether that worked.
                     let log = try agreeOnSuccess(world) {
                         try RunLog(rank: world.rank, logEvery: config.logEvery, json: json, metricsPath: run.metricsPath,

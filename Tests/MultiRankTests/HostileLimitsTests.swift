@@ -16,10 +16,11 @@ final class HostileLimitsTests: ScratchFolderTestCase {
         return r
     }
 
-    func writeModel(_ name: String, width: Int) throws -> String {
+    /// An MLP with hidden layers of these widths.
+    func writeModel(_ name: String, widths: [Int]) throws -> String {
         let file = path(name)
-        try "layers:\n  - flatten\n  - {type: linear, out: \(width)}\n  - relu\n  - {type: linear, out: 10}\n"
-            .write(toFile: file, atomically: false, encoding: .utf8)
+        let hidden = widths.map { "  - {type: linear, out: \($0)}\n  - relu\n" }.joined()
+        try ("layers:\n  - flatten\n" + hidden + "  - {type: linear, out: 10}\n").write(toFile: file, atomically: false, encoding: .utf8)
         return file
     }
 
@@ -29,34 +30,34 @@ final class HostileLimitsTests: ScratchFolderTestCase {
         }
     }
 
-    /// A model of 52 M parameters (625 MB with gradients and momentum) under `ulimit -v`
-    /// 900 MB, where the ranks themselves map some 300 MB: refused before anything is
-    /// allocated, naming the limit, exit 65 (it was Swift's allocation trap, 134). Under a
-    /// limit the estimate passes but a layer's buffers do not, the allocation that fails
-    /// ends the job with the same status and says what failed.
+    /// A model of 186 M parameters (2.2 GB with gradients and momentum) under `ulimit -v`
+    /// 900 MB: refused before anything is allocated, naming the limit, exit 65 (it was
+    /// Swift's allocation trap, 134). Under a limit the estimate passes but the buffers do
+    /// not (52 M parameters, 629 MB, beside some 330 MB the rank maps itself, under 1.1 GB),
+    /// the allocation that fails ends the job with the same status and says what failed.
     func testAddressSpaceLimitIsAnErrorNamingIt() throws {
-        let model = try writeModel("huge.yaml", width: 65536)
-        let args = ["train", "--dataset", "synthetic", "--model", model, "--per-rank-batch", "16", "--steps", "2", "--eval-every", "0"]
-        let refused = try runLimited(ranks: 2, "-v 900000", args + ["--threads", "1", "--run-dir", path("refused")])
+        let args = ["train", "--dataset", "synthetic", "--per-rank-batch", "16", "--steps", "2", "--eval-every", "0", "--threads", "1"]
+        let refused = try runLimited(ranks: 2, "-v 900000", args + ["--model", try writeModel("huger.yaml", widths: [65536, 2048]), "--run-dir", path("refused")])
         XCTAssertEqual(refused.status, 65, refused.stderr)
         assertNoCrash(refused)
-        XCTAssertTrue(refused.stderr.contains("model huge needs 629.4 MB per rank"), refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("model huger needs 2.2 GB per rank"), refused.stderr)
         XCTAssertTrue(refused.stderr.contains("the process's address-space limit (ulimit -v) of 921600000 bytes leaves"), refused.stderr)
         XCTAssertTrue(refused.stderr.contains("raise the limit or train a smaller model or batch"), refused.stderr)
 
         // 1.1 GB: the estimate (629 MB beside some 330 MB mapped) passes; the buffers, which
         // need up to 1.4 GB of address space, do not.
-        let failed = try runLimited(ranks: 1, "-v 1100000", args + ["--threads", "1", "--run-dir", path("failed")])
+        let failed = try runLimited(ranks: 1, "-v 1100000", args + ["--model", try writeModel("huge.yaml", widths: [65536]), "--run-dir", path("failed")])
         XCTAssertEqual(failed.status, 65, failed.stderr)
         assertNoCrash(failed)
-        XCTAssertTrue(failed.stderr.contains("out of memory: mmap of") || failed.stderr.contains("address-space limit (ulimit -v)"), failed.stderr)
+        XCTAssertTrue(failed.stderr.contains("out of memory: mmap of") || failed.stderr.contains("model huge needs 629.4 MB per rank"), failed.stderr)
+        XCTAssertTrue(failed.stderr.contains("the process's address-space limit (ulimit -v) of 1126400000 bytes leaves"), failed.stderr)
     }
 
     /// Past `ulimit -f`, a write fails with EFBIG: a checkpoint that does not fit is exit 74
     /// with the reason and no temporary file left (SIGXFSZ ended the ranks without a word,
     /// status 153, half a file behind, and launch/train restarted into the same wall).
     func testFileSizeLimitIsAWriteFailure() throws {
-        let model = try writeModel("big.yaml", width: 2048)  // 1.6 M parameters: 13 MB with momentum
+        let model = try writeModel("big.yaml", widths: [2048])  // 1.6 M parameters: 13 MB with momentum
         let run = path("limited")
         let r = try runLimited(ranks: 2, "-f 6000", ["train", "--dataset", "synthetic", "--model", model, "--per-rank-batch", "16",
                                                      "--steps", "4", "--checkpoint-every", "4", "--eval-every", "0", "--run-dir", run])
@@ -87,8 +88,8 @@ final class HostileLimitsTests: ScratchFolderTestCase {
         let earlier = try train(["--steps", "6", "--lr", "0.05", "--resume", checkpoints + "/step-00000004.safetensors"])
         XCTAssertEqual(earlier.status, 0, earlier.stderr)
         let aside = checkpoints + "/superseded-after-step-00000004"
-        XCTAssertTrue(earlier.stderr.contains("resumed at step 4: the checkpoints of later steps (\(later.joined(separator: ", "))) belong to the run "
-                                              + "this one replaces; moved to \(aside)"), earlier.stderr)
+        XCTAssertTrue(earlier.stderr.contains("resumed from \(checkpoints)/step-00000004.safetensors (step 4): the checkpoints of later steps "
+                                              + "(\(later.joined(separator: ", "))) belong to the run this one replaces; moved to \(aside)"), earlier.stderr)
         XCTAssertTrue(earlier.stderr.contains("step-00000004.safetensors was trained with other settings: --lr 0.1 -> 0.05; "
                                               + "the run goes on with the new ones from step 4"), earlier.stderr)
         XCTAssertEqual(try later.map { try Data(contentsOf: URL(fileURLWithPath: aside + "/" + $0)) }, bytes, "moved, byte for byte")
@@ -100,6 +101,31 @@ final class HostileLimitsTests: ScratchFolderTestCase {
         XCTAssertTrue(auto.stdout.contains("resumed from \(checkpoints)/step-00000006.safetensors at step 6"), auto.stdout)
         XCTAssertFalse(auto.stderr.contains("other settings"), auto.stderr)
         XCTAssertEqual(try later.map { try Data(contentsOf: URL(fileURLWithPath: aside + "/" + $0)) }, bytes, "pruning does not look there")
+
+        // Back to the replaced run: resuming its step 8 from the folder sets this run's step 6
+        // aside (after step 4, where the two part), and leaves step 4, which both share.
+        let back = try train(["--steps", "10", "--resume", aside + "/step-00000008.safetensors"])
+        XCTAssertEqual(back.status, 0, back.stderr)
+        XCTAssertTrue(back.stderr.contains("(step-00000006.safetensors, step-00000008.safetensors, step-00000012.safetensors, step-00000016.safetensors) "
+                                           + "belong to the run this one replaces; moved to \(aside)-2"), back.stderr)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: checkpoints).sorted(),
+                       ["step-00000004.safetensors", "step-00000010.safetensors", "superseded-after-step-00000004",
+                        "superseded-after-step-00000004-2"])
+    }
+
+    /// With --allow-batch-change the run numbers its steps anew (step 16 at batch 32 is step 8
+    /// at 64), but the checkpoints' names keep the old numbering: the file resumed from, and
+    /// older ones, are never taken for later steps and set aside.
+    func testResumeWithAnotherBatchSetsNothingAside() throws {
+        let run = path("batch")
+        let common = ["train", "--dataset", "synthetic", "--model", "mlp", "--train-samples", "256", "--checkpoint-every", "4",
+                      "--keep", "10", "--eval-every", "0", "--run-dir", run]
+        XCTAssertEqual(try MPIRun.run(ranks: 2, common + ["--per-rank-batch", "16", "--steps", "16"]).status, 0)
+        let r = try MPIRun.run(ranks: 2, common + ["--per-rank-batch", "32", "--allow-batch-change", "--steps", "12", "--resume", "auto"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("resumed from \(run)/checkpoints/step-00000016.safetensors at step 8"), r.stdout)
+        XCTAssertFalse(r.stderr.contains("moved to"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: run + "/checkpoints/superseded-after-step-00000008"))
     }
 
     /// An argument that is not UTF-8 is refused with the bytes shown (Swift replaced them
