@@ -104,6 +104,10 @@ public enum SpecFile {
                         throw SpecFileError(source, "line \(line): base-60 numbers (\(text)) are not supported; "
                                             + "write the number in decimal, or quote it if it is text")
                     }
+                    if isNonDecimalNumber(text) {
+                        throw SpecFileError(source, "line \(line): \(text) is not a plain decimal number: YAML 1.1 reads a leading 0 as octal "
+                                            + "(010 is 8) and 0x, 0o, 0b and '_' in its own ways; write the number in decimal, or quote it if it is text")
+                    }
                 }
                 let startsNode = [YAML_SCALAR_EVENT, YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT].contains(event.type)
                 if startsNode, let inMap = nextIsKey.last, let isKey = inMap {
@@ -140,6 +144,22 @@ private func isBaseSixtyNumber(_ text: String) -> Bool {
     let body = text.utf8.first.map { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "-") } == true ? text.utf8.dropFirst() : text.utf8[...]
     guard let first = body.first, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(first), body.contains(UInt8(ascii: ":")) else { return false }
     return body.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || ":_.".utf8.contains($0) }
+}
+
+/// Numbers YAML 1.1 (Yams) reads otherwise than as decimal: a leading zero (octal: "010"
+/// is 8, "08" a float), 0x, 0o and 0b prefixes, and "_" between digits ("1_0" is 10).
+private func isNonDecimalNumber(_ text: String) -> Bool {
+    let digits = UInt8(ascii: "0")...UInt8(ascii: "9")
+    var body = text.utf8[...]
+    if let sign = body.first, sign == UInt8(ascii: "+") || sign == UInt8(ascii: "-") { body = body.dropFirst() }
+    guard let first = body.first, digits.contains(first) else { return false }
+    let rest = body.dropFirst()
+    if first == UInt8(ascii: "0"), let second = rest.first {
+        if digits.contains(second) || second == UInt8(ascii: "_") { return true }
+        if "xXoObB".utf8.contains(second) { return rest.count > 1 }
+    }
+    // Digits with "_" among them (a number to YAML 1.1, with or without a fraction or exponent).
+    return body.contains(UInt8(ascii: "_")) && body.allSatisfy { digits.contains($0) || "_.eE+-".utf8.contains($0) }
 }
 
 /// "!!int" for libyaml's resolved "tag:yaml.org,2002:int"; other tags as written.

@@ -110,6 +110,32 @@ public enum RegularFile {
 
 /// Flushes standard output; the reason (errno's words) if anything written there was lost
 /// (a full disk, an I/O error), else nil.
+/// Writes `text` to standard error, ignoring a failure: a message about a failure must
+/// not become a crash of its own (Foundation's FileHandle.write traps when the write fails,
+/// e.g. with stderr on a full disk or closed), and there is nowhere left to report it.
+public func writeToStandardError(_ text: String) {
+    var bytes = Array(text.utf8)[...]
+    while !bytes.isEmpty {
+        let written = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+        if written < 0 && errno == EINTR { continue }
+        guard written > 0 else { return }
+        bytes = bytes.dropFirst(written)
+    }
+}
+
+/// Opens /dev/null on standard input, output or error where one is closed, before anything
+/// else opens a file: the first file opened would otherwise take its number (Open MPI's
+/// internal pipe did), and output meant for the closed one would go into it. Standard
+/// output is opened read-only, so that writing there still fails and a command whose
+/// output was lost still says so (exit 74); standard error's messages are dropped.
+public func openClosedStandardDescriptors() {
+    for (descriptor, flags): (Int32, Int32) in [(0, O_RDONLY), (1, O_RDONLY), (2, O_WRONLY)]
+    where fcntl(descriptor, F_GETFD) == -1 && errno == EBADF {
+        let opened = open("/dev/null", flags)
+        if opened >= 0 && opened != descriptor { dup2(opened, descriptor); close(opened) }
+    }
+}
+
 public func standardOutputFailure() -> String? {
     errno = 0
     guard ddp_stdout_failed() != 0 else { return nil }

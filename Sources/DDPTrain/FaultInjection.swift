@@ -1,4 +1,5 @@
 import DDPKernels
+import DDPSystem
 import Foundation
 
 /// Places in a run where a test acts on it, called by the trainer on the rank's training
@@ -127,11 +128,11 @@ public final class FaultInjection: StepHooks {
     /// Waits (DDPTRAIN_INJECT_HOLD) until this process has a stop signal, at most 300 s;
     /// says so first, with the pid, so that a test knows when and whom to signal.
     func holdUntilStopSignal(step: Int) {
-        FileHandle.standardError.write(Data("ddptrain: rank \(rank) (pid \(getpid())) holds at step index \(step) until a stop signal reaches it (DDPTRAIN_INJECT_HOLD)\n".utf8))
+        writeToStandardError("ddptrain: rank \(rank) (pid \(getpid())) holds at step index \(step) until a stop signal reaches it (DDPTRAIN_INJECT_HOLD)\n")
         let deadline = Date().addingTimeInterval(300)
         while StopRequest.localSignal == 0 && Date() < deadline { usleep(1000) }
         if StopRequest.localSignal == 0 {
-            FileHandle.standardError.write(Data("ddptrain: rank \(rank): no stop signal within 300 s of the hold; going on\n".utf8))
+            writeToStandardError("ddptrain: rank \(rank): no stop signal within 300 s of the hold; going on\n")
         }
     }
 }

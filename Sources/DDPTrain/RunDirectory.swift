@@ -47,7 +47,7 @@ public struct RunDirectory: Sendable {
             guard world.rank == 0 else { return [] }
             return try run.create(config: config, configJSON: configJSON, keepMetricsUpTo: resumedAtStep, resumedCheckpoint: resumedCheckpoint)
         }
-        for warning in warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
+        for warning in warnings { writeToStandardError("warning: \(warning)\n") }
         return run
     }
 
@@ -71,7 +71,7 @@ public struct RunDirectory: Sendable {
             }
             return try folder.claim(acceptingOldComparison: true)
         }
-        for warning in warnings { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
+        for warning in warnings { writeToStandardError("warning: \(warning)\n") }
     }
 
     /// Rank 0's part of `prepare`: claims and locks the folder, then writes config.json and

@@ -173,13 +173,13 @@ public final class RunLog {
 
     private func say(_ text: String) {
         guard isRoot, !quiet else { return }
-        if jsonOutput { FileHandle.standardError.write(Data((text + "\n").utf8)) } else { print(text); fflush(nil) }
+        if jsonOutput { writeToStandardError((text + "\n")) } else { print(text); fflush(nil) }
     }
 
     public func warn(_ text: String) {
         guard isRoot else { return }
         if interactive { clearBar() }
-        FileHandle.standardError.write(Data("warning: \(text)\n".utf8))
+        writeToStandardError("warning: \(text)\n")
     }
 
     public func info(_ text: String) {
@@ -277,7 +277,7 @@ public final class RunLog {
     /// Unbuffered text on the progress stream (stderr with --json, else stdout).
     private func emit(_ text: String) {
         if jsonOutput {
-            FileHandle.standardError.write(Data(text.utf8))
+            writeToStandardError(text)
         } else {
             print(text, terminator: "")
             fflush(nil)

@@ -8,6 +8,8 @@ import Foundation
 /// exits with ExitStatus.collectiveTimeout without calling MPI (it may be inside an MPI call);
 /// mpirun then ends the other ranks. A thread checks a few times per second; the training
 /// thread only stores the time a step starts (no allocation, no system call but the clock).
+/// Time this process spends stopped does not count (a stopped rank's peers, which wait,
+/// are the ones that find it stuck).
 public final class StepWatchdog: @unchecked Sendable {
     public let seconds: Double
     let rank: Int
@@ -49,16 +51,24 @@ public final class StepWatchdog: @unchecked Sendable {
 
     private func watch() {
         let poll = min(max(seconds / 10, 0.05), 1)
+        var lastWake = Self.now()
         while true {
             Thread.sleep(forTimeInterval: poll)
+            let now = Self.now()
+            // A wake far later than asked: this process itself was stopped (SIGSTOP, Ctrl-Z,
+            // a suspended Slurm job, a paused VM), and with it the whole job, most likely.
+            // That time is nobody's step running long: it does not count.
+            let overslept = now - lastWake - poll
+            lastWake = now
             lock.lock()
-            let (active, step, elapsed) = (running, self.step, Self.now() - started)
+            if overslept > max(1, poll) { started += overslept }
+            let (active, step, elapsed) = (running, self.step, now - started)
             lock.unlock()
             if !active { return }
             if elapsed > seconds {
                 let text = "ddptrain: error on rank \(rank): step \(step) has run for \(String(format: "%.0f", elapsed)) s, "
                     + "more than --collective-timeout \(String(format: "%g", seconds)) s: a rank or host is probably lost or stuck; ending the job\n"
-                FileHandle.standardError.write(Data(text.utf8))
+                writeToStandardError(text)
                 _exit(ExitStatus.collectiveTimeout)
             }
         }

@@ -28,7 +28,7 @@ public enum StopRequest {
     /// printed once per job).
     public static func install(graceful: Bool, announce: Bool) {
         if ddp_stop_install(graceful ? 1 : 0, announce ? 1 : 0) != 0 {
-            FileHandle.standardError.write(Data("ddptrain: warning: cannot install the stop-signal handler: sigaction failed: \(String(cString: strerror(errno)))\n".utf8))
+            writeToStandardError("ddptrain: warning: cannot install the stop-signal handler: sigaction failed: \(String(cString: strerror(errno)))\n")
         }
     }
 

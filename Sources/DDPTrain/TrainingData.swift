@@ -1,6 +1,7 @@
 import DDPComm
 import DDPData
 import DDPKernels
+import DDPSystem
 import Foundation
 
 /// The training and test sets of a run, with the normalization they share.
@@ -81,7 +82,7 @@ public struct TrainingData {
         }
         for dataset in [train, test].compactMap({ $0 }) {
             if case .rebuilt(let path, let reason) = dataset.cacheStatus {
-                FileHandle.standardError.write(Data("warning: \(path): damaged dataset cache (\(reason)); rebuilt from the source files\n".utf8))
+                writeToStandardError("warning: \(path): damaged dataset cache (\(reason)); rebuilt from the source files\n")
             }
         }
         if kind != .synthetic, let n = config.trainSamples, n > train.count {

@@ -87,7 +87,7 @@ struct Bench: ParsableCommand {
             let timer = StepTimer(untimedSteps: untimedSteps, timedSteps: timedSteps, probe: probe, lineUp: {
                 guard world.size > 1 else { return }
                 do { try world.barrier() } catch {
-                    FileHandle.standardError.write(Data("ddptrain bench: rank \(world.rank): lining the ranks up after the sgemm probe failed: \(error)\n".utf8))
+                    writeToStandardError("ddptrain bench: rank \(world.rank): lining the ranks up after the sgemm probe failed: \(error)\n")
                     world.abort(exitCode: ExitStatus.runtimeFailure)
                 }
             })

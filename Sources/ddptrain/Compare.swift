@@ -1,6 +1,7 @@
 import ArgumentParser
 import DDPComm
 import DDPTrain
+import DDPSystem
 import Foundation
 
 struct Compare: ParsableCommand {
@@ -78,7 +79,7 @@ struct Compare: ParsableCommand {
             if world.rank == 0 {
                 print("compare: run dir \(runDir)")
                 if let warning = DefaultRunDirectory.pointLatest(at: runDir) {
-                    FileHandle.standardError.write("warning: \(warning)\n")
+                    writeToStandardError("warning: \(warning)\n")
                 }
             }
             var results: [VariantResult] = []

@@ -22,6 +22,7 @@ struct DDPTrainCommand: ParsableCommand {
     /// have none and would wait for it in MPI_Init. (Files named by the arguments are read
     /// once MPI runs, under agreeOnSuccess.)
     static func main() {
+        openClosedStandardDescriptors()
         // A file-size limit (`ulimit -f`, which Slurm passes on to jobs) makes a write past
         // it fail with EFBIG, reported like a full disk (74, the temporary file removed),
         // instead of SIGXFSZ ending the process without a word mid-file.
@@ -31,7 +32,7 @@ struct DDPTrainCommand: ParsableCommand {
         OutOfMemory.handler = { message in
             let world = Communicator.current
             let limit = MemoryInfo.processRoom().map { "; \($0.limit)" } ?? ""
-            FileHandle.standardError.write("ddptrain: error on rank \(world?.rank ?? launchRank)\(world.map { " of \($0.size)" } ?? ""): \(message)\(limit)\n")
+            writeToStandardError("ddptrain: error on rank \(world?.rank ?? launchRank)\(world.map { " of \($0.size)" } ?? ""): \(message)\(limit)\n")
             if let world, world.size > 1 { world.abort(exitCode: ExitStatus.inputError) }
             _exit(ExitStatus.inputError)
         }
@@ -52,7 +53,7 @@ struct DDPTrainCommand: ParsableCommand {
             let startsMPI = parsed.map { $0 is Train || $0 is Compare || $0 is Eval || $0 is Doctor || $0 is Bench } ?? true
             if launchRank == 0 || !startsMPI { exit(withError: error) }
             if hasOwnCommandLine {
-                FileHandle.standardError.write("ddptrain: error on rank \(launchRank), which has a command line of its own:\n")
+                writeToStandardError("ddptrain: error on rank \(launchRank), which has a command line of its own:\n")
                 exit(withError: error)
             }
             // Rank 0 reports and carries the status. Were this rank to exit non-zero first,
@@ -85,7 +86,7 @@ nonisolated(unsafe) private var parsed: ParsableCommand?
 /// SIGPIPE, status 141, as it ends other tools.)
 func finishStandardOutput() throws {
     guard let reason = standardOutputFailure() else { return }
-    FileHandle.standardError.write("ddptrain: cannot write the standard output: \(reason)\n")
+    writeToStandardError("ddptrain: cannot write the standard output: \(reason)\n")
     throw ExitCode(ExitStatus.checkpointWriteFailed)
 }
 
@@ -122,20 +123,20 @@ func withWorld(_ body: (Communicator) throws -> Void) throws {
     do {
         world = try Communicator.world()
     } catch {
-        FileHandle.standardError.write("ddptrain: \(error)\n")
+        writeToStandardError("ddptrain: \(error)\n")
         throw ExitCode(ExitStatus.mpiStartFailure)
     }
     do {
         try body(world)
     } catch let failure as CollectiveFailure {
         // Every rank knows; rank 0 reports once, and all leave together.
-        if world.rank == 0 { FileHandle.standardError.write("ddptrain: \(failure.message)\n") }
+        if world.rank == 0 { writeToStandardError("ddptrain: \(failure.message)\n") }
         throw ExitCode(failure.exitCode)
     } catch let exit as ExitCode {
         if world.size > 1 && exit != .success { world.abort(exitCode: exit.rawValue) }
         throw exit
     } catch {
-        FileHandle.standardError.write("ddptrain: error on rank \(world.rank) of \(world.size): \(error)\n")
+        writeToStandardError("ddptrain: error on rank \(world.rank) of \(world.size): \(error)\n")
         let code = exitStatus(for: error)
         if world.size > 1 { world.abort(exitCode: code) }
         throw ExitCode(code)
@@ -169,6 +170,3 @@ func inputPhase<T>(_ body: () throws -> T) throws -> T {
     }
 }
 
-extension FileHandle {
-    func write(_ text: String) { write(text.data(using: .utf8)!) }
-}

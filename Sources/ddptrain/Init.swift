@@ -47,14 +47,14 @@ struct Init: ParsableCommand {
             }
         } catch {
             // A model file that cannot be used is bad input, as in train.
-            FileHandle.standardError.write("ddptrain init: \(error)\n")
+            writeToStandardError("ddptrain init: \(error)\n")
             throw ExitCode(ExitStatus.inputError)
         }
         do {
             try StateDict.write(model: built, optimizer: nil,
                                 metadata: ["format": Init.format, "model": model, "init": initializer, "seed": String(seed)], to: out)
         } catch {
-            FileHandle.standardError.write("ddptrain init: \(error)\n")
+            writeToStandardError("ddptrain init: \(error)\n")
             throw ExitCode(ExitStatus.checkpointWriteFailed)
         }
         print("wrote \(out): \(plural(built.parameterCount, "parameter")) of \(spec.name)")

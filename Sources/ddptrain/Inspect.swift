@@ -1,5 +1,6 @@
 import ArgumentParser
 import DDPTrain
+import DDPSystem
 import Foundation
 import SafeTensors
 
@@ -24,7 +25,7 @@ struct Inspect: ParsableCommand {
         do {
             opened = try SafeTensorsFile(path: file, verifyingChecksum: false)
         } catch {
-            FileHandle.standardError.write(Data("ddptrain inspect: \(error)\n".utf8))
+            writeToStandardError("ddptrain inspect: \(error)\n")
             throw ExitCode.failure
         }
         let checksumOK = opened.checksumVerified

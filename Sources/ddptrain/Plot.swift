@@ -37,7 +37,7 @@ struct Plot: ParsableCommand {
                 throw TrainingError("\(runDir)/metrics.jsonl holds no step records", exitCode: ExitStatus.inputError)
             }
             if metrics.otherLines > 0 {
-                FileHandle.standardError.write("warning: \(runDir)/metrics.jsonl: \(metrics.otherLines) line\(metrics.otherLines == 1 ? " is" : "s are") "
+                writeToStandardError("warning: \(runDir)/metrics.jsonl: \(metrics.otherLines) line\(metrics.otherLines == 1 ? " is" : "s are") "
                                                + "neither a step nor an evaluation record; left out\n")
             }
             do {
@@ -47,7 +47,7 @@ struct Plot: ParsableCommand {
             }
             print("plot: \(output) (\(metrics.steps.count) steps, \(metrics.evaluations.count) evaluations)")
         } catch let error as TrainingError {
-            FileHandle.standardError.write("ddptrain plot: \(error.message)\n")
+            writeToStandardError("ddptrain plot: \(error.message)\n")
             throw ExitCode(error.exitCode)
         }
     }

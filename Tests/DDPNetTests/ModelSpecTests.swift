@@ -161,6 +161,22 @@ extension ModelSpecTests {
         expectError(try ModelSpec.parse("layers: [{type: \"1:30\"}]", source: "m.yaml"), "m.yaml: layer 0: unknown layer type '1:30'")
     }
 
+    /// YAML 1.1 reads "010" as 8 (octal), "0x10" as 16 and "1_0" as 10: a layer of 8 where
+    /// the file says 010, without a word. Such numbers are refused by line; decimals, zero
+    /// and quoted text pass.
+    func testNumbersThatAreNotPlainDecimalAreRefused() throws {
+        for text in ["010", "-010", "08", "0x10", "0o10", "0b11", "1_0", "1_000.5", "0_1"] {
+            expectError(try ModelSpec.parse("layers: [flatten, {type: linear, out: \(text)}]", source: "m.yaml"),
+                        "m.yaml: line 1: \(text) is not a plain decimal number: YAML 1.1 reads a leading 0 as octal (010 is 8)")
+        }
+        let spec = try ModelSpec.parse("layers: [flatten, {type: linear, out: 10}, {type: dropout, p: 0.5}, {type: linear, out: 10}]", source: "m.yaml")
+        XCTAssertEqual(try spec.makeLayers(inputShape: Shape(n: 1, c: 1, h: 28, w: 28)).count, 4)
+        for text in ["0", "0.5", "1e5", "-0.25", "0b", "x0_1"] {
+            XCTAssertNoThrow(try SpecFile.checkStructure("value: \(text)", source: "c.yaml"), text)
+        }
+        expectError(try ModelSpec.parse("layers: [{type: \"010\"}]", source: "m.yaml"), "m.yaml: layer 0: unknown layer type '010'")
+    }
+
     func testFloatSettingsMustFitFloat32() {
         expectError(try ModelSpec.parse("layers: [{type: leakyrelu, slope: 1e39}]", source: "m.yaml"),
                     "m.yaml: layer 0 (leakyrelu): 'slope' must be a finite number (in Float32's range), got 1e+39")

@@ -1,9 +1,10 @@
 import Foundation
 import XCTest
 
-/// Classes a third probe found (2026-12-04): the process's own resource limits (which shells
-/// and Slurm pass on to jobs), a resume from an earlier checkpoint that left the replaced
-/// run's later checkpoints for the next `--resume auto`, and arguments that are not UTF-8.
+/// Classes a third and a fourth probe found (2026-12-04): the process's own resource limits
+/// (which shells and Slurm pass on to jobs), a resume from an earlier checkpoint that left the
+/// replaced run's later checkpoints for the next `--resume auto`, arguments that are not
+/// UTF-8, and a standard error that cannot be written.
 final class HostileLimitsTests: ScratchFolderTestCase {
 
     /// `mpirun -n ranks bash -c 'ulimit LIMIT; exec ddptrain args'`: every rank under the limit.
@@ -126,6 +127,24 @@ final class HostileLimitsTests: ScratchFolderTestCase {
         XCTAssertTrue(r.stdout.contains("resumed from \(run)/checkpoints/step-00000016.safetensors at step 8"), r.stdout)
         XCTAssertFalse(r.stderr.contains("moved to"), r.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: run + "/checkpoints/superseded-after-step-00000008"))
+    }
+
+    /// A standard error that cannot be written (a full disk, closed) loses the messages, not
+    /// the run: Foundation's FileHandle.write trapped on the first one (132), so inspect's
+    /// error, a run's warnings and a stop on request all ended in a crash. A closed standard
+    /// output still fails the command that wrote there (74).
+    func testAStandardErrorThatCannotBeWrittenIsNoCrash() throws {
+        func shell(_ script: String) throws -> MPIRun.Result {
+            try Background("/bin/bash", ["-c", "cd \"$0\" && B=\"$1\" && " + script, scratch.path, MPIRun.binary]).wait(timeout: 60)
+        }
+        let inspect = try shell("\"$B\" inspect nowhere.safetensors 2>/dev/full; echo \"status $?\"; \"$B\" inspect nowhere 2>&-; echo \"status $?\"")
+        XCTAssertEqual(inspect.stdout, "status 1\nstatus 1\n", inspect.stderr)
+        let train = try shell("\"$B\" train --dataset synthetic --model mlp --train-samples 256 --steps 4 --eval-every 0 --json --run-dir r "
+                              + "2>/dev/full > summary.json; echo \"status $?\"")
+        XCTAssertEqual(train.stdout, "status 0\n", train.stderr)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path("r/checkpoints/step-00000004.safetensors")))
+        let closed = try shell("\"$B\" summary --model mlp >&- 2>/dev/null; echo \"status $?\" >&2")
+        XCTAssertEqual(closed.stderr, "status 74\n")
     }
 
     /// An argument that is not UTF-8 is refused with the bytes shown (Swift replaced them

@@ -99,6 +99,26 @@ final class LauncherTests: XCTestCase {
         print("SIGSTOP of a rank with --collective-timeout 3: job ended in \(String(format: "%.1f", seconds)) s")
     }
 
+    /// The whole job suspended (Ctrl-Z, a suspended Slurm job, a paused VM) and resumed
+    /// after more than --collective-timeout: the time stopped is nobody's step running long,
+    /// and the run goes on (it ended with 75, a false failure).
+    func testWholeJobSuspendedLongerThanTheTimeoutGoesOn() throws {
+        let job = try Background(launcher, ["-n", "2", "--max-restarts", "0", "--"] + common
+                                    + ["--steps", "100000", "--collective-timeout", "3", "--run-dir", runDir("suspended")], environment: environment)
+        XCTAssertTrue(Background.waitUntil(timeout: 60) { Checkpoints.count(runDir: runDir("suspended")) > 0 }, "no checkpoint appeared")
+        let mpirun = try XCTUnwrap(Processes.descendants(of: job.pid).first { Processes.name(of: $0) == "mpirun" }, "no mpirun under the launcher")
+        let ranks = Processes.children(of: mpirun, named: "ddptrain")
+        XCTAssertEqual(ranks.count, 2)
+        for rank in ranks { XCTAssertEqual(kill(rank, SIGSTOP), 0) }
+        Thread.sleep(forTimeInterval: 6)
+        for rank in ranks { XCTAssertEqual(kill(rank, SIGCONT), 0) }
+        Thread.sleep(forTimeInterval: 4)
+        XCTAssertFalse(job.err.snapshot().contains("more than --collective-timeout"), job.err.snapshot())
+        XCTAssertEqual(kill(job.pid, SIGTERM), 0)  // a stop on request: status 79
+        let r = job.wait(timeout: 60)
+        XCTAssertEqual(r.status, 79, r.stderr)
+    }
+
     func testInputErrorsAreNotRestarted() throws {
         for (args, status, mention) in [
             (["--data-dir", scratch.appendingPathComponent("nowhere").path], Int32(65), "not found"),
