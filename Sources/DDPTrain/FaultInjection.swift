@@ -35,15 +35,15 @@ public protocol StepHooks: AnyObject {
 /// stopped process may be taken by any of its threads once it continues, and that thread's
 /// handler can run after the main thread has voted; a waiting main thread is the one the
 /// kernel gives a process-directed signal to.
-/// DDPTRAIN_INJECT_SIGNAL="rank:step:place[,rank:step:place...]" makes that rank send itself
-/// SIGTERM, in a run that did not resume: `start` before the loop (step: the first step),
+/// DDPTRAIN_INJECT_SIGNAL="rank:step:place[:SIGNAL][,...]" makes that rank send itself
+/// SIGTERM (or SIGNAL: TERM, INT, USR1, HUP), in a run that did not resume: `start` before the loop (step: the first step),
 /// `step` after forward and backward of step index `step` (0-based, as above), `eval` just
 /// before the evaluation after `step` steps, `checkpoint` while the checkpoint of `step` is
 /// being written (its temporary file open).
 /// The hooks of a run as the DDPTRAIN_INJECT_* variables ask, for this rank; the places
 /// that only apply to a run that did not resume are left out of a resumed one.
 public final class FaultInjection: StepHooks {
-    struct Target { var rank: Int; var step: Int; var onwards: Bool }
+    struct Target { var rank: Int; var step: Int; var onwards: Bool; var signal: Int32 = SIGTERM }
 
     static func parse(_ variable: String) -> Target? {
         guard var text = ProcessInfo.processInfo.environment[variable] else { return nil }
@@ -59,8 +59,10 @@ public final class FaultInjection: StepHooks {
         guard let text = ProcessInfo.processInfo.environment["DDPTRAIN_INJECT_SIGNAL"] else { return [:] }
         let entries = text.split(separator: ",").compactMap { entry -> (SignalPlace, Target)? in
             let parts = entry.split(separator: ":")
-            guard parts.count == 3, let rank = Int(parts[0]), let step = Int(parts[1]), let place = SignalPlace(rawValue: String(parts[2])) else { return nil }
-            return (place, Target(rank: rank, step: step, onwards: false))
+            let names: [Substring: Int32] = ["TERM": SIGTERM, "INT": SIGINT, "USR1": SIGUSR1, "HUP": SIGHUP]
+            guard parts.count == 3 || parts.count == 4, let rank = Int(parts[0]), let step = Int(parts[1]),
+                  let place = SignalPlace(rawValue: String(parts[2])), let signal = parts.count == 4 ? names[parts[3]] : SIGTERM else { return nil }
+            return (place, Target(rank: rank, step: step, onwards: false, signal: signal))
         }
         return Dictionary(grouping: entries, by: \.0).mapValues { $0.map(\.1) }
     }
@@ -92,13 +94,13 @@ public final class FaultInjection: StepHooks {
         return target.onwards ? step >= target.step : step == target.step
     }
 
-    /// DDPTRAIN_INJECT_SIGNAL at `place`, in a run that did not resume.
-    func signals(at place: SignalPlace, step: Int) -> Bool {
-        !resumed && (signalTargets[place]?.contains { hits($0, step: step) } ?? false)
+    /// The signal DDPTRAIN_INJECT_SIGNAL asks for at `place`, in a run that did not resume.
+    func signal(at place: SignalPlace, step: Int) -> Int32? {
+        resumed ? nil : signalTargets[place]?.first { hits($0, step: step) }?.signal
     }
 
     public func runWillStart(step: Int) {
-        if signals(at: .start, step: step) { raise(SIGTERM) }
+        if let signal = signal(at: .start, step: step) { raise(signal) }
     }
 
     public func beforeForward(step: Int, input: UnsafeMutablePointer<Float>, count: Int) {
@@ -109,7 +111,7 @@ public final class FaultInjection: StepHooks {
         if !resumed, hits(stop, step: step) { raise(SIGSTOP) }
         if !resumed, hits(hold, step: step) { holdUntilStopSignal(step: step) }
         if hits(fault, step: step) { throw TrainingError("injected fault at step \(step) (DDPTRAIN_INJECT_FAULT)") }
-        if signals(at: .step, step: step) { raise(SIGTERM) }
+        if let signal = signal(at: .step, step: step) { raise(signal) }
         if hits(nan, step: step) { gradients[0] = .nan }
     }
 
@@ -118,11 +120,11 @@ public final class FaultInjection: StepHooks {
     }
 
     public func beforeEvaluation(step: Int) {
-        if signals(at: .evaluation, step: step) { raise(SIGTERM) }
+        if let signal = signal(at: .evaluation, step: step) { raise(signal) }
     }
 
     public func beforeCheckpoint(step: Int) {
-        if signals(at: .checkpoint, step: step) { StopRequest.raiseInNextTemporaryFile(SIGTERM) }
+        if let signal = signal(at: .checkpoint, step: step) { StopRequest.raiseInNextTemporaryFile(signal) }
     }
 
     /// Waits (DDPTRAIN_INJECT_HOLD) until this process has a stop signal, at most 300 s;

@@ -147,6 +147,17 @@ final class HostileLimitsTests: ScratchFolderTestCase {
         XCTAssertEqual(closed.stderr, "status 74\n")
     }
 
+    /// SIGHUP (the terminal closed) while a checkpoint is being written ends the run at once,
+    /// 129 as by default, but without leaving the half-written temporary file.
+    func testHangupWhileWritingACheckpointLeavesNoTemporaryFile() throws {
+        let run = path("hangup")
+        let r = try Background(MPIRun.binary, ["train", "--dataset", "synthetic", "--model", "mlp", "--train-samples", "256", "--steps", "8",
+                                               "--checkpoint-every", "2", "--eval-every", "0", "--run-dir", run],
+                               environment: ["DDPTRAIN_INJECT_SIGNAL": "0:4:checkpoint:HUP"]).wait(timeout: 60)
+        XCTAssertEqual(r.status, 129, r.stderr)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints").sorted(), ["step-00000002.safetensors"])
+    }
+
     /// An argument that is not UTF-8 is refused with the bytes shown (Swift replaced them
     /// with U+FFFD, so `run\xff` created or read another folder than the one given).
     func testArgumentsThatAreNotUTF8AreRefused() throws {
