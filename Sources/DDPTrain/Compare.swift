@@ -171,6 +171,23 @@ public struct VariantResult: Codable, Sendable {
         return completed
     }
 
+    /// The result of a variant that stopped after --max-skipped-steps non-finite steps in a
+    /// row (exit 70 for `train`): its report row says "diverged", with the steps it logged;
+    /// the comparison goes on with the other variants. The run is deterministic, so a
+    /// `--resume auto` keeps this result rather than diverge again.
+    public static func diverged(name: String, group: String?, trainer: Trainer, metricsPath: String, runDir: String) throws -> VariantResult {
+        let records = try records(metricsPath: metricsPath)
+        let summary = TrainSummary(worldSize: trainer.world.size, globalBatch: trainer.globalBatch, steps: trainer.step,
+                                   epochs: Double(trainer.step) / Double(max(trainer.stepsPerEpoch, 1)), skippedSteps: trainer.skippedSteps,
+                                   finalTrainLoss: .nan, testLoss: nil, testAccuracy: nil, bestTestAccuracy: nil, bestEpoch: nil,
+                                   wallSeconds: 0, samplesPerSecond: 0, communicationShare: 0, parameterHashes: [],
+                                   accuracyPerEpoch: [], evaluatedEpochs: [], secondsToFirstStep: nil, firstStepUnixTime: nil, runDir: runDir)
+        return VariantResult(name: name, summary: summary, losses: records.steps, group: group, evaluations: records.evaluations)
+    }
+
+    /// Whether this variant's training diverged (`diverged(...)`).
+    public var didDiverge: Bool { summary.finalTrainLoss.isNaN }
+
     /// Adds now to RUN_DIR/attempts.json, the start times of a variant's attempts (a fresh
     /// start forgets the earlier ones; so does a file that does not read as a list of times),
     /// and returns the list.

@@ -268,6 +268,13 @@ public struct TrainOption: @unchecked Sendable {  // immutable; its closures cap
         return isSet(config) ? "--\(name) now on" : "--\(name) now off"
     }
 
+    /// How `saved` and `config` differ in this option, "--lr 0.1, now 0.05"; nil when they agree.
+    public func resumeMismatchText(saved: TrainConfig, now config: TrainConfig) -> String? {
+        guard text(saved) != text(config) else { return nil }
+        guard valueName == nil else { return "\(describe(saved)), now \(text(config))" }
+        return isSet(saved) ? "--\(name), now without" : "no --\(name), now with it"
+    }
+
     /// Why a resume may not continue `saved` with `config`; nil when this option agrees.
     public func resumeMismatch(saved: TrainConfig, now config: TrainConfig) -> String? {
         guard resume == .mustMatch, text(saved) != text(config) else { return nil }

@@ -53,6 +53,8 @@ public final class Trainer {
     public private(set) var resumedFrom: String?
     /// The checkpoint resumed from, with the step it records (RunDirectory sets aside later ones).
     public private(set) var resumedCheckpoint: ResumedCheckpoint?
+    /// Global batches in an epoch.
+    public var stepsPerEpoch: Int { sampler.stepsPerEpoch }
     var checkpoints: CheckpointStore?
     /// The step of the newest checkpoint in the run dir that this run wrote or resumed from.
     var checkpointedStep: Int?

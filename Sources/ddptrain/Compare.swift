@@ -61,6 +61,32 @@ struct Compare: ParsableCommand {
         return try ((vary.isEmpty ? ["bn=sync,local"] : vary) + seedList).map { try Variation(parsing: $0) }
     }
 
+    /// What a finished variant's config.json must agree on with this comparison's variant
+    /// for its result to be kept: everything that changes what is trained and reported,
+    /// not where it is written, how often it is logged or checkpointed, nor what a run
+    /// resolves by itself (shard size, threads, warm-up).
+    static let keptVariantIgnores: Set<String> = ["run-dir", "resume", "shard-size", "threads", "warmup-steps", "log-every", "keep",
+                                                  "checkpoint-every", "check-replicas", "collective-timeout", "data-dir",
+                                                  "allow-batch-change", "max-skipped-steps", "no-clip-norm"]
+
+    /// Refuses to keep a finished variant trained with other settings (another --model or
+    /// --steps given with --resume auto): its numbers would stand in the report for a run
+    /// that never happened. Compared as `train --resume` compares options.
+    func checkKeptVariant(_ variant: Variant) throws {
+        let path = variant.config.resolvedRunDir + "/config.json"
+        guard let data = FileManager.default.contents(atPath: path),
+              let saved = try? JSONDecoder().decode(TrainConfig.self, from: data) else {
+            throw TrainingError("\(path): cannot read the configuration of finished variant \(variant.name); move the variant's folder "
+                                + "away to train it again", exitCode: ExitStatus.inputError)
+        }
+        let differences = TrainConfig.options.filter { !Self.keptVariantIgnores.contains($0.name) }
+            .compactMap { $0.resumeMismatchText(saved: saved, now: variant.config) }
+        guard differences.isEmpty else {
+            throw TrainingError("variant \(variant.name) finished earlier with other settings (\(differences.joined(separator: "; "))); "
+                                + "--resume auto keeps only results of the same comparison: use another --run-dir", exitCode: ExitStatus.inputError)
+        }
+    }
+
     func run() throws {
         let command = shellQuoted(["ddptrain"] + CommandLine.arguments.dropFirst())
         // summary.json in snake_case, or the camelCase of earlier versions.
@@ -88,9 +114,10 @@ struct Compare: ParsableCommand {
                 let summaryPath = variant.config.resolvedRunDir + "/summary.json"
                 // Rank 0 decides whether the variant is finished, and everyone follows it:
                 // ranks that looked for themselves might see a shared folder differently.
-                let finished = try decideOnRankZero(world) { () -> String in
+                let finished = try decideOnRankZero(world) { () throws -> String in
                     guard base.resume != nil, let data = FileManager.default.contents(atPath: summaryPath),
                           (try? decoder.decode(VariantResult.self, from: data)) != nil else { return "" }
+                    try checkKeptVariant(variant)
                     return String(decoding: data, as: UTF8.self)
                 }
                 if !finished.isEmpty, let done = try? decoder.decode(VariantResult.self, from: Data(finished.utf8)) {
@@ -113,7 +140,20 @@ struct Compare: ParsableCommand {
                                tensorboardPath: run.tensorboardPath)
                 }
                 let startStep = trainer.step
-                var summary = try trainer.run(log: log, checkpointDirectory: run.checkpointsPath)
+                var summary: TrainSummary
+                do {
+                    summary = try trainer.run(log: log, checkpointDirectory: run.checkpointsPath)
+                } catch let failure as CollectiveFailure where failure.exitCode == ExitStatus.diverged {
+                    // Known on every rank at the same step: the comparison goes on without it.
+                    if world.rank == 0 { writeToStandardError("ddptrain: variant \(variant.name): \(failure.message); the comparison goes on\n") }
+                    let result = try VariantResult.diverged(name: variant.name, group: variant.group, trainer: trainer,
+                                                            metricsPath: run.metricsPath, runDir: variant.config.resolvedRunDir)
+                    try agreeOnSuccess(world) {
+                        if world.rank == 0 { try writeAtomically(String(decoding: try JSONEncoder.ddptrain().encode(result), as: UTF8.self), to: summaryPath) }
+                    }
+                    results.append(result)
+                    continue
+                }
                 let records = try VariantResult.records(metricsPath: run.metricsPath)
                 summary = VariantResult.completing(summary, trainedNoStep: startStep >= summary.steps, steps: records.steps,
                                                    evaluations: records.evaluations)
@@ -132,6 +172,11 @@ struct Compare: ParsableCommand {
             if world.rank == 0 {
                 print("\n" + report.textTable, terminator: "")
                 print("report: \(runDir)/report.md, \(runDir)/report.html")
+            }
+            // The report is written; the status still says that a variant diverged (70).
+            let diverged = results.filter(\.didDiverge).map(\.name)
+            if !diverged.isEmpty {
+                throw CollectiveFailure(message: "compare: \(diverged.joined(separator: ", ")) diverged (the report says so)", exitCode: ExitStatus.diverged)
             }
         }
     }

@@ -14,6 +14,29 @@ final class CompareTests: XCTestCase {
         try? FileManager.default.removeItem(at: scratch)
     }
 
+    /// A variant that diverges (--max-skipped-steps non-finite steps in a row) no longer ends
+    /// the comparison: its row says "diverged", the other variants train, the report is
+    /// written, and the status is 70. `--resume auto` keeps that result (the run is
+    /// deterministic), and refuses finished variants trained with other settings.
+    func testADivergedVariantIsReportedAndTheOthersTrain() throws {
+        let run = scratch.appendingPathComponent("diverge").path
+        let args = ["compare", "--model", "mlp", "--dataset", "synthetic", "--train-samples", "256", "--steps", "8", "--eval-every", "0",
+                    "--max-skipped-steps", "2", "--vary", "lr=1e30,0.1", "--run-dir", run]
+        let r = try MPIRun.run(ranks: 2, args)
+        XCTAssertEqual(r.status, 70, r.stderr)
+        XCTAssertTrue(r.stderr.contains("variant lr=1e30: stopping at step"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("ddptrain: compare: lr=1e30 diverged (the report says so)"), r.stderr)
+        let markdown = try String(contentsOfFile: run + "/report.md", encoding: .utf8)
+        XCTAssertTrue(markdown.contains("| lr=1e30 |") && markdown.contains("diverged"), markdown)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: run + "/variants/lr=0.1/checkpoints/step-00000008.safetensors"))
+        let again = try MPIRun.run(ranks: 2, args + ["--resume", "auto"])
+        XCTAssertEqual(again.status, 70, again.stderr)
+        XCTAssertTrue(again.stdout.contains("lr=1e30: finished earlier, kept") && again.stdout.contains("lr=0.1: finished earlier, kept"), again.stdout)
+        let other = try MPIRun.run(ranks: 1, args.map { $0 == "8" ? "16" : $0 } + ["--resume", "auto"])
+        XCTAssertEqual(other.status, 65, other.stderr)
+        XCTAssertTrue(other.stderr.contains("variant lr=1e30 finished earlier with other settings (--steps 8, now 16)"), other.stderr)
+    }
+
     /// 2 values of bn x 2 of lr on a slice of Fashion-MNIST: 2 epochs of 4 steps each.
     func testShortCompareWritesReportAndCharts() throws {
         let run = scratch.appendingPathComponent("cmp").path
