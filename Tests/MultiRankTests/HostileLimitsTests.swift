@@ -158,6 +158,26 @@ final class HostileLimitsTests: ScratchFolderTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: run + "/checkpoints").sorted(), ["step-00000002.safetensors"])
     }
 
+    /// The launchers in a folder that was deleted, or with a TMPDIR they cannot write: 65,
+    /// which launch/train does not retry (it was 1 from mpirun or mktemp, retried into the
+    /// same wall).
+    func testLaunchersRefuseADeletedFolderAndAnUnwritableTMPDIR() throws {
+        let launch = MPIRun.repoRoot.appendingPathComponent("launch").path
+        let env = ["DDPTRAIN_BIN": MPIRun.binary, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
+        let train = "--max-restarts 2 -- --model mlp --dataset synthetic --steps 2 --run-dir \"$0/run\""
+        let deleted = try Background("/bin/bash", ["-c", "mkdir \"$0/gone\" && cd \"$0/gone\" && rmdir \"$0/gone\" && "
+                                                   + "\"$1/mpirun\" -n 1 true; echo \"mpirun $?\"; \"$1/train\" -n 1 \(train); echo \"train $?\"",
+                                                   scratch.path, launch], environment: env).wait(timeout: 60)
+        XCTAssertEqual(deleted.stdout, "mpirun 65\ntrain 65\n", deleted.stderr)
+        XCTAssertTrue(deleted.stderr.contains("launch/mpirun: the current folder no longer exists"), deleted.stderr)
+        XCTAssertTrue(deleted.stderr.contains("launch/train: the current folder no longer exists"), deleted.stderr)
+        let tmp = try Background("/bin/bash", ["-c", "touch \"$0/file\" && export TMPDIR=\"$0/file\" && \"$1/mpirun\" -n 1 true; echo \"mpirun $?\"; "
+                                               + "\"$1/train\" -n 1 \(train); echo \"train $?\"", scratch.path, launch], environment: env).wait(timeout: 60)
+        XCTAssertEqual(tmp.stdout, "mpirun 65\ntrain 65\n", tmp.stderr)
+        XCTAssertTrue(tmp.stderr.contains("launch/mpirun: cannot create a folder in \(scratch.path)/file (TMPDIR)"), tmp.stderr)
+        XCTAssertTrue(tmp.stderr.contains("launch/train: cannot create a file in \(scratch.path)/file (TMPDIR)"), tmp.stderr)
+    }
+
     /// An argument that is not UTF-8 is refused with the bytes shown (Swift replaced them
     /// with U+FFFD, so `run\xff` created or read another folder than the one given).
     func testArgumentsThatAreNotUTF8AreRefused() throws {
