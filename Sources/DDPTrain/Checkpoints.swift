@@ -213,6 +213,19 @@ public struct CheckpointReader {
     public var path: String { file.path }
     public var metadata: [String: String] { file.metadata }
 
+    /// Fails when the model the checkpoint was trained as (its `model_layers`, written since
+    /// 0.2.1) differs from what the model's file now describes: the file was changed (a
+    /// ReLU made a sigmoid keeps every shape, so the weights load, and evaluation or training
+    /// would go on with another model without a word). Names the first layer that differs.
+    public func checkLayers(_ layersText: String) throws {
+        guard let saved = metadata["model_layers"], saved != layersText else { return }
+        let (old, new) = (saved.split(separator: "\n", omittingEmptySubsequences: false), layersText.split(separator: "\n", omittingEmptySubsequences: false))
+        let index = (0..<min(old.count, new.count)).first { old[$0] != new[$0] } ?? min(old.count, new.count)
+        let was = index < old.count ? String(old[index]) : "nothing", now = index < new.count ? String(new[index]) : "nothing"
+        throw CheckpointError(path, "was trained as another model than '\(metadata["model"] ?? "?")' now describes: layer \(index) was \(was), "
+                              + "is now \(now) (the model file changed since); use the model file it was trained with")
+    }
+
     /// Where a run of global batch `newBatch` continues after this checkpoint
     /// (--allow-batch-change): after the same number of samples seen, in the same epoch.
     public func step(continuingWithGlobalBatch newBatch: Int, stepsPerEpoch newStepsPerEpoch: Int) throws -> (step: Int, samplesSeen: Int) {

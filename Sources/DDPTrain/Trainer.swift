@@ -469,6 +469,7 @@ public final class Trainer {
                 let position: TrainingPosition, batchChange: String?
                 do {
                     reader = try CheckpointReader(path: path)
+                    try reader.checkLayers(spec.layersText)
                     try reader.checkCompatible(with: config, datasetName: data.name, normalization: data.normalization,
                                                globalBatch: globalBatch, allowBatchChange: config.allowBatchChange)
                     (position, batchChange) = try reader.resumePosition(globalBatch: globalBatch, stepsPerEpoch: sampler.stepsPerEpoch)
@@ -606,11 +607,12 @@ public final class Trainer {
         try verifyReplicas(includeBuffers: true)
         try agreeOnSuccess(world, exitCode: ExitStatus.checkpointWriteFailed) {
             guard world.rank == 0 else { return }
-            let metadata = CheckpointStore.metadata(
+            var metadata = CheckpointStore.metadata(
                 config: config, position: TrainingPosition(step: step, optimizerSteps: optimizer.stepCount,
                                                            skippedSteps: skippedSteps, consecutiveSkips: consecutiveSkips),
                 stepsPerEpoch: sampler.stepsPerEpoch, worldSize: world.size, globalBatch: globalBatch,
                 normalization: data.normalization, datasetName: data.name)
+            metadata["model_layers"] = spec.layersText
             hooks?.beforeCheckpoint(step: step)
             try checkpoints.save(model: model, optimizer: optimizer, metadata: metadata, step: step)
         }

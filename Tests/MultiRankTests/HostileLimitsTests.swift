@@ -178,6 +178,27 @@ final class HostileLimitsTests: ScratchFolderTestCase {
         XCTAssertTrue(tmp.stderr.contains("launch/train: cannot create a file in \(scratch.path)/file (TMPDIR)"), tmp.stderr)
     }
 
+    /// A model file changed after training (a ReLU made a sigmoid: every shape the same, so
+    /// the weights load) is found by the layers the checkpoint records: eval and resume
+    /// refuse it, naming the layer (eval gave another loss, and resume went on, both exit 0).
+    func testAModelFileChangedSinceTrainingIsRefused() throws {
+        let model = try writeModel("m.yaml", widths: [32])
+        let run = path("changed")
+        let train = ["train", "--dataset", "synthetic", "--train-samples", "256", "--model", model, "--eval-every", "0", "--run-dir", run]
+        XCTAssertEqual(try MPIRun.run(ranks: 2, train + ["--steps", "8"]).status, 0)
+        let checkpoint = run + "/checkpoints/step-00000008.safetensors"
+        XCTAssertEqual(try MPIRun.run(ranks: 2, ["eval", "--checkpoint", checkpoint]).status, 0)
+        try String(contentsOfFile: model, encoding: .utf8).replacingOccurrences(of: "relu", with: "sigmoid")
+            .write(toFile: model, atomically: false, encoding: .utf8)
+        let message = "\(checkpoint): was trained as another model than '\(model)' now describes: layer 2 was relu, is now sigmoid"
+        let eval = try MPIRun.run(ranks: 2, ["eval", "--checkpoint", checkpoint])
+        XCTAssertEqual(eval.status, 65, eval.stderr)
+        XCTAssertTrue(eval.stderr.contains(message), eval.stderr)
+        let resume = try MPIRun.run(ranks: 2, train + ["--steps", "16", "--resume", "auto"])
+        XCTAssertEqual(resume.status, 65, resume.stderr)
+        XCTAssertTrue(resume.stderr.contains(message), resume.stderr)
+    }
+
     /// An argument that is not UTF-8 is refused with the bytes shown (Swift replaced them
     /// with U+FFFD, so `run\xff` created or read another folder than the one given).
     func testArgumentsThatAreNotUTF8AreRefused() throws {
