@@ -94,9 +94,8 @@ int ddp_stop_install(int graceful, int announce) {
     for (size_t i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++) {
         if (sigaction(stop_signals[i], &action, NULL) != 0) return -1;
     }
-    // SIGHUP (the terminal closed; launch/mpirun's "end the job now") ends the process at
-    // once as by default, 129, but without leaving the temporary file being written. Under
-    // nohup it stays ignored.
+    // SIGHUP (the terminal closed) ends the process at once as by default, 129, but without
+    // leaving the temporary file being written. Under nohup it stays ignored.
     struct sigaction hangup;
     if (sigaction(SIGHUP, NULL, &hangup) == 0 && hangup.sa_handler != SIG_IGN) {
         struct sigaction end;

@@ -207,3 +207,13 @@ func fuseNeighbours(in layers: [Layer], enabled: Bool) {
     }
     for layer in layers { layer.fuseInnerLayers(enabled) }
 }
+
+extension Model {
+    /// The layers as PyTorch prints them, one a line, defaults spelled out and initializers
+    /// left out: what a checkpoint records of its model, so that a model file changed since
+    /// (another activation, same shapes) is found. A dropout's rate is left out too: it does
+    /// not act in evaluation, and --dropout may change it on resume (with a warning).
+    public var layersText: String {
+        layers.map { $0 is Dropout ? "Dropout" : $0.summary }.joined(separator: "\n")
+    }
+}

@@ -432,12 +432,6 @@ extension Model {
     }
 }
 
-extension ModelSpec {
-    /// The layers as text, one line each (`settingsText`): what a checkpoint records of its
-    /// model, so that a model file changed since (another activation, same shapes) is found.
-    public var layersText: String { layers.map(\.settingsText).joined(separator: "\n") }
-}
-
 extension LayerSpec {
     /// The settings that are set, as `kind key=value ...` (for messages that compare layers).
     public var settingsText: String {

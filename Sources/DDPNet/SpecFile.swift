@@ -146,20 +146,18 @@ private func isBaseSixtyNumber(_ text: String) -> Bool {
     return body.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || ":_.".utf8.contains($0) }
 }
 
-/// Numbers YAML 1.1 (Yams) reads otherwise than as decimal: a leading zero (octal: "010"
-/// is 8, "08" a float), 0x, 0o and 0b prefixes, and "_" between digits ("1_0" is 10).
+/// Numbers YAML 1.1 (Yams) reads otherwise than as decimal: octal with a leading zero
+/// ("010" is 8), 0x, 0o and 0b prefixes, and "_" between digits ("1_0" is 10). Only the
+/// whole patterns of YAML 1.1's integers and floats: text such as "01-baseline" or "0xdata"
+/// stays text.
 private func isNonDecimalNumber(_ text: String) -> Bool {
-    let digits = UInt8(ascii: "0")...UInt8(ascii: "9")
-    var body = text.utf8[...]
-    if let sign = body.first, sign == UInt8(ascii: "+") || sign == UInt8(ascii: "-") { body = body.dropFirst() }
-    guard let first = body.first, digits.contains(first) else { return false }
-    let rest = body.dropFirst()
-    if first == UInt8(ascii: "0"), let second = rest.first {
-        if digits.contains(second) || second == UInt8(ascii: "_") { return true }
-        if "xXoObB".utf8.contains(second) { return rest.count > 1 }
+    let patterns: [Regex<Substring>] = [/[-+]?0[0-7_]+/, /[-+]?0x[0-9a-fA-F_]+/, /[-+]?0o[0-7_]+/, /[-+]?0b[01_]+/,
+                                        /[-+]?[0-9][0-9_]*_[0-9_]*/, /[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?/]
+    for (index, pattern) in patterns.enumerated() where text.wholeMatch(of: pattern) != nil {
+        // The last pattern is a decimal number: non-decimal only with a "_" in it.
+        if index < patterns.count - 1 || text.contains("_") { return true }
     }
-    // Digits with "_" among them (a number to YAML 1.1, with or without a fraction or exponent).
-    return body.contains(UInt8(ascii: "_")) && body.allSatisfy { digits.contains($0) || "_.eE+-".utf8.contains($0) }
+    return false
 }
 
 /// "!!int" for libyaml's resolved "tag:yaml.org,2002:int"; other tags as written.

@@ -108,8 +108,6 @@ public enum RegularFile {
     }
 }
 
-/// Flushes standard output; the reason (errno's words) if anything written there was lost
-/// (a full disk, an I/O error), else nil.
 /// Writes `text` to standard error, ignoring a failure: a message about a failure must
 /// not become a crash of its own (Foundation's FileHandle.write traps when the write fails,
 /// e.g. with stderr on a full disk or closed), and there is nowhere left to report it.
@@ -136,6 +134,8 @@ public func openClosedStandardDescriptors() {
     }
 }
 
+/// Flushes standard output; the reason (errno's words) if anything written there was lost
+/// (a full disk, an I/O error), else nil.
 public func standardOutputFailure() -> String? {
     errno = 0
     guard ddp_stdout_failed() != 0 else { return nil }

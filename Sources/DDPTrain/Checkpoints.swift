@@ -213,8 +213,8 @@ public struct CheckpointReader {
     public var path: String { file.path }
     public var metadata: [String: String] { file.metadata }
 
-    /// Fails when the model the checkpoint was trained as (its `model_layers`, written since
-    /// 0.2.1) differs from what the model's file now describes: the file was changed (a
+    /// Fails when the model the checkpoint was trained as (its `model_layers`, Model.layersText;
+    /// absent in checkpoints of earlier versions) differs from what the model's file now describes: the file was changed (a
     /// ReLU made a sigmoid keeps every shape, so the weights load, and evaluation or training
     /// would go on with another model without a word). Names the first layer that differs.
     public func checkLayers(_ layersText: String) throws {

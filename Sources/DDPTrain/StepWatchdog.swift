@@ -61,7 +61,8 @@ public final class StepWatchdog: @unchecked Sendable {
             let overslept = now - lastWake - poll
             lastWake = now
             lock.lock()
-            if overslept > max(1, poll) { started += overslept }
+            // (Never past now: a step that began after the stop starts from its own start.)
+            if overslept > max(1, poll) { started = min(started + overslept, now) }
             let (active, step, elapsed) = (running, self.step, now - started)
             lock.unlock()
             if !active { return }

@@ -469,9 +469,9 @@ public final class Trainer {
                 let position: TrainingPosition, batchChange: String?
                 do {
                     reader = try CheckpointReader(path: path)
-                    try reader.checkLayers(spec.layersText)
                     try reader.checkCompatible(with: config, datasetName: data.name, normalization: data.normalization,
                                                globalBatch: globalBatch, allowBatchChange: config.allowBatchChange)
+                    try reader.checkLayers(model.layersText)
                     (position, batchChange) = try reader.resumePosition(globalBatch: globalBatch, stepsPerEpoch: sampler.stepsPerEpoch)
                     try StateDict.check(reader.file, fits: model, optimizer: optimizer)
                 } catch where resume == "auto" && isCheckpointDamage(error) {
@@ -612,7 +612,7 @@ public final class Trainer {
                                                            skippedSteps: skippedSteps, consecutiveSkips: consecutiveSkips),
                 stepsPerEpoch: sampler.stepsPerEpoch, worldSize: world.size, globalBatch: globalBatch,
                 normalization: data.normalization, datasetName: data.name)
-            metadata["model_layers"] = spec.layersText
+            metadata["model_layers"] = model.layersText
             hooks?.beforeCheckpoint(step: step)
             try checkpoints.save(model: model, optimizer: optimizer, metadata: metadata, step: step)
         }

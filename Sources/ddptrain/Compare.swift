@@ -65,22 +65,33 @@ struct Compare: ParsableCommand {
     /// for its result to be kept: everything that changes what is trained and reported,
     /// not where it is written, how often it is logged or checkpointed, nor what a run
     /// resolves by itself (shard size, threads, warm-up).
+    /// The batch options are compared as the global batch they give, and --warmup-steps only
+    /// when given (config.json holds the warm-up a run resolved).
     static let keptVariantIgnores: Set<String> = ["run-dir", "resume", "shard-size", "threads", "warmup-steps", "log-every", "keep",
                                                   "checkpoint-every", "check-replicas", "collective-timeout", "data-dir",
-                                                  "allow-batch-change", "max-skipped-steps", "no-clip-norm"]
+                                                  "allow-batch-change", "max-skipped-steps", "no-clip-norm",
+                                                  "per-rank-batch", "global-batch"]
 
     /// Refuses to keep a finished variant trained with other settings (another --model or
     /// --steps given with --resume auto): its numbers would stand in the report for a run
     /// that never happened. Compared as `train --resume` compares options.
-    func checkKeptVariant(_ variant: Variant) throws {
+    func checkKeptVariant(_ variant: Variant, worldSize: Int) throws {
         let path = variant.config.resolvedRunDir + "/config.json"
         guard let data = FileManager.default.contents(atPath: path),
               let saved = try? JSONDecoder().decode(TrainConfig.self, from: data) else {
             throw TrainingError("\(path): cannot read the configuration of finished variant \(variant.name); move the variant's folder "
                                 + "away to train it again", exitCode: ExitStatus.inputError)
         }
-        let differences = TrainConfig.options.filter { !Self.keptVariantIgnores.contains($0.name) }
+        var differences = TrainConfig.options.filter { !Self.keptVariantIgnores.contains($0.name) }
             .compactMap { $0.resumeMismatchText(saved: saved, now: variant.config) }
+        if let warmup = variant.config.warmupSteps, warmup != saved.warmupSteps {
+            differences.append("--warmup-steps \(saved.warmupSteps.map(String.init) ?? "default"), now \(warmup)")
+        }
+        let resolved = (try? JSONSerialization.jsonObject(with: data) as? [String: Any])?["resolved"] as? [String: Any]
+        let globalBatch = variant.config.resolvedGlobalBatch(worldSize: worldSize)
+        if let savedBatch = resolved?["global_batch"] as? Int, savedBatch != globalBatch {
+            differences.append("global batch \(savedBatch), now \(globalBatch)")
+        }
         guard differences.isEmpty else {
             throw TrainingError("variant \(variant.name) finished earlier with other settings (\(differences.joined(separator: "; "))); "
                                 + "--resume auto keeps only results of the same comparison: use another --run-dir", exitCode: ExitStatus.inputError)
@@ -117,7 +128,7 @@ struct Compare: ParsableCommand {
                 let finished = try decideOnRankZero(world) { () throws -> String in
                     guard base.resume != nil, let data = FileManager.default.contents(atPath: summaryPath),
                           (try? decoder.decode(VariantResult.self, from: data)) != nil else { return "" }
-                    try checkKeptVariant(variant)
+                    try checkKeptVariant(variant, worldSize: world.size)
                     return String(decoding: data, as: UTF8.self)
                 }
                 if !finished.isEmpty, let done = try? decoder.decode(VariantResult.self, from: Data(finished.utf8)) {

@@ -34,13 +34,13 @@ struct Eval: ParsableCommand {
         try withWorld { world in
             // Rank 0 opens the checkpoint; every rank gets the configuration and the
             // normalization it was trained with.
-            struct Trained: Codable { var config: TrainConfig; var mean: Double; var std: Double; var layers: String? }
+            struct Trained: Codable { var config: TrainConfig; var mean: Double; var std: Double }
             var reader: CheckpointReader?
             let trained = try decideOnRankZero(world) { () throws -> Trained in
                 let opened = try CheckpointReader(path: checkpoint)
                 let normalization = try opened.normalization()
                 reader = opened
-                return Trained(config: opened.config, mean: normalization.mean, std: normalization.std, layers: opened.metadata["model_layers"])
+                return Trained(config: opened.config, mean: normalization.mean, std: normalization.std)
             }
             var config = trained.config
             // Another dataset is read from its own default folder unless --data-dir says.
@@ -57,11 +57,12 @@ struct Eval: ParsableCommand {
             let batch = 256
             let replicas = try agreeOnSuccess(world) {
                 let spec = try config.modelSpec()
-                if trained.layers != nil { try reader?.checkLayers(spec.layersText) ?? () }
                 let threads = try threads ?? ComputeReplicas.defaultThreads()
                 try config.checkMemory(spec: spec, inputShape: data.sampleShape, batch: batch, threads: threads, training: false)
-                return try ComputeReplicas(spec: spec, inputShape: data.sampleShape, maxBatch: batch, threads: threads, classes: test.classes,
-                                    labelSmoothing: Float(config.labelSmoothing), rankStatistics: LocalStatistics(), dropout: nil)
+                let replicas = try ComputeReplicas(spec: spec, inputShape: data.sampleShape, maxBatch: batch, threads: threads, classes: test.classes,
+                                                   labelSmoothing: Float(config.labelSmoothing), rankStatistics: LocalStatistics(), dropout: nil)
+                try reader?.checkLayers(replicas.main.layersText)
+                return replicas
             }
             // As a training run starts: rank 0 loads, every rank receives (I1).
             try setModelStateOnRankZero(replicas.main, world: world) {

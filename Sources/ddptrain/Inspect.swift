@@ -60,7 +60,10 @@ struct Inspect: ParsableCommand {
             case nil: print("checksum: none in the header")
             }
             print("metadata:")
-            for key in opened.metadata.keys.sorted() where key != "config" { print("  \(key): \(opened.metadata[key]!)") }
+            // A value of several lines (model_layers) keeps its lines under its key.
+            for key in opened.metadata.keys.sorted() where key != "config" {
+                print("  \(key): " + opened.metadata[key]!.replacingOccurrences(of: "\n", with: "\n    "))
+            }
             if let config = opened.metadata["config"] { print("  config: \(config)") }
             for problem in problems where problem != checksumProblem { print("problem: \(problem)") }
             let width = opened.tensors.map(\.name.count).max() ?? 0

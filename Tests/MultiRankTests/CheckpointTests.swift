@@ -174,7 +174,7 @@ final class CheckpointTests: XCTestCase {
         let changed = try train(["--steps", "4", "--per-rank-batch", "16", "--model", modelFile.path, "--resume", "auto"], run: "filemodel")
         XCTAssertNotEqual(changed.status, 0)
         XCTAssertTrue(changed.stderr.contains("step-00000002.safetensors: was trained as another model than '\(modelFile.path)' now describes: "
-                                              + "layer 1 was linear out=10"), changed.stderr)
+                                              + "layer 1 was Linear(in_features=784, out_features=10, bias=True), is now Linear(in_features=784, out_features=20, bias=True)"), changed.stderr)
 
         // --resume auto skips a damaged newest file and takes the one before.
         let files = checkpoints("base")

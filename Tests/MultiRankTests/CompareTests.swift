@@ -29,12 +29,13 @@ final class CompareTests: XCTestCase {
         let markdown = try String(contentsOfFile: run + "/report.md", encoding: .utf8)
         XCTAssertTrue(markdown.contains("| lr=1e30 |") && markdown.contains("diverged"), markdown)
         XCTAssertTrue(FileManager.default.fileExists(atPath: run + "/variants/lr=0.1/checkpoints/step-00000008.safetensors"))
-        let again = try MPIRun.run(ranks: 2, args + ["--resume", "auto"])
+        // The default batch given explicitly is the same comparison.
+        let again = try MPIRun.run(ranks: 2, args + ["--per-rank-batch", "32", "--resume", "auto"])
         XCTAssertEqual(again.status, 70, again.stderr)
         XCTAssertTrue(again.stdout.contains("lr=1e30: finished earlier, kept") && again.stdout.contains("lr=0.1: finished earlier, kept"), again.stdout)
         let other = try MPIRun.run(ranks: 1, args.map { $0 == "8" ? "16" : $0 } + ["--resume", "auto"])
         XCTAssertEqual(other.status, 65, other.stderr)
-        XCTAssertTrue(other.stderr.contains("variant lr=1e30 finished earlier with other settings (--steps 8, now 16)"), other.stderr)
+        XCTAssertTrue(other.stderr.contains("variant lr=1e30 finished earlier with other settings (--steps 8, now 16; global batch 64, now 32)"), other.stderr)
     }
 
     /// 2 values of bn x 2 of lr on a slice of Fashion-MNIST: 2 epochs of 4 steps each.

@@ -190,7 +190,7 @@ final class HostileLimitsTests: ScratchFolderTestCase {
         XCTAssertEqual(try MPIRun.run(ranks: 2, ["eval", "--checkpoint", checkpoint]).status, 0)
         try String(contentsOfFile: model, encoding: .utf8).replacingOccurrences(of: "relu", with: "sigmoid")
             .write(toFile: model, atomically: false, encoding: .utf8)
-        let message = "\(checkpoint): was trained as another model than '\(model)' now describes: layer 2 was relu, is now sigmoid"
+        let message = "\(checkpoint): was trained as another model than '\(model)' now describes: layer 2 was ReLU(), is now Sigmoid()"
         let eval = try MPIRun.run(ranks: 2, ["eval", "--checkpoint", checkpoint])
         XCTAssertEqual(eval.status, 65, eval.stderr)
         XCTAssertTrue(eval.stderr.contains(message), eval.stderr)
