@@ -2,6 +2,13 @@ import DDPComm
 import DDPSystem
 import Foundation
 
+/// The checkpoint a run resumed from: its path, and the step it records, which numbers the
+/// checkpoints' names (a resume with `--allow-batch-change` counts its own steps anew).
+public struct ResumedCheckpoint: Sendable {
+    public var path: String
+    public var step: Int
+}
+
 /// The run dir: config.json, metrics.jsonl and checkpoints/, plus two files of ddptrain's own:
 /// `.ddptrain-run`, the marker that says ddptrain made the folder, and `.lock`, which rank 0
 /// holds locked while a run uses the folder. Rank 0 creates it; every rank learns whether that
@@ -11,13 +18,6 @@ import Foundation
 /// neither marked nor a run dir of an earlier version (a ddptrain config.json and checkpoints/)
 /// is refused. The lock is a kernel lock (flock), dropped when the process ends however it ends,
 /// so a crashed run never blocks its own restart; readers (eval, inspect) take no lock.
-/// The checkpoint a run resumed from: its path, and the step it records, which numbers the
-/// checkpoints' names (a resume with `--allow-batch-change` counts its own steps anew).
-public struct ResumedCheckpoint: Sendable {
-    public var path: String
-    public var step: Int
-}
-
 public struct RunDirectory: Sendable {
     public let path: String
     public var metricsPath: String { path + "/metrics.jsonl" }
