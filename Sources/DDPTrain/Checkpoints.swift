@@ -193,8 +193,12 @@ public struct CheckpointReader {
             }
         }
         let (epochStart, overflow) = epoch.multipliedReportingOverflow(by: stepsPerEpoch)
+        // A run resumed with --allow-batch-change counts its steps anew (step 16 at batch 32
+        // is step 8 at 64), while the optimizer's updates and the skipped steps go on counting:
+        // they may exceed the step then (its config says so), never otherwise.
+        let countsAnew = m["config"].flatMap { try? JSONDecoder().decode(TrainConfig.self, from: Data($0.utf8)) }?.allowBatchChange == true
         guard !overflow, epochStart <= step, step - epochStart == positionInEpoch, positionInEpoch < stepsPerEpoch,
-              optimizerSteps <= step, consecutive <= skipped, skipped <= step else {
+              countsAnew || optimizerSteps <= step, consecutive <= skipped, countsAnew || skipped <= step else {
             throw CheckpointError.damaged(path, "damaged metadata: inconsistent: step \(step), epoch \(epoch), position \(positionInEpoch) of \(stepsPerEpoch), "
                                           + "optimizer steps \(optimizerSteps), skipped \(skipped) (\(consecutive) in a row)")
         }

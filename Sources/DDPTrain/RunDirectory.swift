@@ -96,7 +96,10 @@ public struct RunDirectory: Sendable {
         if let type = fileType(checkpointsPath, following: true), type != S_IFDIR {
             throw TrainingError("run dir \(path): checkpoints is \(describeFileType(type)), not a directory", exitCode: ExitStatus.inputError)
         }
-        if let resumedCheckpoint { warnings += try setAsideCheckpoints(after: resumedCheckpoint) }
+        if let resumedCheckpoint, let resumedStep {
+            warnings += try resumedStep == resumedCheckpoint.step ? setAsideCheckpoints(after: resumedCheckpoint)
+                                                                  : renumberCheckpoints(resumed: resumedCheckpoint, atStep: resumedStep)
+        }
         // metrics.jsonl first: if it cannot be read, config.json stays as it was too.
         if let resumedStep {
             warnings += try keepMetrics(upTo: resumedStep)
@@ -138,16 +141,7 @@ public struct RunDirectory: Sendable {
             TrainingError("run dir \(path): cannot set aside the checkpoints after step \(resumedStep): \(call) \(file) failed: \(errnoText(errno))",
                           exitCode: ExitStatus.checkpointWriteFailed)
         }
-        let base = checkpointsPath + "/" + String(format: "superseded-after-step-%08d", resumedStep)
-        var folder: String?
-        for n in 1...1000 {
-            let candidate = base + (n == 1 ? "" : "-\(n)")
-            if mkdir(candidate, 0o755) == 0 { folder = candidate; break }
-            guard errno == EEXIST else { throw fail("mkdir", candidate) }
-        }
-        guard let folder else {
-            throw TrainingError("run dir \(path): \(base) and 999 more names are taken; move them away", exitCode: ExitStatus.inputError)
-        }
+        let folder = try makeAsideFolder(String(format: "superseded-after-step-%08d", resumedStep), fail: fail)
         var moved: [(from: String, to: String)] = []
         for file in later {
             let target = folder + "/" + splitPath(file.path).name
@@ -162,6 +156,60 @@ public struct RunDirectory: Sendable {
         let names = later.map { splitPath($0.path).name }
         return ["resumed from \(resumed.path) (step \(resumed.step)): the checkpoints of later steps (\(names.joined(separator: ", "))) "
                 + "belong to the run this one replaces; moved to \(folder), so that --resume auto continues this run"]
+    }
+
+    /// On a resume with another global batch (`--allow-batch-change`), the run counts its
+    /// steps anew (step 16 at batch 32 is step 8 at 64), and checkpoints are named by the
+    /// run's steps: left in place, the old numbering's larger names would outrank this run's
+    /// own (its step-00000012 is newer than their step-00000016), and a later `--resume auto`
+    /// would go back to the old state. So every checkpoint of the old numbering is moved
+    /// (never deleted) to checkpoints/superseded-by-batch-change-at-step-<S> (-2, ... when
+    /// taken), and the file resumed from is linked back under this run's name for its step,
+    /// so that a run that dies before its first checkpoint still resumes there.
+    func renumberCheckpoints(resumed: ResumedCheckpoint, atStep step: Int) throws -> [String] {
+        let old = try CheckpointStore(directory: checkpointsPath, keep: 1).checkpoints().filter { fileType($0.path) == S_IFREG }.reversed()
+        func fail(_ call: String, _ file: String) -> TrainingError {
+            TrainingError("run dir \(path): cannot move the checkpoints of the old batch aside: \(call) \(file) failed: \(errnoText(errno))",
+                          exitCode: ExitStatus.checkpointWriteFailed)
+        }
+        let folder = try makeAsideFolder(String(format: "superseded-by-batch-change-at-step-%08d", resumed.step), fail: fail)
+        var source = resumed.path
+        var moved: [(from: String, to: String)] = []
+        for file in old {
+            let target = folder + "/" + splitPath(file.path).name
+            guard rename(file.path, target) == 0 else {
+                let failure = fail("rename", file.path)
+                for move in moved.reversed() { rename(move.to, move.from) }
+                rmdir(folder)
+                throw failure
+            }
+            moved.append((file.path, target))
+            if file.path == resumed.path || Self.sameFile(target, resumed.path) { source = target }
+        }
+        let name = CheckpointStore.name(step: step)
+        // A file on another file system (a --resume FILE from elsewhere) is copied instead.
+        if link(source, checkpointsPath + "/" + name) != 0
+            && (errno != EXDEV || (try? FileManager.default.copyItem(atPath: source, toPath: checkpointsPath + "/" + name)) == nil) {
+            let failure = fail("link", source)
+            for move in moved.reversed() { rename(move.to, move.from) }
+            rmdir(folder)
+            throw failure
+        }
+        let names = old.map { splitPath($0.path).name }
+        return ["resumed from \(resumed.path) (step \(resumed.step) at the old global batch, step \(step) at this one): checkpoints are named "
+                + "by this run's steps, so those of the old numbering (\(names.joined(separator: ", "))) were moved to \(folder), "
+                + "and the file resumed from is also \(checkpointsPath)/\(name)"]
+    }
+
+    /// Makes checkpoints/<name> (or <name>-2, -3, ... when taken) for files set aside.
+    private func makeAsideFolder(_ name: String, fail: (String, String) -> TrainingError) throws -> String {
+        let base = checkpointsPath + "/" + name
+        for n in 1...1000 {
+            let candidate = base + (n == 1 ? "" : "-\(n)")
+            if mkdir(candidate, 0o755) == 0 { return candidate }
+            guard errno == EEXIST else { throw fail("mkdir", candidate) }
+        }
+        throw TrainingError("run dir \(path): \(base) and 999 more names are taken; move them away", exitCode: ExitStatus.inputError)
     }
 
     /// Whether two paths name the same file (device and inode), following links.

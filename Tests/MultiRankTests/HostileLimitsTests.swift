@@ -115,18 +115,28 @@ final class HostileLimitsTests: ScratchFolderTestCase {
     }
 
     /// With --allow-batch-change the run numbers its steps anew (step 16 at batch 32 is step 8
-    /// at 64), but the checkpoints' names keep the old numbering: the file resumed from, and
-    /// older ones, are never taken for later steps and set aside.
-    func testResumeWithAnotherBatchSetsNothingAside() throws {
+    /// at 64) and names its checkpoints so: the old numbering's files are moved aside, never
+    /// deleted, and the file resumed from is linked as step 8, so that the next --resume auto
+    /// continues this run (it went back to the old step 16, losing the steps since).
+    func testResumeWithAnotherBatchRenumbersTheCheckpoints() throws {
         let run = path("batch")
         let common = ["train", "--dataset", "synthetic", "--model", "mlp", "--train-samples", "256", "--checkpoint-every", "4",
                       "--keep", "10", "--eval-every", "0", "--run-dir", run]
         XCTAssertEqual(try MPIRun.run(ranks: 2, common + ["--per-rank-batch", "16", "--steps", "16"]).status, 0)
-        let r = try MPIRun.run(ranks: 2, common + ["--per-rank-batch", "32", "--allow-batch-change", "--steps", "12", "--resume", "auto"])
-        XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertTrue(r.stdout.contains("resumed from \(run)/checkpoints/step-00000016.safetensors at step 8"), r.stdout)
-        XCTAssertFalse(r.stderr.contains("moved to"), r.stderr)
-        XCTAssertFalse(FileManager.default.fileExists(atPath: run + "/checkpoints/superseded-after-step-00000008"))
+        let checkpoints = run + "/checkpoints"
+        let resumed = try Data(contentsOf: URL(fileURLWithPath: checkpoints + "/step-00000016.safetensors"))
+        let changed = try MPIRun.run(ranks: 2, common + ["--per-rank-batch", "32", "--allow-batch-change", "--steps", "12", "--resume", "auto"])
+        XCTAssertEqual(changed.status, 0, changed.stderr)
+        XCTAssertTrue(changed.stdout.contains("resumed from \(checkpoints)/step-00000016.safetensors at step 8"), changed.stdout)
+        let aside = checkpoints + "/superseded-by-batch-change-at-step-00000016"
+        XCTAssertTrue(changed.stderr.contains("(step-00000004.safetensors, step-00000008.safetensors, step-00000012.safetensors, "
+                                              + "step-00000016.safetensors) were moved to \(aside)"), changed.stderr)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: aside).count, 4)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: aside + "/step-00000016.safetensors")), resumed)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: checkpoints + "/step-00000008.safetensors")), resumed)
+        let next = try MPIRun.run(ranks: 2, common + ["--per-rank-batch", "32", "--steps", "14", "--resume", "auto"])
+        XCTAssertEqual(next.status, 0, next.stderr)
+        XCTAssertTrue(next.stdout.contains("resumed from \(checkpoints)/step-00000012.safetensors at step 12"), next.stdout)
     }
 
     /// A standard error that cannot be written (a full disk, closed) loses the messages, not
