@@ -141,18 +141,7 @@ public struct RunDirectory: Sendable {
             TrainingError("run dir \(path): cannot set aside the checkpoints after step \(resumedStep): \(call) \(file) failed: \(errnoText(errno))",
                           exitCode: ExitStatus.checkpointWriteFailed)
         }
-        let folder = try makeAsideFolder(String(format: "superseded-after-step-%08d", resumedStep), fail: fail)
-        var moved: [(from: String, to: String)] = []
-        for file in later {
-            let target = folder + "/" + splitPath(file.path).name
-            guard rename(file.path, target) == 0 else {
-                let failure = fail("rename", file.path)
-                for move in moved.reversed() { rename(move.to, move.from) }
-                rmdir(folder)
-                throw failure
-            }
-            moved.append((file.path, target))
-        }
+        let folder = try moveAside(later.map(\.path), into: String(format: "superseded-after-step-%08d", resumedStep), fail: fail).folder
         let names = later.map { splitPath($0.path).name }
         return ["resumed from \(resumed.path) (step \(resumed.step)): the checkpoints of later steps (\(names.joined(separator: ", "))) "
                 + "belong to the run this one replaces; moved to \(folder), so that --resume auto continues this run"]
@@ -167,32 +156,21 @@ public struct RunDirectory: Sendable {
     /// taken), and the file resumed from is linked back under this run's name for its step,
     /// so that a run that dies before its first checkpoint still resumes there.
     func renumberCheckpoints(resumed: ResumedCheckpoint, atStep step: Int) throws -> [String] {
-        let old = try CheckpointStore(directory: checkpointsPath, keep: 1).checkpoints().filter { fileType($0.path) == S_IFREG }.reversed()
+        let old = Array(try CheckpointStore(directory: checkpointsPath, keep: 1).checkpoints().filter { fileType($0.path) == S_IFREG }.reversed())
         func fail(_ call: String, _ file: String) -> TrainingError {
             TrainingError("run dir \(path): cannot move the checkpoints of the old batch aside: \(call) \(file) failed: \(errnoText(errno))",
                           exitCode: ExitStatus.checkpointWriteFailed)
         }
-        let folder = try makeAsideFolder(String(format: "superseded-by-batch-change-at-step-%08d", resumed.step), fail: fail)
-        var source = resumed.path
-        var moved: [(from: String, to: String)] = []
-        for file in old {
-            let target = folder + "/" + splitPath(file.path).name
-            guard rename(file.path, target) == 0 else {
-                let failure = fail("rename", file.path)
-                for move in moved.reversed() { rename(move.to, move.from) }
-                rmdir(folder)
-                throw failure
-            }
-            moved.append((file.path, target))
-            if file.path == resumed.path || Self.sameFile(target, resumed.path) { source = target }
-        }
+        // Which of them is the file resumed from (it may be named another way), before it moves.
+        let resumedIndex = old.firstIndex { $0.path == resumed.path || Self.sameFile($0.path, resumed.path) }
+        let (folder, moved) = try moveAside(old.map(\.path), into: String(format: "superseded-by-batch-change-at-step-%08d", resumed.step), fail: fail)
+        let source = resumedIndex.map { moved[$0].to } ?? resumed.path
         let name = CheckpointStore.name(step: step)
         // A file on another file system (a --resume FILE from elsewhere) is copied instead.
         if link(source, checkpointsPath + "/" + name) != 0
             && (errno != EXDEV || (try? FileManager.default.copyItem(atPath: source, toPath: checkpointsPath + "/" + name)) == nil) {
             let failure = fail("link", source)
-            for move in moved.reversed() { rename(move.to, move.from) }
-            rmdir(folder)
+            putBack(moved, removing: folder)
             throw failure
         }
         let names = old.map { splitPath($0.path).name }
@@ -201,15 +179,38 @@ public struct RunDirectory: Sendable {
                 + "and the file resumed from is also \(checkpointsPath)/\(name)"]
     }
 
-    /// Makes checkpoints/<name> (or <name>-2, -3, ... when taken) for files set aside.
-    private func makeAsideFolder(_ name: String, fail: (String, String) -> TrainingError) throws -> String {
+    /// Moves `files` into a new folder checkpoints/<name> (<name>-2, -3, ... when taken); when
+    /// a move fails, what was moved goes back and the folder goes, so that nothing changed.
+    /// The folder and each file's way (in the order of `files`).
+    private func moveAside(_ files: [String], into name: String, fail: (String, String) -> TrainingError) throws
+        -> (folder: String, moved: [(from: String, to: String)]) {
         let base = checkpointsPath + "/" + name
+        var folder: String?
         for n in 1...1000 {
             let candidate = base + (n == 1 ? "" : "-\(n)")
-            if mkdir(candidate, 0o755) == 0 { return candidate }
+            if mkdir(candidate, 0o755) == 0 { folder = candidate; break }
             guard errno == EEXIST else { throw fail("mkdir", candidate) }
         }
-        throw TrainingError("run dir \(path): \(base) and 999 more names are taken; move them away", exitCode: ExitStatus.inputError)
+        guard let folder else {
+            throw TrainingError("run dir \(path): \(base) and 999 more names are taken; move them away", exitCode: ExitStatus.inputError)
+        }
+        var moved: [(from: String, to: String)] = []
+        for file in files {
+            let target = folder + "/" + splitPath(file).name
+            guard rename(file, target) == 0 else {
+                let failure = fail("rename", file)
+                putBack(moved, removing: folder)
+                throw failure
+            }
+            moved.append((file, target))
+        }
+        return (folder, moved)
+    }
+
+    /// Undoes `moveAside`.
+    private func putBack(_ moved: [(from: String, to: String)], removing folder: String) {
+        for move in moved.reversed() { rename(move.to, move.from) }
+        rmdir(folder)
     }
 
     /// Whether two paths name the same file (device and inode), following links.
