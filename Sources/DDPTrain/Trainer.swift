@@ -49,10 +49,10 @@ public final class Trainer {
     let stopVote: UnsafeMutablePointer<Int64>
 
     public private(set) var step = 0
-    /// The checkpoint this run resumed from, if any.
-    public private(set) var resumedFrom: String?
-    /// The checkpoint resumed from, with the step it records (RunDirectory sets aside later ones).
+    /// The checkpoint resumed from, if any, with the step it records (RunDirectory sets aside later ones).
     public private(set) var resumedCheckpoint: ResumedCheckpoint?
+    /// The path of the checkpoint this run resumed from, if any.
+    public var resumedFrom: String? { resumedCheckpoint?.path }
     /// Global batches in an epoch.
     public var stepsPerEpoch: Int { sampler.stepsPerEpoch }
     var checkpoints: CheckpointStore?
@@ -511,7 +511,6 @@ public final class Trainer {
         optimizer.stepCount = position.optimizerSteps
         skippedSteps = position.skippedSteps
         consecutiveSkips = position.consecutiveSkips
-        resumedFrom = path
         resumedCheckpoint = ResumedCheckpoint(path: path, step: found.recordedStep)
         if resume == "auto" { checkpointedStep = step }
         if step > totalSteps {
